@@ -1,0 +1,99 @@
+"""The gray-box modules (DGA, arXiv 2502.00796) and per-layer tokens (LGA).
+
+Every module starts as the identity, so an untrained adapter stack reproduces the bare
+backbone exactly. Learned vectors are stored as ``nn.Embedding`` rows looked up once per
+sample: Opacus then computes their per-sample gradients natively.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+def _rows(table: nn.Embedding, batch: int, count: int) -> torch.Tensor:
+    index = torch.arange(count, device=table.weight.device).expand(batch, count)
+    return table(index)
+
+
+class ImageInputAdapter(nn.Module):
+    """Stacked residual 3x3 convolutions in pixel space, ``x + conv(x)`` each, no activation.
+
+    Each layer is the convolution whose kernel is identity + ``conv.weight``, so the stack
+    is an affine map; zero-initialised weights make it the identity, bit for bit.
+    """
+
+    def __init__(self, *, channels: int = 3, depth: int = 2, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(
+            nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2)
+            for _ in range(depth)
+        )
+        with torch.no_grad():
+            for conv in self.convs:
+                conv.weight.zero_()
+                conv.bias.zero_()
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Adapted pixels, same shape as ``pixels``."""
+        for conv in self.convs:
+            pixels = pixels + conv(pixels)
+        return pixels
+
+
+class TextInput(NamedTuple):
+    """What the text input adapter hands to ``SealedBackbone.encode_text``."""
+
+    shift: torch.Tensor
+    extra_token: torch.Tensor
+    extra_gate: torch.Tensor
+
+
+class TextInputAdapter(nn.Module):
+    """A shift added to every token embedding plus one gated extra token."""
+
+    def __init__(self, width: int, *, init_std: float = 0.02) -> None:
+        super().__init__()
+        self.vectors = nn.Embedding(2, width)
+        self.gate = nn.Embedding(1, 1)
+        with torch.no_grad():
+            self.vectors.weight[0].zero_()
+            self.vectors.weight[1].normal_(std=init_std)
+            self.gate.weight.zero_()
+
+    def forward(self, tokens: torch.Tensor) -> TextInput:
+        """Per-sample copies of the learned vectors for a batch of token ids."""
+        vectors = _rows(self.vectors, tokens.shape[0], 2)
+        gate = _rows(self.gate, tokens.shape[0], 1)[:, 0]
+        return TextInput(vectors[:, 0], vectors[:, 1], gate)
+
+
+class OutputAdapter(nn.Linear):
+    """A linear map on an embedding, initialised to the identity."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim, dim)
+        with torch.no_grad():
+            self.weight.copy_(torch.eye(dim))
+            self.bias.zero_()
+
+
+class DeepPrompts(nn.Module):
+    """LGA: ``count`` learnable tokens per layer with a zero-initialised gate per layer."""
+
+    def __init__(self, *, layers: int, width: int, count: int, init_std: float = 0.02) -> None:
+        super().__init__()
+        self.layers, self.count = layers, count
+        self.tokens = nn.Embedding(layers * count, width)
+        self.gates = nn.Embedding(layers, 1)
+        with torch.no_grad():
+            self.tokens.weight.normal_(std=init_std)
+            self.gates.weight.zero_()
+
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts [B, layers, count, W] and gates [B, layers, 1] for a batch."""
+        b = batch.shape[0]
+        tokens = _rows(self.tokens, b, self.layers * self.count)
+        return tokens.unflatten(1, (self.layers, self.count)), _rows(self.gates, b, self.layers)

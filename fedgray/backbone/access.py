@@ -1,0 +1,32 @@
+"""Access levels of a sealed backbone and the errors that enforce them."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class AccessLevel(str, Enum):
+    """What a site may do with the backbone (see the README's table)."""
+
+    BLACK = "black"
+    GRAY = "gray"
+    GRAY_PLUS = "gray+"
+    WHITE = "white"
+
+    @property
+    def gradients(self) -> bool:
+        """Whether gradients flow through the backbone to its inputs."""
+        return self is not AccessLevel.BLACK
+
+    @property
+    def entry_points(self) -> bool:
+        """Whether learnable tokens may be injected inside the backbone's layers."""
+        return self in (AccessLevel.GRAY_PLUS, AccessLevel.WHITE)
+
+
+class SealedError(PermissionError):
+    """An operation needs more access to the backbone than its level grants."""
+
+
+class QueryBudgetExceeded(SealedError):
+    """A black-box backbone's query budget is spent."""

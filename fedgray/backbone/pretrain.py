@@ -1,0 +1,99 @@
+"""The model owner's side of the built-in benchmark: pretrain a tiny CLIP once, cache it.
+
+The owner trains open_clip's ``CLIP`` (a built-in config such as ``fedgray-tiny``) with
+the standard contrastive loss on the benchmark's source domain (``world/photo``) with
+varied caption templates. Training is deterministic for a given recipe, so the cache
+key is a hash of the recipe; ``fedgray pretrain`` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from fedgray.backbone.loading import BUILTIN_TAG, create_clip, get_tokenizer
+from fedgray.config import PretrainConfig
+from fedgray.data.world_set import make_world_set
+from fedgray.paths import cache_dir
+from fedgray.tasks.losses import contrastive_loss
+
+RECIPE_VERSION = 1  # bump when the world or the training procedure changes
+OWNER_OFFSET = 20_000_000  # the owner's scenes: disjoint from every site's train and test scenes
+
+
+def checkpoint_path(name: str, recipe: PretrainConfig) -> Path:
+    """Cache location of ``name`` pretrained with ``recipe``."""
+    key = json.dumps({"name": name, "v": RECIPE_VERSION, **asdict(recipe)}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return cache_dir() / "backbones" / f"{name}-{BUILTIN_TAG}-{digest}.pt"
+
+
+def _lr_factor(step: int, recipe: PretrainConfig) -> float:
+    if step < recipe.warmup_steps:
+        return (step + 1) / recipe.warmup_steps
+    progress = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def pretrain(name: str, recipe: PretrainConfig, *, progress: bool = True) -> Path:
+    """Pretrain ``name`` on the source domain with ``recipe``; write and return the checkpoint."""
+    torch.manual_seed(recipe.seed)
+    model = create_clip(name, None)
+    tokenize = get_tokenizer(name)
+    started = time.perf_counter()
+    world = make_world_set(
+        recipe.train_size,
+        seed=recipe.seed,
+        domain="photo",
+        caption_style="varied",
+        offset=OWNER_OFFSET,
+    )
+    size = model.visual.image_size[0]
+    images = torch.nn.functional.interpolate(world.images, size=(size, size), mode="bicubic")
+    tokens = torch.nn.functional.pad(
+        tokenize(world.captions, context_length=model.context_length - 1), (0, 1)
+    )
+    distinct = {c: i for i, c in enumerate(dict.fromkeys(world.captions))}
+    caption_ids = torch.tensor([distinct[c] for c in world.captions])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, recipe))
+    generator = torch.Generator().manual_seed(recipe.seed)
+    model.train()
+    bar = tqdm(range(recipe.steps), desc=f"pretrain {name}", disable=not progress)
+    for _ in bar:
+        index = torch.randint(len(world), (recipe.batch_size,), generator=generator)
+        image_features = model.encode_image(images[index])
+        text_features = model.encode_text(tokens[index])
+        loss = contrastive_loss(
+            image_features,
+            text_features,
+            scale=model.logit_scale.exp().clamp(max=100.0),
+            caption_ids=caption_ids[index],
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    path = checkpoint_path(name, recipe)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"recipe": asdict(recipe), "seconds": time.perf_counter() - started}
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+        torch.save({"state_dict": model.state_dict(), "fedgray": meta}, handle)
+    os.replace(handle.name, path)
+    return path
+
+
+def builtin_checkpoint(name: str, recipe: PretrainConfig, *, progress: bool = True) -> Path:
+    """The cached checkpoint of ``name`` for ``recipe``, pretraining it first if missing."""
+    path = checkpoint_path(name, recipe)
+    return path if path.is_file() else pretrain(name, recipe, progress=progress)

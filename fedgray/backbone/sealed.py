@@ -1,0 +1,232 @@
+"""The sealed backbone: a frozen CLIP that sites may run but not read.
+
+A :class:`SealedBackbone` publishes only a :class:`BackboneInterface` (input and output
+shapes, and entry points at ``gray+``) and two encoders. The model itself is held in
+the closures of those encoders, not in any attribute; ``parameters()``,
+``state_dict()``, pickling, ``copy``/``deepcopy`` and ``torch.save`` all raise
+:class:`SealedError`. At ``black`` the encoders run without gradients, return detached
+outputs and count queries against a budget.
+
+This is API-level sealing inside one Python process: it keeps weights out of every
+public path and out of anything serialised, but a hostile process that holds the
+object can still read its memory (``gc``, closures, a debugger). The isolated runtime
+is the stronger mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import torch
+from torch import nn
+
+from fedgray.backbone import encoders
+from fedgray.backbone.access import AccessLevel, QueryBudgetExceeded, SealedError
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    """A tower whose layers accept learnable tokens (published at ``gray+`` only)."""
+
+    tower: str
+    layers: int
+    width: int
+
+
+@dataclass(frozen=True)
+class BackboneInterface:
+    """What a site is told about the backbone: shapes, never weights."""
+
+    name: str
+    level: AccessLevel
+    image_size: int
+    embed_dim: int
+    context_length: int
+    token_width: int
+    logit_scale: float
+    parameter_count: int
+    entry_points: tuple[EntryPoint, ...] = ()
+
+
+def _describe(model: nn.Module, name: str, level: AccessLevel) -> BackboneInterface:
+    visual = model.visual
+    entry_points = (
+        EntryPoint("image", len(visual.transformer.resblocks), visual.transformer.width),
+        EntryPoint("text", len(model.transformer.resblocks), model.transformer.width),
+    )
+    return BackboneInterface(
+        name=name,
+        level=level,
+        image_size=int(visual.image_size[0]),
+        embed_dim=int(model.text_projection.shape[1]),
+        context_length=int(model.context_length),
+        token_width=int(model.token_embedding.weight.shape[1]),
+        logit_scale=float(model.logit_scale.detach().exp()),
+        parameter_count=sum(p.numel() for p in model.parameters()),
+        entry_points=entry_points if level.entry_points else (),
+    )
+
+
+class SealedBackbone:
+    """A frozen CLIP behind an access level; see the module docstring."""
+
+    __slots__ = ("interface", "_image", "_text", "_tokenize", "_module", "_queries", "_budget")
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Callable[..., torch.Tensor],
+        *,
+        name: str,
+        level: AccessLevel | str = AccessLevel.GRAY,
+        query_budget: int | None = None,
+    ) -> None:
+        level = AccessLevel(level)
+        model.eval().requires_grad_(False)
+        preprocess = getattr(model.visual, "preprocess_cfg", {}) or {}
+        mean = torch.tensor(preprocess.get("mean", OPENAI_MEAN)).view(1, 3, 1, 1)
+        std = torch.tensor(preprocess.get("std", OPENAI_STD)).view(1, 3, 1, 1)
+        context = int(model.context_length)
+        grad = nullcontext if level.gradients else torch.no_grad
+
+        def image(pixels: torch.Tensor, **inputs: Any) -> torch.Tensor:
+            with grad():
+                return encoders.encode_image(model, pixels, mean=mean, std=std, **inputs)
+
+        def text(tokens: torch.Tensor, **inputs: Any) -> torch.Tensor:
+            with grad():
+                return encoders.encode_text(model, tokens, **inputs)
+
+        def tokenize(texts: Sequence[str]) -> torch.Tensor:
+            # One slot is kept free after end-of-text for the text adapter's extra token.
+            ids = tokenizer(list(texts), context_length=context - 1)
+            return torch.nn.functional.pad(ids, (0, 1))
+
+        setattr_ = object.__setattr__
+        setattr_(self, "interface", _describe(model, name, level))
+        setattr_(self, "_image", image)
+        setattr_(self, "_text", text)
+        setattr_(self, "_tokenize", tokenize)
+        setattr_(self, "_module", (lambda: model) if level is AccessLevel.WHITE else None)
+        setattr_(self, "_queries", 0)
+        setattr_(self, "_budget", query_budget if level is AccessLevel.BLACK else None)
+
+    @property
+    def level(self) -> AccessLevel:
+        """The access level this backbone enforces."""
+        return self.interface.level
+
+    @property
+    def queries_used(self) -> int:
+        """Encoder calls made so far (counted at every level, budgeted at ``black``)."""
+        return self._queries
+
+    @property
+    def query_budget(self) -> int | None:
+        """Calls allowed at ``black`` (None: unlimited)."""
+        return self._budget
+
+    @property
+    def module(self) -> nn.Module:
+        """The plain open_clip model: ``white`` level only, for baselines."""
+        if self._module is None:
+            self._refuse("module")
+        return self._module()
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids [N, context_length] for ``texts``, in the backbone's vocabulary."""
+        return self._tokenize(texts)
+
+    def encode_image(
+        self,
+        pixels: torch.Tensor,
+        *,
+        prompts: torch.Tensor | None = None,
+        gates: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Image features [B, embed_dim] of pixels [B, 3, S, S] in [0, 1].
+
+        ``prompts``/``gates`` are per-layer tokens for the image tower's entry points.
+        """
+        self._check_prompts(prompts)
+        self._count()
+        return self._image(pixels, prompts=prompts, gates=gates)
+
+    def encode_text(
+        self,
+        tokens: torch.Tensor,
+        *,
+        shift: torch.Tensor | None = None,
+        extra_token: torch.Tensor | None = None,
+        extra_gate: torch.Tensor | None = None,
+        prompts: torch.Tensor | None = None,
+        gates: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Text features [B, embed_dim] of token ids from :meth:`tokenize`.
+
+        ``shift`` [B, token_width] is added to every token embedding; ``extra_token``
+        [B, token_width] with ``extra_gate`` [B, 1] is the appended learned token.
+        """
+        self._check_prompts(prompts)
+        if (extra_token is None) != (extra_gate is None):
+            raise ValueError("extra_token and extra_gate go together")
+        self._count()
+        return self._text(
+            tokens,
+            shift=shift,
+            extra_token=extra_token,
+            extra_gate=extra_gate,
+            prompts=prompts,
+            gates=gates,
+        )
+
+    def _check_prompts(self, prompts: torch.Tensor | None) -> None:
+        if prompts is not None and not self.level.entry_points:
+            self._refuse("entry points (per-layer prompts)")
+
+    def _count(self) -> None:
+        if self._budget is not None and self._queries >= self._budget:
+            raise QueryBudgetExceeded(
+                f"query budget of {self._budget} calls to the black-box backbone is spent"
+            )
+        object.__setattr__(self, "_queries", self._queries + 1)
+
+    def _refuse(self, what: str) -> NoReturn:
+        raise SealedError(
+            f"the backbone '{self.interface.name}' is sealed at level '{self.level.value}': "
+            f"{what} not accessible"
+        )
+
+    def parameters(self, *_: Any, **__: Any) -> NoReturn:
+        """Refused: a sealed backbone has no visible parameters."""
+        self._refuse("parameters()")
+
+    def named_parameters(self, *_: Any, **__: Any) -> NoReturn:
+        """Refused: a sealed backbone has no visible parameters."""
+        self._refuse("named_parameters()")
+
+    def state_dict(self, *_: Any, **__: Any) -> NoReturn:
+        """Refused: a sealed backbone's weights cannot be exported."""
+        self._refuse("state_dict()")
+
+    def __setattr__(self, name: str, value: Any) -> NoReturn:
+        self._refuse(f"setting '{name}' is")
+
+    def __reduce_ex__(self, protocol: Any) -> NoReturn:
+        self._refuse("pickling (and torch.save) is")
+
+    def __copy__(self) -> NoReturn:
+        self._refuse("copying is")
+
+    def __deepcopy__(self, memo: Any) -> NoReturn:
+        self._refuse("copying is")
+
+    def __repr__(self) -> str:
+        i = self.interface
+        return f"SealedBackbone({i.name!r}, level={i.level.value!r}, embed_dim={i.embed_dim})"

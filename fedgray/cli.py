@@ -1,0 +1,126 @@
+"""The ``fedgray`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from fedgray.backbone.access import SealedError
+from fedgray.backbone.loading import BackboneLoadError
+from fedgray.config import Config, load_config
+from fedgray.config_schema import ConfigError
+
+EXPECTED_ERRORS = (ConfigError, BackboneLoadError, SealedError, FileNotFoundError, ValueError)
+
+
+def _config_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument(
+        "config",
+        nargs=None if required else "?",
+        help="YAML run configuration (see configs/); defaults apply to missing keys",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.steps=200 (repeatable)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.overrides)
+
+
+def _cmd_adapt(args: argparse.Namespace) -> None:
+    from fedgray.adapt import adapt
+
+    config = _load(args)
+    if args.output:
+        config.output.root = args.output
+    result = adapt(config, progress=not args.quiet)
+    print(f"\n{'metric':<10}{'zero-shot':>11}{'adapted':>10}")
+    for key in ("i2t_r1", "t2i_r1", "i2t_r5", "t2i_r5", "accuracy"):
+        print(f"{key:<10}{result.zero_shot[key]:>11.1f}{result.adapted[key]:>10.1f}")
+    print(
+        f"trainable {result.trainable:,} ({result.fraction:.2%} of the backbone), "
+        f"{result.seconds:.0f} s; run folder: {result.run_dir}"
+    )
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> None:
+    from fedgray.backbone.pretrain import builtin_checkpoint, pretrain
+
+    config = _load(args)
+    name, recipe = config.backbone.name, config.pretrain
+    build = pretrain if args.force else builtin_checkpoint
+    print(f"checkpoint: {build(name, recipe, progress=not args.quiet)}")
+
+
+def _cmd_info(args: argparse.Namespace) -> None:
+    from fedgray.adapters import METHODS
+    from fedgray.backbone.loading import builtin_models
+    from fedgray.data.registry import DATASETS
+
+    print("built-in models:", ", ".join(builtin_models()))
+    print("datasets:", ", ".join(DATASETS))
+    print("methods:")
+    for method in METHODS.values():
+        print(f"  {method.name:<10} level >= {method.level.value:<6} {method.description}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``fedgray`` command."""
+    parser = argparse.ArgumentParser(
+        prog="fedgray",
+        description="Federated, privacy-oriented adaptation of sealed (gray-box) CLIP backbones.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    adapt = commands.add_parser(
+        "adapt",
+        help="train adapters on one site's data and compare with zero-shot",
+        description="Train the configured method on one site's data, evaluate zero-shot "
+        "and adapted, and write a run folder (config, metrics, adapters, curve).",
+    )
+    _config_arguments(adapt, required=True)
+    adapt.add_argument(
+        "--output",
+        metavar="DIR",
+        help="root folder for run folders (default: output.root of the config)",
+    )
+    adapt.set_defaults(handler=_cmd_adapt)
+    pretrain = commands.add_parser(
+        "pretrain",
+        help="pretrain (or locate) the built-in owner's backbone",
+        description="Pretrain the built-in tiny CLIP on the benchmark's source domain with "
+        "the config's pretrain recipe and cache it under the user cache directory.",
+    )
+    _config_arguments(pretrain, required=False)
+    pretrain.add_argument("--force", action="store_true", help="retrain even if cached")
+    pretrain.set_defaults(handler=_cmd_pretrain)
+    info = commands.add_parser(
+        "info",
+        help="list built-in models, datasets and methods",
+        description="List built-in models, datasets and methods.",
+    )
+    info.set_defaults(handler=_cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fedgray`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], None] = args.handler
+    try:
+        handler(args)
+    except EXPECTED_ERRORS as error:
+        print(f"fedgray: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

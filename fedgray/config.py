@@ -1,0 +1,143 @@
+"""Typed run configuration, loaded from YAML with defaults and ``key=value`` overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedgray.config_schema import (
+    ConfigError,
+    build,
+    check,
+    one_of,
+    positive,
+    set_dotted,
+    to_dict,
+)
+
+ACCESS_LEVELS = ("black", "gray", "gray+", "white")
+
+
+@dataclass
+class BackboneConfig:
+    """Which backbone to load and at which access level."""
+
+    name: str = "fedgray-tiny"
+    pretrained: str | None = "fedgray-world"
+    level: str = field(default="gray", metadata=one_of(*ACCESS_LEVELS))
+    query_budget: int | None = field(default=None, metadata=positive())
+
+
+@dataclass
+class PretrainConfig:
+    """The model owner's pretraining of the built-in tiny CLIP on the source domain."""
+
+    steps: int = field(default=500, metadata=positive())
+    batch_size: int = field(default=256, metadata=positive())
+    lr: float = field(default=1e-3, metadata=positive())
+    warmup_steps: int = field(default=50, metadata=check(lambda v: v >= 0, "must be >= 0"))
+    train_size: int = field(default=40_000, metadata=positive())
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """The site's dataset and its train/test sizes."""
+
+    dataset: str = "world/sketch"
+    train_size: int = field(default=2000, metadata=positive())
+    test_size: int = field(default=1000, metadata=positive())
+    seed: int = 0
+
+
+@dataclass
+class MethodConfig:
+    """What is trained: see ``fedgray.adapters.METHODS``."""
+
+    name: str = "dga"
+    prompt_tokens: int = field(default=2, metadata=positive())
+    input_lr_scale: float = field(default=1.0, metadata=positive())
+
+
+@dataclass
+class TrainConfig:
+    """Local optimisation."""
+
+    task: str = field(default="retrieval", metadata=one_of("retrieval", "classification"))
+    steps: int = field(default=600, metadata=positive())
+    batch_size: int = field(default=64, metadata=positive())
+    lr: float = field(default=3e-3, metadata=positive())
+    weight_decay: float = field(default=0.0, metadata=check(lambda v: v >= 0, "must be >= 0"))
+    eval_every: int = field(default=100, metadata=positive())
+    seed: int = 0
+    threads: int | None = field(default=None, metadata=positive())
+
+
+@dataclass
+class OutputConfig:
+    """Where a run writes its folder."""
+
+    root: str = "runs"
+    name: str | None = None
+
+
+@dataclass
+class Config:
+    """A whole fedgray run."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form, as saved in a run folder."""
+        return to_dict(self)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``'train.steps=100'`` into ``('train.steps', 100)`` (value parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{text}: an override must look like section.key=value")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{key}: cannot parse value {raw!r} ({error.problem})") from None
+    return key.strip(), value
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build and validate a :class:`Config` from a dict plus ``key=value`` overrides."""
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for text in overrides:
+        set_dotted(merged, *parse_override(text))
+    return build(Config, merged)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML config file (or the defaults when ``path`` is None) and apply overrides."""
+    data: Any = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}:{line} is not valid YAML") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return config_from_dict(data, overrides)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

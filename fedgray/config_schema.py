@@ -1,0 +1,121 @@
+"""Turn plain dicts (parsed YAML) into typed, validated dataclasses.
+
+Every error is a :class:`ConfigError` with one line that names the offending field
+by its dotted path, e.g. ``train.steps: expected an integer, got 'many'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the field."""
+
+
+def check(predicate: Callable[[Any], bool], requirement: str) -> dict[str, Any]:
+    """Field metadata: ``field(default=1, metadata=check(lambda v: v > 0, "positive"))``."""
+    return {"check": (predicate, requirement)}
+
+
+def positive() -> dict[str, Any]:
+    """Field metadata requiring a value > 0."""
+    return check(lambda v: v > 0, "must be > 0")
+
+
+def one_of(*choices: Any) -> dict[str, Any]:
+    """Field metadata requiring the value to be one of ``choices``."""
+    return check(lambda v: v in choices, f"must be one of {', '.join(map(str, choices))}")
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return build(tp, value, where=where)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def build(cls: type[T], data: Mapping[str, Any], *, where: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and bad values."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    prefix = f"{where}." if where else ""
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{prefix}{unknown[0]}: unknown key (known keys: {', '.join(sorted(fields))})"
+        )
+    values = {}
+    for name, value in data.items():
+        path = f"{prefix}{name}"
+        values[name] = _coerce(value, hints[name], path)
+        predicate, requirement = fields[name].metadata.get("check", (None, ""))
+        if predicate is not None and values[name] is not None and not predicate(values[name]):
+            raise ConfigError(f"{path}: {requirement}, got {values[name]!r}")
+    return cls(**values)
+
+
+def to_dict(instance: Any) -> dict[str, Any]:
+    """Plain-dict form of a config dataclass (tuples become lists, for YAML)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(instance))
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``data['a']['b'] = value`` for ``dotted == 'a.b'``, creating mappings on the way."""
+    *parents, leaf = dotted.split(".")
+    node = data
+    for key in parents:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}: {key} is not a section")
+        node = child
+    node[leaf] = value

@@ -1,0 +1,73 @@
+"""Load any fedgray dataset by name: ``world/<domain>``, ``digits`` or ``folder:<path>``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fedgray.data.digits import load_digits_set
+from fedgray.data.folder import load_folder_set
+from fedgray.data.sets import SPLITS, ImageTextSet
+from fedgray.data.world import DOMAINS
+from fedgray.data.world_set import make_world_set
+
+FOLDER_PREFIX = "folder:"
+DATASETS = (*(f"world/{d}" for d in DOMAINS), "digits", f"{FOLDER_PREFIX}<path>")
+WORLD_OFFSETS = {"train": 0, "test": 10_000_000}  # disjoint scene index ranges per split
+WORLD_DEFAULT_SIZES = {"train": 10_000, "test": 1_000}
+
+Loader = Callable[..., ImageTextSet]
+
+
+def _world(domain: str) -> Loader:
+    def load(*, split: str, size: int | None, seed: int, **options: Any) -> ImageTextSet:
+        n = WORLD_DEFAULT_SIZES[split] if size is None else size
+        return make_world_set(n, seed=seed, domain=domain, offset=WORLD_OFFSETS[split], **options)
+
+    return load
+
+
+def _digits(*, split: str, size: int | None, seed: int, **options: Any) -> ImageTextSet:
+    return _head(load_digits_set(split=split, seed=seed, **options), size)
+
+
+def _folder(path: str) -> Loader:
+    def load(*, split: str, size: int | None, seed: int, **options: Any) -> ImageTextSet:
+        return _head(load_folder_set(Path(path) / split, **options), size)
+
+    return load
+
+
+def _head(dataset: ImageTextSet, size: int | None) -> ImageTextSet:
+    if size is None:
+        return dataset
+    if size > len(dataset):
+        raise ValueError(f"{dataset.name} has {len(dataset)} samples, {size} requested")
+    return dataset.subset(range(size))
+
+
+_LOADERS: dict[str, Loader] = {f"world/{d}": _world(d) for d in DOMAINS} | {"digits": _digits}
+
+
+def load_dataset(
+    name: str, *, split: str, size: int | None = None, seed: int = 0, **options: Any
+) -> ImageTextSet:
+    """Load ``split`` ("train" or "test") of dataset ``name`` (see :data:`DATASETS`).
+
+    ``size`` keeps the first samples (world: renders that many; default 10,000 train /
+    1,000 test). World splits are disjoint scene ranges; ``digits`` is a seeded stratified
+    split; ``folder:<path>`` reads ``<path>/<split>/captions.csv``. ``options`` go to the
+    underlying loader (e.g. ``caption_style``, ``noise_sigma``, ``image_size``).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+    if size is not None and size < 0:
+        raise ValueError(f"size must be >= 0, got {size}")
+    if name.startswith(FOLDER_PREFIX):
+        loader = _folder(name.removeprefix(FOLDER_PREFIX))
+    elif name in _LOADERS:
+        loader = _LOADERS[name]
+    else:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    return loader(split=split, size=size, seed=seed, **options)

@@ -1,0 +1,75 @@
+"""Tensors a task needs, built once per dataset: images, tokens, caption ids, class prompts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from fedgray.data.sets import ImageTextSet
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """A dataset in the backbone's input format.
+
+    ``caption_ids`` number the distinct captions (equal captions, equal ids), so that
+    retrieval counts any image with the right caption as a hit and the contrastive loss
+    does not push apart identical captions. ``prompt_tokens``/``prompt_classes`` are the
+    class prompts for classification.
+    """
+
+    images: torch.Tensor
+    tokens: torch.Tensor
+    caption_ids: torch.Tensor
+    labels: torch.Tensor
+    prompt_tokens: torch.Tensor
+    prompt_classes: torch.Tensor
+    num_classes: int
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def as_dataset(self) -> TensorDataset:
+        """Per-sample tensors for a DataLoader: (images, tokens, caption_ids, labels)."""
+        return TensorDataset(self.images, self.tokens, self.caption_ids, self.labels)
+
+    def subset(self, indices: Sequence[int] | torch.Tensor) -> TaskData:
+        """The samples at ``indices`` (class prompts unchanged)."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return TaskData(
+            self.images[index],
+            self.tokens[index],
+            self.caption_ids[index],
+            self.labels[index],
+            self.prompt_tokens,
+            self.prompt_classes,
+            self.num_classes,
+        )
+
+
+def prepare(
+    dataset: ImageTextSet,
+    tokenize: Callable[[Sequence[str]], torch.Tensor],
+    *,
+    image_size: int,
+) -> TaskData:
+    """Tokenize captions and class prompts and resize images to ``image_size``."""
+    images = dataset.images
+    if images.shape[-1] != image_size or images.shape[-2] != image_size:
+        images = F.interpolate(images, size=(image_size, image_size), mode="bicubic")
+        images = images.clamp(0.0, 1.0)
+    distinct = {caption: i for i, caption in enumerate(dict.fromkeys(dataset.captions))}
+    prompts = [(p, c) for c, group in enumerate(dataset.class_prompts) for p in group]
+    return TaskData(
+        images=images.contiguous(),
+        tokens=tokenize(dataset.captions),
+        caption_ids=torch.tensor([distinct[c] for c in dataset.captions]),
+        labels=dataset.labels.long(),
+        prompt_tokens=tokenize([p for p, _ in prompts]),
+        prompt_classes=torch.tensor([c for _, c in prompts]),
+        num_classes=len(dataset.class_prompts),
+    )
