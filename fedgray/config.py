@@ -37,7 +37,7 @@ class PretrainConfig:
 
     steps: int = field(default=500, metadata=positive())
     batch_size: int = field(default=256, metadata=positive())
-    lr: float = field(default=1e-3, metadata=positive())
+    lr: float = field(default=5e-4, metadata=positive())
     warmup_steps: int = field(default=50, metadata=check(lambda v: v >= 0, "must be >= 0"))
     train_size: int = field(default=40_000, metadata=positive())
     seed: int = 0

@@ -20,13 +20,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from fedgray.backbone.access import AccessLevel
 from fedgray.backbone.loading import BUILTIN_TAG, create_clip, get_tokenizer
+from fedgray.backbone.sealed import SealedBackbone
 from fedgray.config import PretrainConfig
 from fedgray.data.world_set import make_world_set
 from fedgray.paths import cache_dir
+from fedgray.tasks.data import prepare
 from fedgray.tasks.losses import contrastive_loss
 
-RECIPE_VERSION = 1  # bump when the world or the training procedure changes
+RECIPE_VERSION = 2  # bump when the world or the training procedure changes
 OWNER_OFFSET = 20_000_000  # the owner's scenes: disjoint from every site's train and test scenes
 
 
@@ -48,7 +51,9 @@ def pretrain(name: str, recipe: PretrainConfig, *, progress: bool = True) -> Pat
     """Pretrain ``name`` on the source domain with ``recipe``; write and return the checkpoint."""
     torch.manual_seed(recipe.seed)
     model = create_clip(name, None)
-    tokenize = get_tokenizer(name)
+    # Train through the white-level wrapper: the same preprocessing sites will get.
+    owner = SealedBackbone(model, get_tokenizer(name), name=name, level=AccessLevel.WHITE)
+    model.requires_grad_(True)
     started = time.perf_counter()
     world = make_world_set(
         recipe.train_size,
@@ -57,27 +62,19 @@ def pretrain(name: str, recipe: PretrainConfig, *, progress: bool = True) -> Pat
         caption_style="varied",
         offset=OWNER_OFFSET,
     )
-    size = model.visual.image_size[0]
-    images = torch.nn.functional.interpolate(world.images, size=(size, size), mode="bicubic")
-    tokens = torch.nn.functional.pad(
-        tokenize(world.captions, context_length=model.context_length - 1), (0, 1)
-    )
-    distinct = {c: i for i, c in enumerate(dict.fromkeys(world.captions))}
-    caption_ids = torch.tensor([distinct[c] for c in world.captions])
+    data = prepare(world, owner.tokenize, image_size=owner.interface.image_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, recipe))
     generator = torch.Generator().manual_seed(recipe.seed)
     model.train()
     bar = tqdm(range(recipe.steps), desc=f"pretrain {name}", disable=not progress)
     for _ in bar:
-        index = torch.randint(len(world), (recipe.batch_size,), generator=generator)
-        image_features = model.encode_image(images[index])
-        text_features = model.encode_text(tokens[index])
+        index = torch.randint(len(data), (recipe.batch_size,), generator=generator)
         loss = contrastive_loss(
-            image_features,
-            text_features,
+            owner.encode_image(data.images[index]),
+            owner.encode_text(data.tokens[index]),
             scale=model.logit_scale.exp().clamp(max=100.0),
-            caption_ids=caption_ids[index],
+            caption_ids=data.caption_ids[index],
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

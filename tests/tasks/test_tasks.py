@@ -1,0 +1,43 @@
+"""Losses and metrics on constructed features whose answers are known."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fedgray.tasks.losses import class_logits, contrastive_loss
+from fedgray.tasks.metrics import recall_at_k
+
+
+def test_recall_is_perfect_for_matching_features_and_counts_duplicates() -> None:
+    captions = torch.eye(4)
+    caption_ids = torch.tensor([0, 1, 2, 3, 3])  # two images share caption 3
+    images = captions[caption_ids]
+    metrics = recall_at_k(images, captions, caption_ids, ks=(1,))
+    assert metrics["i2t_r1"] == 100.0 and metrics["t2i_r1"] == 100.0
+
+
+def test_recall_with_one_known_miss() -> None:
+    captions = torch.eye(3)
+    # image 1 is nearer caption 2 than its own; image 0 is nearer caption 1 than image 1 is
+    images = torch.tensor([[1.0, 0.5, 0.0], [0.0, 0.2, 1.0], [0.0, 0.0, 1.0]])
+    metrics = recall_at_k(images, captions, torch.tensor([0, 1, 2]), ks=(1, 2))
+    assert math.isclose(metrics["i2t_r1"], 200 / 3, rel_tol=1e-6)
+    assert math.isclose(metrics["t2i_r1"], 200 / 3, rel_tol=1e-6)  # caption 1 ranks image 0 first
+    assert metrics["i2t_r2"] == metrics["t2i_r2"] == 100.0
+
+
+def test_contrastive_loss_ignores_negatives_with_the_same_caption() -> None:
+    features = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    ids = torch.tensor([0, 0, 1])
+    masked = contrastive_loss(features, features, scale=10.0, caption_ids=ids)
+    plain = contrastive_loss(features, features, scale=10.0)
+    assert masked < 1e-3 < plain
+
+
+def test_class_logits_are_logsumexp_over_each_class_prompts() -> None:
+    images = torch.tensor([[1.0, 0.0]])
+    prompts = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    logits = class_logits(images, prompts, torch.tensor([0, 1, 1]), num_classes=2, scale=1.0)
+    assert torch.allclose(logits, torch.tensor([[1.0, math.log(2.0)]]))

@@ -1,0 +1,61 @@
+"""The torchvision workaround: importable next to a CPU torch, a no-op otherwise."""
+
+from __future__ import annotations
+
+import builtins
+import subprocess
+import sys
+
+import pytest
+
+from fedgray import vision_ops
+
+
+def test_open_clip_and_transforms_import_in_a_fresh_interpreter() -> None:
+    code = (
+        "from fedgray.vision_ops import ensure_torchvision\n"
+        "tv = ensure_torchvision()\n"
+        "import open_clip, timm\n"
+        "from torchvision import transforms\n"
+        "assert transforms.Resize(8)\n"
+        "assert ensure_torchvision() is tv\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_plain_import_fails_only_where_the_workaround_is_needed() -> None:
+    plain = subprocess.run(
+        [sys.executable, "-c", "import torchvision"], capture_output=True, text=True
+    )
+    patched = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from fedgray.vision_ops import ensure_torchvision, torchvision_kernels_missing\n"
+            "ensure_torchvision(); print(torchvision_kernels_missing())",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert patched.returncode == 0, patched.stderr[-2000:]
+    if plain.returncode == 0:  # a matching torchvision build: nothing to work around
+        assert patched.stdout.strip() == "False"
+    else:
+        assert "operator torchvision::nms does not exist" in plain.stderr
+        assert patched.stdout.strip() == "True"
+
+
+def test_other_import_errors_are_not_swallowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [m for m in sys.modules if m.split(".")[0] == "torchvision"]:
+        monkeypatch.delitem(sys.modules, name)
+    real_import = builtins.__import__
+
+    def failing_import(name: str, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if name == "torchvision":
+            raise RuntimeError("something else broke")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", failing_import)
+    with pytest.raises(RuntimeError, match="something else broke"):
+        vision_ops.ensure_torchvision()
