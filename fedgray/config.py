@@ -84,6 +84,33 @@ class OutputConfig:
     name: str | None = None
 
 
+PARTITIONER_NAMES = ("iid", "dirichlet", "by_group")
+
+
+@dataclass
+class FederationConfig:
+    """The federated run: sites, rounds, partitioning, strategy and what stays local."""
+
+    num_sites: int = field(default=8, metadata=positive())
+    num_rounds: int = field(default=5, metadata=positive())
+    local_steps: int = field(default=20, metadata=positive())
+    partitioner: str = field(default="iid", metadata=one_of(*PARTITIONER_NAMES))
+    alpha: float = field(default=0.5, metadata=positive())
+    domains: list[str] = field(default_factory=list)
+    holdout: float = field(default=0.2, metadata=check(lambda v: 0 < v < 1, "must be in (0, 1)"))
+    strategy: str = "fedavg"
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+    personal: list[str] = field(default_factory=list)
+    fraction_train: float = field(default=1.0, metadata=check(lambda v: 0 < v <= 1, "in (0, 1]"))
+    fraction_evaluate: float = field(
+        default=1.0, metadata=check(lambda v: 0 <= v <= 1, "must be in [0, 1]")
+    )
+    central_eval: bool = True
+    actors: int = field(default=1, metadata=positive())
+    round_timeout: float = field(default=600.0, metadata=positive())
+    seed: int = 0
+
+
 @dataclass
 class Config:
     """A whole fedgray run."""
@@ -94,6 +121,7 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, as saved in a run folder."""

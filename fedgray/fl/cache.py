@@ -1,0 +1,52 @@
+"""Per-process caches: one sealed backbone and one copy of each dataset per process.
+
+Simulated sites handled by the same process (a Ray actor, or the caller with a LocalGrid)
+share them. Nothing here is ever captured in an app's closure: Flower ships the ClientApp
+with every message, and a captured backbone would be copied each time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from fedgray.backbone.sealed import SealedBackbone
+from fedgray.config import Config
+from fedgray.config_schema import to_dict
+from fedgray.site import load_task_data, open_backbone
+from fedgray.tasks import TaskData
+
+_BACKBONES: dict[str, SealedBackbone] = {}
+_DATA: dict[tuple[str, str, str, int, int], TaskData] = {}
+
+
+def _backbone_key(config: Config) -> str:
+    return json.dumps(
+        {"backbone": to_dict(config.backbone), "pretrain": to_dict(config.pretrain)},
+        sort_keys=True,
+    )
+
+
+def shared_backbone(config: Config) -> SealedBackbone:
+    """The configured sealed backbone, loaded once per process."""
+    key = _backbone_key(config)
+    if key not in _BACKBONES:
+        _BACKBONES[key] = open_backbone(config, progress=False)
+    return _BACKBONES[key]
+
+
+def shared_data(config: Config, *, dataset: str, split: str, size: int) -> TaskData:
+    """``size`` samples of ``dataset``'s ``split`` in the backbone's format, once per process."""
+    key = (_backbone_key(config), dataset, split, size, config.data.seed)
+    if key not in _DATA:
+        sizes = {"train_size": size} if split == "train" else {"test_size": size}
+        data = dataclasses.replace(config.data, dataset=dataset, **sizes)
+        site_config = dataclasses.replace(config, data=data)
+        _DATA[key] = load_task_data(site_config, shared_backbone(config), split=split)
+    return _DATA[key]
+
+
+def clear() -> None:
+    """Forget every cached backbone and dataset (tests, memory benchmarks)."""
+    _BACKBONES.clear()
+    _DATA.clear()

@@ -1,0 +1,72 @@
+"""The server's per-round checkpoint: global adapters, strategy state and round number.
+
+One file, ``checkpoint.pt`` in the run folder, replaced atomically after every round, so a
+crash leaves the previous round's checkpoint intact. It loads with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
+
+from fedgray.fl.records import from_record, to_record
+from strategies import restore_strategy_state, strategy_state
+
+CHECKPOINT = "checkpoint.pt"
+FORMAT = "fedgray-fl-checkpoint/1"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The state a resumed run starts from."""
+
+    round: int
+    strategy: str
+    arrays: ArrayRecord
+    strategy_state: dict[str, tuple[str, dict[str, np.ndarray]]]
+
+    def restore(self, strategy: object) -> None:
+        """Put the saved strategy state back on a freshly built ``strategy``."""
+        restore_strategy_state(strategy, self.strategy_state)
+
+
+def save_checkpoint(
+    run_dir: Path, *, server_round: int, name: str, arrays: ArrayRecord, strategy: object
+) -> Path:
+    """Write (atomically) the checkpoint after ``server_round``."""
+    state = {
+        attr: {"kind": kind, "arrays": {k: torch.from_numpy(np.array(v)) for k, v in d.items()}}
+        for attr, (kind, d) in strategy_state(strategy).items()
+    }
+    payload = {
+        "format": FORMAT,
+        "round": server_round,
+        "strategy": name,
+        "arrays": from_record(arrays),
+        "strategy_state": state,
+    }
+    path = run_dir / CHECKPOINT
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(run_dir: Path) -> Checkpoint:
+    """Read the checkpoint of a run folder."""
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint to resume from: {path}")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a fedgray federated checkpoint ({FORMAT})")
+    state = {
+        attr: (entry["kind"], {k: v.numpy() for k, v in entry["arrays"].items()})
+        for attr, entry in payload["strategy_state"].items()
+    }
+    return Checkpoint(payload["round"], payload["strategy"], to_record(payload["arrays"]), state)

@@ -1,0 +1,113 @@
+"""What a site does with the global adapters: train them locally, or evaluate them.
+
+Only adapter tensors come in and go out; the backbone and the data stay in this process.
+Adapters named by ``federation.personal`` prefixes never leave the site: they live in the
+node's ``context.state`` between rounds. Local randomness (initialisation of personal
+adapters, batch order) is seeded from (federation seed, round, partition).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, RecordDict
+
+from fedgray.adapters import AdaptedCLIP, build_model
+from fedgray.config import Config
+from fedgray.fl.cache import shared_backbone
+from fedgray.fl.records import from_record, to_record
+from fedgray.fl.sites import SiteData, site_data
+from fedgray.tasks import TASKS, Task, TaskData, evaluate
+from fedgray.train import batches, train_steps
+from strategies import ORDER_KEY, split_personal
+
+PERSONAL_STATE = "personal-adapters"
+
+
+def round_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """A 32-bit seed that depends on (seed, round, partition) only."""
+    return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])
+
+
+@dataclass
+class Site:
+    """One simulated site: its partition number, data and model around the shared backbone."""
+
+    config: Config
+    partition_id: int
+    data: SiteData
+
+    @classmethod
+    def open(cls, config: Config, *, partition_id: int, num_partitions: int) -> Site:
+        """The site of ``partition_id`` (backbone and data come from per-process caches)."""
+        if config.train.threads is not None:
+            torch.set_num_threads(config.train.threads)
+        data = site_data(config, partition_id=partition_id, num_partitions=num_partitions)
+        return cls(config, partition_id, data)
+
+    def model(self, arrays: ArrayRecord, state: RecordDict) -> AdaptedCLIP:
+        """Adapters at identity, then the global ones, then this site's personal ones."""
+        method = self.config.method
+        model = build_model(
+            shared_backbone(self.config), method.name, prompt_tokens=method.prompt_tokens
+        )
+        weights = model.state_dict()
+        weights.update(from_record(arrays))
+        if PERSONAL_STATE in state:
+            weights.update(from_record(state[PERSONAL_STATE]))
+        model.load_state_dict(weights)
+        return model
+
+    def train(
+        self, arrays: ArrayRecord, state: RecordDict, *, server_round: int, proximal_mu: float
+    ) -> tuple[ArrayRecord, dict[str, float]]:
+        """Local steps from the global adapters; returns the shared adapters and metrics."""
+        seed = round_seed(self.config.federation.seed, server_round, self.partition_id)
+        torch.manual_seed(seed)
+        model = self.model(arrays, state)
+        task = _with_proximal(TASKS[self.config.train.task], model, proximal_mu)
+        train = self.config.train
+        optimizer = torch.optim.AdamW(
+            model.param_groups(train.lr, input_lr_scale=self.config.method.input_lr_scale),
+            weight_decay=train.weight_decay,
+        )
+        result = train_steps(
+            model,
+            task,
+            self.data.train,
+            batches(self.data.train, batch_size=train.batch_size, seed=seed),
+            optimizer,
+            steps=self.config.federation.local_steps,
+            scale=shared_backbone(self.config).interface.logit_scale,
+        )
+        shared, personal = split_personal(model.state_dict(), self.config.federation.personal)
+        if personal:
+            state[PERSONAL_STATE] = to_record(personal)
+        metrics = {
+            "num-examples": len(self.data.train),
+            "train-loss": result.mean_loss,
+            ORDER_KEY: self.partition_id,
+        }
+        return to_record(shared), metrics
+
+    def evaluate(self, arrays: ArrayRecord, state: RecordDict) -> dict[str, float]:
+        """Metrics of the global (plus personal) adapters on this site's held-out samples."""
+        metrics = evaluate(self.model(arrays, state), self.data.heldout)
+        return {"num-examples": len(self.data.heldout), **metrics}
+
+
+def _with_proximal(task: Task, model: AdaptedCLIP, mu: float) -> Task:
+    """``task`` with FedProx's ``mu / 2 * ||w - w_global||^2`` added to its loss."""
+    if mu <= 0:
+        return task
+    anchor = [p.detach().clone() for p in model.parameters()]
+
+    def loss(
+        m: torch.nn.Module, batch: tuple[torch.Tensor, ...], data: TaskData, scale: float
+    ) -> torch.Tensor:
+        prox = sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
+        return task.loss(m, batch, data, scale) + 0.5 * mu * prox
+
+    return Task(task.name, task.metric, loss)

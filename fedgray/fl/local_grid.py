@@ -1,0 +1,98 @@
+"""A Ray-free, in-process Grid: the ClientApp runs in this process, node after node.
+
+Built on Flower's public ``Grid``, ``Message`` and ``Context``; used by the tests and the
+memory benchmark. Like the real runtime it copies messages both ways (clients cannot alias
+server arrays), keeps one ``Context`` per node (``context.state`` persists between
+messages; a client that raises loses that message's state changes) and turns exceptions
+into error replies.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Any
+from uuid import uuid4
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity  # internal: Message() reads it
+
+FIRST_NODE_ID = 1000
+
+
+class LocalGrid(Grid):
+    """``num_nodes`` simulated nodes with partition ids ``0 .. num_nodes - 1``."""
+
+    def __init__(
+        self, client_app: ClientApp, num_nodes: int, *, run_config: dict[str, Any] | None = None
+    ) -> None:
+        self.app = client_app
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+        self.contexts = {
+            FIRST_NODE_ID + i: Context(
+                run_id=1,
+                node_id=FIRST_NODE_ID + i,
+                node_config={"partition-id": i, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config=dict(run_config or {}),
+            )
+            for i in range(num_nodes)
+        }
+        self.sent: list[Message] = []
+        self.received: list[Message] = []
+
+    def set_run(self, run_id: int) -> None:
+        """Not needed in-process."""
+
+    @property
+    def run(self) -> Any:
+        """Not available in-process."""
+        raise NotImplementedError
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        """A message for ``dst_node_id``."""
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Not used: strategies call :meth:`send_and_receive`."""
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Not used: strategies call :meth:`send_and_receive`."""
+        raise NotImplementedError
+
+    def get_node_ids(self) -> list[int]:
+        """Ids of all simulated nodes."""
+        return list(self.contexts)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        """Run the ClientApp on each message in turn and return the replies."""
+        replies = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = str(uuid4())
+            inbound = Message(
+                metadata=copy.deepcopy(msg.metadata), content=copy.deepcopy(msg.content)
+            )
+            node = msg.metadata.dst_node_id
+            context = copy.deepcopy(self.contexts[node])
+            try:
+                reply = self.app(inbound, context)
+                self.contexts[node] = context
+            except Exception as error:  # noqa: BLE001 - Flower makes these error replies too
+                reason = f"{type(error).__name__}: {error}"
+                reply = Message(Error(code=0, reason=reason), reply_to=inbound)
+            self.sent.append(inbound)
+            self.received.append(reply)
+            replies.append(reply)
+        return replies

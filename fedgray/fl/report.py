@@ -1,0 +1,71 @@
+"""What a finished federated run leaves behind, and its comparison with zero-shot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedgray.config import Config
+from fedgray.fl.records import from_record
+from fedgray.fl.server import FederationResult, headline
+from fedgray.plots import plot_curve
+from fedgray.runs import RunFolder, save_adapters
+from fedgray.tasks import TASKS
+
+COMPARED = ("i2t_r1", "t2i_r1", "r1_mean", "accuracy")
+
+
+def _scope(record: dict[str, Any]) -> dict[str, float]:
+    return record["central"] or record["federated"]
+
+
+def finish(run: RunFolder, config: Config, result: FederationResult) -> dict[str, Any]:
+    """Write the final global adapters, the learning curve and ``summary.json``."""
+    fed, metric = config.federation, TASKS[config.train.task].metric
+    save_adapters(
+        run.path / "adapters.pt",
+        from_record(result.arrays),
+        backbone=config.backbone.name,
+        method=config.method.name,
+        personal=list(fed.personal),
+        rounds=fed.num_rounds,
+    )
+    first, last = result.records[0], result.records[-1]
+    where = "server test set" if first["central"] else "sites' held-out data"
+    plot_curve(
+        [r["round"] for r in result.records],
+        [headline(config, r) for r in result.records],
+        run.path / "curve.png",
+        xlabel="round",
+        ylabel=f"{metric} ({where})",
+        baseline=headline(config, first),
+        title=f"{fed.strategy} · {fed.num_sites} sites · {config.data.dataset}",
+    )
+    trained = [r for r in result.records if r["round"] > 0]
+    summary = {
+        "evaluated_on": where,
+        "zero_shot": {k: _scope(first).get(k) for k in COMPARED},
+        "final": {k: _scope(last).get(k) for k in COMPARED},
+        "bytes_per_site_per_round": max(
+            (r["bytes_down"] + r["bytes_up"] for r in trained), default=0
+        ),
+        "backbone_bytes": result.backbone_bytes,
+        "seconds": sum(r["seconds"] for r in result.records),
+        "rejections": [vars(r) for r in result.rejections],
+    }
+    run.write_json("summary.json", summary)
+    return summary
+
+
+def comparison(summary: dict[str, Any]) -> list[str]:
+    """Zero-shot vs final metrics, and traffic vs backbone size, as printable lines."""
+    lines = [f"{'metric':<10}{'zero-shot':>11}{'federated':>11}   ({summary['evaluated_on']})"]
+    for key in COMPARED:
+        before, after = summary["zero_shot"][key], summary["final"][key]
+        if before is not None and after is not None:
+            lines.append(f"{key:<10}{before:>11.1f}{after:>11.1f}")
+    sent, size = summary["bytes_per_site_per_round"], summary["backbone_bytes"]
+    lines.append(
+        f"traffic: {sent / 1e3:.1f} KB per site per round (down + up) = "
+        f"{sent / size:.3%} of the backbone's {size / 1e6:.1f} MB"
+    )
+    return lines

@@ -1,0 +1,36 @@
+"""A fedgray Config from a factory's config plus Flower's ``context.run_config``.
+
+Under ``flwr run`` the run config holds the ``[tool.flwr.app.config]`` keys of pyproject.toml
+(and ``--run-config`` overrides): dotted config paths such as ``federation.num-rounds``
+(dashes or underscores). Under ``run_simulation`` it is empty and the factory's config is used.
+List fields take comma-separated strings, since run-config values are scalars.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fedgray.config import Config
+from fedgray.config_schema import build, set_dotted
+
+
+def _current(data: dict[str, Any], path: str) -> Any:
+    node: Any = data
+    for key in path.split("."):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def resolve_config(config: Config | None, run_config: Mapping[str, Any]) -> Config:
+    """``config`` (defaults when None) with every ``run_config`` entry applied on top."""
+    base = config if config is not None else Config()
+    if not run_config:
+        return base
+    data = base.to_dict()
+    for key, value in run_config.items():
+        path = key.replace("-", "_")
+        if isinstance(_current(data, path), list) and isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        set_dotted(data, path, value)
+    return build(Config, data)

@@ -1,0 +1,48 @@
+"""The fedgray ServerApp (Flower Message API)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedgray.config import Config
+from fedgray.fl.report import finish
+from fedgray.fl.run_config import resolve_config
+from fedgray.fl.server import Echo, FederationResult, federate
+from fedgray.runs import RunFolder
+
+
+def make_server_app(
+    config: Config | None = None,
+    *,
+    run_dir: Path | None = None,
+    echo: Echo = print,
+    on_result: Callable[[FederationResult, dict], None] | None = None,
+) -> ServerApp:
+    """A ServerApp for ``config`` (defaults when None), overridden by ``context.run_config``.
+
+    It writes into ``run_dir`` (a fresh folder under ``output.root`` when None); a folder
+    holding a checkpoint is resumed. ``on_result`` receives the result and summary in-process.
+    """
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        resolved = resolve_config(config, context.run_config)
+        if run_dir is None:
+            run = RunFolder(resolved.output.root, resolved.output.name, prefix="federated")
+        else:
+            run = RunFolder(run_dir.parent, run_dir.name)
+        run.save_config(resolved)
+        result = federate(grid, resolved, run, echo=echo)
+        summary = finish(run, resolved, result)
+        if on_result is not None:
+            on_result(result, summary)
+
+    return app
+
+
+app = make_server_app()

@@ -1,0 +1,93 @@
+"""Each site's private data: a deterministic partition of the train split, minus a held-out part.
+
+The pool is the configured train split (``data.dataset``), or, with ``federation.domains``,
+one block of ``data.train_size / len(domains)`` samples per domain. Partitioners come from
+:data:`fedgray.data.partition.PARTITIONERS`: ``iid``, ``dirichlet`` (over class labels) and
+``by_group`` (one domain per site). A fraction ``federation.holdout`` of each site's samples
+is held out for federated evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedgray.config import Config, FederationConfig
+from fedgray.config_schema import ConfigError
+from fedgray.data.partition import PARTITIONERS
+from fedgray.fl.cache import shared_data
+from fedgray.tasks import TaskData
+
+
+@dataclass(frozen=True)
+class SiteData:
+    """One site's training samples and its held-out evaluation samples."""
+
+    train: TaskData
+    heldout: TaskData
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The samples all sites' partitions are cut from: consecutive blocks, one per domain."""
+
+    config: Config
+    domains: tuple[str, ...]
+    block: int
+
+    def labels(self) -> np.ndarray:
+        """Class labels of the pool (loads the data; single-domain pools only)."""
+        return self.data(0).labels.numpy()
+
+    def groups(self) -> np.ndarray:
+        """Domain number of every sample."""
+        return np.repeat(np.arange(len(self.domains)), self.block)
+
+    def data(self, group: int) -> TaskData:
+        """The samples of domain block ``group``."""
+        return shared_data(self.config, dataset=self.domains[group], split="train", size=self.block)
+
+
+Partition = Callable[[FederationConfig, Pool, int], list[np.ndarray]]
+
+_PARTITIONS: dict[str, Partition] = {
+    "iid": lambda fed, pool, n: PARTITIONERS["iid"](pool.block, num_partitions=n, seed=fed.seed),
+    "dirichlet": lambda fed, pool, n: PARTITIONERS["dirichlet"](
+        pool.labels(), num_partitions=n, alpha=fed.alpha, seed=fed.seed
+    ),
+    "by_group": lambda fed, pool, n: PARTITIONERS["by_group"](pool.groups(), num_partitions=n),
+}
+
+
+def site_pool(config: Config) -> Pool:
+    """The pool a federation's sites share out."""
+    fed = config.federation
+    domains = tuple(fed.domains) or (config.data.dataset,)
+    if len(domains) > 1 and fed.partitioner != "by_group":
+        raise ConfigError("federation.domains: several domains need partitioner by_group")
+    return Pool(config, domains, config.data.train_size // len(domains))
+
+
+def site_data(config: Config, *, partition_id: int, num_partitions: int) -> SiteData:
+    """Site ``partition_id``'s data among ``num_partitions`` (deterministic from seeds)."""
+    fed = config.federation
+    pool = site_pool(config)
+    indices = _PARTITIONS[fed.partitioner](fed, pool, num_partitions)[partition_id]
+    group = int(indices[0]) // pool.block
+    local = indices - group * pool.block
+    rng = np.random.default_rng([fed.seed, partition_id])
+    order = rng.permutation(local)
+    cut = min(len(order) - 1, max(1, round(len(order) * fed.holdout)))
+    data = pool.data(group)
+    return SiteData(train=_subset(data, order[cut:]), heldout=_subset(data, order[:cut]))
+
+
+def _subset(data: TaskData, indices: np.ndarray) -> TaskData:
+    """``data.subset`` with caption ids renumbered ``0..U-1``, as evaluation expects."""
+    part = data.subset(np.sort(indices))
+    _, dense = torch.unique(part.caption_ids, return_inverse=True)
+    return dataclasses.replace(part, caption_ids=dense)

@@ -1,0 +1,70 @@
+"""Flower's strategies by name, each wrapped with the update guard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.serverapp.strategy import (
+    Bulyan,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    MultiKrum,
+)
+
+from strategies.guard import guarded
+
+STRATEGIES: dict[str, type[FedAvg]] = {
+    "fedavg": FedAvg,
+    "fedprox": FedProx,
+    "fedavgm": FedAvgM,
+    "fedadam": FedAdam,
+    "fedyogi": FedYogi,
+    "fedadagrad": FedAdagrad,
+    "fedmedian": FedMedian,
+    "fedtrimmedavg": FedTrimmedAvg,
+    "krum": Krum,
+    "multikrum": MultiKrum,
+    "bulyan": Bulyan,
+}
+
+
+class StrategyError(ValueError):
+    """An unknown strategy name or an option its constructor does not accept."""
+
+
+def build_strategy(
+    name: str,
+    *,
+    num_sites: int,
+    fraction_train: float = 1.0,
+    fraction_evaluate: float = 1.0,
+    options: dict[str, Any] | None = None,
+) -> FedAvg:
+    """Guarded strategy ``name`` that waits for all ``num_sites`` sites to be connected.
+
+    ``options`` go to the Flower constructor (``proximal_mu`` for FedProx, ``eta`` for
+    FedAdam, ``beta`` for FedTrimmedAvg...).
+    """
+    if name not in STRATEGIES:
+        raise StrategyError(
+            f"federation.strategy: unknown strategy '{name}' (known: {', '.join(STRATEGIES)})"
+        )
+    minimum = max(1, min(num_sites, round(num_sites * fraction_train)))
+    try:
+        return guarded(STRATEGIES[name])(
+            fraction_train=fraction_train,
+            fraction_evaluate=fraction_evaluate,
+            min_train_nodes=minimum,
+            min_evaluate_nodes=1 if fraction_evaluate else 0,
+            min_available_nodes=num_sites,
+            **(options or {}),
+        )
+    except (TypeError, ValueError) as error:
+        raise StrategyError(f"federation.strategy_options: {name}: {error}") from None
