@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from fedgray.backbone.access import SealedError
 from fedgray.backbone.loading import BackboneLoadError
@@ -51,6 +52,25 @@ def _cmd_adapt(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_run(args: argparse.Namespace) -> None:
+    from fedgray.fl.report import comparison
+    from fedgray.fl.simulation import open_run, run_federation
+
+    resume = Path(args.resume) if args.resume else None
+    config, run = open_run(args.config, args.overrides, resume=resume)
+    fed = config.federation
+    print(
+        f"{fed.num_sites} sites x {fed.num_rounds} rounds of {config.method.name} on "
+        f"{config.data.dataset} ({fed.partitioner} partition, {fed.strategy})\n"
+        f"run folder: {run.path}"
+    )
+    result, summary = run_federation(config, run)
+    print()
+    for line in comparison(summary):
+        print(line)
+    print(f"{summary['seconds']:.0f} s in rounds; run folder: {result.run_dir}")
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> None:
     from fedgray.backbone.pretrain import builtin_checkpoint, pretrain
 
@@ -92,6 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="root folder for run folders (default: output.root of the config)",
     )
     adapt.set_defaults(handler=_cmd_adapt)
+    run = commands.add_parser(
+        "run",
+        help="federated adaptation: a Flower simulation of the configured sites",
+        description="Simulate federation.num_sites sites with Flower (in-process, Ray), "
+        "federation.num_rounds rounds of the configured method; print per-round progress and "
+        "a comparison with zero-shot, and write a run folder (config, metrics, adapters, "
+        "curve, checkpoint).",
+    )
+    _config_arguments(run, required=False)
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last checkpoint (its config.yaml is used; "
+        "--set may change e.g. federation.num_rounds)",
+    )
+    run.set_defaults(handler=_cmd_run)
     pretrain = commands.add_parser(
         "pretrain",
         help="pretrain (or locate) the built-in owner's backbone",

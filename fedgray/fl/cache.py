@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import torch
+
 from fedgray.backbone.sealed import SealedBackbone
 from fedgray.config import Config
 from fedgray.config_schema import to_dict
@@ -31,7 +33,9 @@ def shared_backbone(config: Config) -> SealedBackbone:
     """The configured sealed backbone, loaded once per process."""
     key = _backbone_key(config)
     if key not in _BACKBONES:
-        _BACKBONES[key] = open_backbone(config, progress=False)
+        with torch.random.fork_rng():
+            torch.manual_seed(config.pretrain.seed)  # same random weights in every process
+            _BACKBONES[key] = open_backbone(config, progress=False)
     return _BACKBONES[key]
 
 

@@ -72,22 +72,37 @@ def site_pool(config: Config) -> Pool:
     return Pool(config, domains, config.data.train_size // len(domains))
 
 
-def site_data(config: Config, *, partition_id: int, num_partitions: int) -> SiteData:
-    """Site ``partition_id``'s data among ``num_partitions`` (deterministic from seeds)."""
+@dataclass(frozen=True)
+class SiteIndices:
+    """Which pool samples a site holds: its domain block and indices inside that block."""
+
+    group: int
+    train: np.ndarray
+    heldout: np.ndarray
+
+
+def site_indices(config: Config, *, partition_id: int, num_partitions: int) -> SiteIndices:
+    """Site ``partition_id``'s share among ``num_partitions`` (deterministic from seeds)."""
     fed = config.federation
     pool = site_pool(config)
     indices = _PARTITIONS[fed.partitioner](fed, pool, num_partitions)[partition_id]
     group = int(indices[0]) // pool.block
-    local = indices - group * pool.block
-    rng = np.random.default_rng([fed.seed, partition_id])
-    order = rng.permutation(local)
+    order = np.random.default_rng([fed.seed, partition_id]).permutation(
+        indices - group * pool.block
+    )
     cut = min(len(order) - 1, max(1, round(len(order) * fed.holdout)))
-    data = pool.data(group)
-    return SiteData(train=_subset(data, order[cut:]), heldout=_subset(data, order[:cut]))
+    return SiteIndices(group, np.sort(order[cut:]), np.sort(order[:cut]))
+
+
+def site_data(config: Config, *, partition_id: int, num_partitions: int) -> SiteData:
+    """Site ``partition_id``'s training and held-out samples."""
+    share = site_indices(config, partition_id=partition_id, num_partitions=num_partitions)
+    data = site_pool(config).data(share.group)
+    return SiteData(train=_subset(data, share.train), heldout=_subset(data, share.heldout))
 
 
 def _subset(data: TaskData, indices: np.ndarray) -> TaskData:
     """``data.subset`` with caption ids renumbered ``0..U-1``, as evaluation expects."""
-    part = data.subset(np.sort(indices))
+    part = data.subset(indices)
     _, dense = torch.unique(part.caption_ids, return_inverse=True)
     return dataclasses.replace(part, caption_ids=dense)
