@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -64,7 +65,13 @@ def _cmd_run(args: argparse.Namespace) -> None:
         f"{config.data.dataset} ({fed.partitioner} partition, {fed.strategy})\n"
         f"run folder: {run.path}"
     )
-    result, summary = run_federation(config, run)
+    try:
+        result, summary = run_federation(config, run)
+    except KeyboardInterrupt:
+        # Ray is already shut down; Flower's ServerApp thread is not a daemon and would keep
+        # the process alive until its round timeout, so leave at once.
+        print(f"\ninterrupted; continue with: fedgray run --resume {run.path}", flush=True)
+        os._exit(130)
     print()
     for line in comparison(summary):
         print(line)

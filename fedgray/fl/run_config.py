@@ -3,7 +3,8 @@
 Under ``flwr run`` the run config holds the ``[tool.flwr.app.config]`` keys of pyproject.toml
 (and ``--run-config`` overrides): dotted config paths such as ``federation.num-rounds``
 (dashes or underscores). Under ``run_simulation`` it is empty and the factory's config is used.
-List fields take comma-separated strings, since run-config values are scalars.
+List fields take comma-separated strings, since run-config values are scalars; an empty
+string elsewhere means None (TOML has no null).
 """
 
 from __future__ import annotations
@@ -32,5 +33,7 @@ def resolve_config(config: Config | None, run_config: Mapping[str, Any]) -> Conf
         path = key.replace("-", "_")
         if isinstance(_current(data, path), list) and isinstance(value, str):
             value = [item.strip() for item in value.split(",") if item.strip()]
+        elif value == "":
+            value = None
         set_dotted(data, path, value)
     return build(Config, data)

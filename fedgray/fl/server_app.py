@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from logging import INFO
 from pathlib import Path
 
 from flwr.app import Context
+from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedgray.config import Config
@@ -45,4 +47,8 @@ def make_server_app(
     return app
 
 
-app = make_server_app()
+def _flower_log(line: str) -> None:
+    log(INFO, line)
+
+
+app = make_server_app(echo=_flower_log)

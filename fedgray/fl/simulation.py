@@ -54,7 +54,7 @@ def isolated_flower(run_dir: Path) -> Iterator[Path]:
     link_dir = None
     temp = ray_dir
     if len(str(ray_dir)) > MAX_RAY_TEMP:
-        link_dir = Path(tempfile.mkdtemp(prefix="fgr", dir="/tmp"))
+        link_dir = Path(tempfile.mkdtemp(prefix="flr", dir="/tmp"))
         temp = link_dir / "r"
         temp.symlink_to(ray_dir)
     env = {

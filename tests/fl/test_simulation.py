@@ -1,0 +1,59 @@
+"""`fedgray run` on Flower's real simulation engine (Ray), and its command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from fedgray.cli import main
+from tests.fl.conftest import MICRO
+
+
+def _ray_processes() -> set[str]:
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return {line for line in ps.splitlines() if "raylet" in line or "ClientAppActor" in line}
+
+
+@pytest.mark.slow
+def test_fedgray_run_on_ray_writes_the_run_and_stops_ray(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    short = tempfile.mkdtemp(prefix="fgt", dir="/tmp")  # Ray's AF_UNIX paths need a short dir
+    try:
+        config = Path(short) / "micro.yaml"
+        config.write_text("federation:\n  partitioner: iid\n")
+        overrides = [a for item in MICRO for a in ("--set", item)]
+        env = {k: os.environ.get(k) for k in ("FLWR_HOME", "RAY_TMPDIR")}
+        before = _ray_processes()
+        code = main(["run", str(config), *overrides, "--set", f"output.root={short}",
+                     "--set", "output.name=r"])  # fmt: skip
+        out = capsys.readouterr().out
+        assert code == 0
+        assert "round 2/2" in out and "zero-shot" in out and "KB per site per round" in out
+        run = Path(short) / "r"
+        rounds = [json.loads(x)["round"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert rounds == [0, 1, 2]
+        assert (run / "ray").is_dir() and (run / "flwr").is_dir()
+        assert list((run / "ray").iterdir())  # Ray's session went into the run folder
+        assert {k: os.environ.get(k) for k in env} == env
+        assert _ray_processes() <= before  # Ray was shut down
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def test_run_command_help_and_argument_errors(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "--resume RUN_DIR" in capsys.readouterr().out
+    assert main(["run"]) == 2
+    assert "a CONFIG file is needed" in capsys.readouterr().err
+    assert main(["run", "--resume", str(tmp_path)]) == 2
+    assert "no checkpoint to resume from" in capsys.readouterr().err
