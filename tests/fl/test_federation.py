@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from fedgray.adapters import build_model
@@ -81,3 +82,21 @@ def test_personal_adapters_stay_on_their_site(tmp_path: Path) -> None:
         "text_out.bias",
     }
     assert not torch.equal(personal[0]["image_out.weight"], personal[1]["image_out.weight"])
+
+
+@pytest.mark.parametrize(
+    ("strategy", "options"),
+    [("fedprox", "{proximal_mu: 0.5}"), ("fedmedian", "{}"), ("fedavgm", "{server_momentum: 0.5}")],
+)
+def test_other_strategies_run(tmp_path: Path, strategy: str, options: str) -> None:
+    config = micro_config(
+        tmp_path,
+        "federation.num_rounds=1",
+        "federation.central_eval=false",
+        f"federation.strategy={strategy}",
+        f"federation.strategy_options={options}",
+    )
+    result, summary, _ = run_local(config)
+    assert result.records[-1]["sites_trained"] == 3 and not result.rejections
+    assert summary["evaluated_on"] == "sites' held-out data"
+    assert all(torch.isfinite(t).all() for t in from_record(result.arrays).values())

@@ -14,6 +14,8 @@ import pytest
 from fedgray.cli import main
 from tests.fl.conftest import MICRO
 
+LONG = "a-run-folder-name-long-enough-that-ray-is-reached-through-a-short-link"
+
 
 def _ray_processes() -> set[str]:
     ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
@@ -32,11 +34,11 @@ def test_fedgray_run_on_ray_writes_the_run_and_stops_ray(
         env = {k: os.environ.get(k) for k in ("FLWR_HOME", "RAY_TMPDIR")}
         before = _ray_processes()
         code = main(["run", str(config), *overrides, "--set", f"output.root={short}",
-                     "--set", "output.name=r"])  # fmt: skip
+                     "--set", f"output.name={LONG}"])  # fmt: skip
         out = capsys.readouterr().out
         assert code == 0
         assert "round 2/2" in out and "zero-shot" in out and "KB per site per round" in out
-        run = Path(short) / "r"
+        run = Path(short) / LONG
         rounds = [json.loads(x)["round"] for x in (run / "metrics.jsonl").read_text().splitlines()]
         assert rounds == [0, 1, 2]
         assert (run / "ray").is_dir() and (run / "flwr").is_dir()
