@@ -3,9 +3,10 @@
 A train reply is dropped, with a one-line logged reason, when its arrays miss a key, carry an
 unexpected one, have the wrong shape or dtype, or hold NaN/inf; the round goes on with the
 other replies. If every reply is rejected, the strategy returns no arrays and the global
-adapters stay as they were. Kept replies are put in a fixed order (by the site number the
-client reports under :data:`ORDER_KEY`), so aggregation sums in the same order every run
-and seeded runs are bit-for-bit reproducible whatever order the replies arrived in.
+adapters stay as they were. Aggregates are cast back to the dtypes that were sent. Kept
+replies are put in a fixed order (by the site number the client reports under
+:data:`ORDER_KEY`), so aggregation sums in the same order every run and seeded runs are
+bit-for-bit reproducible whatever order the replies arrived in.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from functools import cache
 from logging import WARNING
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -94,7 +95,15 @@ class UpdateGuard:
         for msg in kept:
             if not msg.has_error():
                 next(iter(msg.content.metric_records.values())).pop(ORDER_KEY, None)
-        return super().aggregate_train(server_round, kept)  # type: ignore[misc]
+        arrays, metrics = super().aggregate_train(server_round, kept)  # type: ignore[misc]
+        if arrays is None:
+            return None, metrics
+        return ArrayRecord({k: Array(self._cast(k, a.numpy())) for k, a in arrays.items()}), metrics
+
+    def _cast(self, key: str, value: np.ndarray) -> np.ndarray:
+        """Keep the adapters' dtype: FedAdam's float64 arithmetic would turn float32 adapters
+        into float64 ones, and the next round's (float32) updates would not match them."""
+        return np.ascontiguousarray(value.astype(self._expected[key][1], copy=False))
 
 
 def _site_of(msg: Message) -> tuple[int, int]:
