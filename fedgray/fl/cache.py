@@ -48,9 +48,3 @@ def shared_data(config: Config, *, dataset: str, split: str, size: int) -> TaskD
         site_config = dataclasses.replace(config, data=data)
         _DATA[key] = load_task_data(site_config, shared_backbone(config), split=split)
     return _DATA[key]
-
-
-def clear() -> None:
-    """Forget every cached backbone and dataset (tests, memory benchmarks)."""
-    _BACKBONES.clear()
-    _DATA.clear()

@@ -58,18 +58,21 @@ def central_evaluator(config: Config) -> Callable[[ArrayRecord], dict[str, float
     )
 
     def run(arrays: ArrayRecord) -> dict[str, float]:
-        model = build_model(shared_backbone(config), config.method.name)
+        method = config.method
+        model = build_model(
+            shared_backbone(config), method.name, prompt_tokens=method.prompt_tokens
+        )
         model.load_state_dict(from_record(arrays), strict=False)
         return evaluate(model, data)
 
     return run
 
 
-def _record(config: Config, rnd: int, outcome: RoundOutcome, seconds: float) -> dict[str, Any]:
+def _record(config: Config, rnd: int, outcome: RoundOutcome, started: float) -> dict[str, Any]:
     central = central_evaluator(config)(outcome.arrays) if config.federation.central_eval else {}
     return {
         "round": rnd,
-        "seconds": round(seconds, 3),
+        "seconds": round(time.perf_counter() - started, 3),
         "sites_trained": outcome.trained,
         "rejected": outcome.rejected,
         "bytes_down": outcome.bytes_down,
@@ -120,15 +123,16 @@ def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) 
         fraction_evaluate=fed.fraction_evaluate,
         options=fed.strategy_options,
     )
-    done, arrays = 0, initial_adapters(config)
+    first, arrays = 0, initial_adapters(config)
     if (run.path / CHECKPOINT).is_file():
         done, arrays = _resume(run, config, strategy)
         echo(f"resuming {run.path} after round {done}")
-    for rnd in range(done + 1 if done else 0, fed.num_rounds + 1):
+        first = done + 1
+    for rnd in range(first, fed.num_rounds + 1):
         started = time.perf_counter()
         outcome = run_round(strategy, grid, arrays, rnd, timeout=fed.round_timeout, train=rnd > 0)
         arrays = outcome.arrays
-        record = _record(config, rnd, outcome, time.perf_counter() - started)
+        record = _record(config, rnd, outcome, started)
         run.log(record)
         save_checkpoint(
             run.path, server_round=rnd, name=fed.strategy, arrays=arrays, strategy=strategy
