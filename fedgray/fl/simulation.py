@@ -92,9 +92,12 @@ def run_federation(
         from fedgray.fl.server_app import make_server_app
 
         cpus = os.cpu_count() or 1
+        # progress comes from our own lines; Flower keeps its warnings (rejected updates).
+        # open_clip's root-logger warnings install a root handler: stop duplicates there.
         flwr_log = logging.getLogger("flwr")
-        level = flwr_log.level
+        level, propagate = flwr_log.level, flwr_log.propagate
         flwr_log.setLevel(logging.WARNING)
+        flwr_log.propagate = False
         try:
             run_simulation(
                 server_app=make_server_app(
@@ -117,6 +120,7 @@ def run_federation(
             )
         finally:
             flwr_log.setLevel(level)
+            flwr_log.propagate = propagate
             if ray.is_initialized():
                 ray.shutdown()
     if "r" not in outcome:
