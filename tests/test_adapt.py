@@ -43,7 +43,7 @@ def test_short_dga_adaptation_beats_zero_shot_on_sketches(
     assert {"config.yaml", "metrics.jsonl", "adapters.pt", "curve.png", "summary.json"} <= {
         p.name for p in run.iterdir()
     }
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().split()]
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 60, 120]
     assert load_config(run / "config.yaml") == config
 
