@@ -9,12 +9,10 @@ is held out for federated evaluation.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from fedgray.config import Config, FederationConfig
 from fedgray.config_schema import ConfigError
@@ -98,11 +96,4 @@ def site_data(config: Config, *, partition_id: int, num_partitions: int) -> Site
     """Site ``partition_id``'s training and held-out samples."""
     share = site_indices(config, partition_id=partition_id, num_partitions=num_partitions)
     data = site_pool(config).data(share.group)
-    return SiteData(train=_subset(data, share.train), heldout=_subset(data, share.heldout))
-
-
-def _subset(data: TaskData, indices: np.ndarray) -> TaskData:
-    """``data.subset`` with caption ids renumbered ``0..U-1``, as evaluation expects."""
-    part = data.subset(indices)
-    _, dense = torch.unique(part.caption_ids, return_inverse=True)
-    return dataclasses.replace(part, caption_ids=dense)
+    return SiteData(train=data.subset(share.train), heldout=data.subset(share.heldout))

@@ -38,12 +38,13 @@ class TaskData:
         return TensorDataset(self.images, self.tokens, self.caption_ids, self.labels)
 
     def subset(self, indices: Sequence[int] | torch.Tensor) -> TaskData:
-        """The samples at ``indices`` (class prompts unchanged)."""
+        """The samples at ``indices``, caption ids renumbered ``0..U-1`` (prompts unchanged)."""
         index = torch.as_tensor(indices, dtype=torch.long)
+        _, caption_ids = torch.unique(self.caption_ids[index], return_inverse=True)
         return TaskData(
             self.images[index],
             self.tokens[index],
-            self.caption_ids[index],
+            caption_ids,
             self.labels[index],
             self.prompt_tokens,
             self.prompt_classes,

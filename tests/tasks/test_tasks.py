@@ -41,3 +41,18 @@ def test_class_logits_are_logsumexp_over_each_class_prompts() -> None:
     prompts = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
     logits = class_logits(images, prompts, torch.tensor([0, 1, 1]), num_classes=2, scale=1.0)
     assert torch.allclose(logits, torch.tensor([[1.0, math.log(2.0)]]))
+
+
+def test_subset_renumbers_caption_ids_so_evaluation_works_on_it() -> None:
+    from fedgray.tasks.data import TaskData
+
+    data = TaskData(
+        images=torch.zeros(4, 3, 2, 2),
+        tokens=torch.zeros(4, 3, dtype=torch.long),
+        caption_ids=torch.tensor([0, 1, 2, 2]),
+        labels=torch.zeros(4, dtype=torch.long),
+        prompt_tokens=torch.zeros(1, 3, dtype=torch.long),
+        prompt_classes=torch.zeros(1, dtype=torch.long),
+        num_classes=1,
+    )
+    assert data.subset([3, 2, 1]).caption_ids.tolist() == [1, 1, 0]
