@@ -9,8 +9,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fedgray.backbone.access import SealedError
-from fedgray.backbone.loading import BackboneLoadError
-from fedgray.config import Config, load_config
+from fedgray.backbone.loading import BUILTIN_TAG, BackboneLoadError
+from fedgray.config import ACCESS_LEVELS, Config, load_config
 from fedgray.config_schema import ConfigError
 
 EXPECTED_ERRORS = (ConfigError, BackboneLoadError, SealedError, FileNotFoundError, ValueError)
@@ -87,6 +87,44 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
     print(f"checkpoint: {build(name, recipe, progress=not args.quiet)}")
 
 
+def _cmd_keys(args: argparse.Namespace) -> None:
+    from fedgray.backbone.keys import generate_keys
+
+    files = generate_keys(args.out)
+    print(f"signing key (owner only):   {files.signing_key}")
+    print(f"verification key (sites):   {files.verify_key}")
+    print(f"content key (the runtime):  {files.content_key}")
+
+
+def _cmd_seal(args: argparse.Namespace) -> None:
+    import torch
+
+    from fedgray.backbone.artifact import seal
+    from fedgray.backbone.keys import read_content_key, read_signing_key
+    from fedgray.backbone.loading import create_clip
+    from fedgray.site import resolve_pretrained
+
+    config = _load(args)
+    signing_key = read_signing_key(args.signing_key)
+    content_key = read_content_key(args.content_key)
+    pretrained = None if args.pretrained.lower() == "none" else args.pretrained
+    source = resolve_pretrained(args.name, pretrained, config.pretrain, progress=not args.quiet)
+    torch.manual_seed(config.pretrain.seed)  # a random backbone is the same on every run
+    model = create_clip(args.name, source)
+    manifest = seal(
+        model,
+        args.out,
+        name=args.name,
+        level=args.level,
+        signing_key=signing_key,
+        content_key=content_key,
+    )
+    print(
+        f"sealed {manifest.name} (level {manifest.level.value}, weights sha256 "
+        f"{manifest.weights_sha256[:16]}...) into {args.out}"
+    )
+
+
 def _cmd_info(args: argparse.Namespace) -> None:
     from fedgray.adapters import METHODS
     from fedgray.backbone.loading import builtin_models
@@ -144,6 +182,50 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arguments(pretrain, required=False)
     pretrain.add_argument("--force", action="store_true", help="retrain even if cached")
     pretrain.set_defaults(handler=_cmd_pretrain)
+    keys = commands.add_parser(
+        "keys",
+        help="create the model owner's signing key pair and content key",
+        description="Create an Ed25519 signing key pair and a 256-bit AES-GCM content key in "
+        "DIR. The signing key stays with the owner; sites get the verification key, and the "
+        "runtime that decrypts the backbone gets the content key. Existing files are never "
+        "overwritten.",
+    )
+    keys.add_argument("--out", required=True, metavar="DIR", help="folder for the three key files")
+    keys.set_defaults(handler=_cmd_keys)
+    seal = commands.add_parser(
+        "seal",
+        help="seal an open_clip backbone into a signed, encrypted artifact",
+        description="Write an open_clip backbone as one artifact file: its weights encrypted "
+        "with the content key (AES-GCM) and a manifest (architecture, access level, entry "
+        "points, weights hash) signed with the owner's key. Use it with backbone.artifact, "
+        "backbone.verify_key and backbone.content_key in a config.",
+    )
+    _config_arguments(seal, required=False)
+    seal.add_argument(
+        "--name", required=True, help="open_clip architecture, e.g. ViT-B-32 or fedgray-tiny"
+    )
+    seal.add_argument(
+        "--pretrained",
+        required=True,
+        metavar="TAG_OR_PATH",
+        help=f"open_clip pretrained tag, local checkpoint file, '{BUILTIN_TAG}' (the built-in "
+        "owner's backbone, pretrained with the config's pretrain recipe if not cached) or "
+        "'none' (random weights, seeded with pretrain.seed)",
+    )
+    seal.add_argument(
+        "--level",
+        default="gray",
+        choices=ACCESS_LEVELS,
+        help="the most access a site may take (default: gray)",
+    )
+    seal.add_argument(
+        "--signing-key", required=True, metavar="FILE", help="the owner's signing key (PEM)"
+    )
+    seal.add_argument(
+        "--content-key", required=True, metavar="FILE", help="the content key (base64)"
+    )
+    seal.add_argument("--out", required=True, metavar="FILE", help="the artifact file to write")
+    seal.set_defaults(handler=_cmd_seal)
     info = commands.add_parser(
         "info",
         help="list built-in models, datasets and methods",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,31 @@ ACCESS_LEVELS = ("black", "gray", "gray+", "white")
 
 @dataclass
 class BackboneConfig:
-    """Which backbone to load and at which access level."""
+    """Which backbone to load and at which access level.
+
+    With ``artifact`` set, the backbone comes from that sealed artifact (``pretrained`` is
+    not used); it needs ``verify_key`` and ``content_key``. The three paths are made
+    absolute here, so that processes with another working directory (Ray actors) find them.
+    """
 
     name: str = "fedgray-tiny"
     pretrained: str | None = "fedgray-world"
     level: str = field(default="gray", metadata=one_of(*ACCESS_LEVELS))
     query_budget: int | None = field(default=None, metadata=positive())
+    artifact: str | None = None
+    verify_key: str | None = None
+    content_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.artifact is not None and (self.verify_key is None or self.content_key is None):
+            raise ConfigError(
+                "backbone.artifact: a sealed artifact needs backbone.verify_key and "
+                "backbone.content_key"
+            )
+        for key in ("artifact", "verify_key", "content_key"):
+            value = getattr(self, key)
+            if value is not None:
+                setattr(self, key, os.path.abspath(os.path.expanduser(value)))
 
 
 @dataclass
@@ -111,6 +131,38 @@ class FederationConfig:
     seed: int = 0
 
 
+ACCOUNTANTS = ("rdp", "prv")
+
+
+@dataclass
+class PrivacyConfig:
+    """Sample-level DP-SGD at each site (Opacus) and its accounting across rounds.
+
+    Noise: ``noise_multiplier``, or ``target_epsilon`` for the whole planned run (all
+    ``federation.num_rounds * federation.local_steps`` steps, at ``delta``). A site whose
+    next round would take its epsilon above ``epsilon_budget`` does not train; with
+    ``on_budget: stop`` the run then stops.
+    """
+
+    enabled: bool = False
+    noise_multiplier: float | None = field(
+        default=None, metadata=check(lambda v: v >= 0, "must be >= 0")
+    )
+    target_epsilon: float | None = field(default=None, metadata=positive())
+    max_grad_norm: float = field(default=1.0, metadata=positive())
+    delta: float = field(default=1e-5, metadata=check(lambda v: 0 < v < 1, "in (0, 1)"))
+    accountant: str = field(default="rdp", metadata=one_of(*ACCOUNTANTS))
+    epsilon_budget: float | None = field(default=None, metadata=positive())
+    on_budget: str = field(default="skip", metadata=one_of("skip", "stop"))
+    poisson: bool = True
+
+    def __post_init__(self) -> None:
+        if self.enabled and (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ConfigError(
+                "privacy: give exactly one of privacy.noise_multiplier and privacy.target_epsilon"
+            )
+
+
 @dataclass
 class Config:
     """A whole fedgray run."""
@@ -122,6 +174,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, as saved in a run folder."""

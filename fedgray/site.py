@@ -2,20 +2,41 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from fedgray.backbone.artifact import load_artifact
 from fedgray.backbone.loading import BUILTIN_TAG, load_sealed
 from fedgray.backbone.pretrain import builtin_checkpoint
 from fedgray.backbone.sealed import SealedBackbone
-from fedgray.config import Config
+from fedgray.config import Config, PretrainConfig
 from fedgray.data.registry import load_dataset
 from fedgray.tasks.data import TaskData, prepare
 
 
-def open_backbone(config: Config, *, progress: bool = True) -> SealedBackbone:
-    """Load and seal the configured backbone (pretraining the built-in one if not cached)."""
-    spec = config.backbone
-    pretrained = spec.pretrained
+def resolve_pretrained(
+    name: str, pretrained: str | None, recipe: PretrainConfig, *, progress: bool = True
+) -> str | Path | None:
+    """``pretrained`` as open_clip takes it: the built-in tag becomes its cached checkpoint."""
     if pretrained == BUILTIN_TAG:
-        pretrained = builtin_checkpoint(spec.name, config.pretrain, progress=progress)
+        return builtin_checkpoint(name, recipe, progress=progress)
+    return pretrained
+
+
+def open_backbone(config: Config, *, progress: bool = True) -> SealedBackbone:
+    """Load and seal the configured backbone: from its sealed artifact when one is set,
+    else by name and pretrained weights (pretraining the built-in one if not cached)."""
+    spec = config.backbone
+    if spec.artifact is not None:
+        assert spec.verify_key is not None and spec.content_key is not None  # by BackboneConfig
+        return load_artifact(
+            spec.artifact,
+            verify_key=spec.verify_key,
+            content_key=spec.content_key,
+            name=spec.name,
+            level=spec.level,
+            query_budget=spec.query_budget,
+        )
+    pretrained = resolve_pretrained(spec.name, spec.pretrained, config.pretrain, progress=progress)
     return load_sealed(spec.name, pretrained, level=spec.level, query_budget=spec.query_budget)
 
 

@@ -14,6 +14,11 @@ class AccessLevel(str, Enum):
     WHITE = "white"
 
     @property
+    def rank(self) -> int:
+        """Position in the order black < gray < gray+ < white (more access, higher rank)."""
+        return list(AccessLevel).index(self)
+
+    @property
     def gradients(self) -> bool:
         """Whether gradients flow through the backbone to its inputs."""
         return self is not AccessLevel.BLACK

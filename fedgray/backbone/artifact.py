@@ -1,0 +1,263 @@
+"""Sealed artifact files: a signed manifest and AES-GCM encrypted weights, all or nothing.
+
+Layout (integers big-endian)::
+
+    magic (8 bytes) | format version (u16) | manifest length (u32) | manifest (JSON)
+    | Ed25519 signature over the manifest bytes (64) | nonce (12) | AES-GCM ciphertext + tag
+
+The manifest names the open_clip architecture and its config, the access level the owner
+grants, its entry points, the SHA-256 of the plaintext weights (``torch.save`` of the
+state dict), the format version and the creation time. The manifest bytes are the
+ciphertext's associated data, so weights cannot be moved under another manifest.
+
+Loading checks magic and version, verifies the signature before reading anything else,
+decrypts, checks the hash, then builds the model from the manifest and loads the weights
+strictly. Every failure is one :class:`ArtifactError` naming the file.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import os
+import struct
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from torch import nn
+
+from fedgray.backbone.access import AccessLevel, SealedError
+from fedgray.backbone.keys import (
+    ArtifactError,
+    read_content_key,
+    read_verify_key,
+)
+from fedgray.backbone.loading import get_tokenizer, open_clip_module
+from fedgray.backbone.sealed import SealedBackbone
+
+MAGIC = b"FGSEAL\r\n"
+FORMAT_VERSION = 1
+_HEADER = struct.Struct(">8sHI")
+SIGNATURE_BYTES = 64
+NONCE_BYTES = 12
+MAX_MANIFEST_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The signed description of a sealed backbone."""
+
+    name: str
+    model_config: dict[str, Any]
+    level: AccessLevel
+    entry_points: tuple[dict[str, Any], ...]
+    weights_sha256: str
+    format_version: int
+    created_at: str
+
+    def to_bytes(self) -> bytes:
+        """Canonical JSON bytes (sorted keys), as signed."""
+        data = {**asdict(self), "level": self.level.value}
+        return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Manifest:
+        """Parse manifest bytes; raises ValueError, KeyError or TypeError when malformed."""
+        data = json.loads(raw)
+        entry_points = tuple(dict(e) for e in data["entry_points"])
+        return cls(
+            name=str(data["name"]),
+            model_config=dict(data["model_config"]),
+            level=AccessLevel(data["level"]),
+            entry_points=entry_points,
+            weights_sha256=str(data["weights_sha256"]),
+            format_version=int(data["format_version"]),
+            created_at=str(data["created_at"]),
+        )
+
+
+def _model_config(model: nn.Module, name: str) -> dict[str, Any]:
+    model_cfg = open_clip_module().get_model_config(name)
+    if model_cfg is None:
+        raise ArtifactError(f"unknown open_clip model '{name}'")
+    preprocess = getattr(model.visual, "preprocess_cfg", None) or {}
+    return json.loads(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess}))
+
+
+def seal(
+    model: nn.Module,
+    out: str | Path,
+    *,
+    name: str,
+    level: AccessLevel | str,
+    signing_key: Ed25519PrivateKey,
+    content_key: bytes,
+) -> Manifest:
+    """Write ``model`` (the open_clip model ``name``) as a sealed artifact at ``out``.
+
+    The keys come from :func:`~fedgray.backbone.keys.read_signing_key` and
+    :func:`~fedgray.backbone.keys.read_content_key`.
+    """
+    level = AccessLevel(level)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    weights = buffer.getvalue()
+    towers = {"image": model.visual.transformer, "text": model.transformer}
+    entry_points = tuple(
+        {"tower": tower, "layers": len(blocks.resblocks), "width": int(blocks.width)}
+        for tower, blocks in towers.items()
+        if level.entry_points
+    )
+    manifest = Manifest(
+        name=name,
+        model_config=_model_config(model, name),
+        level=level,
+        entry_points=entry_points,
+        weights_sha256=hashlib.sha256(weights).hexdigest(),
+        format_version=FORMAT_VERSION,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    raw = manifest.to_bytes()
+    nonce = os.urandom(NONCE_BYTES)
+    ciphertext = AESGCM(content_key).encrypt(nonce, weights, raw)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".tmp", delete=False) as handle:
+        handle.write(_HEADER.pack(MAGIC, FORMAT_VERSION, len(raw)))
+        handle.write(raw + signing_key.sign(raw) + nonce + ciphertext)
+    os.replace(handle.name, out)
+    return manifest
+
+
+def _build(manifest: Manifest, weights: bytes) -> nn.Module:
+    open_clip = open_clip_module()
+    cfg = copy.deepcopy(manifest.model_config["model_cfg"])
+    vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
+    if "timm_model_name" in vision:
+        vision["timm_model_pretrained"] = False  # the weights come from the artifact only
+    if "hf_model_name" in text:
+        text["hf_model_pretrained"] = False
+    model_class = open_clip.CLIP
+    if cfg.pop("custom_text", False) or "hf_model_name" in text:
+        model_class = open_clip.CoCa if "multimodal_cfg" in cfg else open_clip.CustomTextCLIP
+    model = model_class(**cfg)
+    preprocess = manifest.model_config.get("preprocess_cfg") or {}
+    if preprocess:
+        open_clip.set_model_preprocess_cfg(model, preprocess)
+    state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def _read(path: Path, verify_key: str | Path) -> tuple[Manifest, bytes, bytes]:
+    """Verified manifest, its exact bytes, and the rest (nonce + ciphertext)."""
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: artifact file not found") from None
+    except OSError as error:
+        raise ArtifactError(f"{path}: cannot read the artifact ({error.strerror})") from None
+    if len(blob) < _HEADER.size or blob[: len(MAGIC)] != MAGIC:
+        raise ArtifactError(f"{path}: not a fedgray sealed artifact (bad magic bytes)")
+    _, version, length = _HEADER.unpack_from(blob)
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path}: artifact format version {version}; this fedgray reads {FORMAT_VERSION}"
+        )
+    end = _HEADER.size + length
+    if length > MAX_MANIFEST_BYTES or len(blob) < end + SIGNATURE_BYTES + NONCE_BYTES + 16:
+        raise ArtifactError(f"{path}: truncated or damaged artifact (bad section lengths)")
+    raw, signature = blob[_HEADER.size : end], blob[end : end + SIGNATURE_BYTES]
+    try:
+        read_verify_key(verify_key).verify(signature, raw)
+    except InvalidSignature:
+        raise ArtifactError(
+            f"{path}: signature does not verify with {verify_key} "
+            "(the file was altered or sealed by another owner)"
+        ) from None
+    try:
+        manifest = Manifest.from_bytes(raw)
+    except (ValueError, KeyError, TypeError):
+        raise ArtifactError(f"{path}: the signed manifest is malformed") from None
+    if manifest.format_version != version:
+        raise ArtifactError(f"{path}: manifest and header disagree on the format version")
+    return manifest, raw, blob[end + SIGNATURE_BYTES :]
+
+
+def read_manifest(path: str | Path, *, verify_key: str | Path) -> Manifest:
+    """The verified manifest of the artifact at ``path`` (weights are not decrypted)."""
+    return _read(Path(path), verify_key)[0]
+
+
+def _unseal(
+    path: Path, manifest: Manifest, raw: bytes, sealed: bytes, content_key: str | Path
+) -> nn.Module:
+    key = read_content_key(content_key)
+    try:
+        weights = AESGCM(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], raw)
+    except InvalidTag:
+        raise ArtifactError(
+            f"{path}: the weights do not decrypt with {content_key} "
+            "(wrong content key, or the file was altered)"
+        ) from None
+    if hashlib.sha256(weights).hexdigest() != manifest.weights_sha256:
+        raise ArtifactError(f"{path}: the weights do not match the manifest's SHA-256")
+    try:
+        return _build(manifest, weights)
+    except Exception as error:  # noqa: BLE001 - reported as one line naming the file
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ArtifactError(
+            f"{path}: the signed manifest and weights do not build a model "
+            f"({type(error).__name__}: {detail})"
+        ) from None
+
+
+def open_artifact(
+    path: str | Path, *, verify_key: str | Path, content_key: str | Path
+) -> tuple[Manifest, nn.Module]:
+    """Verify, decrypt and build the artifact at ``path``: its manifest and plain model."""
+    path = Path(path)
+    manifest, raw, sealed = _read(path, verify_key)
+    return manifest, _unseal(path, manifest, raw, sealed, content_key)
+
+
+def load_artifact(
+    path: str | Path,
+    *,
+    verify_key: str | Path,
+    content_key: str | Path,
+    name: str | None = None,
+    level: AccessLevel | str | None = None,
+    query_budget: int | None = None,
+) -> SealedBackbone:
+    """Open the artifact at ``path`` as a :class:`SealedBackbone`.
+
+    ``level`` (default: the manifest's) may not exceed the level in the signed manifest;
+    ``name``, when given, must be the manifest's architecture.
+    """
+    path = Path(path)
+    manifest, raw, sealed = _read(path, verify_key)
+    if name is not None and name != manifest.name:
+        raise ArtifactError(f"{path}: holds '{manifest.name}', not the configured '{name}'")
+    level = manifest.level if level is None else AccessLevel(level)
+    if level.rank > manifest.level.rank:
+        raise SealedError(
+            f"{path}: sealed for level '{manifest.level.value}' at most; "
+            f"level '{level.value}' refused"
+        )
+    return SealedBackbone(
+        _unseal(path, manifest, raw, sealed, content_key),
+        get_tokenizer(manifest.name),
+        name=manifest.name,
+        level=level,
+        query_budget=query_budget,
+    )

@@ -1,0 +1,269 @@
+"""Sealed artifacts: round trip, every refusal (corruption at many offsets), keys, CLI."""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from fedgray.backbone import SealedBackbone, SealedError, create_clip, get_tokenizer
+from fedgray.backbone.artifact import (
+    _HEADER,
+    FORMAT_VERSION,
+    SIGNATURE_BYTES,
+    load_artifact,
+    read_manifest,
+    seal,
+)
+from fedgray.backbone.keys import (
+    ArtifactError,
+    KeyFiles,
+    generate_keys,
+    read_content_key,
+    read_signing_key,
+)
+from fedgray.cli import main
+from fedgray.config import ConfigError, load_config
+from fedgray.site import open_backbone
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """A micro CLIP, its keys and its artifact (sealed at ``gray``)."""
+
+    model: nn.Module
+    keys: KeyFiles
+    path: Path
+
+
+def _micro() -> nn.Module:
+    torch.manual_seed(0)
+    return create_clip("fedgray-micro", None)
+
+
+def _seal(model: nn.Module, keys: KeyFiles, path: Path, *, level: str = "gray") -> Path:
+    signing_key, content_key = (
+        read_signing_key(keys.signing_key),
+        read_content_key(keys.content_key),
+    )
+    seal(
+        model,
+        path,
+        name="fedgray-micro",
+        level=level,
+        signing_key=signing_key,
+        content_key=content_key,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def sealed(tmp_path_factory: pytest.TempPathFactory) -> Sealed:
+    root = tmp_path_factory.mktemp("artifact")
+    keys = generate_keys(root / "keys")
+    model = _micro()
+    return Sealed(model, keys, _seal(model, keys, root / "micro.fgs"))
+
+
+def _load(path: Path, keys: KeyFiles, **options: object) -> SealedBackbone:
+    return load_artifact(path, verify_key=keys.verify_key, content_key=keys.content_key, **options)
+
+
+def _refused(path: Path, keys: KeyFiles, match: str | None = None) -> str:
+    with pytest.raises(ArtifactError, match=match) as error:
+        _load(path, keys)
+    message = str(error.value)
+    assert "\n" not in message and str(path) in message
+    return message
+
+
+def test_round_trip_gives_the_unsealed_outputs(sealed: Sealed) -> None:
+    backbone = _load(sealed.path, sealed.keys)
+    plain = SealedBackbone(
+        sealed.model, get_tokenizer("fedgray-micro"), name="fedgray-micro", level="gray"
+    )
+    assert backbone.interface == plain.interface
+    torch.manual_seed(1)
+    pixels = torch.rand(4, 3, 32, 32)
+    tokens = plain.tokenize(["a red circle", "a blue star", "the digit 3", "a small square"])
+    with torch.no_grad():
+        assert torch.equal(backbone.encode_image(pixels), plain.encode_image(pixels))
+        assert torch.equal(backbone.encode_text(tokens), plain.encode_text(tokens))
+    manifest = read_manifest(sealed.path, verify_key=sealed.keys.verify_key)
+    assert manifest.name == "fedgray-micro" and manifest.format_version == FORMAT_VERSION
+    assert manifest.level.value == "gray" and manifest.entry_points == ()
+
+
+def test_missing_file_wrong_keys_and_garbage_are_refused(sealed: Sealed, tmp_path: Path) -> None:
+    _refused(tmp_path / "none.fgs", sealed.keys, "artifact file not found")
+    other = generate_keys(tmp_path / "other")
+    wrong_verify = KeyFiles(other.signing_key, other.verify_key, sealed.keys.content_key)
+    _refused(sealed.path, wrong_verify, "signature does not verify")
+    wrong_content = KeyFiles(other.signing_key, sealed.keys.verify_key, other.content_key)
+    _refused(sealed.path, wrong_content, "do not decrypt")
+    (tmp_path / "garbage.fgs").write_bytes(b"not an artifact at all" * 10)
+    _refused(tmp_path / "garbage.fgs", sealed.keys, "not a fedgray sealed artifact")
+    (tmp_path / "empty.fgs").write_bytes(b"")
+    _refused(tmp_path / "empty.fgs", sealed.keys, "not a fedgray sealed artifact")
+    with pytest.raises(ArtifactError, match="verification key file not found"):
+        load_artifact(sealed.path, verify_key=tmp_path / "no.pem", content_key=other.content_key)
+
+
+def test_other_format_version_and_unsigned_file_are_refused(sealed: Sealed, tmp_path: Path) -> None:
+    blob = sealed.path.read_bytes()
+    magic, _, length = _HEADER.unpack_from(blob)
+    future = tmp_path / "future.fgs"
+    future.write_bytes(_HEADER.pack(magic, FORMAT_VERSION + 1, length) + blob[_HEADER.size :])
+    _refused(future, sealed.keys, f"format version {FORMAT_VERSION + 1}")
+    end = _HEADER.size + length
+    unsigned = tmp_path / "unsigned.fgs"
+    unsigned.write_bytes(blob[:end] + bytes(SIGNATURE_BYTES) + blob[end + SIGNATURE_BYTES :])
+    _refused(unsigned, sealed.keys, "signature does not verify")
+    truncated = tmp_path / "truncated.fgs"
+    for size in (_HEADER.size + 3, end + 10, len(blob) - 1):
+        truncated.write_bytes(blob[:size])
+        _refused(truncated, sealed.keys)
+
+
+def test_a_flipped_byte_anywhere_is_refused(sealed: Sealed, tmp_path: Path) -> None:
+    blob = sealed.path.read_bytes()
+    _, _, length = _HEADER.unpack_from(blob)
+    end = _HEADER.size + length
+    sections = [range(_HEADER.size), range(_HEADER.size, end), range(end, end + 76)]
+    offsets = {o for section in sections for o in list(section)[:: max(1, len(section) // 12)]}
+    offsets |= {end + 76 + i * (len(blob) - end - 77) // 12 for i in range(13)}
+    assert len(offsets) >= 50
+    corrupt = tmp_path / "corrupt.fgs"
+    reasons = set()
+    for offset in sorted(offsets):
+        damaged = bytearray(blob)
+        damaged[offset] ^= 0x01
+        corrupt.write_bytes(bytes(damaged))
+        reasons.add(_refused(corrupt, sealed.keys).split(": ", 1)[1].split(" (")[0])
+    assert {
+        "not a fedgray sealed artifact",
+        f"artifact format version {FORMAT_VERSION ^ 1}; this fedgray reads {FORMAT_VERSION}",
+        "signature does not verify with " + str(sealed.keys.verify_key),
+        "the weights do not decrypt with " + str(sealed.keys.content_key),
+    } <= reasons
+
+
+def test_level_is_capped_by_the_signed_manifest(sealed: Sealed) -> None:
+    assert _load(sealed.path, sealed.keys).level.value == "gray"
+    assert _load(sealed.path, sealed.keys, level="black").level.value == "black"
+    for level in ("gray+", "white"):
+        with pytest.raises(SealedError, match="sealed for level 'gray' at most"):
+            _load(sealed.path, sealed.keys, level=level)
+    with pytest.raises(ArtifactError, match="holds 'fedgray-micro', not the configured"):
+        _load(sealed.path, sealed.keys, name="fedgray-tiny")
+
+
+def test_gray_plus_artifact_publishes_entry_points(sealed: Sealed, tmp_path: Path) -> None:
+    path = _seal(sealed.model, sealed.keys, tmp_path / "plus.fgs", level="gray+")
+    backbone = _load(path, sealed.keys)
+    manifest = read_manifest(path, verify_key=sealed.keys.verify_key)
+    assert backbone.level.value == "gray+"
+    assert [e["tower"] for e in manifest.entry_points] == ["image", "text"]
+    assert [e.layers for e in backbone.interface.entry_points] == [
+        e["layers"] for e in manifest.entry_points
+    ]
+
+
+def test_key_files_are_private_and_never_overwritten(tmp_path: Path) -> None:
+    keys = generate_keys(tmp_path)
+    assert stat.S_IMODE(keys.signing_key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(keys.content_key.stat().st_mode) == 0o600
+    before = {p: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ArtifactError, match="refusing to overwrite"):
+        generate_keys(tmp_path)
+    keys.verify_key.unlink()
+    with pytest.raises(ArtifactError, match="refusing to overwrite"):
+        generate_keys(tmp_path)
+    assert not keys.verify_key.exists()
+    assert {p: p.read_bytes() for p in tmp_path.iterdir()} == {
+        p: b for p, b in before.items() if p != keys.verify_key
+    }
+    with pytest.raises(ArtifactError, match="not an unencrypted Ed25519 private key"):
+        read_signing_key(keys.content_key)
+    with pytest.raises(ArtifactError, match="not a 256-bit content key"):
+        read_content_key(keys.signing_key)
+
+
+def test_config_needs_both_keys_and_resolves_paths(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    with pytest.raises(ConfigError, match="backbone.artifact: a sealed artifact needs"):
+        load_config(None, ["backbone.artifact=a.fgs", "backbone.verify_key=v.pem"])
+    monkeypatch.chdir(tmp_path)
+    config = load_config(
+        None, ["backbone.artifact=a.fgs", "backbone.verify_key=v.pem", "backbone.content_key=c"]
+    )
+    assert config.backbone.artifact == str(tmp_path / "a.fgs")
+    assert config.backbone.content_key == str(tmp_path / "c")
+
+
+def test_site_opens_the_configured_artifact(sealed: Sealed) -> None:
+    keys = sealed.keys
+    config = load_config(
+        None,
+        [
+            "backbone.name=fedgray-micro",
+            f"backbone.artifact={sealed.path}",
+            f"backbone.verify_key={keys.verify_key}",
+            f"backbone.content_key={keys.content_key}",
+            "backbone.level=black",
+            "backbone.query_budget=3",
+        ],
+    )
+    backbone = open_backbone(config, progress=False)
+    assert backbone.level.value == "black" and backbone.query_budget == 3
+
+
+def test_cli_keys_seal_and_adapt_on_the_artifact(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    keys = tmp_path / "keys"
+    assert main(["keys", "--out", str(keys)]) == 0
+    assert main(["keys", "--out", str(keys)]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    artifact = tmp_path / "micro.fgs"
+    seal_args = ["seal", "--name", "fedgray-micro", "--pretrained", "none", "--out", str(artifact)]
+    seal_args += ["--signing-key", str(keys / "owner-signing.pem")]
+    assert main([*seal_args, "--content-key", str(keys / "content.key")]) == 0
+    assert "sealed fedgray-micro (level gray" in capsys.readouterr().out
+    config = Path(__file__).resolve().parents[2] / "configs" / "adapt_sketch.yaml"
+    overrides = [
+        "backbone.name=fedgray-micro",
+        f"backbone.artifact={artifact}",
+        f"backbone.verify_key={keys / 'owner-verify.pem'}",
+        f"backbone.content_key={keys / 'content.key'}",
+        "train.steps=2",
+        "train.eval_every=2",
+        "data.train_size=64",
+        "data.test_size=32",
+        "output.name=sealed",
+    ]
+    sets = [a for o in overrides for a in ("--set", o)]
+    assert main(["adapt", str(config), *sets, "--quiet", "--output", str(tmp_path)]) == 0
+    assert "run folder:" in capsys.readouterr().out
+    assert (tmp_path / "sealed" / "adapters.pt").is_file()
+    damaged = bytearray(artifact.read_bytes())
+    damaged[-100] ^= 0xFF
+    artifact.write_bytes(bytes(damaged))
+    assert main(["adapt", str(config), *sets, "--quiet", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedgray: error: ") and err.count("\n") == 1 and "do not decrypt" in err
+
+
+@pytest.mark.parametrize("command", ["keys", "seal"])
+def test_keys_and_seal_have_help_for_every_option(
+    command: str, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    options = ["--out"] if command == "keys" else ["--name", "--pretrained", "--signing-key"]
+    assert all(option in text for option in options)
