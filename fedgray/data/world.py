@@ -24,6 +24,7 @@ POSITIONS = ("top left", "top right", "bottom left", "bottom right", "center")
 DIGITS = tuple(range(10))
 CLASS_NAMES = SHAPES + tuple(f"digit {d}" for d in DIGITS)
 DIGIT_FRACTION = 0.3
+NOISE_SIGMA = 0.10  # noisy domain: Gaussian noise std in [0, 1] units, after a 0.8 px blur
 
 _RGB = {
     "red": (215, 35, 35), "orange": (245, 135, 25), "yellow": (240, 220, 35),
@@ -212,7 +213,7 @@ def render(
     index: int,
     seed: int,
     image_size: int = 32,
-    noise_sigma: float = 0.15,
+    noise_sigma: float = NOISE_SIGMA,
 ) -> np.ndarray:
     """Draw ``scene`` in ``domain`` as a uint8 ``[image_size, image_size, 3]`` array.
 

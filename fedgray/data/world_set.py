@@ -6,7 +6,14 @@ import numpy as np
 import torch
 
 from fedgray.data.sets import ImageTextSet
-from fedgray.data.world import CLASS_NAMES, caption, class_prompts, render, sample_scene
+from fedgray.data.world import (
+    CLASS_NAMES,
+    NOISE_SIGMA,
+    caption,
+    class_prompts,
+    render,
+    sample_scene,
+)
 
 _CAPTION_STREAM = 3  # rng stream tag for "varied" captions, next to (seed, index)
 
@@ -19,7 +26,7 @@ def make_world_set(
     offset: int = 0,
     caption_style: str = "full",
     image_size: int = 32,
-    noise_sigma: float = 0.15,
+    noise_sigma: float = NOISE_SIGMA,
 ) -> ImageTextSet:
     """Render world scenes ``offset .. offset + n - 1`` of world ``seed`` in ``domain``.
 
