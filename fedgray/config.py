@@ -161,6 +161,11 @@ class PrivacyConfig:
             raise ConfigError(
                 "privacy: give exactly one of privacy.noise_multiplier and privacy.target_epsilon"
             )
+        if self.enabled and not self.poisson:
+            raise ConfigError(
+                "privacy.poisson: false is not supported: the accountants' epsilon holds only "
+                "for Poisson sampling"
+            )
 
 
 @dataclass
