@@ -29,6 +29,7 @@ class BackboneConfig:
     With ``artifact`` set, the backbone comes from that sealed artifact (``pretrained`` is
     not used); it needs ``verify_key`` and ``content_key``. The three paths are made
     absolute here, so that processes with another working directory (Ray actors) find them.
+    ``isolated`` runs the artifact in its own process (the isolated runtime).
     """
 
     name: str = "fedgray-tiny"
@@ -38,8 +39,11 @@ class BackboneConfig:
     artifact: str | None = None
     verify_key: str | None = None
     content_key: str | None = None
+    isolated: bool = False
 
     def __post_init__(self) -> None:
+        if self.isolated and self.artifact is None:
+            raise ConfigError("backbone.isolated: the isolated runtime needs backbone.artifact")
         if self.artifact is not None and (self.verify_key is None or self.content_key is None):
             raise ConfigError(
                 "backbone.artifact: a sealed artifact needs backbone.verify_key and "

@@ -7,6 +7,7 @@ from pathlib import Path
 from fedgray.backbone.artifact import load_artifact
 from fedgray.backbone.loading import BUILTIN_TAG, load_sealed
 from fedgray.backbone.pretrain import builtin_checkpoint
+from fedgray.backbone.runtime import IsolatedBackbone
 from fedgray.backbone.sealed import SealedBackbone
 from fedgray.config import Config, PretrainConfig
 from fedgray.data.registry import load_dataset
@@ -22,25 +23,30 @@ def resolve_pretrained(
     return pretrained
 
 
-def open_backbone(config: Config, *, progress: bool = True) -> SealedBackbone:
-    """Load and seal the configured backbone: from its sealed artifact when one is set,
-    else by name and pretrained weights (pretraining the built-in one if not cached)."""
+def open_backbone(config: Config, *, progress: bool = True) -> SealedBackbone | IsolatedBackbone:
+    """Load and seal the configured backbone: from its sealed artifact when one is set
+    (in its own process with ``backbone.isolated``), else by name and pretrained weights
+    (pretraining the built-in one if not cached)."""
     spec = config.backbone
     if spec.artifact is not None:
         assert spec.verify_key is not None and spec.content_key is not None  # by BackboneConfig
-        return load_artifact(
-            spec.artifact,
-            verify_key=spec.verify_key,
-            content_key=spec.content_key,
-            name=spec.name,
-            level=spec.level,
-            query_budget=spec.query_budget,
-        )
+        options = {
+            "verify_key": spec.verify_key,
+            "content_key": spec.content_key,
+            "name": spec.name,
+            "level": spec.level,
+            "query_budget": spec.query_budget,
+        }
+        if spec.isolated:
+            return IsolatedBackbone(spec.artifact, threads=config.train.threads, **options)
+        return load_artifact(spec.artifact, **options)
     pretrained = resolve_pretrained(spec.name, spec.pretrained, config.pretrain, progress=progress)
     return load_sealed(spec.name, pretrained, level=spec.level, query_budget=spec.query_budget)
 
 
-def load_task_data(config: Config, backbone: SealedBackbone, *, split: str) -> TaskData:
+def load_task_data(
+    config: Config, backbone: SealedBackbone | IsolatedBackbone, *, split: str
+) -> TaskData:
     """The configured dataset's ``split`` in the backbone's input format."""
     size = config.data.train_size if split == "train" else config.data.test_size
     dataset = load_dataset(config.data.dataset, split=split, size=size, seed=config.data.seed)
