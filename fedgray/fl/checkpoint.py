@@ -7,8 +7,9 @@ crash leaves the previous round's checkpoint intact. It loads with ``weights_onl
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ class Checkpoint:
     strategy: str
     arrays: ArrayRecord
     strategy_state: dict[str, tuple[str, dict[str, np.ndarray]]]
+    privacy: dict[str, Any] = field(default_factory=dict)
 
     def restore(self, strategy: object) -> None:
         """Put the saved strategy state back on a freshly built ``strategy``."""
@@ -36,9 +38,15 @@ class Checkpoint:
 
 
 def save_checkpoint(
-    run_dir: Path, *, server_round: int, name: str, arrays: ArrayRecord, strategy: object
+    run_dir: Path,
+    *,
+    server_round: int,
+    name: str,
+    arrays: ArrayRecord,
+    strategy: object,
+    privacy: dict[str, Any] | None = None,
 ) -> Path:
-    """Write (atomically) the checkpoint after ``server_round``."""
+    """Write (atomically) the checkpoint after ``server_round``; ``privacy``: the sites' ledgers."""
     state = {
         attr: {"kind": kind, "arrays": {k: torch.from_numpy(np.array(v)) for k, v in d.items()}}
         for attr, (kind, d) in strategy_state(strategy).items()
@@ -49,6 +57,7 @@ def save_checkpoint(
         "strategy": name,
         "arrays": from_record(arrays),
         "strategy_state": state,
+        "privacy": privacy or {},
     }
     path = run_dir / CHECKPOINT
     tmp = path.with_suffix(".tmp")
@@ -69,4 +78,10 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
         attr: (entry["kind"], {k: v.numpy() for k, v in entry["arrays"].items()})
         for attr, entry in payload["strategy_state"].items()
     }
-    return Checkpoint(payload["round"], payload["strategy"], to_record(payload["arrays"]), state)
+    return Checkpoint(
+        payload["round"],
+        payload["strategy"],
+        to_record(payload["arrays"]),
+        state,
+        payload.get("privacy", {}),
+    )

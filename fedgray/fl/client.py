@@ -12,13 +12,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fedgray.adapters import AdaptedCLIP, build_model
 from fedgray.config import Config
 from fedgray.fl.cache import shared_backbone
+from fedgray.fl.private import LEDGER, check_budget, ledger_reply, site_ledger
 from fedgray.fl.records import from_record, to_record
 from fedgray.fl.sites import SiteData, site_data
+from fedgray.privacy import make_private, plan_noise, private_task
 from fedgray.tasks import TASKS, Task, TaskData, evaluate
 from fedgray.train import batches, train_steps
 from strategies import ORDER_KEY, split_personal
@@ -61,25 +63,64 @@ class Site:
         return model
 
     def train(
-        self, arrays: ArrayRecord, state: RecordDict, *, server_round: int, proximal_mu: float
-    ) -> tuple[ArrayRecord, dict[str, float]]:
-        """Local steps from the global adapters; returns the shared adapters and metrics."""
+        self,
+        arrays: ArrayRecord,
+        state: RecordDict,
+        *,
+        server_round: int,
+        proximal_mu: float,
+        settings: ConfigRecord | None = None,
+    ) -> tuple[ArrayRecord, dict[str, float], RecordDict]:
+        """Local steps from the global adapters: the shared adapters, metrics and other records.
+
+        With ``privacy.enabled`` the steps are DP-SGD (see :mod:`fedgray.fl.private`); a site
+        whose budget would be exceeded raises :class:`~fedgray.fl.private.BudgetExhausted`.
+        """
         seed = round_seed(self.config.federation.seed, server_round, self.partition_id)
         torch.manual_seed(seed)
         model = self.model(arrays, state)
-        task = _with_proximal(TASKS[self.config.train.task], model, proximal_mu)
-        train = self.config.train
+        train, privacy = self.config.train, self.config.privacy
+        steps = self.config.federation.local_steps
+        records = RecordDict()
+        if privacy.enabled:
+            if proximal_mu > 0:
+                raise ValueError("FedProx's proximal term is not a per-sample loss: not with DP")
+            task = private_task(train.task, model)
+            ledger = site_ledger(
+                state, settings or ConfigRecord(), privacy, partition_id=self.partition_id
+            )
+            plan = plan_noise(
+                privacy,
+                num_samples=len(self.data.train),
+                batch_size=train.batch_size,
+                total_steps=steps * self.config.federation.num_rounds,
+            )
+            check_budget(ledger, plan, privacy, steps=steps, partition_id=self.partition_id)
+        else:
+            task = _with_proximal(TASKS[train.task], model, proximal_mu)
         optimizer = torch.optim.AdamW(
             model.param_groups(train.lr, input_lr_scale=self.config.method.input_lr_scale),
             weight_decay=train.weight_decay,
         )
+        stream = batches(self.data.train, batch_size=train.batch_size, seed=seed)
+        if privacy.enabled:
+            private = make_private(
+                model,
+                self.data.train,
+                optimizer,
+                plan=plan,
+                max_grad_norm=privacy.max_grad_norm,
+                ledger=ledger,
+                seed=seed,
+            )
+            optimizer, stream = private.optimizer, private.stream
         result = train_steps(
             model,
             task,
             self.data.train,
-            batches(self.data.train, batch_size=train.batch_size, seed=seed),
+            stream,
             optimizer,
-            steps=self.config.federation.local_steps,
+            steps=steps,
             scale=shared_backbone(self.config).interface.logit_scale,
         )
         shared, personal = split_personal(model.state_dict(), self.config.federation.personal)
@@ -90,7 +131,21 @@ class Site:
             "train-loss": result.mean_loss,
             ORDER_KEY: self.partition_id,
         }
-        return to_record(shared), metrics
+        if privacy.enabled:
+            private.close()
+            ledger = private.ledger()
+            epsilon = ledger.epsilon(privacy.delta)
+            state[LEDGER] = ledger.to_record()
+            records[LEDGER] = ledger_reply(ledger, partition_id=self.partition_id, epsilon=epsilon)
+            metrics.update(
+                {
+                    "epsilon": epsilon,
+                    "delta": privacy.delta,
+                    "noise-multiplier": plan.noise_multiplier,
+                    "sample-rate": plan.sample_rate,
+                }
+            )
+        return to_record(shared), metrics, records
 
     def evaluate(self, arrays: ArrayRecord, state: RecordDict) -> dict[str, float]:
         """Metrics of the global (plus personal) adapters on this site's held-out samples."""

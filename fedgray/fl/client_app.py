@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from logging import WARNING
+
+from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common import log
 
 from fedgray.config import Config
 from fedgray.fl.client import Site
+from fedgray.fl.private import BUDGET_EXHAUSTED, BudgetExhausted
 from fedgray.fl.run_config import resolve_config
 
 
@@ -30,13 +34,18 @@ def make_client_app(config: Config | None = None) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         site = _site(config, context)
         settings = msg.content["config"]
-        arrays, metrics = site.train(
-            msg.content["arrays"],
-            context.state,
-            server_round=int(settings["server-round"]),
-            proximal_mu=float(settings.get("proximal-mu", 0.0)),
-        )
-        content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
+        try:
+            arrays, metrics, records = site.train(
+                msg.content["arrays"],
+                context.state,
+                server_round=int(settings["server-round"]),
+                proximal_mu=float(settings.get("proximal-mu", 0.0)),
+                settings=settings,
+            )
+        except BudgetExhausted as refusal:
+            log(WARNING, str(refusal))
+            return Message(Error(code=BUDGET_EXHAUSTED, reason=str(refusal)), reply_to=msg)
+        content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics), **records})
         return Message(content, reply_to=msg)
 
     @app.evaluate()

@@ -27,6 +27,7 @@ class RoundOutcome:
     rejected: int = 0
     bytes_down: int = 0
     bytes_up: int = 0
+    train_replies: list[Message] = field(default_factory=list)
 
 
 def _ok(replies: list[Message]) -> list[Message]:
@@ -41,12 +42,18 @@ def run_round(
     *,
     timeout: float,
     train: bool = True,
+    settings: ConfigRecord | None = None,
 ) -> RoundOutcome:
-    """Train (unless ``train`` is False), aggregate, then evaluate on the sites' held-out data."""
+    """Train (unless ``train`` is False), aggregate, then evaluate on the sites' held-out data.
+
+    ``settings`` go to the sites with every train message (next to the strategy's own).
+    """
     outcome = RoundOutcome(arrays)
     if train:
-        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+        config = ConfigRecord(dict(settings or {}))
+        messages = list(strategy.configure_train(server_round, arrays, config, grid))
         replies = list(grid.send_and_receive(messages, timeout=timeout))
+        outcome.train_replies = replies
         uploads = [record_bytes(r) for m in _ok(replies) for r in m.content.array_records.values()]
         outcome.bytes_down = record_bytes(arrays)
         outcome.bytes_up = max(uploads, default=0)

@@ -21,8 +21,9 @@ from flwr.serverapp import Grid
 from fedgray.adapters import build_model
 from fedgray.config import Config
 from fedgray.fl.cache import shared_backbone, shared_data
-from fedgray.fl.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from fedgray.fl.checkpoint import CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
 from fedgray.fl.loop import RoundOutcome, run_round
+from fedgray.fl.private import PrivacyLog
 from fedgray.fl.records import from_record, to_record
 from fedgray.runs import RunFolder
 from fedgray.tasks import TASKS, evaluate
@@ -99,17 +100,28 @@ def progress_line(config: Config, record: dict[str, Any]) -> str:
         f" (sites {sites:5.1f})  loss {'  -  ' if loss is None else f'{loss:.3f}'}"
         f"  sent {record['bytes_down'] / 1e3:.1f}+{record['bytes_up'] / 1e3:.1f} KB/site"
         f"  {record['seconds']:.1f} s"
+        + (f"  eps max {record['privacy']['max_epsilon']:.2f}" if "privacy" in record else "")
     )
 
 
-def _resume(run: RunFolder, config: Config, strategy: object) -> tuple[int, ArrayRecord]:
+def _resume(run: RunFolder, config: Config, strategy: object) -> Checkpoint:
     checkpoint = load_checkpoint(run.path)
     if checkpoint.strategy != config.federation.strategy:
         raise ValueError(f"checkpoint is for strategy '{checkpoint.strategy}'")
     checkpoint.restore(strategy)
     kept = [r for r in run.records() if r["round"] <= checkpoint.round]
     run.metrics_file.write_text("".join(f"{json.dumps(r)}\n" for r in kept))
-    return checkpoint.round, checkpoint.arrays
+    return checkpoint
+
+
+def _stop_for_budget(config: Config, record: dict[str, Any], echo: Echo) -> bool:
+    refusals = record.get("privacy", {}).get("budget_refusals", [])
+    for reason in refusals:
+        echo(reason)
+    if refusals and config.privacy.on_budget == "stop":
+        echo(f"stopping after round {record['round']}: privacy.on_budget is 'stop'")
+        return True
+    return False
 
 
 def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) -> FederationResult:
@@ -123,21 +135,41 @@ def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) 
         fraction_evaluate=fed.fraction_evaluate,
         options=fed.strategy_options,
     )
+    privacy = PrivacyLog(config.privacy) if config.privacy.enabled else None
     first, arrays = 0, initial_adapters(config)
     if (run.path / CHECKPOINT).is_file():
-        done, arrays = _resume(run, config, strategy)
-        echo(f"resuming {run.path} after round {done}")
-        first = done + 1
+        checkpoint = _resume(run, config, strategy)
+        arrays, first = checkpoint.arrays, checkpoint.round + 1
+        if privacy is not None:
+            privacy.restore(checkpoint.privacy)
+        echo(f"resuming {run.path} after round {checkpoint.round}")
     for rnd in range(first, fed.num_rounds + 1):
         started = time.perf_counter()
-        outcome = run_round(strategy, grid, arrays, rnd, timeout=fed.round_timeout, train=rnd > 0)
+        outcome = run_round(
+            strategy,
+            grid,
+            arrays,
+            rnd,
+            timeout=fed.round_timeout,
+            train=rnd > 0,
+            settings=privacy.settings() if privacy is not None else None,
+        )
         arrays = outcome.arrays
         record = _record(config, rnd, outcome, started)
+        if privacy is not None:
+            record["privacy"] = privacy.update(outcome.train_replies)
         run.log(record)
         save_checkpoint(
-            run.path, server_round=rnd, name=fed.strategy, arrays=arrays, strategy=strategy
+            run.path,
+            server_round=rnd,
+            name=fed.strategy,
+            arrays=arrays,
+            strategy=strategy,
+            privacy=privacy.state() if privacy is not None else None,
         )
         echo(progress_line(config, record))
+        if _stop_for_budget(config, record, echo):
+            break
     return FederationResult(
         run.path,
         run.records(),

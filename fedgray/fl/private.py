@@ -1,0 +1,130 @@
+"""Sample-level DP in the federation: each site's ledger across rounds, budgets, the server's log.
+
+A site keeps its ledger (Opacus accountant history) in ``context.state``, so its epsilon at
+round t composes every round it has trained. It reports the ledger with each reply; the
+server logs per-site and max epsilon, keeps a copy of every ledger in its checkpoint and
+sends the copies with each train message, so that a site whose state was lost (a resumed
+run, a restarted process) starts from its full history. A site takes the longer of its own
+and the server's copy: a ledger can only over-count, never under-count. The copies hold
+public accounting metadata only (noise multiplier, sample rate, step counts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ConfigRecord, Message, RecordDict
+
+from fedgray.config import PrivacyConfig
+from fedgray.privacy import Ledger, NoisePlan
+
+LEDGER = "privacy-ledger"
+BUDGET_EXHAUSTED = 4401  # Error code of a train reply from a site that refused to train
+
+
+class BudgetExhausted(RuntimeError):
+    """A site's next round would take its epsilon above its budget; it does not train."""
+
+
+def _prefix(partition_id: int) -> str:
+    return f"{LEDGER}-{partition_id}-"
+
+
+def site_ledger(
+    state: RecordDict, settings: ConfigRecord, privacy: PrivacyConfig, *, partition_id: int
+) -> Ledger:
+    """The site's ledger: its own (``context.state``) or the server's copy, whichever is longer."""
+    candidates = [Ledger(privacy.accountant)]
+    if LEDGER in state:
+        candidates.append(Ledger.from_record(state[LEDGER]))
+    prefix = _prefix(partition_id)
+    copied = {k[len(prefix) :]: v for k, v in settings.items() if k.startswith(prefix)}
+    if copied:
+        candidates.append(Ledger.from_record(ConfigRecord(copied)))
+    ledger = max(candidates, key=lambda c: c.steps)
+    if ledger.accountant != privacy.accountant:
+        raise ValueError(
+            f"site {partition_id}: its ledger uses the '{ledger.accountant}' accountant, "
+            f"the config says '{privacy.accountant}'"
+        )
+    return ledger
+
+
+def ledger_reply(ledger: Ledger, *, partition_id: int, epsilon: float) -> ConfigRecord:
+    """What a site sends back about its privacy: its ledger, site number and epsilon."""
+    record = ledger.to_record()
+    record["site"] = partition_id
+    record["epsilon"] = epsilon
+    return record
+
+
+def check_budget(
+    ledger: Ledger, plan: NoisePlan, privacy: PrivacyConfig, *, steps: int, partition_id: int
+) -> None:
+    """Raise :class:`BudgetExhausted` when ``steps`` more steps would exceed the budget."""
+    if privacy.epsilon_budget is None:
+        return
+    after = ledger.extended(
+        noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=steps
+    ).epsilon(privacy.delta)
+    if after > privacy.epsilon_budget:
+        raise BudgetExhausted(
+            f"site {partition_id}: privacy budget reached; its next round would take epsilon "
+            f"from {ledger.epsilon(privacy.delta):.4f} to {after:.4f} (delta "
+            f"{privacy.delta:g}), above its budget {privacy.epsilon_budget:g}: not training"
+        )
+
+
+@dataclass
+class PrivacyLog:
+    """The server's view: every site's latest ledger and reported epsilon."""
+
+    privacy: PrivacyConfig
+    ledgers: dict[int, Ledger] = field(default_factory=dict)
+    epsilons: dict[int, float] = field(default_factory=dict)
+
+    def settings(self) -> ConfigRecord:
+        """The ledger copies to send with a train message."""
+        entries: dict[str, Any] = {}
+        for site, ledger in sorted(self.ledgers.items()):
+            entries.update({_prefix(site) + k: v for k, v in ledger.to_record().items()})
+        return ConfigRecord(entries)
+
+    def update(self, replies: list[Message]) -> dict[str, Any]:
+        """Take in a round's train replies; the round's privacy record for metrics.jsonl."""
+        refused = []
+        for reply in replies:
+            if reply.has_error():
+                if reply.error.code == BUDGET_EXHAUSTED:
+                    refused.append(reply.error.reason)
+                continue
+            record = reply.content[LEDGER]
+            site = int(record["site"])
+            self.ledgers[site] = Ledger.from_record(record)
+            self.epsilons[site] = float(record["epsilon"])
+        return {
+            "delta": self.privacy.delta,
+            "accountant": self.privacy.accountant,
+            "epsilon": {str(s): e for s, e in sorted(self.epsilons.items())},
+            "max_epsilon": max(self.epsilons.values(), default=0.0),
+            "budget_refusals": refused,
+        }
+
+    def state(self) -> dict[str, Any]:
+        """Plain data for the checkpoint."""
+        return {
+            str(site): {
+                "accountant": ledger.accountant,
+                "history": [list(entry) for entry in ledger.history],
+                "epsilon": self.epsilons[site],
+            }
+            for site, ledger in self.ledgers.items()
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state`."""
+        for site, entry in state.items():
+            history = tuple((float(n), float(q), int(s)) for n, q, s in entry["history"])
+            self.ledgers[int(site)] = Ledger(entry["accountant"], history)
+            self.epsilons[int(site)] = float(entry["epsilon"])
