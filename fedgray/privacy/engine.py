@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from opacus import GradSampleModule
@@ -43,14 +44,25 @@ def plan_noise(
     sample_rate = min(1.0, batch_size / num_samples)
     if privacy.noise_multiplier is not None:
         return NoisePlan(privacy.noise_multiplier, sample_rate)
-    sigma = get_noise_multiplier(
-        target_epsilon=privacy.target_epsilon,
-        target_delta=privacy.delta,
-        sample_rate=sample_rate,
-        steps=total_steps,
-        accountant=privacy.accountant,
+    sigma = _calibrated(
+        privacy.target_epsilon, privacy.delta, sample_rate, total_steps, privacy.accountant
     )
-    return NoisePlan(float(sigma), sample_rate)
+    return NoisePlan(sigma, sample_rate)
+
+
+@lru_cache(maxsize=64)
+def _calibrated(epsilon: float, delta: float, sample_rate: float, steps: int, kind: str) -> float:
+    """Opacus' noise calibration, once per process for each setting (every site, every round
+    asks; the binary search over accountant evaluations takes seconds)."""
+    return float(
+        get_noise_multiplier(
+            target_epsilon=epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=kind,
+        )
+    )
 
 
 def poisson_batches(data: TaskData, *, sample_rate: float, seed: int) -> Iterator[Batch]:
