@@ -1,10 +1,10 @@
 """A Ray-free, in-process Grid: the ClientApp runs in this process, node after node.
 
-Built on Flower's public ``Grid``, ``Message`` and ``Context``; used by the tests and the
-memory benchmark. Like the real runtime it copies messages both ways (clients cannot alias
-server arrays), keeps one ``Context`` per node (``context.state`` persists between
-messages; a client that raises loses that message's state changes) and turns exceptions
-into error replies.
+Built on Flower's public ``Grid``, ``Message`` and ``Context``; used by the tests, the
+memory benchmark and the privacy-utility sweep (:func:`run_local`). Like the real runtime
+it copies messages both ways (clients cannot alias server arrays), keeps one ``Context``
+per node (``context.state`` persists between messages; a client that raises loses that
+message's state changes) and turns exceptions into error replies.
 """
 
 from __future__ import annotations
@@ -18,6 +18,11 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity  # internal: Message() reads it
+
+from fedgray.config import Config
+from fedgray.fl.client_app import make_client_app
+from fedgray.fl.server import Echo, FederationResult
+from fedgray.fl.server_app import make_server_app
 
 FIRST_NODE_ID = 1000
 
@@ -96,3 +101,20 @@ class LocalGrid(Grid):
             self.received.append(reply)
             replies.append(reply)
         return replies
+
+
+def run_local(
+    config: Config, *, echo: Echo = lambda _: None, run_config: dict[str, Any] | None = None
+) -> tuple[FederationResult, dict[str, Any], LocalGrid]:
+    """Run ``config``'s ServerApp against a LocalGrid of ``federation.num_sites`` nodes.
+
+    Returns the result, the summary (as ``fedgray run`` writes it) and the grid.
+    """
+    out: dict[str, Any] = {}
+    grid = LocalGrid(make_client_app(config), config.federation.num_sites)
+    app = make_server_app(config, echo=echo, on_result=lambda r, s: out.update(result=r, summary=s))
+    context = Context(
+        run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config or {}
+    )
+    app(grid, context)
+    return out["result"], out["summary"], grid

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-from flwr.app import Context, RecordDict
 
 from fedgray.config import Config, load_config
-from fedgray.fl import make_client_app, make_server_app
-from fedgray.fl.local_grid import LocalGrid
-from fedgray.fl.server import FederationResult
+from fedgray.fl.local_grid import run_local
+
+__all__ = ["MICRO", "micro_config", "run_local"]
 
 MICRO = [
     "backbone.name=fedgray-micro",
@@ -29,22 +27,6 @@ MICRO = [
 def micro_config(tmp_path: Path, *overrides: str, name: str = "run") -> Config:
     """A 3-site, 2-round federation of the random micro CLIP writing to ``tmp_path/name``."""
     return load_config(None, [*MICRO, f"output.root={tmp_path}", f"output.name={name}", *overrides])
-
-
-def run_local(
-    config: Config, *, run_config: dict[str, Any] | None = None
-) -> tuple[FederationResult, dict[str, Any], LocalGrid]:
-    """Run the ServerApp against a LocalGrid of ``federation.num_sites`` nodes."""
-    out: dict[str, Any] = {}
-    grid = LocalGrid(make_client_app(config), config.federation.num_sites)
-    app = make_server_app(
-        config, echo=lambda _: None, on_result=lambda r, s: out.update(result=r, summary=s)
-    )
-    context = Context(
-        run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config or {}
-    )
-    app(grid, context)
-    return out["result"], out["summary"], grid
 
 
 @pytest.fixture(autouse=True)
