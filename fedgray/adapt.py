@@ -48,7 +48,7 @@ def adapt(
     backbone = open_backbone(config, progress=progress)
     train = load_task_data(config, backbone, split="train")
     test = load_task_data(config, backbone, split="test")
-    model = build_model(backbone, config.method.name, prompt_tokens=config.method.prompt_tokens)
+    model = build_model(backbone, config.method)
     task = TASKS[config.train.task]
     echo(
         f"{config.method.name} on {config.data.dataset} at level {backbone.level.value}: "

@@ -134,7 +134,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
     print("datasets:", ", ".join(DATASETS))
     print("methods:")
     for method in METHODS.values():
-        print(f"  {method.name:<10} level >= {method.level.value:<6} {method.description}")
+        print(f"  {method.name:<13} level >= {method.level.value:<6} {method.description}")
 
 
 def build_parser() -> argparse.ArgumentParser:

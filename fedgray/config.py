@@ -79,11 +79,18 @@ class DataConfig:
 
 @dataclass
 class MethodConfig:
-    """What is trained: see ``fedgray.adapters.METHODS``."""
+    """What is trained: see ``fedgray.adapters.METHODS``.
+
+    ``prompt_tokens``: LGA's tokens per layer; ``lora_rank``/``lora_alpha``: LoRA's rank and
+    scale (``alpha / rank``); ``last_layers``: blocks per tower that ``last-layers`` trains.
+    """
 
     name: str = "dga"
     prompt_tokens: int = field(default=2, metadata=positive())
     input_lr_scale: float = field(default=1.0, metadata=positive())
+    lora_rank: int = field(default=4, metadata=positive())
+    lora_alpha: float = field(default=8.0, metadata=positive())
+    last_layers: int = field(default=1, metadata=positive())
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Trainable modules around a sealed backbone."""
 
-from fedgray.adapters.methods import METHODS, Method, build_model
+from fedgray.adapters.methods import METHODS, Method, build_model, method_spec
 from fedgray.adapters.model import AdaptedCLIP
 
-__all__ = ["METHODS", "AdaptedCLIP", "Method", "build_model"]
+__all__ = ["METHODS", "AdaptedCLIP", "Method", "build_model", "method_spec"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fedgray.adapters.model import AdaptedCLIP
 from fedgray.adapters.modules import (
@@ -12,32 +12,37 @@ from fedgray.adapters.modules import (
     OutputAdapter,
     TextInputAdapter,
 )
+from fedgray.adapters.white import attach_lora, last_blocks
 from fedgray.backbone.access import AccessLevel, SealedError
 from fedgray.backbone.sealed import SealedBackbone
-
-_RANK = {AccessLevel.BLACK: 0, AccessLevel.GRAY: 1, AccessLevel.GRAY_PLUS: 2, AccessLevel.WHITE: 3}
+from fedgray.config import MethodConfig
 
 
 @dataclass(frozen=True)
 class Method:
-    """A trainable configuration around the backbone and the access it needs."""
+    """A trainable configuration around the backbone and the access it needs.
+
+    ``trainer`` names how ``fedgray adapt`` trains it: ``gradient`` (backpropagation into
+    the trainable modules) or a derivative-free trainer such as ``craft``.
+    """
 
     name: str
     level: AccessLevel
     description: str
-    build: Callable[[SealedBackbone, int], AdaptedCLIP]
+    build: Callable[[SealedBackbone, MethodConfig], AdaptedCLIP]
+    trainer: str = "gradient"
 
 
-def _zero_shot(backbone: SealedBackbone, _: int) -> AdaptedCLIP:
+def _zero_shot(backbone: SealedBackbone, _: MethodConfig) -> AdaptedCLIP:
     return AdaptedCLIP(backbone)
 
 
-def _output(backbone: SealedBackbone, _: int) -> AdaptedCLIP:
+def _output(backbone: SealedBackbone, _: MethodConfig) -> AdaptedCLIP:
     dim = backbone.interface.embed_dim
     return AdaptedCLIP(backbone, image_out=OutputAdapter(dim), text_out=OutputAdapter(dim))
 
 
-def _dga(backbone: SealedBackbone, _: int) -> AdaptedCLIP:
+def _dga(backbone: SealedBackbone, _: MethodConfig) -> AdaptedCLIP:
     i = backbone.interface
     return AdaptedCLIP(
         backbone,
@@ -48,19 +53,29 @@ def _dga(backbone: SealedBackbone, _: int) -> AdaptedCLIP:
     )
 
 
-def _lga(backbone: SealedBackbone, prompt_tokens: int) -> AdaptedCLIP:
-    model = _dga(backbone, prompt_tokens)
+def _lga(backbone: SealedBackbone, options: MethodConfig) -> AdaptedCLIP:
+    model = _dga(backbone, options)
     points = {p.tower: p for p in backbone.interface.entry_points}
+    count = options.prompt_tokens
     model.image_prompts = DeepPrompts(
-        layers=points["image"].layers, width=points["image"].width, count=prompt_tokens
+        layers=points["image"].layers, width=points["image"].width, count=count
     )
     model.text_prompts = DeepPrompts(
-        layers=points["text"].layers, width=points["text"].width, count=prompt_tokens
+        layers=points["text"].layers, width=points["text"].width, count=count
     )
     return model
 
 
-def _full(backbone: SealedBackbone, _: int) -> AdaptedCLIP:
+def _lora(backbone: SealedBackbone, options: MethodConfig) -> AdaptedCLIP:
+    factors = attach_lora(backbone.module, rank=options.lora_rank, alpha=options.lora_alpha)
+    return AdaptedCLIP(backbone, white_module=factors)
+
+
+def _last_layers(backbone: SealedBackbone, options: MethodConfig) -> AdaptedCLIP:
+    return AdaptedCLIP(backbone, white_module=last_blocks(backbone.module, options.last_layers))
+
+
+def _full(backbone: SealedBackbone, _: MethodConfig) -> AdaptedCLIP:
     return AdaptedCLIP(backbone, white_module=backbone.module.requires_grad_(True))
 
 
@@ -71,19 +86,49 @@ METHODS: dict[str, Method] = {
         Method("output", AccessLevel.GRAY, "output adapters only", _output),
         Method("dga", AccessLevel.GRAY, "DGA: input + output adapters (gray-box)", _dga),
         Method("lga", AccessLevel.GRAY_PLUS, "LGA: DGA + per-layer tokens (gray+)", _lga),
+        Method(
+            "linear-probe",
+            AccessLevel.WHITE,
+            "linear maps on both towers' frozen embeddings (white-box baseline)",
+            _output,
+        ),
+        Method("lora", AccessLevel.WHITE, "LoRA on every linear map of both towers", _lora),
+        Method(
+            "last-layers",
+            AccessLevel.WHITE,
+            "fine-tune the last method.last_layers blocks of each tower",
+            _last_layers,
+        ),
         Method("full", AccessLevel.WHITE, "full fine-tuning (white-box baseline)", _full),
     )
 }
 
 
-def build_model(backbone: SealedBackbone, method: str, *, prompt_tokens: int = 2) -> AdaptedCLIP:
-    """Build ``method``'s trainable model around ``backbone``, checking its access level."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method '{method}' (known: {', '.join(METHODS)})")
-    spec = METHODS[method]
-    if _RANK[backbone.level] < _RANK[spec.level]:
+def method_spec(name: str) -> Method:
+    """The registered method ``name``; a one-line error names the known ones."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method '{name}' (known: {', '.join(METHODS)})")
+    return METHODS[name]
+
+
+def build_model(
+    backbone: SealedBackbone,
+    method: str | MethodConfig,
+    *,
+    prompt_tokens: int | None = None,
+) -> AdaptedCLIP:
+    """Build a method's trainable model around ``backbone``, checking its access level.
+
+    ``method`` is the config's method section, or a name (its options at their defaults,
+    ``prompt_tokens`` overriding LGA's).
+    """
+    options = method if isinstance(method, MethodConfig) else MethodConfig(name=method)
+    if prompt_tokens is not None:
+        options = replace(options, prompt_tokens=prompt_tokens)
+    spec = method_spec(options.name)
+    if backbone.level.rank < spec.level.rank:
         raise SealedError(
-            f"method '{method}' needs access level '{spec.level.value}', "
+            f"method '{spec.name}' needs access level '{spec.level.value}', "
             f"the backbone is sealed at '{backbone.level.value}'"
         )
-    return spec.build(backbone, prompt_tokens)
+    return spec.build(backbone, options)

@@ -1,0 +1,82 @@
+"""White-box baselines' trainable parts: LoRA factors and the last transformer blocks.
+
+These need the open_clip model itself (``SealedBackbone.module``, level ``white``) and
+exist only to compare the restricted-access methods against.
+
+LoRA (Hu et al., 2021) is attached as a weight *parametrization*, ``W + (alpha / r) B A``,
+rather than by wrapping a layer's forward: open_clip's blocks use ``nn.MultiheadAttention``,
+which reads ``in_proj_weight`` and ``out_proj.weight`` directly in
+``F.multi_head_attention_forward`` and never calls ``out_proj``'s forward. A
+parametrization is seen by every such read, so one small module covers the attention's
+fused query/key/value projection, its output projection and both MLP layers alike. ``B``
+starts at zero, so at initialisation every weight equals the backbone's, bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+# (submodule path inside a residual block, weight name): every linear map of the block.
+LORA_TARGETS = (
+    ("attn", "in_proj_weight"),
+    ("attn.out_proj", "weight"),
+    ("mlp.c_fc", "weight"),
+    ("mlp.c_proj", "weight"),
+)
+
+
+class LoRA(nn.Module):
+    """A low-rank update ``weight + scale * up @ down`` applied as a parametrization."""
+
+    def __init__(self, out_features: int, in_features: int, *, rank: int, alpha: float) -> None:
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+        self.scale = alpha / rank
+        self.down = nn.Parameter(torch.empty(rank, in_features))
+        self.up = nn.Parameter(torch.zeros(out_features, rank))
+        nn.init.kaiming_uniform_(self.down, a=math.sqrt(5))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        """The adapted weight (equal to ``weight`` while ``up`` is zero)."""
+        return weight + self.scale * (self.up @ self.down)
+
+
+def towers(model: nn.Module) -> tuple[nn.ModuleList, nn.ModuleList]:
+    """The residual blocks of the image and the text tower of an open_clip ``CLIP``."""
+    return model.visual.transformer.resblocks, model.transformer.resblocks
+
+
+def _blocks(model: nn.Module) -> Iterator[nn.Module]:
+    for blocks in towers(model):
+        yield from blocks
+
+
+def attach_lora(model: nn.Module, *, rank: int, alpha: float) -> nn.ModuleList:
+    """Add LoRA to every linear map of both towers' blocks; return the factors (trainable)."""
+    factors = nn.ModuleList()
+    for block in _blocks(model):
+        for path, name in LORA_TARGETS:
+            owner = block.get_submodule(path)
+            out_features, in_features = getattr(owner, name).shape
+            lora = LoRA(out_features, in_features, rank=rank, alpha=alpha)
+            parametrize.register_parametrization(owner, name, lora)
+            factors.append(lora)
+    return factors
+
+
+def last_blocks(model: nn.Module, count: int) -> nn.ModuleList:
+    """The last ``count`` residual blocks of each tower, made trainable."""
+    selected = nn.ModuleList()
+    for blocks in towers(model):
+        if not 1 <= count <= len(blocks):
+            raise ValueError(
+                f"method.last_layers must be in 1..{len(blocks)} for this backbone, got {count}"
+            )
+        selected.extend(blocks[-count:])
+    return selected.requires_grad_(True)
