@@ -12,6 +12,7 @@ from fedgray.backbone.access import SealedError
 from fedgray.backbone.loading import BUILTIN_TAG, BackboneLoadError
 from fedgray.config import ACCESS_LEVELS, Config, load_config
 from fedgray.config_schema import ConfigError
+from simulations import privacy_utility
 
 EXPECTED_ERRORS = (ConfigError, BackboneLoadError, SealedError, FileNotFoundError, ValueError)
 
@@ -125,6 +126,12 @@ def _cmd_seal(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from simulations.privacy_utility import run
+
+    run(args)
+
+
 def _cmd_info(args: argparse.Namespace) -> None:
     from fedgray.adapters import METHODS
     from fedgray.backbone.loading import builtin_models
@@ -226,6 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seal.add_argument("--out", required=True, metavar="FILE", help="the artifact file to write")
     seal.set_defaults(handler=_cmd_seal)
+    sweep = commands.add_parser(
+        "sweep",
+        help="privacy-utility sweep: federated runs over target epsilons (and seeds)",
+        description=privacy_utility.__doc__.split("::")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    privacy_utility.add_arguments(sweep)
+    sweep.set_defaults(handler=_cmd_sweep)
     info = commands.add_parser(
         "info",
         help="list built-in models, datasets and methods",

@@ -1,14 +1,48 @@
-"""PNG plots of a run's metrics (matplotlib, headless)."""
+"""PNG plots of a run's metrics (matplotlib, headless).
+
+Matplotlib draws with the Agg backend and keeps its font cache in fedgray's cache folder
+(``MPLCONFIGDIR``, unless already set), never in a folder of its own in the home directory.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+from fedgray.paths import cache_dir
+
+os.environ.setdefault("MPLCONFIGDIR", str(cache_dir() / "matplotlib"))
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+BASELINE_STYLES = ({"color": "grey", "linestyle": "--"}, {"color": "tab:green", "linestyle": ":"})
+
+
+def _finish(
+    figure: Figure,
+    axes: Axes,
+    path: str | Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    baselines: Mapping[str, float],
+) -> Path:
+    for (label, value), style in zip(baselines.items(), BASELINE_STYLES, strict=False):
+        axes.axhline(value, label=label, **style)
+    axes.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return Path(path)
 
 
 def plot_curve(
@@ -25,12 +59,31 @@ def plot_curve(
     """A learning curve with an optional horizontal baseline, saved as PNG."""
     figure, axes = plt.subplots(figsize=(5.5, 3.6), dpi=120)
     axes.plot(xs, ys, marker="o", label="adapted")
-    if baseline is not None:
-        axes.axhline(baseline, color="grey", linestyle="--", label=baseline_label)
-    axes.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return Path(path)
+    baselines = {} if baseline is None else {baseline_label: baseline}
+    return _finish(
+        figure, axes, path, xlabel=xlabel, ylabel=ylabel, title=title, baselines=baselines
+    )
+
+
+def plot_sweep(
+    xs: Sequence[float],
+    samples: Sequence[Sequence[float]],
+    path: str | Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    baselines: Mapping[str, float],
+) -> Path:
+    """Each x's samples (seeds) as dots joined through their means, on a log-2 x axis, with
+    horizontal baselines (at most two: grey dashed, green dotted), saved as PNG."""
+    figure, axes = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    for x, values in zip(xs, samples, strict=True):
+        axes.scatter([x] * len(values), values, color="tab:blue", alpha=0.35, s=14)
+    means = [sum(values) / len(values) for values in samples]
+    axes.plot(xs, means, marker="o", color="tab:blue", label="DP-SGD (mean over seeds)")
+    axes.set_xscale("log", base=2)
+    axes.set_xticks(list(xs), [f"{x:g}" for x in xs])
+    return _finish(
+        figure, axes, path, xlabel=xlabel, ylabel=ylabel, title=title, baselines=baselines
+    )
