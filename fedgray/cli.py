@@ -239,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=privacy_utility.__doc__.split("::")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _config_arguments(sweep, required=False)
     privacy_utility.add_arguments(sweep)
     sweep.set_defaults(handler=_cmd_sweep)
     info = commands.add_parser(

@@ -18,6 +18,11 @@ from fedgray.config_schema import (
     set_dotted,
     to_dict,
 )
+from fedgray.config_secure import (
+    CentralPrivacyConfig,
+    SecureAggregationConfig,
+    check_secure_and_central,
+)
 
 ACCESS_LEVELS = ("black", "gray", "gray+", "white")
 
@@ -140,6 +145,7 @@ class FederationConfig:
     actors: int = field(default=1, metadata=positive())
     round_timeout: float = field(default=600.0, metadata=positive())
     seed: int = 0
+    secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
 
 
 ACCOUNTANTS = ("rdp", "prv")
@@ -152,7 +158,8 @@ class PrivacyConfig:
     Noise: ``noise_multiplier``, or ``target_epsilon`` for the whole planned run (all
     ``federation.num_rounds * federation.local_steps`` steps, at ``delta``). A site whose
     next round would take its epsilon above ``epsilon_budget`` does not train; with
-    ``on_budget: stop`` the run then stops.
+    ``on_budget: stop`` the run then stops. ``central``: site-level DP on the aggregate
+    (independent of ``enabled``; see :class:`~fedgray.config_secure.CentralPrivacyConfig`).
     """
 
     enabled: bool = False
@@ -166,6 +173,7 @@ class PrivacyConfig:
     epsilon_budget: float | None = field(default=None, metadata=positive())
     on_budget: str = field(default="skip", metadata=one_of("skip", "stop"))
     poisson: bool = True
+    central: CentralPrivacyConfig = field(default_factory=CentralPrivacyConfig)
 
     def __post_init__(self) -> None:
         if self.enabled and (self.noise_multiplier is None) == (self.target_epsilon is None):
@@ -191,6 +199,9 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+
+    def __post_init__(self) -> None:
+        check_secure_and_central(self)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, as saved in a run folder."""

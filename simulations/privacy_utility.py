@@ -10,11 +10,11 @@ point: target and achieved epsilon, noise, final metrics) and ``privacy_utility.
         [--rounds R] [--local-steps S] [--delta 1e-5] [--output DIR] [--set KEY=VALUE ...]
     fedgray sweep ...   (the same arguments)
 
-CONFIG defaults to ``configs/quickstart.yaml``. A finite epsilon is DP-SGD at every site
-with ``privacy.target_epsilon`` for the whole planned run (all rounds); ``inf`` is the
-non-private run. The achieved epsilon is the largest any site's accountant reported.
-Flower, the federated layer and matplotlib are imported when a sweep runs, not with
-``fedgray``'s argument parser.
+CONFIG defaults to ``configs/quickstart.yaml``; ``--quiet`` leaves out the per-round
+lines. A finite epsilon is DP-SGD at every site with ``privacy.target_epsilon`` for the
+whole planned run (all rounds); ``inf`` is the non-private run. The achieved epsilon is
+the largest any site's accountant reported. Flower, the federated layer and matplotlib are
+imported when a sweep runs, not with ``fedgray``'s argument parser.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def run_point(
     delta: float,
     echo: Echo,
 ) -> dict[str, Any]:
-    """Run one point into ``root / point.name``; its CSV row."""
+    """Run one point into ``root / point.name``; its CSV row. ``echo`` gets its round lines."""
     from fedgray.fl.local_grid import run_local
     from fedgray.fl.report import COMPARED
     from fedgray.tasks import TASKS
@@ -104,7 +104,7 @@ def run_point(
         config_path, [*overrides, f"output.root={root}", *point.overrides(delta=delta)]
     )
     started = time.perf_counter()
-    result, summary, _ = run_local(config, echo=lambda line: echo(f"  {line}"))
+    result, summary, _ = run_local(config, echo=echo)
     privacy = result.records[-1].get("privacy")
     metric = TASKS[config.train.task].metric
     return {
@@ -165,8 +165,10 @@ def sweep(
     delta: float,
     root: str | Path | None = None,
     echo: Echo = print,
+    round_lines: bool = True,
 ) -> tuple[Path, list[dict[str, Any]]]:
-    """Run every (epsilon, seed) point; the sweep folder and its rows."""
+    """Run every (epsilon, seed) point; the sweep folder and its rows. ``echo`` gets a line
+    per point and, with ``round_lines``, the per-round progress lines of each run."""
     from fedgray.runs import RunFolder
 
     config = load_config(config_path, overrides)
@@ -186,7 +188,14 @@ def sweep(
     for index, point in enumerate(points, 1):
         echo(f"[{index}/{len(points)}] target epsilon {point.epsilon:g}, seed {point.seed}")
         rows.append(
-            run_point(config_path, overrides, point, root=folder.path, delta=delta, echo=echo)
+            run_point(
+                config_path,
+                overrides,
+                point,
+                root=folder.path,
+                delta=delta,
+                echo=(lambda line: echo(f"  {line}")) if round_lines else (lambda _: None),
+            )
         )
         write_csv(rows, folder.path / "sweep.csv")  # partial results survive an interruption
     fed = config.federation
@@ -220,8 +229,7 @@ def _epsilons(text: str) -> list[float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The sweep's arguments (also those of ``fedgray sweep``)."""
-    parser.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="YAML run config")
+    """The sweep's own arguments; ``fedgray sweep`` adds CONFIG, ``--set`` and ``--quiet``."""
     parser.add_argument(
         "--epsilons",
         type=_epsilons,
@@ -233,14 +241,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local-steps", type=int, help="federation.local_steps")
     parser.add_argument("--delta", type=float, default=1e-5, help="privacy.delta (default 1e-5)")
     parser.add_argument("--output", metavar="DIR", help="root of the sweep folder")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value for every point (repeatable)",
-    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -257,12 +257,13 @@ def run(args: argparse.Namespace) -> None:
     logging.getLogger("flwr").setLevel(logging.WARNING)  # our own progress lines instead
     started = time.perf_counter()
     folder, rows = sweep(
-        args.config,
+        args.config or DEFAULT_CONFIG,
         overrides,
         epsilons=args.epsilons,
         seeds=args.seeds,
         delta=args.delta,
         root=args.output,
+        round_lines=not args.quiet,
     )
     print()
     for line in table(rows):

@@ -31,6 +31,7 @@ class Checkpoint:
     arrays: ArrayRecord
     strategy_state: dict[str, tuple[str, dict[str, np.ndarray]]]
     privacy: dict[str, Any] = field(default_factory=dict)
+    central: dict[str, Any] = field(default_factory=dict)
 
     def restore(self, strategy: object) -> None:
         """Put the saved strategy state back on a freshly built ``strategy``."""
@@ -45,8 +46,10 @@ def save_checkpoint(
     arrays: ArrayRecord,
     strategy: object,
     privacy: dict[str, Any] | None = None,
+    central: dict[str, Any] | None = None,
 ) -> Path:
-    """Write (atomically) the checkpoint after ``server_round``; ``privacy``: the sites' ledgers."""
+    """Write (atomically) the checkpoint after ``server_round``; ``privacy``: the sites'
+    ledgers, ``central``: the central-DP ledger."""
     state = {
         attr: {"kind": kind, "arrays": {k: torch.from_numpy(np.array(v)) for k, v in d.items()}}
         for attr, (kind, d) in strategy_state(strategy).items()
@@ -58,6 +61,7 @@ def save_checkpoint(
         "arrays": from_record(arrays),
         "strategy_state": state,
         "privacy": privacy or {},
+        "central": central or {},
     }
     path = run_dir / CHECKPOINT
     tmp = path.with_suffix(".tmp")
@@ -84,4 +88,5 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
         to_record(payload["arrays"]),
         state,
         payload.get("privacy", {}),
+        payload.get("central", {}),
     )

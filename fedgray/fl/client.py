@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from fedgray.adapters import AdaptedCLIP, build_model
 from fedgray.config import Config
 from fedgray.fl.cache import shared_backbone
+from fedgray.fl.central import aggregation_weight
 from fedgray.fl.private import LEDGER, check_budget, ledger_reply, site_ledger
 from fedgray.fl.records import from_record, to_record
 from fedgray.fl.sites import SiteData, site_data
@@ -127,7 +128,7 @@ class Site:
         if personal:
             state[PERSONAL_STATE] = to_record(personal)
         metrics = {
-            "num-examples": len(self.data.train),
+            "num-examples": aggregation_weight(self.config, len(self.data.train)),
             "train-loss": result.mean_loss,
             ORDER_KEY: self.partition_id,
         }

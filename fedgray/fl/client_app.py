@@ -1,25 +1,57 @@
-"""The fedgray ClientApp (Flower Message API)."""
+"""The fedgray ClientApp (Flower Message API).
+
+The train handler's pipeline follows the resolved config of each message: in the clear,
+the Message-API handler (with ``fixedclipping_mod`` under central DP); under
+``federation.secure_aggregation``, the legacy-Fit handler behind SecAgg+'s mods (see
+:mod:`fedgray.fl.secagg_site`). Evaluation is the same in both.
+"""
 
 from __future__ import annotations
 
-from logging import WARNING
-
-from flwr.app import Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.client.mod import make_ffn
 from flwr.clientapp import ClientApp
-from flwr.common import log
+from flwr.clientapp.typing import ClientAppCallable
 
 from fedgray.config import Config
+from fedgray.fl.central import clipping_mods
 from fedgray.fl.client import Site
-from fedgray.fl.private import BUDGET_EXHAUSTED, BudgetExhausted
+from fedgray.fl.private import refusal_mod
 from fedgray.fl.run_config import resolve_config
+from fedgray.fl.secagg_site import legacy_train, secure_train_mods
 
 
-def _site(config: Config | None, context: Context) -> Site:
+def _site(config: Config, context: Context) -> Site:
     return Site.open(
-        resolve_config(config, context.run_config),
+        config,
         partition_id=int(context.node_config["partition-id"]),
         num_partitions=int(context.node_config["num-partitions"]),
     )
+
+
+def _train_pipeline(config: Config) -> ClientAppCallable:
+    """The train handler and its mods for ``config``."""
+
+    def train(
+        arrays: ArrayRecord, settings: ConfigRecord, context: Context
+    ) -> tuple[ArrayRecord, dict[str, float], RecordDict]:
+        return _site(config, context).train(
+            arrays,
+            context.state,
+            server_round=int(settings["server-round"]),
+            proximal_mu=float(settings.get("proximal-mu", 0.0)),
+            settings=settings,
+        )
+
+    if config.federation.secure_aggregation.enabled:
+        return make_ffn(legacy_train(train), secure_train_mods(config))
+
+    def handle(msg: Message, context: Context) -> Message:
+        arrays, metrics, records = train(msg.content["arrays"], msg.content["config"], context)
+        content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics), **records})
+        return Message(content, reply_to=msg)
+
+    return make_ffn(handle, [refusal_mod, *clipping_mods(config, legacy=False)])
 
 
 def make_client_app(config: Config | None = None) -> ClientApp:
@@ -32,25 +64,12 @@ def make_client_app(config: Config | None = None) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        site = _site(config, context)
-        settings = msg.content["config"]
-        try:
-            arrays, metrics, records = site.train(
-                msg.content["arrays"],
-                context.state,
-                server_round=int(settings["server-round"]),
-                proximal_mu=float(settings.get("proximal-mu", 0.0)),
-                settings=settings,
-            )
-        except BudgetExhausted as refusal:
-            log(WARNING, str(refusal))
-            return Message(Error(code=BUDGET_EXHAUSTED, reason=str(refusal)), reply_to=msg)
-        content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics), **records})
-        return Message(content, reply_to=msg)
+        return _train_pipeline(resolve_config(config, context.run_config))(msg, context)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        metrics = _site(config, context).evaluate(msg.content["arrays"], context.state)
+        site = _site(resolve_config(config, context.run_config), context)
+        metrics = site.evaluate(msg.content["arrays"], context.state)
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
     return app

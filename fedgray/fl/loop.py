@@ -3,35 +3,93 @@
 ``Strategy.start`` always counts rounds from 1; driving the same four methods round by round
 lets a resumed run continue at round ``k + 1`` with the true round number (FedAdam's bias
 correction uses it) and lets the server checkpoint and report after every round.
+
+The train phase is pluggable: :func:`plain_training` sends the adapters to the sampled sites
+and aggregates their replies with the strategy; :class:`fedgray.fl.secagg.SecureTraining`
+runs the same phase through SecAgg+. Evaluation is the same for both.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Strategy
 
+from fedgray.fl.private import site_reports
 from fedgray.fl.records import record_bytes
 
 
 @dataclass
-class RoundOutcome:
-    """What one round produced (round 0: evaluation of the initial adapters only)."""
+class TrainResult:
+    """What a train phase produced. ``arrays`` is None when nothing was aggregated."""
 
-    arrays: ArrayRecord
+    arrays: ArrayRecord | None
     train_metrics: dict[str, float] = field(default_factory=dict)
-    eval_metrics: dict[str, float] = field(default_factory=dict)
+    sampled: int = 0
     trained: int = 0
     rejected: int = 0
     bytes_down: int = 0
     bytes_up: int = 0
-    train_replies: list[Message] = field(default_factory=list)
+    ledgers: list[ConfigRecord] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
+
+
+class TrainPhase(Protocol):
+    """Train the sampled sites from ``arrays`` and aggregate (``settings`` go to every site)."""
+
+    def __call__(
+        self, server_round: int, arrays: ArrayRecord, settings: ConfigRecord
+    ) -> TrainResult: ...
+
+
+@dataclass
+class RoundOutcome(TrainResult):
+    """What one round produced (round 0: evaluation of the initial adapters only).
+
+    ``arrays`` are the global adapters after the round; ``trained`` counts the site updates
+    inside them (0 when the round kept the old ones), ``sampled`` the sites asked to train.
+    """
+
+    eval_metrics: dict[str, float] = field(default_factory=dict)
 
 
 def _ok(replies: list[Message]) -> list[Message]:
     return [m for m in replies if not m.has_error()]
+
+
+def _rejections(strategy: Strategy) -> int:
+    """Updates the guard has rejected so far (the guard may sit inside a DP wrapper)."""
+    return len(getattr(getattr(strategy, "strategy", strategy), "rejections", ()))
+
+
+def plain_training(strategy: Strategy, grid: Grid, *, timeout: float) -> TrainPhase:
+    """The train phase in the clear: ``strategy`` configures, the sites reply, it aggregates."""
+
+    def train(server_round: int, arrays: ArrayRecord, settings: ConfigRecord) -> TrainResult:
+        config = ConfigRecord(dict(settings))
+        messages = list(strategy.configure_train(server_round, arrays, config, grid))
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        uploads = [record_bytes(r) for m in _ok(replies) for r in m.content.array_records.values()]
+        before = _rejections(strategy)
+        new_arrays, metrics = strategy.aggregate_train(server_round, replies)
+        rejected = _rejections(strategy) - before
+        ledgers, refusals = site_reports(replies)
+        return TrainResult(
+            new_arrays,
+            dict(metrics or {}),
+            sampled=len(messages),
+            trained=len(_ok(replies)) - rejected if new_arrays is not None else 0,
+            rejected=rejected,
+            bytes_down=record_bytes(arrays),
+            bytes_up=max(uploads, default=0),
+            ledgers=ledgers,
+            refusals=refusals,
+        )
+
+    return train
 
 
 def run_round(
@@ -43,27 +101,21 @@ def run_round(
     timeout: float,
     train: bool = True,
     settings: ConfigRecord | None = None,
+    trainer: TrainPhase | None = None,
 ) -> RoundOutcome:
     """Train (unless ``train`` is False), aggregate, then evaluate on the sites' held-out data.
 
-    ``settings`` go to the sites with every train message (next to the strategy's own).
+    ``trainer`` runs the train phase (default: :func:`plain_training` with ``strategy``);
+    ``strategy`` configures and aggregates the evaluation. ``settings`` go to the sites with
+    every train message (next to the strategy's own).
     """
     outcome = RoundOutcome(arrays)
     if train:
-        config = ConfigRecord(dict(settings or {}))
-        messages = list(strategy.configure_train(server_round, arrays, config, grid))
-        replies = list(grid.send_and_receive(messages, timeout=timeout))
-        outcome.train_replies = replies
-        uploads = [record_bytes(r) for m in _ok(replies) for r in m.content.array_records.values()]
-        outcome.bytes_down = record_bytes(arrays)
-        outcome.bytes_up = max(uploads, default=0)
-        before = len(getattr(strategy, "rejections", ()))
-        new_arrays, metrics = strategy.aggregate_train(server_round, replies)
-        outcome.rejected = len(getattr(strategy, "rejections", ())) - before
-        outcome.trained = len(_ok(replies)) - outcome.rejected
-        if new_arrays is not None:
-            outcome.arrays = new_arrays
-        outcome.train_metrics = dict(metrics or {})
+        phase = trainer or plain_training(strategy, grid, timeout=timeout)
+        result = phase(server_round, arrays, ConfigRecord(dict(settings or {})))
+        outcome = RoundOutcome(**vars(result))
+        if result.arrays is None:
+            outcome.arrays = arrays
     messages = list(strategy.configure_evaluate(server_round, outcome.arrays, ConfigRecord(), grid))
     replies = list(grid.send_and_receive(messages, timeout=timeout))
     outcome.eval_metrics = dict(strategy.aggregate_evaluate(server_round, replies) or {})

@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.clientapp.typing import ClientAppCallable
 
 from fedgray.config import PrivacyConfig
 from fedgray.privacy import Ledger, NoisePlan
@@ -76,6 +77,24 @@ def check_budget(
         )
 
 
+def refusal_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Client mod (outermost): a site that refuses to train replies with a
+    :data:`BUDGET_EXHAUSTED` error naming its budget, whatever mods sit inside."""
+    try:
+        return call_next(msg, context)
+    except BudgetExhausted as refusal:
+        return Message(Error(code=BUDGET_EXHAUSTED, reason=str(refusal)), reply_to=msg)
+
+
+def site_reports(replies: list[Message]) -> tuple[list[ConfigRecord], list[str]]:
+    """The ledgers in a round's train replies, and the reasons of the sites that refused."""
+    ledgers = [m.content[LEDGER] for m in replies if not m.has_error() and LEDGER in m.content]
+    refusals = [
+        m.error.reason for m in replies if m.has_error() and m.error.code == BUDGET_EXHAUSTED
+    ]
+    return ledgers, refusals
+
+
 @dataclass
 class PrivacyLog:
     """The server's view: every site's latest ledger and reported epsilon."""
@@ -91,15 +110,9 @@ class PrivacyLog:
             entries.update({_prefix(site) + k: v for k, v in ledger.to_record().items()})
         return ConfigRecord(entries)
 
-    def update(self, replies: list[Message]) -> dict[str, Any]:
-        """Take in a round's train replies; the round's privacy record for metrics.jsonl."""
-        refused = []
-        for reply in replies:
-            if reply.has_error():
-                if reply.error.code == BUDGET_EXHAUSTED:
-                    refused.append(reply.error.reason)
-                continue
-            record = reply.content[LEDGER]
+    def update(self, ledgers: list[ConfigRecord], refusals: list[str]) -> dict[str, Any]:
+        """Take in a round's reported ledgers and refusals; its record for metrics.jsonl."""
+        for record in ledgers:
             site = int(record["site"])
             self.ledgers[site] = Ledger.from_record(record)
             self.epsilons[site] = float(record["epsilon"])
@@ -108,7 +121,7 @@ class PrivacyLog:
             "accountant": self.privacy.accountant,
             "epsilon": {str(s): e for s, e in sorted(self.epsilons.items())},
             "max_epsilon": max(self.epsilons.values(), default=0.0),
-            "budget_refusals": refused,
+            "budget_refusals": list(refusals),
         }
 
     def state(self) -> dict[str, Any]:

@@ -17,14 +17,17 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
 
 from fedgray.adapters import build_model
 from fedgray.config import Config
 from fedgray.fl.cache import shared_backbone, shared_data
+from fedgray.fl.central import CentralLedger, num_sampled, with_central_dp
 from fedgray.fl.checkpoint import CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
-from fedgray.fl.loop import RoundOutcome, run_round
+from fedgray.fl.loop import RoundOutcome, TrainPhase, plain_training, run_round
 from fedgray.fl.private import PrivacyLog
 from fedgray.fl.records import from_record, to_record
+from fedgray.fl.secagg import SecureTraining
 from fedgray.runs import RunFolder
 from fedgray.tasks import TASKS, evaluate
 from strategies import Rejection, build_strategy, split_personal
@@ -101,6 +104,7 @@ def progress_line(config: Config, record: dict[str, Any]) -> str:
         f"  sent {record['bytes_down'] / 1e3:.1f}+{record['bytes_up'] / 1e3:.1f} KB/site"
         f"  {record['seconds']:.1f} s"
         + (f"  eps max {record['privacy']['max_epsilon']:.2f}" if "privacy" in record else "")
+        + (f"  eps central {record['central_dp']['epsilon']:.2f}" if "central_dp" in record else "")
     )
 
 
@@ -124,6 +128,15 @@ def _stop_for_budget(config: Config, record: dict[str, Any], echo: Echo) -> bool
     return False
 
 
+def train_phase(config: Config, strategy: FedAvg, grid: Grid) -> TrainPhase:
+    """How rounds train: through SecAgg+, or in the clear (with central DP's wrapper)."""
+    if config.federation.secure_aggregation.enabled:
+        return SecureTraining(config, grid)
+    if config.privacy.central.enabled:
+        strategy = with_central_dp(strategy, config)
+    return plain_training(strategy, grid, timeout=config.federation.round_timeout)
+
+
 def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) -> FederationResult:
     """Run (or, when ``run`` holds a checkpoint, continue) ``config``'s rounds on ``grid``."""
     fed = config.federation
@@ -135,13 +148,18 @@ def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) 
         fraction_evaluate=fed.fraction_evaluate,
         options=fed.strategy_options,
     )
+    trainer = train_phase(config, strategy, grid)
     privacy = PrivacyLog(config.privacy) if config.privacy.enabled else None
+    central = config.privacy.central
+    central_dp = CentralLedger(central, num_sampled(config)) if central.enabled else None
     first, arrays = 0, initial_adapters(config)
     if (run.path / CHECKPOINT).is_file():
         checkpoint = _resume(run, config, strategy)
         arrays, first = checkpoint.arrays, checkpoint.round + 1
         if privacy is not None:
             privacy.restore(checkpoint.privacy)
+        if central_dp is not None:
+            central_dp.restore(checkpoint.central)
         echo(f"resuming {run.path} after round {checkpoint.round}")
     for rnd in range(first, fed.num_rounds + 1):
         started = time.perf_counter()
@@ -153,11 +171,14 @@ def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) 
             timeout=fed.round_timeout,
             train=rnd > 0,
             settings=privacy.settings() if privacy is not None else None,
+            trainer=trainer,
         )
         arrays = outcome.arrays
         record = _record(config, rnd, outcome, started)
         if privacy is not None:
-            record["privacy"] = privacy.update(outcome.train_replies)
+            record["privacy"] = privacy.update(outcome.ledgers, outcome.refusals)
+        if central_dp is not None:
+            record["central_dp"] = central_dp.update(outcome.trained)
         run.log(record)
         save_checkpoint(
             run.path,
@@ -166,6 +187,7 @@ def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) 
             arrays=arrays,
             strategy=strategy,
             privacy=privacy.state() if privacy is not None else None,
+            central=central_dp.state() if central_dp is not None else None,
         )
         echo(progress_line(config, record))
         if _stop_for_budget(config, record, echo):

@@ -19,7 +19,7 @@ QUICKSTART = Path(__file__).parents[2] / "configs" / "quickstart.yaml"
 def test_sweep_writes_rows_within_target_and_a_plot(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["sweep", str(QUICKSTART), "--output", str(tmp_path), "--rounds", "2"]
+    args = ["sweep", str(QUICKSTART), "--output", str(tmp_path), "--rounds", "2", "--quiet"]
     assert main([*args, *(f"--set={o}" for o in MICRO)]) == 0
     (folder,) = tmp_path.glob("sweep-*")
     with (folder / "sweep.csv").open() as handle:
@@ -41,3 +41,4 @@ def test_sweep_writes_rows_within_target_and_a_plot(
     assert json.loads((folder / "sweep.json").read_text())["delta"] == 1e-5
     out = capsys.readouterr().out
     assert "zero-shot r1_mean" in out and f"sweep folder: {folder}" in out
+    assert "[5/5] target epsilon 1, seed 0" in out and "round 1/2" not in out  # --quiet

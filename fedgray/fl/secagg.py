@@ -1,0 +1,181 @@
+"""The train phase through SecAgg+: the server learns only the (weighted) sum of the updates.
+
+Flower 1.42 runs SecAgg+ only on its legacy API: ``SecAggPlusWorkflow`` drives a legacy
+``FedAvg`` inside a ``LegacyContext``. :class:`SecureTraining` builds those once and runs
+the workflow for one round at a time, from fedgray's own round loop, so a secure run has
+the same round numbering, evaluation, records, checkpoints and resume as a run in the
+clear (:func:`fedgray.fl.loop.run_round`). Sites send ``new - global`` adapters (see
+:mod:`fedgray.fl.secagg_site`); the server adds the unmasked mean back onto the global
+adapters, in their dtype. Under central DP, Flower's legacy client-side fixed-clipping
+wrapper adds its noise to that mean.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.common import FitRes
+from flwr.server import LegacyContext
+from flwr.server.client_manager import SimpleClientManager
+from flwr.server.compat.grid_client_proxy import GridClientProxy
+from flwr.server.strategy import FedAvg as LegacyFedAvg
+from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
+from flwr.server.workflow.constant import Key as WorkflowKey
+from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+
+from fedgray.config import Config
+from fedgray.fl.central import num_sampled, with_legacy_central_dp
+from fedgray.fl.loop import TrainResult
+from fedgray.fl.private import BUDGET_EXHAUSTED
+from fedgray.fl.secagg_site import fit_config, ledger_from_metrics
+
+WEIGHT = "num-examples"
+
+
+class _Workflow(SecAggPlusWorkflow):
+    """SecAgg+ that keeps its last protocol state (the sites' Fit metrics and failures)."""
+
+    last: WorkflowState | None = None
+
+    def setup_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
+        """Flower's setup stage, remembering ``state`` for after the round."""
+        self.last = state
+        return super().setup_stage(grid, context, state)
+
+
+def payload_bytes(content: RecordDict) -> int:
+    """Bytes of arrays and of byte strings (keys, shares, masked vectors) in a message."""
+    total = sum(len(a.data) for r in content.array_records.values() for a in r.values())
+    for record in content.config_records.values():
+        for value in record.values():
+            items = value if isinstance(value, list) else [value]
+            total += sum(len(v) for v in items if isinstance(v, bytes))
+    return total
+
+
+class _MeteredGrid:
+    """Forwards ``send_and_receive`` to a Grid, adding up each node's traffic."""
+
+    def __init__(self, grid: Grid) -> None:
+        self.grid = grid
+        self.down: Counter[int] = Counter()
+        self.up: Counter[int] = Counter()
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        """Send, receive and count."""
+        messages = list(messages)
+        for msg in messages:
+            self.down[msg.metadata.dst_node_id] += payload_bytes(msg.content)
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        for reply in replies:
+            if not reply.has_error():
+                self.up[reply.metadata.src_node_id] += payload_bytes(reply.content)
+        return replies
+
+
+def _refusals(failures: list[Any]) -> list[str]:
+    """Budget refusals among the protocol's failures (Flower lists some failures twice)."""
+    errors = [f.args[0] for f in failures if f.args and isinstance(f.args[0], Error)]
+    return list(dict.fromkeys(e.reason for e in errors if e.code == BUDGET_EXHAUSTED))
+
+
+def _train_metrics(results: list[FitRes]) -> dict[str, float]:
+    numeric = [
+        {k: v for k, v in r.metrics.items() if isinstance(v, int | float) and k != WEIGHT}
+        for r in results
+    ]
+    records = [
+        RecordDict({"m": MetricRecord({**m, WEIGHT: r.num_examples})})
+        for m, r in zip(numeric, results, strict=True)
+    ]
+    return dict(aggregate_metricrecords(records, WEIGHT)) if records else {}
+
+
+class SecureTraining:
+    """The train phase of ``config`` through SecAgg+ on ``grid`` (see the module docstring)."""
+
+    def __init__(self, config: Config, grid: Grid) -> None:
+        fed, secure = config.federation, config.federation.secure_aggregation
+        self.grid = grid
+        self.fit_config: dict[str, Any] = {}
+        strategy = LegacyFedAvg(
+            fraction_fit=fed.fraction_train,
+            fraction_evaluate=0.0,
+            min_fit_clients=num_sampled(config),
+            min_evaluate_clients=0,
+            min_available_clients=fed.num_sites,
+            on_fit_config_fn=lambda _: dict(self.fit_config),
+            fit_metrics_aggregation_fn=lambda _: {},  # averaged from the protocol state instead
+        )
+        if config.privacy.central.enabled:
+            strategy = with_legacy_central_dp(strategy, config)
+        manager = SimpleClientManager()
+        for node in grid.get_node_ids():
+            manager.register(GridClientProxy(node_id=node, grid=grid, run_id=0))
+        server = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={})
+        self.context = LegacyContext(server, strategy=strategy, client_manager=manager)
+        self.workflow = _Workflow(
+            secure.num_shares,
+            secure.reconstruction_threshold,
+            max_weight=1.0 if config.privacy.central.enabled else secure.max_weight,
+            clipping_range=secure.clipping_range,
+            quantization_range=secure.quantization_range,
+            timeout=fed.round_timeout,
+        )
+
+    def __call__(
+        self, server_round: int, arrays: ArrayRecord, settings: ConfigRecord
+    ) -> TrainResult:
+        """One SecAgg+ round from the global ``arrays``."""
+        keys = list(arrays.keys())
+        self.fit_config = fit_config(server_round, keys, settings)
+        state = self.context.state
+        state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord(
+            {WorkflowKey.CURRENT_ROUND: server_round}
+        )
+        sent = ArrayRecord({k: Array(a.numpy()) for k, a in arrays.items()})
+        state.array_records[MAIN_PARAMS_RECORD] = sent
+        grid = _MeteredGrid(self.grid)
+        self.workflow.last = None
+        self.workflow(grid, self.context)  # type: ignore[arg-type]  # a Grid in all it uses
+        protocol = self.workflow.last
+        results = [fitres for _, fitres in protocol.legacy_results] if protocol else []
+        failures = protocol.failures if protocol else []
+        updated = state.array_records[MAIN_PARAMS_RECORD]
+        new = None
+        if updated is not sent:
+            mean = updated.to_numpy_ndarrays()
+            new = ArrayRecord(
+                {
+                    k: Array((arrays[k].numpy() + d).astype(arrays[k].numpy().dtype))
+                    for k, d in zip(keys, mean, strict=True)
+                }
+            )
+        ledgers = [ledger_from_metrics(r.metrics) for r in results]
+        return TrainResult(
+            new,
+            _train_metrics(results),
+            sampled=len(protocol.nid_to_proxies) if protocol else 0,
+            trained=len(results) if new is not None else 0,
+            bytes_down=max(grid.down.values(), default=0),
+            bytes_up=max(grid.up.values(), default=0),
+            ledgers=[ledger for ledger in ledgers if ledger is not None],
+            refusals=_refusals(failures),
+        )
