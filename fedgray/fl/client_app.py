@@ -8,6 +8,8 @@ the Message-API handler (with ``fixedclipping_mod`` under central DP); under
 
 from __future__ import annotations
 
+import logging
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.client.mod import make_ffn
 from flwr.clientapp import ClientApp
@@ -54,13 +56,24 @@ def _train_pipeline(config: Config) -> ClientAppCallable:
     return make_ffn(handle, [refusal_mod, *clipping_mods(config, legacy=False)])
 
 
-def make_client_app(config: Config | None = None) -> ClientApp:
+def quiet_flower_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Keep Flower to warnings in this (site) process, as ``fedgray run`` does in its own:
+    SecAgg+'s and the DP mods' per-message lines would also be echoed by the root handler
+    that Opacus installs on import."""
+    flower = logging.getLogger("flwr")
+    flower.setLevel(logging.WARNING)
+    flower.propagate = False
+    return call_next(msg, context)
+
+
+def make_client_app(config: Config | None = None, *, quiet: bool = False) -> ClientApp:
     """A ClientApp for ``config`` (defaults when None), overridden by ``context.run_config``.
 
     The closure holds only the (small) config: the backbone and data come from per-process
-    caches, so they are not shipped with every message.
+    caches, so they are not shipped with every message. ``quiet``: see
+    :func:`quiet_flower_mod` (for site processes of their own, such as Ray's actors).
     """
-    app = ClientApp()
+    app = ClientApp(mods=[quiet_flower_mod] if quiet else None)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

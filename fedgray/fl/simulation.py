@@ -106,7 +106,7 @@ def run_federation(
                     echo=echo,
                     on_result=lambda result, summary: outcome.update(r=result, s=summary),
                 ),
-                client_app=make_client_app(config),
+                client_app=make_client_app(config, quiet=True),
                 num_supernodes=fed.num_sites,
                 backend_config={
                     "init_args": {

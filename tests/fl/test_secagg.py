@@ -5,6 +5,8 @@ travel, and DP-SGD ledgers still reach the server."""
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import flwr.compat.common.recorddict_compat as compat
@@ -16,6 +18,7 @@ from flwr.common import bytes_to_ndarray, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
 from fedgray.adapters import build_model
+from fedgray.cli import main
 from fedgray.config import Config
 from fedgray.fl import secagg_site
 from fedgray.fl.cache import shared_backbone
@@ -23,7 +26,8 @@ from fedgray.fl.checkpoint import load_checkpoint
 from fedgray.fl.records import from_record
 from fedgray.fl.secagg_site import ADAPTER_KEYS
 from fedgray.fl.server import initial_adapters
-from tests.fl.conftest import micro_config, run_local
+from tests.fl.conftest import MICRO, micro_config, run_local
+from tests.fl.test_simulation import _ray_processes, _ray_processes_after_exit
 
 SECURE = [
     "federation.num_sites=4",
@@ -136,3 +140,27 @@ def test_dp_sgd_ledgers_reach_the_server_under_secagg(tmp_path: Path) -> None:
     assert (
         load_checkpoint(tmp_path / "secure").privacy == load_checkpoint(tmp_path / "plain").privacy
     )
+
+
+@pytest.mark.slow
+def test_fedgray_run_with_secagg_dp_sgd_and_central_dp_on_ray(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    short = tempfile.mkdtemp(prefix="fgs", dir="/tmp")  # Ray's AF_UNIX paths need a short dir
+    try:
+        config = Path(short) / "micro.yaml"
+        config.write_text("federation:\n  partitioner: iid\n")
+        dp = ["privacy.enabled=true", "privacy.noise_multiplier=1", "privacy.central.enabled=true"]
+        options = [*MICRO, *SECURE, *dp, f"output.root={short}", "output.name=r"]
+        before = _ray_processes()
+        code = main(["run", str(config), *[a for item in options for a in ("--set", item)]])
+        out = capsys.readouterr().out
+        assert code == 0
+        assert "round 2/2" in out and "eps max" in out and "eps central" in out
+        lines = (Path(short) / "r" / "metrics.jsonl").read_text().splitlines()
+        last = json.loads(lines[-1])
+        assert last["sites_trained"] == 4 and last["central_dp"]["releases"] == 2
+        assert set(last["privacy"]["epsilon"]) == {"0", "1", "2", "3"}
+        assert not _ray_processes_after_exit(before)
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
