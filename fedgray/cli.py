@@ -47,10 +47,12 @@ def _cmd_adapt(args: argparse.Namespace) -> None:
     result = adapt(config, progress=not args.quiet)
     print(f"\n{'metric':<10}{'zero-shot':>11}{'adapted':>10}")
     for key in ("i2t_r1", "t2i_r1", "i2t_r5", "t2i_r5", "accuracy"):
-        print(f"{key:<10}{result.zero_shot[key]:>11.1f}{result.adapted[key]:>10.1f}")
+        if key in result.adapted:  # black-box classification methods report accuracy only
+            print(f"{key:<10}{result.zero_shot[key]:>11.1f}{result.adapted[key]:>10.1f}")
     print(
         f"trainable {result.trainable:,} ({result.fraction:.2%} of the backbone), "
-        f"{result.seconds:.0f} s; run folder: {result.run_dir}"
+        f"{result.queries:,} backbone queries, {result.seconds:.0f} s; "
+        f"run folder: {result.run_dir}"
     )
 
 

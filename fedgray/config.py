@@ -83,11 +83,33 @@ class DataConfig:
 
 
 @dataclass
+class CraftConfig:
+    """CraFT (method ``craft``, black-box): CMA-ES over the prompt plus a refinement MLP.
+
+    ``queries``: backbone calls the training may spend (the paper's 8,000), counted by the
+    sealed backbone; ``popsize``/``sigma``: CMA-ES's population and initial step size;
+    ``intrinsic_dim``: dimension of the searched point ``z``; ``consistency``: weight of
+    the prediction-consistency term; ``hidden``: the refinement MLP's width;
+    ``eval_every``: generations between test evaluations (free: no extra queries).
+    The refinement MLP trains with ``train.lr`` and ``train.batch_size``.
+    """
+
+    queries: int = field(default=8000, metadata=positive())
+    popsize: int = field(default=40, metadata=check(lambda v: v >= 2, "must be >= 2"))
+    sigma: float = field(default=0.05, metadata=positive())
+    intrinsic_dim: int = field(default=64, metadata=positive())
+    consistency: float = field(default=0.01, metadata=check(lambda v: v >= 0, "must be >= 0"))
+    hidden: int = field(default=256, metadata=positive())
+    eval_every: int = field(default=10, metadata=positive())
+
+
+@dataclass
 class MethodConfig:
     """What is trained: see ``fedgray.adapters.METHODS``.
 
     ``prompt_tokens``: LGA's tokens per layer; ``lora_rank``/``lora_alpha``: LoRA's rank and
-    scale (``alpha / rank``); ``last_layers``: blocks per tower that ``last-layers`` trains.
+    scale (``alpha / rank``); ``last_layers``: blocks per tower that ``last-layers`` trains;
+    ``craft``: CraFT's settings.
     """
 
     name: str = "dga"
@@ -96,6 +118,7 @@ class MethodConfig:
     lora_rank: int = field(default=4, metadata=positive())
     lora_alpha: float = field(default=8.0, metadata=positive())
     last_layers: int = field(default=1, metadata=positive())
+    craft: CraftConfig = field(default_factory=CraftConfig)
 
 
 @dataclass

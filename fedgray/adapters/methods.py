@@ -12,6 +12,7 @@ from fedgray.adapters.modules import (
     OutputAdapter,
     TextInputAdapter,
 )
+from fedgray.adapters.prompt import PromptSpace
 from fedgray.adapters.white import attach_lora, last_blocks
 from fedgray.backbone.access import AccessLevel, SealedError
 from fedgray.backbone.sealed import SealedBackbone
@@ -23,7 +24,8 @@ class Method:
     """A trainable configuration around the backbone and the access it needs.
 
     ``trainer`` names how ``fedgray adapt`` trains it: ``gradient`` (backpropagation into
-    the trainable modules) or a derivative-free trainer such as ``craft``.
+    the trainable modules) or a derivative-free trainer such as ``craft``; ``tasks`` are
+    the training tasks it supports.
     """
 
     name: str
@@ -31,6 +33,7 @@ class Method:
     description: str
     build: Callable[[SealedBackbone, MethodConfig], AdaptedCLIP]
     trainer: str = "gradient"
+    tasks: tuple[str, ...] = ("retrieval", "classification")
 
 
 def _zero_shot(backbone: SealedBackbone, _: MethodConfig) -> AdaptedCLIP:
@@ -66,6 +69,11 @@ def _lga(backbone: SealedBackbone, options: MethodConfig) -> AdaptedCLIP:
     return model
 
 
+def _craft(backbone: SealedBackbone, options: MethodConfig) -> AdaptedCLIP:
+    width = backbone.interface.token_width
+    return AdaptedCLIP(backbone, text_in=PromptSpace(width, dim=options.craft.intrinsic_dim))
+
+
 def _lora(backbone: SealedBackbone, options: MethodConfig) -> AdaptedCLIP:
     factors = attach_lora(backbone.module, rank=options.lora_rank, alpha=options.lora_alpha)
     return AdaptedCLIP(backbone, white_module=factors)
@@ -83,6 +91,14 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("zero-shot", AccessLevel.BLACK, "the bare backbone, nothing trained", _zero_shot),
+        Method(
+            "craft",
+            AccessLevel.BLACK,
+            "CraFT: CMA-ES text prompt + refinement MLP, forward queries only",
+            _craft,
+            trainer="craft",
+            tasks=("classification",),
+        ),
         Method("output", AccessLevel.GRAY, "output adapters only", _output),
         Method("dga", AccessLevel.GRAY, "DGA: input + output adapters (gray-box)", _dga),
         Method("lga", AccessLevel.GRAY_PLUS, "LGA: DGA + per-layer tokens (gray+)", _lga),

@@ -12,9 +12,8 @@ from fedgray.tasks.losses import class_logits, similarity
 RECALL_AT = (1, 5, 10)
 
 
-def _batched(
-    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int
-) -> torch.Tensor:
+def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int) -> torch.Tensor:
+    """``fn`` applied to ``x`` in slices of ``size`` rows, concatenated (one call per slice)."""
     return torch.cat([fn(x[i : i + size]) for i in range(0, x.shape[0], size)])
 
 
@@ -49,12 +48,12 @@ def evaluate(model: torch.nn.Module, data: TaskData, *, batch_size: int = 256) -
     """Retrieval and classification metrics of ``model`` (an ``AdaptedCLIP``) on ``data``."""
     was_training = model.training
     model.eval()
-    images = _batched(model.encode_images, data.images, batch_size)
+    images = batched(model.encode_images, data.images, batch_size)
     first = torch.unique(data.caption_ids, sorted=True)
     first_index = torch.stack([(data.caption_ids == c).nonzero()[0, 0] for c in first])
-    captions = _batched(model.encode_texts, data.tokens[first_index], batch_size)
+    captions = batched(model.encode_texts, data.tokens[first_index], batch_size)
     metrics = recall_at_k(images, captions, data.caption_ids)
-    prompts = _batched(model.encode_texts, data.prompt_tokens, batch_size)
+    prompts = batched(model.encode_texts, data.prompt_tokens, batch_size)
     logits = class_logits(
         images, prompts, data.prompt_classes, num_classes=data.num_classes, scale=1.0
     )

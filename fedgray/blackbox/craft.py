@@ -1,0 +1,188 @@
+"""CraFT's collaborative training (arXiv 2402.04050) within a budget of backbone queries.
+
+Every generation alternates the two modules:
+
+1. **prompt**: CMA-ES evaluates ``popsize`` candidate points ``z``, one query each (the
+   class prompts' text features under that prompt), with fitness
+   ``CE(raw, y) + consistency * KL(refined || raw)`` on the training images;
+2. **refinement**: the prompt moves to the search's mean (one more query), and the
+   refinement MLP takes one epoch of Adam on ``CE(refined, y) + consistency *
+   KL(raw || refined)``.
+
+The training images' features are queried once (a CraFT prompt changes only the text
+side); so a run spends ``ceil(N / 256)`` queries on features and ``popsize + 1`` per
+generation, and stops at the last generation that fits ``queries``. The sealed backbone
+counts every call (its own ``query_budget`` is the hard limit). Unlike the paper's code,
+which counts only the candidates, the feature and mean-prompt queries count here too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fedgray.adapters.model import AdaptedCLIP
+from fedgray.adapters.prompt import PromptSpace
+from fedgray.blackbox.refine import PredictionRefiner, consistency
+from fedgray.blackbox.search import CmaSearch
+from fedgray.config import CraftConfig
+from fedgray.config_schema import ConfigError
+from fedgray.tasks.data import TaskData
+from fedgray.tasks.losses import class_logits
+from fedgray.tasks.metrics import batched
+
+CHUNK = 256  # images per query when a dataset's features are computed
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """How a CraFT run spends its queries."""
+
+    features: int
+    per_generation: int
+    generations: int
+
+    @property
+    def total(self) -> int:
+        """Queries the whole run takes."""
+        return self.features + self.generations * self.per_generation
+
+
+def plan_queries(options: CraftConfig, *, train_size: int, remaining: int | None) -> QueryPlan:
+    """The most generations that fit ``options.queries``; a one-line error if none does,
+    or if ``options.queries`` is more than the backbone has ``remaining``."""
+    if remaining is not None and options.queries > remaining:
+        raise ConfigError(
+            f"method.craft.queries: {options.queries} is more than the backbone's query "
+            f"budget has left ({remaining})"
+        )
+    features = math.ceil(train_size / CHUNK)
+    per_generation = options.popsize + 1
+    generations = (options.queries - features) // per_generation
+    if generations < 1:
+        raise ConfigError(
+            f"method.craft.queries: {options.queries} buys no CMA-ES generation ({features} "
+            f"for the training features, then {per_generation} per generation)"
+        )
+    return QueryPlan(features, per_generation, generations)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What one generation did: queries spent so far, best fitness, the refiner's loss."""
+
+    index: int
+    queries: int
+    fitness: float
+    loss: float
+
+
+def encode_images(model: AdaptedCLIP, images: torch.Tensor) -> torch.Tensor:
+    """Image features of ``images``, one query per ``CHUNK`` images."""
+    with torch.no_grad():
+        return batched(model.encode_images, images, CHUNK)
+
+
+class Craft:
+    """CraFT on one site's classification data around a model built by method ``craft``."""
+
+    def __init__(
+        self,
+        model: AdaptedCLIP,
+        train: TaskData,
+        *,
+        options: CraftConfig,
+        scale: float,
+        batch_size: int,
+        lr: float,
+        seed: int,
+    ) -> None:
+        if not isinstance(model.text_in, PromptSpace):
+            raise ValueError("CraFT needs the model that method 'craft' builds")
+        self.model, self.prompt, self.train = model, model.text_in, train
+        self.options, self.scale, self.batch_size = options, scale, batch_size
+        self.refiner = PredictionRefiner(train.num_classes, hidden=options.hidden)
+        self.optimizer = torch.optim.Adam(self.refiner.parameters(), lr=lr)
+        self.search = CmaSearch(
+            self.prompt.dim, sigma=options.sigma, popsize=options.popsize, seed=seed
+        )
+        self.generator = torch.Generator().manual_seed(seed)
+        self.text_features: torch.Tensor | None = None  # the class prompts at the mean
+
+    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """The backbone's raw class logits (logsumexp over each class's prompts)."""
+        data = self.train
+        return class_logits(
+            image_features,
+            text_features,
+            data.prompt_classes,
+            num_classes=data.num_classes,
+            scale=self.scale,
+        )
+
+    def predict(self, image_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw and refined class logits at the current prompt (no query: features given)."""
+        if self.text_features is None:
+            raise RuntimeError("CraFT has not run a generation yet")
+        raw = self.logits(image_features, self.text_features)
+        self.refiner.eval()
+        with torch.no_grad():
+            return raw, self.refiner(raw)
+
+    def plan(self) -> QueryPlan:
+        """The queries a run started now would spend (checked against the backbone's budget)."""
+        backbone = self.model.backbone
+        budget = backbone.query_budget
+        return plan_queries(
+            self.options,
+            train_size=len(self.train),
+            remaining=None if budget is None else budget - backbone.queries_used,
+        )
+
+    def run(self, *, on_generation: Callable[[Generation], None] | None = None) -> QueryPlan:
+        """Query the training features, then run every generation the budget allows."""
+        backbone = self.model.backbone
+        start = backbone.queries_used
+        plan = self.plan()
+        features = encode_images(self.model, self.train.images)
+        for index in range(1, plan.generations + 1):
+            values = self.search.generation(lambda z: self._fitness(z, features))
+            self.prompt.move_to(self.search.mean)
+            self.text_features = self._class_texts()
+            loss = self._refine(self.logits(features, self.text_features))
+            if on_generation is not None:
+                spent = backbone.queries_used - start
+                on_generation(Generation(index, spent, min(values), loss))
+        assert backbone.queries_used - start == plan.total <= self.options.queries
+        return plan
+
+    def _class_texts(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model.encode_texts(self.train.prompt_tokens)
+
+    def _fitness(self, z: torch.Tensor, features: torch.Tensor) -> float:
+        self.prompt.move_to(z)
+        raw = self.logits(features, self._class_texts())
+        self.refiner.eval()
+        with torch.no_grad():
+            refined = self.refiner(raw)
+            loss = F.cross_entropy(raw, self.train.labels)
+            return (loss + self.options.consistency * consistency(raw, refined)).item()
+
+    def _refine(self, raw: torch.Tensor) -> float:
+        self.refiner.train()
+        labels, losses = self.train.labels, []
+        order = torch.randperm(raw.shape[0], generator=self.generator)
+        for batch in order.split(self.batch_size):
+            refined = self.refiner(raw[batch])
+            loss = F.cross_entropy(refined, labels[batch])
+            loss = loss + self.options.consistency * consistency(refined, raw[batch])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            losses.append(loss.item())
+        return sum(losses) / len(losses)

@@ -1,0 +1,47 @@
+"""CMA-ES over a low-dimensional point, one generation at a time (the ``cma`` package)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+
+class CmaSearch:
+    """Derivative-free minimisation of ``fitness(z)`` from ``z = 0`` with step size ``sigma``.
+
+    Deterministic from ``seed`` without touching numpy's global generator, and quiet: no
+    console output and no log files.
+    """
+
+    def __init__(self, dim: int, *, sigma: float, popsize: int, seed: int) -> None:
+        import cma
+
+        rng = np.random.default_rng(seed)
+        options = {
+            "popsize": popsize,
+            "seed": np.nan,  # leave numpy's global generator alone; samples come from `rng`
+            "randn": lambda *shape: rng.standard_normal(shape),
+            "verbose": -9,
+            "verb_disp": 0,
+            "verb_log": 0,
+        }
+        self._es = cma.CMAEvolutionStrategy(np.zeros(dim), sigma, options)
+
+    @property
+    def popsize(self) -> int:
+        """Candidates per generation."""
+        return int(self._es.popsize)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """The search distribution's mean: the current best estimate of ``z``."""
+        return torch.as_tensor(self._es.mean, dtype=torch.float32)
+
+    def generation(self, fitness: Callable[[torch.Tensor], float]) -> list[float]:
+        """Evaluate one population (lower fitness is better) and update the distribution."""
+        candidates = self._es.ask()
+        values = [float(fitness(torch.as_tensor(z, dtype=torch.float32))) for z in candidates]
+        self._es.tell(candidates, values)
+        return values

@@ -1,0 +1,79 @@
+"""The ``craft`` trainer of ``fedgray adapt``: CraFT's run logged as accuracy vs queries."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from fedgray.blackbox.craft import Craft, Generation, encode_images
+from fedgray.train.job import Job, Trained
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return 100.0 * (logits.argmax(1) == labels).float().mean().item()
+
+
+def train_craft(job: Job) -> Trained:
+    """Run CraFT within ``method.craft.queries``; evaluate every ``eval_every`` generations.
+
+    The test images' features are queried once before CraFT starts (the backbone counts
+    them, CraFT's budget does not); every evaluation after that reuses the text features
+    CraFT queried for its refinement step, so evaluating costs no queries.
+    """
+    config, model = job.config, job.model
+    options, backbone = config.method.craft, model.backbone
+    test_features = encode_images(model, job.test.images)
+    craft = Craft(
+        model,
+        job.train,
+        options=options,
+        scale=backbone.interface.logit_scale,
+        batch_size=config.train.batch_size,
+        lr=config.train.lr,
+        seed=config.train.seed,
+    )
+    plan = craft.plan()
+    trainable = craft.prompt.dim + sum(p.numel() for p in craft.refiner.parameters())
+    job.header(
+        f"CMA-ES over {craft.prompt.dim} dimensions and a "
+        f"{trainable - craft.prompt.dim:,}-parameter refinement MLP; {plan.generations} "
+        f"generations of {options.popsize} candidates, {plan.total:,} of "
+        f"{options.queries:,} queries"
+    )
+    adapted: dict[str, float] = {}
+    bar = tqdm(total=plan.generations, desc="generations", disable=not job.progress, leave=False)
+
+    def on_generation(generation: Generation) -> None:
+        bar.update()
+        if generation.index % options.eval_every and generation.index < plan.generations:
+            return
+        raw, refined = craft.predict(test_features)
+        adapted["accuracy"] = _accuracy(refined, job.test.labels)
+        adapted["prompt_accuracy"] = _accuracy(raw, job.test.labels)
+        job.run.log(
+            {
+                "step": generation.index,
+                "queries": generation.queries,
+                "seconds": time.perf_counter() - job.started,
+                "fitness": generation.fitness,
+                "loss": generation.loss,
+                **adapted,
+            }
+        )
+        job.echo(
+            f"generation {generation.index:>4}  queries {generation.queries:>5}  accuracy "
+            f"{adapted['accuracy']:.1f}  (prompt only {adapted['prompt_accuracy']:.1f}, "
+            f"zero-shot {job.zero_shot['accuracy']:.1f})"
+        )
+
+    craft.run(on_generation=on_generation)
+    bar.close()
+    refiner = {f"refiner.{k}": v.detach().clone() for k, v in craft.refiner.state_dict().items()}
+    return Trained(
+        adapted=adapted,
+        state={**model.state_dict(), **refiner},
+        trainable=trainable,
+        axis="queries",
+    )

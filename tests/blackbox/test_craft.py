@@ -1,0 +1,171 @@
+"""CraFT's pieces: the prompt space, the refinement, CMA-ES through the sealed black box,
+the query budget, and ``fedgray adapt`` with method ``craft``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fedgray.adapt import adapt
+from fedgray.adapters import build_model
+from fedgray.backbone import SealedBackbone, load_sealed
+from fedgray.blackbox.craft import Craft, plan_queries
+from fedgray.blackbox.refine import PredictionRefiner, consistency
+from fedgray.blackbox.search import CmaSearch
+from fedgray.config import CraftConfig, load_config
+from fedgray.config_schema import ConfigError
+from fedgray.data.registry import load_dataset
+from fedgray.tasks.data import TaskData, prepare
+
+CAPTIONS = ["a red circle", "the digit 7 in blue", "a small green star at the top left"]
+SMALL = CraftConfig(queries=60, popsize=6, intrinsic_dim=8, hidden=16, sigma=0.1)
+
+
+def black(budget: int | None = None) -> SealedBackbone:
+    torch.manual_seed(0)
+    return load_sealed("fedgray-micro", None, level="black", query_budget=budget)
+
+
+def digits(backbone: SealedBackbone, size: int = 40) -> TaskData:
+    """Real digit scans with one prompt per class (queries stay cheap)."""
+    data = load_dataset("digits", split="train", size=size, seed=0)
+    task = prepare(data, backbone.tokenize, image_size=backbone.interface.image_size)
+    first = torch.ones_like(task.prompt_classes, dtype=torch.bool)
+    first[1:] = task.prompt_classes[1:] != task.prompt_classes[:-1]
+    return replace(task, prompt_tokens=task.prompt_tokens[first], prompt_classes=torch.arange(10))
+
+
+def craft(backbone: SealedBackbone, train: TaskData, options: CraftConfig = SMALL) -> Craft:
+    model = build_model(backbone, "craft")
+    return Craft(model, train, options=options, scale=10.0, batch_size=16, lr=1e-3, seed=0)
+
+
+def test_refinement_is_the_identity_at_init() -> None:
+    logits = torch.randn(5, 10) * 7
+    assert torch.equal(PredictionRefiner(10, hidden=32)(logits), logits)
+
+
+def test_consistency_is_a_kl_divergence() -> None:
+    a, b = torch.randn(4, 6), torch.randn(4, 6)
+    assert consistency(a, a).abs() < 1e-6
+    expected = (F.softmax(b, -1) * (F.log_softmax(b, -1) - F.log_softmax(a, -1))).sum(-1).mean()
+    assert torch.allclose(consistency(a, b), expected, atol=1e-6)
+
+
+def test_prompt_at_zero_is_the_bare_black_box_exactly() -> None:
+    backbone = black()
+    model = build_model(backbone, "craft")
+    tokens = backbone.tokenize(CAPTIONS)
+    assert torch.equal(model.encode_texts(tokens), backbone.encode_text(tokens))
+    assert model.trainable_count() == 0  # z is searched, not trained
+    model.text_in.move_to(torch.full((model.text_in.dim,), 0.5))
+    assert not torch.allclose(model.encode_texts(tokens), backbone.encode_text(tokens))
+
+
+def test_cma_es_improves_a_toy_objective_through_the_sealed_black_box() -> None:
+    backbone = black(budget=1000)
+    model = build_model(backbone, "craft")
+    prompt, tokens = model.text_in, backbone.tokenize(CAPTIONS)
+    prompt.move_to(torch.randn(prompt.dim) * 0.5)  # a reachable target
+    target = model.encode_texts(tokens)
+
+    def distance(z: torch.Tensor) -> float:
+        prompt.move_to(z)
+        features = model.encode_texts(tokens)
+        assert not features.requires_grad  # forward queries only: outputs are detached
+        return (1 - F.cosine_similarity(features, target)).mean().item()
+
+    start = distance(torch.zeros(prompt.dim))
+    search = CmaSearch(prompt.dim, sigma=0.3, popsize=10, seed=0)
+    used = backbone.queries_used
+    for _ in range(15):
+        search.generation(distance)
+    assert backbone.queries_used - used == 15 * 10
+    assert distance(search.mean) < 0.3 * start
+
+
+def test_the_search_is_deterministic_from_its_seed() -> None:
+    def run() -> torch.Tensor:
+        search = CmaSearch(4, sigma=0.5, popsize=6, seed=3)
+        for _ in range(3):
+            search.generation(lambda z: float((z - 1).square().sum()))
+        return search.mean
+
+    assert torch.equal(run(), run())
+
+
+def test_query_plan_fits_the_budget_or_says_why_not() -> None:
+    plan = plan_queries(CraftConfig(queries=8000), train_size=160, remaining=None)
+    assert (plan.features, plan.per_generation, plan.generations) == (1, 41, 195)
+    assert plan.total <= 8000 < plan.total + plan.per_generation
+    with pytest.raises(ConfigError, match=r"queries: 8000 is more than .* has left \(500\)"):
+        plan_queries(CraftConfig(queries=8000), train_size=160, remaining=500)
+    with pytest.raises(ConfigError, match="queries: 30 buys no CMA-ES generation"):
+        plan_queries(CraftConfig(queries=30), train_size=160, remaining=None)
+
+
+def test_craft_stops_at_its_budget_and_refuses_to_exceed_the_backbone_budget() -> None:
+    backbone = black(budget=100)
+    train = digits(backbone)
+    run = craft(backbone, train)
+    seen = []
+    plan = run.run(on_generation=seen.append)
+    # 1 query for the features, then 7 per generation: 8 generations in 60 queries.
+    assert plan.generations == 8 and [g.queries for g in seen] == [1 + 7 * i for i in range(1, 9)]
+    assert backbone.queries_used == plan.total == 57 <= SMALL.queries
+    raw, refined = run.predict(torch.randn(3, backbone.interface.embed_dim))
+    assert raw.shape == refined.shape == (3, train.num_classes)
+    with pytest.raises(ConfigError, match=r"more than the backbone's query budget has left \(43\)"):
+        craft(backbone, train).run()
+    assert backbone.queries_used == 57  # refused before any query
+
+
+def test_craft_lowers_its_training_loss() -> None:
+    backbone = black()
+    train = digits(backbone, size=60)
+    run = craft(backbone, train, CraftConfig(queries=120, popsize=6, intrinsic_dim=8, hidden=32))
+    seen = []
+    run.run(on_generation=seen.append)
+    assert seen[-1].fitness < seen[0].fitness
+    assert seen[-1].loss < seen[0].loss
+
+
+def test_adapt_runs_craft_and_logs_accuracy_against_queries(tmp_path: Path) -> None:
+    config = load_config(
+        None,
+        [
+            "backbone.name=fedgray-micro",
+            "backbone.pretrained=null",
+            "backbone.level=black",
+            "backbone.query_budget=200",
+            "data.dataset=digits",
+            "data.train_size=40",
+            "data.test_size=40",
+            "train.task=classification",
+            "method.name=craft",
+            "method.craft.queries=50",
+            "method.craft.popsize=4",
+            "method.craft.intrinsic_dim=8",
+            "method.craft.eval_every=5",
+            f"output.root={tmp_path}",
+            "output.name=run",
+        ],
+    )
+    result = adapt(config, progress=False, echo=lambda _: None)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    # 1 query for the training features, 5 per generation: 9 generations, logged at 5 and 9.
+    assert [r.get("queries", 0) for r in records] == [0, 26, 46]
+    assert set(result.adapted) == {"accuracy", "prompt_accuracy"}
+    assert result.queries <= 200 and (tmp_path / "run" / "curve.png").is_file()
+    assert result.trainable == 8 + (10 * 256 + 256) + (256 * 10 + 10)
+
+
+def test_craft_is_a_classification_method(tmp_path: Path) -> None:
+    config = load_config(None, ["method.name=craft", "backbone.level=black"])
+    with pytest.raises(ConfigError, match="method 'craft' supports classification, not retrieval"):
+        adapt(config, progress=False, echo=lambda _: None)
