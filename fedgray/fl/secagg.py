@@ -126,10 +126,9 @@ class SecureTraining:
         )
         if config.privacy.central.enabled:
             strategy = with_legacy_central_dp(strategy, config)
-        manager = SimpleClientManager()
-        for node in grid.get_node_ids():
-            manager.register(GridClientProxy(node_id=node, grid=grid, run_id=0))
+        self.proxies: dict[int, GridClientProxy] = {}
         server = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={})
+        manager = SimpleClientManager()
         self.context = LegacyContext(server, strategy=strategy, client_manager=manager)
         self.workflow = _Workflow(
             secure.num_shares,
@@ -140,10 +139,21 @@ class SecureTraining:
             timeout=fed.round_timeout,
         )
 
+    def _sync_nodes(self) -> None:
+        """Register the grid's connected nodes with the legacy client manager (what Flower's
+        ``DefaultWorkflow`` does from a thread), once per round."""
+        live, manager = set(self.grid.get_node_ids()), self.context.client_manager
+        for node in live - set(self.proxies):
+            self.proxies[node] = GridClientProxy(node_id=node, grid=self.grid, run_id=0)
+            manager.register(self.proxies[node])
+        for node in set(self.proxies) - live:
+            manager.unregister(self.proxies.pop(node))
+
     def __call__(
         self, server_round: int, arrays: ArrayRecord, settings: ConfigRecord
     ) -> TrainResult:
         """One SecAgg+ round from the global ``arrays``."""
+        self._sync_nodes()
         keys = list(arrays.keys())
         self.fit_config = fit_config(server_round, keys, settings)
         state = self.context.state
