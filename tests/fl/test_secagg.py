@@ -28,6 +28,7 @@ from fedgray.fl.secagg_site import ADAPTER_KEYS
 from fedgray.fl.server import initial_adapters
 from tests.fl.conftest import MICRO, micro_config, run_local
 from tests.fl.test_simulation import _ray_processes, _ray_processes_after_exit
+from tests.privacy.test_accounting import _budget_between_rounds
 
 SECURE = [
     "federation.num_sites=4",
@@ -140,6 +141,18 @@ def test_dp_sgd_ledgers_reach_the_server_under_secagg(tmp_path: Path) -> None:
     assert (
         load_checkpoint(tmp_path / "secure").privacy == load_checkpoint(tmp_path / "plain").privacy
     )
+
+
+def test_sites_past_their_budget_drop_out_of_secagg_and_say_why(tmp_path: Path) -> None:
+    dp = ["privacy.enabled=true", "privacy.noise_multiplier=1.0", "privacy.delta=0.0001"]
+    budget = _budget_between_rounds(micro_config(tmp_path, *SECURE, *dp))
+    config = micro_config(tmp_path, *SECURE, *dp, f"privacy.epsilon_budget={budget}")
+    result, _, _ = run_local(config)
+    assert [r["sites_trained"] for r in result.records] == [0, 4, 0]  # round 2: all refuse
+    last = result.records[-1]["privacy"]
+    assert len(last["budget_refusals"]) == 4
+    assert all("privacy budget reached" in reason for reason in last["budget_refusals"])
+    assert all(0 < eps <= budget for eps in last["epsilon"].values())
 
 
 @pytest.mark.slow
