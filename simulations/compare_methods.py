@@ -60,14 +60,14 @@ def run(domains: list[str], methods: list[str], *, steps: int, output: Path) -> 
     return rows
 
 
-def write_tables(rows: list[dict], output: Path) -> None:
-    """Write ``results.csv`` and a Markdown table ``results.md``."""
+def write_tables(rows: list[dict], output: Path, *, columns: tuple[str, ...] = COLUMNS) -> None:
+    """Write ``results.csv`` and a Markdown table ``results.md`` of ``columns``."""
     with (output / "results.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
     (output / "results.md").write_text("\n".join(lines) + "\n")
 
 
