@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -18,7 +18,9 @@ class ImageTextSet:
 
     ``images`` is float32 ``[N, 3, H, W]`` in ``[0, 1]``; ``labels`` is long ``[N]`` with
     values in ``[0, len(class_names))`` or :data:`UNLABELLED`; ``class_prompts[c]`` lists the
-    prompt strings of class ``c`` (lists may differ in length).
+    prompt strings of class ``c`` (lists may differ in length). ``public_captions`` is
+    the dataset's public caption vocabulary where it has one (every caption its generator can
+    produce, independent of the samples; empty otherwise).
     """
 
     images: torch.Tensor
@@ -27,6 +29,7 @@ class ImageTextSet:
     class_names: list[str]
     class_prompts: list[list[str]]
     name: str
+    public_captions: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = len(self.captions)
@@ -62,4 +65,5 @@ class ImageTextSet:
             class_names=list(self.class_names),
             class_prompts=[list(p) for p in self.class_prompts],
             name=self.name,
+            public_captions=list(self.public_captions),
         )

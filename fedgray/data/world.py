@@ -279,6 +279,28 @@ def caption(
     return _CAPTION_STYLES[style](scene, domain not in _COLOURLESS, rng)
 
 
+def caption_vocabulary(*, domain: str) -> list[str]:
+    """Every ``"full"`` caption ``domain`` can have: the world's public caption grammar.
+
+    It depends on no sample, so DP-SGD may use it as the negatives of each sample's loss.
+    """
+    _check_domain(domain)
+    colours = COLOURS if domain not in _COLOURLESS else (None,)
+    scenes = [
+        Scene("shape", shape, None, colour or "", size, position)
+        for shape in SHAPES
+        for colour in colours
+        for size in SIZES
+        for position in POSITIONS
+    ]
+    scenes += [
+        Scene("digit", None, digit, colour or "", "small", "center")
+        for digit in DIGITS
+        for colour in colours
+    ]
+    return list(dict.fromkeys(caption(scene, domain=domain) for scene in scenes))
+
+
 def class_prompts(*, domain: str) -> list[list[str]]:
     """Prompts per class of :data:`CLASS_NAMES`: the bare name, plus one per colour where the
     domain shows colour. Score a class by the logsumexp over its prompts."""

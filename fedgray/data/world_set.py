@@ -10,6 +10,7 @@ from fedgray.data.world import (
     CLASS_NAMES,
     NOISE_SIGMA,
     caption,
+    caption_vocabulary,
     class_prompts,
     render,
     sample_scene,
@@ -59,4 +60,5 @@ def make_world_set(
         class_names=list(CLASS_NAMES),
         class_prompts=class_prompts(domain=domain),
         name=f"world/{domain}",
+        public_captions=caption_vocabulary(domain=domain),
     )

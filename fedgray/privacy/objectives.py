@@ -6,8 +6,10 @@ do not: in-batch InfoNCE uses the other samples as negatives, and classification
 the class prompts once for the whole batch. Under DP each task therefore has a
 per-sample form:
 
-- ``retrieval``: each image against its own caption (positive) and the task's public class
-  prompts (negatives, those of its own class left out), encoded without gradient;
+- ``retrieval``: each image against its own caption (positive) and public negatives,
+  encoded without gradient: the dataset's public caption vocabulary where it has one
+  (every other caption its generator can produce), else the class prompts of the other
+  classes;
 - ``classification``: each image against the class prompts, encoded without gradient; the
   text-side modules are frozen (they keep the global values).
 """
@@ -28,15 +30,24 @@ from fedgray.tasks.objectives import TASKS, Batch, Task
 TEXT_MODULES = ("text_in", "text_out", "text_prompts")
 
 
+def _negatives(batch: Batch, data: TaskData) -> tuple[torch.Tensor, torch.Tensor]:
+    """Public negative tokens and, per sample, which of them describe it (masked out)."""
+    _images, tokens, _caption_ids, labels = batch
+    if data.public_tokens is not None:
+        own = (tokens[:, None, :] == data.public_tokens[None, :, :]).all(dim=-1)
+        return data.public_tokens, own
+    return data.prompt_tokens, labels[:, None] == data.prompt_classes[None, :]
+
+
 def _retrieval(model: torch.nn.Module, batch: Batch, data: TaskData, scale: float) -> torch.Tensor:
-    images, tokens, _caption_ids, labels = batch
+    images, tokens, _caption_ids, _labels = batch
     image_features = F.normalize(model.encode_images(images), dim=-1)
     caption_features = F.normalize(model.encode_texts(tokens), dim=-1)
+    negative_tokens, own = _negatives(batch, data)
     with torch.no_grad():
-        negatives = model.encode_texts(data.prompt_tokens)
+        negatives = model.encode_texts(negative_tokens)
     positive = scale * (image_features * caption_features).sum(-1, keepdim=True)
-    own_class = labels[:, None] == data.prompt_classes[None, :]
-    negative = similarity(image_features, negatives, scale).masked_fill(own_class, float("-inf"))
+    negative = similarity(image_features, negatives, scale).masked_fill(own, float("-inf"))
     logits = torch.cat([positive, negative], dim=1)
     target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
     return F.cross_entropy(logits, target)

@@ -19,7 +19,8 @@ class TaskData:
     ``caption_ids`` number the distinct captions (equal captions, equal ids), so that
     retrieval counts any image with the right caption as a hit and the contrastive loss
     does not push apart identical captions. ``prompt_tokens``/``prompt_classes`` are the
-    class prompts for classification.
+    class prompts for classification. ``public_tokens`` are the dataset's public captions
+    (see :class:`~fedgray.data.sets.ImageTextSet`), None where it has none.
     """
 
     images: torch.Tensor
@@ -29,6 +30,7 @@ class TaskData:
     prompt_tokens: torch.Tensor
     prompt_classes: torch.Tensor
     num_classes: int
+    public_tokens: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -49,6 +51,7 @@ class TaskData:
             self.prompt_tokens,
             self.prompt_classes,
             self.num_classes,
+            self.public_tokens,
         )
 
 
@@ -73,4 +76,5 @@ def prepare(
         prompt_tokens=tokenize([p for p, _ in prompts]),
         prompt_classes=torch.tensor([c for _, c in prompts]),
         num_classes=len(dataset.class_prompts),
+        public_tokens=tokenize(dataset.public_captions) if dataset.public_captions else None,
     )

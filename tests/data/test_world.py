@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from fedgray.data.registry import load_dataset
 from fedgray.data.world import (
     CLASS_NAMES,
     COLOURS,
     DOMAINS,
     SHAPES,
     caption,
+    caption_vocabulary,
     class_prompts,
     render,
     sample_scene,
@@ -136,3 +138,13 @@ def test_make_world_set_matches_scenes_and_renders() -> None:
     assert torch.equal(picked.images[1], data.images[1]) and picked.labels[0] == data.labels[3]
     again = make_world_set(10, seed=2, domain="inverted", offset=110)
     assert torch.equal(again.images, data.images[10:20])
+
+
+@pytest.mark.parametrize(("domain", "size"), [("photo", 640), ("sketch", 80), ("noisy", 640)])
+def test_every_caption_is_in_the_public_vocabulary(domain: str, size: int) -> None:
+    vocabulary = caption_vocabulary(domain=domain)
+    assert len(vocabulary) == len(set(vocabulary)) == size
+    dataset = load_dataset(f"world/{domain}", split="train", size=400, seed=5)
+    assert set(dataset.captions) <= set(vocabulary)
+    assert dataset.public_captions == vocabulary
+    assert dataset.subset([0, 1]).public_captions == vocabulary

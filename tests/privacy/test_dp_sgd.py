@@ -14,6 +14,7 @@ from fedgray.tasks.data import TaskData
 from fedgray.train import train_steps
 
 CAPTIONS = ["a red circle", "a blue square", "a green star", "the digit 7", "a small ring"]
+VOCABULARY = [*CAPTIONS, "a large ring", "a blue circle", "the digit 1"]  # public captions
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def micro() -> SealedBackbone:
     return load_sealed("fedgray-micro", None, level="gray")
 
 
-def _data(backbone: SealedBackbone, n: int = 12) -> TaskData:
+def _data(backbone: SealedBackbone, n: int = 12, *, vocabulary: bool = False) -> TaskData:
     size = backbone.interface.image_size
     generator = torch.Generator().manual_seed(1)
     labels = torch.arange(n) % len(CAPTIONS)
@@ -34,6 +35,7 @@ def _data(backbone: SealedBackbone, n: int = 12) -> TaskData:
         prompt_tokens=backbone.tokenize(CAPTIONS),
         prompt_classes=torch.arange(len(CAPTIONS)),
         num_classes=len(CAPTIONS),
+        public_tokens=backbone.tokenize(VOCABULARY) if vocabulary else None,
     )
 
 
@@ -45,13 +47,16 @@ def _perturbed_dga(backbone: SealedBackbone) -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize("task_name", ["retrieval", "classification"])
+@pytest.mark.parametrize(
+    ("task_name", "vocabulary"),
+    [("retrieval", False), ("retrieval", True), ("classification", False)],
+)
 def test_per_sample_gradients_of_the_input_adapter_match_single_sample_passes(
-    micro: SealedBackbone, task_name: str
+    micro: SealedBackbone, task_name: str, vocabulary: bool
 ) -> None:
     torch.manual_seed(2)
     model = _perturbed_dga(micro)
-    data = _data(micro, n=6)
+    data = _data(micro, n=6, vocabulary=vocabulary)
     task = private_task(task_name, model)
     scale = micro.interface.logit_scale
     conv = model.image_in.convs[0].weight
@@ -68,6 +73,26 @@ def test_per_sample_gradients_of_the_input_adapter_match_single_sample_passes(
         error = (per_sample[i] - conv.grad).norm() / conv.grad.norm()
         assert error < 1e-5, f"sample {i}: relative error {error:.2e}"
     assert per_sample.abs().sum() > 0
+
+
+def test_private_retrieval_takes_every_other_public_caption_as_a_negative(
+    micro: SealedBackbone,
+) -> None:
+    torch.manual_seed(4)
+    model = _perturbed_dga(micro)
+    data = _data(micro, n=1, vocabulary=True)  # one sample: "a red circle"
+    task = private_task("retrieval", model)
+    batch = tuple(data.as_dataset().tensors)
+    scale = micro.interface.logit_scale
+    with torch.no_grad():
+        loss = task.loss(model, batch, data, scale)
+        image = torch.nn.functional.normalize(model.encode_images(data.images), dim=-1)
+        texts = torch.nn.functional.normalize(model.encode_texts(data.public_tokens), dim=-1)
+    logits = scale * image @ texts.T  # column 0 is its own caption, the positive
+    expected = torch.nn.functional.cross_entropy(logits, torch.zeros(1, dtype=torch.long))
+    torch.testing.assert_close(loss, expected)
+    no_vocabulary = _data(micro, n=1)  # the fallback: class prompts of the other classes
+    assert not torch.allclose(task.loss(model, batch, no_vocabulary, scale), loss)
 
 
 def test_classification_under_dp_freezes_the_text_side(micro: SealedBackbone) -> None:
