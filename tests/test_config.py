@@ -40,6 +40,14 @@ def test_integer_is_accepted_for_a_float(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "train:\n  lr: 1\n")).train.lr == 1.0
 
 
+def test_exponent_without_a_dot_is_a_number(tmp_path: Path) -> None:
+    # YAML 1.1 (PyYAML) reads 1e-5 as the string "1e-5"
+    config = load_config(write(tmp_path, "privacy:\n  delta: 1e-5\n"), ["train.lr=3E-4"])
+    assert (config.privacy.delta, config.train.lr) == (1e-5, 3e-4)
+    with pytest.raises(ConfigError, match="train.lr: expected a number, got 'e-4'"):
+        load_config(None, ["train.lr=e-4"])
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
