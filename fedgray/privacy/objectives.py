@@ -9,7 +9,10 @@ per-sample form:
 - ``retrieval``: each image against its own caption (positive) and public negatives,
   encoded without gradient: the dataset's public caption vocabulary where it has one
   (every other caption its generator can produce), else the class prompts of the other
-  classes;
+  classes. The text-side modules are frozen: gradients through the negatives would not
+  be per-sample, and training the caption side on the positive alone pulls every caption
+  towards every image (measured on the quickstart without noise: R@1 40.1 with the text
+  side trained, 47.3 frozen);
 - ``classification``: each image against the class prompts, encoded without gradient; the
   text-side modules are frozen (they keep the global values).
 """
@@ -78,7 +81,7 @@ class PrivateObjective:
 
 
 PRIVATE_OBJECTIVES: dict[str, PrivateObjective] = {
-    "retrieval": PrivateObjective(_retrieval),
+    "retrieval": PrivateObjective(_retrieval, frozen=TEXT_MODULES),
     "classification": PrivateObjective(_classification, frozen=TEXT_MODULES),
 }
 
