@@ -6,7 +6,7 @@ temporary artifact, then times DGA training steps (batch 64, retrieval loss, the
 runtime, in alternating blocks so that changes in machine load hit both, and prints the
 median step times and their ratio::
 
-    python -m simulations.bench_isolation [--steps 60] [--model fedgray-tiny]
+    python -m simulations.bench_isolation [--steps 60] [--threads N] [--model fedgray-tiny]
 """
 
 from __future__ import annotations
@@ -65,7 +65,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60, help="timed steps per mode")
     parser.add_argument("--batch-size", type=int, default=64, help="pairs per step")
     parser.add_argument("--blocks", type=int, default=6, help="alternating blocks per mode")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads of each process (default: torch's)"
+    )
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         keys = generate_keys(Path(tmp) / "keys")
         torch.manual_seed(0)
