@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import resource
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from fedgray.adapt import adapt
@@ -95,8 +96,8 @@ def run(domains: list[str], methods: list[str], **options: object) -> list[dict]
     rows = []
     for domain in domains:
         for method in methods:
-            with context.Pool(1) as pool:
-                row = pool.apply(run_one, (domain, method), options)
+            with ProcessPoolExecutor(1, mp_context=context) as pool:
+                row = pool.submit(run_one, domain, method, **options).result()
             print(" | ".join(str(row[c]) for c in COLUMNS), flush=True)
             rows.append(row)
     return rows

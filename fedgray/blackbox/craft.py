@@ -124,10 +124,15 @@ class Craft:
             scale=self.scale,
         )
 
+    def observe(self) -> None:
+        """Query the class prompts' text features at the current point (one query)."""
+        with torch.no_grad():
+            self.text_features = self.model.encode_texts(self.train.prompt_tokens)
+
     def predict(self, image_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw and refined class logits at the current prompt (no query: features given)."""
+        """Raw and refined class logits at the last observed prompt (no query)."""
         if self.text_features is None:
-            raise RuntimeError("CraFT has not run a generation yet")
+            raise RuntimeError("CraFT has not observed a prompt yet")
         raw = self.logits(image_features, self.text_features)
         self.refiner.eval()
         with torch.no_grad():
@@ -152,7 +157,7 @@ class Craft:
         for index in range(1, plan.generations + 1):
             values = self.search.generation(lambda z: self._fitness(z, features))
             self.prompt.move_to(self.search.mean)
-            self.text_features = self._class_texts()
+            self.observe()
             loss = self._refine(self.logits(features, self.text_features))
             if on_generation is not None:
                 spent = backbone.queries_used - start
@@ -160,15 +165,11 @@ class Craft:
         assert backbone.queries_used - start == plan.total <= self.options.queries
         return plan
 
-    def _class_texts(self) -> torch.Tensor:
-        with torch.no_grad():
-            return self.model.encode_texts(self.train.prompt_tokens)
-
     def _fitness(self, z: torch.Tensor, features: torch.Tensor) -> float:
         self.prompt.move_to(z)
-        raw = self.logits(features, self._class_texts())
         self.refiner.eval()
         with torch.no_grad():
+            raw = self.logits(features, self.model.encode_texts(self.train.prompt_tokens))
             refined = self.refiner(raw)
             loss = F.cross_entropy(raw, self.train.labels)
             return (loss + self.options.consistency * consistency(raw, refined)).item()

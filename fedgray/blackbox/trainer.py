@@ -18,9 +18,12 @@ def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def train_craft(job: Job) -> Trained:
     """Run CraFT within ``method.craft.queries``; evaluate every ``eval_every`` generations.
 
-    The test images' features are queried once before CraFT starts (the backbone counts
-    them, CraFT's budget does not); every evaluation after that reuses the text features
-    CraFT queried for its refinement step, so evaluating costs no queries.
+    The test images' features and the zero-shot prompt are queried once before CraFT
+    starts (the backbone counts them, CraFT's budget does not); every evaluation after
+    that reuses the text features CraFT queried for its refinement step, so evaluating
+    costs no queries. ``zero_shot_logit_scale`` is the zero-shot accuracy scored as CraFT
+    scores (class prompts pooled at the backbone's logit scale, not at scale 1 as
+    :func:`fedgray.tasks.evaluate` pools them): CraFT's accuracy at 0 queries.
     """
     config, model = job.config, job.model
     options, backbone = config.method.craft, model.backbone
@@ -34,6 +37,8 @@ def train_craft(job: Job) -> Trained:
         lr=config.train.lr,
         seed=config.train.seed,
     )
+    craft.observe()
+    start = _accuracy(craft.predict(test_features)[1], job.test.labels)
     plan = craft.plan()
     trainable = craft.prompt.dim + sum(p.numel() for p in craft.refiner.parameters())
     job.header(
@@ -42,7 +47,7 @@ def train_craft(job: Job) -> Trained:
         f"generations of {options.popsize} candidates, {plan.total:,} of "
         f"{options.queries:,} queries"
     )
-    adapted: dict[str, float] = {}
+    adapted = {"zero_shot_logit_scale": start}
     bar = tqdm(total=plan.generations, desc="generations", disable=not job.progress, leave=False)
 
     def on_generation(generation: Generation) -> None:
@@ -65,7 +70,7 @@ def train_craft(job: Job) -> Trained:
         job.echo(
             f"generation {generation.index:>4}  queries {generation.queries:>5}  accuracy "
             f"{adapted['accuracy']:.1f}  (prompt only {adapted['prompt_accuracy']:.1f}, "
-            f"zero-shot {job.zero_shot['accuracy']:.1f})"
+            f"zero-shot {start:.1f})"
         )
 
     craft.run(on_generation=on_generation)

@@ -160,7 +160,7 @@ def test_adapt_runs_craft_and_logs_accuracy_against_queries(tmp_path: Path) -> N
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     # 1 query for the training features, 5 per generation: 9 generations, logged at 5 and 9.
     assert [r.get("queries", 0) for r in records] == [0, 26, 46]
-    assert set(result.adapted) == {"accuracy", "prompt_accuracy"}
+    assert set(result.adapted) == {"accuracy", "prompt_accuracy", "zero_shot_logit_scale"}
     assert result.queries <= 200 and (tmp_path / "run" / "curve.png").is_file()
     assert result.trainable == 8 + (10 * 256 + 256) + (256 * 10 + 10)
 
