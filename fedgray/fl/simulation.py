@@ -49,8 +49,9 @@ def open_run(
 @contextmanager
 def isolated_flower(run_dir: Path) -> Iterator[Path]:
     """Point Flower and Ray at ``run_dir`` for the duration; yields Ray's temp dir."""
-    ray_dir = run_dir.resolve() / "ray"
-    ray_dir.mkdir(parents=True, exist_ok=True)
+    ray_dir, flwr_home = run_dir.resolve() / "ray", run_dir.resolve() / "flwr"
+    for folder in (ray_dir, flwr_home):  # Flower creates its home only on first use
+        folder.mkdir(parents=True, exist_ok=True)
     link_dir = None
     temp = ray_dir
     if len(str(ray_dir)) > MAX_RAY_TEMP:
@@ -58,7 +59,7 @@ def isolated_flower(run_dir: Path) -> Iterator[Path]:
         temp = link_dir / "r"
         temp.symlink_to(ray_dir)
     env = {
-        "FLWR_HOME": str(run_dir.resolve() / "flwr"),
+        "FLWR_HOME": str(flwr_home),
         "RAY_TMPDIR": str(temp),
         "FLWR_TELEMETRY_ENABLED": "0",
         "RAY_USAGE_STATS_ENABLED": "0",
