@@ -21,7 +21,6 @@ import torch
 
 from fedgray.adapters import build_model
 from fedgray.backbone import create_clip, generate_keys, load_artifact, seal
-from fedgray.backbone.keys import read_content_key, read_signing_key
 from fedgray.backbone.runtime import IsolatedBackbone
 from fedgray.data.registry import load_dataset
 from fedgray.tasks.data import prepare
@@ -80,8 +79,8 @@ def main() -> None:
             artifact,
             name=args.model,
             level="gray",
-            signing_key=read_signing_key(keys.signing_key),
-            content_key=read_content_key(keys.content_key),
+            signing_key=keys.signing_key,
+            content_key=keys.content_key,
         )
         paths = {"verify_key": keys.verify_key, "content_key": keys.content_key}
         in_process = load_artifact(artifact, **paths)

@@ -39,6 +39,7 @@ from fedgray.backbone.access import AccessLevel, SealedError
 from fedgray.backbone.keys import (
     ArtifactError,
     read_content_key,
+    read_signing_key,
     read_verify_key,
 )
 from fedgray.backbone.loading import get_tokenizer, open_clip_module
@@ -99,15 +100,19 @@ def seal(
     *,
     name: str,
     level: AccessLevel | str,
-    signing_key: Ed25519PrivateKey,
-    content_key: bytes,
+    signing_key: Ed25519PrivateKey | str | Path,
+    content_key: bytes | str | Path,
 ) -> Manifest:
     """Write ``model`` (the open_clip model ``name``) as a sealed artifact at ``out``.
 
-    The keys come from :func:`~fedgray.backbone.keys.read_signing_key` and
-    :func:`~fedgray.backbone.keys.read_content_key`.
+    The keys: as read by :func:`~fedgray.backbone.keys.read_signing_key` and
+    :func:`~fedgray.backbone.keys.read_content_key`, or the paths of their files.
     """
     level = AccessLevel(level)
+    if not isinstance(signing_key, Ed25519PrivateKey):
+        signing_key = read_signing_key(signing_key)
+    if not isinstance(content_key, bytes):
+        content_key = read_content_key(content_key)
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     weights = buffer.getvalue()

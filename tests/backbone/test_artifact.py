@@ -46,18 +46,8 @@ def _micro() -> nn.Module:
 
 
 def _seal(model: nn.Module, keys: KeyFiles, path: Path, *, level: str = "gray") -> Path:
-    signing_key, content_key = (
-        read_signing_key(keys.signing_key),
-        read_content_key(keys.content_key),
-    )
-    seal(
-        model,
-        path,
-        name="fedgray-micro",
-        level=level,
-        signing_key=signing_key,
-        content_key=content_key,
-    )
+    key_files = {"signing_key": keys.signing_key, "content_key": keys.content_key}
+    seal(model, path, name="fedgray-micro", level=level, **key_files)
     return path
 
 

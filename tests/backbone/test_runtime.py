@@ -22,7 +22,7 @@ from fedgray.backbone import (
     load_artifact,
     seal,
 )
-from fedgray.backbone.keys import KeyFiles, read_content_key, read_signing_key
+from fedgray.backbone.keys import KeyFiles
 from fedgray.backbone.runtime import IsolatedBackbone
 from fedgray.config import ConfigError, load_config
 from fedgray.site import open_backbone
@@ -49,17 +49,9 @@ sys.stdin.readline()
 """
 
 
-def _seal(model: nn.Module, keys: KeyFiles, path: Path, *, level: str) -> Path:
-    signing_key = read_signing_key(keys.signing_key)
-    content_key = read_content_key(keys.content_key)
-    seal(
-        model,
-        path,
-        name="fedgray-micro",
-        level=level,
-        signing_key=signing_key,
-        content_key=content_key,
-    )
+def _seal(model: nn.Module, keys: KeyFiles, path: Path, *, level: str = "gray") -> Path:
+    key_files = {"signing_key": keys.signing_key, "content_key": keys.content_key}
+    seal(model, path, name="fedgray-micro", level=level, **key_files)
     return path
 
 
