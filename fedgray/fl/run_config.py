@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from fedgray.adapters.methods import METHODS
 from fedgray.config import Config
-from fedgray.config_schema import build, set_dotted
+from fedgray.config_schema import ConfigError, build, set_dotted
 
 
 def _current(data: dict[str, Any], path: str) -> Any:
@@ -23,11 +24,23 @@ def _current(data: dict[str, Any], path: str) -> Any:
     return node
 
 
+def require_federated_method(config: Config) -> Config:
+    """``config``, if its method trains by gradients (the only kind sites federate yet)."""
+    method = METHODS.get(config.method.name)
+    if method is not None and method.trainer != "gradient":
+        raise ConfigError(
+            f"method.name: '{method.name}' trains with its '{method.trainer}' trainer, which "
+            "runs in fedgray adapt only; federated runs take gradient-trained methods"
+        )
+    return config
+
+
 def resolve_config(config: Config | None, run_config: Mapping[str, Any]) -> Config:
-    """``config`` (defaults when None) with every ``run_config`` entry applied on top."""
+    """``config`` (defaults when None) with every ``run_config`` entry applied on top,
+    checked by :func:`require_federated_method`."""
     base = config if config is not None else Config()
     if not run_config:
-        return base
+        return require_federated_method(base)
     data = base.to_dict()
     for key, value in run_config.items():
         path = key.replace("-", "_")
@@ -36,4 +49,4 @@ def resolve_config(config: Config | None, run_config: Mapping[str, Any]) -> Conf
         elif value == "":
             value = None
         set_dotted(data, path, value)
-    return build(Config, data)
+    return require_federated_method(build(Config, data))

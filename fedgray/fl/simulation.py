@@ -21,6 +21,7 @@ from typing import Any
 
 from fedgray.config import Config, load_config
 from fedgray.fl.checkpoint import CHECKPOINT
+from fedgray.fl.run_config import require_federated_method
 from fedgray.fl.server import Echo, FederationResult
 from fedgray.runs import RunFolder
 
@@ -36,10 +37,11 @@ def open_run(
             raise ValueError("give either CONFIG or --resume RUN_DIR, not both")
         if not (resume / CHECKPOINT).is_file():
             raise FileNotFoundError(f"no checkpoint to resume from: {resume / CHECKPOINT}")
-        return load_config(resume / "config.yaml", overrides), RunFolder(resume.parent, resume.name)
+        config = require_federated_method(load_config(resume / "config.yaml", overrides))
+        return config, RunFolder(resume.parent, resume.name)
     if config_path is None:
         raise ValueError("a CONFIG file is needed (or --resume RUN_DIR)")
-    config = load_config(config_path, overrides)
+    config = require_federated_method(load_config(config_path, overrides))
     run = RunFolder(config.output.root, config.output.name, prefix="federated")
     if (run.path / CHECKPOINT).is_file():
         raise ValueError(f"{run.path} already holds a run: continue it with --resume {run.path}")

@@ -68,3 +68,14 @@ def test_run_command_help_and_argument_errors(
     assert "a CONFIG file is needed" in capsys.readouterr().err
     assert main(["run", "--resume", str(tmp_path)]) == 2
     assert "no checkpoint to resume from" in capsys.readouterr().err
+
+
+def test_run_refuses_a_method_sites_cannot_federate(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    config = tmp_path / "craft.yaml"
+    config.write_text("method:\n  name: craft\ntrain:\n  task: classification\n")
+    assert main(["run", str(config), "--set", f"output.root={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "method.name: 'craft' trains with its 'craft' trainer" in err
+    assert err.count("\n") == 1 and not list(tmp_path.glob("federated-*"))
