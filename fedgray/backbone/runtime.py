@@ -28,7 +28,7 @@ import torch.multiprocessing as mp
 
 from fedgray.backbone.access import AccessLevel, QueryBudgetExceeded, SealedError
 from fedgray.backbone.keys import ArtifactError
-from fedgray.backbone.sealed import BackboneInterface
+from fedgray.backbone.sealed import BackboneInterface, QueryCounted
 
 KEPT_GRAPHS = 8  # graphs awaiting a backward pass; older ones are dropped
 _ERRORS: dict[str, type[Exception]] = {
@@ -128,7 +128,7 @@ class _Remote(torch.autograd.Function):
         return (None, None, None, None, *(by_name.get(n) for n in ctx.names))
 
 
-class IsolatedBackbone:
+class IsolatedBackbone(QueryCounted):
     """A sealed artifact run in a child process; the encoder API of ``SealedBackbone``."""
 
     def __init__(
@@ -159,27 +159,12 @@ class IsolatedBackbone:
         child.close()
         self._keys = itertools.count()
         self._queries = 0
-        self._budget = query_budget
         try:
             self.interface: BackboneInterface = self._reply()
         except Exception:
             self.close()
             raise
-
-    @property
-    def level(self) -> AccessLevel:
-        """The access level the runtime enforces."""
-        return self.interface.level
-
-    @property
-    def queries_used(self) -> int:
-        """Encoder calls made so far."""
-        return self._queries
-
-    @property
-    def query_budget(self) -> int | None:
-        """Calls allowed at ``black`` (None: unlimited)."""
-        return self._budget if self.level is AccessLevel.BLACK else None
+        self._budget = query_budget if self.level is AccessLevel.BLACK else None
 
     @property
     def module(self) -> torch.nn.Module:

@@ -73,7 +73,31 @@ def _describe(model: nn.Module, name: str, level: AccessLevel) -> BackboneInterf
     )
 
 
-class SealedBackbone:
+class QueryCounted:
+    """The access level and query counter every backbone API publishes."""
+
+    __slots__ = ()
+    interface: BackboneInterface
+    _queries: int
+    _budget: int | None
+
+    @property
+    def level(self) -> AccessLevel:
+        """The access level this backbone enforces."""
+        return self.interface.level
+
+    @property
+    def queries_used(self) -> int:
+        """Encoder calls made so far (counted at every level, budgeted at ``black``)."""
+        return self._queries
+
+    @property
+    def query_budget(self) -> int | None:
+        """Calls allowed at ``black`` (None: unlimited)."""
+        return self._budget
+
+
+class SealedBackbone(QueryCounted):
     """A frozen CLIP behind an access level; see the module docstring."""
 
     __slots__ = ("interface", "_image", "_text", "_tokenize", "_module", "_queries", "_budget")
@@ -116,21 +140,6 @@ class SealedBackbone:
         setattr_(self, "_module", (lambda: model) if level is AccessLevel.WHITE else None)
         setattr_(self, "_queries", 0)
         setattr_(self, "_budget", query_budget if level is AccessLevel.BLACK else None)
-
-    @property
-    def level(self) -> AccessLevel:
-        """The access level this backbone enforces."""
-        return self.interface.level
-
-    @property
-    def queries_used(self) -> int:
-        """Encoder calls made so far (counted at every level, budgeted at ``black``)."""
-        return self._queries
-
-    @property
-    def query_budget(self) -> int | None:
-        """Calls allowed at ``black`` (None: unlimited)."""
-        return self._budget
 
     @property
     def module(self) -> nn.Module:
