@@ -88,7 +88,12 @@ def encode_images(model: AdaptedCLIP, images: torch.Tensor) -> torch.Tensor:
 
 
 class Craft:
-    """CraFT on one site's classification data around a model built by method ``craft``."""
+    """CraFT on one site's classification data around a model built by method ``craft``.
+
+    The search starts from ``mean`` (default ``z = 0``) with step size ``sigma`` (default
+    ``options.sigma``): a federated site starts from the global search distribution and
+    returns :meth:`distribution` after :meth:`run` (FedBPT).
+    """
 
     def __init__(
         self,
@@ -100,6 +105,8 @@ class Craft:
         batch_size: int,
         lr: float,
         seed: int,
+        mean: torch.Tensor | None = None,
+        sigma: float | None = None,
     ) -> None:
         if not isinstance(model.text_in, PromptSpace):
             raise ValueError("CraFT needs the model that method 'craft' builds")
@@ -108,8 +115,13 @@ class Craft:
         self.refiner = PredictionRefiner(train.num_classes, hidden=options.hidden)
         self.optimizer = torch.optim.Adam(self.refiner.parameters(), lr=lr)
         self.search = CmaSearch(
-            self.prompt.dim, sigma=options.sigma, popsize=options.popsize, seed=seed
+            self.prompt.dim,
+            sigma=options.sigma if sigma is None else sigma,
+            popsize=options.popsize,
+            seed=seed,
+            mean=mean,
         )
+        self.prompt.move_to(self.search.mean)
         self.generator = torch.Generator().manual_seed(seed)
         self.text_features: torch.Tensor | None = None  # the class prompts at the mean
 
@@ -137,6 +149,10 @@ class Craft:
         self.refiner.eval()
         with torch.no_grad():
             return raw, self.refiner(raw)
+
+    def distribution(self) -> tuple[torch.Tensor, float]:
+        """The search distribution now: its mean ``z`` and step size ``sigma``."""
+        return self.search.mean, self.search.sigma
 
     def plan(self) -> QueryPlan:
         """The queries a run started now would spend (checked against the backbone's budget)."""

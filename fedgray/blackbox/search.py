@@ -9,13 +9,22 @@ import torch
 
 
 class CmaSearch:
-    """Derivative-free minimisation of ``fitness(z)`` from ``z = 0`` with step size ``sigma``.
+    """Derivative-free minimisation of ``fitness(z)`` from ``mean`` (default ``z = 0``) with
+    step size ``sigma``.
 
     Deterministic from ``seed`` without touching numpy's global generator, and quiet: no
     console output and no log files.
     """
 
-    def __init__(self, dim: int, *, sigma: float, popsize: int, seed: int) -> None:
+    def __init__(
+        self,
+        dim: int,
+        *,
+        sigma: float,
+        popsize: int,
+        seed: int,
+        mean: torch.Tensor | None = None,
+    ) -> None:
         import cma
 
         rng = np.random.default_rng(seed)
@@ -27,7 +36,8 @@ class CmaSearch:
             "verb_disp": 0,
             "verb_log": 0,
         }
-        self._es = cma.CMAEvolutionStrategy(np.zeros(dim), sigma, options)
+        start = np.zeros(dim) if mean is None else mean.detach().cpu().double().numpy()
+        self._es = cma.CMAEvolutionStrategy(start, sigma, options)
 
     @property
     def popsize(self) -> int:
@@ -38,6 +48,11 @@ class CmaSearch:
     def mean(self) -> torch.Tensor:
         """The search distribution's mean: the current best estimate of ``z``."""
         return torch.as_tensor(self._es.mean, dtype=torch.float32)
+
+    @property
+    def sigma(self) -> float:
+        """The search distribution's overall step size."""
+        return float(self._es.sigma)
 
     def generation(self, fitness: Callable[[torch.Tensor], float]) -> list[float]:
         """Evaluate one population (lower fitness is better) and update the distribution."""

@@ -8,6 +8,7 @@ adapters, batch order) is seeded from (federation seed, round, partition).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +16,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fedgray.adapters import AdaptedCLIP, build_model
+from fedgray.adapters.methods import method_spec
 from fedgray.config import Config
+from fedgray.fl import craft_site
 from fedgray.fl.cache import shared_backbone
 from fedgray.fl.central import aggregation_weight
 from fedgray.fl.private import LEDGER, check_budget, ledger_reply, site_ledger
@@ -72,86 +75,108 @@ class Site:
         proximal_mu: float,
         settings: ConfigRecord | None = None,
     ) -> tuple[ArrayRecord, dict[str, float], RecordDict]:
-        """Local steps from the global adapters: the shared adapters, metrics and other records.
-
-        With ``privacy.enabled`` the steps are DP-SGD (see :mod:`fedgray.fl.private`); a site
-        whose budget would be exceeded raises :class:`~fedgray.fl.private.BudgetExhausted`.
-        """
+        """Local training from the global arrays by the method's trainer (see
+        :data:`SITE_TRAINERS`): the shared arrays, metrics and other records."""
         seed = round_seed(self.config.federation.seed, server_round, self.partition_id)
         torch.manual_seed(seed)
-        model = self.model(arrays, state)
-        train, privacy = self.config.train, self.config.privacy
-        steps = self.config.federation.local_steps
-        records = RecordDict()
-        if privacy.enabled:
-            if proximal_mu > 0:
-                raise ValueError("FedProx's proximal term is not a per-sample loss: not with DP")
-            task = private_task(train.task, model)
-            ledger = site_ledger(
-                state, settings or ConfigRecord(), privacy, partition_id=self.partition_id
-            )
-            plan = plan_noise(
-                privacy,
-                num_samples=len(self.data.train),
-                batch_size=train.batch_size,
-                total_steps=steps * self.config.federation.num_rounds,
-            )
-            check_budget(ledger, plan, privacy, steps=steps, partition_id=self.partition_id)
-        else:
-            task = _with_proximal(TASKS[train.task], model, proximal_mu)
-        optimizer = torch.optim.AdamW(
-            model.param_groups(train.lr, input_lr_scale=self.config.method.input_lr_scale),
-            weight_decay=train.weight_decay,
+        trainer = SITE_TRAINERS[method_spec(self.config.method.name).trainer]
+        return trainer.train(
+            self, arrays, state, seed=seed, proximal_mu=proximal_mu, settings=settings
         )
-        stream = batches(self.data.train, batch_size=train.batch_size, seed=seed)
-        if privacy.enabled:
-            private = make_private(
-                model,
-                self.data.train,
-                optimizer,
-                plan=plan,
-                max_grad_norm=privacy.max_grad_norm,
-                ledger=ledger,
-                seed=seed,
-            )
-            optimizer, stream = private.optimizer, private.stream
-        result = train_steps(
-            model,
-            task,
-            self.data.train,
-            stream,
-            optimizer,
-            steps=steps,
-            scale=shared_backbone(self.config).interface.logit_scale,
-        )
-        shared, personal = split_personal(model.state_dict(), self.config.federation.personal)
-        if personal:
-            state[PERSONAL_STATE] = to_record(personal)
-        metrics = {
-            "num-examples": aggregation_weight(self.config, len(self.data.train)),
-            "train-loss": result.mean_loss,
-            ORDER_KEY: self.partition_id,
-        }
-        if privacy.enabled:
-            private.close()
-            ledger = private.ledger()
-            epsilon = ledger.epsilon(privacy.delta)
-            state[LEDGER] = ledger.to_record()
-            records[LEDGER] = ledger_reply(ledger, partition_id=self.partition_id, epsilon=epsilon)
-            metrics.update(
-                {
-                    "epsilon": epsilon,
-                    "delta": privacy.delta,
-                    "noise-multiplier": plan.noise_multiplier,
-                    "sample-rate": plan.sample_rate,
-                }
-            )
-        return to_record(shared), metrics, records
 
     def evaluate(self, arrays: ArrayRecord, state: RecordDict) -> dict[str, float]:
-        """Metrics of the global (plus personal) adapters on this site's held-out samples."""
-        metrics = evaluate(self.model(arrays, state), self.data.heldout)
-        return {"num-examples": len(self.data.heldout), **metrics}
+        """Metrics of the global arrays on this site's held-out samples."""
+        trainer = SITE_TRAINERS[method_spec(self.config.method.name).trainer]
+        return {"num-examples": len(self.data.heldout), **trainer.evaluate(self, arrays, state)}
+
+
+def train_by_gradient(
+    site: Site,
+    arrays: ArrayRecord,
+    state: RecordDict,
+    *,
+    seed: int,
+    proximal_mu: float,
+    settings: ConfigRecord | None = None,
+) -> tuple[ArrayRecord, dict[str, float], RecordDict]:
+    """Local steps from the global adapters (and ``site``'s personal ones), seeded by ``seed``.
+
+    With ``privacy.enabled`` the steps are DP-SGD (see :mod:`fedgray.fl.private`); a site
+    whose budget would be exceeded raises :class:`~fedgray.fl.private.BudgetExhausted`.
+    """
+    model = site.model(arrays, state)
+    train, privacy = site.config.train, site.config.privacy
+    steps = site.config.federation.local_steps
+    records = RecordDict()
+    if privacy.enabled:
+        if proximal_mu > 0:
+            raise ValueError("FedProx's proximal term is not a per-sample loss: not with DP")
+        task = private_task(train.task, model)
+        ledger = site_ledger(
+            state, settings or ConfigRecord(), privacy, partition_id=site.partition_id
+        )
+        plan = plan_noise(
+            privacy,
+            num_samples=len(site.data.train),
+            batch_size=train.batch_size,
+            total_steps=steps * site.config.federation.num_rounds,
+        )
+        check_budget(ledger, plan, privacy, steps=steps, partition_id=site.partition_id)
+    else:
+        task = _with_proximal(TASKS[train.task], model, proximal_mu)
+    optimizer = torch.optim.AdamW(
+        model.param_groups(train.lr, input_lr_scale=site.config.method.input_lr_scale),
+        weight_decay=train.weight_decay,
+    )
+    stream = batches(site.data.train, batch_size=train.batch_size, seed=seed)
+    if privacy.enabled:
+        private = make_private(
+            model,
+            site.data.train,
+            optimizer,
+            plan=plan,
+            max_grad_norm=privacy.max_grad_norm,
+            ledger=ledger,
+            seed=seed,
+        )
+        optimizer, stream = private.optimizer, private.stream
+    result = train_steps(
+        model,
+        task,
+        site.data.train,
+        stream,
+        optimizer,
+        steps=steps,
+        scale=shared_backbone(site.config).interface.logit_scale,
+    )
+    shared, personal = split_personal(model.state_dict(), site.config.federation.personal)
+    if personal:
+        state[PERSONAL_STATE] = to_record(personal)
+    metrics = {
+        "num-examples": aggregation_weight(site.config, len(site.data.train)),
+        "train-loss": result.mean_loss,
+        ORDER_KEY: site.partition_id,
+    }
+    if privacy.enabled:
+        private.close()
+        ledger = private.ledger()
+        epsilon = ledger.epsilon(privacy.delta)
+        state[LEDGER] = ledger.to_record()
+        records[LEDGER] = ledger_reply(ledger, partition_id=site.partition_id, epsilon=epsilon)
+        metrics.update(
+            {
+                "epsilon": epsilon,
+                "delta": privacy.delta,
+                "noise-multiplier": plan.noise_multiplier,
+                "sample-rate": plan.sample_rate,
+            }
+        )
+    return to_record(shared), metrics, records
+
+
+def evaluate_adapters(site: Site, arrays: ArrayRecord, state: RecordDict) -> dict[str, float]:
+    """Metrics of the global (plus ``site``'s personal) adapters on its held-out samples."""
+    return evaluate(site.model(arrays, state), site.data.heldout)
 
 
 def _with_proximal(task: Task, model: AdaptedCLIP, mu: float) -> Task:
@@ -167,3 +192,17 @@ def _with_proximal(task: Task, model: AdaptedCLIP, mu: float) -> Task:
         return task.loss(m, batch, data, scale) + 0.5 * mu * prox
 
     return Task(task.name, task.metric, loss)
+
+
+@dataclass(frozen=True)
+class SiteTrainer:
+    """How a site trains and evaluates the shared arrays of methods with one trainer."""
+
+    train: Callable[..., tuple[ArrayRecord, dict[str, float], RecordDict]]
+    evaluate: Callable[[Site, ArrayRecord, RecordDict], dict[str, float]]
+
+
+SITE_TRAINERS: dict[str, SiteTrainer] = {
+    "gradient": SiteTrainer(train_by_gradient, evaluate_adapters),
+    "craft": SiteTrainer(craft_site.train_site, craft_site.evaluate_site),
+}

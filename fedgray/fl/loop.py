@@ -24,7 +24,8 @@ from fedgray.fl.records import record_bytes
 
 @dataclass
 class TrainResult:
-    """What a train phase produced. ``arrays`` is None when nothing was aggregated."""
+    """What a train phase produced. ``arrays`` is None when nothing was aggregated;
+    ``queries``: backbone queries the sites report having spent (black-box methods)."""
 
     arrays: ArrayRecord | None
     train_metrics: dict[str, float] = field(default_factory=dict)
@@ -35,6 +36,7 @@ class TrainResult:
     bytes_up: int = 0
     ledgers: list[ConfigRecord] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
+    queries: int = 0
 
 
 class TrainPhase(Protocol):
@@ -87,6 +89,7 @@ def plain_training(strategy: Strategy, grid: Grid, *, timeout: float) -> TrainPh
             bytes_up=max(uploads, default=0),
             ledgers=ledgers,
             refusals=refusals,
+            queries=sum(int(m.content["metrics"].get("queries", 0)) for m in _ok(replies)),
         )
 
     return train

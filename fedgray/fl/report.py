@@ -52,6 +52,8 @@ def finish(run: RunFolder, config: Config, result: FederationResult) -> dict[str
         "seconds": sum(r["seconds"] for r in result.records),
         "rejections": [vars(r) for r in result.rejections],
     }
+    if queries := sum(r.get("queries", 0) for r in trained):
+        summary["queries"] = queries  # backbone queries of all sites' training
     run.write_json("summary.json", summary)
     return summary
 
@@ -68,4 +70,6 @@ def comparison(summary: dict[str, Any]) -> list[str]:
         f"traffic: {sent / 1e3:.1f} KB per site per round (down + up) = "
         f"{sent / size:.3%} of the backbone's {size / 1e6:.1f} MB"
     )
+    if "queries" in summary:
+        lines.append(f"queries: {summary['queries']:,} backbone queries by the sites' training")
     return lines

@@ -20,7 +20,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedgray.adapters import build_model
+from fedgray.adapters.methods import method_spec
 from fedgray.config import Config
+from fedgray.fl import craft_site
 from fedgray.fl.cache import shared_backbone, shared_data
 from fedgray.fl.central import CentralLedger, num_sampled, with_central_dp
 from fedgray.fl.checkpoint import CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
@@ -29,7 +31,7 @@ from fedgray.fl.private import PrivacyLog
 from fedgray.fl.records import from_record, to_record
 from fedgray.fl.secagg import SecureTraining
 from fedgray.runs import RunFolder
-from fedgray.tasks import TASKS, evaluate
+from fedgray.tasks import TASKS, TaskData, evaluate
 from strategies import Rejection, build_strategy, split_personal
 
 Echo = Callable[[str], None]
@@ -46,7 +48,7 @@ class FederationResult:
     rejections: list[Rejection] = field(default_factory=list)
 
 
-def initial_adapters(config: Config) -> ArrayRecord:
+def _initial_adapters(config: Config) -> ArrayRecord:
     """The shared adapters at initialisation (identity maps), seeded by ``federation.seed``."""
     torch.manual_seed(config.federation.seed)
     method = config.method
@@ -55,21 +57,37 @@ def initial_adapters(config: Config) -> ArrayRecord:
     return to_record(shared)
 
 
+def _score_adapters(config: Config, arrays: ArrayRecord, data: TaskData) -> dict[str, float]:
+    """Metrics of global adapters on ``data`` (personal adapters at identity)."""
+    method = config.method
+    model = build_model(shared_backbone(config), method.name, prompt_tokens=method.prompt_tokens)
+    model.load_state_dict(from_record(arrays), strict=False)
+    return evaluate(model, data)
+
+
+# By the method's trainer: the shared arrays a run starts from, and how they are scored.
+INITIAL: dict[str, Callable[[Config], ArrayRecord]] = {
+    "gradient": _initial_adapters,
+    "craft": craft_site.initial_state,
+}
+SCORE: dict[str, Callable[[Config, ArrayRecord, TaskData], dict[str, float]]] = {
+    "gradient": _score_adapters,
+    "craft": craft_site.score,
+}
+
+
+def initial_adapters(config: Config) -> ArrayRecord:
+    """The shared arrays at initialisation (adapters at identity), seeded by ``federation.seed``."""
+    return INITIAL[method_spec(config.method.name).trainer](config)
+
+
 def central_evaluator(config: Config) -> Callable[[ArrayRecord], dict[str, float]]:
-    """Metrics of global adapters on the server's test set (personal adapters at identity)."""
+    """Metrics of global arrays on the server's test set."""
     data = shared_data(
         config, dataset=config.data.dataset, split="test", size=config.data.test_size
     )
-
-    def run(arrays: ArrayRecord) -> dict[str, float]:
-        method = config.method
-        model = build_model(
-            shared_backbone(config), method.name, prompt_tokens=method.prompt_tokens
-        )
-        model.load_state_dict(from_record(arrays), strict=False)
-        return evaluate(model, data)
-
-    return run
+    scorer = SCORE[method_spec(config.method.name).trainer]
+    return lambda arrays: scorer(config, arrays, data)
 
 
 def _record(config: Config, rnd: int, outcome: RoundOutcome, started: float) -> dict[str, Any]:
@@ -84,7 +102,7 @@ def _record(config: Config, rnd: int, outcome: RoundOutcome, started: float) -> 
         "train_loss": outcome.train_metrics.get("train-loss"),
         "federated": dict(outcome.eval_metrics),
         "central": central,
-    }
+    } | ({"queries": outcome.queries} if outcome.queries else {})
 
 
 def headline(config: Config, record: dict[str, Any]) -> float:
@@ -103,6 +121,7 @@ def progress_line(config: Config, record: dict[str, Any]) -> str:
         f" (sites {sites:5.1f})  loss {'  -  ' if loss is None else f'{loss:.3f}'}"
         f"  sent {record['bytes_down'] / 1e3:.1f}+{record['bytes_up'] / 1e3:.1f} KB/site"
         f"  {record['seconds']:.1f} s"
+        + (f"  queries {record['queries']:,}" if "queries" in record else "")
         + (f"  eps max {record['privacy']['max_epsilon']:.2f}" if "privacy" in record else "")
         + (f"  eps central {record['central_dp']['epsilon']:.2f}" if "central_dp" in record else "")
     )

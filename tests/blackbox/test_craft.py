@@ -99,6 +99,30 @@ def test_the_search_is_deterministic_from_its_seed() -> None:
     assert torch.equal(run(), run())
 
 
+def test_craft_runs_from_a_given_search_distribution_and_returns_the_new_one() -> None:
+    backbone = black()
+    model = build_model(backbone, "craft")
+    mean = torch.linspace(-0.5, 0.5, model.text_in.dim)
+    run = Craft(
+        model,
+        digits(backbone),
+        options=SMALL,
+        scale=10.0,
+        batch_size=16,
+        lr=1e-3,
+        seed=0,
+        mean=mean,
+        sigma=0.3,
+    )
+    assert torch.equal(run.prompt.point, mean) and run.distribution()[1] == pytest.approx(0.3)
+    used = backbone.queries_used
+    plan = run.run()
+    after, sigma = run.distribution()
+    assert backbone.queries_used - used == plan.total <= SMALL.queries
+    assert not torch.equal(after, mean) and sigma > 0 and sigma != pytest.approx(0.3)
+    assert torch.equal(run.prompt.point, after)
+
+
 def test_query_plan_fits_the_budget_or_says_why_not() -> None:
     plan = plan_queries(CraftConfig(queries=8000), train_size=160, remaining=None)
     assert (plan.features, plan.per_generation, plan.generations) == (1, 41, 195)

@@ -70,12 +70,14 @@ def test_run_command_help_and_argument_errors(
     assert "no checkpoint to resume from" in capsys.readouterr().err
 
 
-def test_run_refuses_a_method_sites_cannot_federate(
+def test_run_refuses_a_setting_federated_craft_cannot_take(
     capsys: pytest.CaptureFixture, tmp_path: Path
 ) -> None:
     config = tmp_path / "craft.yaml"
-    config.write_text("method:\n  name: craft\ntrain:\n  task: classification\n")
+    config.write_text(
+        "method:\n  name: craft\ntrain:\n  task: classification\nfederation:\n  strategy: fedprox\n"
+    )
     assert main(["run", str(config), "--set", f"output.root={tmp_path}"]) == 2
     err = capsys.readouterr().err
-    assert "method.name: 'craft' trains with its 'craft' trainer" in err
+    assert "federation.strategy: not with method 'craft' in federated runs" in err
     assert err.count("\n") == 1 and not list(tmp_path.glob("federated-*"))
