@@ -1,17 +1,22 @@
 """What each level of model access buys: one table over the built-in target domains.
 
-Runs ``fedgray adapt`` centrally for every (domain, method) pair on the same data, with
-the task every method supports (classification: CraFT's setting), each run in a fresh
-process so that its peak memory is its own, and writes ``results.csv`` and
-``results.md`` into the output folder::
+Runs every (domain, method) pair on the same data, with the task every method supports
+(classification: CraFT's setting), in each requested setting: ``central`` (``fedgray
+adapt``) and ``federated`` (an in-process federation, :func:`fedgray.fl.local_grid.run_local`,
+of ``--sites`` sites for ``--rounds`` rounds, splitting the central budget: each site takes
+``steps // (sites * rounds)`` local steps, or ``queries // (sites * rounds)`` CraFT queries,
+per round). Each run has a fresh process so that its peak memory is its own; the tables
+``results.csv`` and ``results.md`` go into the output folder::
 
     python -m simulations.access_levels --output runs/access
     python -m simulations.access_levels --domains digits --methods zero-shot craft dga \\
-        --steps 100 --queries 1000 --output /tmp/access
+        --settings central federated --steps 100 --queries 1000 --output /tmp/access
 
-Columns: test accuracy (percent), trainable parameters, the run process's peak resident
-memory (MB, interpreter and data included), wall time of training and evaluation
-(seconds, backbone loading excluded) and the calls made to the backbone.
+Columns: test accuracy (percent), trainable parameters (federated: those of the shared
+arrays, CraFT's step size included), bytes per round (per site, down + up; 0 centrally),
+the run process's peak resident memory (MB, interpreter and data included), wall time of
+training and evaluation (seconds, backbone loading excluded) and the calls made to the
+backbone (evaluation included).
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import resource
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from fedgray.adapt import adapt
-from fedgray.config import load_config
+from fedgray.config import Config, load_config
 from simulations.compare_methods import CONFIG, write_tables
 
 DOMAINS = ("world/sketch", "world/inverted", "world/noisy", "digits")
@@ -41,21 +48,90 @@ METHODS = {
     "full": ("white", 1e-4),
 }
 DEFAULT_METHODS = ("zero-shot", "craft", "dga", "lga", "lora", "full")
-COLUMNS = ("domain", "method", "level", "accuracy", "trainable", "peak_mb", "seconds", "queries")
+COLUMNS = (
+    "domain",
+    "setting",
+    "method",
+    "level",
+    "accuracy",
+    "trainable",
+    "bytes_per_round",
+    "peak_mb",
+    "seconds",
+    "queries",
+)
+
+
+def _central(config: Config) -> dict[str, Any]:
+    """``fedgray adapt`` on all the training data."""
+    result = adapt(config, progress=False, echo=lambda _: None)
+    return {
+        "accuracy": result.adapted["accuracy"],
+        "trainable": result.trainable,
+        "bytes_per_round": 0,
+        "seconds": result.seconds,
+        "queries": result.queries,
+    }
+
+
+def _federated(config: Config) -> dict[str, Any]:
+    """An in-process federation; queries: every call the run makes to the shared backbone."""
+    from fedgray.fl.cache import shared_backbone
+    from fedgray.fl.local_grid import run_local
+    from fedgray.fl.records import from_record
+
+    backbone = shared_backbone(config)
+    before = backbone.queries_used
+    result, summary, _ = run_local(config)
+    return {
+        "accuracy": summary["final"]["accuracy"],
+        "trainable": sum(t.numel() for t in from_record(result.arrays).values()),
+        "bytes_per_round": summary["bytes_per_site_per_round"],
+        "seconds": summary["seconds"],
+        "queries": backbone.queries_used - before,
+    }
+
+
+SETTINGS: dict[str, Callable[[Config], dict[str, Any]]] = {
+    "central": _central,
+    "federated": _federated,
+}
+
+
+def _budget(setting: str, *, steps: int, queries: int, sites: int, rounds: int) -> list[str]:
+    """Overrides spending ``steps`` gradient steps or ``queries`` CraFT queries in all."""
+    if setting == "central":
+        return [f"train.steps={steps}", f"train.eval_every={steps}"] + _craft(queries)
+    share = sites * rounds
+    return [
+        f"federation.num_sites={sites}",
+        f"federation.num_rounds={rounds}",
+        f"federation.local_steps={max(1, steps // share)}",
+        "federation.fraction_evaluate=0",
+        *_craft(max(1, queries // share)),
+    ]
+
+
+def _craft(queries: int) -> list[str]:
+    return [f"method.craft.queries={queries}", f"method.craft.eval_every={queries}"]
 
 
 def run_one(
     domain: str,
     method: str,
     *,
+    setting: str = "central",
     steps: int,
     queries: int,
     train_size: int,
     test_size: int,
     threads: int | None,
+    sites: int = 4,
+    rounds: int = 3,
+    overrides: Sequence[str] = (),
     output: Path,
 ) -> dict:
-    """One central run (call it in a fresh process for a meaningful peak memory)."""
+    """One run's row (call it in a fresh process for a meaningful peak memory)."""
     level, lr = METHODS[method]
     config = load_config(
         CONFIG,
@@ -67,39 +143,44 @@ def run_one(
             f"method.name={method}",
             f"backbone.level={level}",
             f"train.lr={lr}",
-            f"train.steps={steps}",
-            f"train.eval_every={steps}",
-            f"method.craft.queries={queries}",
-            f"method.craft.eval_every={queries}",
+            *_budget(setting, steps=steps, queries=queries, sites=sites, rounds=rounds),
             f"train.threads={'null' if threads is None else threads}",
             f"output.root={output}",
-            f"output.name={domain.replace('/', '-')}-{method}",
+            f"output.name={setting}-{domain.replace('/', '-')}-{method}",
+            *overrides,
         ],
     )
-    result = adapt(config, progress=False, echo=lambda _: None)
+    measured = SETTINGS[setting](config)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
     return {
         "domain": domain,
+        "setting": setting,
         "method": method,
         "level": level,
-        "accuracy": round(result.adapted["accuracy"], 1),
-        "trainable": result.trainable,
+        **measured,
+        "accuracy": round(measured["accuracy"], 1),
+        "seconds": round(measured["seconds"], 1),
         "peak_mb": round(peak_kb / 1024),
-        "seconds": round(result.seconds, 1),
-        "queries": result.queries,
     }
 
 
-def run(domains: list[str], methods: list[str], **options: object) -> list[dict]:
-    """Every method on every domain, one fresh process per run; one row per run."""
+def run(
+    domains: list[str],
+    methods: list[str],
+    *,
+    settings: Sequence[str] = ("central",),
+    **options: Any,
+) -> list[dict]:
+    """Every method on every domain in every setting, one fresh process per run."""
     context = multiprocessing.get_context("spawn")
     rows = []
-    for domain in domains:
-        for method in methods:
-            with ProcessPoolExecutor(1, mp_context=context) as pool:
-                row = pool.submit(run_one, domain, method, **options).result()
-            print(" | ".join(str(row[c]) for c in COLUMNS), flush=True)
-            rows.append(row)
+    for setting in settings:
+        for domain in domains:
+            for method in methods:
+                with ProcessPoolExecutor(1, mp_context=context) as pool:
+                    row = pool.submit(run_one, domain, method, setting=setting, **options).result()
+                print(" | ".join(str(row[c]) for c in COLUMNS), flush=True)
+                rows.append(row)
     return rows
 
 
@@ -114,11 +195,19 @@ def main() -> None:
         choices=list(METHODS),
         help="methods to compare",
     )
-    parser.add_argument("--steps", type=int, default=600, help="gradient steps per run")
-    parser.add_argument("--queries", type=int, default=8000, help="CraFT's query budget")
+    parser.add_argument(
+        "--settings", nargs="+", default=["central"], choices=list(SETTINGS), help="settings"
+    )
+    parser.add_argument("--steps", type=int, default=600, help="gradient steps per run, in all")
+    parser.add_argument("--queries", type=int, default=8000, help="CraFT's query budget, in all")
+    parser.add_argument("--sites", type=int, default=4, help="sites of a federated run")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of a federated run")
     parser.add_argument("--train-size", type=int, default=320, help="training samples")
     parser.add_argument("--test-size", type=int, default=700, help="test samples")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="config override KEY=VALUE"
+    )
     parser.add_argument(
         "--output", type=Path, default=Path("runs/access"), help="folder for runs and tables"
     )
@@ -127,11 +216,15 @@ def main() -> None:
     rows = run(
         args.domains,
         args.methods,
+        settings=args.settings,
         steps=args.steps,
         queries=args.queries,
+        sites=args.sites,
+        rounds=args.rounds,
         train_size=args.train_size,
         test_size=args.test_size,
         threads=args.threads,
+        overrides=args.overrides,
         output=args.output,
     )
     write_tables(rows, args.output, columns=COLUMNS)
