@@ -20,7 +20,6 @@ per-sample form:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +32,24 @@ from fedgray.tasks.objectives import TASKS, Batch, Task
 TEXT_MODULES = ("text_in", "text_out", "text_prompts")
 
 
+class FrozenTexts:
+    """Text features of token tensors, encoded once each: the text side is frozen under DP,
+    so negatives and class prompts keep their features for the task's whole lifetime."""
+
+    def __init__(self) -> None:
+        self._features: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        """Features of ``tokens`` (computed on first use, without gradient)."""
+        if id(tokens) not in self._features:  # the tokens are kept, so the id stays theirs
+            with torch.no_grad():
+                self._features[id(tokens)] = (tokens, model.encode_texts(tokens))
+        return self._features[id(tokens)][1]
+
+
+PrivateLoss = Callable[[torch.nn.Module, Batch, TaskData, float, FrozenTexts], torch.Tensor]
+
+
 def _negatives(batch: Batch, data: TaskData) -> tuple[torch.Tensor, torch.Tensor]:
     """Public negative tokens and, per sample, which of them describe it (masked out)."""
     _images, tokens, _caption_ids, labels = batch
@@ -42,29 +59,27 @@ def _negatives(batch: Batch, data: TaskData) -> tuple[torch.Tensor, torch.Tensor
     return data.prompt_tokens, labels[:, None] == data.prompt_classes[None, :]
 
 
-def _retrieval(model: torch.nn.Module, batch: Batch, data: TaskData, scale: float) -> torch.Tensor:
+def _retrieval(
+    model: torch.nn.Module, batch: Batch, data: TaskData, scale: float, texts: FrozenTexts
+) -> torch.Tensor:
     images, tokens, _caption_ids, _labels = batch
     image_features = F.normalize(model.encode_images(images), dim=-1)
     caption_features = F.normalize(model.encode_texts(tokens), dim=-1)
     negative_tokens, own = _negatives(batch, data)
-    with torch.no_grad():
-        negatives = model.encode_texts(negative_tokens)
     positive = scale * (image_features * caption_features).sum(-1, keepdim=True)
-    negative = similarity(image_features, negatives, scale).masked_fill(own, float("-inf"))
-    logits = torch.cat([positive, negative], dim=1)
+    negatives = similarity(image_features, texts(model, negative_tokens), scale)
+    logits = torch.cat([positive, negatives.masked_fill(own, float("-inf"))], dim=1)
     target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
     return F.cross_entropy(logits, target)
 
 
 def _classification(
-    model: torch.nn.Module, batch: Batch, data: TaskData, scale: float
+    model: torch.nn.Module, batch: Batch, data: TaskData, scale: float, texts: FrozenTexts
 ) -> torch.Tensor:
     images, _tokens, _caption_ids, labels = batch
-    with torch.no_grad():
-        prompts = model.encode_texts(data.prompt_tokens)
     logits = class_logits(
         model.encode_images(images),
-        prompts,
+        texts(model, data.prompt_tokens),
         data.prompt_classes,
         num_classes=data.num_classes,
         scale=scale,
@@ -72,30 +87,26 @@ def _classification(
     return F.cross_entropy(logits, labels)
 
 
-@dataclass(frozen=True)
-class PrivateObjective:
-    """A per-sample (mean-reduced) loss and the modules that stay frozen under it."""
-
-    loss: Callable[[torch.nn.Module, Batch, TaskData, float], torch.Tensor]
-    frozen: tuple[str, ...] = ()
-
-
-PRIVATE_OBJECTIVES: dict[str, PrivateObjective] = {
-    "retrieval": PrivateObjective(_retrieval, frozen=TEXT_MODULES),
-    "classification": PrivateObjective(_classification, frozen=TEXT_MODULES),
+PRIVATE_OBJECTIVES: dict[str, PrivateLoss] = {
+    "retrieval": _retrieval,
+    "classification": _classification,
 }
 
 
 def private_task(name: str, model: AdaptedCLIP) -> Task:
-    """Task ``name`` in its per-sample form; freezes the modules it does not train."""
+    """Task ``name`` in its per-sample form; freezes the text-side modules of ``model``."""
     if name not in PRIVATE_OBJECTIVES:
         raise ValueError(
             f"train.task: '{name}' has no per-sample objective for DP "
             f"(known: {', '.join(PRIVATE_OBJECTIVES)})"
         )
-    objective = PRIVATE_OBJECTIVES[name]
-    for module_name in objective.frozen:
+    for module_name in TEXT_MODULES:
         module = getattr(model, module_name)
         if module is not None:
             module.requires_grad_(False)
-    return Task(name, TASKS[name].metric, objective.loss)
+    objective, texts = PRIVATE_OBJECTIVES[name], FrozenTexts()
+
+    def loss(model: torch.nn.Module, batch: Batch, data: TaskData, scale: float) -> torch.Tensor:
+        return objective(model, batch, data, scale, texts)
+
+    return Task(name, TASKS[name].metric, loss)
