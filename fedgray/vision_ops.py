@@ -16,6 +16,7 @@ machine) this is a no-op.
 from __future__ import annotations
 
 import sys
+import threading
 from types import ModuleType
 
 import torch
@@ -26,11 +27,16 @@ _SCHEMAS = {
     "qnms": "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
 }
 _fragment: torch.library.Library | None = None
+_lock = threading.Lock()
 
 
 def _drop_torchvision_modules() -> None:
-    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-        del sys.modules[name]
+    # list() copies the keys in one C call; iterating the live dict races with imports on
+    # other threads ("dictionary changed size during iteration")
+    for name in [
+        m for m in list(sys.modules) if m == "torchvision" or m.startswith("torchvision.")
+    ]:
+        sys.modules.pop(name, None)
 
 
 def _declare_missing_schemas() -> None:
@@ -61,14 +67,16 @@ def ensure_torchvision() -> ModuleType:
     Returns the imported ``torchvision`` module. Any error other than the missing
     operator one is raised unchanged.
     """
-    if "torchvision" in sys.modules and hasattr(sys.modules["torchvision"], "transforms"):
-        return sys.modules["torchvision"]
-    try:
-        import torchvision
-    except RuntimeError as error:
-        if _MISSING_OP_MARKER not in str(error):
-            raise
-        _drop_torchvision_modules()
-        _declare_missing_schemas()
-        import torchvision
-    return torchvision
+    with _lock:  # one thread repairs the import; the others wait for its result
+        loaded = sys.modules.get("torchvision")
+        if loaded is not None and hasattr(loaded, "transforms"):
+            return loaded
+        try:
+            import torchvision
+        except RuntimeError as error:
+            if _MISSING_OP_MARKER not in str(error):
+                raise
+            _drop_torchvision_modules()
+            _declare_missing_schemas()
+            import torchvision
+        return torchvision

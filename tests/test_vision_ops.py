@@ -59,3 +59,28 @@ def test_other_import_errors_are_not_swallowed(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(builtins, "__import__", failing_import)
     with pytest.raises(RuntimeError, match="something else broke"):
         vision_ops.ensure_torchvision()
+
+
+def test_dropping_modules_survives_imports_on_other_threads() -> None:
+    # Ray's and Flower's threads import while a site's thread repairs torchvision: the module
+    # table must be read safely (a live iteration raised "dictionary changed size").
+    code = (
+        "import sys, threading\n"
+        "from fedgray import vision_ops\n"
+        "sys.setswitchinterval(1e-6)\n"
+        "stop = threading.Event()\n"
+        "def churn():\n"
+        "    i = 0\n"
+        "    while not stop.is_set():\n"
+        "        sys.modules[f'churn{i % 50}'] = sys\n"
+        "        sys.modules.pop(f'churn{(i + 25) % 50}', None)\n"
+        "        i += 1\n"
+        "t = threading.Thread(target=churn); t.start()\n"
+        "try:\n"
+        "    for _ in range(3000):\n"
+        "        vision_ops._drop_torchvision_modules()\n"
+        "finally:\n"
+        "    stop.set(); t.join()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
