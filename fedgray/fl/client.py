@@ -55,10 +55,7 @@ class Site:
 
     def model(self, arrays: ArrayRecord, state: RecordDict) -> AdaptedCLIP:
         """Adapters at identity, then the global ones, then this site's personal ones."""
-        method = self.config.method
-        model = build_model(
-            shared_backbone(self.config), method.name, prompt_tokens=method.prompt_tokens
-        )
+        model = build_model(shared_backbone(self.config), self.config.method)
         weights = model.state_dict()
         weights.update(from_record(arrays))
         if PERSONAL_STATE in state:

@@ -51,16 +51,14 @@ class FederationResult:
 def _initial_adapters(config: Config) -> ArrayRecord:
     """The shared adapters at initialisation (identity maps), seeded by ``federation.seed``."""
     torch.manual_seed(config.federation.seed)
-    method = config.method
-    model = build_model(shared_backbone(config), method.name, prompt_tokens=method.prompt_tokens)
+    model = build_model(shared_backbone(config), config.method)
     shared, _ = split_personal(model.state_dict(), config.federation.personal)
     return to_record(shared)
 
 
 def _score_adapters(config: Config, arrays: ArrayRecord, data: TaskData) -> dict[str, float]:
     """Metrics of global adapters on ``data`` (personal adapters at identity)."""
-    method = config.method
-    model = build_model(shared_backbone(config), method.name, prompt_tokens=method.prompt_tokens)
+    model = build_model(shared_backbone(config), config.method)
     model.load_state_dict(from_record(arrays), strict=False)
     return evaluate(model, data)
 

@@ -1,0 +1,35 @@
+"""Method options reach federated runs: the model sites and server build is the configured one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fedgray.fl.records import from_record
+from tests.fl.conftest import micro_config, run_local
+
+LORA = ["backbone.level=white", "method.name=lora", "federation.num_rounds=1"]
+
+
+def _factors(arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in arrays.items() if k.endswith((".down", ".up"))}
+
+
+def test_a_federation_sends_and_trains_the_configured_lora_rank(tmp_path: Path) -> None:
+    config = micro_config(tmp_path, *LORA, "method.lora_rank=2", "method.lora_alpha=4")
+    result, _, grid = run_local(config)
+    trains = [m for m in grid.sent if m.metadata.message_type == "train"]
+    sent = _factors(from_record(trains[0].content["arrays"]))
+    assert sent, "no LoRA factors were sent"
+    for key, tensor in sent.items():
+        rank_axis = 0 if key.endswith(".down") else 1
+        assert tensor.shape[rank_axis] == 2, key
+    replies = [m for m in grid.received if m.content.array_records]
+    back = _factors(from_record(replies[0].content["arrays"]))
+    assert {k: v.shape for k, v in back.items()} == {k: v.shape for k, v in sent.items()}
+    ups = [k for k in sent if k.endswith(".up")]  # zero at initialisation; trained: not zero
+    assert all(torch.count_nonzero(sent[k]) == 0 for k in ups)
+    assert sum(int(torch.count_nonzero(back[k])) for k in ups) > 0
+    final = _factors(from_record(result.arrays))
+    assert all(final[k].shape[1] == 2 for k in ups)
