@@ -108,10 +108,12 @@ def run_local(
 ) -> tuple[FederationResult, dict[str, Any], LocalGrid]:
     """Run ``config``'s ServerApp against a LocalGrid of ``federation.num_sites`` nodes.
 
-    Returns the result, the summary (as ``fedgray run`` writes it) and the grid.
+    ``run_config`` (Flower's ``context.run_config``) goes to the server and to every site
+    alike, so that both resolve the same config. Returns the result, the summary (as
+    ``fedgray run`` writes it) and the grid.
     """
     out: dict[str, Any] = {}
-    grid = LocalGrid(make_client_app(config), config.federation.num_sites)
+    grid = LocalGrid(make_client_app(config), config.federation.num_sites, run_config=run_config)
     app = make_server_app(config, echo=echo, on_result=lambda r, s: out.update(result=r, summary=s))
     context = Context(
         run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config or {}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from fedgray.fl.private import LEDGER
 from fedgray.fl.records import from_record
 from tests.fl.conftest import micro_config, run_local
 
@@ -33,3 +34,12 @@ def test_a_federation_sends_and_trains_the_configured_lora_rank(tmp_path: Path) 
     assert sum(int(torch.count_nonzero(back[k])) for k in ups) > 0
     final = _factors(from_record(result.arrays))
     assert all(final[k].shape[1] == 2 for k in ups)
+
+
+def test_run_local_hands_its_run_config_to_the_sites_too(tmp_path: Path) -> None:
+    config = micro_config(tmp_path, "privacy.enabled=true", "privacy.noise_multiplier=1.0")
+    assert config.federation.local_steps == 2
+    _, _, grid = run_local(config, run_config={"federation.local-steps": 1})
+    ledgers = [m.content[LEDGER] for m in grid.received if LEDGER in m.content]
+    assert len(ledgers) == 2 * 3  # 2 rounds x 3 sites
+    assert {sum(record["steps"]) for record in ledgers} == {1, 2}  # 1 step per round
