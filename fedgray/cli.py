@@ -8,9 +8,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from fedgray.backbone.access import SealedError
+from fedgray.backbone.access import AccessLevel, SealedError
 from fedgray.backbone.loading import BUILTIN_TAG, BackboneLoadError
-from fedgray.config import ACCESS_LEVELS, Config, load_config
+from fedgray.config import Config, load_config
 from fedgray.config_schema import ConfigError
 from simulations import privacy_utility
 
@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     seal.add_argument(
         "--level",
         default="gray",
-        choices=ACCESS_LEVELS,
+        choices=[level.value for level in AccessLevel],
         help="the most access a site may take (default: gray)",
     )
     seal.add_argument(

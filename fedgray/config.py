@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from fedgray.config_schema import (
     check,
     one_of,
     positive,
+    registered,
     set_dotted,
     to_dict,
 )
@@ -24,7 +26,50 @@ from fedgray.config_secure import (
     check_secure_and_central,
 )
 
-ACCESS_LEVELS = ("black", "gray", "gray+", "white")
+# Registry-backed names are checked against the registries themselves, looked up when a
+# config is built (the registries' modules import this one, so not at import time).
+
+
+def _access_levels() -> list[str]:
+    from fedgray.backbone.access import AccessLevel
+
+    return [level.value for level in AccessLevel]
+
+
+def _datasets() -> Collection[str]:
+    from fedgray.data.registry import DATASETS
+
+    return DATASETS
+
+
+def _methods() -> Collection[str]:
+    from fedgray.adapters.methods import METHODS
+
+    return METHODS
+
+
+def _tasks() -> Collection[str]:
+    from fedgray.tasks.objectives import TASKS
+
+    return TASKS
+
+
+def _partitioners() -> Collection[str]:
+    from fedgray.data.partition import PARTITIONERS
+
+    return PARTITIONERS
+
+
+def _strategies() -> Collection[str]:
+    from strategies.registry import STRATEGIES
+
+    return STRATEGIES
+
+
+def _accountants() -> Collection[str]:
+    from fedgray.privacy.ledger import ACCOUNTANTS
+
+    return ACCOUNTANTS
 
 
 @dataclass
@@ -39,7 +84,7 @@ class BackboneConfig:
 
     name: str = "fedgray-tiny"
     pretrained: str | None = "fedgray-world"
-    level: str = field(default="gray", metadata=one_of(*ACCESS_LEVELS))
+    level: str = field(default="gray", metadata=registered("access level", _access_levels))
     query_budget: int | None = field(default=None, metadata=positive())
     artifact: str | None = None
     verify_key: str | None = None
@@ -76,7 +121,7 @@ class PretrainConfig:
 class DataConfig:
     """The site's dataset and its train/test sizes."""
 
-    dataset: str = "world/sketch"
+    dataset: str = field(default="world/sketch", metadata=registered("dataset", _datasets))
     train_size: int = field(default=2000, metadata=positive())
     test_size: int = field(default=1000, metadata=positive())
     seed: int = 0
@@ -112,7 +157,7 @@ class MethodConfig:
     ``craft``: CraFT's settings.
     """
 
-    name: str = "dga"
+    name: str = field(default="dga", metadata=registered("method", _methods))
     prompt_tokens: int = field(default=2, metadata=positive())
     input_lr_scale: float = field(default=1.0, metadata=positive())
     lora_rank: int = field(default=4, metadata=positive())
@@ -125,7 +170,7 @@ class MethodConfig:
 class TrainConfig:
     """Local optimisation."""
 
-    task: str = field(default="retrieval", metadata=one_of("retrieval", "classification"))
+    task: str = field(default="retrieval", metadata=registered("task", _tasks))
     steps: int = field(default=600, metadata=positive())
     batch_size: int = field(default=64, metadata=positive())
     lr: float = field(default=3e-3, metadata=positive())
@@ -143,9 +188,6 @@ class OutputConfig:
     name: str | None = None
 
 
-PARTITIONER_NAMES = ("iid", "dirichlet", "by_group")
-
-
 @dataclass
 class FederationConfig:
     """The federated run: sites, rounds, partitioning, strategy and what stays local."""
@@ -153,11 +195,11 @@ class FederationConfig:
     num_sites: int = field(default=8, metadata=positive())
     num_rounds: int = field(default=5, metadata=positive())
     local_steps: int = field(default=20, metadata=positive())
-    partitioner: str = field(default="iid", metadata=one_of(*PARTITIONER_NAMES))
+    partitioner: str = field(default="iid", metadata=registered("partitioner", _partitioners))
     alpha: float = field(default=0.5, metadata=positive())
-    domains: list[str] = field(default_factory=list)
+    domains: list[str] = field(default_factory=list, metadata=registered("dataset", _datasets))
     holdout: float = field(default=0.2, metadata=check(lambda v: 0 < v < 1, "must be in (0, 1)"))
-    strategy: str = "fedavg"
+    strategy: str = field(default="fedavg", metadata=registered("strategy", _strategies))
     strategy_options: dict[str, Any] = field(default_factory=dict)
     personal: list[str] = field(default_factory=list)
     fraction_train: float = field(default=1.0, metadata=check(lambda v: 0 < v <= 1, "in (0, 1]"))
@@ -169,9 +211,6 @@ class FederationConfig:
     round_timeout: float = field(default=600.0, metadata=positive())
     seed: int = 0
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
-
-
-ACCOUNTANTS = ("rdp", "prv")
 
 
 @dataclass
@@ -192,7 +231,7 @@ class PrivacyConfig:
     target_epsilon: float | None = field(default=None, metadata=positive())
     max_grad_norm: float = field(default=1.0, metadata=positive())
     delta: float = field(default=1e-5, metadata=check(lambda v: 0 < v < 1, "in (0, 1)"))
-    accountant: str = field(default="rdp", metadata=one_of(*ACCOUNTANTS))
+    accountant: str = field(default="rdp", metadata=registered("accountant", _accountants))
     epsilon_budget: float | None = field(default=None, metadata=positive())
     on_budget: str = field(default="skip", metadata=one_of("skip", "stop"))
     poisson: bool = True

@@ -56,7 +56,7 @@ def test_exponent_without_a_dot_is_a_number(tmp_path: Path) -> None:
         ("train:\n  steps: many\n", "train.steps: expected an integer, got 'many'"),
         ("train:\n  steps: -1\n", "train.steps: must be > 0, got -1"),
         ("train:\n  steps: true\n", "train.steps: expected an integer"),
-        ("backbone:\n  level: grey\n", "backbone.level: must be one of black, gray"),
+        ("backbone:\n  level: grey\n", "backbone.level: unknown access level 'grey' .known: black"),
         ("train: 3\n", "train: expected a mapping"),
         ("- a\n- b\n", "the top level must be a mapping"),
         ("train: [\n", "is not valid YAML"),

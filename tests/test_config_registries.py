@@ -1,0 +1,79 @@
+"""Registry-backed config names are checked at load time against the registries themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedgray.adapters import methods
+from fedgray.cli import main
+from fedgray.config import load_config
+from fedgray.config_schema import ConfigError
+from fedgray.data import partition
+from fedgray.privacy import ledger
+from strategies import registry
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "known"),
+    [
+        ("method.name=dgaa", "method.name: unknown method 'dgaa'", methods.METHODS),
+        (
+            "federation.strategy=fedavgg",
+            "federation.strategy: unknown strategy",
+            registry.STRATEGIES,
+        ),
+        ("data.dataset=world/sktch", "data.dataset: unknown dataset", ["world/sketch", "digits"]),
+        (
+            "federation.domains=[world/sketch, nope]",
+            "federation.domains: unknown dataset 'nope'",
+            [],
+        ),
+        ("federation.partitioner=iid2", "federation.partitioner: unknown", partition.PARTITIONERS),
+        ("privacy.accountant=gdp", "privacy.accountant: unknown accountant", ledger.ACCOUNTANTS),
+        ("backbone.level=grey", "backbone.level: unknown access level", ["black", "gray+"]),
+        ("train.task=detection", "train.task: unknown task", ["retrieval", "classification"]),
+    ],
+)
+def test_unknown_names_stop_at_load_listing_the_known_ones(
+    override: str, field: str, known: list[str]
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, [override])
+    message = str(caught.value)
+    assert message.startswith(field) and "\n" not in message
+    assert all(name in message for name in known)
+
+
+def test_the_check_reads_the_registry_not_a_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError):
+        load_config(None, ["method.name=mine"])
+    monkeypatch.setitem(methods.METHODS, "mine", methods.METHODS["dga"])
+    assert load_config(None, ["method.name=mine"]).method.name == "mine"
+
+
+def test_folder_datasets_and_registered_names_load() -> None:
+    config = load_config(
+        None,
+        [
+            "data.dataset=folder:/data/mine",
+            "federation.strategy=krum",
+            "privacy.accountant=prv",
+            "method.name=craft",
+            "federation.domains=[world/sketch, world/noisy]",
+        ],
+    )
+    assert config.data.dataset == "folder:/data/mine" and config.federation.strategy == "krum"
+
+
+def test_cli_stops_a_misspelt_method_at_load_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("method:\n  name: dga\n")
+    assert main(["adapt", str(path), "--set", "method.name=dgaa", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedgray: error: method.name: unknown method 'dgaa' (known: ")
+    assert "\n" not in err and all(name in err for name in methods.METHODS)
+    assert not list(tmp_path.glob("adapt*"))  # nothing ran, no run folder
