@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TypedDict
 
 from fedgray.paths import cache_dir
 
@@ -21,7 +22,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-BASELINE_STYLES = ({"color": "grey", "linestyle": "--"}, {"color": "tab:green", "linestyle": ":"})
+
+class _LineStyle(TypedDict):
+    color: str
+    linestyle: str
+
+
+BASELINE_STYLES: tuple[_LineStyle, ...] = (
+    {"color": "grey", "linestyle": "--"},
+    {"color": "tab:green", "linestyle": ":"},
+)
 
 
 def _finish(

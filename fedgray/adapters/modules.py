@@ -27,12 +27,14 @@ class ImageInputAdapter(nn.Module):
 
     def __init__(self, *, channels: int = 3, depth: int = 2, kernel_size: int = 3) -> None:
         super().__init__()
-        self.convs = nn.ModuleList(
+        convs = [
             nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2)
             for _ in range(depth)
-        )
+        ]
+        self.convs = nn.ModuleList(convs)
         with torch.no_grad():
-            for conv in self.convs:
+            for conv in convs:
+                assert conv.bias is not None  # built with bias
                 conv.weight.zero_()
                 conv.bias.zero_()
 

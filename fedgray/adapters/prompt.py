@@ -23,6 +23,10 @@ from fedgray.adapters.modules import TextInput
 class PromptSpace(nn.Module):
     """The prompt ``p0 + A z`` as text-input arguments; ``z`` is set, never trained."""
 
+    projection: torch.Tensor  # buffers, registered in __init__
+    base: torch.Tensor
+    point: torch.Tensor
+
     def __init__(self, width: int, *, dim: int, init_std: float = 0.02) -> None:
         super().__init__()
         self.width = width

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,7 +50,8 @@ class LoRA(nn.Module):
 
 def towers(model: nn.Module) -> tuple[nn.ModuleList, nn.ModuleList]:
     """The residual blocks of the image and the text tower of an open_clip ``CLIP``."""
-    return model.visual.transformer.resblocks, model.transformer.resblocks
+    clip: Any = model  # open_clip ships no types: its submodules are untyped
+    return clip.visual.transformer.resblocks, clip.transformer.resblocks
 
 
 def _blocks(model: nn.Module) -> Iterator[nn.Module]:

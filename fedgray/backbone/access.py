@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import Enum
 
 
-class AccessLevel(str, Enum):
+class AccessLevel(str, Enum):  # noqa: UP042 - StrEnum would change str() and f-strings
     """What a site may do with the backbone (see the README's table)."""
 
     BLACK = "black"

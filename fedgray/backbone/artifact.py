@@ -25,7 +25,7 @@ import os
 import struct
 import tempfile
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,8 @@ def seal(
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     weights = buffer.getvalue()
-    towers = {"image": model.visual.transformer, "text": model.transformer}
+    clip: Any = model  # open_clip ships no types: its submodules are untyped
+    towers = {"image": clip.visual.transformer, "text": clip.transformer}
     entry_points = tuple(
         {"tower": tower, "layers": len(blocks.resblocks), "width": int(blocks.width)}
         for tower, blocks in towers.items()
@@ -129,7 +130,7 @@ def seal(
         entry_points=entry_points,
         weights_sha256=hashlib.sha256(weights).hexdigest(),
         format_version=FORMAT_VERSION,
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     raw = manifest.to_bytes()
     nonce = os.urandom(NONCE_BYTES)

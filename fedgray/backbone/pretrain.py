@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import cast
 
 import torch
 from tqdm.auto import tqdm
@@ -73,7 +74,7 @@ def pretrain(name: str, recipe: PretrainConfig, *, progress: bool = True) -> Pat
         loss = contrastive_loss(
             owner.encode_image(data.images[index]),
             owner.encode_text(data.tokens[index]),
-            scale=model.logit_scale.exp().clamp(max=100.0),
+            scale=cast(torch.Tensor, model.logit_scale).exp().clamp(max=100.0),
             caption_ids=data.caption_ids[index],
         )
         optimizer.zero_grad(set_to_none=True)

@@ -136,10 +136,12 @@ class Craft:
             scale=self.scale,
         )
 
-    def observe(self) -> None:
-        """Query the class prompts' text features at the current point (one query)."""
+    def observe(self) -> torch.Tensor:
+        """Query the class prompts' text features at the current point (one query); keep
+        and return them."""
         with torch.no_grad():
             self.text_features = self.model.encode_texts(self.train.prompt_tokens)
+        return self.text_features
 
     def predict(self, image_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw and refined class logits at the last observed prompt (no query)."""
@@ -173,8 +175,8 @@ class Craft:
         for index in range(1, plan.generations + 1):
             values = self.search.generation(lambda z: self._fitness(z, features))
             self.prompt.move_to(self.search.mean)
-            self.observe()
-            loss = self._refine(self.logits(features, self.text_features))
+            text_features = self.observe()
+            loss = self._refine(self.logits(features, text_features))
             if on_generation is not None:
                 spent = backbone.queries_used - start
                 on_generation(Generation(index, spent, min(values), loss))

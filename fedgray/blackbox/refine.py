@@ -16,10 +16,11 @@ class PredictionRefiner(nn.Module):
 
     def __init__(self, classes: int, *, hidden: int = 256) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(classes, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+        first, last = nn.Linear(classes, hidden), nn.Linear(hidden, classes)
+        self.net = nn.Sequential(first, nn.ReLU(), last)
         with torch.no_grad():
-            self.net[-1].weight.zero_()
-            self.net[-1].bias.zero_()
+            last.weight.zero_()
+            last.bias.zero_()
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         """Refined logits, same shape as ``logits`` [B, classes]."""

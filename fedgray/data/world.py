@@ -126,6 +126,7 @@ def _mask(scene: Scene, rng: np.random.Generator, *, side: int, outline: bool) -
             else:
                 draw.ellipse(box, fill=ink)
     else:
+        assert scene.shape is not None  # a scene without a digit has a shape
         polar = _POLYGONS[scene.shape](_RADIUS[scene.size] * big * scale)
         points = [(cx + d * math.cos(a + turn), cy + d * math.sin(a + turn)) for d, a in polar]
         if outline:
@@ -240,6 +241,7 @@ def _a(phrase: str) -> str:
 def _full(scene: Scene, coloured: bool, rng: np.random.Generator | None) -> str:
     if scene.digit is not None:
         return f"the digit {scene.digit}" + (f" in {scene.colour}" if coloured else "")
+    assert scene.shape is not None  # a scene without a digit has a shape
     words = (scene.size, scene.colour, scene.shape) if coloured else (scene.size, scene.shape)
     return f"{_a(' '.join(words))} at the {scene.position}"
 
@@ -252,6 +254,7 @@ def _varied(scene: Scene, coloured: bool, rng: np.random.Generator | None) -> st
     if scene.digit is not None:
         tint = f" in {scene.colour}" if colour else ""
         return str(rng.choice(_DIGIT_TEMPLATES)).format(d=scene.digit, tint=tint, a=_a(scene.size))
+    assert scene.shape is not None  # a scene without a digit has a shape
     words = [w for w, keep in ((scene.size, size), (scene.colour, colour)) if keep]
     where = f" at the {scene.position}" if place else ""
     thing = _a(" ".join([*words, scene.shape]))

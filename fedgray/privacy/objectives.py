@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from fedgray.adapters import AdaptedCLIP
 from fedgray.tasks.data import TaskData
-from fedgray.tasks.losses import class_logits, similarity
+from fedgray.tasks.losses import class_logits, encoders, similarity
 from fedgray.tasks.objectives import TASKS, Batch, Task
 
 TEXT_MODULES = ("text_in", "text_out", "text_prompts")
@@ -43,7 +43,7 @@ class FrozenTexts:
         """Features of ``tokens`` (computed on first use, without gradient)."""
         if id(tokens) not in self._features:  # the tokens are kept, so the id stays theirs
             with torch.no_grad():
-                self._features[id(tokens)] = (tokens, model.encode_texts(tokens))
+                self._features[id(tokens)] = (tokens, encoders(model).encode_texts(tokens))
         return self._features[id(tokens)][1]
 
 
@@ -63,8 +63,9 @@ def _retrieval(
     model: torch.nn.Module, batch: Batch, data: TaskData, scale: float, texts: FrozenTexts
 ) -> torch.Tensor:
     images, tokens, _caption_ids, _labels = batch
-    image_features = F.normalize(model.encode_images(images), dim=-1)
-    caption_features = F.normalize(model.encode_texts(tokens), dim=-1)
+    towers = encoders(model)
+    image_features = F.normalize(towers.encode_images(images), dim=-1)
+    caption_features = F.normalize(towers.encode_texts(tokens), dim=-1)
     negative_tokens, own = _negatives(batch, data)
     positive = scale * (image_features * caption_features).sum(-1, keepdim=True)
     negatives = similarity(image_features, texts(model, negative_tokens), scale)
@@ -78,7 +79,7 @@ def _classification(
 ) -> torch.Tensor:
     images, _tokens, _caption_ids, labels = batch
     logits = class_logits(
-        model.encode_images(images),
+        encoders(model).encode_images(images),
         texts(model, data.prompt_tokens),
         data.prompt_classes,
         num_classes=data.num_classes,

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Protocol, cast
+
 import torch
 import torch.nn.functional as F
 
 
-def similarity(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
-    """Scaled cosine similarities [len(a), len(b)]."""
+class Encoders(Protocol):
+    """The two towers of an ``AdaptedCLIP``, as the objectives and metrics call them."""
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor: ...
+
+    def encode_texts(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+
+def encoders(model: torch.nn.Module) -> Encoders:
+    """``model`` seen through its towers: an ``AdaptedCLIP``, or a module that forwards its
+    attributes to one (Opacus' ``GradSampleModule``), which the type of ``model`` cannot say."""
+    return cast(Encoders, model)
+
+
+def similarity(a: torch.Tensor, b: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """Scaled cosine similarities [len(a), len(b)]; ``scale`` may be a learnt logit scale."""
     return scale * F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
 
 
@@ -15,7 +31,7 @@ def contrastive_loss(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
     *,
-    scale: float,
+    scale: float | torch.Tensor,
     caption_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE; other pairs with the same caption are not counted as negatives."""

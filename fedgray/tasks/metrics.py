@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from fedgray.tasks.data import TaskData
-from fedgray.tasks.losses import class_logits, similarity
+from fedgray.tasks.losses import class_logits, encoders, similarity
 
 RECALL_AT = (1, 5, 10)
 
@@ -48,12 +48,13 @@ def evaluate(model: torch.nn.Module, data: TaskData, *, batch_size: int = 256) -
     """Retrieval and classification metrics of ``model`` (an ``AdaptedCLIP``) on ``data``."""
     was_training = model.training
     model.eval()
-    images = batched(model.encode_images, data.images, batch_size)
+    towers = encoders(model)
+    images = batched(towers.encode_images, data.images, batch_size)
     first = torch.unique(data.caption_ids, sorted=True)
     first_index = torch.stack([(data.caption_ids == c).nonzero()[0, 0] for c in first])
-    captions = batched(model.encode_texts, data.tokens[first_index], batch_size)
+    captions = batched(towers.encode_texts, data.tokens[first_index], batch_size)
     metrics = recall_at_k(images, captions, data.caption_ids)
-    prompts = batched(model.encode_texts, data.prompt_tokens, batch_size)
+    prompts = batched(towers.encode_texts, data.prompt_tokens, batch_size)
     logits = class_logits(
         images, prompts, data.prompt_classes, num_classes=data.num_classes, scale=1.0
     )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from fedgray.tasks.data import TaskData
-from fedgray.tasks.losses import class_logits, contrastive_loss
+from fedgray.tasks.losses import class_logits, contrastive_loss, encoders
 
 Batch = tuple[torch.Tensor, ...]
 
@@ -32,9 +32,10 @@ def _classification(
     model: torch.nn.Module, batch: Batch, data: TaskData, scale: float
 ) -> torch.Tensor:
     images, _tokens, _caption_ids, labels = batch
+    towers = encoders(model)
     logits = class_logits(
-        model.encode_images(images),
-        model.encode_texts(data.prompt_tokens),
+        towers.encode_images(images),
+        towers.encode_texts(data.prompt_tokens),
         data.prompt_classes,
         num_classes=data.num_classes,
         scale=scale,
