@@ -7,16 +7,19 @@ the closures of those encoders, not in any attribute; ``parameters()``,
 :class:`SealedError`. At ``black`` the encoders run without gradients, return detached
 outputs and count queries against a budget.
 
-This is API-level sealing inside one Python process: it keeps weights out of every
-public path and out of anything serialised, but a hostile process that holds the
-object can still read its memory (``gc``, closures, a debugger). The isolated runtime
-is the stronger mode.
+At ``gray`` and ``gray+`` the model runs behind one opaque autograd node
+(:mod:`fedgray.backbone.opaque`), so the outputs' graph holds no backbone tensor, and the
+encoders refuse to run while torch is instrumented (:mod:`fedgray.backbone.guard`).
+
+This is sealing inside one Python process: it keeps weights out of every public path,
+out of anything serialised and out of the outputs' graph, but a hostile process that
+holds the object can still read its memory (``gc``, closures, patched torch functions,
+a debugger). The isolated runtime is the mode that holds against the site's own code.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -25,6 +28,7 @@ from torch import nn
 
 from fedgray.backbone import encoders
 from fedgray.backbone.access import AccessLevel, QueryBudgetExceeded, SealedError
+from fedgray.backbone.opaque import run_sealed
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -117,15 +121,22 @@ class SealedBackbone(QueryCounted):
         mean = torch.tensor(preprocess.get("mean", OPENAI_MEAN)).view(1, 3, 1, 1)
         std = torch.tensor(preprocess.get("std", OPENAI_STD)).view(1, 3, 1, 1)
         context = int(model.context_length)
-        grad = nullcontext if level.gradients else torch.no_grad
 
-        def image(pixels: torch.Tensor, **inputs: Any) -> torch.Tensor:
-            with grad():
-                return encoders.encode_image(model, pixels, mean=mean, std=std, **inputs)
+        def run_image(pixels: torch.Tensor, **inputs: Any) -> torch.Tensor:
+            return encoders.encode_image(model, pixels, mean=mean, std=std, **inputs)
 
-        def text(tokens: torch.Tensor, **inputs: Any) -> torch.Tensor:
-            with grad():
-                return encoders.encode_text(model, tokens, **inputs)
+        def run_text(tokens: torch.Tensor, **inputs: Any) -> torch.Tensor:
+            return encoders.encode_text(model, tokens, **inputs)
+
+        if level is AccessLevel.WHITE:  # the model is handed out anyway: a plain graph
+            image, text = run_image, run_text
+        else:
+
+            def image(pixels: torch.Tensor, **inputs: Any) -> torch.Tensor:
+                return run_sealed(run_image, gradients=level.gradients, pixels=pixels, **inputs)
+
+            def text(tokens: torch.Tensor, **inputs: Any) -> torch.Tensor:
+                return run_sealed(run_text, gradients=level.gradients, tokens=tokens, **inputs)
 
         def tokenize(texts: Sequence[str]) -> torch.Tensor:
             # One slot is kept free after end-of-text for the text adapter's extra token.

@@ -1,0 +1,89 @@
+"""The backbone's part of a gray site's autograd graph, as one opaque node.
+
+A plain forward through the model leaves torch's graph on the output: walking
+``output.grad_fn.next_functions`` and reading each node's ``_saved_*`` tensors recovers
+the weights that matmuls and convolutions save for their backward. :func:`run_sealed`
+runs the model inside one custom ``autograd.Function`` instead. Its node saves the call's
+inputs (the site's own tensors) and nothing else; its backward recomputes the forward on
+detached copies of those inputs under ``enable_grad`` and asks ``torch.autograd.grad``
+for the gradients to the inputs only. The weights are frozen, so the recomputation
+reaches them through the seal's closure and nothing of the inner graph outlives the
+backward call. The forward runs with the same ``requires_grad`` pattern as the recompute,
+so outputs and gradients are bit for bit those of a plain forward (CPU kernels are
+deterministic for equal shapes and thread counts).
+
+The price is one more forward pass of the backbone per backward pass; the saved
+activations of the backbone no longer wait in memory between forward and backward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from fedgray.backbone.guard import refuse_instrumentation
+
+Run = Callable[..., torch.Tensor]
+
+
+def _rerun(
+    run: Run, names: Sequence[str], tensors: Sequence[torch.Tensor], needs: Sequence[bool]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``run`` on detached copies of ``tensors`` (with grad where ``needs``), under grad."""
+    inputs = [t.detach().requires_grad_(need) for t, need in zip(tensors, needs, strict=True)]
+    with torch.enable_grad():
+        output = run(**dict(zip(names, inputs, strict=True)))
+    return output, [t for t, need in zip(inputs, needs, strict=True) if need]
+
+
+class _Opaque(torch.autograd.Function):
+    """Forward and backward of the sealed model; saves only the call's inputs."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, run: Run, names: tuple[str, ...], *tensors: torch.Tensor
+    ) -> torch.Tensor:
+        needs = ctx.needs_input_grad[2:]
+        output, _ = _rerun(run, names, tensors, needs)
+        ctx.run, ctx.names = run, names
+        ctx.save_for_backward(*tensors)
+        return output.detach()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        refuse_instrumentation()
+        needs = ctx.needs_input_grad[2:]
+        output, wanted = _rerun(ctx.run, ctx.names, ctx.saved_tensors, needs)
+        with torch.enable_grad():
+            grads = iter(torch.autograd.grad(output, wanted, grad_output, allow_unused=True))
+        return (None, None, *(next(grads) if need else None for need in needs))
+
+
+def _check_plain(tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse tensor subclasses: their ``__torch_function__`` would see every weight."""
+    for name, tensor in tensors.items():
+        if type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+            raise TypeError(f"{name}: the sealed backbone takes plain tensors, not {type(tensor)}")
+
+
+def run_sealed(run: Run, *, gradients: bool, **tensors: torch.Tensor | None) -> torch.Tensor:
+    """``run(**tensors)`` (``None`` left out) with no backbone tensor in the output's graph.
+
+    With ``gradients`` False (``black``) the call runs without grad and returns a
+    detached output. Otherwise, when grad is on and an input needs one, the call goes
+    through :class:`_Opaque`; when none does, the frozen backbone builds no graph at all.
+    """
+    given = {n: t for n, t in tensors.items() if t is not None}
+    _check_plain(given)
+    refuse_instrumentation()
+    if not gradients:
+        with torch.no_grad():
+            return run(**given)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in given.values()):
+        output: torch.Tensor = _Opaque.apply(run, tuple(given), *given.values())
+        return output
+    return run(**given)
