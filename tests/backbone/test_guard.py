@@ -1,0 +1,112 @@
+"""Sealed calls refuse to run while torch is instrumented; the attacks get no weight."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+
+import pytest
+import torch
+from torch.nn.modules.module import register_module_forward_pre_hook
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from fedgray.backbone import SealedBackbone, SealedError, load_sealed
+from tests.backbone.attacks import ground_truth, leaked_weights
+
+REFUSED = "does not run while torch is instrumented"
+
+
+@contextmanager
+def _pre_hook(loot: list[torch.Tensor]) -> Iterator[None]:
+    def spy(module: torch.nn.Module, args: tuple[object, ...]) -> None:
+        loot.extend(p.detach().clone() for p in module.parameters(recurse=False))
+
+    handle = register_module_forward_pre_hook(spy)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _saved_tensor_hook(loot: list[torch.Tensor]) -> AbstractContextManager[None]:
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        loot.append(t.detach().clone())
+        return t
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+
+
+class _FunctionSpy(TorchFunctionMode):
+    def __init__(self, loot: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.loot = loot
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        self.loot += [a.detach().clone() for a in args if isinstance(a, torch.Tensor)]
+        return func(*args, **(kwargs or {}))
+
+
+class _DispatchSpy(TorchDispatchMode):
+    def __init__(self, loot: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.loot = loot
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        self.loot += [a.detach().clone() for a in args if isinstance(a, torch.Tensor)]
+        return func(*args, **(kwargs or {}))
+
+
+ATTACKS: dict[str, Callable[[list[torch.Tensor]], AbstractContextManager[object]]] = {
+    "global forward pre-hook": _pre_hook,
+    "saved-tensor hook": _saved_tensor_hook,
+    "torch function mode": _FunctionSpy,
+    "torch dispatch mode": _DispatchSpy,
+}
+
+
+@pytest.mark.parametrize("level", ["black", "gray", "gray+"])
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_instrumented_calls_are_refused_and_see_no_weight(attack: str, level: str) -> None:
+    torch.manual_seed(0)
+    backbone = load_sealed("fedgray-micro", None, level=level)
+    pixels = torch.rand(2, 3, 32, 32, requires_grad=True)
+    tokens = backbone.tokenize(["a red circle", "a blue star"])
+    loot: list[torch.Tensor] = []
+    with ATTACKS[attack](loot):
+        with pytest.raises(SealedError, match=REFUSED):
+            backbone.encode_image(pixels)
+        with pytest.raises(SealedError, match=REFUSED):
+            backbone.encode_text(tokens)
+    assert leaked_weights(loot, ground_truth(backbone)) == set()
+    assert backbone.encode_image(pixels).shape == (2, 32)  # works again once it is gone
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_control_each_attack_gets_weights_from_a_plain_model(attack: str) -> None:
+    torch.manual_seed(0)
+    white = load_sealed("fedgray-micro", None, level="white")  # not sealed: a plain forward
+    loot: list[torch.Tensor] = []
+    with ATTACKS[attack](loot):
+        white.encode_image(torch.rand(2, 3, 32, 32, requires_grad=True))
+    assert len(leaked_weights(loot, ground_truth(white))) >= 5
+
+
+def test_a_backward_pass_under_a_saved_tensor_hook_is_refused(micro: SealedBackbone) -> None:
+    pixels = torch.rand(2, 3, 32, 32, requires_grad=True)
+    out = micro.encode_image(pixels)  # the forward ran clean; the backward recomputes it
+    loot: list[torch.Tensor] = []
+    with _saved_tensor_hook(loot), pytest.raises(SealedError, match=REFUSED):
+        out.sum().backward()
+    assert leaked_weights(loot, ground_truth(micro)) == set()
+    micro.encode_image(pixels).sum().backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
+
+
+def test_module_hooks_on_the_site_own_modules_are_fine(micro: SealedBackbone) -> None:
+    adapter = torch.nn.Linear(32, 32)
+    seen: list[torch.Tensor] = []
+    adapter.register_forward_hook(lambda m, args, out: seen.append(out))
+    pixels = torch.rand(2, 3, 32, 32, requires_grad=True)
+    adapter(micro.encode_image(pixels)).sum().backward()
+    assert len(seen) == 1 and pixels.grad is not None
