@@ -18,6 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
+from fedgray.fl.failures import check_phase, failures
 from fedgray.fl.private import site_reports
 from fedgray.fl.records import record_bytes
 
@@ -25,7 +26,9 @@ from fedgray.fl.records import record_bytes
 @dataclass
 class TrainResult:
     """What a train phase produced. ``arrays`` is None when nothing was aggregated;
-    ``queries``: backbone queries the sites report having spent (black-box methods)."""
+    ``queries``: backbone queries the sites report having spent (black-box methods);
+    ``replied``: sites whose reply came back without error; ``errors``: short reasons of the
+    others (budget refusals apart)."""
 
     arrays: ArrayRecord | None
     train_metrics: dict[str, float] = field(default_factory=dict)
@@ -37,6 +40,8 @@ class TrainResult:
     ledgers: list[ConfigRecord] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
     queries: int = 0
+    errors: list[str] = field(default_factory=list)
+    replied: int = 0
 
 
 class TrainPhase(Protocol):
@@ -53,9 +58,11 @@ class RoundOutcome(TrainResult):
 
     ``arrays`` are the global adapters after the round; ``trained`` counts the site updates
     inside them (0 when the round kept the old ones), ``sampled`` the sites asked to train.
+    ``warnings``: one line per phase in which some sites failed (see :mod:`fedgray.fl.failures`).
     """
 
     eval_metrics: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _ok(replies: list[Message]) -> list[Message]:
@@ -90,6 +97,8 @@ def plain_training(strategy: Strategy, grid: Grid, *, timeout: float) -> TrainPh
             ledgers=ledgers,
             refusals=refusals,
             queries=sum(int(m.content["metrics"].get("queries", 0)) for m in _ok(replies)),
+            errors=failures(replies, sent=len(messages)),
+            replied=len(_ok(replies)),
         )
 
     return train
@@ -110,7 +119,8 @@ def run_round(
 
     ``trainer`` runs the train phase (default: :func:`plain_training` with ``strategy``);
     ``strategy`` configures and aggregates the evaluation. ``settings`` go to the sites with
-    every train message (next to the strategy's own).
+    every train message (next to the strategy's own). Raises
+    :class:`~fedgray.fl.failures.FederationError` when no site could train or evaluate.
     """
     outcome = RoundOutcome(arrays)
     if train:
@@ -119,7 +129,12 @@ def run_round(
         outcome = RoundOutcome(**vars(result))
         if result.arrays is None:
             outcome.arrays = arrays
+        warning = check_phase("train", server_round, reasons=result.errors, usable=result.replied)
+        outcome.warnings += [warning] if warning else []
     messages = list(strategy.configure_evaluate(server_round, outcome.arrays, ConfigRecord(), grid))
     replies = list(grid.send_and_receive(messages, timeout=timeout))
+    reasons = failures(replies, sent=len(messages))
+    warning = check_phase("evaluate", server_round, reasons=reasons, usable=len(_ok(replies)))
+    outcome.warnings += [warning] if warning else []
     outcome.eval_metrics = dict(strategy.aggregate_evaluate(server_round, replies) or {})
     return outcome

@@ -40,6 +40,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedgray.config import Config
 from fedgray.fl.central import num_sampled, with_legacy_central_dp
+from fedgray.fl.failures import short_reason
 from fedgray.fl.loop import TrainResult
 from fedgray.fl.private import BUDGET_EXHAUSTED
 from fedgray.fl.secagg_site import fit_config, ledger_from_metrics
@@ -94,6 +95,18 @@ def _refusals(failures: list[Any]) -> list[str]:
     """Budget refusals among the protocol's failures (Flower lists some failures twice)."""
     errors = [f.args[0] for f in failures if f.args and isinstance(f.args[0], Error)]
     return list(dict.fromkeys(e.reason for e in errors if e.code == BUDGET_EXHAUSTED))
+
+
+def _errors(failures: list[Any]) -> list[str]:
+    """Short reasons of the protocol's failures other than budget refusals."""
+    reasons = []
+    for failure in {id(f): f for f in failures}.values():
+        error = failure.args[0] if getattr(failure, "args", None) else None
+        if not isinstance(error, Error):
+            reasons.append(short_reason(f"{type(failure).__name__}: {failure}"))
+        elif error.code != BUDGET_EXHAUSTED:
+            reasons.append(short_reason(error.reason))
+    return reasons
 
 
 def _train_metrics(results: list[FitRes]) -> dict[str, float]:
@@ -188,4 +201,6 @@ class SecureTraining:
             bytes_up=max(grid.up.values(), default=0),
             ledgers=[ledger for ledger in ledgers if ledger is not None],
             refusals=_refusals(failures),
+            errors=_errors(failures),
+            replied=len(results),
         )

@@ -14,15 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedgray.adapters import build_model
-from fedgray.adapters.methods import method_spec
 from fedgray.config import Config
-from fedgray.fl import craft_site
 from fedgray.fl.cache import shared_backbone, shared_data
 from fedgray.fl.central import CentralLedger, num_sampled, with_central_dp
 from fedgray.fl.checkpoint import CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
@@ -31,7 +27,8 @@ from fedgray.fl.private import PrivacyLog
 from fedgray.fl.records import from_record, to_record
 from fedgray.fl.secagg import SecureTraining
 from fedgray.runs import RunFolder
-from fedgray.tasks import TASKS, TaskData, evaluate
+from fedgray.tasks import TASKS, TaskData
+from fedgray.train.kinds import kind_of
 from strategies import Rejection, build_strategy, split_personal
 
 Echo = Callable[[str], None]
@@ -48,44 +45,23 @@ class FederationResult:
     rejections: list[Rejection] = field(default_factory=list)
 
 
-def _initial_adapters(config: Config) -> ArrayRecord:
-    """The shared adapters at initialisation (identity maps), seeded by ``federation.seed``."""
-    torch.manual_seed(config.federation.seed)
-    model = build_model(shared_backbone(config), config.method)
-    shared, _ = split_personal(model.state_dict(), config.federation.personal)
-    return to_record(shared)
-
-
-def _score_adapters(config: Config, arrays: ArrayRecord, data: TaskData) -> dict[str, float]:
-    """Metrics of global adapters on ``data`` (personal adapters at identity)."""
-    model = build_model(shared_backbone(config), config.method)
-    model.load_state_dict(from_record(arrays), strict=False)
-    return evaluate(model, data)
-
-
-# By the method's trainer: the shared arrays a run starts from, and how they are scored.
-INITIAL: dict[str, Callable[[Config], ArrayRecord]] = {
-    "gradient": _initial_adapters,
-    "craft": craft_site.initial_state,
-}
-SCORE: dict[str, Callable[[Config, ArrayRecord, TaskData], dict[str, float]]] = {
-    "gradient": _score_adapters,
-    "craft": craft_site.score,
-}
+def _test_data(config: Config) -> TaskData:
+    return shared_data(
+        config, dataset=config.data.dataset, split="test", size=config.data.test_size
+    )
 
 
 def initial_adapters(config: Config) -> ArrayRecord:
     """The shared arrays at initialisation (adapters at identity), seeded by ``federation.seed``."""
-    return INITIAL[method_spec(config.method.name).trainer](config)
+    state = kind_of(config).start(config, shared_backbone(config), lambda: _test_data(config))
+    shared, _ = split_personal(state, config.federation.personal)
+    return to_record(shared)
 
 
 def central_evaluator(config: Config) -> Callable[[ArrayRecord], dict[str, float]]:
-    """Metrics of global arrays on the server's test set."""
-    data = shared_data(
-        config, dataset=config.data.dataset, split="test", size=config.data.test_size
-    )
-    scorer = SCORE[method_spec(config.method.name).trainer]
-    return lambda arrays: scorer(config, arrays, data)
+    """Metrics of global arrays on the server's test set (personal adapters at identity)."""
+    data, backbone, score = _test_data(config), shared_backbone(config), kind_of(config).score
+    return lambda arrays: score(config, backbone, from_record(arrays), data)
 
 
 def _record(config: Config, rnd: int, outcome: RoundOutcome, started: float) -> dict[str, Any]:
@@ -95,6 +71,7 @@ def _record(config: Config, rnd: int, outcome: RoundOutcome, started: float) -> 
         "seconds": round(time.perf_counter() - started, 3),
         "sites_trained": outcome.trained,
         "rejected": outcome.rejected,
+        "site_failures": len(outcome.errors),
         "bytes_down": outcome.bytes_down,
         "bytes_up": outcome.bytes_up,
         "train_loss": outcome.train_metrics.get("train-loss"),
@@ -191,6 +168,8 @@ def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) 
             trainer=trainer,
         )
         arrays = outcome.arrays
+        for warning in outcome.warnings:
+            echo(warning)
         record = _record(config, rnd, outcome, started)
         if privacy is not None:
             record["privacy"] = privacy.update(outcome.ledgers, outcome.refusals)
