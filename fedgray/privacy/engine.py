@@ -36,18 +36,87 @@ class NoisePlan:
 
 
 def plan_noise(
-    privacy: PrivacyConfig, *, num_samples: int, batch_size: int, total_steps: int
+    privacy: PrivacyConfig,
+    *,
+    num_samples: int,
+    batch_size: int,
+    total_steps: int,
+    ledger: Ledger | None = None,
+    remaining_steps: int | None = None,
 ) -> NoisePlan:
     """The configured noise multiplier, or the one reaching ``target_epsilon`` after
     ``total_steps`` steps (the whole planned run) at ``delta`` with the configured accountant.
+
+    With the site's ``ledger`` and the ``remaining_steps`` it may still take, a target holds
+    across changes of plan: while the history is the plan's own (its noise, at most its
+    steps), the plan's noise is kept, so an uninterrupted and a resumed run draw the same
+    noise; otherwise (rounds added on resume, a new target) the remaining steps get the
+    smallest noise that keeps the whole history within the target.
     """
     sample_rate = min(1.0, batch_size / num_samples)
     if privacy.noise_multiplier is not None:
         return NoisePlan(privacy.noise_multiplier, sample_rate)
+    assert privacy.target_epsilon is not None  # by PrivacyConfig: one of the two is set
     sigma = _calibrated(
         privacy.target_epsilon, privacy.delta, sample_rate, total_steps, privacy.accountant
     )
-    return NoisePlan(sigma, sample_rate)
+    if ledger is None or remaining_steps is None or not ledger.history:
+        return NoisePlan(sigma, sample_rate)
+    own = all(n == sigma and q == sample_rate for n, q, _ in ledger.history)
+    if own and ledger.steps + remaining_steps <= total_steps:
+        return NoisePlan(sigma, sample_rate)
+    rest = noise_for_rest(
+        ledger,
+        target_epsilon=privacy.target_epsilon,
+        delta=privacy.delta,
+        sample_rate=sample_rate,
+        steps=remaining_steps,
+    )
+    return NoisePlan(rest, sample_rate)
+
+
+TOLERANCE = 0.01  # relative: the noise found is at most 1% above the smallest that holds
+
+
+class TargetUnreachable(ValueError):
+    """The epsilon already spent leaves no room for more steps under the target."""
+
+
+@lru_cache(maxsize=64)
+def noise_for_rest(
+    ledger: Ledger, *, target_epsilon: float, delta: float, sample_rate: float, steps: int
+) -> float:
+    """The smallest noise multiplier (within :data:`TOLERANCE`) with which ``steps`` more steps keep
+    ``ledger``'s total epsilon at or below ``target_epsilon``; bisection on the accountant."""
+    spent = ledger.epsilon(delta)
+    if spent >= target_epsilon:
+        raise TargetUnreachable(
+            f"privacy.target_epsilon: {spent:.4f} of {target_epsilon:g} already spent "
+            f"(delta {delta:g}); no noise keeps the target over {steps} more steps"
+        )
+
+    def epsilon(sigma: float) -> float:
+        return ledger.with_entry(sigma, sample_rate, steps).epsilon(delta)
+
+    # A run already recalibrated keeps its noise while that still uses the budget left
+    # (within the tolerance): one accountant evaluation instead of a bisection per round.
+    last, last_rate, _ = ledger.history[-1]
+    if last_rate == sample_rate and (1 - TOLERANCE) * target_epsilon <= epsilon(last) <= (
+        target_epsilon
+    ):
+        return last
+    low, high = 0.0, 1.0
+    while epsilon(high) > target_epsilon:
+        low, high = high, high * 2
+        if high > 1e6:
+            raise TargetUnreachable(
+                f"privacy.target_epsilon: {spent:.4f} of {target_epsilon:g} already spent "
+                f"(delta {delta:g}); the rest is too small for {steps} more steps"
+            )
+    while high - low > TOLERANCE * high:
+        middle = (low + high) / 2
+        low, high = (low, middle) if epsilon(middle) <= target_epsilon else (middle, high)
+    return high
 
 
 @lru_cache(maxsize=64)

@@ -54,6 +54,11 @@ class Ledger:
             accountant.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate)
         return Ledger.of(accountant, self.accountant)
 
+    def with_entry(self, noise_multiplier: float, sample_rate: float, steps: int) -> Ledger:
+        """This ledger with one more history entry (``steps`` steps at that setting)."""
+        entry = (float(noise_multiplier), float(sample_rate), int(steps))
+        return Ledger(self.accountant, (*self.history, entry))
+
     @classmethod
     def of(cls, accountant: IAccountant, kind: str) -> Ledger:
         """The ledger of a live Opacus accountant."""
