@@ -26,6 +26,27 @@ def _read_image(path: Path, image_size: int, where: str) -> np.ndarray:
     return np.asarray(square, dtype=np.uint8)
 
 
+def read_captions(root: Path) -> tuple[Path, list[str], list[dict[str, str]]]:
+    """``root/captions.csv``: its path, columns and rows (checked: present, UTF-8, the
+    required columns, at least one row)."""
+    table = root / CAPTIONS_FILE
+    if not table.is_file():
+        raise FileNotFoundError(f"no {CAPTIONS_FILE} in {root}")
+    try:
+        with table.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns = list(reader.fieldnames or [])
+            rows = list(reader)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{table}: not UTF-8 text (byte {error.start})") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise ValueError(f"{table}: missing column(s) {', '.join(missing)}; found {columns}")
+    if not rows:
+        raise ValueError(f"{table}: no rows")
+    return table, columns, rows
+
+
 def load_folder_set(root: str | Path, *, image_size: int = 32) -> ImageTextSet:
     """Load ``root/captions.csv`` and the images it names (paths relative to ``root``).
 
@@ -34,18 +55,7 @@ def load_folder_set(root: str | Path, *, image_size: int = 32) -> ImageTextSet:
     each class's prompt is its name; without one, every sample is unlabelled (label -1).
     """
     root = Path(root)
-    table = root / CAPTIONS_FILE
-    if not table.is_file():
-        raise FileNotFoundError(f"no {CAPTIONS_FILE} in {root}")
-    with table.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-        if missing:
-            raise ValueError(f"{table}: missing column(s) {', '.join(missing)}; found {columns}")
-        rows = list(reader)
-    if not rows:
-        raise ValueError(f"{table}: no rows")
+    table, columns, rows = read_captions(root)
     needed = (*REQUIRED_COLUMNS, "label") if "label" in columns else REQUIRED_COLUMNS
     pixels: list[np.ndarray] = []
     captions: list[str] = []

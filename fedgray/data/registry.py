@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fedgray.data.digits import load_digits_set
-from fedgray.data.folder import load_folder_set
+from fedgray.data.folder import load_folder_set, read_captions
 from fedgray.data.sets import SPLITS, ImageTextSet
 from fedgray.data.world import DOMAINS
 from fedgray.data.world_set import make_world_set
@@ -48,6 +48,18 @@ def _head(dataset: ImageTextSet, size: int | None) -> ImageTextSet:
 
 
 _LOADERS: dict[str, Loader] = {f"world/{d}": _world(d) for d in DOMAINS} | {"digits": _digits}
+
+
+def available(name: str, *, split: str) -> int | None:
+    """How many samples ``split`` of dataset ``name`` holds (None: rendered on demand, any
+    number), without loading its images: what a run can check before it starts."""
+    if name.startswith(FOLDER_PREFIX):
+        return len(read_captions(Path(name.removeprefix(FOLDER_PREFIX)) / split)[2])
+    if name == "digits":
+        return len(load_digits_set(split=split, seed=0))
+    if name in _LOADERS:
+        return None
+    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
 
 
 def load_dataset(

@@ -72,3 +72,11 @@ def test_loaded_set_validates(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 1\)"):
         type(data)(data.images, data.captions, data.labels + 1, ["x"], [["x"]], "bad")
     assert len(data.subset([0, 0])) == 2
+
+
+def test_a_captions_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    root = _write(tmp_path, ["red.png,a red square,red"])
+    (root / "captions.csv").write_bytes(b"file,caption\nred.png,caf\xe9 au lait\n")
+    with pytest.raises(ValueError, match=r"captions\.csv: not UTF-8 text \(byte 24\)$") as raised:
+        load_folder_set(root)
+    assert str(root) in str(raised.value)
