@@ -18,12 +18,19 @@ from flwr.clientapp.typing import ClientAppCallable
 from fedgray.config import Config
 from fedgray.fl.central import clipping_mods
 from fedgray.fl.client import Site
+from fedgray.fl.node_config import is_deployed, site_config
 from fedgray.fl.private import refusal_mod
 from fedgray.fl.run_config import resolve_config
 from fedgray.fl.secagg_site import legacy_train, secure_train_mods
 
 
 def _site(config: Config, context: Context) -> Site:
+    """This node's site: a simulated partition, or (with ``data-dir`` in the node config)
+    a deployed site's own data and backbone (see :mod:`fedgray.fl.node_config`)."""
+    if is_deployed(context.node_config):
+        local = site_config(config, context.node_config)
+        partition_id = int(context.node_config.get("partition-id", 0))
+        return Site(local, partition_id, Site.open(local, partition_id=0, num_partitions=1).data)
     return Site.open(
         config,
         partition_id=int(context.node_config["partition-id"]),

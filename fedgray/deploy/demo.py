@@ -1,0 +1,165 @@
+"""``fedgray deploy demo``: the three roles of a real deployment on one machine (loopback).
+
+In one run folder: the owner seals the backbone (``owner/``), the operator creates the
+credentials (``credentials/``) and starts a SuperLink with TLS and SuperNode authentication
+(``superlink/``), each site gets its partition as files and starts its SuperNode
+(``sites/site-N/``), and the federation runs with ``flwr run`` (Flower's CLI config in
+``superlink/flwr``). Results land in ``superlink/results``. Every process started here is
+stopped when the demo ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedgray.config import Config
+from fedgray.config_schema import ConfigError
+from fedgray.deploy.app import app_dir, run_config_overrides, undeclared_settings
+from fedgray.deploy.credentials import Credentials, create_credentials
+from fedgray.deploy.launch import CONNECTION, SuperLinkOptions, SuperNodeOptions, flower_env
+from fedgray.deploy.launch import flower_executable as flower
+from fedgray.deploy.processes import Processes, free_port, supervised
+from fedgray.deploy.roles import SuperLink, start_superlink, start_supernode
+from fedgray.deploy.site_data import OwnerFiles, seal_backbone, write_site_data
+
+Echo = Callable[[str], None]
+HOST = "127.0.0.1"
+RESULTS = "results"
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """Where a demo's run folder and results are, and how long it took."""
+
+    run_dir: Path
+    results: Path
+    seconds: float
+
+
+def demo_config(config: Config, num_sites: int) -> Config:
+    """``config`` for ``num_sites`` deployed sites: SecAgg+ shares fit the site count."""
+    fed = config.federation
+    secure = fed.secure_aggregation
+    if secure.enabled:
+        shares = min(secure.num_shares, num_sites)
+        threshold = min(secure.reconstruction_threshold, max(2, shares - 1))
+        secure = dataclasses.replace(secure, num_shares=shares, reconstruction_threshold=threshold)
+    return dataclasses.replace(
+        config,
+        federation=dataclasses.replace(fed, num_sites=num_sites, secure_aggregation=secure),
+    )
+
+
+def site_node_config(site: int, data_dir: Path, owner: OwnerFiles) -> dict[str, str | int | bool]:
+    """What site ``site`` names locally: its number, data folder and sealed backbone."""
+    return {
+        "partition-id": site,
+        "data-dir": str(data_dir),
+        "backbone-artifact": str(owner.artifact),
+        "verify-key": str(owner.verify_key),
+        "content-key": str(owner.content_key),
+    }
+
+
+def start_federation(
+    processes: Processes,
+    run_dir: Path,
+    credentials: Credentials,
+    data_dirs: list[Path],
+    owner: OwnerFiles,
+    *,
+    echo: Echo,
+) -> SuperLink:
+    """Start the SuperLink (registering every site) and one SuperNode per data folder."""
+    options = SuperLinkOptions(
+        host=HOST,
+        port=free_port(HOST),
+        run_dir=run_dir / "superlink",
+        ca_cert=credentials.superlink_ca_cert,
+        cert=credentials.superlink_cert,
+        key=credentials.superlink_key,
+    )
+    link = start_superlink(processes, options, credentials, echo=echo)
+    for site, data_dir in zip(credentials.sites, data_dirs, strict=True):
+        number = int(site.name.rsplit("-", 1)[1])
+        node = SuperNodeOptions(
+            superlink=options.address,
+            root_cert=site.ca_cert,
+            private_key=site.private_key,
+            node_config=site_node_config(number, data_dir, owner),
+            port=free_port(HOST),
+        )
+        start_supernode(processes, node, site_dir=data_dir.parent, echo=echo)
+    return link
+
+
+def check_carried(config: Config) -> None:
+    """Refuse settings that ``flwr run`` cannot carry to the app (see :mod:`.app`)."""
+    lost = undeclared_settings(config, app_dir())
+    if lost:
+        raise ConfigError(
+            f"{', '.join(lost)}: not declared in [tool.flwr.app.config], so flwr run "
+            "cannot carry them to the app"
+        )
+
+
+def flwr_run(
+    processes: Processes, link: SuperLink, config: Config, *, echo: Echo, timeout: float
+) -> Path:
+    """Submit the fedgray app to ``link`` with ``flwr run --stream``; the results folder."""
+    root = app_dir()
+    results = link.options.run_dir / RESULTS
+    config = dataclasses.replace(
+        config, output=dataclasses.replace(config.output, root=str(results.parent), name=RESULTS)
+    )
+    args = [
+        flower("flwr"),
+        "run",
+        str(root),
+        CONNECTION,
+        "--stream",
+        "--run-config",
+        run_config_overrides(config, root),
+    ]
+    status = processes.run(
+        args,
+        log_file=link.options.run_dir / "flwr-run.log",
+        env=flower_env(link.flwr_home),
+        timeout=timeout,
+        echo=echo,
+    )
+    if status != 0 or not (results / "summary.json").is_file():
+        raise RuntimeError(
+            f"flwr run: exit {status}, no {results / 'summary.json'} "
+            f"(see {link.options.run_dir / 'flwr-run.log'})"
+        )
+    return results
+
+
+def run_demo(
+    config: Config,
+    *,
+    num_sites: int,
+    run_dir: Path,
+    echo: Echo = print,
+    timeout: float = 1800.0,
+) -> DemoResult:
+    """The whole demo in ``run_dir`` (see the module docstring)."""
+    start = time.monotonic()
+    config = demo_config(config, num_sites)
+    check_carried(config)
+    run_dir.mkdir(parents=True, exist_ok=False)
+    echo(f"run folder: {run_dir}")
+    owner = seal_backbone(config, run_dir / "owner")
+    echo(f"owner: sealed {owner.artifact.name}")
+    data_dirs = write_site_data(config, num_sites, run_dir / "sites")
+    echo(f"sites: {num_sites} data folders under {run_dir / 'sites'}")
+    credentials = create_credentials(run_dir / "credentials", num_sites)
+    with supervised() as processes:
+        link = start_federation(processes, run_dir, credentials, data_dirs, owner, echo=echo)
+        results = flwr_run(processes, link, config, echo=echo, timeout=timeout)
+    return DemoResult(run_dir, results, time.monotonic() - start)

@@ -1,0 +1,199 @@
+"""Command lines for Flower 1.42's deployment engine, and the ``flwr`` CLI's connection config.
+
+Flower 1.42 serves each SuperLink API (Fleet for SuperNodes, Control for ``flwr``, the
+runtime API for its ServerApp) over one HTTPS port; a SuperNode serves its ClientApps' runtime
+API on a port of its own, on loopback. Everything here builds argument lists for Flower's
+own executables (checked against ``--help`` of the installed 1.42): nothing home-made
+travels between machines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+CONNECTION = "fedgray"
+"""The name of the SuperLink connection in Flower's CLI config (``$FLWR_HOME/config.toml``)."""
+
+
+class LaunchError(RuntimeError):
+    """A Flower executable is missing or one of its commands failed."""
+
+
+def flower_executable(name: str) -> str:
+    """Path of a Flower console script: next to this Python first (the venv), then PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise LaunchError(f"{name}: not found next to {sys.executable} nor on PATH")
+    return found
+
+
+def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a Flower process: its FLWR_HOME, no telemetry, no runtime
+    installs, and this Python's bin folder first on PATH (Flower starts ``flower-superexec``,
+    ``flwr-serverapp`` and ``flwr-clientapp`` by name)."""
+    env = dict(os.environ)
+    env.update(
+        FLWR_HOME=str(flwr_home),
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    )
+    env.update(extra or {})
+    return env
+
+
+@dataclass(frozen=True)
+class SuperLinkOptions:
+    """How the operator's SuperLink runs: address, TLS files (None with ``insecure``),
+    and where its state database and log go."""
+
+    host: str
+    port: int
+    run_dir: Path
+    ca_cert: Path | None
+    cert: Path | None
+    key: Path | None
+    insecure: bool = False
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as SuperNodes and ``flwr`` dial it."""
+        return f"{self.host}:{self.port}"
+
+
+def superlink_command(options: SuperLinkOptions) -> list[str]:
+    """``flower-superlink`` with TLS and SuperNode authentication (or ``--insecure`` without
+    either), no runtime dependency installation, state and log in the run folder."""
+    args = [flower_executable("flower-superlink")]
+    if options.insecure:
+        args.append("--insecure")
+    else:
+        assert options.ca_cert and options.cert and options.key
+        args += [
+            "--ssl-ca-certfile",
+            str(options.ca_cert),
+            "--ssl-certfile",
+            str(options.cert),
+            "--ssl-keyfile",
+            str(options.key),
+            "--enable-supernode-auth",
+        ]
+    return [
+        *args,
+        "--disable-runtime-dependency-installation",
+        "--host",
+        options.host,
+        "--port",
+        str(options.port),
+        "--database",
+        str(options.run_dir / "superlink.db"),
+    ]
+
+
+@dataclass(frozen=True)
+class SuperNodeOptions:
+    """One site's SuperNode: the SuperLink it dials, its credentials (None with
+    ``insecure``), its node config, and the loopback port of its ClientApps' runtime API."""
+
+    superlink: str
+    root_cert: Path | None
+    private_key: Path | None
+    node_config: Mapping[str, str | int | bool]
+    port: int
+    insecure: bool = False
+    max_wait_time: float | None = None
+
+
+def _toml_value(value: str | int | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def node_config_arg(node_config: Mapping[str, str | int | bool]) -> str:
+    """``--node-config``'s value: space-separated ``key=value`` pairs, values in TOML."""
+    return " ".join(f"{key}={_toml_value(value)}" for key, value in node_config.items())
+
+
+def supernode_command(options: SuperNodeOptions) -> list[str]:
+    """``flower-supernode`` verifying the SuperLink with the federation's CA and
+    authenticating with the site's key (or ``--insecure`` without either)."""
+    args = [flower_executable("flower-supernode"), "--superlink", options.superlink]
+    if options.insecure:
+        args.append("--insecure")
+    else:
+        assert options.root_cert and options.private_key
+        args += [
+            "--root-certificates",
+            str(options.root_cert),
+            "--auth-supernode-private-key",
+            str(options.private_key),
+        ]
+    if options.max_wait_time is not None:
+        args += ["--max-wait-time", str(options.max_wait_time)]
+    return [
+        *args,
+        "--node-config",
+        node_config_arg(options.node_config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(options.port),
+    ]
+
+
+def write_cli_config(flwr_home: Path, address: str, root_cert: Path | None) -> Path:
+    """Flower's CLI config in ``flwr_home`` with one default connection, :data:`CONNECTION`
+    (TLS verified with ``root_cert``, or insecure when it is None)."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    security = (
+        "insecure = true"
+        if root_cert is None
+        else f"root-certificates = {json.dumps(str(root_cert))}"
+    )
+    path = flwr_home / "config.toml"
+    path.write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+        f'[superlink.{CONNECTION}]\naddress = "{address}"\n{security}\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def flwr_cli(args: Sequence[str], flwr_home: Path, *, timeout: float = 60.0) -> str:
+    """Run ``flwr ARGS`` against :data:`CONNECTION`; its output, or one line on failure."""
+    command = [flower_executable("flwr"), *args]
+    done = subprocess.run(
+        command,
+        env=flower_env(flwr_home),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
+        raise LaunchError(f"flwr {' '.join(args[:2])}: exit {done.returncode}: {last}")
+    return done.stdout
+
+
+def register_supernode(public_key: Path, flwr_home: Path, *, name: str) -> int:
+    """Register a site's public key with the SuperLink (``flwr supernode register``, as
+    Flower 1.42 does node authentication); the node id the SuperLink assigned."""
+    out = flwr_cli(
+        ["supernode", "register", str(public_key), CONNECTION, "--name", name, "--format", "json"],
+        flwr_home,
+    )
+    reply = json.loads(out[out.index("{") :])
+    return int(reply["node-id"])

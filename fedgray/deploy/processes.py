@@ -1,0 +1,215 @@
+"""Start Flower's processes in process groups of their own, and stop every one of them.
+
+A SuperLink starts ``flower-superexec``, which starts ``flwr-serverapp``; a SuperNode starts
+``flower-superexec``, which starts a ``flwr-clientapp`` per message. Some of them start
+sessions of their own, so killing the group we started is not enough: :meth:`Processes.stop`
+collects the process group of every descendant first, then TERMs them all, waits, and KILLs
+what is left. It runs on normal exit, on failure, on ``atexit`` and on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+
+STOP_GRACE_S = 5.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _name(process: subprocess.Popen) -> str:
+    args = process.args
+    first = args[0] if isinstance(args, list | tuple) else args
+    return Path(str(first)).name
+
+
+def wait_for_port(host: str, port: int, *, timeout: float, process: subprocess.Popen) -> None:
+    """Return once ``host:port`` accepts connections; one line if ``process`` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{_name(process)} exited ({process.returncode})")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
+
+
+def _children() -> dict[int, list[int]]:
+    """Every process's children, from /proc (Linux)."""
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        tree.setdefault(parent, []).append(int(entry.name))
+    return tree
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it."""
+    tree, found, todo = _children(), [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(tree.get(current, []))
+    return found
+
+
+def _groups(pids: Sequence[int]) -> set[int]:
+    groups = set()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            groups.add(os.getpgid(pid))
+    groups.discard(os.getpgrp())  # never our own group
+    return groups
+
+
+def _signal_groups(groups: set[int], sig: signal.Signals) -> None:
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, sig)
+
+
+class Processes:
+    """The processes one command started; :meth:`stop` ends them and all they started."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen] = []
+        self._handles: list[object] = []
+
+    def start(
+        self,
+        args: Sequence[str],
+        *,
+        log_file: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> subprocess.Popen:
+        """Start ``args`` in a new session (its own process group), output to ``log_file``."""
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        log = log_file.open("ab")
+        self._handles.append(log)
+        process = subprocess.Popen(
+            list(args),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+        )
+        self.started.append(process)
+        return process
+
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        log_file: Path,
+        env: Mapping[str, str],
+        timeout: float,
+        echo: Callable[[str], None] | None = None,
+    ) -> int:
+        """Run ``args`` to its end (in its own group, stopped with the rest), each output
+        line to ``log_file`` and ``echo``; its exit status, or TimeoutError after ``timeout``."""
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        process = subprocess.Popen(
+            list(args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env),
+            start_new_session=True,
+            text=True,
+            bufsize=1,
+        )
+        self.started.append(process)
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            self.kill(process)
+
+        timer = threading.Timer(timeout, expire)
+        timer.start()
+        try:
+            with log_file.open("a", encoding="utf-8") as log:
+                assert process.stdout is not None
+                for line in process.stdout:
+                    log.write(line)
+                    log.flush()
+                    if echo is not None:
+                        echo(line.rstrip("\n"))
+            status = process.wait()
+        finally:
+            timer.cancel()
+        if expired.is_set():
+            raise TimeoutError(f"{Path(str(args[0])).name}: still running after {timeout:.0f} s")
+        return status
+
+    def kill(self, process: subprocess.Popen, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Send ``sig`` to ``process`` and every process group below it (a fault, or a stop)."""
+        _signal_groups(_groups(descendants(process.pid)), sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=STOP_GRACE_S)
+
+    def stop(self) -> None:
+        """TERM every started process and its descendants' groups, then KILL the rest."""
+        groups = _groups([p for proc in self.started for p in descendants(proc.pid)])
+        if groups:
+            _signal_groups(groups, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE_S
+            while time.monotonic() < deadline and any(p.poll() is None for p in self.started):
+                time.sleep(0.1)
+            groups |= _groups([p for proc in self.started for p in descendants(proc.pid)])
+            _signal_groups(groups, signal.SIGKILL)
+        for process in self.started:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=STOP_GRACE_S)
+        for handle in self._handles:
+            handle.close()  # type: ignore[attr-defined]
+        self.started.clear()
+        self._handles.clear()
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def supervised() -> Iterator[Processes]:
+    """A :class:`Processes` stopped however the block ends: normally, by an exception, by
+    SIGINT/SIGTERM (turned into KeyboardInterrupt here), or at interpreter exit."""
+    processes = Processes()
+    atexit.register(processes.stop)
+    in_main = threading.current_thread() is threading.main_thread()  # signals: main only
+    signals = (signal.SIGINT, signal.SIGTERM) if in_main else ()
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    for sig in previous:
+        signal.signal(sig, _raise_interrupt)
+    try:
+        yield processes
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        processes.stop()
+        atexit.unregister(processes.stop)

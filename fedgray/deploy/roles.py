@@ -1,0 +1,112 @@
+"""The two long-running roles: the operator's SuperLink and a site's SuperNode.
+
+Each ``start_*`` checks what it can before starting anything (one line naming the missing
+file or directory), starts the Flower process under a :class:`Processes` and returns it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedgray.deploy.credentials import Credentials, registered_key
+from fedgray.deploy.launch import (
+    SuperLinkOptions,
+    SuperNodeOptions,
+    flower_env,
+    register_supernode,
+    superlink_command,
+    supernode_command,
+    write_cli_config,
+)
+from fedgray.deploy.processes import Processes, wait_for_port
+from fedgray.fl.node_config import BACKBONE_KEYS, DATA_DIR, check_data_dir
+
+Echo = Callable[[str], None]
+STARTUP_TIMEOUT_S = 60.0
+INSECURE_WARNING = (
+    "WARNING: --insecure: no TLS and no SuperNode authentication; anyone who reaches the "
+    "port can join the federation or read what travels"
+)
+
+
+def _warn(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class SuperLink:
+    """A started SuperLink: its process, address, and the ``flwr`` CLI home that reaches it."""
+
+    process: subprocess.Popen
+    options: SuperLinkOptions
+    flwr_home: Path
+    node_ids: dict[str, int]
+
+
+def start_superlink(
+    processes: Processes,
+    options: SuperLinkOptions,
+    credentials: Credentials | None,
+    *,
+    echo: Echo = print,
+) -> SuperLink:
+    """Start the SuperLink (cwd: the run folder, so a relative ``output.root`` lands there),
+    write the ``flwr`` connection into ``RUN/flwr``, and register every site's public key."""
+    if options.insecure:
+        _warn(INSECURE_WARNING)
+    elif credentials is None:
+        raise ValueError("the SuperLink needs credentials unless --insecure is given")
+    options.run_dir.mkdir(parents=True, exist_ok=True)
+    flwr_home = options.run_dir / "flwr"
+    process = processes.start(
+        superlink_command(options),
+        log_file=options.run_dir / "superlink.log",
+        env=flower_env(flwr_home),
+        cwd=options.run_dir,
+    )
+    wait_for_port(options.host, options.port, timeout=STARTUP_TIMEOUT_S, process=process)
+    write_cli_config(flwr_home, options.address, options.ca_cert if not options.insecure else None)
+    node_ids: dict[str, int] = {}
+    if credentials is not None and not options.insecure:
+        for site in credentials.sites:
+            node_ids[site.name] = register_supernode(
+                registered_key(credentials, site), flwr_home, name=site.name
+            )
+            echo(f"registered {site.name} as SuperNode {node_ids[site.name]}")
+    echo(f"SuperLink on {options.address} (log: {options.run_dir / 'superlink.log'})")
+    return SuperLink(process, options, flwr_home, node_ids)
+
+
+def check_node_config(node_config: Mapping[str, str | int | bool]) -> None:
+    """Fail before starting anything if the site's data or backbone files are missing."""
+    if DATA_DIR not in node_config:
+        raise ValueError(f"node config: {DATA_DIR} is required")
+    check_data_dir(Path(str(node_config[DATA_DIR])))
+    for key, field in BACKBONE_KEYS.items():
+        if key in node_config and field != "isolated":
+            if not Path(str(node_config[key])).is_file():
+                raise FileNotFoundError(f"node config {key}: {node_config[key]}: not found")
+
+
+def start_supernode(
+    processes: Processes, options: SuperNodeOptions, *, site_dir: Path, echo: Echo = print
+) -> subprocess.Popen:
+    """Start one site's SuperNode after checking its node config; its FLWR_HOME and log
+    in ``site_dir``."""
+    if options.insecure:
+        _warn(INSECURE_WARNING)
+    check_node_config(options.node_config)
+    log_file = site_dir / "supernode.log"
+    process = processes.start(
+        supernode_command(options),
+        log_file=log_file,
+        env=flower_env(site_dir / "flwr"),
+        cwd=site_dir,
+    )
+    site = options.node_config.get("partition-id", "")
+    echo(f"SuperNode {site} -> {options.superlink} (log: {log_file})")
+    return process

@@ -1,0 +1,83 @@
+"""A deployed site's own settings, from its SuperNode's ``--node-config``.
+
+In simulation every site cuts its partition out of one shared pool (``partition-id``,
+``num-partitions``). A deployed site instead holds its data on its own disk and its own
+sealed backbone, and names them locally, so the server's run config never carries a
+site's paths or keys::
+
+    flower-supernode ... --node-config 'partition-id=0 data-dir="/data/site" \
+        backbone-artifact="/keys/tiny.sealed" verify-key="/keys/owner-verify.pem" \
+        content-key="/keys/content.key"'
+
+``data-dir`` is a ``folder`` dataset (see :mod:`fedgray.data.folder`): ``train/captions.csv``
+and its images; the site holds out ``federation.holdout`` of it for evaluation.
+``partition-id`` stays the site's number (its seeds and its epsilon ledger's name).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fedgray.config import Config
+from fedgray.data.folder import CAPTIONS_FILE
+from fedgray.data.registry import FOLDER_PREFIX
+
+DATA_DIR = "data-dir"
+BACKBONE_KEYS = {
+    "backbone-artifact": "artifact",
+    "verify-key": "verify_key",
+    "content-key": "content_key",
+    "backbone-isolated": "isolated",
+}
+TRAIN_SPLIT = "train"
+
+
+class NodeConfigError(ValueError):
+    """A site's node config names a path that is missing or unreadable."""
+
+
+def is_deployed(node_config: Mapping[str, Any]) -> bool:
+    """Whether this node holds its own data (``data-dir``) rather than a simulated partition."""
+    return DATA_DIR in node_config
+
+
+def check_data_dir(data_dir: Path) -> int:
+    """Samples in ``data_dir``'s train split, or one line naming what is missing."""
+    if not data_dir.is_dir():
+        raise NodeConfigError(f"node-config {DATA_DIR}: {data_dir}: no such directory")
+    table = data_dir / TRAIN_SPLIT / CAPTIONS_FILE
+    if not table.is_file():
+        raise NodeConfigError(f"node-config {DATA_DIR}: {table}: not found")
+    with table.open(newline="", encoding="utf-8") as handle:
+        rows = sum(1 for _ in csv.DictReader(handle))
+    if rows < 2:
+        raise NodeConfigError(f"node-config {DATA_DIR}: {table}: needs at least 2 rows")
+    return rows
+
+
+def site_config(config: Config, node_config: Mapping[str, Any]) -> Config:
+    """``config`` as this deployed site runs it: its data directory as the whole pool (one
+    partition, no domains) and its sealed backbone's files, each path checked."""
+    data_dir = Path(str(node_config[DATA_DIR])).expanduser()
+    rows = check_data_dir(data_dir)
+    fields: dict[str, Any] = {}
+    for key, field in BACKBONE_KEYS.items():
+        if key in node_config:
+            value = node_config[key]
+            if field != "isolated":
+                value = str(Path(str(value)).expanduser())
+                if not Path(value).is_file():
+                    raise NodeConfigError(f"node-config {key}: {value}: not found")
+            fields[field] = value
+    return dataclasses.replace(
+        config,
+        backbone=dataclasses.replace(config.backbone, **fields),
+        data=dataclasses.replace(
+            config.data, dataset=f"{FOLDER_PREFIX}{data_dir}", train_size=rows
+        ),
+        federation=dataclasses.replace(config.federation, partitioner="iid", domains=[]),
+    )
