@@ -12,6 +12,7 @@ from fedgray.backbone.access import AccessLevel, SealedError
 from fedgray.backbone.loading import BUILTIN_TAG, BackboneLoadError
 from fedgray.config import Config, load_config
 from fedgray.config_schema import ConfigError
+from fedgray.deploy.cli import add_deploy_parser
 from simulations import privacy_utility
 
 EXPECTED_ERRORS = (ConfigError, BackboneLoadError, SealedError, FileNotFoundError, ValueError)
@@ -250,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="List built-in models, datasets and methods.",
     )
     info.set_defaults(handler=_cmd_info)
+    add_deploy_parser(commands, _config_arguments)
     return parser
 
 

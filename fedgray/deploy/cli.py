@@ -1,0 +1,232 @@
+"""``fedgray deploy``: credentials, a SuperLink, a SuperNode, and the one-machine demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fedgray.config import load_config
+from fedgray.deploy.credentials import create_credentials, read_credentials
+from fedgray.deploy.launch import CONNECTION, SuperLinkOptions, SuperNodeOptions
+from fedgray.deploy.processes import free_port, supervised
+
+DEFAULT_PORT = 9092
+DEMO_DEFAULTS = [
+    "data.train_size=600",
+    "data.test_size=200",
+    "train.batch_size=32",
+    "train.threads=1",
+    "federation.num_rounds=2",
+    "federation.local_steps=5",
+    "privacy.enabled=true",
+    "privacy.target_epsilon=8.0",
+    "privacy.delta=1.0e-5",
+    "federation.secure_aggregation.enabled=true",
+]
+"""The demo's settings under the user's: small, with DP-SGD and SecAgg+ (as
+configs/private_secagg.yaml, fewer samples, rounds and steps)."""
+
+
+Handler = Callable[[argparse.Namespace], None]
+
+
+def _one_line(handler: Handler) -> Handler:
+    """``handler`` with deployment failures (a Flower process that exits, a timeout) and
+    Ctrl-C reported in one line; by then every process it started has been stopped."""
+
+    def run(args: argparse.Namespace) -> None:
+        try:
+            handler(args)
+        except KeyboardInterrupt:
+            print("fedgray: interrupted; every process it started is stopped", file=sys.stderr)
+            raise SystemExit(130) from None
+        except (RuntimeError, TimeoutError, OSError) as error:
+            if isinstance(error, FileNotFoundError):
+                raise
+            print(f"fedgray: error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return run
+
+
+def _wait(process: Any, what: str, log: Path) -> None:
+    """Block until ``process`` exits (Ctrl-C stops it); one line if it failed."""
+    status = process.wait()
+    if status != 0:
+        raise RuntimeError(f"{what} exited with status {status} (see {log})")
+
+
+def _cmd_credentials(args: argparse.Namespace) -> None:
+    files = create_credentials(args.out, args.sites, hosts=tuple(args.host))
+    print(f"CA (keep offline):      {files.ca_key}")
+    print(f"SuperLink's files:      {files.superlink_cert.parent}")
+    for site in files.sites:
+        print(f"{site.name + ':':<23} {site.private_key.parent}")
+
+
+def _cmd_superlink(args: argparse.Namespace) -> None:
+    from fedgray.deploy.roles import start_superlink
+
+    credentials = None if args.insecure else read_credentials(args.credentials)
+    run_dir = Path(args.run_dir).resolve()
+    options = SuperLinkOptions(
+        host=args.host,
+        port=args.port,
+        run_dir=run_dir,
+        ca_cert=credentials.superlink_ca_cert if credentials else None,
+        cert=credentials.superlink_cert if credentials else None,
+        key=credentials.superlink_key if credentials else None,
+        insecure=args.insecure,
+    )
+    with supervised() as processes:
+        link = start_superlink(processes, options, credentials)
+        print(
+            f"submit the app: FLWR_HOME={link.flwr_home} flwr run <fedgray checkout> "
+            f"{CONNECTION} --stream  (results under {run_dir}); Ctrl-C stops the SuperLink"
+        )
+        _wait(link.process, "flower-superlink", run_dir / "superlink.log")
+
+
+def _cmd_supernode(args: argparse.Namespace) -> None:
+    from fedgray.deploy.roles import start_supernode
+
+    site_dir = Path(args.credentials)
+    node_config: dict[str, str | int | bool] = {
+        "partition-id": args.site,
+        "data-dir": str(Path(args.data).resolve()),
+    }
+    for flag, key in (
+        ("artifact", "backbone-artifact"),
+        ("verify_key", "verify-key"),
+        ("content_key", "content-key"),
+    ):
+        if getattr(args, flag):
+            node_config[key] = str(Path(getattr(args, flag)).resolve())
+    if args.isolated:
+        node_config["backbone-isolated"] = True
+    options = SuperNodeOptions(
+        superlink=args.superlink,
+        root_cert=None if args.insecure else site_dir / "ca.crt",
+        private_key=None if args.insecure else site_dir / "node.key",
+        node_config=node_config,
+        port=args.port or free_port(),
+        insecure=args.insecure,
+    )
+    if not args.insecure:
+        for path in (options.root_cert, options.private_key):
+            assert path is not None
+            if not path.is_file():
+                raise FileNotFoundError(f"--credentials: {path}: not found")
+    run_dir = Path(args.run_dir).resolve()
+    with supervised() as processes:
+        process = start_supernode(processes, options, site_dir=run_dir)
+        _wait(process, "flower-supernode", run_dir / "supernode.log")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from fedgray.deploy.demo import run_demo
+
+    config = load_config(args.config, [*DEMO_DEFAULTS, *args.overrides])
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(args.out).resolve() / f"deploy-{stamp}"
+    result = run_demo(config, num_sites=args.sites, run_dir=run_dir, timeout=args.timeout)
+    print(f"demo finished in {result.seconds:.0f} s; every process it started is stopped")
+    print(f"results (metrics, epsilon ledgers, checkpoint, adapters): {result.results}")
+
+
+def _credentials_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "credentials",
+        help="create a CA, the SuperLink's TLS certificate and a key pair per site",
+        description="Create the federation's credentials in DIR: a CA, a SuperLink "
+        "certificate for 127.0.0.1, localhost and each --host, and a P-384 node key pair per "
+        "site (OpenSSH format, as Flower reads them). Never overwrites a file.",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR")
+    parser.add_argument("--sites", type=int, required=True, metavar="N")
+    parser.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="another name or IP address SuperNodes dial the SuperLink by (repeatable)",
+    )
+    parser.set_defaults(handler=_one_line(_cmd_credentials))
+
+
+def _superlink_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "superlink",
+        help="start the SuperLink with TLS and SuperNode authentication",
+        description="Start flower-superlink with TLS and --enable-supernode-auth, register "
+        "every site's public key with flwr supernode register, and write the flwr CLI's "
+        "connection into RUN_DIR/flwr. Runs until Ctrl-C.",
+    )
+    parser.add_argument("--credentials", metavar="DIR", help="what deploy credentials wrote")
+    parser.add_argument("--run-dir", required=True, metavar="DIR", help="state, logs, results")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument(
+        "--insecure", action="store_true", help="no TLS, no node authentication (warned)"
+    )
+    parser.set_defaults(handler=_one_line(_cmd_superlink))
+
+
+def _supernode_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "supernode",
+        help="start a site's SuperNode on its own data and sealed backbone",
+        description="Start flower-supernode: TLS verified with the federation's CA, "
+        "authenticated with the site's key, the data folder and sealed backbone named in "
+        "--node-config. The data never leaves DATA. Runs until Ctrl-C.",
+    )
+    parser.add_argument("--superlink", required=True, metavar="HOST:PORT")
+    parser.add_argument(
+        "--credentials", required=True, metavar="DIR", help="the site's ca.crt and node.key"
+    )
+    parser.add_argument(
+        "--data", required=True, metavar="DIR", help="folder dataset: train/captions.csv"
+    )
+    parser.add_argument("--site", type=int, required=True, metavar="N", help="the site's number")
+    parser.add_argument("--artifact", metavar="FILE", help="the sealed backbone")
+    parser.add_argument("--verify-key", metavar="FILE", help="the owner's verification key")
+    parser.add_argument("--content-key", metavar="FILE", help="the backbone's content key")
+    parser.add_argument("--isolated", action="store_true", help="backbone in its own process")
+    parser.add_argument("--run-dir", default=".", metavar="DIR", help="log and Flower home")
+    parser.add_argument("--port", type=int, help="loopback port for its ClientApps (free one)")
+    parser.add_argument("--insecure", action="store_true", help="no TLS (warned)")
+    parser.set_defaults(handler=_one_line(_cmd_supernode))
+
+
+def _demo_parser(commands: Any, config_arguments: Callable[..., None]) -> None:
+    parser = commands.add_parser(
+        "demo",
+        help="a whole deployment on 127.0.0.1: SuperLink, N SuperNodes, DP-SGD, SecAgg+",
+        description="Seal the backbone, write each site's benchmark partition as files, "
+        "create credentials, start a SuperLink and N SuperNodes on 127.0.0.1 with TLS and "
+        "node authentication, run the federation with flwr run (DP-SGD and SecAgg+), print "
+        "where the results are and stop every process, also on Ctrl-C or failure.",
+    )
+    config_arguments(parser, required=False)
+    parser.add_argument("--sites", type=int, default=3, metavar="N")
+    parser.add_argument("--out", default="runs", metavar="DIR", help="parent of the run folder")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds for flwr run")
+    parser.set_defaults(handler=_one_line(_cmd_demo))
+
+
+def add_deploy_parser(commands: Any, config_arguments: Callable[..., None]) -> None:
+    """Add ``deploy`` and its four subcommands to the ``fedgray`` command's subparsers."""
+    deploy = commands.add_parser(
+        "deploy",
+        help="multi-site deployment on Flower's deployment engine (see docs/deployment.md)",
+        description="Run fedgray as hospitals would: a SuperLink, one SuperNode per site, TLS "
+        "and SuperNode authentication, the app submitted with flwr run.",
+    )
+    roles = deploy.add_subparsers(dest="deploy_command", required=True, metavar="ROLE")
+    _credentials_parser(roles)
+    _superlink_parser(roles)
+    _supernode_parser(roles)
+    _demo_parser(roles, config_arguments)
