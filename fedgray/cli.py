@@ -57,9 +57,10 @@ def _cmd_adapt(args: argparse.Namespace) -> None:
     )
 
 
-def _cmd_run(args: argparse.Namespace) -> None:
+def _cmd_run(args: argparse.Namespace) -> int:
+    from fedgray.fl.failures import FederationError
     from fedgray.fl.report import comparison
-    from fedgray.fl.simulation import open_run, run_federation
+    from fedgray.fl.simulation import FLOWER_LOG, open_run, run_federation
 
     resume = Path(args.resume) if args.resume else None
     config, run = open_run(args.config, args.overrides, resume=resume)
@@ -82,10 +83,14 @@ def _cmd_run(args: argparse.Namespace) -> None:
     print(f"{summary['seconds']:.0f} s in rounds; run folder: {result.run_dir}")
 
 
+    except FederationError as error:  # the run started and failed: exit 1, not 2
+        print(f"fedgray: error: {error} (Flower's log: {run.path / FLOWER_LOG})", file=sys.stderr)
+        return 1
 def _cmd_pretrain(args: argparse.Namespace) -> None:
     from fedgray.backbone.pretrain import builtin_checkpoint, pretrain
 
     config = _load(args)
+    return 0
     name, recipe = config.backbone.name, config.pretrain
     build = pretrain if args.force else builtin_checkpoint
     print(f"checkpoint: {build(name, recipe, progress=not args.quiet)}")
@@ -258,13 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fedgray`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    handler: Callable[[argparse.Namespace], None] = args.handler
+    handler: Callable[[argparse.Namespace], int | None] = args.handler
     try:
-        handler(args)
-    except EXPECTED_ERRORS as error:
+        return handler(args) or 0
+    except EXPECTED_ERRORS as error:  # refused before anything ran
         print(f"fedgray: error: {error}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -65,8 +65,15 @@ def save_checkpoint(
     }
     path = run_dir / CHECKPOINT
     tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before it replaces the previous checkpoint
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or a kill leaves the previous one in place
+        raise
     return path
 
 
@@ -75,8 +82,14 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     path = run_dir / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint to resume from: {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("format") != FORMAT:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is reported in one line
+        raise ValueError(
+            f"{path}: unreadable, truncated or corrupt ({type(error).__name__}); "
+            "the run cannot be resumed from it"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path}: not a fedgray federated checkpoint ({FORMAT})")
     state = {
         attr: (entry["kind"], {k: v.numpy() for k, v in entry["arrays"].items()})

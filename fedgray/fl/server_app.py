@@ -11,6 +11,8 @@ from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedgray.config import Config
+from fedgray.fl.checkpoint import CHECKPOINT
+from fedgray.fl.preflight import check_resume
 from fedgray.fl.report import finish
 from fedgray.fl.run_config import resolve_config
 from fedgray.fl.server import Echo, FederationResult, federate
@@ -23,24 +25,36 @@ def make_server_app(
     run_dir: Path | None = None,
     echo: Echo = print,
     on_result: Callable[[FederationResult, dict], None] | None = None,
+    on_error: Callable[[BaseException], None] | None = None,
 ) -> ServerApp:
     """A ServerApp for ``config`` (defaults when None), overridden by ``context.run_config``.
 
     It writes into ``run_dir`` (a fresh folder under ``output.root`` when None); a folder
-    holding a checkpoint is resumed. ``on_result`` receives the result and summary in-process.
+    holding a checkpoint is resumed, once :func:`~fedgray.fl.preflight.check_resume` has
+    accepted the settings (before anything in it changes). ``on_result`` receives the result
+    and summary in-process; ``on_error`` the exception that ended the run (Flower's
+    simulation would only log it), which is raised when ``on_error`` is None.
     """
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        resolved = resolve_config(config, context.run_config)
-        if run_dir is None:
-            run = RunFolder(resolved.output.root, resolved.output.name, prefix="federated")
-        else:
-            run = RunFolder(run_dir.parent, run_dir.name)
-        run.save_config(resolved)
-        result = federate(grid, resolved, run, echo=echo)
-        summary = finish(run, resolved, result)
+        try:
+            resolved = resolve_config(config, context.run_config)
+            if run_dir is None:
+                run = RunFolder(resolved.output.root, resolved.output.name, prefix="federated")
+            else:
+                run = RunFolder(run_dir.parent, run_dir.name)
+            if (run.path / CHECKPOINT).is_file():
+                check_resume(resolved, run.path)
+            run.save_config(resolved)
+            result = federate(grid, resolved, run, echo=echo)
+            summary = finish(run, resolved, result)
+        except BaseException as error:
+            if on_error is None:
+                raise
+            on_error(error)
+            return
         if on_result is not None:
             on_result(result, summary)
 

@@ -1,11 +1,14 @@
 """``fedgray run``: the federated run in-process on Flower's simulation engine (Ray).
 
-Everything Flower and Ray write goes under the run folder: ``FLWR_HOME`` and Ray's temp dir
-(reached through a short symlink in /tmp when the folder's path is too long for Ray's
-AF_UNIX sockets; the link is removed afterwards). Ray is shut down at the end, also on
-errors. Simulated sites are multiplexed over ``federation.actors`` Ray actors (default 1):
-each actor is one process with one copy of the backbone, and its torch threads use all
-cores, so one actor is as fast as two on a small machine and needs half the memory.
+A run is checked before anything starts (:func:`open_run`, :mod:`fedgray.fl.preflight`):
+no run folder is created, and no resumed folder touched, for a run that cannot start.
+Flower's and Ray's runtime files (``FLWR_HOME``, Ray's session) live in a temporary
+directory removed afterwards, so a run folder holds results only; Flower's log, site
+tracebacks included, goes to ``flower.log`` in the run folder instead of the terminal.
+Ray is shut down at the end, also on errors. Simulated sites are multiplexed over
+``federation.actors`` Ray actors (default 1): each actor is one process with one copy of
+the backbone, and its torch threads use all cores, so one actor is as fast as two on a
+small machine and needs half the memory.
 """
 
 from __future__ import annotations
@@ -21,64 +24,106 @@ from typing import Any
 
 from fedgray.config import Config, load_config
 from fedgray.fl.checkpoint import CHECKPOINT
+from fedgray.fl.failures import FederationError
+from fedgray.fl.preflight import preflight
 from fedgray.fl.run_config import require_federated_method
 from fedgray.fl.server import Echo, FederationResult
 from fedgray.runs import RunFolder
 
-MAX_RAY_TEMP = 40  # Ray adds ~70 bytes below its temp dir; AF_UNIX paths stop at 107
+FLOWER_LOG = "flower.log"
 
 
 def open_run(
-    config_path: str | None, overrides: list[str], *, resume: Path | None
+    config_path: str | None,
+    overrides: list[str],
+    *,
+    resume: Path | None,
+    echo: Echo = print,
 ) -> tuple[Config, RunFolder]:
-    """The config and run folder of a fresh run, or of the run in ``resume`` to continue."""
+    """The config and run folder of a fresh run, or of the run in ``resume`` to continue.
+
+    Everything checkable is checked first (:func:`~fedgray.fl.preflight.preflight`); only
+    then is a fresh run's folder created. A resumed run stays in its folder whatever
+    ``output`` says, and its folder is not written to here.
+    """
     if resume is not None:
         if config_path is not None:
             raise ValueError("give either CONFIG or --resume RUN_DIR, not both")
         if not (resume / CHECKPOINT).is_file():
             raise FileNotFoundError(f"no checkpoint to resume from: {resume / CHECKPOINT}")
         config = require_federated_method(load_config(resume / "config.yaml", overrides))
+        config.output.root, config.output.name = str(resume.parent), resume.name
+        note = preflight(config, resume=resume)
+        if note:
+            echo(note)
         return config, RunFolder(resume.parent, resume.name)
     if config_path is None:
         raise ValueError("a CONFIG file is needed (or --resume RUN_DIR)")
     config = require_federated_method(load_config(config_path, overrides))
-    run = RunFolder(config.output.root, config.output.name, prefix="federated")
-    if (run.path / CHECKPOINT).is_file():
-        raise ValueError(f"{run.path} already holds a run: continue it with --resume {run.path}")
-    return config, run
+    if (
+        config.output.name
+        and (Path(config.output.root) / config.output.name / CHECKPOINT).is_file()
+    ):
+        where = Path(config.output.root) / config.output.name
+        raise ValueError(f"{where} already holds a run: continue it with --resume {where}")
+    preflight(config)
+    return config, RunFolder(config.output.root, config.output.name, prefix="federated")
 
 
 @contextmanager
-def isolated_flower(run_dir: Path) -> Iterator[Path]:
-    """Point Flower and Ray at ``run_dir`` for the duration; yields Ray's temp dir."""
-    ray_dir, flwr_home = run_dir.resolve() / "ray", run_dir.resolve() / "flwr"
-    for folder in (ray_dir, flwr_home):  # Flower creates its home only on first use
-        folder.mkdir(parents=True, exist_ok=True)
-    link_dir = None
-    temp = ray_dir
-    if len(str(ray_dir)) > MAX_RAY_TEMP:
-        link_dir = Path(tempfile.mkdtemp(prefix="flr", dir="/tmp"))
-        temp = link_dir / "r"
-        temp.symlink_to(ray_dir)
+def isolated_flower() -> Iterator[Path]:
+    """Point Flower and Ray at a fresh temporary directory for the duration (removed after);
+    yields Ray's temp dir. Short, under the system temp dir: Ray's AF_UNIX socket paths
+    stop at 107 bytes."""
+    runtime = Path(tempfile.mkdtemp(prefix="fedgray-"))
     env = {
-        "FLWR_HOME": str(flwr_home),
-        "RAY_TMPDIR": str(temp),
+        "FLWR_HOME": str(runtime / "flwr"),
+        "RAY_TMPDIR": str(runtime / "ray"),
         "FLWR_TELEMETRY_ENABLED": "0",
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
     }
+    for folder in ("flwr", "ray"):  # Flower creates its home only on first use
+        (runtime / folder).mkdir()
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        yield temp
+        yield runtime / "ray"
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        if link_dir is not None:
-            shutil.rmtree(link_dir)
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+@contextmanager
+def flower_log_file(path: Path) -> Iterator[None]:
+    """Flower's log (its warnings, site tracebacks) to ``path`` only, for the duration.
+
+    Progress comes from fedgray's own lines; Flower's console handler would print a
+    traceback per failed site message. open_clip's root-logger warnings install a root
+    handler, so propagation stops too.
+    """
+    flower = logging.getLogger("flwr")
+    saved = (flower.level, flower.propagate, list(flower.handlers))
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    for old in saved[2]:
+        flower.removeHandler(old)
+    flower.addHandler(handler)
+    flower.setLevel(logging.INFO)
+    flower.propagate = False
+    try:
+        yield
+    finally:
+        flower.removeHandler(handler)
+        handler.close()
+        for old in saved[2]:
+            flower.addHandler(old)
+        flower.setLevel(saved[0])
+        flower.propagate = saved[1]
 
 
 def run_federation(
@@ -87,7 +132,7 @@ def run_federation(
     """Simulate ``config.federation.num_sites`` sites with ``run_simulation``; write ``run``."""
     fed = config.federation
     outcome: dict[str, Any] = {}
-    with isolated_flower(run.path) as ray_temp:
+    with isolated_flower() as ray_temp, flower_log_file(run.path / FLOWER_LOG):
         import ray
         from flwr.simulation import run_simulation
 
@@ -95,19 +140,17 @@ def run_federation(
         from fedgray.fl.server_app import make_server_app
 
         cpus = os.cpu_count() or 1
-        # progress comes from our own lines; Flower keeps its warnings (rejected updates).
-        # open_clip's root-logger warnings install a root handler: stop duplicates there.
-        flwr_log = logging.getLogger("flwr")
-        level, propagate = flwr_log.level, flwr_log.propagate
-        flwr_log.setLevel(logging.WARNING)
-        flwr_log.propagate = False
+
+        def keep(result: FederationResult, summary: dict[str, Any]) -> None:
+            outcome.update(r=result, s=summary)
+
+        def fail(error: BaseException) -> None:
+            outcome["error"] = error
+
         try:
             run_simulation(
                 server_app=make_server_app(
-                    config,
-                    run_dir=run.path,
-                    echo=echo,
-                    on_result=lambda result, summary: outcome.update(r=result, s=summary),
+                    config, run_dir=run.path, echo=echo, on_result=keep, on_error=fail
                 ),
                 client_app=make_client_app(config, quiet=True),
                 num_supernodes=fed.num_sites,
@@ -117,15 +160,18 @@ def run_federation(
                         "num_gpus": 0,
                         "_temp_dir": str(ray_temp),
                         "logging_level": "ERROR",
+                        "log_to_driver": False,  # site output goes to the sites' replies
                     },
                     "client_resources": {"num_cpus": cpus / fed.actors, "num_gpus": 0.0},
                 },
             )
         finally:
-            flwr_log.setLevel(level)
-            flwr_log.propagate = propagate
             if ray.is_initialized():
                 ray.shutdown()
+    if "error" in outcome:
+        raise outcome["error"]
     if "r" not in outcome:
-        raise RuntimeError("the simulation ended without a result (see the log above)")
+        raise FederationError(
+            f"the simulation ended without a result (see {run.path / FLOWER_LOG})"
+        )
     return outcome["r"], outcome["s"]

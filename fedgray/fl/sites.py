@@ -79,11 +79,19 @@ class SiteIndices:
     heldout: np.ndarray
 
 
+def partitions(config: Config, num_partitions: int) -> list[np.ndarray]:
+    """Every site's pool indices (deterministic from seeds); raises ValueError when the pool
+    cannot be cut into ``num_partitions`` non-empty shares."""
+    return _PARTITIONS[config.federation.partitioner](
+        config.federation, site_pool(config), num_partitions
+    )
+
+
 def site_indices(config: Config, *, partition_id: int, num_partitions: int) -> SiteIndices:
     """Site ``partition_id``'s share among ``num_partitions`` (deterministic from seeds)."""
     fed = config.federation
     pool = site_pool(config)
-    indices = _PARTITIONS[fed.partitioner](fed, pool, num_partitions)[partition_id]
+    indices = partitions(config, num_partitions)[partition_id]
     group = int(indices[0]) // pool.block
     order = np.random.default_rng([fed.seed, partition_id]).permutation(
         indices - group * pool.block

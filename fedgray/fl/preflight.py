@@ -1,0 +1,163 @@
+"""What a federated run checks before it starts: before a run folder exists or Ray starts.
+
+Names are checked when the config loads; here come the checks that need the data's sizes,
+the partitioner, the backbone and, for a resume, the run folder. Every failure is one line
+naming the field (a :class:`~fedgray.config_schema.ConfigError`) or the file, and nothing
+is written: a refused resume leaves its run folder byte for byte as it was.
+
+The backbone and the adapters' initial state are built here too; in ``fedgray run`` the
+server runs in this process, so that warms its caches rather than adding work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fedgray.config import Config, load_config
+from fedgray.config_schema import ConfigError
+from fedgray.data.registry import available
+from fedgray.fl.checkpoint import Checkpoint, load_checkpoint
+from fedgray.fl.records import from_record
+from fedgray.fl.server import initial_adapters
+from fedgray.fl.sites import partitions
+from fedgray.privacy import Ledger
+
+# Settings a checkpoint was made under and a resume cannot change: the sites' data and
+# partitions, the model and what travels, the strategy's state, how epsilon is accounted.
+FIXED_ON_RESUME = (
+    "backbone.",
+    "method.",
+    "data.",
+    "train.task",
+    "federation.num_sites",
+    "federation.partitioner",
+    "federation.alpha",
+    "federation.domains",
+    "federation.holdout",
+    "federation.seed",
+    "federation.strategy",
+    "federation.personal",
+    "federation.secure_aggregation.",
+    "privacy.enabled",
+    "privacy.accountant",
+    "privacy.delta",
+    "privacy.max_grad_norm",
+    "privacy.central.",
+)
+MIN_SITE_SAMPLES = 2  # one to train on, one held out for federated evaluation
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_data(config: Config) -> None:
+    """The datasets hold the samples asked for, and the pool splits into every site's share."""
+    fed, data = config.federation, config.data
+    domains = tuple(fed.domains) or (data.dataset,)
+    block = data.train_size // len(domains)
+    for name in domains:
+        have = available(name, split="train")
+        if have is not None and have < block:
+            raise ConfigError(
+                f"data.train_size: {name} has {have} training samples, {block} requested"
+            )
+    have = available(data.dataset, split="test")
+    if fed.central_eval and have is not None and have < data.test_size:
+        raise ConfigError(f"data.test_size: {data.dataset} has {have} test samples, "
+                          f"{data.test_size} requested")  # fmt: skip
+    try:
+        shares = partitions(config, fed.num_sites)
+    except ValueError as error:
+        raise ConfigError(f"federation.num_sites: {error}") from None
+    sizes = [len(share) for share in shares]
+    if min(sizes) < MIN_SITE_SAMPLES:
+        site = sizes.index(min(sizes))
+        raise ConfigError(
+            f"federation.num_sites: site {site} would hold {sizes[site]} sample(s); each site "
+            f"needs at least {MIN_SITE_SAMPLES} (one is held out for evaluation)"
+        )
+
+
+def _changed(saved: Config, config: Config) -> None:
+    before, after = _flat(saved.to_dict()), _flat(config.to_dict())
+    for key in sorted(before.keys() | after.keys()):
+        if before.get(key) != after.get(key) and key.startswith(FIXED_ON_RESUME):
+            raise ConfigError(
+                f"{key}: cannot change on resume (the run has {before.get(key)!r}, asked "
+                f"{after.get(key)!r}); start a new run for that"
+            )
+
+
+def _privacy_left(config: Config, checkpoint: Checkpoint) -> str | None:
+    """Refuse a target that the sites' spent epsilon already reaches; else say what is left."""
+    privacy = config.privacy
+    target = privacy.target_epsilon
+    if not privacy.enabled or target is None or config.federation.num_rounds <= checkpoint.round:
+        return None
+    spent = {
+        int(site): Ledger(
+            entry["accountant"], tuple((float(n), float(q), int(s)) for n, q, s in entry["history"])
+        ).epsilon(privacy.delta)
+        for site, entry in checkpoint.privacy.items()
+    }
+    if not spent:
+        return None
+    site, most = max(spent.items(), key=lambda item: item[1])
+    if most >= target:
+        raise ConfigError(
+            f"privacy.target_epsilon: site {site} has already spent epsilon {most:.4f} of "
+            f"{target:g}; no further round keeps the target (raise it, or keep "
+            f"federation.num_rounds at {checkpoint.round})"
+        )
+    return (
+        f"privacy: sites have spent up to epsilon {most:.4f} of the target {target:g}; "
+        "the remaining rounds' noise is calibrated to what is left"
+    )
+
+
+def check_resume(config: Config, run_dir: Path) -> tuple[Checkpoint, str | None]:
+    """The checkpoint of ``run_dir``, if ``config`` can continue it; and a note on privacy."""
+    saved_file = run_dir / "config.yaml"
+    if not saved_file.is_file():
+        raise FileNotFoundError(f"{saved_file}: not found; cannot resume without the run's config")
+    checkpoint = load_checkpoint(run_dir)
+    _changed(load_config(saved_file), config)
+    if checkpoint.strategy != config.federation.strategy:
+        raise ConfigError(
+            f"federation.strategy: the checkpoint is for '{checkpoint.strategy}', "
+            f"not '{config.federation.strategy}'"
+        )
+    return checkpoint, _privacy_left(config, checkpoint)
+
+
+def check_adapters(config: Config, checkpoint: Checkpoint | None) -> None:
+    """The method builds on the backbone; a checkpoint holds exactly its shared tensors."""
+    initial = from_record(initial_adapters(config))
+    if checkpoint is None:
+        return
+    saved = from_record(checkpoint.arrays)
+    if saved.keys() != initial.keys():
+        extra = sorted(saved.keys() - initial.keys()) + sorted(initial.keys() - saved.keys())
+        raise ConfigError(f"method.name: the checkpoint's adapters differ in {extra[0]!r}")
+    for key, tensor in initial.items():
+        if saved[key].shape != tensor.shape:
+            raise ConfigError(
+                f"method: the checkpoint's {key!r} has shape {tuple(saved[key].shape)}, "
+                f"the config builds {tuple(tensor.shape)}"
+            )
+
+
+def preflight(config: Config, *, resume: Path | None = None) -> str | None:
+    """Every check above (``resume``: the run folder to continue); returns a note to print."""
+    checkpoint, note = check_resume(config, resume) if resume is not None else (None, None)
+    check_data(config)
+    check_adapters(config, checkpoint)
+    return note
