@@ -1,7 +1,8 @@
 """Single-site adaptation (``fedgray adapt``): zero-shot, train, evaluate, write the run.
 
-The method's trainer does the training: ``gradient`` (backpropagation into the trainable
-modules) or ``craft`` (derivative-free, forward queries only).
+The method's trainer kind (:mod:`fedgray.train.kinds`) does the training: ``gradient``
+(backpropagation into the trainable modules, by the same local trainer as a federated site,
+DP-SGD with ``privacy.enabled``) or ``craft`` (derivative-free, forward queries only).
 """
 
 from __future__ import annotations
@@ -14,24 +15,22 @@ from pathlib import Path
 import torch
 
 from fedgray.adapters import build_model, method_spec
-from fedgray.blackbox.trainer import train_craft
 from fedgray.config import Config
 from fedgray.config_schema import ConfigError
 from fedgray.plots import plot_curve
 from fedgray.runs import RunFolder, save_adapters
 from fedgray.site import load_task_data, open_backbone
 from fedgray.tasks import TASKS, evaluate
-from fedgray.train.gradient import train_gradient
-from fedgray.train.job import Job, Trainer
-
-TRAINERS: dict[str, Trainer] = {"gradient": train_gradient, "craft": train_craft}
+from fedgray.train.job import Job
+from fedgray.train.kinds import trainer_kind
 
 
 @dataclass(frozen=True)
 class AdaptResult:
     """Zero-shot and adapted test metrics of one single-site run.
 
-    ``queries``: calls the run made to the backbone (evaluation included).
+    ``queries``: calls the run made to the backbone (evaluation included); ``privacy``:
+    the final DP accounting (epsilon, delta, noise multiplier, sample rate) under DP-SGD.
     """
 
     zero_shot: dict[str, float]
@@ -41,6 +40,7 @@ class AdaptResult:
     seconds: float
     run_dir: Path
     queries: int
+    privacy: dict[str, float] | None = None
 
 
 def seed_everything(config: Config) -> None:
@@ -72,7 +72,7 @@ def adapt(
     zero_shot = evaluate(model, test)
     run.log({"step": 0, "seconds": 0.0, **zero_shot})
     job = Job(config, model, train, test, run, zero_shot, started, progress, echo)
-    trained = TRAINERS[spec.trainer](job)
+    trained = trainer_kind(spec.trainer).adapt(job)
     seconds = time.perf_counter() - started
     save_adapters(
         run.path / "adapters.pt",
@@ -99,6 +99,7 @@ def adapt(
         seconds,
         run.path,
         backbone.queries_used,
+        trained.privacy,
     )
     run.write_json(
         "summary.json",
@@ -109,6 +110,7 @@ def adapt(
             "fraction": summary.fraction,
             "seconds": seconds,
             "queries": summary.queries,
+            "privacy": trained.privacy,
         },
     )
     return summary

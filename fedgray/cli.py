@@ -55,6 +55,12 @@ def _cmd_adapt(args: argparse.Namespace) -> None:
         f"{result.queries:,} backbone queries, {result.seconds:.0f} s; "
         f"run folder: {result.run_dir}"
     )
+    if result.privacy is not None:
+        p = result.privacy
+        print(
+            f"DP-SGD: epsilon {p['epsilon']:.4f} at delta {p['delta']:g} (noise multiplier "
+            f"{p['noise-multiplier']:.3f}, sample rate {p['sample-rate']:.4f})"
+        )
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -12,7 +12,8 @@ site reported each round from ``metrics.jsonl``. It then
   ``target_epsilon`` over all planned steps, steps = local steps x the rounds the site
   trained (the rounds in which its reported epsilon grew), and computes epsilon from it;
 
-and prints all of them next to the epsilon the site reported::
+and prints all of them next to the epsilon the site reported. For a ``fedgray adapt`` run
+folder (no checkpoint) it recomputes the single site's epsilon from the config alone::
 
     python -m simulations.recompute_epsilon RUN_DIR [--site 3]
 """
@@ -30,7 +31,7 @@ from opacus.accountants.utils import get_noise_multiplier
 
 from fedgray.cli import EXPECTED_ERRORS
 from fedgray.config import Config, load_config
-from fedgray.fl.checkpoint import load_checkpoint
+from fedgray.fl.checkpoint import CHECKPOINT, load_checkpoint
 from fedgray.fl.sites import site_indices
 
 KINDS = ("rdp", "prv")
@@ -116,6 +117,31 @@ def recompute(run_dir: str | Path, *, site: int | None = None) -> Recomputation:
     )
 
 
+def recompute_adapt(run_dir: str | Path) -> tuple[float, float]:
+    """A ``fedgray adapt`` run's reported epsilon and its recomputation from the config
+    alone: sample rate = batch size / training samples, the configured noise multiplier or
+    Opacus' calibration for ``target_epsilon`` over ``train.steps``, ``train.steps`` steps."""
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / "config.yaml")
+    privacy = config.privacy
+    reported = json.loads((run_dir / "summary.json").read_text()).get("privacy")
+    if not privacy.enabled or reported is None:
+        raise ValueError(f"{run_dir}: privacy was not enabled in this run")
+    sample_rate = min(1.0, config.train.batch_size / config.data.train_size)
+    sigma = privacy.noise_multiplier
+    if sigma is None:
+        sigma = get_noise_multiplier(
+            target_epsilon=privacy.target_epsilon,
+            target_delta=privacy.delta,
+            sample_rate=sample_rate,
+            steps=config.train.steps,
+            accountant=privacy.accountant,
+        )
+    history = [(float(sigma), sample_rate, config.train.steps)]
+    recomputed = epsilon_of(history, kind=privacy.accountant, delta=privacy.delta)
+    return float(reported["epsilon"]), recomputed
+
+
 def _history_text(history: History) -> str:
     return "; ".join(f"sigma {n:.6f}, q {q:.6f}, {s} steps" for n, q, s in history)
 
@@ -150,6 +176,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run_dir", help="a federated run folder with privacy enabled")
     parser.add_argument("--site", type=int, help="partition id (default: largest epsilon)")
     args = parser.parse_args(argv)
+    if not (Path(args.run_dir) / CHECKPOINT).is_file():
+        reported, recomputed = recompute_adapt(args.run_dir)
+        print(f"{'reported by fedgray adapt':<34}{reported:.12f}")
+        versus = _versus(recomputed, reported)
+        print(f"{'recomputed (config history)':<34}{recomputed:.12f}  ({versus})")
+        return
     for line in report(recompute(args.run_dir, site=args.site)):
         print(line)
 

@@ -8,6 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fedgray.blackbox.craft import Craft, Generation, encode_images
+from fedgray.config_schema import ConfigError
 from fedgray.train.job import Job, Trained
 
 
@@ -26,6 +27,10 @@ def train_craft(job: Job) -> Trained:
     :func:`fedgray.tasks.evaluate` pools them): CraFT's accuracy at 0 queries.
     """
     config, model = job.config, job.model
+    if config.privacy.enabled:
+        raise ConfigError(
+            f"privacy.enabled: DP-SGD needs gradients; method '{config.method.name}' has none"
+        )
     options, backbone = config.method.craft, model.backbone
     test_features = encode_images(model, job.test.images)
     craft = Craft(

@@ -18,14 +18,32 @@ from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedgray.config import PrivacyConfig
-from fedgray.privacy import Ledger, NoisePlan
+from fedgray.privacy import Ledger
+from fedgray.privacy.budget import BudgetExhausted
 
 LEDGER = "privacy-ledger"
 BUDGET_EXHAUSTED = 4401  # Error code of a train reply from a site that refused to train
 
 
-class BudgetExhausted(RuntimeError):
-    """A site's next round would take its epsilon above its budget; it does not train."""
+def ledger_to_record(ledger: Ledger) -> ConfigRecord:
+    """A ledger as a Flower ConfigRecord (for ``context.state``, replies and settings)."""
+    return ConfigRecord(
+        {
+            "accountant": ledger.accountant,
+            "noise-multiplier": [n for n, _, _ in ledger.history],
+            "sample-rate": [q for _, q, _ in ledger.history],
+            "steps": [s for _, _, s in ledger.history],
+        }
+    )
+
+
+def ledger_from_record(record: ConfigRecord) -> Ledger:
+    """Inverse of :func:`ledger_to_record`."""
+    entries = zip(record["noise-multiplier"], record["sample-rate"], record["steps"], strict=True)
+    return Ledger(
+        str(record["accountant"]),
+        tuple((float(n), float(q), int(s)) for n, q, s in entries),
+    )
 
 
 def _prefix(partition_id: int) -> str:
@@ -38,11 +56,11 @@ def site_ledger(
     """The site's ledger: its own (``context.state``) or the server's copy, whichever is longer."""
     candidates = [Ledger(privacy.accountant)]
     if LEDGER in state:
-        candidates.append(Ledger.from_record(state[LEDGER]))
+        candidates.append(ledger_from_record(state[LEDGER]))
     prefix = _prefix(partition_id)
     copied = {k[len(prefix) :]: v for k, v in settings.items() if k.startswith(prefix)}
     if copied:
-        candidates.append(Ledger.from_record(ConfigRecord(copied)))
+        candidates.append(ledger_from_record(ConfigRecord(copied)))
     ledger = max(candidates, key=lambda c: c.steps)
     if ledger.accountant != privacy.accountant:
         raise ValueError(
@@ -54,27 +72,10 @@ def site_ledger(
 
 def ledger_reply(ledger: Ledger, *, partition_id: int, epsilon: float) -> ConfigRecord:
     """What a site sends back about its privacy: its ledger, site number and epsilon."""
-    record = ledger.to_record()
+    record = ledger_to_record(ledger)
     record["site"] = partition_id
     record["epsilon"] = epsilon
     return record
-
-
-def check_budget(
-    ledger: Ledger, plan: NoisePlan, privacy: PrivacyConfig, *, steps: int, partition_id: int
-) -> None:
-    """Raise :class:`BudgetExhausted` when ``steps`` more steps would exceed the budget."""
-    if privacy.epsilon_budget is None:
-        return
-    after = ledger.extended(
-        noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=steps
-    ).epsilon(privacy.delta)
-    if after > privacy.epsilon_budget:
-        raise BudgetExhausted(
-            f"site {partition_id}: privacy budget reached; its next round would take epsilon "
-            f"from {ledger.epsilon(privacy.delta):.4f} to {after:.4f} (delta "
-            f"{privacy.delta:g}), above its budget {privacy.epsilon_budget:g}: not training"
-        )
 
 
 def refusal_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -107,14 +108,14 @@ class PrivacyLog:
         """The ledger copies to send with a train message."""
         entries: dict[str, Any] = {}
         for site, ledger in sorted(self.ledgers.items()):
-            entries.update({_prefix(site) + k: v for k, v in ledger.to_record().items()})
+            entries.update({_prefix(site) + k: v for k, v in ledger_to_record(ledger).items()})
         return ConfigRecord(entries)
 
     def update(self, ledgers: list[ConfigRecord], refusals: list[str]) -> dict[str, Any]:
         """Take in a round's reported ledgers and refusals; its record for metrics.jsonl."""
         for record in ledgers:
             site = int(record["site"])
-            self.ledgers[site] = Ledger.from_record(record)
+            self.ledgers[site] = ledger_from_record(record)
             self.epsilons[site] = float(record["epsilon"])
         return {
             "delta": self.privacy.delta,

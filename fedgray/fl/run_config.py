@@ -9,12 +9,12 @@ string elsewhere means None (TOML has no null).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from fedgray.adapters.methods import METHODS
 from fedgray.config import Config
-from fedgray.config_schema import ConfigError, build, set_dotted
+from fedgray.config_schema import build, set_dotted
+from fedgray.train.kinds import refuse_unsupported
 
 
 def _current(data: dict[str, Any], path: str) -> Any:
@@ -24,48 +24,10 @@ def _current(data: dict[str, Any], path: str) -> Any:
     return node
 
 
-# What federated CraFT does not support: (the config field, is it set, why not).
-CRAFT_REFUSALS: tuple[tuple[str, Callable[[Config], bool], str], ...] = (
-    ("train.task", lambda c: c.train.task != "classification", "CraFT classifies only"),
-    (
-        "federation.strategy",
-        lambda c: c.federation.strategy != "fedavg",
-        "federated CraFT averages the search distributions: fedavg only",
-    ),
-    ("privacy.enabled", lambda c: c.privacy.enabled, "DP-SGD needs gradients; CraFT has none"),
-    (
-        "privacy.central.enabled",
-        lambda c: c.privacy.central.enabled,
-        "clipping a search distribution's update is not supported",
-    ),
-    (
-        "federation.secure_aggregation.enabled",
-        lambda c: c.federation.secure_aggregation.enabled,
-        "SecAgg+ with CraFT is not supported",
-    ),
-    (
-        "federation.personal",
-        lambda c: bool(c.federation.personal),
-        "CraFT has no personal adapters",
-    ),
-)
-
-
 def require_federated_method(config: Config) -> Config:
-    """``config``, if sites can federate its method: gradient-trained methods, and CraFT
-    (:mod:`fedgray.fl.craft_site`) without the settings in :data:`CRAFT_REFUSALS`."""
-    method = METHODS.get(config.method.name)
-    if method is None or method.trainer == "gradient":
-        return config
-    if method.trainer != "craft":
-        raise ConfigError(
-            f"method.name: '{method.name}' trains with its '{method.trainer}' trainer, which "
-            "runs in fedgray adapt only; federated runs take gradient-trained methods and craft"
-        )
-    for field_name, refused, reason in CRAFT_REFUSALS:
-        if refused(config):
-            raise ConfigError(f"{field_name}: not with method 'craft' in federated runs ({reason})")
-    return config
+    """``config``, unless its method's trainer kind refuses one of its federated settings
+    (:data:`fedgray.train.kinds.TrainerKind.refusals`)."""
+    return refuse_unsupported(config)
 
 
 def resolve_config(config: Config | None, run_config: Mapping[str, Any]) -> Config:

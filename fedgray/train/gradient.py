@@ -1,64 +1,115 @@
-"""The gradient trainer: backpropagation into the trainable modules around the backbone."""
+"""The ``gradient`` trainer kind: backpropagation into the trainable modules around the
+backbone, by the one local trainer (:class:`~fedgray.train.trainer.LocalTrainer`)."""
 
 from __future__ import annotations
 
-import math
 import time
+from collections.abc import Callable
 
 import torch
 
-from fedgray.tasks import TASKS, evaluate
+from fedgray.adapters import AdaptedCLIP, build_model
+from fedgray.backbone.sealed import SealedBackbone
+from fedgray.config import Config
+from fedgray.tasks import TASKS, TaskData, evaluate
 from fedgray.train.job import Job, Trained
-from fedgray.train.local import batches, train_steps
+from fedgray.train.kinds import SiteRound, SiteUpdate, State, TrainerKind, register
+from fedgray.train.schedule import Schedule
+from fedgray.train.trainer import LocalTrainer
 
 
 def train_gradient(job: Job) -> Trained:
-    """AdamW with a cosine schedule for ``train.steps``, evaluated every ``train.eval_every``."""
+    """``train.steps`` steps (DP-SGD with ``privacy.enabled``), evaluated every
+    ``train.eval_every``; epsilon, when accounted, is logged with every evaluation."""
     config, model = job.config, job.model
     task = TASKS[config.train.task]
     job.header(
         f"{model.trainable_count():,} trainable ({model.trainable_fraction():.2%} of "
         f"{model.backbone.interface.parameter_count:,})"
+        + (", DP-SGD" if config.privacy.enabled else "")
     )
-    steps = config.train.steps if model.trainable_count() else 0
-    adapted = job.zero_shot
-    if steps:
-        optimizer = torch.optim.AdamW(
-            model.param_groups(config.train.lr, input_lr_scale=config.method.input_lr_scale),
-            weight_decay=config.train.weight_decay,
+    adapted, privacy = job.zero_shot, None
+    if config.train.steps and model.trainable_count():
+        trainer = LocalTrainer(
+            config,
+            model,
+            job.train,
+            schedule=Schedule.single_site(config),
+            seed=config.train.seed,
+            who="fedgray adapt",
         )
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, steps) / steps))
-        )
-        stream = batches(job.train, batch_size=config.train.batch_size, seed=config.train.seed)
         done = 0
-        while done < steps:
-            chunk = min(config.train.eval_every, steps - done)
-            result = train_steps(
-                model,
-                task,
-                job.train,
-                stream,
-                optimizer,
-                steps=chunk,
-                scale=model.backbone.interface.logit_scale,
-                scheduler=schedule,
-                progress=job.progress,
-                description=f"steps {done + 1}-{done + chunk}",
+        while done < config.train.steps:
+            chunk = min(config.train.eval_every, config.train.steps - done)
+            result = trainer.run(
+                chunk, progress=job.progress, description=f"steps {done + 1}-{done + chunk}"
             )
             done += chunk
             adapted = evaluate(model, job.test)
+            report = trainer.privacy()
+            privacy = report.metrics() if report is not None else None
             job.run.log(
                 {
                     "step": done,
                     "seconds": time.perf_counter() - job.started,
                     "loss": result.mean_loss,
                     **adapted,
+                    **(privacy or {}),
                 }
             )
             job.echo(
                 f"step {done:>5}  loss {result.mean_loss:.3f}  {task.metric} "
                 f"{adapted[task.metric]:.1f}  (zero-shot {job.zero_shot[task.metric]:.1f})"
+                + (f"  epsilon {privacy['epsilon']:.3f}" if privacy else "")
             )
+        trainer.close()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return Trained(adapted=adapted, state=state, trainable=model.trainable_count())
+    return Trained(adapted=adapted, state=state, trainable=model.trainable_count(), privacy=privacy)
+
+
+def _model(config: Config, backbone: SealedBackbone, state: State) -> AdaptedCLIP:
+    """The configured method's model with ``state`` over its initial tensors."""
+    model = build_model(backbone, config.method)
+    weights = model.state_dict()
+    weights.update(state)
+    model.load_state_dict(weights)
+    return model
+
+
+def start(config: Config, backbone: SealedBackbone, _test: Callable[[], TaskData]) -> State:
+    """The trainable tensors at initialisation (identity maps), seeded by ``federation.seed``."""
+    torch.manual_seed(config.federation.seed)
+    return dict(build_model(backbone, config.method).state_dict())
+
+
+def train_round(site: SiteRound) -> SiteUpdate:
+    """``federation.local_steps`` steps from the global (and the site's personal) tensors."""
+    config = site.config
+    model = _model(config, site.backbone, {**site.shared, **site.personal})
+    trainer = LocalTrainer(
+        config,
+        model,
+        site.data,
+        schedule=Schedule.federated(config, site.server_round),
+        seed=site.seed,
+        ledger=site.ledger,
+        proximal_mu=site.proximal_mu,
+        who=f"site {site.partition_id}",
+    )
+    result = trainer.run()
+    report = trainer.close()
+    metrics = {"train-loss": result.mean_loss} if result.losses else {}
+    metrics.update(report.metrics() if report is not None else {})
+    return SiteUpdate(
+        dict(model.state_dict()), metrics, report.ledger if report is not None else None
+    )
+
+
+def score(
+    config: Config, backbone: SealedBackbone, state: State, data: TaskData
+) -> dict[str, float]:
+    """Metrics of ``state`` on ``data`` (tensors it lacks keep their initial values)."""
+    return evaluate(_model(config, backbone, state), data)
+
+
+GRADIENT = register(TrainerKind("gradient", train_gradient, start, train_round, score))

@@ -42,13 +42,15 @@ class Trained:
     """A trainer's outcome: final test metrics, the tensors to save, the trained size.
 
     ``axis`` is the record key that the learning curve is drawn over (``step`` or
-    ``queries``).
+    ``queries``); ``privacy``: the final DP accounting (epsilon, delta, noise multiplier,
+    sample rate) of a DP-SGD run, else None.
     """
 
     adapted: dict[str, float]
     state: dict[str, torch.Tensor]
     trainable: int
     axis: str = "step"
+    privacy: dict[str, float] | None = None
 
 
 Trainer = Callable[[Job], Trained]

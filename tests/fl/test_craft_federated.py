@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from flwr.app import Message
 
+from fedgray.blackbox.federated import MEAN, SIGMA
 from fedgray.config_schema import ConfigError
-from fedgray.fl.craft_site import MEAN, SIGMA
 from fedgray.fl.run_config import require_federated_method
 
 from .conftest import micro_config, run_local
