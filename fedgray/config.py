@@ -168,7 +168,13 @@ class MethodConfig:
 
 @dataclass
 class TrainConfig:
-    """Local optimisation."""
+    """Local optimisation, the same in ``fedgray adapt`` and at every federated site.
+
+    ``lr``: the peak of a cosine decay over one local training call (AdamW; see
+    :mod:`fedgray.train.schedule`): ``train.steps`` steps in ``fedgray adapt``,
+    ``federation.local_steps`` steps per round at a site, so the schedule restarts each round.
+    ``steps`` and ``eval_every`` apply to ``fedgray adapt`` only.
+    """
 
     task: str = field(default="retrieval", metadata=registered("task", _tasks))
     steps: int = field(default=600, metadata=positive())
