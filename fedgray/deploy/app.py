@@ -1,58 +1,26 @@
-"""The fedgray Flower app as ``flwr run`` submits it, and its run config from a fedgray Config.
+"""The Flower app a deployment submits with ``flwr run``: fedgray's apps with one run config.
 
-``flwr run`` accepts only run-config keys that ``[tool.flwr.app.config]`` declares, so the
-overrides are every declared key with the value the resolved Config holds (lists as
-comma-separated strings, None as an empty string, as :mod:`fedgray.fl.run_config` reads
-them back). Settings the app does not declare cannot travel this way.
+``flwr run`` takes only run-config keys that the app's ``[tool.flwr.app.config]`` declares.
+Rather than a fixed subset, :func:`write_app` writes an app folder whose pyproject.toml
+declares the whole resolved fedgray Config (the same YAML ``fedgray run`` reads, plus
+overrides), as dotted keys that :func:`fedgray.fl.run_config.resolve_config` reads back:
+lists as comma-separated strings, None as an empty string. The app's code is the installed
+fedgray package (runtime dependency installation is disabled on every machine, so each
+machine has fedgray installed, at the same version): the FAB that travels holds only this
+pyproject.toml, never a site's paths or keys.
 """
 
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import fedgray
-from fedgray.config import Config
+from fedgray.config import Config, save_config
 
-
-class AppError(RuntimeError):
-    """The Flower app (a fedgray source checkout with its pyproject.toml) is not found."""
-
-
-def app_dir() -> Path:
-    """The folder ``flwr run`` packages: the fedgray checkout holding ``[tool.flwr.app]``."""
-    root = Path(fedgray.__file__).resolve().parent.parent
-    project = root / "pyproject.toml"
-    if not project.is_file() or "tool.flwr.app" not in project.read_text(encoding="utf-8"):
-        raise AppError(f"{project}: no Flower app here; deploy from a fedgray source checkout")
-    return root
-
-
-def declared_keys(root: Path) -> list[str]:
-    """The run-config keys the app declares (dotted, as written in pyproject.toml)."""
-    data = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
-    flat: list[str] = []
-
-    def walk(node: dict[str, Any], prefix: str) -> None:
-        for key, value in node.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
-            else:
-                flat.append(f"{prefix}{key}")
-
-    walk(data["tool"]["flwr"]["app"]["config"], "")
-    return flat
-
-
-def _lookup(data: dict[str, Any], dotted: str) -> tuple[bool, Any]:
-    node: Any = data
-    for part in dotted.replace("-", "_").split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False, None
-        node = node[part]
-    return True, node
+SERVER_APP = "fedgray.fl.server_app:app"
+CLIENT_APP = "fedgray.fl.client_app:app"
 
 
 def _toml(value: Any) -> str:
@@ -60,37 +28,51 @@ def _toml(value: Any) -> str:
         return '""'
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return json.dumps(",".join(str(v) for v in value))
     if isinstance(value, int | float):
         return repr(value)
     return json.dumps(str(value))
 
 
-def run_config_overrides(config: Config, root: Path) -> str:
-    """``--run-config``'s value carrying ``config`` through every key the app declares."""
-    data = config.to_dict()
-    pairs = []
-    for key in declared_keys(root):
-        found, value = _lookup(data, key)
-        if found:
-            pairs.append(f"{key}={_toml(value)}")
-    return " ".join(pairs)
+def flat_config(config: Config) -> dict[str, str]:
+    """Every leaf of ``config`` as ``dotted.key -> TOML value`` (empty mappings dropped)."""
+    flat: dict[str, str] = {}
 
-
-def undeclared_settings(config: Config, root: Path) -> list[str]:
-    """Settings of ``config`` that differ from the defaults but that no declared key carries
-    (they would silently not reach the app)."""
-    declared = {k.replace("-", "_") for k in declared_keys(root)}
-    lost: list[str] = []
-
-    def walk(ours: dict[str, Any], defaults: dict[str, Any], prefix: str) -> None:
-        for key, value in ours.items():
-            dotted = f"{prefix}{key}"
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, value in node.items():
             if isinstance(value, dict):
-                walk(value, defaults.get(key, {}), f"{dotted}.")
-            elif value != defaults.get(key) and dotted not in declared:
-                lost.append(dotted)
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = _toml(value)
 
-    walk(config.to_dict(), Config().to_dict(), "")
-    return lost
+    walk(config.to_dict(), "")
+    return flat
+
+
+def write_app(config: Config, app_dir: Path) -> Path:
+    """Write the app folder ``flwr run`` packages: pyproject.toml (the apps and ``config``
+    as their run config) and, for the operator's record, ``config.yaml``."""
+    app_dir.mkdir(parents=True, exist_ok=True)
+    version = getattr(fedgray, "__version__", "0.1.0")
+    lines = [
+        "[project]",
+        'name = "fedgray"',
+        f'version = "{version}"',
+        'description = "fedgray on Flower\'s deployment engine (code: the installed package)"',
+        "dependencies = []",
+        "",
+        "[tool.flwr.app]",
+        'publisher = "fedgray"',
+        "",
+        "[tool.flwr.app.components]",
+        f'serverapp = "{SERVER_APP}"',
+        f'clientapp = "{CLIENT_APP}"',
+        "",
+        "[tool.flwr.app.config]",
+        *(f"{key} = {value}" for key, value in flat_config(config).items()),
+        "",
+    ]
+    (app_dir / "pyproject.toml").write_text("\n".join(lines), encoding="utf-8")
+    save_config(config, app_dir / "config.yaml")
+    return app_dir

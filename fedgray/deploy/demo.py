@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedgray.config import Config
-from fedgray.config_schema import ConfigError
-from fedgray.deploy.app import app_dir, run_config_overrides, undeclared_settings
+from fedgray.deploy.app import write_app
 from fedgray.deploy.credentials import Credentials, create_credentials
 from fedgray.deploy.launch import CONNECTION, SuperLinkOptions, SuperNodeOptions, flower_env
 from fedgray.deploy.launch import flower_executable as flower
@@ -97,34 +96,17 @@ def start_federation(
     return link
 
 
-def check_carried(config: Config) -> None:
-    """Refuse settings that ``flwr run`` cannot carry to the app (see :mod:`.app`)."""
-    lost = undeclared_settings(config, app_dir())
-    if lost:
-        raise ConfigError(
-            f"{', '.join(lost)}: not declared in [tool.flwr.app.config], so flwr run "
-            "cannot carry them to the app"
-        )
-
-
 def flwr_run(
     processes: Processes, link: SuperLink, config: Config, *, echo: Echo, timeout: float
 ) -> Path:
-    """Submit the fedgray app to ``link`` with ``flwr run --stream``; the results folder."""
-    root = app_dir()
+    """Submit the fedgray app with ``config`` to ``link`` (``flwr run --stream``); the
+    results folder, in the operator's run folder."""
     results = link.options.run_dir / RESULTS
     config = dataclasses.replace(
         config, output=dataclasses.replace(config.output, root=str(results.parent), name=RESULTS)
     )
-    args = [
-        flower("flwr"),
-        "run",
-        str(root),
-        CONNECTION,
-        "--stream",
-        "--run-config",
-        run_config_overrides(config, root),
-    ]
+    app = write_app(config, link.options.run_dir / "app")
+    args = [flower("flwr"), "run", str(app), CONNECTION, "--stream"]
     status = processes.run(
         args,
         log_file=link.options.run_dir / "flwr-run.log",
@@ -151,7 +133,6 @@ def run_demo(
     """The whole demo in ``run_dir`` (see the module docstring)."""
     start = time.monotonic()
     config = demo_config(config, num_sites)
-    check_carried(config)
     run_dir.mkdir(parents=True, exist_ok=False)
     echo(f"run folder: {run_dir}")
     owner = seal_backbone(config, run_dir / "owner")
