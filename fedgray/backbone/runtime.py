@@ -1,43 +1,49 @@
-"""The isolated backbone runtime: a sealed artifact served from its own process.
+"""The isolated backbone runtime: a sealed artifact served from another process.
 
 :class:`IsolatedBackbone` has the encoder API of :class:`SealedBackbone`, but the keys,
-the decrypted weights and the model live only in a child process. The site's process
-sends inputs (pixels or token ids, and adapter tensors) and receives outputs; when an
-input needs a gradient the child keeps the autograd graph until the site's backward pass
-sends the output gradient, and answers with the input gradients. Tensors travel through
-``torch.multiprocessing``, which moves them into shared memory instead of copying bytes
-through the pipe.
+the decrypted weights and the model live only in the runtime's process: a child started
+with ``spawn`` (``backbone.isolated``), or a runtime the operator started under its own
+user, reached over a Unix socket (``fedgray runtime serve``, ``backbone.runtime``). The
+site's process sends inputs (pixels or token ids, and adapter tensors) and receives
+outputs; when an input needs a gradient the runtime keeps the autograd graph until the
+site's backward pass sends the output gradient, and answers with the input gradients.
 
-The child is a separate process, not a separate user: it protects the weights from the
-site's training code, not from whoever administers the machine.
+Every message follows the fixed schema of :mod:`fedgray.backbone.wire`, parsed without
+pickle in both directions, and is checked against the published interface before it
+reaches the model (:mod:`fedgray.backbone.serve`): the channel carries data, never code.
+A child of the site's own user protects the weights from the training code, not from the
+user (who can read the child's memory and the key file); a runtime under another user,
+non-dumpable, holds against the site's user too (see docs/security.md).
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-from collections import OrderedDict
+import socket
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.multiprocessing as mp
 
 from fedgray.backbone.access import AccessLevel, QueryBudgetExceeded, SealedError
 from fedgray.backbone.keys import ArtifactError
-from fedgray.backbone.sealed import BackboneInterface, QueryCounted
+from fedgray.backbone.sealed import BackboneInterface, EntryPoint, QueryCounted
+from fedgray.backbone.serve import error_message, interface_args, serve_connection
+from fedgray.backbone.wire import Message, WireError, receive, send
 
-KEPT_GRAPHS = 8  # graphs awaiting a backward pass; older ones are dropped
 _ERRORS: dict[str, type[Exception]] = {
-    e.__name__: e for e in (ArtifactError, SealedError, QueryBudgetExceeded, ValueError)
+    e.__name__: e
+    for e in (ArtifactError, SealedError, QueryBudgetExceeded, ValueError, WireError, TypeError)
 }
 
 
-def _serve(connection: Connection, options: dict[str, Any]) -> None:
-    """The child process: open the artifact, then answer requests until told to stop."""
+def _serve_child(sock: socket.socket, options: dict[str, Any]) -> None:
+    """The child process: open the artifact, greet, then answer until told to stop."""
     from fedgray.backbone.artifact import load_artifact
 
     threads = options.pop("threads")
@@ -46,44 +52,10 @@ def _serve(connection: Connection, options: dict[str, Any]) -> None:
     try:
         backbone = load_artifact(**options)
     except Exception as error:  # noqa: BLE001 - sent to the site as one line
-        connection.send(("error", type(error).__name__, str(error)))
+        send(sock, error_message(error))
         return
-    connection.send(("ok", backbone.interface))
-    graphs: OrderedDict[int, tuple[torch.Tensor, list[torch.Tensor]]] = OrderedDict()
-    while True:
-        try:
-            request = connection.recv()
-        except EOFError:
-            return
-        kind = request[0]
-        if kind == "close":
-            return
-        try:
-            if kind == "tokenize":
-                reply: Any = backbone.tokenize(request[1])
-            elif kind == "encode":
-                _, tower, key, tokens, inputs, needs_grad = request
-                wanted = [inputs[n].requires_grad_(True) for n in needs_grad]
-                with torch.set_grad_enabled(bool(needs_grad)):
-                    if tower == "image":
-                        output = backbone.encode_image(inputs.pop("pixels"), **inputs)
-                    else:
-                        output = backbone.encode_text(tokens, **inputs)
-                if needs_grad:
-                    graphs[key] = (output, wanted)
-                    while len(graphs) > KEPT_GRAPHS:
-                        graphs.popitem(last=False)
-                reply = output.detach()
-            else:  # backward
-                _, key, grad_output = request
-                if key not in graphs:
-                    raise ValueError("the backward pass came too late: its graph was dropped")
-                output, wanted = graphs.pop(key)
-                reply = torch.autograd.grad(output, wanted, grad_output, allow_unused=True)
-        except Exception as error:  # noqa: BLE001 - re-raised in the site's process
-            connection.send(("error", type(error).__name__, str(error)))
-        else:
-            connection.send(("ok", reply))
+    send(sock, Message("ok", interface_args(backbone)))
+    serve_connection(sock, backbone, threading.Lock())
 
 
 @contextmanager
@@ -102,6 +74,27 @@ def _passive_openmp() -> Iterator[None]:
             os.environ.pop("OMP_WAIT_POLICY", None)
 
 
+def _interface(args: dict[str, Any]) -> tuple[BackboneInterface, int | None]:
+    """The greeting's interface and budget, type-checked field by field."""
+    try:
+        raw, budget = dict(args["interface"]), args["query_budget"]
+        points = tuple(
+            EntryPoint(str(p["tower"]), int(p["layers"]), int(p["width"]))
+            for p in raw.pop("entry_points")
+        )
+        ints = ("image_size", "embed_dim", "context_length", "token_width", "parameter_count")
+        interface = BackboneInterface(
+            name=str(raw["name"]),
+            level=AccessLevel(raw["level"]),
+            logit_scale=float(raw["logit_scale"]),
+            entry_points=points,
+            **{k: int(raw[k]) for k in ints},
+        )
+        return interface, None if budget is None else int(budget)
+    except (KeyError, TypeError, ValueError) as error:
+        raise WireError(f"the runtime's greeting does not parse: {error}") from None
+
+
 class _Remote(torch.autograd.Function):
     """Autograd across the process boundary: forward and backward are requests."""
 
@@ -110,26 +103,25 @@ class _Remote(torch.autograd.Function):
         ctx: Any,
         backbone: IsolatedBackbone,
         tower: str,
-        tokens: torch.Tensor,
         names: tuple[str, ...],
         *tensors: torch.Tensor,
     ) -> torch.Tensor:
-        flags = zip(names, ctx.needs_input_grad[4:], strict=True)
-        needs_grad = tuple(n for n, need in flags if need)
+        flags = zip(names, ctx.needs_input_grad[3:], strict=True)
+        needs_grad = [n for n, need in flags if need]
         key = next(backbone._keys)
-        inputs = {n: t.detach() for n, t in zip(names, tensors, strict=True)}
-        ctx.backbone, ctx.key, ctx.names, ctx.needs_grad = backbone, key, names, needs_grad
-        return backbone._call("encode", tower, key, tokens, inputs, needs_grad)
+        ctx.backbone, ctx.key, ctx.names = backbone, key, names
+        return backbone._encode_request(
+            tower, key, dict(zip(names, tensors, strict=True)), needs_grad
+        )
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        grads = ctx.backbone._call("backward", ctx.key, grad_output.contiguous())
-        by_name = dict(zip(ctx.needs_grad, grads, strict=True))
-        return (None, None, None, None, *(by_name.get(n) for n in ctx.names))
+        reply = ctx.backbone._call("backward", {"key": ctx.key}, {"grad_output": grad_output})
+        return (None, None, None, *(reply.tensors.get(n) for n in ctx.names))
 
 
 class IsolatedBackbone(QueryCounted):
-    """A sealed artifact run in a child process; the encoder API of ``SealedBackbone``."""
+    """A sealed artifact run in another process; the encoder API of ``SealedBackbone``."""
 
     def __init__(
         self,
@@ -143,7 +135,7 @@ class IsolatedBackbone(QueryCounted):
         threads: int | None = None,
     ) -> None:
         context = mp.get_context("spawn")
-        self._connection, child = context.Pipe()
+        ours, child = socket.socketpair()
         options = {
             "path": str(artifact),
             "verify_key": str(verify_key),
@@ -153,18 +145,34 @@ class IsolatedBackbone(QueryCounted):
             "query_budget": query_budget,
             "threads": threads,
         }
-        self._process = context.Process(target=_serve, args=(child, options), daemon=True)
+        process = context.Process(target=_serve_child, args=(child, options), daemon=True)
         with _passive_openmp():
-            self._process.start()
+            process.start()
         child.close()
+        self._start(ours, process)
+
+    @classmethod
+    def connect(cls, path: str | Path) -> IsolatedBackbone:
+        """A backbone served by ``fedgray runtime serve`` on the Unix socket ``path``."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(path))
+        except OSError as error:
+            sock.close()
+            raise SealedError(f"{path}: no backbone runtime answers ({error.strerror})") from None
+        backbone = cls.__new__(cls)
+        backbone._start(sock, None)
+        return backbone
+
+    def _start(self, sock: socket.socket, process: mp.Process | None) -> None:
+        self._socket, self._process = sock, process
         self._keys = itertools.count()
         self._queries = 0
         try:
-            self.interface: BackboneInterface = self._reply()
+            self.interface, self._budget = _interface(self._reply().args)
         except Exception:
             self.close()
             raise
-        self._budget = query_budget if self.level is AccessLevel.BLACK else None
 
     @property
     def module(self) -> torch.nn.Module:
@@ -176,55 +184,79 @@ class IsolatedBackbone(QueryCounted):
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Token ids [N, context_length] for ``texts`` (tokenized by the runtime)."""
-        return self._call("tokenize", list(texts))
+        return self._call("tokenize", {"texts": list(texts)}).tensors["tokens"]
 
     def encode_image(self, pixels: torch.Tensor, **inputs: torch.Tensor | None) -> torch.Tensor:
         """Image features of pixels [B, 3, S, S]; see :meth:`SealedBackbone.encode_image`."""
-        return self._encode("image", None, {"pixels": pixels, **inputs})
+        return self._encode("image", {"pixels": pixels, **inputs})
 
     def encode_text(self, tokens: torch.Tensor, **inputs: torch.Tensor | None) -> torch.Tensor:
         """Text features of token ids; see :meth:`SealedBackbone.encode_text`."""
-        return self._encode("text", tokens, inputs)
+        return self._encode("text", {"tokens": tokens, **inputs})
 
-    def _encode(
-        self, tower: str, tokens: torch.Tensor | None, inputs: dict[str, torch.Tensor | None]
-    ) -> torch.Tensor:
+    def _encode(self, tower: str, inputs: dict[str, torch.Tensor | None]) -> torch.Tensor:
         self._queries += 1
         given = {n: t for n, t in inputs.items() if t is not None}
-        names = tuple(given)
         grad = self.level.gradients and torch.is_grad_enabled()
         if grad and any(t.requires_grad for t in given.values()):
-            return _Remote.apply(self, tower, tokens, names, *given.values())
-        detached = {n: t.detach() for n, t in given.items()}
-        return self._call("encode", tower, next(self._keys), tokens, detached, ())
+            output: torch.Tensor = _Remote.apply(self, tower, tuple(given), *given.values())
+            return output
+        return self._encode_request(tower, next(self._keys), given, [])
 
-    def _call(self, *request: Any) -> Any:
-        if not self._process.is_alive():
+    def _encode_request(
+        self, tower: str, key: int, tensors: dict[str, torch.Tensor], needs_grad: list[str]
+    ) -> torch.Tensor:
+        args = {"tower": tower, "key": key, "needs_grad": needs_grad}
+        return self._call("encode", args, tensors).tensors["output"]
+
+    def _call(
+        self, op: str, args: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None
+    ) -> Message:
+        if self._process is not None and not self._process.is_alive():
             raise SealedError("the isolated backbone runtime is not running")
-        self._connection.send(request)
+        try:
+            send(self._socket, Message(op, args, tensors or {}))
+        except OSError:
+            raise SealedError("the isolated backbone runtime stopped") from None
         return self._reply()
 
-    def _reply(self) -> Any:
+    def _reply(self) -> Message:
         try:
-            status, *payload = self._connection.recv()
-        except EOFError:
-            raise SealedError("the isolated backbone runtime stopped") from None
-        if status == "error":
-            kind, message = payload
-            raise _ERRORS.get(kind, RuntimeError)(message)
-        return payload[0]
+            reply = receive(self._socket)
+        except OSError:
+            reply = None
+        if reply is None:
+            raise SealedError("the isolated backbone runtime stopped")
+        if reply.op == "error":
+            kind, message = reply.args.get("kind"), reply.args.get("message")
+            raise _ERRORS.get(str(kind), RuntimeError)(str(message))
+        if reply.op != "ok":
+            raise WireError(f"the runtime answered with unknown operation {reply.op[:40]!r}")
+        return reply
 
     def close(self) -> None:
-        """Stop the runtime process (also done when the site's process exits)."""
-        if self._process.is_alive():
-            try:
-                self._connection.send(("close",))
-            except (BrokenPipeError, OSError):
-                pass
+        """Stop the runtime child, or leave a served runtime (also done at process exit)."""
+        try:
+            send(self._socket, Message("close"))
+        except OSError:
+            pass
+        if self._process is not None:
             self._process.join(timeout=10)
-        if self._process.is_alive():
-            self._process.kill()
-        self._connection.close()
+            if self._process.is_alive():
+                self._process.kill()
+        self._socket.close()
+
+    def _refuse(self, what: str) -> NoReturn:
+        raise SealedError(f"the isolated backbone '{self.interface.name}': {what} not possible")
+
+    def __reduce_ex__(self, protocol: Any) -> NoReturn:
+        self._refuse("pickling (and torch.save) is")
+
+    def __copy__(self) -> NoReturn:
+        self._refuse("copying is (open another IsolatedBackbone)")
+
+    def __deepcopy__(self, memo: Any) -> NoReturn:
+        self._refuse("copying is (open another IsolatedBackbone)")
 
     def __enter__(self) -> IsolatedBackbone:
         return self

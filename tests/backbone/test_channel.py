@@ -1,0 +1,198 @@
+"""Attacks on the isolated runtime's channel: it executes nothing it is sent and keeps serving.
+
+The attacker is the site's training code: it holds the ``IsolatedBackbone`` and writes raw
+bytes to its socket.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedgray.backbone import SealedError, create_clip, generate_keys, seal
+from fedgray.backbone.runtime import IsolatedBackbone
+from fedgray.backbone.wire import MAGIC, Message, WireError, decode, encode, receive
+
+
+class _Payload:
+    """Unpickling this creates ``path``: proof that the runtime ran what it was sent."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (f"touch {self.path}",)
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IsolatedBackbone]:
+    root = tmp_path_factory.mktemp("channel")
+    keys = generate_keys(root / "keys")
+    torch.manual_seed(0)
+    path = root / "micro.fgs"
+    model = create_clip("fedgray-micro", None)
+    seal(model, path, name="fedgray-micro", level="gray+", **_owner(keys))
+    with IsolatedBackbone(path, verify_key=keys.verify_key, content_key=keys.content_key) as b:
+        yield b
+
+
+def _owner(keys: object) -> dict[str, Path]:
+    return {"signing_key": keys.signing_key, "content_key": keys.content_key}  # type: ignore[attr-defined]
+
+
+def _raw(runtime: IsolatedBackbone, data: bytes) -> Message:
+    """Write ``data`` to the runtime's socket as an attacker would; read the answer."""
+    runtime._socket.sendall(data)
+    reply = receive(runtime._socket)
+    assert reply is not None
+    return reply
+
+
+def _framed(body: bytes) -> bytes:
+    return MAGIC + len(body).to_bytes(8, "big") + body
+
+
+def _header(op: str, args: dict[str, object], specs: list[dict[str, object]]) -> bytes:
+    header = json.dumps(
+        {"schema": "fedgray-runtime", "version": 1, "op": op, "args": args, "tensors": specs}
+    ).encode()
+    return len(header).to_bytes(4, "big") + header
+
+
+def _pixels_spec(shape: list[int], dtype: str = "float32") -> list[dict[str, object]]:
+    return [{"name": "pixels", "dtype": dtype, "shape": shape}]
+
+
+def _works(runtime: IsolatedBackbone) -> None:
+    with torch.no_grad():
+        assert runtime.encode_image(torch.rand(2, 3, 32, 32)).shape == (2, 32)
+
+
+def test_a_pickle_payload_executes_nothing(runtime: IsolatedBackbone, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_Payload(marker))
+    attempts = [
+        len(payload).to_bytes(4, "big") + payload,  # multiprocessing's own framing
+        _framed(payload),  # the runtime's framing around a pickle
+        _framed(len(payload).to_bytes(4, "big") + payload),  # a pickle as the header
+    ]
+    for data in attempts:
+        reply = _raw(runtime, data)
+        assert reply.op == "error" and reply.args["kind"] == "WireError"
+        assert "\n" not in reply.args["message"]
+        _works(runtime)
+    assert not marker.exists()
+    pickle.loads(payload)  # control: the payload is live wherever it is unpickled
+    assert marker.exists()
+
+
+MALFORMED = {
+    "unknown operation": (_header("exec", {}, []), "unknown operation 'exec'"),
+    "another version": (
+        _header("tokenize", {"texts": []}, []).replace(b'"version": 1', b'"version": 2'),
+        "version 1",
+    ),
+    "wrong image size": (
+        _header(
+            "encode", {"tower": "image", "key": 0, "needs_grad": []}, _pixels_spec([1, 3, 33, 33])
+        )
+        + bytes(4 * 3 * 33 * 33),
+        "pixels: expected float32 [1, 3, 32, 32]",
+    ),
+    "bytes missing": (
+        _header(
+            "encode", {"tower": "image", "key": 0, "needs_grad": []}, _pixels_spec([1, 3, 32, 32])
+        )
+        + bytes(10),
+        "more bytes than the message holds",
+    ),
+    "a dtype off the wire": (
+        _header(
+            "encode", {"tower": "image", "key": 0, "needs_grad": []}, _pixels_spec([1], "float64")
+        )
+        + bytes(8),
+        "dtype must be one of",
+    ),
+    "an input not in the interface": (
+        _header(
+            "encode",
+            {"tower": "image", "key": 0, "needs_grad": []},
+            [*_pixels_spec([1, 3, 32, 32]), {"name": "weights", "dtype": "int64", "shape": [1]}],
+        )
+        + bytes(4 * 3 * 32 * 32 + 8),
+        "image inputs are pixels",
+    ),
+    "gradients of something else": (
+        _header(
+            "encode",
+            {"tower": "image", "key": 0, "needs_grad": ["model"]},
+            _pixels_spec([1, 3, 32, 32]),
+        )
+        + bytes(4 * 3 * 32 * 32),
+        "needs_grad: names of float inputs",
+    ),
+    "a backward of a foreign graph": (
+        _header(
+            "backward",
+            {"key": 10**9},
+            [{"name": "grad_output", "dtype": "float32", "shape": [1, 32]}],
+        )
+        + bytes(128),
+        "too late",
+    ),
+    "not JSON": (b"\x00\x00\x00\x05{oops", "header is not JSON"),
+    "junk": (b"\x00" * 3, "shorter than its header length"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_message_is_refused_with_one_line(runtime: IsolatedBackbone, case: str) -> None:
+    body, message = MALFORMED[case]
+    reply = _raw(runtime, _framed(body))
+    assert reply.op == "error" and message in reply.args["message"]
+    assert "\n" not in reply.args["message"]
+    _works(runtime)
+
+
+def test_malformed_messages_leave_a_pending_backward_intact(runtime: IsolatedBackbone) -> None:
+    torch.manual_seed(3)
+    pixels = torch.rand(2, 3, 32, 32, requires_grad=True)
+    expected_out = runtime.encode_image(pixels)
+    expected_out.sum().backward()
+    expected = pixels.grad.clone()
+    pixels.grad = None
+    out = runtime.encode_image(pixels)  # the runtime now keeps this call's graph
+    for body, _ in MALFORMED.values():
+        assert _raw(runtime, _framed(body)).op == "error"
+    _raw(runtime, b"garbage that is not a frame at all")
+    out.sum().backward()
+    assert torch.equal(out, expected_out) and torch.equal(pixels.grad, expected)
+
+
+def test_copying_and_pickling_are_refused_and_leave_it_working(
+    runtime: IsolatedBackbone,
+) -> None:
+    for attempt in (copy.deepcopy, copy.copy, pickle.dumps, lambda b: torch.save(b, io.BytesIO())):
+        with pytest.raises(
+            SealedError, match="isolated backbone 'fedgray-micro': (copying|pickling)"
+        ):
+            attempt(runtime)
+    _works(runtime)
+    assert runtime.tokenize(["a red circle"]).shape == (1, 16)
+
+
+def test_the_wire_round_trips_tensors_exactly() -> None:
+    tensors = {"a": torch.randn(2, 3), "b": torch.arange(5), "c": torch.empty(0, 4)}
+    back = decode(encode(Message("ok", {"x": [1, "y"]}, tensors)))
+    assert back.op == "ok" and back.args == {"x": [1, "y"]}
+    assert all(torch.equal(back.tensors[n], t) for n, t in tensors.items())
+    with pytest.raises(WireError, match="dtype torch.float64 is not on the wire"):
+        encode(Message("ok", tensors={"d": torch.zeros(1, dtype=torch.float64)}))
