@@ -228,6 +228,9 @@ class PrivacyConfig:
     next round would take its epsilon above ``epsilon_budget`` does not train; with
     ``on_budget: stop`` the run then stops. ``central``: site-level DP on the aggregate
     (independent of ``enabled``; see :class:`~fedgray.config_secure.CentralPrivacyConfig`).
+    ``secure_mode``: Opacus' secure mode, noise and sampling from a cryptographically secure
+    generator (needs ``torchcsprng``); off, they come from torch's seeded generators, which
+    repeat a run exactly but are not secure (see :mod:`fedgray.privacy.randomness`).
     """
 
     enabled: bool = False
@@ -241,6 +244,7 @@ class PrivacyConfig:
     epsilon_budget: float | None = field(default=None, metadata=positive())
     on_budget: str = field(default="skip", metadata=one_of("skip", "stop"))
     poisson: bool = True
+    secure_mode: bool = False
     central: CentralPrivacyConfig = field(default_factory=CentralPrivacyConfig)
 
     def __post_init__(self) -> None:

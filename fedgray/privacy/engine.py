@@ -23,6 +23,7 @@ from opacus.validators import ModuleValidator
 
 from fedgray.config import PrivacyConfig
 from fedgray.privacy.ledger import Ledger
+from fedgray.privacy.randomness import check_owned_parameters, dp_generator
 from fedgray.tasks.data import TaskData
 from fedgray.tasks.objectives import Batch
 
@@ -134,12 +135,15 @@ def _calibrated(epsilon: float, delta: float, sample_rate: float, steps: int, ki
     )
 
 
-def poisson_batches(data: TaskData, *, sample_rate: float, seed: int) -> Iterator[Batch]:
-    """Endless Poisson-sampled batches: each sample joins each batch with ``sample_rate``."""
+def poisson_batches(
+    data: TaskData, *, sample_rate: float, seed: int, generator: torch.Generator | None = None
+) -> Iterator[Batch]:
+    """Endless Poisson-sampled batches: each sample joins each batch with ``sample_rate``
+    (drawn from ``generator``, by default a torch generator seeded with ``seed``)."""
     loader = DPDataLoader(
         data.as_dataset(),
         sample_rate=sample_rate,
-        generator=torch.Generator().manual_seed(seed),
+        generator=generator if generator is not None else torch.Generator().manual_seed(seed),
     )
     while True:
         yield from loader
@@ -173,12 +177,17 @@ def make_private(
     max_grad_norm: float,
     ledger: Ledger,
     seed: int,
+    secure_mode: bool = False,
 ) -> PrivateTraining:
     """Wrap ``model``/``optimizer`` for DP-SGD; every optimizer step is added to ``ledger``.
 
     The loss must be the mean of per-sample losses over the (Poisson) batch; the noisy sum
-    of clipped per-sample gradients is divided by the expected batch size.
+    of clipped per-sample gradients is divided by the expected batch size. Like Opacus'
+    ``make_private``, it refuses optimiser parameters outside ``model`` and warns when the
+    randomness is not cryptographically secure (see :mod:`fedgray.privacy.randomness`).
     """
+    check_owned_parameters(model, optimizer)
+    generator = dp_generator(secure_mode)
     ModuleValidator.validate(model, strict=True)
     module = GradSampleModule(model, batch_first=True, loss_reduction="mean")
     expected = max(1, round(plan.sample_rate * len(data)))
@@ -188,8 +197,10 @@ def make_private(
         max_grad_norm=max_grad_norm,
         expected_batch_size=expected,
         loss_reduction="mean",
+        generator=generator,
+        secure_mode=secure_mode,
     )
     accountant = ledger.make_accountant()
     dp_optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate))
-    stream = poisson_batches(data, sample_rate=plan.sample_rate, seed=seed)
+    stream = poisson_batches(data, sample_rate=plan.sample_rate, seed=seed, generator=generator)
     return PrivateTraining(module, dp_optimizer, stream, accountant, ledger.accountant)

@@ -106,6 +106,7 @@ class LocalTrainer:
                 max_grad_norm=privacy.max_grad_norm,
                 ledger=ledger,
                 seed=seed,
+                secure_mode=privacy.secure_mode,
             )
             optimizer, self.stream = self._private.optimizer, self._private.stream
         self.optimizer = optimizer
