@@ -8,12 +8,12 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from fedgray import sweep as privacy_sweep
 from fedgray.backbone.access import AccessLevel, SealedError
 from fedgray.backbone.loading import BUILTIN_TAG, BackboneLoadError
 from fedgray.config import Config, load_config
 from fedgray.config_schema import ConfigError
 from fedgray.deploy.cli import add_deploy_parser
-from simulations import privacy_utility
 
 EXPECTED_ERRORS = (ConfigError, BackboneLoadError, SealedError, FileNotFoundError, ValueError)
 
@@ -141,9 +141,7 @@ def _cmd_seal(args: argparse.Namespace) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
-    from simulations.privacy_utility import run
-
-    run(args)
+    privacy_sweep.run(args)
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
@@ -250,11 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser(
         "sweep",
         help="privacy-utility sweep: federated runs over target epsilons (and seeds)",
-        description=privacy_utility.__doc__.split("::")[0],
+        description=(privacy_sweep.__doc__ or "").split("::")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _config_arguments(sweep, required=False)
-    privacy_utility.add_arguments(sweep)
+    privacy_sweep.add_arguments(sweep)
     sweep.set_defaults(handler=_cmd_sweep)
     info = commands.add_parser(
         "info",
