@@ -64,7 +64,10 @@ def check_data(config: Config) -> None:
     domains = tuple(fed.domains) or (data.dataset,)
     block = data.train_size // len(domains)
     for name in domains:
-        have = available(name, split="train")
+        try:
+            have = available(name, split="train")
+        except (FileNotFoundError, ValueError) as error:
+            raise ConfigError(f"data.dataset: {error}") from None
         if have is not None and have < block:
             raise ConfigError(
                 f"data.train_size: {name} has {have} training samples, {block} requested"

@@ -1,0 +1,128 @@
+"""Resume accepts only what it can honour, changes nothing when it refuses, and keeps a
+privacy target over the whole run when rounds are added."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import pytest
+from opacus.accountants import RDPAccountant
+
+from fedgray.config_schema import ConfigError
+from fedgray.fl.checkpoint import CHECKPOINT, load_checkpoint
+from fedgray.fl.simulation import open_run
+from tests.helpers import MICRO, micro_config, run_local
+
+
+def _checksums(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 2-round DGA run of the micro federation."""
+    root = tmp_path_factory.mktemp("resume")
+    run_local(micro_config(root))
+    return root / "run"
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("method.name=output", "method.name"),
+        ("federation.num_sites=4", "federation.num_sites"),
+        ("data.dataset=world/inverted", "data.dataset"),
+        ("federation.strategy=fedprox", "federation.strategy"),
+        ("federation.partitioner=dirichlet", "federation.partitioner"),
+        ("train.task=classification", "train.task"),
+    ],
+)
+def test_a_refused_resume_names_the_field_and_changes_no_byte(
+    finished: Path, override: str, field: str
+) -> None:
+    before = _checksums(finished)
+    with pytest.raises(ConfigError, match=rf"^{field}: cannot change on resume \(the run has "):
+        open_run(None, ["federation.num_rounds=3", override], resume=finished)
+    assert _checksums(finished) == before
+    config, _ = open_run(None, ["federation.num_rounds=3"], resume=finished)  # still resumable
+    assert config.federation.num_rounds == 3
+    assert _checksums(finished) == before  # accepting writes nothing either
+
+
+def test_a_corrupt_or_truncated_checkpoint_is_one_line(finished: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in finished.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    data = (copy / CHECKPOINT).read_bytes()
+    for broken in (data[: len(data) // 2], b"garbage" * 10):
+        (copy / CHECKPOINT).write_bytes(broken)
+        before = _checksums(copy)
+        with pytest.raises(ValueError, match=r"checkpoint\.pt: unreadable, truncated or corrupt"):
+            open_run(None, ["federation.num_rounds=3"], resume=copy)
+        assert _checksums(copy) == before
+
+
+def _replayed_epsilon(history: list[list[float]], delta: float) -> float:
+    accountant = RDPAccountant()  # Opacus' own, stepped one step at a time
+    for sigma, rate, steps in history:
+        for _ in range(int(steps)):
+            accountant.step(noise_multiplier=sigma, sample_rate=rate)
+    return accountant.get_epsilon(delta=delta)
+
+
+PRIVATE = ["privacy.enabled=true", "privacy.target_epsilon=4", "federation.local_steps=3"]
+
+
+def test_rounds_added_on_resume_keep_the_target_epsilon(tmp_path: Path) -> None:
+    run_local(micro_config(tmp_path, *PRIVATE))
+    run_dir = tmp_path / "run"
+    lines: list[str] = []
+    config, _ = open_run(None, ["federation.num_rounds=4"], resume=run_dir, echo=lines.append)
+    assert lines and lines[0].startswith("privacy: sites have spent up to epsilon 3.9")
+    result, _, _ = run_local(config)
+    ledgers = load_checkpoint(run_dir).privacy
+    assert len(ledgers) == 3
+    for site, entry in ledgers.items():
+        steps = sum(int(s) for _, _, s in entry["history"])
+        assert steps == 12  # 4 rounds x 3 local steps
+        epsilon = _replayed_epsilon(entry["history"], 1e-5)
+        assert epsilon <= 4.0, f"site {site}: epsilon {epsilon} above the target"
+        assert epsilon == pytest.approx(entry["epsilon"], rel=1e-9)
+        assert epsilon > 3.9  # the budget left was used, not wasted
+    assert result.records[-1]["privacy"]["max_epsilon"] <= 4.0
+
+
+def test_a_target_already_spent_is_refused_before_anything_changes(tmp_path: Path) -> None:
+    run_local(micro_config(tmp_path, *PRIVATE))
+    run_dir = tmp_path / "run"
+    before = _checksums(run_dir)
+    with pytest.raises(ConfigError, match=r"^privacy.target_epsilon: site \d has already spent"):
+        open_run(None, ["federation.num_rounds=3", "privacy.target_epsilon=2"], resume=run_dir)
+    assert _checksums(run_dir) == before
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error"),
+    [
+        (["federation.num_sites=100"], "federation.num_sites: cannot split 90 samples into 100"),
+        (["data.train_size=4"], "federation.num_sites: site 1 would hold 1 sample(s)"),
+        (["data.dataset=digits", "data.train_size=5000"], "data.train_size: digits has 989"),
+        (["data.dataset=folder:/nonexistent"], "data.dataset: no captions.csv in /nonexistent"),
+    ],
+)
+def test_a_fresh_run_that_cannot_start_leaves_no_folder(
+    tmp_path: Path, overrides: list[str], error: str
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("federation:\n  partitioner: iid\n")
+    root = tmp_path / "runs"
+    with pytest.raises(ConfigError, match=f"^{re.escape(error)}"):
+        open_run(str(config), [*MICRO, f"output.root={root}", *overrides], resume=None)
+    assert not root.exists()
