@@ -93,7 +93,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"fedgray: error: {error} (Flower's log: {run.path / FLOWER_LOG})", file=sys.stderr)
         return 1
 def _cmd_pretrain(args: argparse.Namespace) -> None:
-    from fedgray.backbone.pretrain import builtin_checkpoint, pretrain
+    from fedgray.owner.pretrain import builtin_checkpoint, pretrain
 
     config = _load(args)
     return 0

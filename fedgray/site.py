@@ -6,11 +6,11 @@ from pathlib import Path
 
 from fedgray.backbone.artifact import load_artifact
 from fedgray.backbone.loading import BUILTIN_TAG, load_sealed
-from fedgray.backbone.pretrain import builtin_checkpoint
 from fedgray.backbone.runtime import IsolatedBackbone
 from fedgray.backbone.sealed import SealedBackbone
 from fedgray.config import Config, PretrainConfig
 from fedgray.data.registry import load_dataset
+from fedgray.owner.pretrain import builtin_checkpoint
 from fedgray.tasks.data import TaskData, prepare
 
 

@@ -14,10 +14,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from fedgray.backbone import SealedBackbone, load_sealed  # noqa: E402
-from fedgray.config import PretrainConfig  # noqa: E402
-
-# Enough pretraining for the source domain to beat chance by far; seconds, not minutes.
-TEST_RECIPE = PretrainConfig(steps=100, batch_size=128, lr=6e-4, warmup_steps=30, train_size=4000)
+from tests.helpers import TEST_RECIPE  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -46,6 +43,6 @@ def micro() -> SealedBackbone:
 @pytest.fixture(scope="session")
 def pretrained_tiny(isolated_cache: Path) -> Path:
     """Checkpoint of the tiny CLIP after a short pretraining on the source domain."""
-    from fedgray.backbone.pretrain import builtin_checkpoint
+    from fedgray.owner.pretrain import builtin_checkpoint
 
     return builtin_checkpoint("fedgray-tiny", TEST_RECIPE, progress=False)

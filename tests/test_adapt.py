@@ -14,7 +14,7 @@ from fedgray.backbone import load_sealed
 from fedgray.cli import main
 from fedgray.config import load_config
 from fedgray.runs import load_adapters
-from tests.conftest import TEST_RECIPE
+from tests.helpers import TEST_RECIPE
 
 
 def recipe_overrides() -> list[str]:

@@ -15,7 +15,7 @@ from fedgray.cli import main
 from fedgray.config import Config, load_config
 from fedgray.privacy.budget import BudgetExhausted
 from simulations.recompute_epsilon import recompute_adapt
-from tests.fl.conftest import MICRO, micro_config, run_local
+from tests.helpers import MICRO, micro_config, run_local
 
 LR = 0.01
 

@@ -6,7 +6,7 @@
 - a path to a local checkpoint file (a state dict saved with ``torch.save`` or
   open_clip's formats);
 - ``"fedgray-world"``: the built-in owner's model, pretrained on the benchmark's source
-  domain and cached under the user cache directory (see :mod:`fedgray.backbone.pretrain`);
+  domain and cached under the user cache directory (see :mod:`fedgray.owner.pretrain`);
 - ``None``: random initialisation (scale benchmarks).
 """
 

@@ -2,14 +2,14 @@
 
 The history is Opacus' own format, ``(noise_multiplier, sample_rate, steps)`` entries, so
 epsilon at any round is what the chosen Opacus accountant computes from all steps so far,
-never one round's share (a fresh ``PrivacyEngine`` per round would report that).
+never one round's share (a fresh ``PrivacyEngine`` per round would report that). It knows
+no Flower: the federation encodes ledgers in its records (:mod:`fedgray.fl.private`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from flwr.app import ConfigRecord
 from opacus.accountants import IAccountant, PRVAccountant, RDPAccountant
 
 ACCOUNTANTS: dict[str, type[IAccountant]] = {"rdp": RDPAccountant, "prv": PRVAccountant}
@@ -64,25 +64,3 @@ class Ledger:
         """The ledger of a live Opacus accountant."""
         history = tuple((float(n), float(q), int(s)) for n, q, s in accountant.history)
         return cls(kind, history)
-
-    def to_record(self) -> ConfigRecord:
-        """A Flower ConfigRecord (for ``context.state``, replies and checkpoints)."""
-        return ConfigRecord(
-            {
-                "accountant": self.accountant,
-                "noise-multiplier": [n for n, _, _ in self.history],
-                "sample-rate": [q for _, q, _ in self.history],
-                "steps": [s for _, _, s in self.history],
-            }
-        )
-
-    @classmethod
-    def from_record(cls, record: ConfigRecord) -> Ledger:
-        """Inverse of :meth:`to_record`."""
-        entries = zip(
-            record["noise-multiplier"], record["sample-rate"], record["steps"], strict=True
-        )
-        return cls(
-            str(record["accountant"]),
-            tuple((float(n), float(q), int(s)) for n, q, s in entries),
-        )

@@ -12,8 +12,7 @@ from flwr.app import Message
 from fedgray.blackbox.federated import MEAN, SIGMA
 from fedgray.config_schema import ConfigError
 from fedgray.fl.run_config import require_federated_method
-
-from .conftest import micro_config, run_local
+from tests.helpers import micro_config, run_local
 
 CRAFT = [
     "method.name=craft",

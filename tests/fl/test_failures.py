@@ -9,7 +9,7 @@ import pytest
 
 from fedgray.fl import client as fl_client
 from fedgray.fl.failures import FederationError, check_phase, describe, short_reason
-from tests.fl.conftest import micro_config, run_local
+from tests.helpers import micro_config, run_local
 
 RAY_REASON = """\
 ray::ClientAppActor.run() (pid=6279, ip=192.0.2.2, actor_id=0697)

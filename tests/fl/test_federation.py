@@ -14,7 +14,7 @@ from fedgray.fl.client import PERSONAL_STATE
 from fedgray.fl.records import from_record
 from fedgray.runs import load_adapters
 from fedgray.tasks import evaluate
-from tests.fl.conftest import micro_config, run_local
+from tests.helpers import micro_config, run_local
 
 
 def test_three_sites_two_rounds_write_a_run_folder(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import torch
 
 from fedgray.fl.private import LEDGER
 from fedgray.fl.records import from_record
-from tests.fl.conftest import micro_config, run_local
+from tests.helpers import micro_config, run_local
 
 LORA = ["backbone.level=white", "method.name=lora", "federation.num_rounds=1"]
 

@@ -11,7 +11,7 @@ import torch
 from fedgray.fl.checkpoint import Checkpoint, load_checkpoint
 from fedgray.fl.records import from_record
 from fedgray.fl.simulation import open_run
-from tests.fl.conftest import micro_config, run_local
+from tests.helpers import micro_config, run_local
 
 FEDADAM = ["federation.strategy=fedadam", "federation.strategy_options={eta: 0.01}"]
 

@@ -12,50 +12,27 @@ from pathlib import Path
 import flwr.compat.common.recorddict_compat as compat
 import numpy as np
 import pytest
-from flwr.app import Context, Message
-from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import bytes_to_ndarray, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
 from fedgray.adapters import build_model
 from fedgray.cli import main
 from fedgray.config import Config
-from fedgray.fl import secagg_site
 from fedgray.fl.cache import shared_backbone
 from fedgray.fl.checkpoint import load_checkpoint
-from fedgray.fl.records import from_record
 from fedgray.fl.secagg_site import ADAPTER_KEYS
-from fedgray.fl.server import initial_adapters
-from tests.fl.conftest import MICRO, micro_config, run_local
-from tests.fl.test_simulation import _ray_processes, _ray_processes_after_exit
-from tests.privacy.test_accounting import _budget_between_rounds
-
-SECURE = [
-    "federation.num_sites=4",
-    "federation.secure_aggregation.enabled=true",
-    "federation.secure_aggregation.num_shares=4",
-    "federation.secure_aggregation.reconstruction_threshold=3",
-    "federation.secure_aggregation.max_weight=50",  # sites hold 18-23 examples
-]
-Updates = dict[int, tuple[int, list[np.ndarray]]]  # partition -> (weight, delta arrays)
-
-
-def spy_on_updates(monkeypatch: pytest.MonkeyPatch, *, drop: int | None = None) -> Updates:
-    """Record each site's update as it enters SecAgg+'s masking (``drop`` fails instead)."""
-    seen: Updates = {}
-    inner = secagg_site.delta_mod
-
-    def spy(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-        partition = int(context.node_config["partition-id"])
-        if partition == drop:
-            raise ConnectionError(f"site {partition} dropped out")
-        reply = inner(msg, context, call_next)
-        fitres = compat.recorddict_to_fitres(reply.content, True)
-        seen[partition] = (fitres.num_examples, parameters_to_ndarrays(fitres.parameters))
-        return reply
-
-    monkeypatch.setattr(secagg_site, "delta_mod", spy)
-    return seen
+from tests.helpers import (
+    MICRO,
+    SECURE,
+    Updates,
+    budget_between_rounds,
+    first_round_change,
+    micro_config,
+    ray_processes,
+    ray_processes_after_exit,
+    run_local,
+    spy_on_updates,
+)
 
 
 def weighted_mean(updates: Updates) -> list[np.ndarray]:
@@ -74,13 +51,6 @@ def quantization_bound(config: Config, updates: Updates) -> float:
     ratios = [w / secure.max_weight for w, _ in updates.values()]
     largest = max(float(np.abs(a).max()) for _, arrays in updates.values() for a in arrays)
     return len(ratios) * step / sum(ratios) + largest / (min(ratios) * q)
-
-
-def first_round_change(run_dir: Path, config: Config) -> list[np.ndarray]:
-    """How much round 1 moved the global adapters, array by array."""
-    start = from_record(initial_adapters(config))
-    after = from_record(load_checkpoint(run_dir).arrays)
-    return [(after[k].double() - start[k].double()).numpy() for k in start]
 
 
 @pytest.mark.parametrize("drop", [None, 3])
@@ -145,7 +115,7 @@ def test_dp_sgd_ledgers_reach_the_server_under_secagg(tmp_path: Path) -> None:
 
 def test_sites_past_their_budget_drop_out_of_secagg_and_say_why(tmp_path: Path) -> None:
     dp = ["privacy.enabled=true", "privacy.noise_multiplier=1.0", "privacy.delta=0.0001"]
-    budget = _budget_between_rounds(micro_config(tmp_path, *SECURE, *dp))
+    budget = budget_between_rounds(micro_config(tmp_path, *SECURE, *dp))
     config = micro_config(tmp_path, *SECURE, *dp, f"privacy.epsilon_budget={budget}")
     result, _, _ = run_local(config)
     assert [r["sites_trained"] for r in result.records] == [0, 4, 0]  # round 2: all refuse
@@ -165,7 +135,7 @@ def test_fedgray_run_with_secagg_dp_sgd_and_central_dp_on_ray(
         config.write_text("federation:\n  partitioner: iid\n")
         dp = ["privacy.enabled=true", "privacy.noise_multiplier=1", "privacy.central.enabled=true"]
         options = [*MICRO, *SECURE, *dp, f"output.root={short}", "output.name=r"]
-        before = _ray_processes()
+        before = ray_processes()
         code = main(["run", str(config), *[a for item in options for a in ("--set", item)]])
         out = capsys.readouterr().out
         assert code == 0
@@ -174,6 +144,6 @@ def test_fedgray_run_with_secagg_dp_sgd_and_central_dp_on_ray(
         last = json.loads(lines[-1])
         assert last["sites_trained"] == 4 and last["central_dp"]["releases"] == 2
         assert set(last["privacy"]["epsilon"]) == {"0", "1", "2", "3"}
-        assert not _ray_processes_after_exit(before)
+        assert not ray_processes_after_exit(before)
     finally:
         shutil.rmtree(short, ignore_errors=True)

@@ -5,30 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from fedgray.cli import main
-from tests.fl.conftest import MICRO
+from tests.helpers import MICRO, ray_processes, ray_processes_after_exit
 
 LONG = "a-run-folder-name-long-enough-that-ray-is-reached-through-a-short-link"
-
-
-def _ray_processes() -> set[str]:
-    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return {line for line in ps.splitlines() if "raylet" in line or "ClientAppActor" in line}
-
-
-def _ray_processes_after_exit(before: set[str], *, wait: float = 20.0) -> set[str]:
-    """Ray's processes not there ``before``; its workers exit a moment after the raylet."""
-    deadline = time.monotonic() + wait
-    while (left := _ray_processes() - before) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return left
 
 
 @pytest.mark.slow
@@ -41,7 +26,7 @@ def test_fedgray_run_on_ray_writes_the_run_and_stops_ray(
         config.write_text("federation:\n  partitioner: iid\n")
         overrides = [a for item in MICRO for a in ("--set", item)]
         env = {k: os.environ.get(k) for k in ("FLWR_HOME", "RAY_TMPDIR")}
-        before = _ray_processes()
+        before = ray_processes()
         temps_before = set(Path(tempfile.gettempdir()).glob("fedgray-*"))
         code = main(["run", str(config), *overrides, "--set", f"output.root={short}",
                      "--set", f"output.name={LONG}"])  # fmt: skip
@@ -58,7 +43,7 @@ def test_fedgray_run_on_ray_writes_the_run_and_stops_ray(
         ]  # fmt: skip
         assert not set(Path(tempfile.gettempdir()).glob("fedgray-*")) - temps_before
         assert {k: os.environ.get(k) for k in env} == env
-        assert not _ray_processes_after_exit(before)  # Ray was shut down
+        assert not ray_processes_after_exit(before)  # Ray was shut down
     finally:
         shutil.rmtree(short, ignore_errors=True)
 

@@ -13,7 +13,7 @@ from fedgray.config_schema import ConfigError
 from fedgray.fl.client import round_seed
 from fedgray.fl.run_config import resolve_config
 from fedgray.fl.sites import site_data, site_indices, site_pool
-from tests.fl.conftest import micro_config
+from tests.helpers import micro_config
 
 
 @pytest.mark.parametrize("partitioner", ["iid", "dirichlet"])

@@ -8,12 +8,10 @@ from pathlib import Path
 import pytest
 from opacus.accountants.analysis import rdp as rdp_analysis
 
-from fedgray.config import Config
 from fedgray.fl.checkpoint import load_checkpoint
+from fedgray.fl.private import ledger_from_record
 from fedgray.fl.simulation import open_run
-from fedgray.fl.sites import site_indices
-from fedgray.privacy import Ledger
-from tests.fl.conftest import micro_config, run_local
+from tests.helpers import budget_between_rounds, micro_config, run_local
 
 DP = ["privacy.enabled=true", "privacy.noise_multiplier=1.0", "privacy.delta=0.0001"]
 
@@ -46,7 +44,7 @@ def test_epsilon_composes_all_rounds_and_survives_resume(tmp_path: Path) -> None
         assert records[-1]["epsilon"][site] == pytest.approx(recomputed, rel=1e-12)
     assert records[-1]["max_epsilon"] == max(records[-1]["epsilon"].values())
     site_state = next(iter(grid.contexts.values())).state  # the site's own ledger
-    assert Ledger.from_record(site_state["privacy-ledger"]).steps == 6
+    assert ledger_from_record(site_state["privacy-ledger"]).steps == 6
 
     run_local(micro_config(tmp_path, *DP, name="b"))  # 2 rounds, then a fresh grid resumes
     config, _ = open_run(None, ["federation.num_rounds=3"], resume=tmp_path / "b")
@@ -54,27 +52,9 @@ def test_epsilon_composes_all_rounds_and_survives_resume(tmp_path: Path) -> None
     assert _privacy_records(tmp_path / "b")[-1] == records[-1]
 
 
-def _budget_between_rounds(config: Config) -> float:
-    """A budget above every site's epsilon after 1 round and below any after 2 rounds."""
-    fed, sites = config.federation, config.federation.num_sites
-    rates = [
-        min(
-            1.0,
-            config.train.batch_size
-            / len(site_indices(config, partition_id=i, num_partitions=sites).train),
-        )
-        for i in range(sites)
-    ]
-    noise = config.privacy.noise_multiplier
-    one = max(Ledger("rdp", ((noise, q, fed.local_steps),)).epsilon(1e-4) for q in rates)
-    two = min(Ledger("rdp", ((noise, q, 2 * fed.local_steps),)).epsilon(1e-4) for q in rates)
-    assert one < two
-    return (one + two) / 2
-
-
 @pytest.mark.parametrize("on_budget", ["skip", "stop"])
 def test_no_site_trains_past_its_budget(tmp_path: Path, on_budget: str) -> None:
-    budget = _budget_between_rounds(micro_config(tmp_path, *DP))
+    budget = budget_between_rounds(micro_config(tmp_path, *DP))
     config = micro_config(
         tmp_path,
         *DP,

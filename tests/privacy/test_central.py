@@ -23,8 +23,7 @@ from fedgray.fl.loop import plain_training
 from fedgray.fl.records import from_record
 from fedgray.fl.simulation import open_run
 from strategies import build_strategy
-from tests.fl.conftest import micro_config, run_local
-from tests.fl.test_secagg import SECURE, first_round_change, spy_on_updates
+from tests.helpers import SECURE, first_round_change, micro_config, run_local, spy_on_updates
 
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
 

@@ -19,7 +19,7 @@ from fedgray.config_schema import ConfigError
 from fedgray.privacy import Ledger, NoisePlan, make_private
 from fedgray.privacy.randomness import INSECURE
 from fedgray.runs import load_adapters
-from tests.fl.conftest import MICRO
+from tests.helpers import MICRO
 
 DP = ["privacy.enabled=true", "privacy.noise_multiplier=1.0"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from simulations.recompute_epsilon import main, recompute
-from tests.fl.conftest import micro_config, run_local
+from tests.helpers import micro_config, run_local
 
 TARGET = ["privacy.enabled=true", "privacy.target_epsilon=3.0"]
 

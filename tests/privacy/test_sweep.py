@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedgray.cli import main
-from tests.fl.conftest import MICRO
+from tests.helpers import MICRO
 
 QUICKSTART = Path(__file__).parents[2] / "configs" / "quickstart.yaml"
 

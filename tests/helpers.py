@@ -1,0 +1,123 @@
+"""Helpers the tests share (never imported from another test module): a small pretraining
+recipe, the micro federation, Ray process checks, SecAgg+ spies and DP budgets."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import flwr.compat.common.recorddict_compat as compat
+import numpy as np
+import pytest
+from flwr.app import Context, Message
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import parameters_to_ndarrays
+
+from fedgray.config import Config, PretrainConfig, load_config
+from fedgray.fl import secagg_site
+from fedgray.fl.checkpoint import load_checkpoint
+from fedgray.fl.local_grid import run_local
+from fedgray.fl.records import from_record
+from fedgray.fl.server import initial_adapters
+from fedgray.fl.sites import site_indices
+from fedgray.privacy import Ledger
+
+__all__ = [
+    "MICRO",
+    "SECURE",
+    "TEST_RECIPE",
+    "budget_between_rounds",
+    "first_round_change",
+    "micro_config",
+    "ray_processes",
+    "ray_processes_after_exit",
+    "run_local",
+    "spy_on_updates",
+]
+
+# Enough pretraining for the source domain to beat chance by far; seconds, not minutes.
+TEST_RECIPE = PretrainConfig(steps=100, batch_size=128, lr=6e-4, warmup_steps=30, train_size=4000)
+
+MICRO = [
+    "backbone.name=fedgray-micro",
+    "backbone.pretrained=null",
+    "data.train_size=90",
+    "data.test_size=40",
+    "train.batch_size=8",
+    "train.threads=1",
+    "federation.num_sites=3",
+    "federation.num_rounds=2",
+    "federation.local_steps=2",
+]
+
+
+def micro_config(tmp_path: Path, *overrides: str, name: str = "run") -> Config:
+    """A 3-site, 2-round federation of the random micro CLIP writing to ``tmp_path/name``."""
+    return load_config(None, [*MICRO, f"output.root={tmp_path}", f"output.name={name}", *overrides])
+
+
+def ray_processes() -> set[str]:
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return {line for line in ps.splitlines() if "raylet" in line or "ClientAppActor" in line}
+
+
+def ray_processes_after_exit(before: set[str], *, wait: float = 20.0) -> set[str]:
+    """Ray's processes not there ``before``; its workers exit a moment after the raylet."""
+    deadline = time.monotonic() + wait
+    while (left := ray_processes() - before) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def budget_between_rounds(config: Config) -> float:
+    """A budget above every site's epsilon after 1 round and below any after 2 rounds."""
+    fed, sites = config.federation, config.federation.num_sites
+    rates = [
+        min(
+            1.0,
+            config.train.batch_size
+            / len(site_indices(config, partition_id=i, num_partitions=sites).train),
+        )
+        for i in range(sites)
+    ]
+    noise = config.privacy.noise_multiplier
+    one = max(Ledger("rdp", ((noise, q, fed.local_steps),)).epsilon(1e-4) for q in rates)
+    two = min(Ledger("rdp", ((noise, q, 2 * fed.local_steps),)).epsilon(1e-4) for q in rates)
+    assert one < two
+    return (one + two) / 2
+
+
+SECURE = [
+    "federation.num_sites=4",
+    "federation.secure_aggregation.enabled=true",
+    "federation.secure_aggregation.num_shares=4",
+    "federation.secure_aggregation.reconstruction_threshold=3",
+    "federation.secure_aggregation.max_weight=50",  # sites hold 18-23 examples
+]
+Updates = dict[int, tuple[int, list[np.ndarray]]]  # partition -> (weight, delta arrays)
+
+
+def spy_on_updates(monkeypatch: pytest.MonkeyPatch, *, drop: int | None = None) -> Updates:
+    """Record each site's update as it enters SecAgg+'s masking (``drop`` fails instead)."""
+    seen: Updates = {}
+    inner = secagg_site.delta_mod
+
+    def spy(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        partition = int(context.node_config["partition-id"])
+        if partition == drop:
+            raise ConnectionError(f"site {partition} dropped out")
+        reply = inner(msg, context, call_next)
+        fitres = compat.recorddict_to_fitres(reply.content, True)
+        seen[partition] = (fitres.num_examples, parameters_to_ndarrays(fitres.parameters))
+        return reply
+
+    monkeypatch.setattr(secagg_site, "delta_mod", spy)
+    return seen
+
+
+def first_round_change(run_dir: Path, config: Config) -> list[np.ndarray]:
+    """How much round 1 moved the global adapters, array by array."""
+    start = from_record(initial_adapters(config))
+    after = from_record(load_checkpoint(run_dir).arrays)
+    return [(after[k].double() - start[k].double()).numpy() for k in start]
