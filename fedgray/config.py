@@ -79,7 +79,9 @@ class BackboneConfig:
     With ``artifact`` set, the backbone comes from that sealed artifact (``pretrained`` is
     not used); it needs ``verify_key`` and ``content_key``. The three paths are made
     absolute here, so that processes with another working directory (Ray actors) find them.
-    ``isolated`` runs the artifact in its own process (the isolated runtime).
+    ``isolated`` runs the artifact in its own process (the isolated runtime). ``runtime``
+    is the Unix socket of a runtime served by ``fedgray runtime serve`` (no artifact or keys
+    in the site's process then).
     """
 
     name: str = "fedgray-tiny"
@@ -90,8 +92,14 @@ class BackboneConfig:
     verify_key: str | None = None
     content_key: str | None = None
     isolated: bool = False
+    runtime: str | None = None
 
     def __post_init__(self) -> None:
+        if self.runtime is not None and (self.artifact is not None or self.isolated):
+            raise ConfigError(
+                "backbone.runtime: a served runtime replaces backbone.artifact and "
+                "backbone.isolated"
+            )
         if self.isolated and self.artifact is None:
             raise ConfigError("backbone.isolated: the isolated runtime needs backbone.artifact")
         if self.artifact is not None and (self.verify_key is None or self.content_key is None):
@@ -99,7 +107,7 @@ class BackboneConfig:
                 "backbone.artifact: a sealed artifact needs backbone.verify_key and "
                 "backbone.content_key"
             )
-        for key in ("artifact", "verify_key", "content_key"):
+        for key in ("artifact", "verify_key", "content_key", "runtime"):
             value = getattr(self, key)
             if value is not None:
                 setattr(self, key, os.path.abspath(os.path.expanduser(value)))

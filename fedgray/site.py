@@ -28,6 +28,8 @@ def open_backbone(config: Config, *, progress: bool = True) -> SealedBackbone | 
     (in its own process with ``backbone.isolated``), else by name and pretrained weights
     (pretraining the built-in one if not cached)."""
     spec = config.backbone
+    if spec.runtime is not None:
+        return IsolatedBackbone.connect(spec.runtime, name=spec.name, level=spec.level)
     if spec.artifact is not None:
         assert spec.verify_key is not None and spec.content_key is not None  # by BackboneConfig
         options = {

@@ -152,8 +152,12 @@ class IsolatedBackbone(QueryCounted):
         self._start(ours, process)
 
     @classmethod
-    def connect(cls, path: str | Path) -> IsolatedBackbone:
-        """A backbone served by ``fedgray runtime serve`` on the Unix socket ``path``."""
+    def connect(
+        cls, path: str | Path, *, name: str | None = None, level: AccessLevel | str | None = None
+    ) -> IsolatedBackbone:
+        """A backbone served by ``fedgray runtime serve`` on the Unix socket ``path``;
+        ``name`` and ``level``, when given, must be what the runtime serves (its operator
+        chose them)."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(str(path))
@@ -162,6 +166,12 @@ class IsolatedBackbone(QueryCounted):
             raise SealedError(f"{path}: no backbone runtime answers ({error.strerror})") from None
         backbone = cls.__new__(cls)
         backbone._start(sock, None)
+        served = backbone.interface
+        for key, wanted, got in (("name", name, served.name), ("level", level, served.level)):
+            if wanted is not None and wanted != got:
+                backbone.close()
+                value = getattr(got, "value", got)
+                raise SealedError(f"backbone.{key}: the runtime at {path} serves '{value}'")
         return backbone
 
     def _start(self, sock: socket.socket, process: mp.Process | None) -> None:

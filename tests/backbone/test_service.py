@@ -1,0 +1,216 @@
+"""``fedgray runtime serve``: a runtime over a Unix socket, under its own non-dumpable user."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedgray.adapters import build_model
+from fedgray.backbone import SealedError, create_clip, generate_keys, load_artifact, seal
+from fedgray.backbone.keys import KeyFiles
+from fedgray.backbone.runtime import IsolatedBackbone
+from fedgray.config import ConfigError, load_config
+from fedgray.site import open_backbone
+
+ROOT = Path(__file__).resolve().parents[2]
+PTRACE_ATTACH, PTRACE_DETACH, PR_SET_DUMPABLE = 16, 17, 4
+
+
+@pytest.fixture(scope="module")
+def sealed(tmp_path_factory: pytest.TempPathFactory) -> tuple[KeyFiles, Path]:
+    root = tmp_path_factory.mktemp("service")
+    keys = generate_keys(root / "keys")
+    torch.manual_seed(0)
+    path = root / "micro.fgs"
+    owner = {"signing_key": keys.signing_key, "content_key": keys.content_key}
+    seal(create_clip("fedgray-micro", None), path, name="fedgray-micro", level="gray", **owner)
+    return keys, path
+
+
+@pytest.fixture
+def serve() -> Iterator[object]:
+    """Start ``fedgray runtime serve`` with the given arguments; stop it after the test."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        command = [sys.executable, "-m", "fedgray.cli", "runtime", "serve", *args]
+        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env)
+        started.append(process)
+        line = process.stdout.readline() if process.stdout else ""
+        assert line.startswith("serving"), f"the runtime did not start: {line!r}"
+        return process
+
+    yield start
+    for process in started:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_a_served_runtime_answers_like_in_process(
+    sealed: tuple[KeyFiles, Path], serve: object, tmp_path: Path
+) -> None:
+    keys, path = sealed
+    socket_path = tmp_path / "runtime.sock"
+    serve(  # type: ignore[operator]
+        str(path),
+        "--socket", str(socket_path),
+        "--verify-key", str(keys.verify_key),
+        "--content-key", str(keys.content_key),
+    )  # fmt: skip
+    local = load_artifact(path, verify_key=keys.verify_key, content_key=keys.content_key)
+    first, second = IsolatedBackbone.connect(socket_path), IsolatedBackbone.connect(socket_path)
+    try:
+        assert first.interface == local.interface
+        tokens = local.tokenize(["a red circle", "a blue star"])
+        assert torch.equal(second.tokenize(["a red circle", "a blue star"]), tokens)
+        grads = []
+        for backbone in (local, first):
+            torch.manual_seed(2)
+            model = build_model(backbone, "dga")
+            pixels = torch.rand(2, 3, 32, 32, requires_grad=True)
+            image, text = model(pixels, tokens)
+            (image @ text.T).sum().backward()
+            grads.append([image.detach(), pixels.grad, *(p.grad for p in model.parameters())])
+        for expected, got in zip(*grads, strict=True):
+            assert torch.allclose(got, expected, atol=1e-6)
+    finally:
+        first.close()
+        second.close()
+    # backbone.runtime connects a run to it; what it serves is the operator's choice.
+    served = ["backbone.name=fedgray-micro", f"backbone.runtime={socket_path}"]
+    with open_backbone(load_config(None, served), progress=False) as backbone:
+        assert isinstance(backbone, IsolatedBackbone) and backbone.level.value == "gray"
+    with pytest.raises(SealedError, match="backbone.level: the runtime at .* serves 'gray'"):
+        open_backbone(load_config(None, [*served, "backbone.level=gray+"]), progress=False)
+    with pytest.raises(ConfigError, match="backbone.runtime: a served runtime replaces"):
+        load_config(None, [*served, "backbone.isolated=true"])
+
+
+def _user(name: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", name], check=True)
+        return pwd.getpwnam(name)
+
+
+def _attempts(pid: int, key: Path, socket_path: Path) -> dict[str, str]:
+    """What a process can do to the runtime ``pid``; the control is a dumpable process of
+    its own user, which it can read and attach to (so a refusal is the runtime's doing)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    ready, done = os.pipe()
+    control = os.fork()
+    if control == 0:  # dumpable again (switching users cleared it), then wait to be probed
+        libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+        os.write(done, b"!")
+        signal.pause()
+        os._exit(0)
+    os.read(ready, 1)
+    os.close(ready)
+    os.close(done)
+
+    def read_memory(target: int) -> str:
+        try:
+            with open(f"/proc/{target}/mem", "rb"):
+                return "read"
+        except PermissionError:
+            return "denied"
+
+    def attach(target: int) -> str:
+        if libc.ptrace(PTRACE_ATTACH, target, None, None) != 0:
+            return "denied"
+        os.waitpid(target, 0)
+        libc.ptrace(PTRACE_DETACH, target, None, None)
+        return "attached"
+
+    result = {"mem": read_memory(pid), "ptrace": attach(pid)}
+    result["control"] = f"{read_memory(control)}, {attach(control)}"
+    os.kill(control, signal.SIGKILL)
+    os.waitpid(control, 0)
+    try:
+        result["key"] = "read" if key.read_bytes() else "empty"
+    except PermissionError:
+        result["key"] = "denied"
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(str(socket_path))
+        result["socket"] = "answers" if client.recv(4) == b"FGR1" else "silent"
+    return result
+
+
+def _as_user(name: str, *args: object) -> dict[str, str]:
+    """:func:`_attempts` in a forked process switched to user ``name``."""
+    entry = pwd.getpwnam(name)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(entry.pw_gid)
+            os.setuid(entry.pw_uid)
+            os.write(write, json.dumps(_attempts(*args)).encode())  # type: ignore[arg-type]
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        output = pipe.read()
+    os.waitpid(child, 0)
+    return json.loads(output)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.geteuid() != 0,
+    reason="needs root to create a second user and switch to it (CI runs as root)",
+)
+def test_no_other_process_reads_or_attaches_to_the_runtime(
+    sealed: tuple[KeyFiles, Path], serve: object
+) -> None:
+    keys, path = sealed
+    runtime_user, site_user = _user("fgray-runtime"), _user("fgray-site")
+    folder = Path(tempfile.mkdtemp(prefix="fgray-service-"))
+    try:
+        os.chmod(folder, 0o755)
+        for source in (path, keys.verify_key, keys.content_key):
+            shutil.copy(source, folder / source.name)
+            os.chmod(folder / source.name, 0o644)
+        key = folder / keys.content_key.name
+        os.chmod(key, 0o600)  # root's: read by the runtime before it switches users
+        socket_path = folder / "runtime.sock"
+        runtime = serve(  # type: ignore[operator]
+            str(folder / path.name),
+            "--socket", str(socket_path),
+            "--verify-key", str(folder / keys.verify_key.name),
+            "--content-key", str(key),
+            "--user", runtime_user.pw_name,
+        )  # fmt: skip
+        status = Path(f"/proc/{runtime.pid}/status").read_text()
+        assert f"Uid:\t{runtime_user.pw_uid}\t" in status
+        site = _as_user(site_user.pw_name, runtime.pid, key, socket_path)
+        if site["control"] != "read, attached":
+            pytest.skip(f"this machine forbids ptrace even on one's own processes: {site}")
+        expected = {"mem": "denied", "ptrace": "denied", "socket": "answers"}
+        assert site == {**expected, "control": "read, attached", "key": "denied"}
+        # Not even a process of the runtime's own user: the runtime is non-dumpable.
+        same = _as_user(runtime_user.pw_name, runtime.pid, key, socket_path)
+        assert same == site
+        with IsolatedBackbone.connect(socket_path) as backbone:  # and it still serves
+            with torch.no_grad():
+                assert backbone.encode_image(torch.rand(1, 3, 32, 32)).shape == (1, 32)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
