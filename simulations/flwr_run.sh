@@ -3,9 +3,11 @@
 # ourselves, so that Flower never installs dependencies at run time (INSTALL.md, trap 3),
 # writes nothing outside the run folder, and leaves no process behind.
 #
-# usage: simulations/flwr_run.sh [extra `flwr run` args, e.g. --run-config 'federation.num-rounds=2']
-# env:   VENV_BIN (default: the active venv), RUN_DIR (default runs/flwr-<time>), PORT (39191), NUM_SUPERNODES (8, must equal
-#        federation.num-sites), FEDGRAY_CACHE (where the pretrained backbone is cached)
+# usage: [OVERRIDES="federation.num_rounds=2 ..."] simulations/flwr_run.sh [extra `flwr run` args]
+# env:   CONFIG (the YAML config, default configs/quickstart.yaml), OVERRIDES (`--set`-style items,
+#        space-separated), VENV_BIN (default: the active venv), RUN_DIR (default runs/flwr-<time>),
+#        PORT (39191), NUM_SUPERNODES (8: becomes federation.num_sites), FEDGRAY_CACHE (where the
+#        pretrained backbone is cached)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 APP_DIR=$PWD
@@ -66,7 +68,7 @@ done
 
 flwr run "$APP_DIR" fedgray --stream \
     --federation-config "num-supernodes=$NUM_SUPERNODES client-resources-num-cpus=2 init-args-num-cpus=2" \
-    --run-config "output.root=\"$(dirname "$RUN_DIR")\" output.name=\"$(basename "$RUN_DIR")\" federation.num-sites=$NUM_SUPERNODES" \
+    --run-config "config=\"${CONFIG:-configs/quickstart.yaml}\" overrides=\"output.root='$(dirname "$RUN_DIR")' output.name='$(basename "$RUN_DIR")' federation.num_sites=$NUM_SUPERNODES ${OVERRIDES:-}\"" \
     "$@" 2>&1 | tee "$RUN_DIR/flwr_run.log"
 
 echo "flwr run finished in $(echo "$(date +%s.%N) - $START" | bc) s; run folder: $RUN_DIR"
