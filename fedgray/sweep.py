@@ -170,7 +170,7 @@ def sweep(
     per point and, with ``round_lines``, the per-round progress lines of each run."""
     from fedgray.runs import RunFolder
 
-    config = load_config(config_path, overrides)
+    config = load_config(config_path, list(overrides))
     folder = RunFolder(root or config.output.root, prefix="sweep")
     points = [Point(eps, seed) for seed in range(seeds) for eps in epsilons]
     folder.write_json(

@@ -103,3 +103,20 @@ def test_cli_adapt_prints_epsilon(tmp_path: Path, capsys: pytest.CaptureFixture[
     ]
     assert main(["adapt", str(path), "--quiet", "--output", str(tmp_path), *overrides]) == 0
     assert "DP-SGD: epsilon " in capsys.readouterr().out
+
+
+def test_every_method_names_a_registered_trainer_kind() -> None:
+    from fedgray.adapters.methods import METHODS
+    from fedgray.train.kinds import TrainerKind, known_kinds, register, trainer_kind
+
+    kinds = known_kinds()
+    assert {m.trainer for m in METHODS.values()} <= set(kinds)
+    assert trainer_kind("craft").refusals and not trainer_kind("gradient").refusals
+    with pytest.raises(ValueError, match="unknown trainer kind 'sgd' .known: gradient, craft"):
+        trainer_kind("sgd")
+    gradient = kinds["gradient"]
+    clash = TrainerKind(
+        "gradient", gradient.adapt, gradient.start, gradient.train_round, gradient.score
+    )
+    with pytest.raises(ValueError, match="trainer kind 'gradient' is already registered"):
+        register(clash)

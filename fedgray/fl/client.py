@@ -34,7 +34,7 @@ def round_seed(seed: int, server_round: int, partition_id: int) -> int:
 
 
 def _personal(state: RecordDict) -> State:
-    return from_record(state[PERSONAL_STATE]) if PERSONAL_STATE in state else {}
+    return from_record(state.array_records[PERSONAL_STATE]) if PERSONAL_STATE in state else {}
 
 
 @dataclass

@@ -93,7 +93,8 @@ class LocalTrainer:
         groups = model.param_groups(train.lr, input_lr_scale=config.method.input_lr_scale)
         self.trainable = bool(groups)  # zero-shot: nothing to step (and nothing to account)
         optimizer: torch.optim.Optimizer = torch.optim.AdamW(
-            groups or [torch.zeros(0, requires_grad=True)], weight_decay=train.weight_decay
+            groups or [{"params": [torch.zeros(0, requires_grad=True)]}],
+            weight_decay=train.weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.factor)
         self.stream = batches(data, batch_size=train.batch_size, seed=seed)
