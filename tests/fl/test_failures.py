@@ -6,10 +6,12 @@ import re
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from fedgray.cli import main
 from fedgray.fl import client as fl_client
 from fedgray.fl.failures import FederationError, check_phase, describe, short_reason
-from tests.helpers import micro_config, run_local
+from tests.helpers import MICRO, micro_config, run_local
 
 RAY_REASON = """\
 ray::ClientAppActor.run() (pid=6279, ip=192.0.2.2, actor_id=0697)
@@ -82,3 +84,41 @@ def test_a_round_where_every_site_fails_ends_the_run(
     )
     assert "\n" not in message
     assert not (tmp_path / "run" / "adapters.pt").exists()  # no result pretends to be one
+
+
+def _folder_with_a_broken_image(root: Path) -> Path:
+    for split in ("train", "test"):
+        folder = root / split
+        folder.mkdir(parents=True)
+        rows = ["file,caption,label"]
+        for i in range(30):
+            Image.new("RGB", (16, 16), (8 * i, 0, 0)).save(folder / f"{i}.png")
+            rows.append(f"{i}.png,a square of shade {i},{'dark' if i < 15 else 'light'}")
+        (folder / "captions.csv").write_text("\n".join(rows) + "\n")
+    (root / "train" / "7.png").write_bytes(b"not a png")  # found only when sites load it
+    return root
+
+
+@pytest.mark.slow
+def test_fedgray_run_that_fails_exits_1_with_one_line(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    data = _folder_with_a_broken_image(tmp_path / "site")
+    config = tmp_path / "c.yaml"
+    config.write_text("federation:\n  partitioner: iid\n")
+    overrides = [a for item in MICRO for a in ("--set", item)]
+    code = main(["run", str(config), *overrides, "--set", f"data.dataset=folder:{data}",
+                 "--set", "data.train_size=30", "--set", "data.test_size=20",
+                 "--set", f"output.root={tmp_path}", "--set", "output.name=run"])  # fmt: skip
+    out, err = capfd.readouterr()
+    assert code == 1
+    errors = [line for line in err.splitlines() if line.startswith("fedgray: error:")]
+    assert len(errors) == 1
+    assert errors[0].startswith(
+        "fedgray: error: round 0: no site could evaluate; 3 sites: ValueError: "
+        f"{data}/train/captions.csv line 9: cannot read image {data}/train/7.png"
+    )
+    assert errors[0].endswith(f"(Flower's log: {tmp_path}/run/flower.log)")
+    assert "Traceback" not in out + err  # the tracebacks went to the log
+    assert "cannot identify image file" in (tmp_path / "run" / "flower.log").read_text()
+    assert not (tmp_path / "run" / "adapters.pt").exists()
