@@ -60,6 +60,7 @@ def write_app(config: Config, app_dir: Path) -> Path:
         'name = "fedgray"',
         f'version = "{version}"',
         'description = "fedgray on Flower\'s deployment engine (code: the installed package)"',
+        'license = "Apache-2.0"',
         "dependencies = []",
         "",
         "[tool.flwr.app]",

@@ -115,11 +115,16 @@ def flwr_run(
         echo=echo,
     )
     if status != 0 or not (results / "summary.json").is_file():
-        raise RuntimeError(
-            f"flwr run: exit {status}, no {results / 'summary.json'} "
-            f"(see {link.options.run_dir / 'flwr-run.log'})"
-        )
+        log = link.options.run_dir / "flwr-run.log"
+        raise RuntimeError(f"flwr run: exit {status}, no summary: {last_error(log)} (see {log})")
     return results
+
+
+def last_error(log: Path) -> str:
+    """The last line of ``log`` that reports an error (Flower logs and continues)."""
+    lines = log.read_text(encoding="utf-8", errors="replace").splitlines() if log.is_file() else []
+    errors = [line for line in lines if "ERROR" in line or "Error" in line]
+    return errors[-1].strip() if errors else "no error logged"
 
 
 def run_demo(

@@ -1,0 +1,95 @@
+"""Deployment fixtures: a loopback federation whose every process is stopped at teardown,
+whether the test passed or failed, and a check that nothing it started survives."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fedgray.config import Config, load_config
+from fedgray.deploy.credentials import Credentials, create_credentials
+from fedgray.deploy.demo import demo_config, start_federation
+from fedgray.deploy.processes import Processes, descendants
+from fedgray.deploy.roles import SuperLink
+from fedgray.deploy.site_data import OwnerFiles, seal_backbone, write_site_data
+
+NUM_SITES = 3
+TINY = [
+    "backbone.name=fedgray-micro",
+    "backbone.pretrained=null",
+    "data.train_size=60",
+    "data.test_size=20",
+    "train.batch_size=8",
+    "train.threads=1",
+    "federation.num_rounds=2",
+    "federation.local_steps=1",
+    "federation.fraction_evaluate=0.0",
+    "privacy.enabled=true",
+    "privacy.noise_multiplier=1.0",
+    "federation.secure_aggregation.enabled=true",
+]
+
+
+def tiny_config(*overrides: str) -> Config:
+    """3 sites, 2 rounds of one DP-SGD step each, SecAgg+, the random micro CLIP."""
+    return demo_config(load_config(None, [*TINY, *overrides]), NUM_SITES)
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    """Processes stopped at teardown; the test fails if any of them (or their children)
+    is still alive afterwards."""
+    started = Processes()
+    yield started
+    pids = [p for proc in started.started for p in descendants(proc.pid)]
+    started.stop()
+    alive = [pid for pid in pids if _alive(pid)]
+    assert not alive, f"processes left running: {alive}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+
+
+@dataclass
+class Federation:
+    """A started loopback federation and what it was made from."""
+
+    run_dir: Path
+    config: Config
+    credentials: Credentials
+    owner: OwnerFiles
+    data_dirs: list[Path]
+    link: SuperLink
+    processes: Processes
+
+
+@pytest.fixture(scope="module")
+def module_processes() -> Iterator[Processes]:
+    """Processes of a module-wide federation, stopped when the module's tests are done."""
+    started = Processes()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory, module_processes: Processes) -> Federation:
+    """SuperLink (TLS, node authentication) and 3 SuperNodes on 127.0.0.1."""
+    os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+    run_dir = tmp_path_factory.mktemp("deploy")
+    config = tiny_config()
+    owner = seal_backbone(config, run_dir / "owner")
+    data_dirs = write_site_data(config, NUM_SITES, run_dir / "sites")
+    credentials = create_credentials(run_dir / "credentials", NUM_SITES)
+    link = start_federation(
+        module_processes, run_dir, credentials, data_dirs, owner, echo=lambda _: None
+    )
+    return Federation(run_dir, config, credentials, owner, data_dirs, link, module_processes)

@@ -1,0 +1,105 @@
+"""The deployment engine on loopback: TLS, SuperNode authentication, a whole DP-SGD +
+SecAgg+ run, and the refusals (unregistered key, wrong CA, missing data folder)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedgray.deploy.credentials import create_credentials
+from fedgray.deploy.demo import flwr_run, site_node_config
+from fedgray.deploy.launch import SuperNodeOptions, flwr_cli
+from fedgray.deploy.processes import Processes, free_port
+from fedgray.deploy.roles import start_supernode
+from tests.deploy.conftest import Federation
+
+pytestmark = pytest.mark.slow
+REFUSED_WITHIN_S = 60
+
+
+def _stranger(federation: Federation, tmp_path: Path, *, registered_key: bool) -> SuperNodeOptions:
+    """A fourth SuperNode: another federation's CA and key, or ours with a wrong CA."""
+    other = create_credentials(tmp_path / "other", 1).sites[0]
+    ours = federation.credentials.sites[0]
+    return SuperNodeOptions(
+        superlink=federation.link.options.address,
+        root_cert=other.ca_cert if registered_key else ours.ca_cert,
+        private_key=ours.private_key if registered_key else other.private_key,
+        node_config=site_node_config(9, federation.data_dirs[0], federation.owner),
+        port=free_port(),
+        max_wait_time=10.0,
+    )
+
+
+def _online_nodes(federation: Federation) -> int:
+    listing = flwr_cli(["supernode", "list", "--format", "json"], federation.link.flwr_home)
+    nodes = json.loads(listing[listing.index("{") :])["nodes"]
+    return sum(1 for node in nodes if node["status"] == "online")
+
+
+def test_a_supernode_with_an_unregistered_key_is_refused(
+    federation: Federation, processes: Processes, tmp_path: Path
+) -> None:
+    options = _stranger(federation, tmp_path, registered_key=False)
+    process = start_supernode(processes, options, site_dir=tmp_path, echo=lambda _: None)
+    assert process.wait(timeout=REFUSED_WITHIN_S) != 0
+    log = (tmp_path / "supernode.log").read_text()
+    assert "Failed to activate SuperNode" in log
+
+
+def test_a_supernode_with_the_wrong_ca_cannot_connect(
+    federation: Federation, processes: Processes, tmp_path: Path
+) -> None:
+    options = _stranger(federation, tmp_path, registered_key=True)
+    process = start_supernode(processes, options, site_dir=tmp_path, echo=lambda _: None)
+    assert process.wait(timeout=REFUSED_WITHIN_S) != 0
+    log = (tmp_path / "supernode.log").read_text()
+    assert "CERTIFICATE_VERIFY_FAILED" in log or "certificate verify failed" in log
+    assert "SuperNode ID" not in log
+
+
+def test_a_missing_site_data_folder_fails_in_one_line_naming_it(
+    federation: Federation, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-data"
+    site = federation.credentials.sites[0]
+    done = subprocess.run(
+        [sys.executable, "-m", "fedgray.cli", "deploy", "supernode"]
+        + ["--superlink", federation.link.options.address, "--site", "0"]
+        + ["--credentials", str(site.private_key.parent), "--data", str(missing)]
+        + ["--run-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"fedgray: error: node-config data-dir: {missing}: no such directory"
+    ]
+    assert not (tmp_path / "supernode.log").exists()  # nothing was started
+
+
+def test_three_sites_run_two_rounds_with_dp_sgd_and_secagg_over_tls(
+    federation: Federation, processes: Processes
+) -> None:
+    results = flwr_run(
+        processes, federation.link, federation.config, echo=lambda _: None, timeout=400
+    )
+    records = [json.loads(line) for line in (results / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in records if r["round"] > 0]
+    assert [r["round"] for r in trained] == [1, 2]
+    assert all(r["sites_trained"] == 3 and r["site_failures"] == 0 for r in trained)
+    epsilons = [r["privacy"]["epsilon"] for r in trained]
+    assert all(set(e) == {"0", "1", "2"} for e in epsilons)
+    assert all(0 < epsilons[0][s] < epsilons[1][s] for s in epsilons[0])  # spent, growing
+    assert (results / "adapters.pt").is_file() and (results / "checkpoint.pt").is_file()
+    log = (federation.link.options.run_dir / "flwr-run.log").read_text().splitlines()
+    # Flower echoes each line twice (its own format, then with a timestamp): count its own
+    own = [line for line in log if not line[:1].isdigit()]
+    assert sum(1 for line in own if line.endswith("Secure aggregation completed.")) == 2
+    assert _online_nodes(federation) == 3

@@ -1,0 +1,125 @@
+"""A deployed site's own settings: node config, data folders, and the app's run config."""
+
+from __future__ import annotations
+
+import csv
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedgray.config import load_config
+from fedgray.data.registry import load_dataset
+from fedgray.deploy.app import write_app
+from fedgray.deploy.demo import demo_config
+from fedgray.deploy.launch import node_config_arg, write_cli_config
+from fedgray.deploy.roles import check_node_config
+from fedgray.deploy.site_data import write_site_data
+from fedgray.fl.node_config import NodeConfigError, site_config
+from fedgray.fl.run_config import resolve_config
+from fedgray.fl.sites import site_data, site_indices
+
+SMALL = ["data.train_size=60", "federation.num_sites=3", "federation.partitioner=iid"]
+
+
+def test_missing_or_empty_data_folders_fail_in_one_line_naming_the_path(tmp_path: Path) -> None:
+    config = load_config(None, SMALL)
+    missing = tmp_path / "nowhere"
+    with pytest.raises(NodeConfigError) as error:
+        site_config(config, {"data-dir": str(missing)})
+    assert str(error.value) == f"node-config data-dir: {missing}: no such directory"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NodeConfigError, match=r"empty/train/captions.csv: not found$"):
+        check_node_config({"data-dir": str(tmp_path / "empty")})
+
+
+def test_written_partitions_are_the_simulated_ones_and_load_as_the_site(tmp_path: Path) -> None:
+    config = load_config(None, SMALL)
+    folders = write_site_data(config, 3, tmp_path)
+    pool = load_dataset("world/sketch", split="train", size=60, seed=config.data.seed)
+    total = 0
+    for site, folder in enumerate(folders):
+        share = site_indices(config, partition_id=site, num_partitions=3)
+        with (folder / "train" / "captions.csv").open() as handle:
+            rows = list(csv.DictReader(handle))
+        expected = sorted([*share.train.tolist(), *share.heldout.tolist()])
+        assert [r["caption"] for r in rows] == [pool.captions[i] for i in expected]
+        total += len(rows)
+        local = site_config(config, {"data-dir": str(folder)})
+        assert local.data.dataset == f"folder:{folder}" and local.data.train_size == len(rows)
+    assert total == 60
+
+
+def test_site_config_names_the_sealed_backbone_and_refuses_a_missing_key(tmp_path: Path) -> None:
+    config = load_config(None, SMALL)
+    folder = write_site_data(config, 3, tmp_path)[0]
+    files = {name: tmp_path / name for name in ("a.sealed", "v.pem", "c.key")}
+    for path in files.values():
+        path.write_text("x")
+    node = {
+        "data-dir": str(folder),
+        "backbone-artifact": str(files["a.sealed"]),
+        "verify-key": str(files["v.pem"]),
+        "content-key": str(files["c.key"]),
+    }
+    local = site_config(config, node)
+    assert (local.backbone.artifact, local.backbone.verify_key, local.backbone.content_key) == (
+        str(files["a.sealed"]),
+        str(files["v.pem"]),
+        str(files["c.key"]),
+    )
+    with pytest.raises(NodeConfigError, match="node-config content-key: .*gone.key: not found"):
+        site_config(config, {**node, "content-key": str(tmp_path / "gone.key")})
+
+
+def test_a_deployed_site_reads_its_own_folder_as_its_whole_data(tmp_path: Path) -> None:
+    config = load_config(None, [*SMALL, "backbone.name=fedgray-micro", "backbone.pretrained=null"])
+    folder = write_site_data(config, 3, tmp_path)[1]
+    local = site_config(config, {"data-dir": str(folder)})
+    data = site_data(local, partition_id=0, num_partitions=1)
+    assert len(data.train) + len(data.heldout) == local.data.train_size == 20
+
+
+def test_the_app_carries_the_whole_config_and_the_apps_read_it_back(tmp_path: Path) -> None:
+    config = demo_config(
+        load_config(
+            "configs/private_secagg.yaml",
+            ["federation.domains=[world/sketch, world/noisy]", "federation.partitioner=by_group"],
+        ),
+        3,
+    )
+    app = write_app(config, tmp_path / "app")
+    declared = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert declared["components"]["clientapp"] == "fedgray.fl.client_app:app"
+
+    def flat(node: dict, prefix: str = "") -> dict:
+        out: dict = {}
+        for key, value in node.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    assert resolve_config(None, flat(declared["config"])) == config
+    assert config.federation.secure_aggregation.num_shares == 3
+
+
+def test_flower_connection_and_node_config_are_written_as_flower_reads_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flwr.cli.flower_config import read_superlink_connection
+    from flwr.common.config import parse_config_args
+
+    path = write_cli_config(tmp_path, "127.0.0.1:9092", tmp_path / "ca.crt")
+    assert path == tmp_path / "config.toml"
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
+    connection = read_superlink_connection()
+    assert connection.address == "127.0.0.1:9092"
+    assert connection.root_certificates == str(tmp_path / "ca.crt")
+    arg = node_config_arg({"partition-id": 2, "data-dir": "/data/a b", "backbone-isolated": True})
+    assert parse_config_args([arg]) == {
+        "partition-id": 2,
+        "data-dir": "/data/a b",
+        "backbone-isolated": True,
+    }
