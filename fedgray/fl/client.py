@@ -3,7 +3,8 @@
 Only adapter tensors come in and go out; the backbone and the data stay in this process.
 This module only turns Flower records into a call of the method's trainer kind
 (:mod:`fedgray.train.kinds`) and back. Adapters named by ``federation.personal`` prefixes
-never leave the site: they live in the node's ``context.state`` between rounds. Local
+never leave the site: they live in the node's ``context.state`` between rounds and in the
+site's own state folder (:mod:`fedgray.fl.site_state`), which a resumed run reads. Local
 randomness (initialisation of personal adapters, batch order) is seeded from (federation
 seed, round, partition).
 """
@@ -11,6 +12,7 @@ seed, round, partition).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,6 +23,7 @@ from fedgray.fl.cache import shared_backbone
 from fedgray.fl.central import aggregation_weight
 from fedgray.fl.private import LEDGER, ledger_reply, ledger_to_record, site_ledger
 from fedgray.fl.records import from_record, to_record
+from fedgray.fl.site_state import load_personal, save_personal, simulated_site_folder
 from fedgray.fl.sites import SiteData, site_data
 from fedgray.train.kinds import SiteRound, State, kind_of
 from strategies import ORDER_KEY, split_personal
@@ -33,10 +36,6 @@ def round_seed(seed: int, server_round: int, partition_id: int) -> int:
     return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])
 
 
-def _personal(state: RecordDict) -> State:
-    return from_record(state.array_records[PERSONAL_STATE]) if PERSONAL_STATE in state else {}
-
-
 @dataclass
 class Site:
     """One simulated site: its partition number, data and the shared backbone's config."""
@@ -44,6 +43,7 @@ class Site:
     config: Config
     partition_id: int
     data: SiteData
+    state_dir: Path | None = None
 
     @classmethod
     def open(cls, config: Config, *, partition_id: int, num_partitions: int) -> Site:
@@ -51,7 +51,14 @@ class Site:
         if config.train.threads is not None:
             torch.set_num_threads(config.train.threads)
         data = site_data(config, partition_id=partition_id, num_partitions=num_partitions)
-        return cls(config, partition_id, data)
+        return cls(config, partition_id, data, simulated_site_folder(config, partition_id))
+
+    def personal(self, state: RecordDict, *, upto: int | None) -> State:
+        """This site's personal adapters as of round ``upto``: from its state folder when
+        it has one (it survives the process), else from ``context.state``."""
+        if self.state_dir is not None:
+            return load_personal(self.state_dir, upto=upto)
+        return from_record(state.array_records[PERSONAL_STATE]) if PERSONAL_STATE in state else {}
 
     def train(
         self,
@@ -79,7 +86,7 @@ class Site:
                 shared_backbone(config),
                 self.data.train,
                 shared=from_record(arrays),
-                personal=_personal(state),
+                personal=self.personal(state, upto=server_round - 1),
                 server_round=server_round,
                 partition_id=self.partition_id,
                 seed=seed,
@@ -90,6 +97,8 @@ class Site:
         shared, personal = split_personal(update.state, config.federation.personal)
         if personal:
             state[PERSONAL_STATE] = to_record(personal)
+            if self.state_dir is not None:
+                save_personal(self.state_dir, server_round, personal)
         metrics = {
             "num-examples": aggregation_weight(config, len(self.data.train)),
             **update.metrics,
@@ -103,9 +112,11 @@ class Site:
             )
         return to_record(shared), metrics, records
 
-    def evaluate(self, arrays: ArrayRecord, state: RecordDict) -> dict[str, float]:
+    def evaluate(
+        self, arrays: ArrayRecord, state: RecordDict, *, server_round: int | None = None
+    ) -> dict[str, float]:
         """Metrics of the global (plus this site's personal) arrays on its held-out samples."""
-        weights = {**from_record(arrays), **_personal(state)}
+        weights = {**from_record(arrays), **self.personal(state, upto=server_round)}
         scored = kind_of(self.config).score(
             self.config, shared_backbone(self.config), weights, self.data.heldout
         )

@@ -9,6 +9,7 @@ the Message-API handler (with ``fixedclipping_mod`` under central DP); under
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.client.mod import make_ffn
@@ -18,7 +19,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from fedgray.config import Config
 from fedgray.fl.central import clipping_mods
 from fedgray.fl.client import Site
-from fedgray.fl.node_config import is_deployed, site_config
+from fedgray.fl.node_config import STATE_DIR, is_deployed, site_config
 from fedgray.fl.private import refusal_mod
 from fedgray.fl.run_config import resolve_config
 from fedgray.fl.secagg_site import legacy_train, secure_train_mods
@@ -30,7 +31,9 @@ def _site(config: Config, context: Context) -> Site:
     if is_deployed(context.node_config):
         local = site_config(config, context.node_config)
         partition_id = int(context.node_config.get("partition-id", 0))
-        return Site(local, partition_id, Site.open(local, partition_id=0, num_partitions=1).data)
+        data = Site.open(local, partition_id=0, num_partitions=1).data
+        state_dir = context.node_config.get(STATE_DIR)
+        return Site(local, partition_id, data, Path(str(state_dir)) if state_dir else None)
     return Site.open(
         config,
         partition_id=int(context.node_config["partition-id"]),
@@ -89,7 +92,14 @@ def make_client_app(config: Config | None = None, *, quiet: bool = False) -> Cli
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         site = _site(resolve_config(config, context.run_config), context)
-        metrics = site.evaluate(msg.content["arrays"], context.state)
+        server_round = (
+            msg.content["config"].get("server-round") if "config" in msg.content else None
+        )
+        metrics = site.evaluate(
+            msg.content["arrays"],
+            context.state,
+            server_round=int(server_round) if server_round is not None else None,
+        )
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
     return app

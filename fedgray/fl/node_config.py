@@ -12,6 +12,8 @@ site's paths or keys::
 ``data-dir`` is a ``folder`` dataset (see :mod:`fedgray.data.folder`): ``train/captions.csv``
 and its images; the site holds out ``federation.holdout`` of it for evaluation.
 ``partition-id`` stays the site's number (its seeds and its epsilon ledger's name).
+``state-dir`` (optional) is where the site keeps its personal adapters between rounds and
+runs (:mod:`fedgray.fl.site_state`); without it they live only in the node's memory.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from fedgray.data.folder import CAPTIONS_FILE
 from fedgray.data.registry import FOLDER_PREFIX
 
 DATA_DIR = "data-dir"
+STATE_DIR = "state-dir"  # optional: where the site keeps its personal adapters between runs
 BACKBONE_KEYS = {
     "backbone-artifact": "artifact",
     "verify-key": "verify_key",

@@ -8,11 +8,14 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from opacus.accountants import RDPAccountant
 
 from fedgray.config_schema import ConfigError
 from fedgray.fl.checkpoint import CHECKPOINT, load_checkpoint
+from fedgray.fl.records import from_record
 from fedgray.fl.simulation import open_run
+from fedgray.fl.site_state import load_personal
 from tests.helpers import MICRO, micro_config, run_local
 
 
@@ -126,3 +129,24 @@ def test_a_fresh_run_that_cannot_start_leaves_no_folder(
     with pytest.raises(ConfigError, match=f"^{re.escape(error)}"):
         open_run(str(config), [*MICRO, f"output.root={root}", *overrides], resume=None)
     assert not root.exists()
+
+
+PERSONAL = ["federation.personal=[image_out, text_out]", "federation.num_rounds=3"]
+
+
+def test_personal_adapters_survive_a_resume(tmp_path: Path) -> None:
+    full, _, _ = run_local(micro_config(tmp_path, *PERSONAL, name="full"))
+    run_local(micro_config(tmp_path, *PERSONAL, "federation.num_rounds=2", name="cut"))
+    config, _ = open_run(None, ["federation.num_rounds=3"], resume=tmp_path / "cut")
+    resumed, _, grid = run_local(config)  # a fresh process: no context.state
+    a, b = from_record(full.arrays), from_record(resumed.arrays)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not any(k.startswith(("image_out", "text_out")) for k in a)  # never on the server
+    for site in range(3):
+        mine = load_personal(tmp_path / "full" / "sites" / f"site-{site}")
+        theirs = load_personal(tmp_path / "cut" / "sites" / f"site-{site}")
+        assert mine.keys() == theirs.keys() == {
+            "image_out.weight", "image_out.bias", "text_out.weight", "text_out.bias"
+        }  # fmt: skip
+        assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert full.records[-1]["federated"] == pytest.approx(resumed.records[-1]["federated"])
