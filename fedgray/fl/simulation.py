@@ -67,7 +67,9 @@ def open_run(
         where = Path(config.output.root) / config.output.name
         raise ValueError(f"{where} already holds a run: continue it with --resume {where}")
     preflight(config)
-    return config, RunFolder(config.output.root, config.output.name, prefix="federated")
+    run = RunFolder(config.output.root, config.output.name, prefix="federated")
+    config.output.name = run.path.name  # the sites keep their own state under it
+    return config, run
 
 
 @contextmanager
