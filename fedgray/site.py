@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypedDict
 
+from fedgray.backbone import Backbone
+from fedgray.backbone.access import AccessLevel
 from fedgray.backbone.artifact import load_artifact
 from fedgray.backbone.loading import BUILTIN_TAG, load_sealed
 from fedgray.backbone.runtime import IsolatedBackbone
-from fedgray.backbone.sealed import SealedBackbone
 from fedgray.config import Config, PretrainConfig
 from fedgray.data.registry import load_dataset
 from fedgray.owner.pretrain import builtin_checkpoint
 from fedgray.tasks.data import TaskData, prepare
+
+
+class ArtifactOptions(TypedDict):
+    """Keyword arguments of ``load_artifact`` and ``IsolatedBackbone`` besides the path."""
+
+    verify_key: str | Path
+    content_key: str | Path
+    name: str | None
+    level: AccessLevel | str | None
+    query_budget: int | None
 
 
 def resolve_pretrained(
@@ -23,7 +35,7 @@ def resolve_pretrained(
     return pretrained
 
 
-def open_backbone(config: Config, *, progress: bool = True) -> SealedBackbone | IsolatedBackbone:
+def open_backbone(config: Config, *, progress: bool = True) -> Backbone:
     """Load and seal the configured backbone: from its sealed artifact when one is set
     (in its own process with ``backbone.isolated``), else by name and pretrained weights
     (pretraining the built-in one if not cached)."""
@@ -32,7 +44,7 @@ def open_backbone(config: Config, *, progress: bool = True) -> SealedBackbone | 
         return IsolatedBackbone.connect(spec.runtime, name=spec.name, level=spec.level)
     if spec.artifact is not None:
         assert spec.verify_key is not None and spec.content_key is not None  # by BackboneConfig
-        options = {
+        options: ArtifactOptions = {
             "verify_key": spec.verify_key,
             "content_key": spec.content_key,
             "name": spec.name,
@@ -46,9 +58,7 @@ def open_backbone(config: Config, *, progress: bool = True) -> SealedBackbone | 
     return load_sealed(spec.name, pretrained, level=spec.level, query_budget=spec.query_budget)
 
 
-def load_task_data(
-    config: Config, backbone: SealedBackbone | IsolatedBackbone, *, split: str
-) -> TaskData:
+def load_task_data(config: Config, backbone: Backbone, *, split: str) -> TaskData:
     """The configured dataset's ``split`` in the backbone's input format."""
     size = config.data.train_size if split == "train" else config.data.test_size
     dataset = load_dataset(config.data.dataset, split=split, size=size, seed=config.data.seed)

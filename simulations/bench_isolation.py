@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from fedgray.adapters import build_model
-from fedgray.backbone import create_clip, generate_keys, load_artifact, seal
+from fedgray.backbone import Backbone, create_clip, generate_keys, load_artifact, seal
 from fedgray.backbone.runtime import IsolatedBackbone
 from fedgray.data.registry import load_dataset
 from fedgray.tasks.data import prepare
@@ -30,7 +30,7 @@ from fedgray.tasks.losses import contrastive_loss
 class _Trainer:
     """DGA training steps (retrieval loss, batch ``batch_size``) on ``world/sketch``."""
 
-    def __init__(self, backbone: object, *, batch_size: int) -> None:
+    def __init__(self, backbone: Backbone, *, batch_size: int) -> None:
         dataset = load_dataset("world/sketch", split="train", size=batch_size * 4, seed=0)
         self.data = prepare(dataset, backbone.tokenize, image_size=backbone.interface.image_size)
         self.scale = backbone.interface.logit_scale
@@ -82,9 +82,14 @@ def main() -> None:
             signing_key=keys.signing_key,
             content_key=keys.content_key,
         )
-        paths = {"verify_key": keys.verify_key, "content_key": keys.content_key}
-        in_process = load_artifact(artifact, **paths)
-        with IsolatedBackbone(artifact, threads=torch.get_num_threads(), **paths) as isolated:
+        verify_key, content_key = keys.verify_key, keys.content_key
+        in_process = load_artifact(artifact, verify_key=verify_key, content_key=content_key)
+        with IsolatedBackbone(
+            artifact,
+            verify_key=verify_key,
+            content_key=content_key,
+            threads=torch.get_num_threads(),
+        ) as isolated:
             trainers = {
                 "in-process": _Trainer(in_process, batch_size=args.batch_size),
                 "isolated": _Trainer(isolated, batch_size=args.batch_size),

@@ -14,8 +14,8 @@ from fedgray.adapters.modules import (
 )
 from fedgray.adapters.prompt import PromptSpace
 from fedgray.adapters.white import attach_lora, last_blocks
+from fedgray.backbone import Backbone
 from fedgray.backbone.access import AccessLevel, SealedError
-from fedgray.backbone.sealed import SealedBackbone
 from fedgray.config import MethodConfig
 
 
@@ -31,21 +31,21 @@ class Method:
     name: str
     level: AccessLevel
     description: str
-    build: Callable[[SealedBackbone, MethodConfig], AdaptedCLIP]
+    build: Callable[[Backbone, MethodConfig], AdaptedCLIP]
     trainer: str = "gradient"
     tasks: tuple[str, ...] = ("retrieval", "classification")
 
 
-def _zero_shot(backbone: SealedBackbone, _: MethodConfig) -> AdaptedCLIP:
+def _zero_shot(backbone: Backbone, _: MethodConfig) -> AdaptedCLIP:
     return AdaptedCLIP(backbone)
 
 
-def _output(backbone: SealedBackbone, _: MethodConfig) -> AdaptedCLIP:
+def _output(backbone: Backbone, _: MethodConfig) -> AdaptedCLIP:
     dim = backbone.interface.embed_dim
     return AdaptedCLIP(backbone, image_out=OutputAdapter(dim), text_out=OutputAdapter(dim))
 
 
-def _dga(backbone: SealedBackbone, _: MethodConfig) -> AdaptedCLIP:
+def _dga(backbone: Backbone, _: MethodConfig) -> AdaptedCLIP:
     i = backbone.interface
     return AdaptedCLIP(
         backbone,
@@ -56,7 +56,7 @@ def _dga(backbone: SealedBackbone, _: MethodConfig) -> AdaptedCLIP:
     )
 
 
-def _lga(backbone: SealedBackbone, options: MethodConfig) -> AdaptedCLIP:
+def _lga(backbone: Backbone, options: MethodConfig) -> AdaptedCLIP:
     model = _dga(backbone, options)
     points = {p.tower: p for p in backbone.interface.entry_points}
     count = options.prompt_tokens
@@ -69,21 +69,21 @@ def _lga(backbone: SealedBackbone, options: MethodConfig) -> AdaptedCLIP:
     return model
 
 
-def _craft(backbone: SealedBackbone, options: MethodConfig) -> AdaptedCLIP:
+def _craft(backbone: Backbone, options: MethodConfig) -> AdaptedCLIP:
     width = backbone.interface.token_width
     return AdaptedCLIP(backbone, text_in=PromptSpace(width, dim=options.craft.intrinsic_dim))
 
 
-def _lora(backbone: SealedBackbone, options: MethodConfig) -> AdaptedCLIP:
+def _lora(backbone: Backbone, options: MethodConfig) -> AdaptedCLIP:
     factors = attach_lora(backbone.module, rank=options.lora_rank, alpha=options.lora_alpha)
     return AdaptedCLIP(backbone, white_module=factors)
 
 
-def _last_layers(backbone: SealedBackbone, options: MethodConfig) -> AdaptedCLIP:
+def _last_layers(backbone: Backbone, options: MethodConfig) -> AdaptedCLIP:
     return AdaptedCLIP(backbone, white_module=last_blocks(backbone.module, options.last_layers))
 
 
-def _full(backbone: SealedBackbone, _: MethodConfig) -> AdaptedCLIP:
+def _full(backbone: Backbone, _: MethodConfig) -> AdaptedCLIP:
     return AdaptedCLIP(backbone, white_module=backbone.module.requires_grad_(True))
 
 
@@ -128,7 +128,7 @@ def method_spec(name: str) -> Method:
 
 
 def build_model(
-    backbone: SealedBackbone,
+    backbone: Backbone,
     method: str | MethodConfig,
     *,
     prompt_tokens: int | None = None,

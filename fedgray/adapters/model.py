@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from fedgray.adapters.modules import DeepPrompts
-from fedgray.backbone.sealed import SealedBackbone
+from fedgray.backbone import Backbone
 
 INPUT_MODULES = ("image_in", "text_in")
 
@@ -21,7 +21,7 @@ class AdaptedCLIP(nn.Module):
 
     def __init__(
         self,
-        backbone: SealedBackbone,
+        backbone: Backbone,
         *,
         image_in: nn.Module | None = None,
         text_in: nn.Module | None = None,

@@ -12,13 +12,13 @@ import json
 
 import torch
 
-from fedgray.backbone.sealed import SealedBackbone
+from fedgray.backbone import Backbone
 from fedgray.config import Config
 from fedgray.config_schema import to_dict
 from fedgray.site import load_task_data, open_backbone
 from fedgray.tasks import TaskData
 
-_BACKBONES: dict[str, SealedBackbone] = {}
+_BACKBONES: dict[str, Backbone] = {}
 _DATA: dict[tuple[str, str, str, int, int], TaskData] = {}
 
 
@@ -29,7 +29,7 @@ def _backbone_key(config: Config) -> str:
     )
 
 
-def shared_backbone(config: Config) -> SealedBackbone:
+def shared_backbone(config: Config) -> Backbone:
     """The configured sealed backbone, loaded once per process."""
     key = _backbone_key(config)
     if key not in _BACKBONES:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
@@ -39,7 +40,7 @@ class TaskData:
         """Per-sample tensors for a DataLoader: (images, tokens, caption_ids, labels)."""
         return TensorDataset(self.images, self.tokens, self.caption_ids, self.labels)
 
-    def subset(self, indices: Sequence[int] | torch.Tensor) -> TaskData:
+    def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> TaskData:
         """The samples at ``indices``, caption ids renumbered ``0..U-1`` (prompts unchanged)."""
         index = torch.as_tensor(indices, dtype=torch.long)
         _, caption_ids = torch.unique(self.caption_ids[index], return_inverse=True)
