@@ -1,4 +1,5 @@
-"""Load any fedgray dataset by name: ``world/<domain>``, ``digits`` or ``folder:<path>``."""
+"""Load any fedgray dataset by name: ``world/<domain>``, ``digits``, ``mnist`` or
+``folder:<path>``."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ from typing import Any
 
 from fedgray.data.digits import load_digits_set
 from fedgray.data.folder import load_folder_set, read_captions
+from fedgray.data.mnist import load_mnist_set
 from fedgray.data.sets import SPLITS, ImageTextSet
 from fedgray.data.world import DOMAINS
 from fedgray.data.world_set import make_world_set
 
 FOLDER_PREFIX = "folder:"
-DATASETS = (*(f"world/{d}" for d in DOMAINS), "digits", f"{FOLDER_PREFIX}<path>")
+DATASETS = (*(f"world/{d}" for d in DOMAINS), "digits", "mnist", f"{FOLDER_PREFIX}<path>")
 WORLD_OFFSETS = {"train": 0, "test": 10_000_000}  # disjoint scene index ranges per split
 WORLD_DEFAULT_SIZES = {"train": 10_000, "test": 1_000}
 
@@ -32,6 +34,10 @@ def _digits(*, split: str, size: int | None, seed: int, **options: Any) -> Image
     return _head(load_digits_set(split=split, seed=seed, **options), size)
 
 
+def _mnist(*, split: str, size: int | None, seed: int, **options: Any) -> ImageTextSet:
+    return _head(load_mnist_set(split=split, seed=seed, **options), size)
+
+
 def _folder(path: str) -> Loader:
     def load(*, split: str, size: int | None, seed: int, **options: Any) -> ImageTextSet:
         return _head(load_folder_set(Path(path) / split, **options), size)
@@ -47,7 +53,10 @@ def _head(dataset: ImageTextSet, size: int | None) -> ImageTextSet:
     return dataset.subset(range(size))
 
 
-_LOADERS: dict[str, Loader] = {f"world/{d}": _world(d) for d in DOMAINS} | {"digits": _digits}
+_LOADERS: dict[str, Loader] = {f"world/{d}": _world(d) for d in DOMAINS} | {
+    "digits": _digits,
+    "mnist": _mnist,
+}
 
 
 def available(name: str, *, split: str) -> int | None:
@@ -57,6 +66,8 @@ def available(name: str, *, split: str) -> int | None:
         return len(read_captions(Path(name.removeprefix(FOLDER_PREFIX)) / split)[2])
     if name == "digits":
         return len(load_digits_set(split=split, seed=0))
+    if name == "mnist":
+        return len(load_mnist_set(split=split, seed=0))
     if name in _LOADERS:
         return None
     raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
@@ -68,9 +79,10 @@ def load_dataset(
     """Load ``split`` ("train" or "test") of dataset ``name`` (see :data:`DATASETS`).
 
     ``size`` keeps the first samples (world: renders that many; default 10,000 train /
-    1,000 test). World splits are disjoint scene ranges; ``digits`` is a seeded stratified
-    split; ``folder:<path>`` reads ``<path>/<split>/captions.csv``. ``options`` go to the
-    underlying loader (e.g. ``caption_style``, ``noise_sigma``, ``image_size``).
+    1,000 test). World splits are disjoint scene ranges; ``digits`` and ``mnist`` are
+    seeded stratified splits; ``folder:<path>`` reads ``<path>/<split>/captions.csv``.
+    ``options`` go to the underlying loader (e.g. ``caption_style``, ``noise_sigma``,
+    ``image_size``).
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")

@@ -13,7 +13,8 @@ from fedgray.data.registry import DATASETS, load_dataset
 
 def test_names() -> None:
     assert DATASETS == (
-        "world/photo", "world/sketch", "world/inverted", "world/noisy", "digits", "folder:<path>"
+        "world/photo", "world/sketch", "world/inverted", "world/noisy", "digits", "mnist",
+        "folder:<path>",
     )  # fmt: skip
 
 
