@@ -161,7 +161,8 @@ class MethodConfig:
     """What is trained: see ``fedgray.adapters.METHODS``.
 
     ``prompt_tokens``: LGA's tokens per layer; ``lora_rank``/``lora_alpha``: LoRA's rank and
-    scale (``alpha / rank``); ``last_layers``: blocks per tower that ``last-layers`` trains;
+    scale (``alpha / rank``); ``output_rank``: the rank of ``output-lowrank``'s adapters;
+    ``last_layers``: blocks per tower that ``last-layers`` trains;
     ``craft``: CraFT's settings.
     """
 
@@ -170,6 +171,7 @@ class MethodConfig:
     input_lr_scale: float = field(default=1.0, metadata=positive())
     lora_rank: int = field(default=4, metadata=positive())
     lora_alpha: float = field(default=8.0, metadata=positive())
+    output_rank: int = field(default=8, metadata=positive())
     last_layers: int = field(default=1, metadata=positive())
     craft: CraftConfig = field(default_factory=CraftConfig)
 
@@ -239,6 +241,10 @@ class PrivacyConfig:
     ``secure_mode``: Opacus' secure mode, noise and sampling from a cryptographically secure
     generator (needs ``torchcsprng``); off, they come from torch's seeded generators, which
     repeat a run exactly but are not secure (see :mod:`fedgray.privacy.randomness`).
+    ``cache_features``: when only the image output module trains (method ``output`` and its
+    smaller forms), compute the backbone's image features once per local training call and
+    step DP-SGD over them (same per-sample gradients and accounting, far cheaper steps, so
+    full batches and many steps are affordable; see :mod:`fedgray.privacy.features`).
     """
 
     enabled: bool = False
@@ -253,6 +259,7 @@ class PrivacyConfig:
     on_budget: str = field(default="skip", metadata=one_of("skip", "stop"))
     poisson: bool = True
     secure_mode: bool = False
+    cache_features: bool = False
     central: CentralPrivacyConfig = field(default_factory=CentralPrivacyConfig)
 
     def __post_init__(self) -> None:

@@ -9,7 +9,9 @@ from fedgray.adapters.model import AdaptedCLIP
 from fedgray.adapters.modules import (
     DeepPrompts,
     ImageInputAdapter,
+    LowRankOutputAdapter,
     OutputAdapter,
+    ScaleShiftAdapter,
     TextInputAdapter,
 )
 from fedgray.adapters.prompt import PromptSpace
@@ -43,6 +45,20 @@ def _zero_shot(backbone: Backbone, _: MethodConfig) -> AdaptedCLIP:
 def _output(backbone: Backbone, _: MethodConfig) -> AdaptedCLIP:
     dim = backbone.interface.embed_dim
     return AdaptedCLIP(backbone, image_out=OutputAdapter(dim), text_out=OutputAdapter(dim))
+
+
+def _output_scale(backbone: Backbone, _: MethodConfig) -> AdaptedCLIP:
+    dim = backbone.interface.embed_dim
+    return AdaptedCLIP(backbone, image_out=ScaleShiftAdapter(dim), text_out=ScaleShiftAdapter(dim))
+
+
+def _output_lowrank(backbone: Backbone, options: MethodConfig) -> AdaptedCLIP:
+    dim, rank = backbone.interface.embed_dim, options.output_rank
+    return AdaptedCLIP(
+        backbone,
+        image_out=LowRankOutputAdapter(dim, rank),
+        text_out=LowRankOutputAdapter(dim, rank),
+    )
 
 
 def _dga(backbone: Backbone, _: MethodConfig) -> AdaptedCLIP:
@@ -100,6 +116,18 @@ METHODS: dict[str, Method] = {
             tasks=("classification",),
         ),
         Method("output", AccessLevel.GRAY, "output adapters only", _output),
+        Method(
+            "output-scale",
+            AccessLevel.GRAY,
+            "per-dimension scale and shift on the outputs (fewest dimensions, for DP)",
+            _output_scale,
+        ),
+        Method(
+            "output-lowrank",
+            AccessLevel.GRAY,
+            "rank-method.output_rank residual output adapters (for DP)",
+            _output_lowrank,
+        ),
         Method("dga", AccessLevel.GRAY, "DGA: input + output adapters (gray-box)", _dga),
         Method("lga", AccessLevel.GRAY_PLUS, "LGA: DGA + per-layer tokens (gray+)", _lga),
         Method(

@@ -82,6 +82,42 @@ class OutputAdapter(nn.Linear):
             self.bias.zero_()
 
 
+class ScaleShiftAdapter(nn.Module):
+    """``x * scale + shift`` on an embedding, per dimension (2 x ``dim`` parameters),
+    initialised to the identity: the smallest output adapter, for DP (fewer noised
+    dimensions). The vectors are embedding rows, so Opacus computes per-sample gradients."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.scale, self.shift = nn.Embedding(1, dim), nn.Embedding(1, dim)
+        with torch.no_grad():
+            self.scale.weight.fill_(1.0)
+            self.shift.weight.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` [B, D] scaled and shifted."""
+        b = x.shape[0]
+        return x * _rows(self.scale, b, 1)[:, 0] + _rows(self.shift, b, 1)[:, 0]
+
+
+class LowRankOutputAdapter(nn.Module):
+    """``x + up(down(x)) + bias`` on an embedding: a rank-``rank`` residual map
+    (``(2 rank + 1) dim`` parameters), ``up`` zero-initialised so it starts as the identity."""
+
+    def __init__(self, dim: int, rank: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(dim, rank, bias=False)
+        self.up = nn.Linear(rank, dim)
+        with torch.no_grad():
+            self.down.weight.normal_(std=dim**-0.5)
+            self.up.weight.zero_()
+            self.up.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` [B, D] plus its low-rank correction."""
+        return x + self.up(self.down(x))
+
+
 class DeepPrompts(nn.Module):
     """LGA: ``count`` learnable tokens per layer with a zero-initialised gate per layer."""
 

@@ -19,6 +19,7 @@ from fedgray.adapters.model import AdaptedCLIP
 from fedgray.config import Config
 from fedgray.privacy import Ledger, NoisePlan, PrivateTraining, make_private, plan_noise
 from fedgray.privacy.budget import check_budget
+from fedgray.privacy.features import cached_head
 from fedgray.privacy.objectives import private_task
 from fedgray.tasks import TASKS, Task, TaskData
 from fedgray.train.local import TrainResult, batches, train_steps
@@ -68,6 +69,7 @@ class LocalTrainer:
     ) -> None:
         train, privacy = config.train, config.privacy
         self.model, self.data, self.schedule, self.delta = model, data, schedule, privacy.delta
+        self.stepped: torch.nn.Module = model  # the module stepped: ``model`` or its cached head
         self.taken = 0
         self.plan: NoisePlan | None = None
         self._private: PrivateTraining | None = None
@@ -78,6 +80,9 @@ class LocalTrainer:
                     "loss: not with privacy.enabled"
                 )
             self.task = private_task(train.task, model)
+            if privacy.cache_features:  # only the image output trains: step it over features
+                self.stepped, data = cached_head(model, data)
+                self.data = data
             ledger = ledger if ledger is not None else Ledger(privacy.accountant)
             self.plan = plan_noise(
                 privacy,
@@ -100,7 +105,7 @@ class LocalTrainer:
         self.stream = batches(data, batch_size=train.batch_size, seed=seed)
         if self.plan is not None and ledger is not None and self.trainable:
             self._private = make_private(
-                model,
+                self.stepped,
                 data,
                 optimizer,
                 plan=self.plan,
@@ -126,7 +131,7 @@ class LocalTrainer:
             self.taken += steps
             return TrainResult()
         result = train_steps(
-            self.model,
+            self.stepped,
             self.task,
             self.data,
             self.stream,

@@ -1,0 +1,90 @@
+"""Cached backbone features for DP-SGD when only the image output module trains.
+
+Under DP the text side is frozen (:mod:`fedgray.privacy.objectives`); when the image side
+trains nothing before the backbone either (method ``output`` and its smaller forms), every
+image's backbone features are fixed for a whole local training call. They are computed
+once per call (so any change of the modules before the output module, or of the data, is
+seen at the next call), and DP-SGD then steps a small head over them: a step costs a
+matrix product instead of a backbone forward and backward, so full batches (Poisson
+sample rate 1), many steps and many epochs become affordable. The loss is the same
+function of the same inputs, so per-sample gradients, clipping, noise and the accounting
+are exactly those of the uncached path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from fedgray.adapters import AdaptedCLIP
+from fedgray.tasks.data import TaskData
+
+CHUNK = 256  # images per backbone call while caching
+
+
+class CachedImageHead(nn.Module):
+    """``model`` seen from its cached image features: ``encode_images`` applies only the
+    image output module; ``encode_texts`` is the model's frozen text side, memoised by
+    token row (no gradient: no text-side module trains under DP)."""
+
+    model: AdaptedCLIP  # held outside the module tree: only image_out is stepped and hooked
+
+    def __init__(self, model: AdaptedCLIP) -> None:
+        super().__init__()
+        self.image_out = model.image_out
+        object.__setattr__(self, "model", model)
+        self._texts: dict[bytes, torch.Tensor] = {}
+
+    def encode_images(self, features: torch.Tensor) -> torch.Tensor:
+        """Image features [B, D] from cached backbone features [B, D]."""
+        return self.image_out(features) if self.image_out is not None else features
+
+    def encode_texts(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Frozen text features [B, D] (each distinct token row encoded once)."""
+        keys = [row.numpy().tobytes() for row in tokens]
+        fresh = [k for k in dict.fromkeys(keys) if k not in self._texts]
+        if fresh:
+            first = {k: i for i, k in reversed(list(enumerate(keys)))}
+            with torch.no_grad():
+                encoded = self.model.encode_texts(tokens[[first[k] for k in fresh]])
+            self._texts.update(zip(fresh, encoded, strict=True))
+        return torch.stack([self._texts[k] for k in keys])
+
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Image and text features of paired inputs."""
+        return self.encode_images(features), self.encode_texts(tokens)
+
+
+def cacheable(model: AdaptedCLIP) -> bool:
+    """Whether every trainable parameter of ``model`` sits in its image output module."""
+    head = {id(p) for p in model.image_out.parameters()} if model.image_out is not None else set()
+    return all(id(p) in head for p in model.parameters() if p.requires_grad)
+
+
+@torch.no_grad()
+def backbone_features(model: AdaptedCLIP, images: torch.Tensor) -> torch.Tensor:
+    """``model.encode_images`` without its image output module: what that module sees."""
+    head = model.image_out
+    model.image_out = None
+    try:
+        return torch.cat([model.encode_images(chunk) for chunk in images.split(CHUNK)])
+    finally:
+        model.image_out = head
+
+
+def cached_head(model: AdaptedCLIP, data: TaskData) -> tuple[CachedImageHead, TaskData]:
+    """The head to step and ``data`` with its images replaced by backbone features.
+
+    Raises ValueError (naming the option) when a module before the backbone trains.
+    """
+    if not cacheable(model):
+        trainable = sorted(
+            {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+        )
+        raise ValueError(
+            "privacy.cache_features: only the image output module may train under it "
+            f"(trainable here: {', '.join(trainable)}); use method 'output' or one of its forms"
+        )
+    return CachedImageHead(model), replace(data, images=backbone_features(model, data.images))

@@ -1,0 +1,148 @@
+"""DP-SGD over cached backbone features (``privacy.cache_features``) and the small output
+adapters: per-sample gradients equal single-sample passes through the whole model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from opacus import GradSampleModule
+
+from fedgray.adapters import AdaptedCLIP, build_model
+from fedgray.backbone import SealedBackbone
+from fedgray.config import load_config
+from fedgray.privacy import private_task
+from fedgray.privacy.features import CachedImageHead, cached_head
+from fedgray.tasks.data import TaskData
+from fedgray.train.schedule import Schedule
+from fedgray.train.trainer import LocalTrainer
+from tests.helpers import MICRO
+
+CAPTIONS = ["a red circle", "a blue square", "a green star", "the digit 7", "a small ring"]
+VOCABULARY = [*CAPTIONS, "a large ring", "a blue circle", "the digit 1"]
+
+
+def _data(backbone: SealedBackbone, n: int, *, vocabulary: bool = False) -> TaskData:
+    size = backbone.interface.image_size
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.arange(n) % len(CAPTIONS)
+    return TaskData(
+        images=torch.rand(n, 3, size, size, generator=generator),
+        tokens=backbone.tokenize([CAPTIONS[i] for i in labels]),
+        caption_ids=labels.clone(),
+        labels=labels,
+        prompt_tokens=backbone.tokenize(CAPTIONS),
+        prompt_classes=torch.arange(len(CAPTIONS)),
+        num_classes=len(CAPTIONS),
+        public_tokens=backbone.tokenize(VOCABULARY) if vocabulary else None,
+    )
+
+
+def _perturbed(backbone: SealedBackbone, method: str) -> AdaptedCLIP:
+    torch.manual_seed(2)
+    model = build_model(backbone, method)
+    with torch.no_grad():  # away from the identity, so that every gradient is non-trivial
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("method", ["output", "output-scale", "output-lowrank"])
+@pytest.mark.parametrize(
+    ("task_name", "vocabulary"),
+    [("retrieval", False), ("retrieval", True), ("classification", False)],
+)
+def test_cached_per_sample_gradients_match_single_sample_passes_through_the_backbone(
+    micro: SealedBackbone, method: str, task_name: str, vocabulary: bool
+) -> None:
+    model = _perturbed(micro, method)
+    data = _data(micro, 6, vocabulary=vocabulary)
+    task = private_task(task_name, model)
+    scale = micro.interface.logit_scale
+    head, cached = cached_head(model, data)
+    assert cached.images.shape == (6, micro.interface.embed_dim)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and all(any(p is q for q in head.parameters()) for p in trainable)
+
+    module = GradSampleModule(head, batch_first=True, loss_reduction="mean")
+    task.loss(head, tuple(cached.as_dataset().tensors), cached, scale).backward()
+    per_sample = [p.grad_sample.clone() for p in trainable]  # type: ignore[attr-defined]
+    module._close()
+
+    whole = tuple(data.as_dataset().tensors)  # the uncached model, one sample at a time
+    for i in range(len(data)):
+        model.zero_grad(set_to_none=True)
+        task.loss(model, tuple(t[i : i + 1] for t in whole), data, scale).backward()
+        for p, samples in zip(trainable, per_sample, strict=True):
+            assert p.grad is not None
+            error = (samples[i] - p.grad).norm() / p.grad.norm().clamp_min(1e-12)
+            assert error < 1e-5, f"sample {i}: relative error {error:.2e}"
+    assert all(s.abs().sum() > 0 for s in per_sample)
+
+
+def test_cached_text_features_equal_the_models_and_are_encoded_once(
+    micro: SealedBackbone,
+) -> None:
+    model = _perturbed(micro, "output")
+    head = CachedImageHead(model)
+    tokens = micro.tokenize(["a red circle", "a blue square", "a red circle"])
+    calls: list[int] = []
+    encode = model.encode_texts
+
+    def counting(rows: torch.Tensor) -> torch.Tensor:
+        calls.append(len(rows))
+        return encode(rows)
+
+    model.encode_texts = counting  # type: ignore[method-assign,assignment]
+    first = head.encode_texts(tokens)
+    again = head.encode_texts(tokens[1:])
+    assert calls == [2]  # two distinct captions, each encoded once
+    with torch.no_grad():
+        expected = encode(tokens)
+    assert torch.allclose(first, expected, atol=1e-6) and torch.equal(again, first[1:])
+
+
+def _train(micro: SealedBackbone, *, cache: bool, method: str = "output") -> LocalTrainer:
+    config = load_config(
+        None,
+        [
+            *MICRO,
+            f"method.name={method}",
+            "privacy.enabled=true",
+            "privacy.noise_multiplier=0.7",
+            "privacy.max_grad_norm=0.5",
+            f"privacy.cache_features={str(cache).lower()}",
+            "train.batch_size=6",
+            "train.lr=0.05",
+        ],
+    )
+    model = _perturbed(micro, method)
+    torch.manual_seed(5)  # Opacus' noise (insecure mode) comes from torch's global generator
+    return LocalTrainer(config, model, _data(micro, 24), schedule=Schedule(4, 8), seed=3)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_cached_trainer_takes_the_same_dp_steps_and_accounts_the_same(
+    micro: SealedBackbone,
+) -> None:
+    outcomes = []
+    for cache in (False, True):
+        trainer = _train(micro, cache=cache)
+        start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        trainer.run()
+        report = trainer.close()
+        assert report is not None
+        state = trainer.model.state_dict()
+        outcomes.append((state, report))
+        moved = sum((state[k] - start[k]).abs().sum().item() for k in start)
+        assert moved > 1e-3  # the image output adapter trained
+        assert torch.equal(state["text_out.weight"], start["text_out.weight"])  # frozen
+    (plain, plain_report), (cached, cached_report) = outcomes
+    for key in plain:  # the same batches, clipping and noise: the same adapters
+        assert torch.allclose(plain[key], cached[key], atol=1e-5), key
+    assert plain_report.ledger == cached_report.ledger
+    assert plain_report.epsilon == cached_report.epsilon and plain_report.ledger.steps == 4
+
+
+def test_cache_refuses_a_model_that_trains_before_the_backbone(micro: SealedBackbone) -> None:
+    with pytest.raises(ValueError, match=r"privacy.cache_features: .*image_in"):
+        _train(micro, cache=True, method="dga")
