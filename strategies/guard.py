@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from logging import WARNING
+from typing import cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -110,7 +111,7 @@ def _site_of(msg: Message) -> tuple[int, int]:
     if msg.has_error():
         return (1, msg.metadata.src_node_id)
     metrics = next(iter(msg.content.metric_records.values()))
-    return (0, int(metrics.get(ORDER_KEY, msg.metadata.src_node_id)))
+    return (0, int(cast(int, metrics.get(ORDER_KEY, msg.metadata.src_node_id))))  # a site number
 
 
 @cache

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.client.mod import make_ffn
@@ -50,8 +51,8 @@ def _train_pipeline(config: Config) -> ClientAppCallable:
         return _site(config, context).train(
             arrays,
             context.state,
-            server_round=int(settings["server-round"]),
-            proximal_mu=float(settings.get("proximal-mu", 0.0)),
+            server_round=int(cast(int, settings["server-round"])),
+            proximal_mu=float(cast(float, settings.get("proximal-mu", 0.0))),
             settings=settings,
         )
 
@@ -59,8 +60,13 @@ def _train_pipeline(config: Config) -> ClientAppCallable:
         return make_ffn(legacy_train(train), secure_train_mods(config))
 
     def handle(msg: Message, context: Context) -> Message:
-        arrays, metrics, records = train(msg.content["arrays"], msg.content["config"], context)
-        content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics), **records})
+        arrays, metrics, records = train(
+            cast(ArrayRecord, msg.content["arrays"]),  # as the strategy's configure_train sends
+            cast(ConfigRecord, msg.content["config"]),
+            context,
+        )
+        # dict(): MetricRecord takes a dict[str, MetricRecordValues] (it may empty its input)
+        content = RecordDict({"arrays": arrays, "metrics": MetricRecord(dict(metrics)), **records})
         return Message(content, reply_to=msg)
 
     return make_ffn(handle, [refusal_mod, *clipping_mods(config, legacy=False)])
@@ -93,14 +99,16 @@ def make_client_app(config: Config | None = None, *, quiet: bool = False) -> Cli
     def evaluate(msg: Message, context: Context) -> Message:
         site = _site(resolve_config(config, context.run_config), context)
         server_round = (
-            msg.content["config"].get("server-round") if "config" in msg.content else None
+            cast(ConfigRecord, msg.content["config"]).get("server-round")
+            if "config" in msg.content
+            else None
         )
         metrics = site.evaluate(
-            msg.content["arrays"],
+            cast(ArrayRecord, msg.content["arrays"]),  # as the strategy's configure_evaluate sends
             context.state,
-            server_round=int(server_round) if server_round is not None else None,
+            server_round=int(cast(int, server_round)) if server_round is not None else None,
         )
-        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+        return Message(RecordDict({"metrics": MetricRecord(dict(metrics))}), reply_to=msg)
 
     return app
 

@@ -28,10 +28,11 @@ class FederationError(RuntimeError):
     """A federated run that cannot give what was asked for; the message is one line."""
 
 
-def short_reason(reason: str) -> str:
+def short_reason(reason: str | None) -> str:
     """The innermost ``Type: message`` line of an error reply's reason (Flower's reasons
-    hold whole tracebacks, wrapped by Ray and by Flower's ``ClientAppException``)."""
-    lines = [line.strip() for line in reason.splitlines() if line.strip()]
+    hold whole tracebacks, wrapped by Ray and by Flower's ``ClientAppException``; an
+    ``Error`` may also have none)."""
+    lines = [line.strip() for line in (reason or "").splitlines() if line.strip()]
     found = None
     for line in lines:
         match = _EXCEPTION_LINE.match(line)

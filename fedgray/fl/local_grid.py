@@ -17,6 +17,7 @@ from uuid import uuid4
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity  # internal: Message() reads it
 
 from fedgray.config import Config
@@ -48,7 +49,7 @@ class LocalGrid(Grid):
         self.sent: list[Message] = []
         self.received: list[Message] = []
 
-    def set_run(self, run_id: int) -> None:
+    def set_run(self, run: Run) -> None:
         """Not needed in-process."""
 
     @property
@@ -86,7 +87,7 @@ class LocalGrid(Grid):
         replies = []
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = str(uuid4())
-            inbound = Message(
+            inbound = Message(  # type: ignore[call-overload]  # Flower's internal (metadata) form
                 metadata=copy.deepcopy(msg.metadata), content=copy.deepcopy(msg.content)
             )
             node = msg.metadata.dst_node_id

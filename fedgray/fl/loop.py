@@ -12,15 +12,15 @@ runs the same phase through SecAgg+. Evaluation is the same for both.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedgray.fl.failures import check_phase, failures
 from fedgray.fl.private import site_reports
-from fedgray.fl.records import record_bytes
+from fedgray.fl.records import record_bytes, scalar_metrics
 
 
 @dataclass
@@ -69,6 +69,12 @@ def _ok(replies: list[Message]) -> list[Message]:
     return [m for m in replies if not m.has_error()]
 
 
+def _queries(reply: Message) -> int:
+    """Backbone queries a site's train reply reports (black-box methods; 0 otherwise)."""
+    metrics = cast(MetricRecord, reply.content["metrics"])  # as the ClientApp replies
+    return int(cast(int, metrics.get("queries", 0)))
+
+
 def _rejections(strategy: Strategy) -> int:
     """Updates the guard has rejected so far (the guard may sit inside a DP wrapper)."""
     return len(getattr(getattr(strategy, "strategy", strategy), "rejections", ()))
@@ -88,7 +94,7 @@ def plain_training(strategy: Strategy, grid: Grid, *, timeout: float) -> TrainPh
         ledgers, refusals = site_reports(replies)
         return TrainResult(
             new_arrays,
-            dict(metrics or {}),
+            scalar_metrics(metrics),
             sampled=len(messages),
             trained=len(_ok(replies)) - rejected if new_arrays is not None else 0,
             rejected=rejected,
@@ -96,7 +102,7 @@ def plain_training(strategy: Strategy, grid: Grid, *, timeout: float) -> TrainPh
             bytes_up=max(uploads, default=0),
             ledgers=ledgers,
             refusals=refusals,
-            queries=sum(int(m.content["metrics"].get("queries", 0)) for m in _ok(replies)),
+            queries=sum(_queries(m) for m in _ok(replies)),
             errors=failures(replies, sent=len(messages)),
             replied=len(_ok(replies)),
         )
@@ -131,10 +137,11 @@ def run_round(
             outcome.arrays = arrays
         warning = check_phase("train", server_round, reasons=result.errors, usable=result.replied)
         outcome.warnings += [warning] if warning else []
+    assert outcome.arrays is not None  # the old arrays when nothing was aggregated
     messages = list(strategy.configure_evaluate(server_round, outcome.arrays, ConfigRecord(), grid))
     replies = list(grid.send_and_receive(messages, timeout=timeout))
     reasons = failures(replies, sent=len(messages))
     warning = check_phase("evaluate", server_round, reasons=reasons, usable=len(_ok(replies)))
     outcome.warnings += [warning] if warning else []
-    outcome.eval_metrics = dict(strategy.aggregate_evaluate(server_round, replies) or {})
+    outcome.eval_metrics = scalar_metrics(strategy.aggregate_evaluate(server_round, replies))
     return outcome

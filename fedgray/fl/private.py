@@ -12,7 +12,7 @@ public accounting metadata only (noise multiplier, sample rate, step counts).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
@@ -39,7 +39,10 @@ def ledger_to_record(ledger: Ledger) -> ConfigRecord:
 
 def ledger_from_record(record: ConfigRecord) -> Ledger:
     """Inverse of :func:`ledger_to_record`."""
-    entries = zip(record["noise-multiplier"], record["sample-rate"], record["steps"], strict=True)
+    noise = cast(list[float], record["noise-multiplier"])  # as ledger_to_record writes them
+    rates = cast(list[float], record["sample-rate"])
+    steps = cast(list[int], record["steps"])
+    entries = zip(noise, rates, steps, strict=True)
     return Ledger(
         str(record["accountant"]),
         tuple((float(n), float(q), int(s)) for n, q, s in entries),
@@ -56,7 +59,7 @@ def site_ledger(
     """The site's ledger: its own (``context.state``) or the server's copy, whichever is longer."""
     candidates = [Ledger(privacy.accountant)]
     if LEDGER in state:
-        candidates.append(ledger_from_record(state[LEDGER]))
+        candidates.append(ledger_from_record(cast(ConfigRecord, state[LEDGER])))
     prefix = _prefix(partition_id)
     copied = {k[len(prefix) :]: v for k, v in settings.items() if k.startswith(prefix)}
     if copied:
@@ -89,9 +92,15 @@ def refusal_mod(msg: Message, context: Context, call_next: ClientAppCallable) ->
 
 def site_reports(replies: list[Message]) -> tuple[list[ConfigRecord], list[str]]:
     """The ledgers in a round's train replies, and the reasons of the sites that refused."""
-    ledgers = [m.content[LEDGER] for m in replies if not m.has_error() and LEDGER in m.content]
+    ledgers = [
+        cast(ConfigRecord, m.content[LEDGER])  # as ledger_reply makes it
+        for m in replies
+        if not m.has_error() and LEDGER in m.content
+    ]
     refusals = [
-        m.error.reason for m in replies if m.has_error() and m.error.code == BUDGET_EXHAUSTED
+        cast(str, m.error.reason)  # refusal_mod always gives one
+        for m in replies
+        if m.has_error() and m.error.code == BUDGET_EXHAUSTED
     ]
     return ledgers, refusals
 
@@ -114,9 +123,9 @@ class PrivacyLog:
     def update(self, ledgers: list[ConfigRecord], refusals: list[str]) -> dict[str, Any]:
         """Take in a round's reported ledgers and refusals; its record for metrics.jsonl."""
         for record in ledgers:
-            site = int(record["site"])
+            site = int(cast(int, record["site"]))  # as ledger_reply writes them
             self.ledgers[site] = ledger_from_record(record)
-            self.epsilons[site] = float(record["epsilon"])
+            self.epsilons[site] = float(cast(float, record["epsilon"]))
         return {
             "delta": self.privacy.delta,
             "accountant": self.privacy.accountant,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from flwr.app import (
     Array,
@@ -31,6 +31,7 @@ from flwr.server import LegacyContext
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.server.strategy import FedAvg as LegacyFedAvg
+from flwr.server.strategy import Strategy as LegacyStrategy
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
@@ -43,6 +44,7 @@ from fedgray.fl.central import num_sampled, with_legacy_central_dp
 from fedgray.fl.failures import short_reason
 from fedgray.fl.loop import TrainResult
 from fedgray.fl.private import BUDGET_EXHAUSTED
+from fedgray.fl.records import scalar_metrics
 from fedgray.fl.secagg_site import fit_config, ledger_from_metrics
 
 WEIGHT = "num-examples"
@@ -94,7 +96,8 @@ class _MeteredGrid:
 def _refusals(failures: list[Any]) -> list[str]:
     """Budget refusals among the protocol's failures (Flower lists some failures twice)."""
     errors = [f.args[0] for f in failures if f.args and isinstance(f.args[0], Error)]
-    return list(dict.fromkeys(e.reason for e in errors if e.code == BUDGET_EXHAUSTED))
+    # refusal_mod always gives a reason
+    return list(dict.fromkeys(cast(str, e.reason) for e in errors if e.code == BUDGET_EXHAUSTED))
 
 
 def _errors(failures: list[Any]) -> list[str]:
@@ -118,7 +121,7 @@ def _train_metrics(results: list[FitRes]) -> dict[str, float]:
         RecordDict({"m": MetricRecord({**m, WEIGHT: r.num_examples})})
         for m, r in zip(numeric, results, strict=True)
     ]
-    return dict(aggregate_metricrecords(records, WEIGHT)) if records else {}
+    return scalar_metrics(aggregate_metricrecords(records, WEIGHT)) if records else {}
 
 
 class SecureTraining:
@@ -128,7 +131,7 @@ class SecureTraining:
         fed, secure = config.federation, config.federation.secure_aggregation
         self.grid = grid
         self.fit_config: dict[str, Any] = {}
-        strategy = LegacyFedAvg(
+        strategy: LegacyStrategy = LegacyFedAvg(
             fraction_fit=fed.fraction_train,
             fraction_evaluate=0.0,
             min_fit_clients=num_sampled(config),
@@ -179,8 +182,10 @@ class SecureTraining:
         self.workflow.last = None
         self.workflow(grid, self.context)  # type: ignore[arg-type]  # a Grid in all it uses
         protocol = self.workflow.last
-        results = [fitres for _, fitres in protocol.legacy_results] if protocol else []
-        failures = protocol.failures if protocol else []
+        results: list[FitRes] = (
+            [fitres for _, fitres in protocol.legacy_results] if protocol else []
+        )
+        failures: list[Exception] = protocol.failures if protocol else []
         updated = state.array_records[MAIN_PARAMS_RECORD]
         new = None
         if updated is not sent:

@@ -17,7 +17,7 @@ SecAgg+'s ``±clipping_range``), then, under central DP, Flower's legacy ``fixed
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import flwr.compat.common.recorddict_compat as compat
 import numpy as np
@@ -48,7 +48,7 @@ def fit_config(server_round: int, keys: list[str], settings: ConfigRecord) -> di
     }
 
 
-def ledger_from_metrics(metrics: dict[str, object]) -> ConfigRecord | None:
+def ledger_from_metrics(metrics: Mapping[str, object]) -> ConfigRecord | None:
     """The ledger a site put in its Fit metrics (None without DP-SGD)."""
     text = metrics.get(LEDGER)
     return ConfigRecord(json.loads(str(text))) if text is not None else None
