@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run fedgray as a Flower app (`flwr run .`) on a local simulation SuperLink that we start
-# ourselves, so that Flower never installs dependencies at run time (INSTALL.md, trap 3),
+# ourselves, so that Flower never installs dependencies at run time (see "Installing" in the README),
 # writes nothing outside the run folder, and leaves no process behind.
 #
 # usage: [OVERRIDES="federation.num_rounds=2 ..."] simulations/flwr_run.sh [extra `flwr run` args]

@@ -13,9 +13,11 @@ small machine and needs half the memory.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,12 +74,58 @@ def open_run(
     return config, run
 
 
+RUNTIME_PREFIX = "fedgray-"
+OWNER_FILE = "owner.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _processes_using(folder: Path) -> list[int]:
+    """Processes whose command line names ``folder`` (Ray's workers name their session dir)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if str(folder) in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode():
+                found.append(int(entry.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def sweep_stale_runtimes() -> list[Path]:
+    """Remove the runtime dirs of runs that were killed (kill -9 leaves no chance to clean),
+    stopping what still runs from them (Ray's agents outlive their driver for a while)."""
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{RUNTIME_PREFIX}*"):
+        try:
+            owner = int((folder / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # not ours, or still being set up
+        if _alive(owner):
+            continue
+        for pid in _processes_using(folder):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
 @contextmanager
 def isolated_flower() -> Iterator[Path]:
     """Point Flower and Ray at a fresh temporary directory for the duration (removed after);
     yields Ray's temp dir. Short, under the system temp dir: Ray's AF_UNIX socket paths
-    stop at 107 bytes."""
-    runtime = Path(tempfile.mkdtemp(prefix="fedgray-"))
+    stop at 107 bytes. Dirs left by killed runs are swept first."""
+    sweep_stale_runtimes()
+    runtime = Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX))
     env = {
         "FLWR_HOME": str(runtime / "flwr"),
         "RAY_TMPDIR": str(runtime / "ray"),
@@ -87,6 +135,7 @@ def isolated_flower() -> Iterator[Path]:
     }
     for folder in ("flwr", "ray"):  # Flower creates its home only on first use
         (runtime / folder).mkdir()
+    (runtime / OWNER_FILE).write_text(str(os.getpid()))
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

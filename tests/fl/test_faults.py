@@ -9,6 +9,8 @@ Ctrl-C stops ``fedgray run`` cleanly (Ray gone, temp dir removed) and the run re
 from __future__ import annotations
 
 import errno
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +25,7 @@ from fedgray.cli import main
 from fedgray.fl import checkpoint as checkpoint_module
 from fedgray.fl.checkpoint import CHECKPOINT, load_checkpoint
 from fedgray.fl.records import from_record
-from fedgray.fl.simulation import open_run
+from fedgray.fl.simulation import OWNER_FILE, RUNTIME_PREFIX, open_run, sweep_stale_runtimes
 from tests.helpers import MICRO, micro_config, ray_processes, ray_processes_after_exit, run_local
 
 FEDADAM = ["federation.strategy=fedadam", "federation.strategy_options={eta: 0.01}"]
@@ -120,3 +122,25 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path: Path) -> None:
     resumed, _, _ = run_local(resumed_config)
     assert [r["round"] for r in resumed.records][-1] == done + 1
     assert main(["run", "--resume", str(run_dir), "--set", "method.name=output"]) == 2
+
+
+def test_a_killed_runs_runtime_dir_and_processes_are_swept_at_the_next_start() -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid now names no process: the run that owned the dir was killed
+    stale = Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX))
+    (stale / OWNER_FILE).write_text(str(dead.pid))
+    session = stale / "ray" / "session_1"
+    session.mkdir(parents=True)
+    agent = subprocess.Popen(  # stands for a Ray agent started with its session dir
+        [sys.executable, "-c", "import time; time.sleep(120)", str(session)]
+    )
+    mine = Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX))
+    (mine / OWNER_FILE).write_text(str(os.getpid()))  # a live run's dir is left alone
+    try:
+        assert stale in sweep_stale_runtimes()
+        assert agent.wait(timeout=10) == -signal.SIGKILL
+        assert not stale.exists() and mine.is_dir()
+    finally:
+        agent.kill()
+        shutil.rmtree(mine, ignore_errors=True)
+        shutil.rmtree(stale, ignore_errors=True)
