@@ -161,8 +161,11 @@ class MethodConfig:
     """What is trained: see ``fedgray.adapters.METHODS``.
 
     ``prompt_tokens``: LGA's tokens per layer; ``lora_rank``/``lora_alpha``: LoRA's rank and
-    scale (``alpha / rank``); ``output_rank``: the rank of ``output-lowrank``'s adapters;
-    ``last_layers``: blocks per tower that ``last-layers`` trains;
+    scale (``alpha / rank``); ``lora_train_a``: train LoRA's ``A`` factor too (Hu et al.;
+    federated, FedAvg of both factors is then not the mean of the updates), by default
+    FFA-LoRA: ``A`` frozen at a fixed random draw, only ``B`` trained and sent;
+    ``output_rank``: the rank of ``output-lowrank``'s adapters; ``last_layers``: blocks per
+    tower that ``last-layers`` trains;
     ``craft``: CraFT's settings.
     """
 
@@ -171,6 +174,7 @@ class MethodConfig:
     input_lr_scale: float = field(default=1.0, metadata=positive())
     lora_rank: int = field(default=4, metadata=positive())
     lora_alpha: float = field(default=8.0, metadata=positive())
+    lora_train_a: bool = False
     output_rank: int = field(default=8, metadata=positive())
     last_layers: int = field(default=1, metadata=positive())
     craft: CraftConfig = field(default_factory=CraftConfig)

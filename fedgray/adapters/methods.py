@@ -91,7 +91,12 @@ def _craft(backbone: Backbone, options: MethodConfig) -> AdaptedCLIP:
 
 
 def _lora(backbone: Backbone, options: MethodConfig) -> AdaptedCLIP:
-    factors = attach_lora(backbone.module, rank=options.lora_rank, alpha=options.lora_alpha)
+    factors = attach_lora(
+        backbone.module,
+        rank=options.lora_rank,
+        alpha=options.lora_alpha,
+        train_down=options.lora_train_a,
+    )
     return AdaptedCLIP(backbone, white_module=factors)
 
 

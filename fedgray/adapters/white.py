@@ -10,6 +10,17 @@ which reads ``in_proj_weight`` and ``out_proj.weight`` directly in
 parametrization is seen by every such read, so one small module covers the attention's
 fused query/key/value projection, its output projection and both MLP layers alike. ``B``
 starts at zero, so at initialisation every weight equals the backbone's, bit for bit.
+
+By default only ``B`` is trained (FFA-LoRA, Sun et al., ICLR 2024): ``A`` is frozen at a
+random draw from a fixed seed (:data:`DOWN_SEED`), the same in every process, and is a
+buffer outside the state, so it is never sent. The update ``scale * B A`` is then linear
+in ``B``, and FedAvg of the sites' ``B`` is exactly the mean of their weight updates;
+averaging trained ``A`` and ``B`` separately is not (the mean of products is not the
+product of means). ``train_down=True`` trains both factors (Hu et al.).
+
+A backbone carries one LoRA at a time: attaching replaces the LoRA attached before (a
+process that builds a model per site and round on one shared backbone would otherwise
+stack every earlier site's update under the new one).
 """
 
 from __future__ import annotations
@@ -31,17 +42,40 @@ LORA_TARGETS = (
 )
 
 
-class LoRA(nn.Module):
-    """A low-rank update ``weight + scale * up @ down`` applied as a parametrization."""
+DOWN_SEED = 0
+"""Seed of the random ``A`` factors: part of what a trained ``B`` means, so fixed."""
 
-    def __init__(self, out_features: int, in_features: int, *, rank: int, alpha: float) -> None:
+
+class LoRA(nn.Module):
+    """A low-rank update ``weight + scale * up @ down`` applied as a parametrization.
+
+    ``down`` (``A``) is drawn from ``generator``; it is a trained parameter with
+    ``train_down``, else a frozen buffer left out of the state dict.
+    """
+
+    down: torch.Tensor
+
+    def __init__(
+        self,
+        out_features: int,
+        in_features: int,
+        *,
+        rank: int,
+        alpha: float,
+        generator: torch.Generator | None = None,
+        train_down: bool = False,
+    ) -> None:
         super().__init__()
         if rank < 1:
             raise ValueError(f"LoRA rank must be >= 1, got {rank}")
         self.scale = alpha / rank
-        self.down = nn.Parameter(torch.empty(rank, in_features))
+        down = torch.empty(rank, in_features)
+        nn.init.kaiming_uniform_(down, a=math.sqrt(5), generator=generator)
+        if train_down:
+            self.down = nn.Parameter(down)
+        else:
+            self.register_buffer("down", down, persistent=False)
         self.up = nn.Parameter(torch.zeros(out_features, rank))
-        nn.init.kaiming_uniform_(self.down, a=math.sqrt(5))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         """The adapted weight (equal to ``weight`` while ``up`` is zero)."""
@@ -59,14 +93,27 @@ def _blocks(model: nn.Module) -> Iterator[nn.Module]:
         yield from blocks
 
 
-def attach_lora(model: nn.Module, *, rank: int, alpha: float) -> nn.ModuleList:
-    """Add LoRA to every linear map of both towers' blocks; return the factors (trainable)."""
+def attach_lora(
+    model: nn.Module, *, rank: int, alpha: float, train_down: bool = False
+) -> nn.ModuleList:
+    """Put LoRA on every linear map of both towers' blocks, replacing any LoRA there;
+    return the factors. ``A`` comes from :data:`DOWN_SEED`, so every call draws the same."""
+    generator = torch.Generator().manual_seed(DOWN_SEED)
     factors = nn.ModuleList()
     for block in _blocks(model):
         for path, name in LORA_TARGETS:
             owner = block.get_submodule(path)
+            if parametrize.is_parametrized(owner, name):
+                parametrize.remove_parametrizations(owner, name, leave_parametrized=False)
             out_features, in_features = getattr(owner, name).shape
-            lora = LoRA(out_features, in_features, rank=rank, alpha=alpha)
+            lora = LoRA(
+                out_features,
+                in_features,
+                rank=rank,
+                alpha=alpha,
+                generator=generator,
+                train_down=train_down,
+            )
             parametrize.register_parametrization(owner, name, lora)
             factors.append(lora)
     return factors
