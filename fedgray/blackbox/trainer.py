@@ -19,12 +19,10 @@ def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def train_craft(job: Job) -> Trained:
     """Run CraFT within ``method.craft.queries``; evaluate every ``eval_every`` generations.
 
-    The test images' features and the zero-shot prompt are queried once before CraFT
-    starts (the backbone counts them, CraFT's budget does not); every evaluation after
-    that reuses the text features CraFT queried for its refinement step, so evaluating
-    costs no queries. ``zero_shot_logit_scale`` is the zero-shot accuracy scored as CraFT
-    scores (class prompts pooled at the backbone's logit scale, not at scale 1 as
-    :func:`fedgray.tasks.evaluate` pools them): CraFT's accuracy at 0 queries.
+    The test images' features are queried once before CraFT starts (the backbone counts
+    them, CraFT's budget does not); every evaluation after that reuses the text features
+    CraFT queried for its refinement step, so evaluating costs no queries. CraFT scores as
+    :func:`fedgray.tasks.evaluate` does, so its accuracy at 0 queries is the zero-shot one.
     """
     config, model = job.config, job.model
     if config.privacy.enabled:
@@ -42,8 +40,7 @@ def train_craft(job: Job) -> Trained:
         lr=config.train.lr,
         seed=config.train.seed,
     )
-    craft.observe()
-    start = _accuracy(craft.predict(test_features)[1], job.test.labels)
+    start = job.zero_shot["accuracy"]
     plan = craft.plan()
     trainable = craft.prompt.dim + sum(p.numel() for p in craft.refiner.parameters())
     job.header(
@@ -52,7 +49,7 @@ def train_craft(job: Job) -> Trained:
         f"generations of {options.popsize} candidates, {plan.total:,} of "
         f"{options.queries:,} queries"
     )
-    adapted = {"zero_shot_logit_scale": start}
+    adapted: dict[str, float] = {}
     bar = tqdm(total=plan.generations, desc="generations", disable=not job.progress, leave=False)
 
     def on_generation(generation: Generation) -> None:

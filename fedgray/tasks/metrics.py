@@ -1,8 +1,14 @@
-"""Evaluation: Recall@K in both directions and prompt-based classification accuracy."""
+"""Evaluation: Recall@K in both directions and prompt-based classification accuracy.
+
+Classification scores as the loss trains and as CraFT predicts: a class's logit is the
+logsumexp of its prompts' similarities at the backbone's logit scale (one rule; pooling
+at another scale can rank classes with several prompts differently).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import torch
 
@@ -43,9 +49,16 @@ def recall_at_k(
     return out
 
 
+def logit_scale(model: torch.nn.Module) -> float:
+    """The backbone's logit scale, the one scale classes are scored at (``model``: an
+    ``AdaptedCLIP``, or a module forwarding its attributes to one)."""
+    return float(cast(Any, model).backbone.interface.logit_scale)
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: TaskData, *, batch_size: int = 256) -> dict[str, float]:
-    """Retrieval and classification metrics of ``model`` (an ``AdaptedCLIP``) on ``data``."""
+    """Retrieval and classification metrics of ``model`` (an ``AdaptedCLIP``) on ``data``;
+    class logits pool each class's prompts at the backbone's logit scale, as the loss does."""
     was_training = model.training
     model.eval()
     towers = encoders(model)
@@ -56,7 +69,7 @@ def evaluate(model: torch.nn.Module, data: TaskData, *, batch_size: int = 256) -
     metrics = recall_at_k(images, captions, data.caption_ids)
     prompts = batched(towers.encode_texts, data.prompt_tokens, batch_size)
     logits = class_logits(
-        images, prompts, data.prompt_classes, num_classes=data.num_classes, scale=1.0
+        images, prompts, data.prompt_classes, num_classes=data.num_classes, scale=logit_scale(model)
     )
     metrics["accuracy"] = 100.0 * (logits.argmax(1) == data.labels).float().mean().item()
     model.train(was_training)

@@ -14,13 +14,14 @@ import torch.nn.functional as F
 from fedgray.adapt import adapt
 from fedgray.adapters import build_model
 from fedgray.backbone import SealedBackbone, load_sealed
-from fedgray.blackbox.craft import Craft, plan_queries
+from fedgray.blackbox.craft import Craft, encode_images, plan_queries
 from fedgray.blackbox.refine import PredictionRefiner, consistency
 from fedgray.blackbox.search import CmaSearch
 from fedgray.config import CraftConfig, load_config
 from fedgray.config_schema import ConfigError
 from fedgray.data.registry import load_dataset
 from fedgray.tasks.data import TaskData, prepare
+from fedgray.tasks.metrics import evaluate
 
 CAPTIONS = ["a red circle", "the digit 7 in blue", "a small green star at the top left"]
 SMALL = CraftConfig(queries=60, popsize=6, intrinsic_dim=8, hidden=16, sigma=0.1)
@@ -65,6 +66,28 @@ def test_prompt_at_zero_is_the_bare_black_box_exactly() -> None:
     assert model.trainable_count() == 0  # z is searched, not trained
     model.text_in.move_to(torch.full((model.text_in.dim,), 0.5))
     assert not torch.allclose(model.encode_texts(tokens), backbone.encode_text(tokens))
+
+
+def test_craft_at_zero_queries_scores_what_evaluate_scores() -> None:
+    backbone = black()
+    data = load_dataset("digits", split="test", size=200, seed=0)
+    test = prepare(data, backbone.tokenize, image_size=backbone.interface.image_size)
+    assert test.prompt_tokens.shape[0] > test.num_classes  # several prompts per class
+    model = build_model(backbone, "craft")
+    run = Craft(
+        model,
+        test,
+        options=SMALL,
+        scale=backbone.interface.logit_scale,
+        batch_size=16,
+        lr=1e-3,
+        seed=0,
+    )
+    run.observe()
+    raw, refined = run.predict(encode_images(model, test.images))
+    accuracy = evaluate(model, test)["accuracy"]
+    for logits in (raw, refined):
+        assert 100.0 * (logits.argmax(1) == test.labels).float().mean().item() == accuracy
 
 
 def test_cma_es_improves_a_toy_objective_through_the_sealed_black_box() -> None:
@@ -184,7 +207,7 @@ def test_adapt_runs_craft_and_logs_accuracy_against_queries(tmp_path: Path) -> N
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     # 1 query for the training features, 5 per generation: 9 generations, logged at 5 and 9.
     assert [r.get("queries", 0) for r in records] == [0, 26, 46]
-    assert set(result.adapted) == {"accuracy", "prompt_accuracy", "zero_shot_logit_scale"}
+    assert set(result.adapted) == {"accuracy", "prompt_accuracy"}
     assert result.queries <= 200 and (tmp_path / "run" / "curve.png").is_file()
     assert result.trainable == 8 + (10 * 256 + 256) + (256 * 10 + 10)
 
