@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedgray.config import Config
+from fedgray.config_schema import ConfigError
 from fedgray.deploy.app import write_app
 from fedgray.deploy.credentials import Credentials, create_credentials
 from fedgray.deploy.launch import CONNECTION, SuperLinkOptions, SuperNodeOptions, flower_env
@@ -28,6 +29,7 @@ from fedgray.deploy.site_data import OwnerFiles, seal_backbone, write_site_data
 Echo = Callable[[str], None]
 HOST = "127.0.0.1"
 RESULTS = "results"
+MIN_SECAGG_SITES = 3  # SecAgg+ shares keys among >2 sites (num_shares > 2)
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,11 @@ def demo_config(config: Config, num_sites: int) -> Config:
     fed = config.federation
     secure = fed.secure_aggregation
     if secure.enabled:
+        if num_sites < MIN_SECAGG_SITES:
+            raise ConfigError(
+                f"--sites: SecAgg+ needs at least {MIN_SECAGG_SITES} sites, got {num_sites} "
+                "(or --set federation.secure_aggregation.enabled=false)"
+            )
         shares = min(secure.num_shares, num_sites)
         threshold = min(secure.reconstruction_threshold, max(2, shares - 1))
         secure = dataclasses.replace(secure, num_shares=shares, reconstruction_threshold=threshold)
@@ -96,26 +103,34 @@ def start_federation(
     return link
 
 
-def flwr_run(
-    processes: Processes, link: SuperLink, config: Config, *, echo: Echo, timeout: float
-) -> Path:
-    """Submit the fedgray app with ``config`` to ``link`` (``flwr run --stream``); the
-    results folder, in the operator's run folder."""
-    results = link.options.run_dir / RESULTS
+def submission(link: SuperLink, config: Config, *, name: str = RESULTS) -> tuple[list[str], Path]:
+    """``flwr run`` of the fedgray app with ``config`` on ``link``, and the results folder
+    it writes: ``name`` in the operator's run folder (resumed if it holds a checkpoint)."""
+    results = link.options.run_dir / name
     config = dataclasses.replace(
-        config, output=dataclasses.replace(config.output, root=str(results.parent), name=RESULTS)
+        config, output=dataclasses.replace(config.output, root=str(results.parent), name=name)
     )
-    app = write_app(config, link.options.run_dir / "app")
-    args = [flower("flwr"), "run", str(app), CONNECTION, "--stream"]
+    app = write_app(config, link.options.run_dir / "app" / name)
+    return [flower("flwr"), "run", str(app), CONNECTION, "--stream"], results
+
+
+def flwr_run(
+    processes: Processes,
+    link: SuperLink,
+    config: Config,
+    *,
+    echo: Echo,
+    timeout: float,
+    name: str = RESULTS,
+) -> Path:
+    """Submit the fedgray app with ``config`` to ``link`` and follow it to its end; the
+    results folder (see :func:`submission`)."""
+    args, results = submission(link, config, name=name)
+    log = link.options.run_dir / f"flwr-run-{name}.log"
     status = processes.run(
-        args,
-        log_file=link.options.run_dir / "flwr-run.log",
-        env=flower_env(link.flwr_home),
-        timeout=timeout,
-        echo=echo,
+        args, log_file=log, env=flower_env(link.flwr_home), timeout=timeout, echo=echo
     )
     if status != 0 or not (results / "summary.json").is_file():
-        log = link.options.run_dir / "flwr-run.log"
         raise RuntimeError(f"flwr run: exit {status}, no summary: {last_error(log)} (see {log})")
     return results
 

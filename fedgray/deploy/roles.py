@@ -52,10 +52,12 @@ def start_superlink(
     options: SuperLinkOptions,
     credentials: Credentials | None,
     *,
+    register: bool = True,
     echo: Echo = print,
 ) -> SuperLink:
     """Start the SuperLink (cwd: the run folder, so a relative ``output.root`` lands there),
-    write the ``flwr`` connection into ``RUN/flwr``, and register every site's public key."""
+    write the ``flwr`` connection into ``RUN/flwr``, and register every site's public key
+    (not with ``register=False``: a restart on the same database keeps the registrations)."""
     if options.insecure:
         _warn(INSECURE_WARNING)
     elif credentials is None:
@@ -71,7 +73,7 @@ def start_superlink(
     wait_for_port(options.host, options.port, timeout=STARTUP_TIMEOUT_S, process=process)
     write_cli_config(flwr_home, options.address, options.ca_cert if not options.insecure else None)
     node_ids: dict[str, int] = {}
-    if credentials is not None and not options.insecure:
+    if register and credentials is not None and not options.insecure:
         for site in credentials.sites:
             node_ids[site.name] = register_supernode(
                 registered_key(credentials, site), flwr_home, name=site.name

@@ -47,11 +47,12 @@ def processes() -> Iterator[Processes]:
     yield started
     pids = [p for proc in started.started for p in descendants(proc.pid)]
     started.stop()
-    alive = [pid for pid in pids if _alive(pid)]
-    assert not alive, f"processes left running: {alive}"
+    left = [pid for pid in pids if alive(pid)]
+    assert not left, f"processes left running: {left}"
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie has ended: only its exit status is left)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -72,17 +73,20 @@ class Federation:
     processes: Processes
 
 
-@pytest.fixture(scope="module")
-def module_processes() -> Iterator[Processes]:
-    """Processes of a module-wide federation, stopped when the module's tests are done."""
+@pytest.fixture(scope="session")
+def session_processes() -> Iterator[Processes]:
+    """Processes of the suite's federation, stopped when the session ends."""
     started = Processes()
     yield started
     started.stop()
 
 
-@pytest.fixture(scope="module")
-def federation(tmp_path_factory: pytest.TempPathFactory, module_processes: Processes) -> Federation:
-    """SuperLink (TLS, node authentication) and 3 SuperNodes on 127.0.0.1."""
+@pytest.fixture(scope="session")
+def federation(
+    tmp_path_factory: pytest.TempPathFactory, session_processes: Processes
+) -> Federation:
+    """SuperLink (TLS, node authentication) and 3 SuperNodes on 127.0.0.1, shared by the
+    deployment tests (starting one costs about 15 s); each test submits its own runs."""
     os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
     run_dir = tmp_path_factory.mktemp("deploy")
     config = tiny_config()
@@ -90,6 +94,6 @@ def federation(tmp_path_factory: pytest.TempPathFactory, module_processes: Proce
     data_dirs = write_site_data(config, NUM_SITES, run_dir / "sites")
     credentials = create_credentials(run_dir / "credentials", NUM_SITES)
     link = start_federation(
-        module_processes, run_dir, credentials, data_dirs, owner, echo=lambda _: None
+        session_processes, run_dir, credentials, data_dirs, owner, echo=lambda _: None
     )
-    return Federation(run_dir, config, credentials, owner, data_dirs, link, module_processes)
+    return Federation(run_dir, config, credentials, owner, data_dirs, link, session_processes)

@@ -4,8 +4,10 @@ SecAgg+ run, and the refusals (unregistered key, wrong CA, missing data folder).
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,9 +15,9 @@ import pytest
 from fedgray.deploy.credentials import create_credentials
 from fedgray.deploy.demo import flwr_run, site_node_config
 from fedgray.deploy.launch import SuperNodeOptions, flwr_cli
-from fedgray.deploy.processes import Processes, free_port
+from fedgray.deploy.processes import Processes, descendants, free_port
 from fedgray.deploy.roles import start_supernode
-from tests.deploy.conftest import Federation
+from tests.deploy.conftest import Federation, alive
 
 pytestmark = pytest.mark.slow
 REFUSED_WITHIN_S = 60
@@ -98,8 +100,41 @@ def test_three_sites_run_two_rounds_with_dp_sgd_and_secagg_over_tls(
     assert all(set(e) == {"0", "1", "2"} for e in epsilons)
     assert all(0 < epsilons[0][s] < epsilons[1][s] for s in epsilons[0])  # spent, growing
     assert (results / "adapters.pt").is_file() and (results / "checkpoint.pt").is_file()
-    log = (federation.link.options.run_dir / "flwr-run.log").read_text().splitlines()
+    log = (federation.link.options.run_dir / "flwr-run-results.log").read_text().splitlines()
     # Flower echoes each line twice (its own format, then with a timestamp): count its own
     own = [line for line in log if not line[:1].isdigit()]
     assert sum(1 for line in own if line.endswith("Secure aggregation completed.")) == 2
     assert _online_nodes(federation) == 3
+
+
+def test_ctrl_c_on_the_demo_stops_every_process_it_started(tmp_path: Path) -> None:
+    micro = ["backbone.name=fedgray-micro", "backbone.pretrained=null", "data.train_size=40"]
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "fedgray.cli", "deploy", "demo", "--sites", "3"]
+        + ["--out", str(tmp_path)]
+        + [arg for item in micro for arg in ("--set", item)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            if line.startswith("SuperNode 2 ->"):
+                break
+        started: list[int] = []
+        deadline = time.monotonic() + 60
+        while len(started) < 8 and time.monotonic() < deadline:  # SuperLink, 3 SuperNodes
+            time.sleep(0.5)  # and each one's flower-superexec
+            started = [pid for pid in descendants(demo.pid) if pid != demo.pid]
+        assert len(started) >= 8
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=60) == 130
+        assert "every process it started is stopped" in demo.stderr.read()
+        assert not [pid for pid in started if alive(pid)]
+    finally:
+        if demo.poll() is None:  # the test failed: stop the demo's whole tree ourselves
+            leftover = Processes()
+            leftover.started.append(demo)
+            leftover.stop()
