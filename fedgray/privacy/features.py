@@ -3,16 +3,20 @@
 Under DP the text side is frozen (:mod:`fedgray.privacy.objectives`); when the image side
 trains nothing before the backbone either (method ``output`` and its smaller forms), every
 image's backbone features are fixed for a whole local training call. They are computed
-once per call (so any change of the modules before the output module, or of the data, is
-seen at the next call), and DP-SGD then steps a small head over them: a step costs a
-matrix product instead of a backbone forward and backward, so full batches (Poisson
-sample rate 1), many steps and many epochs become affordable. The loss is the same
-function of the same inputs, so per-sample gradients, clipping, noise and the accounting
-are exactly those of the uncached path.
+once per process for each (backbone, images, values of every module other than the image
+output) and found again by a hash of those: a changed module or dataset is a new entry,
+and a site sees its features round after round without running the backbone again.
+DP-SGD then steps a small head over them: a step costs a matrix product instead of a
+backbone forward and backward, so full batches (Poisson sample rate 1), many steps and
+many epochs become affordable. The loss is the same function of the same inputs, so
+per-sample gradients, clipping, noise and the accounting are exactly those of the
+uncached path.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from dataclasses import replace
 
 import torch
@@ -22,6 +26,8 @@ from fedgray.adapters import AdaptedCLIP
 from fedgray.tasks.data import TaskData
 
 CHUNK = 256  # images per backbone call while caching
+ENTRIES = 64  # cached feature sets per process (a federation's sites, a few configs)
+_FEATURES: OrderedDict[tuple[int, str], torch.Tensor] = OrderedDict()
 
 
 class CachedImageHead(nn.Module):
@@ -63,9 +69,32 @@ def cacheable(model: AdaptedCLIP) -> bool:
     return all(id(p) in head for p in model.parameters() if p.requires_grad)
 
 
-@torch.no_grad()
+def _fingerprint(model: AdaptedCLIP, images: torch.Tensor) -> str:
+    """A hash of ``images`` and of every tensor of ``model`` outside its image output."""
+    head = {id(p) for p in model.image_out.parameters()} if model.image_out is not None else set()
+    digest = hashlib.blake2b(digest_size=20)
+    for tensor in (images, *model.parameters(), *model.buffers()):
+        if id(tensor) not in head:
+            digest.update(str((tensor.dtype, tuple(tensor.shape))).encode())
+            digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def backbone_features(model: AdaptedCLIP, images: torch.Tensor) -> torch.Tensor:
-    """``model.encode_images`` without its image output module: what that module sees."""
+    """What ``model``'s image output module sees for ``images``, from the process cache."""
+    key = (id(model.backbone), _fingerprint(model, images))
+    if key in _FEATURES:
+        _FEATURES.move_to_end(key)
+        return _FEATURES[key]
+    _FEATURES[key] = features = _compute(model, images)
+    while len(_FEATURES) > ENTRIES:
+        _FEATURES.popitem(last=False)
+    return features
+
+
+@torch.no_grad()
+def _compute(model: AdaptedCLIP, images: torch.Tensor) -> torch.Tensor:
+    """``model.encode_images`` without its image output module."""
     head = model.image_out
     model.image_out = None
     try:

@@ -11,7 +11,7 @@ from fedgray.adapters import AdaptedCLIP, build_model
 from fedgray.backbone import SealedBackbone
 from fedgray.config import load_config
 from fedgray.privacy import private_task
-from fedgray.privacy.features import CachedImageHead, cached_head
+from fedgray.privacy.features import CachedImageHead, backbone_features, cached_head
 from fedgray.tasks.data import TaskData
 from fedgray.train.schedule import Schedule
 from fedgray.train.trainer import LocalTrainer
@@ -146,3 +146,36 @@ def test_cached_trainer_takes_the_same_dp_steps_and_accounts_the_same(
 def test_cache_refuses_a_model_that_trains_before_the_backbone(micro: SealedBackbone) -> None:
     with pytest.raises(ValueError, match=r"privacy.cache_features: .*image_in"):
         _train(micro, cache=True, method="dga")
+
+
+def test_features_are_cached_by_images_and_the_other_modules_values(
+    micro: SealedBackbone,
+) -> None:
+    model = _perturbed(micro, "dga")
+    for name in ("image_in", "text_in", "text_out"):
+        getattr(model, name).requires_grad_(False)  # frozen input adapter: cacheable
+    calls: list[int] = []
+    encode = model.encode_images
+
+    def counting(images: torch.Tensor) -> torch.Tensor:
+        calls.append(len(images))
+        return encode(images)
+
+    model.encode_images = counting  # type: ignore[method-assign,assignment]
+    images = _data(micro, 5).images
+    first = backbone_features(model, images)
+    assert backbone_features(model, images.clone()) is first and calls == [5]  # by content
+    with torch.no_grad():
+        # the trained module itself changed: still the same features
+        torch.nn.init.eye_(model.get_parameter("image_out.weight"))
+    assert backbone_features(model, images) is first and calls == [5]
+    backbone_features(model, images[:3])
+    assert calls == [5, 3]  # other images
+    with torch.no_grad():
+        # a module before the backbone changed: new features
+        torch.nn.init.normal_(model.get_parameter("image_in.convs.0.weight"), std=0.1)
+    changed = backbone_features(model, images)
+    assert calls == [5, 3, 5] and not torch.allclose(changed, first)
+    model.image_out = None
+    with torch.no_grad():
+        assert torch.allclose(changed, encode(images), atol=1e-6)
