@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from fedgray.backbone import SealedError, create_clip, generate_keys, seal
+from fedgray.backbone.keys import KeyFiles
 from fedgray.backbone.runtime import IsolatedBackbone
 from fedgray.backbone.wire import MAGIC, Message, WireError, decode, encode, receive
 
@@ -44,8 +45,8 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IsolatedBackbo
         yield b
 
 
-def _owner(keys: object) -> dict[str, Path]:
-    return {"signing_key": keys.signing_key, "content_key": keys.content_key}  # type: ignore[attr-defined]
+def _owner(keys: KeyFiles) -> dict[str, Path]:
+    return {"signing_key": keys.signing_key, "content_key": keys.content_key}
 
 
 def _raw(runtime: IsolatedBackbone, data: bytes) -> Message:

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -40,8 +40,11 @@ def sealed(tmp_path_factory: pytest.TempPathFactory) -> tuple[KeyFiles, Path]:
     return keys, path
 
 
+Serve = Callable[..., "subprocess.Popen[str]"]
+
+
 @pytest.fixture
-def serve() -> Iterator[object]:
+def serve() -> Iterator[Serve]:
     """Start ``fedgray runtime serve`` with the given arguments; stop it after the test."""
     started: list[subprocess.Popen[str]] = []
 
@@ -61,11 +64,11 @@ def serve() -> Iterator[object]:
 
 
 def test_a_served_runtime_answers_like_in_process(
-    sealed: tuple[KeyFiles, Path], serve: object, tmp_path: Path
+    sealed: tuple[KeyFiles, Path], serve: Serve, tmp_path: Path
 ) -> None:
     keys, path = sealed
     socket_path = tmp_path / "runtime.sock"
-    serve(  # type: ignore[operator]
+    serve(
         str(path),
         "--socket", str(socket_path),
         "--verify-key", str(keys.verify_key),
@@ -152,7 +155,7 @@ def _attempts(pid: int, key: Path, socket_path: Path) -> dict[str, str]:
     return result
 
 
-def _as_user(name: str, *args: object) -> dict[str, str]:
+def _as_user(name: str, pid: int, key: Path, socket_path: Path) -> dict[str, str]:
     """:func:`_attempts` in a forked process switched to user ``name``."""
     entry = pwd.getpwnam(name)
     read, write = os.pipe()
@@ -163,7 +166,7 @@ def _as_user(name: str, *args: object) -> dict[str, str]:
             os.setgroups([])
             os.setgid(entry.pw_gid)
             os.setuid(entry.pw_uid)
-            os.write(write, json.dumps(_attempts(*args)).encode())  # type: ignore[arg-type]
+            os.write(write, json.dumps(_attempts(pid, key, socket_path)).encode())
         finally:
             os._exit(0)
     os.close(write)
@@ -179,7 +182,7 @@ def _as_user(name: str, *args: object) -> dict[str, str]:
     reason="needs root to create a second user and switch to it (CI runs as root)",
 )
 def test_no_other_process_reads_or_attaches_to_the_runtime(
-    sealed: tuple[KeyFiles, Path], serve: object
+    sealed: tuple[KeyFiles, Path], serve: Serve
 ) -> None:
     keys, path = sealed
     runtime_user, site_user = _user("fgray-runtime"), _user("fgray-site")
@@ -192,7 +195,7 @@ def test_no_other_process_reads_or_attaches_to_the_runtime(
         key = folder / keys.content_key.name
         os.chmod(key, 0o600)  # root's: read by the runtime before it switches users
         socket_path = folder / "runtime.sock"
-        runtime = serve(  # type: ignore[operator]
+        runtime = serve(
             str(folder / path.name),
             "--socket", str(socket_path),
             "--verify-key", str(folder / keys.verify_key.name),
