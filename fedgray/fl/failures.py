@@ -11,9 +11,11 @@ training reply could be aggregated, or no site could evaluate. Budget refusals
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable
 
 from flwr.app import Message
+from flwr.serverapp import Grid
 
 from fedgray.fl.private import BUDGET_EXHAUSTED
 
@@ -71,3 +73,19 @@ def check_phase(phase: str, server_round: int, *, reasons: list[str], usable: in
     if usable == 0:
         raise FederationError(f"round {server_round}: no site could {phase}; {describe(reasons)}")
     return f"round {server_round}: {len(reasons)} failed to {phase}, left out: {describe(reasons)}"
+
+
+def wait_for_sites(grid: Grid, num_sites: int, *, timeout: float, poll: float = 1.0) -> None:
+    """Wait until ``num_sites`` nodes are connected; :class:`FederationError` after
+    ``timeout`` seconds. Flower's strategies would wait for them forever: a federation
+    started with fewer SuperNodes than ``federation.num_sites`` (``flwr run`` on a local
+    SuperLink simulates 2 unless told otherwise) must fail, not hang."""
+    deadline = time.monotonic() + timeout
+    while (connected := len(list(grid.get_node_ids()))) < num_sites:
+        if time.monotonic() >= deadline:
+            raise FederationError(
+                f"federation.num_sites: {num_sites} sites configured, {connected} connected "
+                f"after {timeout:g} s (federation.round_timeout); start as many SuperNodes, "
+                "or set the simulation's num-supernodes to match"
+            )
+        time.sleep(poll)

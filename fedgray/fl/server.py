@@ -22,6 +22,7 @@ from fedgray.config import Config
 from fedgray.fl.cache import shared_backbone, shared_data
 from fedgray.fl.central import CentralLedger, num_sampled, with_central_dp
 from fedgray.fl.checkpoint import CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
+from fedgray.fl.failures import wait_for_sites
 from fedgray.fl.loop import RoundOutcome, TrainPhase, plain_training, run_round
 from fedgray.fl.private import PrivacyLog
 from fedgray.fl.records import from_record, to_record
@@ -155,6 +156,7 @@ def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) 
         if central_dp is not None:
             central_dp.restore(checkpoint.central)
         echo(f"resuming {run.path} after round {checkpoint.round}")
+    wait_for_sites(grid, fed.num_sites, timeout=fed.round_timeout)
     for rnd in range(first, fed.num_rounds + 1):
         started = time.perf_counter()
         outcome = run_round(

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
+from flwr.app import Context, RecordDict
 from PIL import Image
 
 from fedgray.cli import main
 from fedgray.fl import client as fl_client
+from fedgray.fl.client_app import make_client_app
 from fedgray.fl.failures import FederationError, check_phase, describe, short_reason
+from fedgray.fl.local_grid import LocalGrid
+from fedgray.fl.server_app import make_server_app
 from tests.helpers import MICRO, micro_config, run_local
 
 RAY_REASON = """\
@@ -122,3 +127,14 @@ def test_fedgray_run_that_fails_exits_1_with_one_line(
     assert "Traceback" not in out + err  # the tracebacks went to the log
     assert "cannot identify image file" in (tmp_path / "run" / "flower.log").read_text()
     assert not (tmp_path / "run" / "adapters.pt").exists()
+
+
+def test_fewer_sites_than_configured_fail_instead_of_hanging(tmp_path: Path) -> None:
+    config = micro_config(tmp_path, "federation.round_timeout=2")
+    grid = LocalGrid(make_client_app(config), 2)  # 2 SuperNodes for 3 configured sites
+    app = make_server_app(config)
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    started = time.monotonic()
+    with pytest.raises(FederationError, match=r"^federation.num_sites: 3 sites configured, 2 "):
+        app(grid, context)
+    assert time.monotonic() - started < 30
