@@ -1,4 +1,4 @@
-"""Privacy-utility sweep: a federated setting at several target epsilons (and seeds).
+"""Privacy-utility sweep: a federated setting at several target epsilons, site sizes and seeds.
 
 Each point is one whole federated run (the ``fedgray run`` server and sites on an
 in-process :class:`~fedgray.fl.local_grid.LocalGrid`, one backbone for all), written as its
@@ -6,8 +6,15 @@ own run folder inside the sweep's folder; the sweep then writes ``sweep.csv`` (o
 point: target and achieved epsilon, noise, final metrics) and ``privacy_utility.png``
 (the task's metric against epsilon, with zero-shot and non-private lines)::
 
-    fedgray sweep [CONFIG] [--epsilons inf,8,4,2,1] [--seeds 1]
+    fedgray sweep [CONFIG] [--epsilons inf,8,4,2,1] [--seeds 1] [--site-sizes 200,1000]
         [--rounds R] [--local-steps S] [--delta 1e-5] [--output DIR] [--set KEY=VALUE ...]
+
+``--site-sizes`` runs every point at each number of training examples per site (after
+``federation.holdout``; ``data.train_size`` is set to hold exactly that many). Every row
+then also says which fraction of the non-private gain over zero-shot it keeps,
+``(metric - zero-shot) / (non-private - zero-shot)`` with the non-private run of the same
+site size and seed (``inf`` among the epsilons), and ``gain.png`` plots that fraction
+against epsilon, one line per site size (mean over seeds, spread as a band).
     python -m simulations.privacy_utility ...   (the same arguments)
 
 CONFIG defaults to ``configs/quickstart.yaml``; ``--quiet`` leaves out the per-round
@@ -45,15 +52,18 @@ def _yaml_float(value: float) -> str:
 
 @dataclass(frozen=True)
 class Point:
-    """One run of the sweep: a target epsilon (``inf``: no DP) and a seed."""
+    """One run of the sweep: a target epsilon (``inf``: no DP), a seed and, optionally, the
+    training examples per site."""
 
     epsilon: float
     seed: int
+    site_size: int | None = None
 
     @property
     def name(self) -> str:
-        """The point's run folder name, e.g. ``eps4-seed0``."""
-        return f"eps{self.epsilon:g}-seed{self.seed}"
+        """The point's run folder name, e.g. ``eps4-seed0`` or ``n200-eps4-seed0``."""
+        size = "" if self.site_size is None else f"n{self.site_size}-"
+        return f"{size}eps{self.epsilon:g}-seed{self.seed}"
 
     def overrides(self, *, delta: float) -> list[str]:
         """Config overrides of this point."""
@@ -67,6 +77,17 @@ class Point:
                 f"privacy.delta={_yaml_float(delta)}",
             ]
         return [*privacy, f"federation.seed={self.seed}", f"output.name={self.name}"]
+
+    def data_overrides(self, *, num_sites: int, holdout: float) -> list[str]:
+        """``data.train_size`` that gives each of ``num_sites`` equal shares (the ``iid``
+        partitioner's) ``site_size`` training examples after the held-out ``holdout``
+        (nothing without a site size)."""
+        if self.site_size is None:
+            return []
+        share = self.site_size
+        while share - min(share - 1, max(1, round(share * holdout))) < self.site_size:
+            share += 1  # the sites' own rounding of the held-out count (fl/sites.py)
+        return [f"data.train_size={share * num_sites}"]
 
 
 def _worst_site(run_dir: Path) -> dict[str, Any]:
@@ -99,8 +120,10 @@ def run_point(
     from fedgray.fl.report import COMPARED
     from fedgray.tasks import TASKS
 
+    base = load_config(config_path, list(overrides)).federation
+    sizes = point.data_overrides(num_sites=base.num_sites, holdout=base.holdout)
     config = load_config(
-        config_path, [*overrides, f"output.root={root}", *point.overrides(delta=delta)]
+        config_path, [*overrides, *sizes, f"output.root={root}", *point.overrides(delta=delta)]
     )
     started = time.perf_counter()
     result, summary, _ = run_local(config, echo=echo)
@@ -109,6 +132,7 @@ def run_point(
     return {
         "target_epsilon": point.epsilon,
         "seed": point.seed,
+        "site_size": point.site_size,
         "achieved_max_epsilon": math.inf if privacy is None else privacy["max_epsilon"],
         "delta": None if privacy is None else privacy["delta"],
         "accountant": None if privacy is None else privacy["accountant"],
@@ -119,9 +143,68 @@ def run_point(
         **{k: summary["final"][k] for k in COMPARED},
         "metric": metric,
         f"zero_shot_{metric}": summary["zero_shot"][metric],
+        "gain_kept": None,  # filled in by with_gains once the non-private run is there
         "seconds": round(time.perf_counter() - started, 1),
         "run": point.name,
     }
+
+
+def with_gains(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with ``gain_kept``: the fraction of the non-private run's gain over zero-shot
+    (same site size and seed) that each run keeps; None where that run is missing or gained
+    nothing."""
+    metric = rows[0]["metric"] if rows else ""
+    reference = {(r["site_size"], r["seed"]): r for r in rows if math.isinf(r["target_epsilon"])}
+    out = []
+    for row in rows:
+        base = reference.get((row["site_size"], row["seed"]))
+        gain = None
+        if base is not None:
+            zero = base[f"zero_shot_{metric}"]
+            if base[metric] > zero:
+                gain = round((row[metric] - zero) / (base[metric] - zero), 4)
+        out.append({**row, "gain_kept": gain})
+    return out
+
+
+def plot_gains(rows: Sequence[dict[str, Any]], path: Path, *, title: str) -> Path | None:
+    """The fraction of the non-private gain kept against target epsilon, one line per site
+    size: mean over seeds, min-max over seeds as a band (None: nothing private to plot)."""
+    from fedgray.plots import plt
+
+    private = [
+        r for r in rows if r["gain_kept"] is not None and not math.isinf(r["target_epsilon"])
+    ]
+    if not private:
+        return None
+    figure, axes = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    for size in sorted({r["site_size"] or 0 for r in private}):
+        mine = [r for r in private if (r["site_size"] or 0) == size]
+        xs = sorted({r["target_epsilon"] for r in mine})
+        values = [[r["gain_kept"] for r in mine if r["target_epsilon"] == x] for x in xs]
+        means = [sum(v) / len(v) for v in values]
+        label = f"{size} per site" if size else "as configured"
+        (line,) = axes.plot(xs, means, marker="o", label=label)
+        axes.fill_between(
+            xs,
+            [min(v) for v in values],
+            [max(v) for v in values],
+            alpha=0.2,
+            color=line.get_color(),
+        )
+    axes.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="non-private")
+    axes.axhline(0.0, color="black", linewidth=0.6)
+    axes.set_xscale("log", base=2)
+    ticks = sorted({r["target_epsilon"] for r in private})
+    axes.set_xticks(ticks, [f"{x:g}" for x in ticks])
+    axes.set_xlabel("target epsilon (whole run)")
+    axes.set_ylabel("fraction of non-private gain kept")
+    axes.set_title(title, fontsize=9)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
@@ -162,17 +245,25 @@ def sweep(
     epsilons: Sequence[float],
     seeds: int,
     delta: float,
+    site_sizes: Sequence[int] = (),
     root: str | Path | None = None,
     echo: Echo = print,
     round_lines: bool = True,
 ) -> tuple[Path, list[dict[str, Any]]]:
-    """Run every (epsilon, seed) point; the sweep folder and its rows. ``echo`` gets a line
-    per point and, with ``round_lines``, the per-round progress lines of each run."""
+    """Run every (site size, epsilon, seed) point; the sweep folder and its rows. ``echo``
+    gets a line per point and, with ``round_lines``, the per-round progress lines of each
+    run."""
     from fedgray.runs import RunFolder
 
     config = load_config(config_path, list(overrides))
     folder = RunFolder(root or config.output.root, prefix="sweep")
-    points = [Point(eps, seed) for seed in range(seeds) for eps in epsilons]
+    sizes: Sequence[int | None] = list(site_sizes) or [None]
+    points = [
+        Point(eps, seed, size)
+        for seed in range(seeds)
+        for size in sizes
+        for eps in sorted(epsilons, key=lambda e: -e)  # the non-private reference first
+    ]
     folder.write_json(
         "sweep.json",
         {
@@ -180,12 +271,14 @@ def sweep(
             "overrides": list(overrides),
             "epsilons": [str(e) for e in epsilons],
             "seeds": seeds,
+            "site_sizes": list(site_sizes),
             "delta": delta,
         },
     )
     rows = []
     for index, point in enumerate(points, 1):
-        echo(f"[{index}/{len(points)}] target epsilon {point.epsilon:g}, seed {point.seed}")
+        size = "" if point.site_size is None else f", {point.site_size} per site"
+        echo(f"[{index}/{len(points)}] target epsilon {point.epsilon:g}{size}, seed {point.seed}")
         rows.append(
             run_point(
                 config_path,
@@ -196,22 +289,30 @@ def sweep(
                 echo=(lambda line: echo(f"  {line}")) if round_lines else (lambda _: None),
             )
         )
+        rows = with_gains(rows)
         write_csv(rows, folder.path / "sweep.csv")  # partial results survive an interruption
     fed = config.federation
     title = f"{fed.num_sites} sites x {fed.num_rounds} rounds · {config.data.dataset}"
     plot_rows(rows, folder.path / "privacy_utility.png", title=title)
+    plot_gains(rows, folder.path / "gain.png", title=title)
     return folder.path, rows
 
 
 def table(rows: Sequence[dict[str, Any]]) -> list[str]:
     """The rows as printable lines."""
     metric = rows[0]["metric"]
-    lines = [f"{'target eps':>10} {'seed':>4} {'achieved':>9} {'sigma':>7} {metric:>8} {'s':>6}"]
+    lines = [
+        f"{'site size':>9} {'target eps':>10} {'seed':>4} {'achieved':>9} {'sigma':>7} "
+        f"{metric:>8} {'gain kept':>9} {'s':>6}"
+    ]
     for r in rows:
         sigma = "-" if r["noise_multiplier"] is None else f"{r['noise_multiplier']:.3f}"
+        size = "-" if r["site_size"] is None else str(r["site_size"])
+        gain = "-" if r["gain_kept"] is None else f"{r['gain_kept']:.0%}"
         lines.append(
-            f"{r['target_epsilon']:>10g} {r['seed']:>4} {r['achieved_max_epsilon']:>9.4f} "
-            f"{sigma:>7} {r[metric]:>8.1f} {r['seconds']:>6.0f}"
+            f"{size:>9} {r['target_epsilon']:>10g} {r['seed']:>4} "
+            f"{r['achieved_max_epsilon']:>9.4f} {sigma:>7} {r[metric]:>8.1f} {gain:>9} "
+            f"{r['seconds']:>6.0f}"
         )
     lines.append(f"zero-shot {metric}: {rows[0][f'zero_shot_{metric}']:.1f}")
     return lines
@@ -227,6 +328,18 @@ def _epsilons(text: str) -> list[float]:
     return values
 
 
+def _site_sizes(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of integers: {text}"
+        ) from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"site sizes must be >= 1: {text}")
+    return values
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The sweep's own arguments; ``fedgray sweep`` adds CONFIG, ``--set`` and ``--quiet``."""
     parser.add_argument(
@@ -236,6 +349,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated target epsilons for the whole run; inf: no DP (default: inf,8,4,2,1)",
     )
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (federation.seed)")
+    parser.add_argument(
+        "--site-sizes",
+        type=_site_sizes,
+        default=[],
+        help="comma-separated training examples per site (sets data.train_size; default: "
+        "the config's)",
+    )
     parser.add_argument("--rounds", type=int, help="federation.num_rounds (default: the config's)")
     parser.add_argument("--local-steps", type=int, help="federation.local_steps")
     parser.add_argument("--delta", type=float, default=1e-5, help="privacy.delta (default 1e-5)")
@@ -261,6 +381,7 @@ def run(args: argparse.Namespace) -> None:
         epsilons=args.epsilons,
         seeds=args.seeds,
         delta=args.delta,
+        site_sizes=args.site_sizes,
         root=args.output,
         round_lines=not args.quiet,
     )

@@ -43,7 +43,7 @@ class _Opaque(torch.autograd.Function):
     """Forward and backward of the sealed model; saves only the call's inputs."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, run: Run, names: tuple[str, ...], *tensors: torch.Tensor
     ) -> torch.Tensor:
         needs = ctx.needs_input_grad[2:]

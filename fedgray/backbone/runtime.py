@@ -24,6 +24,7 @@ import socket
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -99,7 +100,7 @@ class _Remote(torch.autograd.Function):
     """Autograd across the process boundary: forward and backward are requests."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         backbone: IsolatedBackbone,
         tower: str,
@@ -174,7 +175,7 @@ class IsolatedBackbone(QueryCounted):
                 raise SealedError(f"backbone.{key}: the runtime at {path} serves '{value}'")
         return backbone
 
-    def _start(self, sock: socket.socket, process: mp.Process | None) -> None:
+    def _start(self, sock: socket.socket, process: BaseProcess | None) -> None:
         self._socket, self._process = sock, process
         self._keys = itertools.count()
         self._queries = 0

@@ -42,3 +42,64 @@ def test_sweep_writes_rows_within_target_and_a_plot(
     out = capsys.readouterr().out
     assert "zero-shot r1_mean" in out and f"sweep folder: {folder}" in out
     assert "[5/5] target epsilon 1, seed 0" in out and "round 1/2" not in out  # --quiet
+
+
+@pytest.mark.parametrize("size", [7, 13, 40])
+def test_site_size_sets_each_sites_training_examples(size: int) -> None:
+    from fedgray.config import load_config
+    from fedgray.fl.sites import site_indices
+    from fedgray.sweep import Point
+
+    base = load_config(QUICKSTART, MICRO)
+    fed = base.federation
+    point = Point(8.0, 0, size)
+    config = load_config(
+        QUICKSTART, [*MICRO, *point.data_overrides(num_sites=fed.num_sites, holdout=fed.holdout)]
+    )
+    for i in range(fed.num_sites):
+        share = site_indices(config, partition_id=i, num_partitions=fed.num_sites)
+        assert len(share.train) == size and len(share.heldout) >= 1
+    assert (
+        point.name == f"n{size}-eps8-seed0"
+        and Point(8.0, 0).data_overrides(num_sites=3, holdout=0.2) == []
+    )
+
+
+def test_gain_kept_is_relative_to_the_non_private_run_of_the_same_size_and_seed() -> None:
+    from fedgray.sweep import with_gains
+
+    def row(size: int, seed: int, eps: float, value: float) -> dict[str, object]:
+        return {"metric": "accuracy", "site_size": size, "seed": seed, "target_epsilon": eps,
+                "accuracy": value, "zero_shot_accuracy": 20.0}  # fmt: skip
+
+    rows = with_gains(
+        [row(200, 0, math.inf, 60.0), row(200, 0, 8, 50.0), row(200, 0, 1, 10.0),
+         row(1000, 0, math.inf, 80.0), row(1000, 0, 8, 74.0), row(1000, 1, 8, 70.0)]
+    )  # fmt: skip
+    assert [r["gain_kept"] for r in rows] == [1.0, 0.75, -0.25, 1.0, 0.9, None]
+
+
+@pytest.mark.slow
+def test_sweep_over_site_sizes_writes_gains_and_their_plot(tmp_path: Path) -> None:
+    args = ["sweep", str(QUICKSTART), "--output", str(tmp_path), "--rounds", "1", "--quiet"]
+    args += ["--epsilons", "8,inf", "--site-sizes", "10,20"]
+    assert main([*args, *(f"--set={o}" for o in MICRO)]) == 0
+    (folder,) = tmp_path.glob("sweep-*")
+    with (folder / "sweep.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["site_size"], r["target_epsilon"]) for r in rows] == [
+        ("10", "inf"), ("10", "8.0"), ("20", "inf"), ("20", "8.0")
+    ]  # fmt: skip
+    for row in rows:
+        private, reference = (
+            row,
+            next(
+                r
+                for r in rows
+                if r["site_size"] == row["site_size"] and r["target_epsilon"] == "inf"
+            ),
+        )
+        zero = float(private["zero_shot_r1_mean"])
+        expected = (float(private["r1_mean"]) - zero) / (float(reference["r1_mean"]) - zero)
+        assert float(private["gain_kept"]) == pytest.approx(expected, abs=1e-4)
+    assert (folder / "gain.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
