@@ -43,9 +43,7 @@ class _Opaque(torch.autograd.Function):
     """Forward and backward of the sealed model; saves only the call's inputs."""
 
     @staticmethod
-    def forward(
-        ctx: Any, run: Run, names: tuple[str, ...], *tensors: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(ctx: Any, run: Run, names: tuple[str, ...], *tensors: torch.Tensor) -> torch.Tensor:
         needs = ctx.needs_input_grad[2:]
         output, _ = _rerun(run, names, tensors, needs)
         ctx.run, ctx.names = run, names
