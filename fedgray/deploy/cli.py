@@ -82,8 +82,11 @@ def _cmd_superlink(args: argparse.Namespace) -> None:
         key=credentials.superlink_key if credentials else None,
         insecure=args.insecure,
     )
+    restart = (run_dir / "superlink.db").is_file()  # its registrations are kept there
+    if restart:
+        print(f"restarting on {run_dir / 'superlink.db'}: sites registered before stay so")
     with supervised() as processes:
-        link = start_superlink(processes, options, credentials)
+        link = start_superlink(processes, options, credentials, register=not restart)
         print(
             f"submit the app: FLWR_HOME={link.flwr_home} flwr run <fedgray checkout> "
             f"{CONNECTION} --stream  (results under {run_dir}); Ctrl-C stops the SuperLink"
@@ -123,8 +126,8 @@ def _cmd_supernode(args: argparse.Namespace) -> None:
                 raise FileNotFoundError(f"--credentials: {path}: not found")
     run_dir = Path(args.run_dir).resolve()
     with supervised() as processes:
-        process = start_supernode(processes, options, site_dir=run_dir)
-        _wait(process, "flower-supernode", run_dir / "supernode.log")
+        node = start_supernode(processes, options, site_dir=run_dir)
+        _wait(node.process, "flower-supernode", node.log_file)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:

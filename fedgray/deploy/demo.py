@@ -23,7 +23,7 @@ from fedgray.deploy.credentials import Credentials, create_credentials
 from fedgray.deploy.launch import CONNECTION, SuperLinkOptions, SuperNodeOptions, flower_env
 from fedgray.deploy.launch import flower_executable as flower
 from fedgray.deploy.processes import Processes, free_port, supervised
-from fedgray.deploy.roles import SuperLink, start_superlink, start_supernode
+from fedgray.deploy.roles import SuperLink, SuperNode, start_superlink, start_supernode
 from fedgray.deploy.site_data import OwnerFiles, seal_backbone, write_site_data
 
 Echo = Callable[[str], None]
@@ -79,7 +79,7 @@ def start_federation(
     owner: OwnerFiles,
     *,
     echo: Echo,
-) -> SuperLink:
+) -> tuple[SuperLink, list[SuperNode]]:
     """Start the SuperLink (registering every site) and one SuperNode per data folder."""
     options = SuperLinkOptions(
         host=HOST,
@@ -90,6 +90,7 @@ def start_federation(
         key=credentials.superlink_key,
     )
     link = start_superlink(processes, options, credentials, echo=echo)
+    nodes = []
     for site, data_dir in zip(credentials.sites, data_dirs, strict=True):
         number = int(site.name.rsplit("-", 1)[1])
         node = SuperNodeOptions(
@@ -99,8 +100,8 @@ def start_federation(
             node_config=site_node_config(number, data_dir, owner),
             port=free_port(HOST),
         )
-        start_supernode(processes, node, site_dir=data_dir.parent, echo=echo)
-    return link
+        nodes.append(start_supernode(processes, node, site_dir=data_dir.parent, echo=echo))
+    return link, nodes
 
 
 def submission(link: SuperLink, config: Config, *, name: str = RESULTS) -> tuple[list[str], Path]:
@@ -161,6 +162,6 @@ def run_demo(
     echo(f"sites: {num_sites} data folders under {run_dir / 'sites'}")
     credentials = create_credentials(run_dir / "credentials", num_sites)
     with supervised() as processes:
-        link = start_federation(processes, run_dir, credentials, data_dirs, owner, echo=echo)
+        link, _ = start_federation(processes, run_dir, credentials, data_dirs, owner, echo=echo)
         results = flwr_run(processes, link, config, echo=echo, timeout=timeout)
     return DemoResult(run_dir, results, time.monotonic() - start)

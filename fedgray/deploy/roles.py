@@ -94,21 +94,38 @@ def check_node_config(node_config: Mapping[str, str | int | bool]) -> None:
                 raise FileNotFoundError(f"node config {key}: {node_config[key]}: not found")
 
 
+@dataclass(frozen=True)
+class SuperNode:
+    """A started SuperNode: its process, options, and its folder (log, FLWR_HOME)."""
+
+    process: subprocess.Popen
+    options: SuperNodeOptions
+    site_dir: Path
+
+    @property
+    def log_file(self) -> Path:
+        """The SuperNode's log."""
+        return self.site_dir / "supernode.log"
+
+
 def start_supernode(
     processes: Processes, options: SuperNodeOptions, *, site_dir: Path, echo: Echo = print
-) -> subprocess.Popen:
+) -> SuperNode:
     """Start one site's SuperNode after checking its node config; its FLWR_HOME and log
     in ``site_dir``."""
     if options.insecure:
         _warn(INSECURE_WARNING)
     check_node_config(options.node_config)
-    log_file = site_dir / "supernode.log"
-    process = processes.start(
-        supernode_command(options),
-        log_file=log_file,
-        env=flower_env(site_dir / "flwr"),
-        cwd=site_dir,
+    node = SuperNode(
+        processes.start(
+            supernode_command(options),
+            log_file=site_dir / "supernode.log",
+            env=flower_env(site_dir / "flwr"),
+            cwd=site_dir,
+        ),
+        options,
+        site_dir,
     )
     site = options.node_config.get("partition-id", "")
-    echo(f"SuperNode {site} -> {options.superlink} (log: {log_file})")
-    return process
+    echo(f"SuperNode {site} -> {options.superlink} (log: {node.log_file})")
+    return node

@@ -4,6 +4,7 @@ whether the test passed or failed, and a check that nothing it started survives.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from fedgray.config import Config, load_config
 from fedgray.deploy.credentials import Credentials, create_credentials
 from fedgray.deploy.demo import demo_config, start_federation
 from fedgray.deploy.processes import Processes, descendants
-from fedgray.deploy.roles import SuperLink
+from fedgray.deploy.roles import SuperLink, SuperNode, start_supernode
 from fedgray.deploy.site_data import OwnerFiles, seal_backbone, write_site_data
 
 NUM_SITES = 3
@@ -70,6 +71,7 @@ class Federation:
     owner: OwnerFiles
     data_dirs: list[Path]
     link: SuperLink
+    supernodes: list[SuperNode]
     processes: Processes
 
 
@@ -93,7 +95,26 @@ def federation(
     owner = seal_backbone(config, run_dir / "owner")
     data_dirs = write_site_data(config, NUM_SITES, run_dir / "sites")
     credentials = create_credentials(run_dir / "credentials", NUM_SITES)
-    link = start_federation(
+    link, nodes = start_federation(
         session_processes, run_dir, credentials, data_dirs, owner, echo=lambda _: None
     )
-    return Federation(run_dir, config, credentials, owner, data_dirs, link, session_processes)
+    return Federation(
+        run_dir, config, credentials, owner, data_dirs, link, nodes, session_processes
+    )
+
+
+def restart_supernode(federation: Federation, node: SuperNode, timeout: float = 120) -> SuperNode:
+    """``node`` started again with the same key; retried while the SuperLink still counts
+    the killed instance online (it refuses a second activation until heartbeats lapse)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = node.log_file.read_text().count("SuperNode ID") if node.log_file.exists() else 0
+        again = start_supernode(
+            federation.processes, node.options, site_dir=node.site_dir, echo=lambda _: None
+        )
+        while again.process.poll() is None and time.monotonic() < deadline:
+            if again.log_file.read_text().count("SuperNode ID") > seen:
+                return again
+            time.sleep(0.5)
+        time.sleep(5)
+    raise TimeoutError(f"SuperNode {node.options.node_config} did not rejoin in {timeout} s")

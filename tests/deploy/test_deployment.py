@@ -47,8 +47,8 @@ def test_a_supernode_with_an_unregistered_key_is_refused(
     federation: Federation, processes: Processes, tmp_path: Path
 ) -> None:
     options = _stranger(federation, tmp_path, registered_key=False)
-    process = start_supernode(processes, options, site_dir=tmp_path, echo=lambda _: None)
-    assert process.wait(timeout=REFUSED_WITHIN_S) != 0
+    node = start_supernode(processes, options, site_dir=tmp_path, echo=lambda _: None)
+    assert node.process.wait(timeout=REFUSED_WITHIN_S) != 0
     log = (tmp_path / "supernode.log").read_text()
     assert "Failed to activate SuperNode" in log
 
@@ -57,8 +57,8 @@ def test_a_supernode_with_the_wrong_ca_cannot_connect(
     federation: Federation, processes: Processes, tmp_path: Path
 ) -> None:
     options = _stranger(federation, tmp_path, registered_key=True)
-    process = start_supernode(processes, options, site_dir=tmp_path, echo=lambda _: None)
-    assert process.wait(timeout=REFUSED_WITHIN_S) != 0
+    node = start_supernode(processes, options, site_dir=tmp_path, echo=lambda _: None)
+    assert node.process.wait(timeout=REFUSED_WITHIN_S) != 0
     log = (tmp_path / "supernode.log").read_text()
     assert "CERTIFICATE_VERIFY_FAILED" in log or "certificate verify failed" in log
     assert "SuperNode ID" not in log

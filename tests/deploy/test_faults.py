@@ -1,10 +1,12 @@
-"""Faults on loopback: the SuperLink killed mid-run and restarted on its database; the run,
-submitted again, resumes from its last checkpoint and ends where an uninterrupted one does."""
+"""Faults on loopback: the SuperLink killed mid-run and restarted on its database (the run,
+submitted again, resumes from its last checkpoint and ends where an uninterrupted one does);
+a SuperNode killed mid-round (the round goes on without it; it rejoins with a right ledger)."""
 
 from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -13,10 +15,10 @@ import torch
 
 from fedgray.deploy.demo import flwr_run, submission
 from fedgray.deploy.launch import flower_env
-from fedgray.deploy.processes import Processes, wait_for_port
+from fedgray.deploy.processes import Processes, descendants, wait_for_port
 from fedgray.deploy.roles import start_superlink
 from fedgray.runs import load_adapters
-from tests.deploy.conftest import Federation, tiny_config
+from tests.deploy.conftest import Federation, restart_supernode, tiny_config
 
 pytestmark = pytest.mark.slow
 PLAIN = ("federation.secure_aggregation.enabled=false",)  # a faster run: 1 message per round
@@ -74,3 +76,44 @@ def test_a_restarted_superlink_resumes_the_run_and_ends_as_an_uninterrupted_one(
     final = [r for r in _rounds(straight) if r["round"] == 2][0]["privacy"]["epsilon"]
     again = [r for r in _rounds(resumed) if r["round"] == 2][0]["privacy"]["epsilon"]
     assert again == pytest.approx(final)
+
+
+def _clientapp_of(supernode: subprocess.Popen) -> bool:
+    """Whether ``supernode`` runs a ClientApp process now (it is handling a message)."""
+    for pid in descendants(supernode.pid):
+        try:
+            if b"flwr-clientapp" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def test_a_supernode_killed_mid_round_is_left_out_and_its_ledger_is_right_when_it_rejoins(
+    federation: Federation, processes: Processes
+) -> None:
+    config = tiny_config(*PLAIN, "federation.round_timeout=60")
+    victim = federation.supernodes[2]
+    args, results = submission(federation.link, config, name="killed")
+    run = processes.start(
+        args,
+        log_file=federation.link.options.run_dir / "flwr-run-killed.log",
+        env=flower_env(federation.link.flwr_home),
+    )
+    deadline = time.monotonic() + 300
+    while not _clientapp_of(victim.process) and time.monotonic() < deadline:
+        time.sleep(0.1)  # round 0 evaluates on the server only: this is round 1's training
+    federation.processes.kill(victim.process, signal.SIGKILL)
+    _wait_for_round(results, 1, timeout=300)
+    federation.supernodes[2] = restart_supernode(federation, victim)
+    assert run.wait(timeout=300) == 0
+
+    rounds = {r["round"]: r for r in _rounds(results)}
+    assert (rounds[1]["sites_trained"], rounds[1]["site_failures"]) == (2, 1)
+    assert (rounds[2]["sites_trained"], rounds[2]["site_failures"]) == (3, 0)
+    log = (federation.link.options.run_dir / "flwr-run-killed.log").read_text()
+    assert "round 1: 1 failed to train, left out" in log
+    first, second = rounds[1]["privacy"]["epsilon"], rounds[2]["privacy"]["epsilon"]
+    assert set(first) == {"0", "1"}  # the killed site released nothing in round 1
+    assert second["2"] == pytest.approx(first["0"])  # one round's spend: the one it trained
+    assert second["0"] > first["0"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import tomllib
 from pathlib import Path
 
@@ -12,7 +13,14 @@ from fedgray.config import load_config
 from fedgray.data.registry import load_dataset
 from fedgray.deploy.app import write_app
 from fedgray.deploy.demo import demo_config
-from fedgray.deploy.launch import node_config_arg, write_cli_config
+from fedgray.deploy.launch import (
+    SuperLinkOptions,
+    SuperNodeOptions,
+    node_config_arg,
+    superlink_command,
+    supernode_command,
+    write_cli_config,
+)
 from fedgray.deploy.roles import check_node_config
 from fedgray.deploy.site_data import write_site_data
 from fedgray.fl.node_config import NodeConfigError, site_config
@@ -123,3 +131,19 @@ def test_flower_connection_and_node_config_are_written_as_flower_reads_them(
         "data-dir": "/data/a b",
         "backbone-isolated": True,
     }
+
+
+def test_tls_and_node_authentication_unless_insecure_is_asked_for(tmp_path: Path) -> None:
+    files = {name: tmp_path / name for name in ("ca.crt", "link.crt", "link.key", "node.key")}
+    link = SuperLinkOptions("127.0.0.1", 9092, tmp_path, *list(files.values())[:3])
+    secure = superlink_command(link)
+    assert secure[secure.index("--ssl-certfile") + 1] == str(files["link.crt"])
+    assert "--enable-supernode-auth" in secure and "--insecure" not in secure
+    assert "--disable-runtime-dependency-installation" in secure
+    insecure = superlink_command(dataclasses.replace(link, insecure=True))
+    assert "--insecure" in insecure and "--enable-supernode-auth" not in insecure
+    node = SuperNodeOptions("127.0.0.1:9092", files["ca.crt"], files["node.key"], {}, 9094)
+    command = supernode_command(node)
+    assert command[command.index("--root-certificates") + 1] == str(files["ca.crt"])
+    assert command[command.index("--auth-supernode-private-key") + 1] == str(files["node.key"])
+    assert "--insecure" in supernode_command(dataclasses.replace(node, insecure=True))
