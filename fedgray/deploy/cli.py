@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import time
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from typing import Any
 
 from fedgray.config import load_config
 from fedgray.deploy.credentials import create_credentials, read_credentials
-from fedgray.deploy.launch import CONNECTION, SuperLinkOptions, SuperNodeOptions
+from fedgray.deploy.launch import SuperLinkOptions, SuperNodeOptions
 from fedgray.deploy.processes import free_port, supervised
 
 DEFAULT_PORT = 9092
@@ -60,6 +61,12 @@ def _wait(process: Any, what: str, log: Path) -> None:
         raise RuntimeError(f"{what} exited with status {status} (see {log})")
 
 
+def _line_buffered() -> None:
+    """Long-running commands: each line reaches a log file or pipe as it is printed."""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
+
+
 def _cmd_credentials(args: argparse.Namespace) -> None:
     files = create_credentials(args.out, args.sites, hosts=tuple(args.host))
     print(f"CA (keep offline):      {files.ca_key}")
@@ -71,6 +78,7 @@ def _cmd_credentials(args: argparse.Namespace) -> None:
 def _cmd_superlink(args: argparse.Namespace) -> None:
     from fedgray.deploy.roles import start_superlink
 
+    _line_buffered()
     credentials = None if args.insecure else read_credentials(args.credentials)
     run_dir = Path(args.run_dir).resolve()
     options = SuperLinkOptions(
@@ -88,8 +96,8 @@ def _cmd_superlink(args: argparse.Namespace) -> None:
     with supervised() as processes:
         link = start_superlink(processes, options, credentials, register=not restart)
         print(
-            f"submit the app: FLWR_HOME={link.flwr_home} flwr run <fedgray checkout> "
-            f"{CONNECTION} --stream  (results under {run_dir}); Ctrl-C stops the SuperLink"
+            f"submit a run: fedgray deploy submit CONFIG.yaml --run-dir {run_dir}; follow "
+            f"it with FLWR_HOME={link.flwr_home} flwr list|log|stop; Ctrl-C stops the SuperLink"
         )
         _wait(link.process, "flower-superlink", run_dir / "superlink.log")
 
@@ -97,7 +105,8 @@ def _cmd_superlink(args: argparse.Namespace) -> None:
 def _cmd_supernode(args: argparse.Namespace) -> None:
     from fedgray.deploy.roles import start_supernode
 
-    site_dir = Path(args.credentials)
+    _line_buffered()
+    site_dir = Path(args.credentials).resolve()
     node_config: dict[str, str | int | bool] = {
         "partition-id": args.site,
         "data-dir": str(Path(args.data).resolve()),
@@ -128,6 +137,20 @@ def _cmd_supernode(args: argparse.Namespace) -> None:
     with supervised() as processes:
         node = start_supernode(processes, options, site_dir=run_dir)
         _wait(node.process, "flower-supernode", node.log_file)
+
+
+def _cmd_submit(args: argparse.Namespace) -> None:
+    from fedgray.deploy.demo import flwr_run
+
+    run_dir = Path(args.run_dir).resolve()
+    if not (run_dir / "flwr" / "config.toml").is_file():
+        raise FileNotFoundError(f"{run_dir / 'flwr' / 'config.toml'}: start the SuperLink first")
+    config = load_config(args.config, args.overrides)
+    with supervised() as processes:
+        results = flwr_run(
+            processes, run_dir, config, echo=print, timeout=args.timeout, name=args.name
+        )
+    print(f"results (metrics, epsilon ledgers, checkpoint, adapters): {results}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -204,6 +227,22 @@ def _supernode_parser(commands: Any) -> None:
     parser.set_defaults(handler=_one_line(_cmd_supernode))
 
 
+def _submit_parser(commands: Any, config_arguments: Callable[..., None]) -> None:
+    parser = commands.add_parser(
+        "submit",
+        help="run the federation: the fedgray app with a YAML config, by flwr run",
+        description="Write an app folder whose run config is the whole resolved CONFIG "
+        "(the YAML fedgray run reads, plus --set overrides) and submit it with flwr run "
+        "to the SuperLink started with the same --run-dir; follow its log to the end. "
+        "Results land in RUN_DIR/NAME; a NAME holding a checkpoint is resumed.",
+    )
+    config_arguments(parser, required=True)
+    parser.add_argument("--run-dir", required=True, metavar="DIR", help="the SuperLink's")
+    parser.add_argument("--name", default="results", help="results folder in RUN_DIR")
+    parser.add_argument("--timeout", type=float, default=24 * 3600.0, help="seconds")
+    parser.set_defaults(handler=_one_line(_cmd_submit))
+
+
 def _demo_parser(commands: Any, config_arguments: Callable[..., None]) -> None:
     parser = commands.add_parser(
         "demo",
@@ -221,7 +260,7 @@ def _demo_parser(commands: Any, config_arguments: Callable[..., None]) -> None:
 
 
 def add_deploy_parser(commands: Any, config_arguments: Callable[..., None]) -> None:
-    """Add ``deploy`` and its four subcommands to the ``fedgray`` command's subparsers."""
+    """Add ``deploy`` and its five subcommands to the ``fedgray`` command's subparsers."""
     deploy = commands.add_parser(
         "deploy",
         help="multi-site deployment on Flower's deployment engine (see docs/deployment.md)",
@@ -232,4 +271,5 @@ def add_deploy_parser(commands: Any, config_arguments: Callable[..., None]) -> N
     _credentials_parser(roles)
     _superlink_parser(roles)
     _supernode_parser(roles)
+    _submit_parser(roles, config_arguments)
     _demo_parser(roles, config_arguments)

@@ -195,7 +195,7 @@ def create_credentials(
 def read_credentials(root: str | Path) -> Credentials:
     """The credentials under ``root`` as :func:`create_credentials` wrote them (every site
     folder found), or one line naming the first missing file."""
-    root = Path(root)
+    root = Path(root).resolve()  # Flower's processes run in other folders
     count = 0
     while (root / "sites" / site_name(count)).is_dir():
         count += 1

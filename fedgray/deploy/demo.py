@@ -104,32 +104,33 @@ def start_federation(
     return link, nodes
 
 
-def submission(link: SuperLink, config: Config, *, name: str = RESULTS) -> tuple[list[str], Path]:
-    """``flwr run`` of the fedgray app with ``config`` on ``link``, and the results folder
-    it writes: ``name`` in the operator's run folder (resumed if it holds a checkpoint)."""
-    results = link.options.run_dir / name
+def submission(run_dir: Path, config: Config, *, name: str = RESULTS) -> tuple[list[str], Path]:
+    """``flwr run`` of the fedgray app with ``config`` on the SuperLink whose operator folder
+    is ``run_dir`` (its ``flwr`` CLI home is ``run_dir/flwr``), and the results folder it
+    writes: ``run_dir/name`` (resumed if it holds a checkpoint)."""
+    results = run_dir / name
     config = dataclasses.replace(
         config, output=dataclasses.replace(config.output, root=str(results.parent), name=name)
     )
-    app = write_app(config, link.options.run_dir / "app" / name)
+    app = write_app(config, run_dir / "app" / name)
     return [flower("flwr"), "run", str(app), CONNECTION, "--stream"], results
 
 
 def flwr_run(
     processes: Processes,
-    link: SuperLink,
+    run_dir: Path,
     config: Config,
     *,
     echo: Echo,
     timeout: float,
     name: str = RESULTS,
 ) -> Path:
-    """Submit the fedgray app with ``config`` to ``link`` and follow it to its end; the
-    results folder (see :func:`submission`)."""
-    args, results = submission(link, config, name=name)
-    log = link.options.run_dir / f"flwr-run-{name}.log"
+    """Submit the fedgray app with ``config`` (see :func:`submission`) and follow it to its
+    end; the results folder, or one line with the run's last error."""
+    args, results = submission(run_dir, config, name=name)
+    log = run_dir / f"flwr-run-{name}.log"
     status = processes.run(
-        args, log_file=log, env=flower_env(link.flwr_home), timeout=timeout, echo=echo
+        args, log_file=log, env=flower_env(run_dir / "flwr"), timeout=timeout, echo=echo
     )
     if status != 0 or not (results / "summary.json").is_file():
         raise RuntimeError(f"flwr run: exit {status}, no summary: {last_error(log)} (see {log})")
@@ -163,5 +164,5 @@ def run_demo(
     credentials = create_credentials(run_dir / "credentials", num_sites)
     with supervised() as processes:
         link, _ = start_federation(processes, run_dir, credentials, data_dirs, owner, echo=echo)
-        results = flwr_run(processes, link, config, echo=echo, timeout=timeout)
+        results = flwr_run(processes, link.options.run_dir, config, echo=echo, timeout=timeout)
     return DemoResult(run_dir, results, time.monotonic() - start)

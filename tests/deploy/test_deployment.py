@@ -90,7 +90,11 @@ def test_three_sites_run_two_rounds_with_dp_sgd_and_secagg_over_tls(
     federation: Federation, processes: Processes
 ) -> None:
     results = flwr_run(
-        processes, federation.link, federation.config, echo=lambda _: None, timeout=400
+        processes,
+        federation.link.options.run_dir,
+        federation.config,
+        echo=lambda _: None,
+        timeout=400,
     )
     records = [json.loads(line) for line in (results / "metrics.jsonl").read_text().splitlines()]
     trained = [r for r in records if r["round"] > 0]

@@ -44,9 +44,11 @@ def test_a_restarted_superlink_resumes_the_run_and_ends_as_an_uninterrupted_one(
 ) -> None:
     config = tiny_config(*PLAIN)
     quiet = lambda _: None  # noqa: E731
-    straight = flwr_run(processes, federation.link, config, echo=quiet, timeout=300, name="a")
+    straight = flwr_run(
+        processes, federation.link.options.run_dir, config, echo=quiet, timeout=300, name="a"
+    )
 
-    args, resumed = submission(federation.link, config, name="b")
+    args, resumed = submission(federation.link.options.run_dir, config, name="b")
     run = processes.start(
         args,
         log_file=federation.link.options.run_dir / "flwr-run-b-first.log",
@@ -66,7 +68,7 @@ def test_a_restarted_superlink_resumes_the_run_and_ends_as_an_uninterrupted_one(
     )
     options = federation.link.options
     wait_for_port(options.host, options.port, timeout=30, process=federation.link.process)
-    flwr_run(processes, federation.link, config, echo=quiet, timeout=300, name="b")
+    flwr_run(processes, federation.link.options.run_dir, config, echo=quiet, timeout=300, name="b")
 
     assert [r["round"] for r in _rounds(resumed)] == [0, 1, 2]
     expected, _ = load_adapters(straight / "adapters.pt", backbone="fedgray-micro")
@@ -94,7 +96,7 @@ def test_a_supernode_killed_mid_round_is_left_out_and_its_ledger_is_right_when_i
 ) -> None:
     config = tiny_config(*PLAIN, "federation.round_timeout=60")
     victim = federation.supernodes[2]
-    args, results = submission(federation.link, config, name="killed")
+    args, results = submission(federation.link.options.run_dir, config, name="killed")
     run = processes.start(
         args,
         log_file=federation.link.options.run_dir / "flwr-run-killed.log",
