@@ -18,6 +18,7 @@ activations of the backbone no longer wait in memory between forward and backwar
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -53,12 +54,34 @@ class _Opaque(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        refuse_instrumentation()
-        needs = ctx.needs_input_grad[2:]
-        output, wanted = _rerun(ctx.run, ctx.names, ctx.saved_tensors, needs)
-        with torch.enable_grad():
-            grads = iter(torch.autograd.grad(output, wanted, grad_output, allow_unused=True))
-        return (None, None, *(next(grads) if need else None for need in needs))
+        return _uncompiled(_backward)(ctx, grad_output)
+
+
+def _backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    refuse_instrumentation()
+    needs = ctx.needs_input_grad[2:]
+    output, wanted = _rerun(ctx.run, ctx.names, ctx.saved_tensors, needs)
+    with torch.enable_grad():
+        grads = iter(torch.autograd.grad(output, wanted, grad_output, allow_unused=True))
+    return (None, None, *(next(grads) if need else None for need in needs))
+
+
+def _uncompiled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with dynamo disabled for it and all it calls, once dynamo is loaded.
+
+    ``torch.compile`` (and compiled autograd) load ``torch._dynamo``; a compiler backend
+    tracing the sealed call or its backward would receive every weight as a graph input.
+    Importing dynamo costs seconds, so it is not done before anyone else does.
+    """
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is None:
+        return fn
+    if fn not in _DISABLED:
+        _DISABLED[fn] = dynamo.disable(fn, recursive=True)
+    return _DISABLED[fn]
+
+
+_DISABLED: dict[Callable[..., Any], Callable[..., Any]] = {}
 
 
 def _check_plain(tensors: dict[str, torch.Tensor]) -> None:
@@ -68,13 +91,7 @@ def _check_plain(tensors: dict[str, torch.Tensor]) -> None:
             raise TypeError(f"{name}: the sealed backbone takes plain tensors, not {type(tensor)}")
 
 
-def run_sealed(run: Run, *, gradients: bool, **tensors: torch.Tensor | None) -> torch.Tensor:
-    """``run(**tensors)`` (``None`` left out) with no backbone tensor in the output's graph.
-
-    With ``gradients`` False (``black``) the call runs without grad and returns a
-    detached output. Otherwise, when grad is on and an input needs one, the call goes
-    through :class:`_Opaque`; when none does, the frozen backbone builds no graph at all.
-    """
+def _run(run: Run, gradients: bool, tensors: dict[str, torch.Tensor | None]) -> torch.Tensor:
     given = {n: t for n, t in tensors.items() if t is not None}
     _check_plain(given)
     refuse_instrumentation()
@@ -85,3 +102,15 @@ def run_sealed(run: Run, *, gradients: bool, **tensors: torch.Tensor | None) -> 
         output: torch.Tensor = _Opaque.apply(run, tuple(given), *given.values())
         return output
     return run(**given)
+
+
+def run_sealed(run: Run, *, gradients: bool, **tensors: torch.Tensor | None) -> torch.Tensor:
+    """``run(**tensors)`` (``None`` left out) with no backbone tensor in the output's graph.
+
+    With ``gradients`` False (``black``) the call runs without grad and returns a
+    detached output. Otherwise, when grad is on and an input needs one, the call goes
+    through :class:`_Opaque`; when none does, the frozen backbone builds no graph at all.
+    Neither this call nor the backward is traced by dynamo (:func:`_uncompiled`).
+    """
+    output: torch.Tensor = _uncompiled(_run)(run, gradients, tensors)
+    return output

@@ -110,3 +110,30 @@ def test_module_hooks_on_the_site_own_modules_are_fine(micro: SealedBackbone) ->
     pixels = torch.rand(2, 3, 32, 32, requires_grad=True)
     adapter(micro.encode_image(pixels)).sum().backward()
     assert len(seen) == 1 and pixels.grad is not None
+
+
+@pytest.mark.slow
+def test_a_compiler_backend_sees_no_weight_in_forward_or_backward() -> None:
+    import torch._dynamo.compiled_autograd as compiled_autograd
+
+    loot: list[torch.Tensor] = []
+
+    def spy(graph: torch.fx.GraphModule, inputs: list[object]) -> Callable[..., object]:
+        loot.extend(t for t in inputs if isinstance(t, torch.Tensor))
+        loot.extend([*graph.parameters(), *graph.buffers()])
+        return graph.forward
+
+    torch.manual_seed(0)
+    white = load_sealed("fedgray-micro", None, level="white")  # control: the plain model
+    torch.compile(white.encode_image, backend=spy)(torch.rand(2, 3, 32, 32))
+    assert len(leaked_weights(loot, ground_truth(white))) >= 12
+    loot.clear()
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    gray = load_sealed("fedgray-micro", None, level="gray")
+    pixels = torch.rand(2, 3, 32, 32, requires_grad=True)
+    out = torch.compile(gray.encode_image, backend=spy)(pixels)
+    with compiled_autograd._enable(torch.compile(backend=spy)):
+        out.sum().backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
+    assert leaked_weights(loot, ground_truth(gray)) == set()
