@@ -40,6 +40,7 @@ def _one_line(handler: Handler) -> Handler:
     Ctrl-C reported in one line; by then every process it started has been stopped."""
 
     def run(args: argparse.Namespace) -> None:
+        _line_buffered()
         try:
             handler(args)
         except KeyboardInterrupt:
@@ -78,7 +79,6 @@ def _cmd_credentials(args: argparse.Namespace) -> None:
 def _cmd_superlink(args: argparse.Namespace) -> None:
     from fedgray.deploy.roles import start_superlink
 
-    _line_buffered()
     credentials = None if args.insecure else read_credentials(args.credentials)
     run_dir = Path(args.run_dir).resolve()
     options = SuperLinkOptions(
@@ -105,7 +105,6 @@ def _cmd_superlink(args: argparse.Namespace) -> None:
 def _cmd_supernode(args: argparse.Namespace) -> None:
     from fedgray.deploy.roles import start_supernode
 
-    _line_buffered()
     site_dir = Path(args.credentials).resolve()
     node_config: dict[str, str | int | bool] = {
         "partition-id": args.site,
@@ -120,6 +119,8 @@ def _cmd_supernode(args: argparse.Namespace) -> None:
             node_config[key] = str(Path(getattr(args, flag)).resolve())
     if args.isolated:
         node_config["backbone-isolated"] = True
+    if args.state_dir:
+        node_config["state-dir"] = str(Path(args.state_dir).resolve())
     options = SuperNodeOptions(
         superlink=args.superlink,
         root_cert=None if args.insecure else site_dir / "ca.crt",
@@ -221,6 +222,9 @@ def _supernode_parser(commands: Any) -> None:
     parser.add_argument("--verify-key", metavar="FILE", help="the owner's verification key")
     parser.add_argument("--content-key", metavar="FILE", help="the backbone's content key")
     parser.add_argument("--isolated", action="store_true", help="backbone in its own process")
+    parser.add_argument(
+        "--state-dir", metavar="DIR", help="where the site keeps its personal adapters"
+    )
     parser.add_argument("--run-dir", default=".", metavar="DIR", help="log and Flower home")
     parser.add_argument("--port", type=int, help="loopback port for its ClientApps (free one)")
     parser.add_argument("--insecure", action="store_true", help="no TLS (warned)")

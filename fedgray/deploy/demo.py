@@ -61,10 +61,12 @@ def demo_config(config: Config, num_sites: int) -> Config:
 
 
 def site_node_config(site: int, data_dir: Path, owner: OwnerFiles) -> dict[str, str | int | bool]:
-    """What site ``site`` names locally: its number, data folder and sealed backbone."""
+    """What site ``site`` names locally: its number, data folder, sealed backbone, and the
+    folder for its own durable state (personal adapters) next to its data."""
     return {
         "partition-id": site,
         "data-dir": str(data_dir),
+        "state-dir": str(data_dir.parent / "state"),
         "backbone-artifact": str(owner.artifact),
         "verify-key": str(owner.verify_key),
         "content-key": str(owner.content_key),
