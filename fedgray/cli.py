@@ -147,7 +147,7 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 
 def _cmd_info(args: argparse.Namespace) -> None:
     from fedgray.adapters import METHODS
-    from fedgray.backbone.loading import builtin_models
+    from fedgray.backbone.loading import backbone_lines, builtin_models
     from fedgray.data.registry import DATASETS
 
     print("built-in models:", ", ".join(builtin_models()))
@@ -155,6 +155,8 @@ def _cmd_info(args: argparse.Namespace) -> None:
     print("methods:")
     for method in METHODS.values():
         print(f"  {method.name:<13} level >= {method.level.value:<6} {method.description}")
+    print("backbones (open_clip configs: tower families, levels a sealed one offers):")
+    print("\n".join(backbone_lines()))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -74,14 +74,14 @@ def _dga(backbone: Backbone, _: MethodConfig) -> AdaptedCLIP:
 
 def _lga(backbone: Backbone, options: MethodConfig) -> AdaptedCLIP:
     model = _dga(backbone, options)
-    points = {p.tower: p for p in backbone.interface.entry_points}
-    count = options.prompt_tokens
-    model.image_prompts = DeepPrompts(
-        layers=points["image"].layers, width=points["image"].width, count=count
-    )
-    model.text_prompts = DeepPrompts(
-        layers=points["text"].layers, width=points["text"].width, count=count
-    )
+    # Towers without transformer blocks (ResNet, convnext) publish no entry point: DGA there.
+    prompts = {
+        p.tower: DeepPrompts(layers=p.layers, width=p.width, count=options.prompt_tokens)
+        for p in backbone.interface.entry_points
+    }
+    if not prompts:
+        raise SealedError(f"method 'lga': '{backbone.interface.name}' publishes no entry points")
+    model.image_prompts, model.text_prompts = prompts.get("image"), prompts.get("text")
     return model
 
 

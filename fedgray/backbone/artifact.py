@@ -44,6 +44,7 @@ from fedgray.backbone.keys import (
 )
 from fedgray.backbone.loading import get_tokenizer, open_clip_module
 from fedgray.backbone.sealed import SealedBackbone
+from fedgray.backbone.sealed import entry_points as sealed_entry_points
 
 MAGIC = b"FGSEAL\r\n"
 FORMAT_VERSION = 1
@@ -116,12 +117,9 @@ def seal(
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     weights = buffer.getvalue()
-    clip: Any = model  # open_clip ships no types: its submodules are untyped
-    towers = {"image": clip.visual.transformer, "text": clip.transformer}
     entry_points = tuple(
-        {"tower": tower, "layers": len(blocks.resblocks), "width": int(blocks.width)}
-        for tower, blocks in towers.items()
-        if level.entry_points
+        {"tower": p.tower, "layers": p.layers, "width": p.width}
+        for p in (sealed_entry_points(model) if level.entry_points else ())
     )
     manifest = Manifest(
         name=name,
@@ -262,7 +260,7 @@ def load_artifact(
         )
     return SealedBackbone(
         _unseal(path, manifest, raw, sealed, content_key),
-        get_tokenizer(manifest.name),
+        get_tokenizer(manifest.name, manifest.model_config.get("model_cfg")),
         name=manifest.name,
         level=level,
         query_budget=query_budget,

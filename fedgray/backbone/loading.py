@@ -12,14 +12,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from fedgray.backbone.access import AccessLevel
+from fedgray.backbone.families import Support, support
 from fedgray.backbone.sealed import SealedBackbone
 from fedgray.vision_ops import ensure_torchvision
 
@@ -75,9 +77,61 @@ def create_clip(name: str, pretrained: str | Path | None) -> nn.Module:
         ) from None
 
 
-def get_tokenizer(name: str) -> Callable[..., torch.Tensor]:
-    """open_clip's tokenizer for model ``name`` (the BPE vocabulary ships with open_clip)."""
-    return open_clip_module().get_tokenizer(name)
+def _hf_tokenizer_missing(name: str, error: ImportError) -> BackboneLoadError:
+    return BackboneLoadError(
+        f"backbone.name: the tokenizer of '{name}' needs Hugging Face transformers "
+        f"({error.name or error}); install the extra: pip install -c constraints.txt "
+        "-e '.[hf-text]'"
+    )
+
+
+def get_tokenizer(
+    name: str, model_cfg: Mapping[str, Any] | None = None
+) -> Callable[..., torch.Tensor]:
+    """open_clip's tokenizer for model ``name`` (the BPE vocabulary ships with open_clip).
+
+    ``model_cfg`` (an artifact's signed config) is used when open_clip does not know
+    ``name``, e.g. in the isolated runtime's process where test configs are not registered.
+    Models with a Hugging Face tokenizer (SigLIP) need the ``hf-text`` extra.
+    """
+    open_clip = open_clip_module()
+    try:
+        if model_cfg is None or open_clip.get_model_config(name) is not None:
+            tokenizer: Callable[..., torch.Tensor] = open_clip.get_tokenizer(name)
+            return tokenizer
+        text = model_cfg.get("text_cfg", {})
+        kwargs = dict(text.get("tokenizer_kwargs") or {})
+        context = int(text.get("context_length", 77))
+        if text.get("hf_tokenizer_name"):
+            mode = text.get("tokenizer_mode")
+            return open_clip.tokenizer.HFTokenizer(
+                text["hf_tokenizer_name"], context, tokenizer_mode=mode, **kwargs
+            )
+        return open_clip.SimpleTokenizer(context_length=context, **kwargs)
+    except ImportError as error:
+        raise _hf_tokenizer_missing(name, error) from None
+    except OSError as error:  # the Hugging Face hub is unreachable and nothing is cached
+        raise BackboneLoadError(
+            f"backbone.name: the tokenizer of '{name}' could not be loaded "
+            f"({str(error).strip().splitlines()[0] if str(error).strip() else error!r})"
+        ) from None
+
+
+def supported_backbones() -> dict[str, Support]:
+    """Every open_clip model config (fedgray's included), classified by family."""
+    open_clip = open_clip_module()
+    return {name: support(open_clip.get_model_config(name)) for name in open_clip.list_models()}
+
+
+def backbone_lines() -> list[str]:
+    """One line per open_clip model: its tower families and the levels it can be sealed at."""
+    lines = []
+    for name, said in supported_backbones().items():
+        towers = f"image {said.image}, text {said.text}"
+        plus = f"gray+ ({', '.join(said.entry_towers)})"
+        levels = ", ".join(plus if level == "gray+" else level for level in said.levels)
+        lines.append(f"  {name:<34} {towers:<42} {levels or 'not supported: ' + str(said.problem)}")
+    return lines
 
 
 def load_sealed(

@@ -85,6 +85,8 @@ def _interface(args: dict[str, Any]) -> tuple[BackboneInterface, int | None]:
         )
         ints = ("image_size", "embed_dim", "context_length", "token_width", "parameter_count")
         interface = BackboneInterface(
+            image_family=str(raw["image_family"]),
+            text_family=str(raw["text_family"]),
             name=str(raw["name"]),
             level=AccessLevel(raw["level"]),
             logit_scale=float(raw["logit_scale"]),

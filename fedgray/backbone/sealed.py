@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 import torch
 from torch import nn
 
-from fedgray.backbone import encoders
+from fedgray.backbone import families
 from fedgray.backbone.access import AccessLevel, QueryBudgetExceeded, SealedError
 from fedgray.backbone.opaque import run_sealed
 
@@ -56,24 +56,30 @@ class BackboneInterface:
     logit_scale: float
     parameter_count: int
     entry_points: tuple[EntryPoint, ...] = ()
+    image_family: str = "vit"  # see fedgray.backbone.families
+    text_family: str = "clip-text"
+
+
+def entry_points(model: nn.Module) -> tuple[EntryPoint, ...]:
+    """The towers whose transformer blocks a ``gray+`` site may enter (families decide)."""
+    blocks = families.describe(model).blocks
+    return tuple(EntryPoint(t, *blocks[t]) for t in families.TOWERS if t in blocks)
 
 
 def _describe(model: nn.Module, name: str, level: AccessLevel) -> BackboneInterface:
-    visual = model.visual
-    entry_points = (
-        EntryPoint("image", len(visual.transformer.resblocks), visual.transformer.width),
-        EntryPoint("text", len(model.transformer.resblocks), model.transformer.width),
-    )
+    shapes = families.describe(model)
     return BackboneInterface(
         name=name,
         level=level,
-        image_size=int(visual.image_size[0]),
-        embed_dim=int(model.text_projection.shape[1]),
-        context_length=int(model.context_length),
-        token_width=int(model.token_embedding.weight.shape[1]),
+        image_size=shapes.image_size,
+        embed_dim=shapes.embed_dim,
+        context_length=shapes.context_length,
+        token_width=shapes.token_width,
         logit_scale=float(model.logit_scale.detach().exp()),
         parameter_count=sum(p.numel() for p in model.parameters()),
-        entry_points=entry_points if level.entry_points else (),
+        entry_points=entry_points(model) if level.entry_points else (),
+        image_family=shapes.image_family,
+        text_family=shapes.text_family,
     )
 
 
@@ -120,13 +126,14 @@ class SealedBackbone(QueryCounted):
         preprocess = getattr(model.visual, "preprocess_cfg", {}) or {}
         mean = torch.tensor(preprocess.get("mean", OPENAI_MEAN)).view(1, 3, 1, 1)
         std = torch.tensor(preprocess.get("std", OPENAI_STD)).view(1, 3, 1, 1)
-        context = int(model.context_length)
+        interface = _describe(model, name, level)
+        context, free = interface.context_length, int(families.describe(model).reserves_slot)
 
         def run_image(pixels: torch.Tensor, **inputs: Any) -> torch.Tensor:
-            return encoders.encode_image(model, pixels, mean=mean, std=std, **inputs)
+            return families.encode_image(model, pixels, mean=mean, std=std, **inputs)
 
         def run_text(tokens: torch.Tensor, **inputs: Any) -> torch.Tensor:
-            return encoders.encode_text(model, tokens, **inputs)
+            return families.encode_text(model, tokens, **inputs)
 
         if level is AccessLevel.WHITE:  # the model is handed out anyway: a plain graph
             image, text = run_image, run_text
@@ -139,12 +146,12 @@ class SealedBackbone(QueryCounted):
                 return run_sealed(run_text, gradients=level.gradients, tokens=tokens, **inputs)
 
         def tokenize(texts: Sequence[str]) -> torch.Tensor:
-            # One slot is kept free after end-of-text for the text adapter's extra token.
-            ids = tokenizer(list(texts), context_length=context - 1)
-            return torch.nn.functional.pad(ids, (0, 1))
+            # Causal towers keep one slot free after end-of-text for the extra token.
+            ids = tokenizer(list(texts), context_length=context - free)
+            return torch.nn.functional.pad(ids, (0, free))
 
         setattr_ = object.__setattr__
-        setattr_(self, "interface", _describe(model, name, level))
+        setattr_(self, "interface", interface)
         setattr_(self, "_image", image)
         setattr_(self, "_text", text)
         setattr_(self, "_tokenize", tokenize)
@@ -174,7 +181,7 @@ class SealedBackbone(QueryCounted):
 
         ``prompts``/``gates`` are per-layer tokens for the image tower's entry points.
         """
-        self._check_prompts(prompts)
+        self._check_prompts("image", prompts)
         self._count()
         return self._image(pixels, prompts=prompts, gates=gates)
 
@@ -193,7 +200,7 @@ class SealedBackbone(QueryCounted):
         ``shift`` [B, token_width] is added to every token embedding; ``extra_token``
         [B, token_width] with ``extra_gate`` [B, 1] is the appended learned token.
         """
-        self._check_prompts(prompts)
+        self._check_prompts("text", prompts)
         if (extra_token is None) != (extra_gate is None):
             raise ValueError("extra_token and extra_gate go together")
         self._count()
@@ -206,9 +213,17 @@ class SealedBackbone(QueryCounted):
             gates=gates,
         )
 
-    def _check_prompts(self, prompts: torch.Tensor | None) -> None:
-        if prompts is not None and not self.level.entry_points:
+    def _check_prompts(self, tower: str, prompts: torch.Tensor | None) -> None:
+        if prompts is None:
+            return
+        if not self.level.entry_points:
             self._refuse("entry points (per-layer prompts)")
+        if tower not in {p.tower for p in self.interface.entry_points}:
+            family = getattr(self.interface, f"{tower}_family")
+            raise SealedError(
+                f"the {tower} tower of '{self.interface.name}' ({family}) has no transformer "
+                "blocks to enter: no gray+ entry point there"
+            )
 
     def _count(self) -> None:
         if self._budget is not None and self._queries >= self._budget:
