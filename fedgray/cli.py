@@ -12,6 +12,7 @@ from fedgray import sweep as privacy_sweep
 from fedgray.backbone.access import AccessLevel, SealedError
 from fedgray.backbone.loading import BUILTIN_TAG, BackboneLoadError
 from fedgray.backbone.service import add_runtime_parser
+from fedgray.bench.command import add_bench_parser
 from fedgray.config import Config, load_config
 from fedgray.config_schema import ConfigError
 from fedgray.deploy.cli import add_deploy_parser
@@ -265,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(handler=_cmd_info)
     add_deploy_parser(commands, _config_arguments)
     add_runtime_parser(commands)
+    add_bench_parser(commands)
     return parser
 
 

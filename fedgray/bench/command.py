@@ -1,0 +1,76 @@
+"""The ``fedgray bench`` subcommand: run the sections, print and write the table."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from . import sections
+from .isolated import RuntimeStart, isolation
+from .report import conditions, markdown, write
+from .sections import Figure, Sizes
+
+DESCRIPTION = (
+    "Measure what fedgray costs on this machine, as ratios of modes timed side by side in "
+    "one run (interleaved after warm-up, medians of repetitions): the gray-box DGA step "
+    "against full fine-tuning and LoRA (time, peak memory), DP-SGD and the isolated runtime "
+    "against plain in-process steps, bytes a site sends per round against the backbone, and "
+    "output-side training over cached features. Writes bench.json and bench.md."
+)
+
+
+def run(sizes: Sizes, *, echo: Callable[[str], None]) -> list[Figure]:
+    """Every section at ``sizes``, in order; each prints its figures as it ends."""
+    jobs: list[tuple[str, Callable[[], list[Figure]]]] = [
+        (f"methods on {name}", functools.partial(sections.methods, name, batch, sizes))
+        for name, batch in sizes.models
+    ]
+    figures: list[Figure] = []
+    with RuntimeStart() as start:  # the runtime starts now, while the other sections run
+        jobs += [
+            ("DP-SGD", lambda: sections.privacy(sizes)),
+            ("cached features", lambda: sections.cached_features(sizes)),
+            ("isolated runtime", lambda: isolation(start, sizes)),
+        ]
+        for label, job in jobs:
+            echo(f"bench: {label} ...")
+            found = job()
+            for f in found:
+                echo(f"  {f.name}: {f.value:.3f}{f.unit}")
+            figures += found
+    return figures
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    command = "fedgray bench" + (" --quick" if args.quick else "")
+    info = conditions(command)
+    figures = run(sections.QUICK if args.quick else sections.FULL, echo=print)
+    info["load_average_end"] = os.getloadavg()[0]
+    json_path, md_path = write(Path(args.out), figures, info)
+    sys.stdout.write("\n" + markdown(figures, info))
+    print(f"\nwrote {json_path} and {md_path}")
+    return 0
+
+
+def add_bench_parser(commands: argparse._SubParsersAction) -> None:
+    """Add ``fedgray bench`` to the ``fedgray`` command's subparsers."""
+    bench = commands.add_parser(
+        "bench", help="measure costs as side-by-side ratios", description=DESCRIPTION
+    )
+    bench.add_argument("--quick", action="store_true", help="small sizes (CI: under a minute)")
+    bench.add_argument("--out", default="bench", metavar="DIR", help="folder for the results")
+    bench.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a busy machine more threads spin on each other's "
+        "barriers and slow every mode many-fold, which drowns the ratios)",
+    )
+    bench.set_defaults(handler=_cmd_bench)

@@ -1,0 +1,49 @@
+"""``fedgray bench --quick``: what it writes, not how fast anything ran (timings depend on
+the machine; the format and the sanity of every figure do not)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedgray.cli import main
+
+SECTIONS = ("training step", "bytes per site per round", "privacy and isolation", "output-side")
+
+
+@pytest.fixture
+def threads() -> Iterator[None]:
+    """The bench sets torch's thread count; give the next tests theirs back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_quick_bench_writes_finite_positive_ratios(
+    tmp_path: Path, threads: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "bench.json").read_text())
+    figures = record["figures"]
+    assert record["conditions"]["command"] == "fedgray bench --quick"
+    assert record["conditions"]["threads"] == 1
+    for section in SECTIONS:
+        assert any(f["section"].startswith(section) for f in figures), section
+    for f in figures:
+        assert math.isfinite(f["value"]) and f["value"] > 0, f
+        assert f["unit"] in ("x", "%")
+        assert f["met"] is None if f["goal"] is None else f["met"] == (f["value"] <= f["goal"])
+    names = {f["name"] for f in figures}
+    assert {"DGA / full fine-tuning, time", "DGA / full fine-tuning, peak memory"} <= names
+    assert {"DP-SGD / non-private step", "isolated runtime / in-process step"} <= names
+    assert "cached / uncached features, per epoch" in names
+    table = (tmp_path / "bench.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == len(figures) + len({f["section"] for f in figures})  # + header rows
+    assert table in capsys.readouterr().out
