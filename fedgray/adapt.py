@@ -61,12 +61,15 @@ def adapt(
             f"not {config.train.task}"
         )
     seed_everything(config)
-    run = RunFolder(config.output.root, config.output.name, prefix="adapt")
-    run.save_config(config)
-    backbone = open_backbone(config, progress=progress)
-    train = load_task_data(config, backbone, split="train")
+    named = Path(config.output.root) / config.output.name if config.output.name else None
+    if named is not None and (named / "summary.json").is_file():
+        raise ValueError(f"{named} already holds a finished run: choose another output.name")
+    backbone = open_backbone(config, progress=progress)  # checks first: no folder for a
+    train = load_task_data(config, backbone, split="train")  # run that cannot start
     test = load_task_data(config, backbone, split="test")
     model = build_model(backbone, config.method)
+    run = RunFolder(config.output.root, config.output.name, prefix="adapt")
+    run.save_config(config)
     task = TASKS[config.train.task]
     started = time.perf_counter()
     zero_shot = evaluate(model, test)

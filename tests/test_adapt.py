@@ -91,3 +91,22 @@ def test_cli_info_lists_methods(capsys: pytest.CaptureFixture) -> None:
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "dga" in out and "world/sketch" in out and "fedgray-tiny" in out
+
+
+def test_adapt_that_cannot_start_leaves_no_folder_and_never_overwrites_a_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  steps: 2\n")
+    micro = [str(config), "--set", "backbone.name=fedgray-micro", "--set",
+             "backbone.pretrained=null", "--set", f"output.root={tmp_path}",
+             "--set", "output.name=mine"]  # fmt: skip
+    assert main(["adapt", *micro, "--set", "data.dataset=folder:/nonexistent"]) == 2
+    assert "no captions.csv in /nonexistent" in capsys.readouterr().err
+    assert not (tmp_path / "mine").exists()
+    finished = tmp_path / "mine"
+    finished.mkdir()
+    (finished / "summary.json").write_text("{}")
+    assert main(["adapt", *micro]) == 2
+    assert "already holds a finished run" in capsys.readouterr().err
+    assert [p.name for p in finished.iterdir()] == ["summary.json"]
