@@ -65,7 +65,13 @@ def check_inputs(
     }
     if "prompts" in tensors or "gates" in tensors:
         points = {p.tower: p for p in interface.entry_points}
-        if tower not in points or not {"prompts", "gates"} <= set(tensors):
+        if tower not in points:
+            family = getattr(interface, f"{tower}_family")
+            raise WireError(
+                f"prompts: the {tower} tower of '{interface.name}' ({family}) publishes no "
+                f"entry point at level '{interface.level.value}'"
+            )
+        if not {"prompts", "gates"} <= set(tensors):
             raise WireError("prompts and gates go together, at the entry points published")
         point, count = points[tower], tensors["prompts"].shape[2:3]
         if count and not 1 <= count[0] <= MAX_PROMPTS:

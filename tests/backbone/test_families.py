@@ -26,6 +26,8 @@ from fedgray.backbone.artifact import open_artifact
 from fedgray.backbone.families import FamilyError, describe, image_family, support
 from fedgray.backbone.keys import KeyFiles
 from fedgray.backbone.loading import BackboneLoadError, create_clip, get_tokenizer, open_clip_module
+from fedgray.backbone.serve import check_inputs
+from fedgray.backbone.wire import WireError
 from fedgray.cli import main
 from fedgray.config import PretrainConfig
 from tests.backbone.attacks import graph_tensors, ground_truth, leaked_weights
@@ -176,6 +178,10 @@ def test_gray_plus_on_a_tower_without_blocks_is_one_line(
         "no gray+ entry point there"
     )
     assert build_model(plus, "lga").image_prompts is None
+    # The isolated runtime checks requests against the same interface before the model.
+    request = {"pixels": pixels, "prompts": prompts, "gates": gates}
+    with pytest.raises(WireError, match=rf"the image tower of '{name}' \({family}\) publishes no"):
+        check_inputs(plus.interface, "image", request)
 
 
 @pytest.mark.parametrize("name", NAMES)
