@@ -19,6 +19,8 @@ from fedgray.deploy.roles import SuperLink, SuperNode, start_supernode
 from fedgray.deploy.site_data import OwnerFiles, seal_backbone, write_site_data
 
 NUM_SITES = 3
+RUN_LIMIT_S = 900
+"""Upper bound for one run (about 2 minutes on 2 free cores; shared CI machines run slower)."""
 TINY = [
     "backbone.name=fedgray-micro",
     "backbone.pretrained=null",

@@ -17,10 +17,10 @@ from fedgray.deploy.demo import flwr_run, site_node_config
 from fedgray.deploy.launch import SuperNodeOptions, flwr_cli
 from fedgray.deploy.processes import Processes, descendants, free_port
 from fedgray.deploy.roles import start_supernode
-from tests.deploy.conftest import Federation, alive
+from tests.deploy.conftest import RUN_LIMIT_S, Federation, alive
 
 pytestmark = pytest.mark.slow
-REFUSED_WITHIN_S = 60
+REFUSED_WITHIN_S = 120
 
 
 def _stranger(federation: Federation, tmp_path: Path, *, registered_key: bool) -> SuperNodeOptions:
@@ -94,7 +94,7 @@ def test_three_sites_run_two_rounds_with_dp_sgd_and_secagg_over_tls(
         federation.link.options.run_dir,
         federation.config,
         echo=lambda _: None,
-        timeout=400,
+        timeout=RUN_LIMIT_S,
     )
     records = [json.loads(line) for line in (results / "metrics.jsonl").read_text().splitlines()]
     trained = [r for r in records if r["round"] > 0]

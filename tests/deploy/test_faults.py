@@ -15,10 +15,10 @@ import torch
 
 from fedgray.deploy.demo import flwr_run, submission
 from fedgray.deploy.launch import flower_env
-from fedgray.deploy.processes import Processes, descendants, wait_for_port
+from fedgray.deploy.processes import Processes, descendants
 from fedgray.deploy.roles import start_superlink
 from fedgray.runs import load_adapters
-from tests.deploy.conftest import Federation, restart_supernode, tiny_config
+from tests.deploy.conftest import RUN_LIMIT_S, Federation, restart_supernode, tiny_config
 
 pytestmark = pytest.mark.slow
 PLAIN = ("federation.secure_aggregation.enabled=false",)  # a faster run: 1 message per round
@@ -45,7 +45,12 @@ def test_a_restarted_superlink_resumes_the_run_and_ends_as_an_uninterrupted_one(
     config = tiny_config(*PLAIN)
     quiet = lambda _: None  # noqa: E731
     straight = flwr_run(
-        processes, federation.link.options.run_dir, config, echo=quiet, timeout=300, name="a"
+        processes,
+        federation.link.options.run_dir,
+        config,
+        echo=quiet,
+        timeout=RUN_LIMIT_S,
+        name="a",
     )
 
     args, resumed = submission(federation.link.options.run_dir, config, name="b")
@@ -54,7 +59,7 @@ def test_a_restarted_superlink_resumes_the_run_and_ends_as_an_uninterrupted_one(
         log_file=federation.link.options.run_dir / "flwr-run-b-first.log",
         env=flower_env(federation.link.flwr_home),
     )
-    _wait_for_round(resumed, 1, timeout=300)
+    _wait_for_round(resumed, 1, timeout=RUN_LIMIT_S)
     federation.processes.kill(federation.link.process, signal.SIGKILL)  # SuperLink + ServerApp
     processes.kill(run)
     assert [r["round"] for r in _rounds(resumed)] == [0, 1]
@@ -66,9 +71,14 @@ def test_a_restarted_superlink_resumes_the_run_and_ends_as_an_uninterrupted_one(
         register=False,  # the database keeps the sites' registrations
         echo=quiet,
     )
-    options = federation.link.options
-    wait_for_port(options.host, options.port, timeout=30, process=federation.link.process)
-    flwr_run(processes, federation.link.options.run_dir, config, echo=quiet, timeout=300, name="b")
+    flwr_run(
+        processes,
+        federation.link.options.run_dir,
+        config,
+        echo=quiet,
+        timeout=RUN_LIMIT_S,
+        name="b",
+    )
 
     assert [r["round"] for r in _rounds(resumed)] == [0, 1, 2]
     expected, _ = load_adapters(straight / "adapters.pt", backbone="fedgray-micro")
@@ -94,7 +104,7 @@ def _clientapp_of(supernode: subprocess.Popen) -> bool:
 def test_a_supernode_killed_mid_round_is_left_out_and_its_ledger_is_right_when_it_rejoins(
     federation: Federation, processes: Processes
 ) -> None:
-    config = tiny_config(*PLAIN, "federation.round_timeout=60")
+    config = tiny_config(*PLAIN, "federation.round_timeout=600")
     victim = federation.supernodes[2]
     args, results = submission(federation.link.options.run_dir, config, name="killed")
     run = processes.start(
@@ -106,9 +116,9 @@ def test_a_supernode_killed_mid_round_is_left_out_and_its_ledger_is_right_when_i
     while not _clientapp_of(victim.process) and time.monotonic() < deadline:
         time.sleep(0.1)  # round 0 evaluates on the server only: this is round 1's training
     federation.processes.kill(victim.process, signal.SIGKILL)
-    _wait_for_round(results, 1, timeout=300)
+    _wait_for_round(results, 1, timeout=RUN_LIMIT_S)
     federation.supernodes[2] = restart_supernode(federation, victim)
-    assert run.wait(timeout=300) == 0
+    assert run.wait(timeout=RUN_LIMIT_S) == 0
 
     rounds = {r["round"]: r for r in _rounds(results)}
     assert (rounds[1]["sites_trained"], rounds[1]["site_failures"]) == (2, 1)
