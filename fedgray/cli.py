@@ -85,20 +85,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # the process alive until its round timeout, so leave at once.
         print(f"\ninterrupted; continue with: fedgray run --resume {run.path}", flush=True)
         os._exit(130)
+    except FederationError as error:  # the run started and failed: exit 1, not 2
+        print(f"fedgray: error: {error} (Flower's log: {run.path / FLOWER_LOG})", file=sys.stderr)
+        return 1
     print()
     for line in comparison(summary):
         print(line)
     print(f"{summary['seconds']:.0f} s in rounds; run folder: {result.run_dir}")
+    return 0
 
 
-    except FederationError as error:  # the run started and failed: exit 1, not 2
-        print(f"fedgray: error: {error} (Flower's log: {run.path / FLOWER_LOG})", file=sys.stderr)
-        return 1
 def _cmd_pretrain(args: argparse.Namespace) -> None:
     from fedgray.owner.pretrain import builtin_checkpoint, pretrain
 
     config = _load(args)
-    return 0
     name, recipe = config.backbone.name, config.pretrain
     build = pretrain if args.force else builtin_checkpoint
     print(f"checkpoint: {build(name, recipe, progress=not args.quiet)}")
