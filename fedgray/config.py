@@ -141,17 +141,27 @@ class CraftConfig:
 
     ``queries``: backbone calls the training may spend (the paper's 8,000), counted by the
     sealed backbone; ``popsize``/``sigma``: CMA-ES's population and initial step size;
-    ``intrinsic_dim``: dimension of the searched point ``z``; ``consistency``: weight of
-    the prediction-consistency term; ``hidden``: the refinement MLP's width;
-    ``eval_every``: generations between test evaluations (free: no extra queries).
-    The refinement MLP trains with ``train.lr`` and ``train.batch_size``.
+    ``intrinsic_dim``: dimension of the searched point ``z``; ``bound``: CMA-ES keeps each
+    coordinate of ``z`` in ``[-bound, bound]`` (0: unbounded); ``consistency``: weight of
+    the prediction-consistency term; ``consistency_until``: the share of a run's
+    generations whose refiner loss has it (the fitness keeps it throughout, as the
+    authors' code does); ``augment``: the refiner's epoch each generation sees freshly
+    cropped and flipped training images (their features cost queries);
+    ``hidden``: the refinement MLP's width; ``eval_every``: generations between test
+    evaluations (free: no extra queries). The refinement MLP trains with ``train.lr`` and
+    ``train.batch_size``.
     """
 
     queries: int = field(default=8000, metadata=positive())
     popsize: int = field(default=40, metadata=check(lambda v: v >= 2, "must be >= 2"))
     sigma: float = field(default=0.05, metadata=positive())
     intrinsic_dim: int = field(default=64, metadata=positive())
+    bound: float = field(default=5.0, metadata=check(lambda v: v >= 0, "must be >= 0"))
     consistency: float = field(default=0.01, metadata=check(lambda v: v >= 0, "must be >= 0"))
+    consistency_until: float = field(
+        default=0.25, metadata=check(lambda v: 0 <= v <= 1, "must be in [0, 1]")
+    )
+    augment: bool = True
     hidden: int = field(default=256, metadata=positive())
     eval_every: int = field(default=10, metadata=positive())
 

@@ -1,19 +1,22 @@
 """CraFT's collaborative training (arXiv 2402.04050) within a budget of backbone queries.
 
-Every generation alternates the two modules:
+Every generation alternates the two modules, as the authors' code (``mrflogs/CraFT``) does:
 
-1. **prompt**: CMA-ES evaluates ``popsize`` candidate points ``z``, one query each (the
-   class prompts' text features under that prompt), with fitness
-   ``CE(raw, y) + consistency * KL(refined || raw)`` on the training images;
-2. **refinement**: the prompt moves to the search's mean (one more query), and the
-   refinement MLP takes one epoch of Adam on ``CE(refined, y) + consistency *
-   KL(raw || refined)``.
+1. **prompt**: CMA-ES (population ``popsize``, each coordinate within ``[-bound, bound]``)
+   evaluates its candidate points ``z``, one query each (the class prompts' text features
+   under that prompt), with fitness ``CE(raw, y) + consistency * KL(refined || raw)`` on
+   the training images' features;
+2. **refinement**: the prompt moves to the mean of a fresh sample from the updated search
+   distribution (one more query for its text features), and the refinement MLP takes one
+   epoch of Adam on ``CE(refined, y) + consistency * KL(raw || refined)`` over freshly
+   cropped and flipped training images (``augment``; their features cost
+   ``ceil(N / 256)`` queries), the consistency term only in the first
+   ``consistency_until`` of the generations.
 
-The training images' features are queried once (a CraFT prompt changes only the text
-side); so a run spends ``ceil(N / 256)`` queries on features and ``popsize + 1`` per
-generation, and stops at the last generation that fits ``queries``. The sealed backbone
-counts every call (its own ``query_budget`` is the hard limit). Unlike the paper's code,
-which counts only the candidates, the feature and mean-prompt queries count here too.
+The un-augmented training features are queried once, for the fitness. Queries are counted
+two ways: as the sealed backbone counts them (every call: features, candidates, the mean,
+augmented features; ``method.craft.queries`` limits this count) and as the paper counts
+them (the candidates only, ``paper_queries``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 
 from fedgray.adapters.model import AdaptedCLIP
 from fedgray.adapters.prompt import PromptSpace
+from fedgray.blackbox.augment import augment
 from fedgray.blackbox.refine import PredictionRefiner, consistency
 from fedgray.blackbox.search import CmaSearch
 from fedgray.config import CraftConfig
@@ -40,16 +44,23 @@ CHUNK = 256  # images per query when a dataset's features are computed
 
 @dataclass(frozen=True)
 class QueryPlan:
-    """How a CraFT run spends its queries."""
+    """How a CraFT run spends its queries (``candidates`` of each generation's are the
+    ones the paper counts)."""
 
     features: int
     per_generation: int
     generations: int
+    candidates: int
 
     @property
     def total(self) -> int:
         """Queries the whole run takes."""
         return self.features + self.generations * self.per_generation
+
+    @property
+    def paper_total(self) -> int:
+        """Queries as the paper counts them: the candidates evaluated."""
+        return self.generations * self.candidates
 
 
 def plan_queries(options: CraftConfig, *, train_size: int, remaining: int | None) -> QueryPlan:
@@ -61,24 +72,26 @@ def plan_queries(options: CraftConfig, *, train_size: int, remaining: int | None
             f"budget has left ({remaining})"
         )
     features = math.ceil(train_size / CHUNK)
-    per_generation = options.popsize + 1
+    per_generation = options.popsize + 1 + (features if options.augment else 0)
     generations = (options.queries - features) // per_generation
     if generations < 1:
         raise ConfigError(
             f"method.craft.queries: {options.queries} buys no CMA-ES generation ({features} "
             f"for the training features, then {per_generation} per generation)"
         )
-    return QueryPlan(features, per_generation, generations)
+    return QueryPlan(features, per_generation, generations, options.popsize)
 
 
 @dataclass(frozen=True)
 class Generation:
-    """What one generation did: queries spent so far, best fitness, the refiner's loss."""
+    """What one generation did: queries spent so far (all of them, and the paper's count),
+    best fitness, the refiner's loss."""
 
     index: int
     queries: int
     fitness: float
     loss: float
+    paper_queries: int
 
 
 def encode_images(model: AdaptedCLIP, images: torch.Tensor) -> torch.Tensor:
@@ -120,6 +133,7 @@ class Craft:
             popsize=options.popsize,
             seed=seed,
             mean=mean,
+            bound=options.bound,
         )
         self.prompt.move_to(self.search.mean)
         self.generator = torch.Generator().manual_seed(seed)
@@ -168,19 +182,24 @@ class Craft:
 
     def run(self, *, on_generation: Callable[[Generation], None] | None = None) -> QueryPlan:
         """Query the training features, then run every generation the budget allows."""
-        backbone = self.model.backbone
+        backbone, options = self.model.backbone, self.options
         start = backbone.queries_used
         plan = self.plan()
         features = encode_images(self.model, self.train.images)
+        consistent = math.ceil(plan.generations * options.consistency_until)
         for index in range(1, plan.generations + 1):
             values = self.search.generation(lambda z: self._fitness(z, features))
-            self.prompt.move_to(self.search.mean)
+            self.prompt.move_to(self.search.sample_mean())
             text_features = self.observe()
-            loss = self._refine(self.logits(features, text_features))
+            seen = features
+            if options.augment:
+                seen = encode_images(self.model, augment(self.train.images, self.generator))
+            weight = options.consistency if index <= consistent else 0.0
+            loss = self._refine(self.logits(seen, text_features), weight=weight)
             if on_generation is not None:
                 spent = backbone.queries_used - start
-                on_generation(Generation(index, spent, min(values), loss))
-        assert backbone.queries_used - start == plan.total <= self.options.queries
+                on_generation(Generation(index, spent, min(values), loss, index * plan.candidates))
+        assert backbone.queries_used - start == plan.total <= options.queries
         return plan
 
     def _fitness(self, z: torch.Tensor, features: torch.Tensor) -> float:
@@ -192,14 +211,15 @@ class Craft:
             loss = F.cross_entropy(raw, self.train.labels)
             return (loss + self.options.consistency * consistency(raw, refined)).item()
 
-    def _refine(self, raw: torch.Tensor) -> float:
+    def _refine(self, raw: torch.Tensor, *, weight: float) -> float:
         self.refiner.train()
         labels, losses = self.train.labels, []
         order = torch.randperm(raw.shape[0], generator=self.generator)
         for batch in order.split(self.batch_size):
             refined = self.refiner(raw[batch])
             loss = F.cross_entropy(refined, labels[batch])
-            loss = loss + self.options.consistency * consistency(refined, raw[batch])
+            if weight:
+                loss = loss + weight * consistency(refined, raw[batch])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

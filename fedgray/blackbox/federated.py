@@ -8,7 +8,7 @@ process builds them from ``federation.seed``. Each round a site runs CraFT from 
 local budget), and replies with its final ``(mean, sigma)`` and MLP; FedAvg's weighted mean
 of these tensors is FedBPT's aggregation of the search distributions and FedAvg of the MLP.
 Every query a site's training makes is counted by the sealed backbone and reported as the
-``queries`` metric.
+``queries`` metric; ``paper_queries`` counts them as the paper does (the candidates only).
 """
 
 from __future__ import annotations
@@ -77,9 +77,13 @@ def train_round(site: SiteRound) -> SiteUpdate:
     craft = open_craft(site.config, site.backbone, site.shared, site.data, seed=site.seed)
     backbone = craft.model.backbone
     before, losses = backbone.queries_used, []
-    craft.run(on_generation=lambda g: losses.append(g.loss))
+    plan = craft.run(on_generation=lambda g: losses.append(g.loss))
     mean, sigma = craft.distribution()
-    metrics = {"train-loss": losses[-1], "queries": backbone.queries_used - before}
+    metrics = {
+        "train-loss": losses[-1],
+        "queries": backbone.queries_used - before,
+        "paper_queries": plan.paper_total,
+    }
     return SiteUpdate(_state(mean, sigma, craft.refiner.state_dict()), metrics)
 
 

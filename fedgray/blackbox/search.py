@@ -10,7 +10,7 @@ import torch
 
 class CmaSearch:
     """Derivative-free minimisation of ``fitness(z)`` from ``mean`` (default ``z = 0``) with
-    step size ``sigma``.
+    step size ``sigma``, each coordinate kept in ``[-bound, bound]`` (0: unbounded).
 
     Deterministic from ``seed`` without touching numpy's global generator, and quiet: no
     console output and no log files.
@@ -24,6 +24,7 @@ class CmaSearch:
         popsize: int,
         seed: int,
         mean: torch.Tensor | None = None,
+        bound: float = 0.0,
     ) -> None:
         import cma
 
@@ -36,6 +37,8 @@ class CmaSearch:
             "verb_disp": 0,
             "verb_log": 0,
         }
+        if bound > 0:
+            options["bounds"] = [-bound, bound]
         start = np.zeros(dim) if mean is None else mean.detach().cpu().double().numpy()
         self._es = cma.CMAEvolutionStrategy(start, sigma, options)
 
@@ -60,3 +63,16 @@ class CmaSearch:
         values = [float(fitness(torch.as_tensor(z, dtype=torch.float32))) for z in candidates]
         self._es.tell(candidates, values)
         return values
+
+    def sample_mean(self) -> torch.Tensor:
+        """The mean of a fresh population drawn from the distribution, within the bounds
+        (not evaluated): the point the authors' code moves the prompt to after each step.
+
+        Drawn as ``ask`` draws (same sampler and generator, same bound transform) but
+        without ``ask``, which would hand this population the directions CMA-ES injects
+        into the next evaluated one (its selective mirrors)."""
+        es = self._es
+        steps = es.sigma_vec * np.asarray(es.sm.sample(self.popsize))
+        repair = es.boundary_handler.repair if es.boundary_handler.has_bounds() else None
+        points = [es.gp.pheno(es.mean + es.sigma * step, into_bounds=repair) for step in steps]
+        return torch.as_tensor(np.mean(points, axis=0), dtype=torch.float32)

@@ -47,7 +47,7 @@ def train_craft(job: Job) -> Trained:
         f"CMA-ES over {craft.prompt.dim} dimensions and a "
         f"{trainable - craft.prompt.dim:,}-parameter refinement MLP; {plan.generations} "
         f"generations of {options.popsize} candidates, {plan.total:,} of "
-        f"{options.queries:,} queries"
+        f"{options.queries:,} queries ({plan.paper_total:,} as the paper counts: candidates)"
     )
     adapted: dict[str, float] = {}
     bar = tqdm(total=plan.generations, desc="generations", disable=not job.progress, leave=False)
@@ -63,6 +63,7 @@ def train_craft(job: Job) -> Trained:
             {
                 "step": generation.index,
                 "queries": generation.queries,
+                "paper_queries": generation.paper_queries,
                 "seconds": time.perf_counter() - job.started,
                 "fitness": generation.fitness,
                 "loss": generation.loss,
@@ -70,7 +71,8 @@ def train_craft(job: Job) -> Trained:
             }
         )
         job.echo(
-            f"generation {generation.index:>4}  queries {generation.queries:>5}  accuracy "
+            f"generation {generation.index:>4}  queries {generation.queries:>5} (paper "
+            f"{generation.paper_queries:>5})  accuracy "
             f"{adapted['accuracy']:.1f}  (prompt only {adapted['prompt_accuracy']:.1f}, "
             f"zero-shot {start:.1f})"
         )

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from fedgray.adapt import adapt
 from fedgray.adapters import build_model
 from fedgray.backbone import SealedBackbone, load_sealed
+from fedgray.blackbox.augment import augment
 from fedgray.blackbox.craft import Craft, encode_images, plan_queries
 from fedgray.blackbox.refine import PredictionRefiner, consistency
 from fedgray.blackbox.search import CmaSearch
@@ -143,13 +144,16 @@ def test_craft_runs_from_a_given_search_distribution_and_returns_the_new_one() -
     after, sigma = run.distribution()
     assert backbone.queries_used - used == plan.total <= SMALL.queries
     assert not torch.equal(after, mean) and sigma > 0 and sigma != pytest.approx(0.3)
-    assert torch.equal(run.prompt.point, after)
 
 
 def test_query_plan_fits_the_budget_or_says_why_not() -> None:
+    # 1 query for the features; per generation 40 candidates, the mean and (augmented) 1.
     plan = plan_queries(CraftConfig(queries=8000), train_size=160, remaining=None)
-    assert (plan.features, plan.per_generation, plan.generations) == (1, 41, 195)
+    assert (plan.features, plan.per_generation, plan.generations) == (1, 42, 190)
     assert plan.total <= 8000 < plan.total + plan.per_generation
+    assert plan.paper_total == 40 * 190  # the paper counts the candidates only
+    plain = plan_queries(CraftConfig(queries=8000, augment=False), train_size=300, remaining=None)
+    assert (plain.features, plain.per_generation, plain.generations) == (2, 41, 195)
     with pytest.raises(ConfigError, match=r"queries: 8000 is more than .* has left \(500\)"):
         plan_queries(CraftConfig(queries=8000), train_size=160, remaining=500)
     with pytest.raises(ConfigError, match="queries: 30 buys no CMA-ES generation"):
@@ -162,14 +166,75 @@ def test_craft_stops_at_its_budget_and_refuses_to_exceed_the_backbone_budget() -
     run = craft(backbone, train)
     seen = []
     plan = run.run(on_generation=seen.append)
-    # 1 query for the features, then 7 per generation: 8 generations in 60 queries.
-    assert plan.generations == 8 and [g.queries for g in seen] == [1 + 7 * i for i in range(1, 9)]
+    # 1 query for the features, then 8 per generation (6 candidates, the mean, the
+    # augmented features): 7 generations in 60 queries; the paper counts 6 per generation.
+    assert plan.generations == 7 and [g.queries for g in seen] == [1 + 8 * i for i in range(1, 8)]
+    assert [g.paper_queries for g in seen] == [6 * i for i in range(1, 8)]
     assert backbone.queries_used == plan.total == 57 <= SMALL.queries
     raw, refined = run.predict(torch.randn(3, backbone.interface.embed_dim))
     assert raw.shape == refined.shape == (3, train.num_classes)
     with pytest.raises(ConfigError, match=r"more than the backbone's query budget has left \(43\)"):
         craft(backbone, train).run()
     assert backbone.queries_used == 57  # refused before any query
+
+
+def test_cma_es_keeps_every_candidate_within_its_bounds() -> None:
+    search = CmaSearch(6, sigma=1.0, popsize=10, seed=0, bound=0.1)
+    seen: list[torch.Tensor] = []
+    for _ in range(5):
+        search.generation(lambda z: seen.append(z) or float((z - 3).square().sum()))
+    assert len(seen) == 50 and all(z.abs().max() <= 0.1 + 1e-6 for z in seen)
+    assert search.sample_mean().abs().max() <= 0.1 + 1e-6
+
+
+def test_the_prompt_moves_to_the_mean_of_a_fresh_sample_each_generation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    samples: list[torch.Tensor] = []
+    original = CmaSearch.sample_mean
+
+    def spy(self: CmaSearch) -> torch.Tensor:
+        samples.append(original(self))
+        return samples[-1]
+
+    monkeypatch.setattr(CmaSearch, "sample_mean", spy)
+    backbone = black()
+    run = craft(backbone, digits(backbone))
+    points: list[tuple[torch.Tensor, torch.Tensor]] = []
+    run.run(on_generation=lambda _: points.append((run.prompt.point.clone(), run.search.mean)))
+    assert len(samples) == len(points) == 7
+    for sample, (point, mean) in zip(samples, points, strict=True):
+        assert torch.equal(point, sample) and not torch.equal(point, mean)
+
+
+def test_the_refiner_loses_its_consistency_term_after_the_first_quarter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    weights: list[float] = []
+    original = Craft._refine
+
+    def spy(self: Craft, raw: torch.Tensor, *, weight: float) -> float:
+        weights.append(weight)
+        return original(self, raw, weight=weight)
+
+    monkeypatch.setattr(Craft, "_refine", spy)
+    backbone = black()
+    options = replace(SMALL, queries=1 + 8 * 8, consistency=0.5)  # 8 generations
+    craft(backbone, digits(backbone), options).run()
+    assert weights == [0.5, 0.5] + [0.0] * 6
+
+
+def test_augmentation_crops_and_flips_and_repeats_from_its_seed() -> None:
+    ramp = torch.linspace(-1, 1, 32).expand(64, 3, 32, 32).clone()  # rising left to right
+    out = augment(ramp, torch.Generator().manual_seed(0))
+    again = augment(ramp, torch.Generator().manual_seed(0))
+    assert out.shape == ramp.shape and torch.equal(out, again)
+    rising = out[:, 0, 0, -1] > out[:, 0, 0, 0]
+    assert 10 < int(rising.sum()) < 54  # flipped about half the time
+    span = (out[:, 0, 0, :].amax(1) - out[:, 0, 0, :].amin(1)) / 2
+    assert span.max() <= 1.0 and span.min() < 0.95  # some crops are narrower than the image
+    constant = torch.full((4, 3, 32, 32), 0.3)
+    assert torch.allclose(augment(constant, torch.Generator().manual_seed(1)), constant)
 
 
 def test_craft_lowers_its_training_loss() -> None:
@@ -205,8 +270,9 @@ def test_adapt_runs_craft_and_logs_accuracy_against_queries(tmp_path: Path) -> N
     )
     result = adapt(config, progress=False, echo=lambda _: None)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
-    # 1 query for the training features, 5 per generation: 9 generations, logged at 5 and 9.
-    assert [r.get("queries", 0) for r in records] == [0, 26, 46]
+    # 1 query for the training features, 6 per generation: 8 generations, logged at 5 and 8.
+    assert [r.get("queries", 0) for r in records] == [0, 31, 49]
+    assert [r.get("paper_queries", 0) for r in records] == [0, 20, 32]
     assert set(result.adapted) == {"accuracy", "prompt_accuracy"}
     assert result.queries <= 200 and (tmp_path / "run" / "curve.png").is_file()
     assert result.trainable == 8 + (10 * 256 + 256) + (256 * 10 + 10)

@@ -57,10 +57,12 @@ def test_sites_search_locally_and_the_server_averages_their_distributions(
             np.testing.assert_allclose(after[key].numpy(), expected, rtol=1e-5, atol=1e-7)
         means = [m.content["arrays"][MEAN].numpy() for m in site_replies]
         assert not np.allclose(means[0], means[1])  # each site searched on its own data
-    # Per site and round: 1 query for the features, then 3 generations of 4 + 1 (<= 20).
-    assert [int(m.content["metrics"]["queries"]) for m in replies] == [16] * 6
+    # Per site and round: 1 query for the features, then 3 generations of 4 candidates, the
+    # mean and 1 for the augmented features (<= 20); the paper counts the 3 x 4 candidates.
+    assert [int(m.content["metrics"]["queries"]) for m in replies] == [19] * 6
+    assert [int(m.content["metrics"]["paper_queries"]) for m in replies] == [12] * 6
     records = [r for r in result.records if r["round"] > 0]
-    assert [r["queries"] for r in records] == [48, 48] and summary["queries"] == 96
+    assert [r["queries"] for r in records] == [57, 57] and summary["queries"] == 114
     assert summary["final"]["accuracy"] is not None
 
 
