@@ -3,7 +3,8 @@
 These functions run on the model owner's side of the seal: they touch the weights. Which
 function runs which tower is decided by :mod:`fedgray.backbone.families`. With every adapter
 argument left at ``None`` the families call open_clip's own encoders, so outputs equal the
-bare model's bit for bit. The adapter arguments are:
+bare model's bit for bit (causal text towers run trimmed to the longest caption instead,
+:mod:`fedgray.backbone.trim`: equal within float rounding). The adapter arguments are:
 
 - ``shift`` [B, W]: added to every token embedding (text input adapter);
 - ``extra_token`` [B, W] and ``extra_gate`` [B, 1]: one learned token that reads the caption;

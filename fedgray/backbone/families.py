@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedgray.backbone import encoders
+from fedgray.backbone import encoders, trim
 from fedgray.backbone.encoders import TextParts, enterable
 
 ImageEncode = Callable[[Any, torch.Tensor, torch.Tensor | None, torch.Tensor | None], torch.Tensor]
@@ -201,11 +201,16 @@ def encode_image(
 
 
 def encode_text(model: Any, tokens: torch.Tensor, **inputs: torch.Tensor | None) -> torch.Tensor:
-    """Text features [B, D]; with no adapter input, open_clip's own ``encode_text``."""
+    """Text features [B, D]: trimmed to the longest caption where that is exact
+    (:mod:`fedgray.backbone.trim`); else, with no adapter input, open_clip's own pass."""
+    parts = text_parts(model)
+    if trim.trimmable(parts):
+        parts, tokens = trim.trim(parts, tokens)
+        return encoders.encode_text(parts, tokens, **inputs)
     if all(v is None for v in inputs.values()):
         out: torch.Tensor = model.encode_text(tokens)
         return out
-    return encoders.encode_text(text_parts(model), tokens, **inputs)
+    return encoders.encode_text(parts, tokens, **inputs)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from fedgray.backbone import (
     create_clip,
     get_tokenizer,
 )
+from fedgray.backbone.trim import untrimmed
 from fedgray.fl.records import record_bytes, to_record
 from fedgray.privacy.features import cached_head
 from fedgray.tasks import TASKS, TaskData
@@ -66,7 +67,7 @@ QUICK = Sizes(models=(("fedgray-tiny", 8),), warmup=1, reps=3, site_samples=64, 
 FULL = Sizes(
     models=(("fedgray-tiny", 32), ("ViT-B-32", 32)),
     warmup=1,
-    reps=5,
+    reps=3,
     site_samples=512,
     site_batch=32,
 )
@@ -92,6 +93,12 @@ def timed(steps: dict[str, Callable[[], object]], sizes: Sizes) -> dict[str, lis
     return interleaved(steps, warmup=sizes.warmup, reps=sizes.reps)
 
 
+def _untrimmed(step: MethodStep) -> None:
+    """``step`` with the text tower run at its full context length."""
+    with untrimmed():
+        step()
+
+
 def methods(name: str, batch: int, sizes: Sizes) -> list[Figure]:
     """(a) and (c): DGA, LoRA and output-only against full fine-tuning, time and memory, and
     what each sends per round against the backbone's size."""
@@ -103,7 +110,8 @@ def methods(name: str, batch: int, sizes: Sizes) -> list[Figure]:
         "lora": MethodStep(_random(name, "white"), "lora", data),
         "output": MethodStep(gray, "output", data),
     }
-    times = timed(dict(steps), sizes)
+    full_context = functools.partial(_untrimmed, MethodStep(gray, "dga", data))
+    times = timed({**steps, "dga untrimmed": full_context}, sizes)
     where = f"{name}, batch {batch}, {gray.interface.image_size} px"
     section = f"training step ({where})"
     figures = [
@@ -122,6 +130,14 @@ def methods(name: str, batch: int, sizes: Sizes) -> list[Figure]:
             paired_ratio(times["output"], times["full"]),
         ),
     ]
+    figures.append(
+        Figure(
+            section,
+            "DGA, text trimmed / full context, time",
+            paired_ratio(times["dga"], times["dga untrimmed"]),
+            note=f"text batch cut to its longest caption (context {gray.interface.context_length})",
+        )
+    )
     peak = {mode: step.peak_bytes() for mode, step in steps.items()}
     figures += [
         Figure(

@@ -58,7 +58,8 @@ class MethodStep:
         own = self.backbone.module.parameters() if self.backbone.level.value == "white" else ()
         seen = {id(p) for p in own}
         added = [t for t in (*self.model.parameters(), *self.model.buffers()) if id(t) not in seen]
-        self()  # the optimiser's state exists from the first step on
+        if not self.optimizer.state:  # the optimiser's state exists from the first step on
+            self()
         state = tensor_bytes(list(self.optimizer.state.values()))
         return weights + tensor_bytes(added) + state + peak_step_bytes(self)
 
