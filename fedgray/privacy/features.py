@@ -3,8 +3,8 @@
 Under DP the text side is frozen (:mod:`fedgray.privacy.objectives`); when the image side
 trains nothing before the backbone either (method ``output`` and its smaller forms), every
 image's backbone features are fixed for a whole local training call. They are computed
-once per process for each (backbone, images, values of every module other than the image
-output) and found again by a hash of those: a changed module or dataset is a new entry,
+once per process for each (backbone, images, values of the modules before the backbone)
+and found again by a hash of those: a changed module or dataset is a new entry,
 and a site sees its features round after round without running the backbone again.
 DP-SGD then steps a small head over them: a step costs a matrix product instead of a
 backbone forward and backward, so full batches (Poisson sample rate 1), many steps and
@@ -69,14 +69,16 @@ def cacheable(model: AdaptedCLIP) -> bool:
     return all(id(p) in head for p in model.parameters() if p.requires_grad)
 
 
+IMAGE_SIDE = ("image_in", "image_prompts", "white_module")  # what image features depend on
+
+
 def _fingerprint(model: AdaptedCLIP, images: torch.Tensor) -> str:
-    """A hash of ``images`` and of every tensor of ``model`` outside its image output."""
-    head = {id(p) for p in model.image_out.parameters()} if model.image_out is not None else set()
+    """A hash of ``images`` and of every tensor of the modules the image features depend on."""
+    modules = [getattr(model, name) for name in IMAGE_SIDE if getattr(model, name) is not None]
     digest = hashlib.blake2b(digest_size=20)
-    for tensor in (images, *model.parameters(), *model.buffers()):
-        if id(tensor) not in head:
-            digest.update(str((tensor.dtype, tuple(tensor.shape))).encode())
-            digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    for tensor in (images, *(t for m in modules for t in (*m.parameters(), *m.buffers()))):
+        digest.update(str((tensor.dtype, tuple(tensor.shape))).encode())
+        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
     return digest.hexdigest()
 
 
