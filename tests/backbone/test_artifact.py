@@ -242,6 +242,7 @@ def test_cli_keys_seal_and_adapt_on_the_artifact(
     damaged = bytearray(artifact.read_bytes())
     damaged[-100] ^= 0xFF
     artifact.write_bytes(bytes(damaged))
+    sets[-1] = "output.name=damaged"  # a finished run folder is never reused
     assert main(["adapt", str(config), *sets, "--quiet", "--output", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fedgray: error: ") and err.count("\n") == 1 and "do not decrypt" in err
