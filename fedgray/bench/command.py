@@ -51,7 +51,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     command = "fedgray bench" + (" --quick" if args.quick else "")
     info = conditions(command)
-    figures = run(sections.QUICK if args.quick else sections.FULL, echo=print)
+    figures = run(
+        sections.QUICK if args.quick else sections.FULL,
+        echo=lambda line: print(line, flush=True),
+    )
     info["load_average_end"] = os.getloadavg()[0]
     json_path, md_path = write(Path(args.out), figures, info)
     sys.stdout.write("\n" + markdown(figures, info))

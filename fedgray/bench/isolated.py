@@ -24,17 +24,20 @@ from .timing import paired_ratio
 
 
 class RuntimeStart:
-    """A gray artifact of :data:`SITE_MODEL`, opened in-process and (in the background)
-    by an isolated runtime; both closed on exit."""
+    """A gray artifact of ``model`` (random weights), opened in-process and (in the
+    background) by an isolated runtime; both closed on exit."""
+
+    def __init__(self, model: str = SITE_MODEL) -> None:
+        self.model = model
 
     def __enter__(self) -> RuntimeStart:
         self._tmp = tempfile.TemporaryDirectory(prefix="fgbench")
         keys = generate_keys(Path(self._tmp.name) / "keys")
         artifact = Path(self._tmp.name) / "backbone.fgs"
         seal(
-            base_model(SITE_MODEL)[0],
+            base_model(self.model)[0],
             artifact,
-            name=SITE_MODEL,
+            name=self.model,
             level="gray",
             signing_key=keys.signing_key,
             content_key=keys.content_key,
@@ -78,7 +81,7 @@ def isolation(start: RuntimeStart, sizes: Sizes) -> list[Figure]:
         "remote": MethodStep(start.remote(), "dga", data),
     }
     times = timed(dict(steps), sizes)
-    section = f"privacy and isolation ({SITE_MODEL}, DGA, batch {sizes.site_batch})"
+    section = f"privacy and isolation ({start.model}, DGA, batch {sizes.site_batch})"
     return [
         Figure(
             section,
