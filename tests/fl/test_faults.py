@@ -134,6 +134,10 @@ def test_a_killed_runs_runtime_dir_and_processes_are_swept_at_the_next_start() -
     agent = subprocess.Popen(  # stands for a Ray agent started with its session dir
         [sys.executable, "-c", "import time; time.sleep(120)", str(session)]
     )
+    cmdline = Path(f"/proc/{agent.pid}/cmdline")
+    deadline = time.monotonic() + 60
+    while str(session).encode() not in cmdline.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.1)  # until the stand-in has exec'd: its command line names the dir
     mine = Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX))
     (mine / OWNER_FILE).write_text(str(os.getpid()))  # a live run's dir is left alone
     try:
