@@ -242,11 +242,13 @@ def load_artifact(
     name: str | None = None,
     level: AccessLevel | str | None = None,
     query_budget: int | None = None,
+    opaque: bool = True,
 ) -> SealedBackbone:
     """Open the artifact at ``path`` as a :class:`SealedBackbone`.
 
     ``level`` (default: the manifest's) may not exceed the level in the signed manifest;
-    ``name``, when given, must be the manifest's architecture.
+    ``name``, when given, must be the manifest's architecture. ``opaque``: see
+    :class:`SealedBackbone` (the isolated runtime passes False).
     """
     path = Path(path)
     manifest, raw, sealed = _read(path, verify_key)
@@ -264,4 +266,5 @@ def load_artifact(
         name=manifest.name,
         level=level,
         query_budget=query_budget,
+        opaque=opaque,
     )

@@ -91,26 +91,31 @@ def _check_plain(tensors: dict[str, torch.Tensor]) -> None:
             raise TypeError(f"{name}: the sealed backbone takes plain tensors, not {type(tensor)}")
 
 
-def _run(run: Run, gradients: bool, tensors: dict[str, torch.Tensor | None]) -> torch.Tensor:
+def _run(
+    run: Run, gradients: bool, opaque: bool, tensors: dict[str, torch.Tensor | None]
+) -> torch.Tensor:
     given = {n: t for n, t in tensors.items() if t is not None}
     _check_plain(given)
     refuse_instrumentation()
     if not gradients:
         with torch.no_grad():
             return run(**given)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in given.values()):
+    if opaque and torch.is_grad_enabled() and any(t.requires_grad for t in given.values()):
         output: torch.Tensor = _Opaque.apply(run, tuple(given), *given.values())
         return output
     return run(**given)
 
 
-def run_sealed(run: Run, *, gradients: bool, **tensors: torch.Tensor | None) -> torch.Tensor:
+def run_sealed(
+    run: Run, *, gradients: bool, opaque: bool = True, **tensors: torch.Tensor | None
+) -> torch.Tensor:
     """``run(**tensors)`` (``None`` left out) with no backbone tensor in the output's graph.
 
     With ``gradients`` False (``black``) the call runs without grad and returns a
     detached output. Otherwise, when grad is on and an input needs one, the call goes
     through :class:`_Opaque`; when none does, the frozen backbone builds no graph at all.
-    Neither this call nor the backward is traced by dynamo (:func:`_uncompiled`).
+    ``opaque=False`` (the isolated runtime's own process) keeps the plain graph. Neither
+    this call nor the backward is traced by dynamo (:func:`_uncompiled`).
     """
-    output: torch.Tensor = _uncompiled(_run)(run, gradients, tensors)
+    output: torch.Tensor = _uncompiled(_run)(run, gradients, opaque, tensors)
     return output

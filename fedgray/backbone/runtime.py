@@ -51,7 +51,7 @@ def _serve_child(sock: socket.socket, options: dict[str, Any]) -> None:
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        backbone = load_artifact(**options)
+        backbone = load_artifact(**options, opaque=False)  # outputs leave detached
     except Exception as error:  # noqa: BLE001 - sent to the site as one line
         send(sock, error_message(error))
         return

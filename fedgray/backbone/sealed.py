@@ -108,7 +108,12 @@ class QueryCounted:
 
 
 class SealedBackbone(QueryCounted):
-    """A frozen CLIP behind an access level; see the module docstring."""
+    """A frozen CLIP behind an access level; see the module docstring.
+
+    ``opaque=False`` leaves the backbone's graph plain (no recomputation in backward): for
+    the isolated runtime, whose outputs leave the process detached. It hides nothing from
+    whoever constructs the backbone, who holds the model already.
+    """
 
     __slots__ = ("interface", "_image", "_text", "_tokenize", "_module", "_queries", "_budget")
 
@@ -120,6 +125,7 @@ class SealedBackbone(QueryCounted):
         name: str,
         level: AccessLevel | str = AccessLevel.GRAY,
         query_budget: int | None = None,
+        opaque: bool = True,
     ) -> None:
         level = AccessLevel(level)
         model.eval().requires_grad_(False)
@@ -140,10 +146,12 @@ class SealedBackbone(QueryCounted):
         else:
 
             def image(pixels: torch.Tensor, **inputs: Any) -> torch.Tensor:
-                return run_sealed(run_image, gradients=level.gradients, pixels=pixels, **inputs)
+                grad = level.gradients
+                return run_sealed(run_image, gradients=grad, opaque=opaque, pixels=pixels, **inputs)
 
             def text(tokens: torch.Tensor, **inputs: Any) -> torch.Tensor:
-                return run_sealed(run_text, gradients=level.gradients, tokens=tokens, **inputs)
+                grad = level.gradients
+                return run_sealed(run_text, gradients=grad, opaque=opaque, tokens=tokens, **inputs)
 
         def tokenize(texts: Sequence[str]) -> torch.Tensor:
             # Causal towers keep one slot free after end-of-text for the extra token.

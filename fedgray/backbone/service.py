@@ -109,6 +109,7 @@ def serve(
         content_key=content_key,
         level=level,
         query_budget=query_budget,
+        opaque=False,  # outputs leave the process detached: the graph stays here
     )
     if query_budget is None:  # a warm-up would spend two queries of a black budget
         _warm_up(backbone)
