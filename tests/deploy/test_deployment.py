@@ -19,7 +19,7 @@ from fedgray.deploy.processes import Processes, descendants, free_port
 from fedgray.deploy.roles import start_supernode
 from tests.deploy.conftest import RUN_LIMIT_S, Federation, alive
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.deploy]
 REFUSED_WITHIN_S = 120
 
 
