@@ -54,6 +54,12 @@ def _tasks() -> Collection[str]:
     return TASKS
 
 
+def _schedules() -> Collection[str]:
+    from fedgray.train.schedule import SHAPES
+
+    return SHAPES
+
+
 def _partitioners() -> Collection[str]:
     from fedgray.data.partition import PARTITIONERS
 
@@ -194,16 +200,18 @@ class MethodConfig:
 class TrainConfig:
     """Local optimisation, the same in ``fedgray adapt`` and at every federated site.
 
-    ``lr``: the peak of a cosine decay over one local training call (AdamW; see
-    :mod:`fedgray.train.schedule`): ``train.steps`` steps in ``fedgray adapt``,
-    ``federation.local_steps`` steps per round at a site, so the schedule restarts each round.
-    ``steps`` and ``eval_every`` apply to ``fedgray adapt`` only.
+    ``lr``: the learning rate of AdamW, the same in both: with ``schedule: cosine`` (the
+    default) the peak of a cosine decay over one local training call (``train.steps`` steps
+    in ``fedgray adapt``, ``federation.local_steps`` per round at a site, restarting each
+    round); with ``schedule: constant`` the rate of every step (see
+    :mod:`fedgray.train.schedule`). ``steps`` and ``eval_every`` apply to ``fedgray adapt``.
     """
 
     task: str = field(default="retrieval", metadata=registered("task", _tasks))
     steps: int = field(default=600, metadata=positive())
     batch_size: int = field(default=64, metadata=positive())
     lr: float = field(default=3e-3, metadata=positive())
+    schedule: str = field(default="cosine", metadata=registered("schedule", _schedules))
     weight_decay: float = field(default=0.0, metadata=check(lambda v: v >= 0, "must be >= 0"))
     eval_every: int = field(default=100, metadata=positive())
     seed: int = 0

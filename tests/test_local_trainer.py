@@ -63,6 +63,11 @@ def test_train_lr_is_one_cosine_schedule_in_adapt_and_at_sites(
     # 3 sites x 2 rounds x 2 local steps: each round's call decays over its 2 steps.
     run_local(micro_config(tmp_path, f"train.lr={LR}"))
     assert rates == pytest.approx([_cosine(0, 2), _cosine(1, 2)] * 6)
+    rates.clear()  # train.schedule: constant means lr at every step, in both
+    adapt(_adapt_config(tmp_path, "train.schedule=constant", "output.name=c"),
+          progress=False, echo=lambda _: None)  # fmt: skip
+    run_local(micro_config(tmp_path, f"train.lr={LR}", "train.schedule=constant", name="c2"))
+    assert rates == pytest.approx([LR] * (4 + 12))
 
 
 def test_adapt_with_privacy_runs_dp_sgd_and_reports_a_reproducible_epsilon(

@@ -1,12 +1,14 @@
 """What ``train.lr`` means, in ``fedgray adapt`` and at every federated site alike.
 
-``train.lr`` is the peak of a cosine decay over one local training call: step ``s`` of a
-call of ``n`` steps trains at ``lr * (1 + cos(pi * s / n)) / 2``. ``fedgray adapt`` makes
-one call of ``train.steps`` steps; a federated site makes one call of
-``federation.local_steps`` steps per round (each round a fresh optimiser, as before), so
-the schedule restarts every round and depends on nothing but the round's own steps (a
-resumed run, even one with rounds added, trains exactly as an uninterrupted one). Until
-this module, a federated site trained at the constant rate ``train.lr``.
+``train.schedule`` shapes the rate over one local training call of ``n`` steps:
+``cosine`` (the default) trains step ``s`` at ``lr * (1 + cos(pi * s / n)) / 2``;
+``constant`` at ``lr`` throughout. ``fedgray adapt`` makes one call of ``train.steps``
+steps; a federated site makes one call of ``federation.local_steps`` steps per round (each
+round a fresh optimiser), so the schedule restarts every round and depends on nothing but
+the round's own steps (a resumed run, even one with rounds added, trains exactly as an
+uninterrupted one). Before issue 10, a federated site always trained at the constant rate;
+the quickstart keeps ``constant``, which reaches more in its 25 local steps per round
+(R@1 mean 65.6 against 51.3 with ``cosine``, same seeds).
 
 ``planned`` is the trainer's whole run (all rounds at a site), which DP-SGD calibrates
 ``privacy.target_epsilon`` over; ``done`` the run's steps before this call (earlier rounds).
@@ -15,9 +17,16 @@ this module, a federated site trained at the constant rate ``train.lr``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fedgray.config import Config
+
+SHAPES: dict[str, Callable[[int, int], float]] = {
+    "cosine": lambda step, steps: 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps)),
+    "constant": lambda step, steps: 1.0,
+}
+"""Learning-rate factor of step ``step`` (from 0) of a call of ``steps``, by ``train.schedule``."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,7 @@ class Schedule:
     steps: int
     planned: int
     done: int = 0
+    shape: str = "cosine"
 
     @property
     def remaining(self) -> int:
@@ -36,7 +46,8 @@ class Schedule:
     @classmethod
     def single_site(cls, config: Config) -> Schedule:
         """``fedgray adapt``: all ``train.steps`` steps in one call."""
-        return cls(config.train.steps, config.train.steps)
+        steps = config.train.steps
+        return cls(steps, steps, shape=config.train.schedule)
 
     @classmethod
     def federated(cls, config: Config, server_round: int) -> Schedule:
@@ -44,8 +55,9 @@ class Schedule:
         ``num_rounds * local_steps``."""
         fed = config.federation
         planned = fed.local_steps * fed.num_rounds
-        return cls(fed.local_steps, planned, min(planned, fed.local_steps * (server_round - 1)))
+        done = min(planned, fed.local_steps * (server_round - 1))
+        return cls(fed.local_steps, planned, done, shape=config.train.schedule)
 
     def factor(self, step: int) -> float:
         """The learning-rate factor of the call's ``step``-th step (from 0)."""
-        return 0.5 * (1.0 + math.cos(math.pi * min(step, self.steps) / self.steps))
+        return SHAPES[self.shape](step, self.steps)
