@@ -103,12 +103,24 @@ def test_a_served_runtime_answers_like_in_process(
         load_config(None, [*served, "backbone.isolated=true"])
 
 
-def _user(name: str) -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", name], check=True)
-        return pwd.getpwnam(name)
+@pytest.fixture
+def users() -> Iterator[Callable[[str], pwd.struct_passwd]]:
+    """Make system users for the test; the ones it made are deleted afterwards, pass or fail
+    (the machine's user database is not the test's to keep)."""
+    made: list[str] = []
+
+    def user(name: str) -> pwd.struct_passwd:
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "--system", "--no-create-home", name], check=True)
+            made.append(name)
+            return pwd.getpwnam(name)
+
+    yield user
+    for name in made:  # set up before the runtime's fixture, so torn down after it
+        subprocess.run(["pkill", "-KILL", "-u", name], check=False, capture_output=True)
+        subprocess.run(["userdel", name], check=False, capture_output=True)
 
 
 def _attempts(pid: int, key: Path, socket_path: Path) -> dict[str, str]:
@@ -182,10 +194,10 @@ def _as_user(name: str, pid: int, key: Path, socket_path: Path) -> dict[str, str
     reason="needs root to create a second user and switch to it (CI runs as root)",
 )
 def test_no_other_process_reads_or_attaches_to_the_runtime(
-    sealed: tuple[KeyFiles, Path], serve: Serve
+    users: Callable[[str], pwd.struct_passwd], sealed: tuple[KeyFiles, Path], serve: Serve
 ) -> None:
     keys, path = sealed
-    runtime_user, site_user = _user("fgray-runtime"), _user("fgray-site")
+    runtime_user, site_user = users("fgray-runtime"), users("fgray-site")
     folder = Path(tempfile.mkdtemp(prefix="fgray-service-"))
     try:
         os.chmod(folder, 0o755)
