@@ -61,6 +61,7 @@ class RoundOutcome(TrainResult):
     ``warnings``: one line per phase in which some sites failed (see :mod:`fedgray.fl.failures`).
     """
 
+    arrays: ArrayRecord  # never None: the old adapters when the round aggregated nothing
     eval_metrics: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -137,7 +138,6 @@ def run_round(
             outcome.arrays = arrays
         warning = check_phase("train", server_round, reasons=result.errors, usable=result.replied)
         outcome.warnings += [warning] if warning else []
-    assert outcome.arrays is not None  # the old arrays when nothing was aggregated
     messages = list(strategy.configure_evaluate(server_round, outcome.arrays, ConfigRecord(), grid))
     replies = list(grid.send_and_receive(messages, timeout=timeout))
     reasons = failures(replies, sent=len(messages))
