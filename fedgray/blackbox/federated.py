@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 
 from fedgray.adapters import AdaptedCLIP, build_model
-from fedgray.backbone.sealed import SealedBackbone
+from fedgray.backbone import Backbone
 from fedgray.blackbox.craft import Craft, encode_images
 from fedgray.blackbox.refine import PredictionRefiner
 from fedgray.config import Config
@@ -28,14 +28,14 @@ from fedgray.train.kinds import SiteRound, SiteUpdate, State
 MEAN, SIGMA, REFINER = "search.mean", "search.sigma", "refiner."
 
 
-def craft_model(config: Config, backbone: SealedBackbone) -> AdaptedCLIP:
+def craft_model(config: Config, backbone: Backbone) -> AdaptedCLIP:
     """Method ``craft``'s model with the prompt space drawn from ``federation.seed``."""
     with torch.random.fork_rng():
         torch.manual_seed(config.federation.seed)
         return build_model(backbone, config.method)
 
 
-def start(config: Config, _backbone: SealedBackbone, test: Callable[[], TaskData]) -> State:
+def start(config: Config, _backbone: Backbone, test: Callable[[], TaskData]) -> State:
     """``z = 0``, ``sigma = method.craft.sigma`` and the refinement MLP at identity."""
     options = config.method.craft
     with torch.random.fork_rng():
@@ -50,7 +50,7 @@ def _state(mean: torch.Tensor, sigma: float, refiner: dict[str, torch.Tensor]) -
 
 
 def open_craft(
-    config: Config, backbone: SealedBackbone, state: State, data: TaskData, *, seed: int
+    config: Config, backbone: Backbone, state: State, data: TaskData, *, seed: int
 ) -> Craft:
     """CraFT on ``data`` starting from the shared ``state``."""
     model, train = craft_model(config, backbone), config.train
@@ -87,9 +87,7 @@ def train_round(site: SiteRound) -> SiteUpdate:
     return SiteUpdate(_state(mean, sigma, craft.refiner.state_dict()), metrics)
 
 
-def score(
-    config: Config, backbone: SealedBackbone, state: State, data: TaskData
-) -> dict[str, float]:
+def score(config: Config, backbone: Backbone, state: State, data: TaskData) -> dict[str, float]:
     """Accuracy of the refined (``accuracy``) and raw (``prompt_accuracy``) predictions of
     the shared ``state`` on ``data``, scored as CraFT scores (queries: the images and one
     for the class prompts at the mean)."""

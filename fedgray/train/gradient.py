@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 
 from fedgray.adapters import AdaptedCLIP, build_model
-from fedgray.backbone.sealed import SealedBackbone
+from fedgray.backbone import Backbone
 from fedgray.config import Config
 from fedgray.tasks import TASKS, TaskData, evaluate
 from fedgray.train.job import Job, Trained
@@ -67,7 +67,7 @@ def train_gradient(job: Job) -> Trained:
     return Trained(adapted=adapted, state=state, trainable=model.trainable_count(), privacy=privacy)
 
 
-def _model(config: Config, backbone: SealedBackbone, state: State) -> AdaptedCLIP:
+def _model(config: Config, backbone: Backbone, state: State) -> AdaptedCLIP:
     """The configured method's model with ``state`` over its initial tensors."""
     model = build_model(backbone, config.method)
     weights = model.state_dict()
@@ -76,7 +76,7 @@ def _model(config: Config, backbone: SealedBackbone, state: State) -> AdaptedCLI
     return model
 
 
-def start(config: Config, backbone: SealedBackbone, _test: Callable[[], TaskData]) -> State:
+def start(config: Config, backbone: Backbone, _test: Callable[[], TaskData]) -> State:
     """The trainable tensors at initialisation (identity maps), seeded by ``federation.seed``."""
     torch.manual_seed(config.federation.seed)
     return dict(build_model(backbone, config.method).state_dict())
@@ -105,9 +105,7 @@ def train_round(site: SiteRound) -> SiteUpdate:
     )
 
 
-def score(
-    config: Config, backbone: SealedBackbone, state: State, data: TaskData
-) -> dict[str, float]:
+def score(config: Config, backbone: Backbone, state: State, data: TaskData) -> dict[str, float]:
     """Metrics of ``state`` on ``data`` (tensors it lacks keep their initial values)."""
     return evaluate(_model(config, backbone, state), data)
 

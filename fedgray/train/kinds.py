@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from fedgray.adapters.methods import method_spec
-from fedgray.backbone.sealed import SealedBackbone
+from fedgray.backbone import Backbone
 from fedgray.config import Config
 from fedgray.config_schema import ConfigError
 from fedgray.privacy import Ledger
@@ -37,7 +37,7 @@ class SiteRound:
     """
 
     config: Config
-    backbone: SealedBackbone
+    backbone: Backbone
     data: TaskData
     shared: State
     personal: State
@@ -68,9 +68,9 @@ class TrainerKind:
 
     name: str
     adapt: Callable[[Job], Trained]
-    start: Callable[[Config, SealedBackbone, Callable[[], TaskData]], State]
+    start: Callable[[Config, Backbone, Callable[[], TaskData]], State]
     train_round: Callable[[SiteRound], SiteUpdate]
-    score: Callable[[Config, SealedBackbone, State, TaskData], dict[str, float]]
+    score: Callable[[Config, Backbone, State, TaskData], dict[str, float]]
     refusals: tuple[Refusal, ...] = ()
 
 
