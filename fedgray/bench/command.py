@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from . import sections
+from .federation import federation
 from .isolated import RuntimeStart, isolation
 from .report import conditions, markdown, write
 from .sections import Figure, Sizes
@@ -36,6 +37,7 @@ def run(sizes: Sizes, *, echo: Callable[[str], None]) -> list[Figure]:
         jobs += [
             ("DP-SGD", lambda: sections.privacy(sizes)),
             ("cached features", lambda: sections.cached_features(sizes)),
+            ("federation overhead", lambda: federation(sizes)),
             ("isolated runtime", lambda: isolation(start, sizes)),
         ]
         for label, job in jobs:

@@ -61,6 +61,7 @@ class Sizes:
     reps: int
     site_samples: int  # one site's data for the DP, isolation and cached-epoch sections
     site_batch: int
+    federation: tuple[int, int] = (3, 2)  # (sites, local steps) of the federation rounds
 
 
 QUICK = Sizes(models=(("fedgray-tiny", 8),), warmup=1, reps=3, site_samples=64, site_batch=16)
@@ -70,6 +71,7 @@ FULL = Sizes(
     reps=3,
     site_samples=512,
     site_batch=32,
+    federation=(8, 10),
 )
 SITE_MODEL = "fedgray-tiny"  # the model the quickstart federates
 

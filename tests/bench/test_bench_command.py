@@ -13,7 +13,13 @@ import torch
 
 from fedgray.cli import main
 
-SECTIONS = ("training step", "bytes per site per round", "privacy and isolation", "output-side")
+SECTIONS = (
+    "training step",
+    "bytes per site per round",
+    "privacy and isolation",
+    "output-side",
+    "federation",
+)
 
 
 @pytest.fixture
@@ -43,6 +49,7 @@ def test_quick_bench_writes_finite_positive_ratios(
     assert {"DGA / full fine-tuning, time", "DGA / full fine-tuning, peak memory"} <= names
     assert {"DP-SGD / non-private step", "isolated runtime / in-process step"} <= names
     assert "cached / uncached features, per epoch" in names
+    assert "federated round / the same local steps in a loop" in names
     table = (tmp_path / "bench.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == len(figures) + len({f["section"] for f in figures})  # + header rows
