@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import torch
 from torch import nn
@@ -75,7 +75,7 @@ def _describe(model: nn.Module, name: str, level: AccessLevel) -> BackboneInterf
         embed_dim=shapes.embed_dim,
         context_length=shapes.context_length,
         token_width=shapes.token_width,
-        logit_scale=float(model.logit_scale.detach().exp()),
+        logit_scale=float(cast(torch.Tensor, model.logit_scale).detach().exp()),
         parameter_count=sum(p.numel() for p in model.parameters()),
         entry_points=entry_points(model) if level.entry_points else (),
         image_family=shapes.image_family,
@@ -116,6 +116,10 @@ class SealedBackbone(QueryCounted):
     """
 
     __slots__ = ("interface", "_image", "_text", "_tokenize", "_module", "_queries", "_budget")
+    _image: Callable[..., torch.Tensor]  # the slots set in __init__
+    _text: Callable[..., torch.Tensor]
+    _tokenize: Callable[[Sequence[str]], torch.Tensor]
+    _module: Callable[[], nn.Module] | None
 
     def __init__(
         self,
