@@ -324,8 +324,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"{text}: an override must look like section.key=value")
     try:
         value = yaml.safe_load(raw)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{key}: cannot parse value {raw!r} ({error.problem})") from None
+    except yaml.YAMLError as error:  # a MarkedYAMLError has a one-line problem, others do not
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{key}: cannot parse value {raw!r} ({problem})") from None
     return key.strip(), value
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import Strategy
 
 from fedgray.config import Config
 from fedgray.fl.cache import shared_backbone, shared_data
@@ -123,7 +123,7 @@ def _stop_for_budget(config: Config, record: dict[str, Any], echo: Echo) -> bool
     return False
 
 
-def train_phase(config: Config, strategy: FedAvg, grid: Grid) -> TrainPhase:
+def train_phase(config: Config, strategy: Strategy, grid: Grid) -> TrainPhase:
     """How rounds train: through SecAgg+, or in the clear (with central DP's wrapper)."""
     if config.federation.secure_aggregation.enabled:
         return SecureTraining(config, grid)
