@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from . import sections
 from .federation import federation
 from .isolated import RuntimeStart, isolation
 from .report import conditions, markdown, write
+from .scaling import curve
 from .sections import Figure, Sizes
 
 DESCRIPTION = (
@@ -49,8 +51,23 @@ def run(sizes: Sizes, *, echo: Callable[[str], None]) -> list[Figure]:
     return figures
 
 
+def _scaling(model: str, out: Path) -> int:
+    """The scaling curve: one round at each site count, relative to one site."""
+    rows = curve(model)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scaling.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"one round of {model}, each site count in its own process:")
+    print("| sites | peak memory vs 1 site | wall time per site-step vs 1 site |")
+    print("|---|---|---|")
+    for row in rows:
+        print(f"| {row['sites']} | {row['memory_vs_1']:.2f}x | {row['site_step_vs_1']:.2f}x |")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
+    if args.scaling is not None:
+        return _scaling(args.scaling, Path(args.out))
     command = "fedgray bench" + (" --quick" if args.quick else "")
     info = conditions(command)
     figures = run(
@@ -70,6 +87,15 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
         "bench", help="measure costs as side-by-side ratios", description=DESCRIPTION
     )
     bench.add_argument("--quick", action="store_true", help="small sizes (CI: under a minute)")
+    bench.add_argument(
+        "--scaling",
+        nargs="?",
+        const=sections.SITE_MODEL,
+        metavar="MODEL",
+        help="instead of the table: one round's peak memory and wall time per site-step at "
+        "1, 8, 32, 64 and 128 simulated sites, each in its own process (default model: "
+        f"{sections.SITE_MODEL})",
+    )
     bench.add_argument("--out", default="bench", metavar="DIR", help="folder for the results")
     bench.add_argument(
         "--threads",
