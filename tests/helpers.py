@@ -10,10 +10,12 @@ from pathlib import Path
 import flwr.compat.common.recorddict_compat as compat
 import numpy as np
 import pytest
+import torch
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import parameters_to_ndarrays
 
+from fedgray.backbone import Backbone
 from fedgray.config import Config, PretrainConfig, load_config
 from fedgray.fl import secagg_site
 from fedgray.fl.checkpoint import load_checkpoint
@@ -22,13 +24,17 @@ from fedgray.fl.records import from_record
 from fedgray.fl.server import initial_adapters
 from fedgray.fl.sites import site_indices
 from fedgray.privacy import Ledger
+from fedgray.tasks import TaskData
 
 __all__ = [
+    "CAPTIONS",
     "MICRO",
     "SECURE",
     "TEST_RECIPE",
+    "VOCABULARY",
     "budget_between_rounds",
     "first_round_change",
+    "captioned_data",
     "micro_config",
     "ray_processes",
     "ray_processes_after_exit",
@@ -121,3 +127,25 @@ def first_round_change(run_dir: Path, config: Config) -> list[np.ndarray]:
     start = from_record(initial_adapters(config))
     after = from_record(load_checkpoint(run_dir).arrays)
     return [(after[k].double() - start[k].double()).numpy() for k in start]
+
+
+CAPTIONS = ["a red circle", "a blue square", "a green star", "the digit 7", "a small ring"]
+VOCABULARY = [*CAPTIONS, "a large ring", "a blue circle", "the digit 1"]  # public captions
+
+
+def captioned_data(backbone: Backbone, n: int = 12, *, vocabulary: bool = False) -> TaskData:
+    """``n`` random images captioned (and labelled) from :data:`CAPTIONS` in turn; with
+    ``vocabulary``, :data:`VOCABULARY` as the public negatives of DP retrieval."""
+    size = backbone.interface.image_size
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.arange(n) % len(CAPTIONS)
+    return TaskData(
+        images=torch.rand(n, 3, size, size, generator=generator),
+        tokens=backbone.tokenize([CAPTIONS[i] for i in labels]),
+        caption_ids=labels.clone(),
+        labels=labels,
+        prompt_tokens=backbone.tokenize(CAPTIONS),
+        prompt_classes=torch.arange(len(CAPTIONS)),
+        num_classes=len(CAPTIONS),
+        public_tokens=backbone.tokenize(VOCABULARY) if vocabulary else None,
+    )

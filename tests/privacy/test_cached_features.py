@@ -12,29 +12,9 @@ from fedgray.backbone import SealedBackbone
 from fedgray.config import load_config
 from fedgray.privacy import private_task
 from fedgray.privacy.features import CachedImageHead, backbone_features, cached_head
-from fedgray.tasks.data import TaskData
 from fedgray.train.schedule import Schedule
 from fedgray.train.trainer import LocalTrainer
-from tests.helpers import MICRO
-
-CAPTIONS = ["a red circle", "a blue square", "a green star", "the digit 7", "a small ring"]
-VOCABULARY = [*CAPTIONS, "a large ring", "a blue circle", "the digit 1"]
-
-
-def _data(backbone: SealedBackbone, n: int, *, vocabulary: bool = False) -> TaskData:
-    size = backbone.interface.image_size
-    generator = torch.Generator().manual_seed(1)
-    labels = torch.arange(n) % len(CAPTIONS)
-    return TaskData(
-        images=torch.rand(n, 3, size, size, generator=generator),
-        tokens=backbone.tokenize([CAPTIONS[i] for i in labels]),
-        caption_ids=labels.clone(),
-        labels=labels,
-        prompt_tokens=backbone.tokenize(CAPTIONS),
-        prompt_classes=torch.arange(len(CAPTIONS)),
-        num_classes=len(CAPTIONS),
-        public_tokens=backbone.tokenize(VOCABULARY) if vocabulary else None,
-    )
+from tests.helpers import MICRO, captioned_data
 
 
 def _perturbed(backbone: SealedBackbone, method: str) -> AdaptedCLIP:
@@ -55,7 +35,7 @@ def test_cached_per_sample_gradients_match_single_sample_passes_through_the_back
     micro: SealedBackbone, method: str, task_name: str, vocabulary: bool
 ) -> None:
     model = _perturbed(micro, method)
-    data = _data(micro, 6, vocabulary=vocabulary)
+    data = captioned_data(micro, 6, vocabulary=vocabulary)
     task = private_task(task_name, model)
     scale = micro.interface.logit_scale
     head, cached = cached_head(model, data)
@@ -117,7 +97,7 @@ def _train(micro: SealedBackbone, *, cache: bool, method: str = "output") -> Loc
     )
     model = _perturbed(micro, method)
     torch.manual_seed(5)  # Opacus' noise (insecure mode) comes from torch's global generator
-    return LocalTrainer(config, model, _data(micro, 24), schedule=Schedule(4, 8), seed=3)
+    return LocalTrainer(config, model, captioned_data(micro, 24), schedule=Schedule(4, 8), seed=3)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -162,7 +142,7 @@ def test_features_are_cached_by_images_and_the_other_modules_values(
         return encode(images)
 
     model.encode_images = counting  # type: ignore[method-assign,assignment]
-    images = _data(micro, 5).images
+    images = captioned_data(micro, 5).images
     first = backbone_features(model, images)
     assert backbone_features(model, images.clone()) is first and calls == [5]  # by content
     with torch.no_grad():

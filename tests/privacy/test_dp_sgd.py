@@ -10,33 +10,14 @@ from fedgray.adapters import build_model
 from fedgray.backbone import SealedBackbone, load_sealed
 from fedgray.config import PrivacyConfig
 from fedgray.privacy import Ledger, NoisePlan, make_private, plan_noise, private_task
-from fedgray.tasks.data import TaskData
 from fedgray.train import train_steps
-
-CAPTIONS = ["a red circle", "a blue square", "a green star", "the digit 7", "a small ring"]
-VOCABULARY = [*CAPTIONS, "a large ring", "a blue circle", "the digit 1"]  # public captions
+from tests.helpers import captioned_data
 
 
 @pytest.fixture(scope="module")
 def micro() -> SealedBackbone:
     torch.manual_seed(0)
     return load_sealed("fedgray-micro", None, level="gray")
-
-
-def _data(backbone: SealedBackbone, n: int = 12, *, vocabulary: bool = False) -> TaskData:
-    size = backbone.interface.image_size
-    generator = torch.Generator().manual_seed(1)
-    labels = torch.arange(n) % len(CAPTIONS)
-    return TaskData(
-        images=torch.rand(n, 3, size, size, generator=generator),
-        tokens=backbone.tokenize([CAPTIONS[i] for i in labels]),
-        caption_ids=labels.clone(),
-        labels=labels,
-        prompt_tokens=backbone.tokenize(CAPTIONS),
-        prompt_classes=torch.arange(len(CAPTIONS)),
-        num_classes=len(CAPTIONS),
-        public_tokens=backbone.tokenize(VOCABULARY) if vocabulary else None,
-    )
 
 
 def _perturbed_dga(backbone: SealedBackbone) -> torch.nn.Module:
@@ -56,7 +37,7 @@ def test_per_sample_gradients_of_the_input_adapter_match_single_sample_passes(
 ) -> None:
     torch.manual_seed(2)
     model = _perturbed_dga(micro)
-    data = _data(micro, n=6, vocabulary=vocabulary)
+    data = captioned_data(micro, n=6, vocabulary=vocabulary)
     task = private_task(task_name, model)
     scale = micro.interface.logit_scale
     conv = model.image_in.convs[0].weight
@@ -80,7 +61,7 @@ def test_private_retrieval_takes_every_other_public_caption_as_a_negative(
 ) -> None:
     torch.manual_seed(4)
     model = _perturbed_dga(micro)
-    data = _data(micro, n=1, vocabulary=True)  # one sample: "a red circle"
+    data = captioned_data(micro, n=1, vocabulary=True)  # one sample: "a red circle"
     task = private_task("retrieval", model)
     batch = tuple(data.as_dataset().tensors)
     scale = micro.interface.logit_scale
@@ -91,7 +72,7 @@ def test_private_retrieval_takes_every_other_public_caption_as_a_negative(
     logits = scale * image @ texts.T  # column 0 is its own caption, the positive
     expected = torch.nn.functional.cross_entropy(logits, torch.zeros(1, dtype=torch.long))
     torch.testing.assert_close(loss, expected)
-    no_vocabulary = _data(micro, n=1)  # the fallback: class prompts of the other classes
+    no_vocabulary = captioned_data(micro, n=1)  # the fallback: class prompts of the other classes
     assert not torch.allclose(task.loss(model, batch, no_vocabulary, scale), loss)
 
 
@@ -108,7 +89,7 @@ def test_dp_objectives_freeze_the_text_side(micro: SealedBackbone, task_name: st
 def test_a_dp_round_changes_only_adapters_and_counts_its_steps(micro: SealedBackbone) -> None:
     torch.manual_seed(3)
     model = build_model(micro, "dga")
-    data = _data(micro)
+    data = captioned_data(micro)
     task = private_task("retrieval", model)
     probe = data.images[:4]
     with torch.no_grad():
