@@ -18,14 +18,13 @@ runs (:mod:`fedgray.fl.site_state`); without it they live only in the node's mem
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from fedgray.config import Config
-from fedgray.data.folder import CAPTIONS_FILE
+from fedgray.data.folder import CAPTIONS_FILE, read_captions
 from fedgray.data.registry import FOLDER_PREFIX
 
 DATA_DIR = "data-dir"
@@ -55,8 +54,10 @@ def check_data_dir(data_dir: Path) -> int:
     table = data_dir / TRAIN_SPLIT / CAPTIONS_FILE
     if not table.is_file():
         raise NodeConfigError(f"node-config {DATA_DIR}: {table}: not found")
-    with table.open(newline="", encoding="utf-8") as handle:
-        rows = sum(1 for _ in csv.DictReader(handle))
+    try:  # the folder dataset's own reader: UTF-8, its columns, at least one row
+        rows = len(read_captions(data_dir / TRAIN_SPLIT)[2])
+    except ValueError as error:
+        raise NodeConfigError(f"node-config {DATA_DIR}: {error}") from None
     if rows < 2:
         raise NodeConfigError(f"node-config {DATA_DIR}: {table}: needs at least 2 rows")
     return rows

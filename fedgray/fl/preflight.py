@@ -18,10 +18,10 @@ from fedgray.config import Config, load_config
 from fedgray.config_schema import ConfigError
 from fedgray.data.registry import available
 from fedgray.fl.checkpoint import Checkpoint, load_checkpoint
+from fedgray.fl.private import PrivacyLog
 from fedgray.fl.records import from_record
 from fedgray.fl.server import initial_adapters
 from fedgray.fl.sites import partitions
-from fedgray.privacy import Ledger
 
 # Settings a checkpoint was made under and a resume cannot change: the sites' data and
 # partitions, the model and what travels, the strategy's state, how epsilon is accounted.
@@ -105,12 +105,9 @@ def _privacy_left(config: Config, checkpoint: Checkpoint) -> str | None:
     target = privacy.target_epsilon
     if not privacy.enabled or target is None or config.federation.num_rounds <= checkpoint.round:
         return None
-    spent = {
-        int(site): Ledger(
-            entry["accountant"], tuple((float(n), float(q), int(s)) for n, q, s in entry["history"])
-        ).epsilon(privacy.delta)
-        for site, entry in checkpoint.privacy.items()
-    }
+    log = PrivacyLog(privacy)
+    log.restore(checkpoint.privacy)  # the sites' ledgers, as the resumed server holds them
+    spent = {site: ledger.epsilon(privacy.delta) for site, ledger in log.ledgers.items()}
     if not spent:
         return None
     site, most = max(spent.items(), key=lambda item: item[1])
