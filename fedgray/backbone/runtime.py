@@ -18,6 +18,7 @@ non-dumpable, holds against the site's user too (see docs/security.md).
 
 from __future__ import annotations
 
+import faulthandler
 import itertools
 import os
 import socket
@@ -47,6 +48,7 @@ def _serve_child(sock: socket.socket, options: dict[str, Any]) -> None:
     """The child process: open the artifact, greet, then answer until told to stop."""
     from fedgray.backbone.artifact import load_artifact
 
+    faulthandler.enable()  # a crash of the model's native code leaves a trace on stderr
     threads = options.pop("threads")
     if threads is not None:
         torch.set_num_threads(threads)
@@ -57,6 +59,9 @@ def _serve_child(sock: socket.socket, options: dict[str, Any]) -> None:
         return
     send(sock, Message("ok", interface_args(backbone)))
     serve_connection(sock, backbone, threading.Lock())
+
+
+_STARTING = threading.Lock()  # the environment is process-wide: one child spawns at a time
 
 
 @contextmanager
@@ -149,7 +154,7 @@ class IsolatedBackbone(QueryCounted):
             "threads": threads,
         }
         process = context.Process(target=_serve_child, args=(child, options), daemon=True)
-        with _passive_openmp():
+        with _STARTING, _passive_openmp():
             process.start()
         child.close()
         self._start(ours, process)
@@ -226,7 +231,7 @@ class IsolatedBackbone(QueryCounted):
         self, op: str, args: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None
     ) -> Message:
         if self._process is not None and not self._process.is_alive():
-            raise SealedError("the isolated backbone runtime is not running")
+            raise SealedError(f"the isolated backbone runtime is not running{self._exit_status()}")
         try:
             send(self._socket, Message(op, args, tensors or {}))
         except OSError:
@@ -239,13 +244,21 @@ class IsolatedBackbone(QueryCounted):
         except OSError:
             reply = None
         if reply is None:
-            raise SealedError("the isolated backbone runtime stopped")
+            raise SealedError(f"the isolated backbone runtime stopped{self._exit_status()}")
         if reply.op == "error":
             kind, message = reply.args.get("kind"), reply.args.get("message")
             raise _ERRORS.get(str(kind), RuntimeError)(str(message))
         if reply.op != "ok":
             raise WireError(f"the runtime answered with unknown operation {reply.op[:40]!r}")
         return reply
+
+    def _exit_status(self) -> str:
+        """`` (exit code N)`` once a child we started has ended: tells a crash from a kill."""
+        if self._process is None:
+            return ""
+        self._process.join(timeout=1)
+        code = self._process.exitcode
+        return "" if code is None else f" (exit code {code})"
 
     def close(self) -> None:
         """Stop the runtime child, or leave a served runtime (also done at process exit)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -208,3 +209,16 @@ def test_config_opens_the_isolated_runtime(sealed: tuple[nn.Module, KeyFiles, Pa
         assert isinstance(backbone, IsolatedBackbone) and backbone.level.value == "gray"
     finally:
         backbone.close()
+
+
+def test_a_killed_runtime_is_one_line_with_its_exit_status(
+    sealed: tuple[nn.Module, KeyFiles, Path],
+) -> None:
+    _, keys, path = sealed
+    with IsolatedBackbone(path, verify_key=keys.verify_key, content_key=keys.content_key) as b:
+        process = b._process
+        assert process is not None and process.pid is not None
+        os.kill(process.pid, signal.SIGKILL)
+        process.join(timeout=10)
+        with pytest.raises(SealedError, match=r"is not running \(exit code -9\)$"):
+            b.encode_image(torch.rand(1, 3, 32, 32))
