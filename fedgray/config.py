@@ -154,8 +154,12 @@ class CraftConfig:
     authors' code does); ``augment``: the refiner's epoch each generation sees freshly
     cropped and flipped training images (their features cost queries);
     ``hidden``: the refinement MLP's width; ``eval_every``: generations between test
-    evaluations (free: no extra queries). The refinement MLP trains with ``train.lr`` and
-    ``train.batch_size``.
+    evaluations (free: no extra queries); ``context``: the words whose token embeddings
+    start the prompt (the paper's "a photo of a"), written before every class prompt;
+    ``validation``: the share of the training data held out to choose the generation
+    returned (the start included; 0: the last generation, as the authors' code;
+    ``fedgray adapt`` only: a federated site returns its last generation). The
+    refinement MLP trains with ``train.lr`` and ``train.batch_size``.
     """
 
     queries: int = field(default=8000, metadata=positive())
@@ -170,6 +174,12 @@ class CraftConfig:
     augment: bool = True
     hidden: int = field(default=256, metadata=positive())
     eval_every: int = field(default=10, metadata=positive())
+    context: str = field(
+        default="a photo of a", metadata=check(lambda v: bool(v.strip()), "must name words")
+    )
+    validation: float = field(
+        default=0.2, metadata=check(lambda v: 0 <= v < 1, "must be in [0, 1)")
+    )
 
 
 @dataclass

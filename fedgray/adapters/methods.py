@@ -14,7 +14,7 @@ from fedgray.adapters.modules import (
     ScaleShiftAdapter,
     TextInputAdapter,
 )
-from fedgray.adapters.prompt import PromptSpace
+from fedgray.adapters.prompt import PromptSpace, context_tokens
 from fedgray.adapters.white import attach_lora, last_blocks
 from fedgray.backbone import Backbone
 from fedgray.backbone.access import AccessLevel, SealedError
@@ -86,8 +86,9 @@ def _lga(backbone: Backbone, options: MethodConfig) -> AdaptedCLIP:
 
 
 def _craft(backbone: Backbone, options: MethodConfig) -> AdaptedCLIP:
-    width = backbone.interface.token_width
-    return AdaptedCLIP(backbone, text_in=PromptSpace(width, dim=options.craft.intrinsic_dim))
+    context = context_tokens(backbone.tokenize, options.craft.context)
+    width, dim = backbone.interface.token_width, options.craft.intrinsic_dim
+    return AdaptedCLIP(backbone, text_in=PromptSpace(width, context, dim=dim))
 
 
 def _lora(backbone: Backbone, options: MethodConfig) -> AdaptedCLIP:

@@ -46,8 +46,11 @@ class AdaptedCLIP(nn.Module):
         return self.image_out(z) if self.image_out is not None else z
 
     def encode_texts(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Text features [B, D] (not normalised) of token ids from the backbone's tokenizer."""
+        """Text features [B, D] (not normalised) of token ids from the backbone's tokenizer.
+
+        A text input module may rewrite the ids (CraFT's writes its context words in)."""
         inputs = self.text_in(tokens)._asdict() if self.text_in is not None else {}
+        tokens = inputs.pop("tokens", tokens)
         if self.text_prompts is not None:
             inputs["prompts"], inputs["gates"] = self.text_prompts(tokens)
         z = self.backbone.encode_text(tokens, **inputs)

@@ -1,41 +1,83 @@
-"""CraFT's prompt generator at the black-box level: ``p = p0 + A z``.
+"""CraFT's prompt at the black-box level: context tokens ``p = p0 + A z``.
 
-At ``black`` a site may only send inputs and read detached outputs. The text input the
-sealed backbone accepts besides token ids is the gray-box text entry: a ``shift`` added
-to every token embedding and one ``extra_token`` written after end-of-text, whose pooled
-output is added through ``extra_gate``. CraFT learns a text prompt (its code: context
-token embeddings in place of "a photo of a"); here the prompt is that entry,
-``p = (shift, extra_token, gate)`` of size ``2 * token_width + 1``. ``z`` is a
-low-dimensional point that CMA-ES searches, ``A`` a fixed random projection, and ``p0``
-puts zeros on the shift and the gate, so ``z = 0`` is the bare backbone exactly.
+CraFT (its code, ``mrflogs/CraFT``) learns ``n`` context-token embeddings placed before
+each class name, initialised from the embeddings of "a photo of a": ``p0`` is those
+embeddings, ``A`` a fixed random projection and ``z`` the low-dimensional point that
+CMA-ES searches. The paper's user sends prompt embeddings and receives predictions.
+
+Here the site writes the context words themselves in front of every class prompt, as
+token ids ("a photo of a" + "a circle"), and sends ``A z`` as ``token_shifts``: the sealed
+backbone adds it to those tokens' embeddings, so the text tower sees ``p0 + A z`` exactly
+as in the paper while ``p0`` never leaves the backbone. The alternative, a backbone call
+that returns the embeddings of a few tokens, would hand out rows of the embedding table
+(one call per few rows, any token the site names): weights, which the sealed backbone
+exists to hide. Adding a site-chosen vector to an embedding reveals nothing the existing
+``shift`` input does not. ``z = 0`` is the bare backbone on "a photo of a <class prompt>",
+bit for bit: CraFT's own zero-shot, its starting point.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from fedgray.adapters.modules import TextInput
+CONTEXT = "a photo of a"  # the paper's initial context words
+
+
+class ContextInput(NamedTuple):
+    """What the prompt hands to ``SealedBackbone.encode_text``: token ids with the context
+    words written in, and the shifts of their embeddings (positions ``0..start+n``)."""
+
+    tokens: torch.Tensor
+    token_shifts: torch.Tensor
+
+
+class Context(NamedTuple):
+    """Where context words go in a tokenized prompt: ``ids`` after the first ``start``
+    tokens (start-of-text), ``pad`` the id that fills a prompt's unused slots."""
+
+    ids: torch.Tensor
+    start: int
+    pad: int
+
+
+def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+    differs = (a != b).nonzero()
+    return int(differs[0]) if len(differs) else a.numel()
+
+
+def context_tokens(tokenize: Callable[[Sequence[str]], torch.Tensor], words: str) -> Context:
+    """The token ids of ``words`` and where they go, read from the tokenizer alone: the
+    tokens ``words`` share with the empty text are its start (start-of-text), the ones it
+    adds before the padding are the context."""
+    empty, text = tokenize(["", words])
+    pad = int(empty[-1])
+    start = _common_prefix(empty, text)
+    count = int((text != pad).sum() - (empty != pad).sum())
+    if count < 1:
+        raise ValueError(f"method.craft.context: {words!r} has no tokens")
+    return Context(text[start : start + count].clone(), start, pad)
 
 
 class PromptSpace(nn.Module):
-    """The prompt ``p0 + A z`` as text-input arguments; ``z`` is set, never trained."""
+    """The context tokens ``p0 + A z``: ``z`` is set, never trained; ``p0`` stays in the
+    backbone (see the module doc)."""
 
     projection: torch.Tensor  # buffers, registered in __init__
-    base: torch.Tensor
     point: torch.Tensor
+    context_ids: torch.Tensor
 
-    def __init__(self, width: int, *, dim: int, init_std: float = 0.02) -> None:
+    def __init__(self, width: int, context: Context, *, dim: int) -> None:
         super().__init__()
-        self.width = width
-        size = 2 * width + 1
+        self.width, self.start, self.pad = width, context.start, context.pad
+        self.register_buffer("context_ids", context.ids.clone())
+        size = context.ids.numel() * width
         # Entries N(0, 1/dim): a coordinate of A z then has about the spread of one of z's.
         self.register_buffer("projection", torch.randn(size, dim) / math.sqrt(dim))
-        base = torch.zeros(size)
-        base[width : 2 * width].normal_(std=init_std)
-        self.register_buffer("base", base)
         self.register_buffer("point", torch.zeros(dim))
 
     @property
@@ -43,17 +85,36 @@ class PromptSpace(nn.Module):
         """Dimension of the searched point ``z``."""
         return self.point.numel()
 
+    @property
+    def tokens(self) -> int:
+        """Context tokens ``n``."""
+        return self.context_ids.numel()
+
     def move_to(self, z: torch.Tensor) -> None:
         """Make ``z`` the prompt's current point."""
         self.point.copy_(z)
 
     def prompt(self) -> torch.Tensor:
-        """``p0 + A z`` at the current point, [2 * width + 1]."""
-        return self.base + self.projection @ self.point
+        """``A z`` at the current point, one row per context token [n, width]: what the
+        backbone adds to the context words' embeddings ``p0``."""
+        return (self.projection @ self.point).view(self.tokens, self.width)
 
-    def forward(self, tokens: torch.Tensor) -> TextInput:
-        """The prompt as ``SealedBackbone.encode_text`` arguments for a batch of token ids."""
-        p, w, batch = self.prompt(), self.width, tokens.shape[0]
-        return TextInput(
-            p[:w].expand(batch, w), p[w : 2 * w].expand(batch, w), p[2 * w :].expand(batch, 1)
-        )
+    def with_context(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Class prompts' token ids [B, C] with the context ids written after the start;
+        one line if a prompt then no longer fits (its last ``n + 1`` slots must be padding,
+        one kept free for the end-of-text slot the backbone may need)."""
+        n, start = self.tokens, self.start
+        if bool((tokens[:, -(n + 1) :] != self.pad).any()):
+            raise ValueError(
+                f"a class prompt leaves no room for {n} context tokens in the backbone's "
+                f"context length of {tokens.shape[1]}"
+            )
+        context = self.context_ids.to(tokens.device).expand(tokens.shape[0], n)
+        return torch.cat([tokens[:, :start], context, tokens[:, start:-n]], dim=1)
+
+    def forward(self, tokens: torch.Tensor) -> ContextInput:
+        """The prompt as ``SealedBackbone.encode_text`` arguments for class prompts' ids."""
+        batch, lead = tokens.shape[0], self.start + self.tokens
+        shifts = torch.zeros(lead, self.width)
+        shifts[self.start :] = self.prompt()
+        return ContextInput(self.with_context(tokens), shifts.expand(batch, lead, self.width))

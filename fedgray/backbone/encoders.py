@@ -7,6 +7,10 @@ bare model's bit for bit (causal text towers run trimmed to the longest caption 
 :mod:`fedgray.backbone.trim`: equal within float rounding). The adapter arguments are:
 
 - ``shift`` [B, W]: added to every token embedding (text input adapter);
+- ``token_shifts`` [B, L, W], ``L`` at most the context length: added to the first ``L``
+  token embeddings, position by position. CraFT's context tokens: the site writes "a photo
+  of a" in its token ids and moves those tokens' embeddings by the prompt it searched, so
+  the tower sees ``E(context) + A z`` without the site ever holding ``E`` (zeros: exact);
 - ``extra_token`` [B, W] and ``extra_gate`` [B, 1]: one learned token that reads the caption;
   the pooled text feature becomes ``pool(caption) + gate * out(extra)``. In a causal tower
   pooled at end-of-text, the token sits in the free slot after end-of-text and the causal
@@ -220,6 +224,7 @@ def encode_text(
     tokens: torch.Tensor,
     *,
     shift: torch.Tensor | None = None,
+    token_shifts: torch.Tensor | None = None,
     extra_token: torch.Tensor | None = None,
     extra_gate: torch.Tensor | None = None,
     prompts: torch.Tensor | None = None,
@@ -229,6 +234,9 @@ def encode_text(
     x = parts.embedding(tokens)
     if shift is not None:
         x = x + shift[:, None, :]
+    if token_shifts is not None:  # a trimmed batch drops shifts of padding only
+        lead = token_shifts[:, : x.shape[1]]
+        x = torch.cat([x[:, : lead.shape[1]] + lead, x[:, lead.shape[1] :]], dim=1)
     index = parts.pooled_index(tokens)
     rows = torch.arange(tokens.shape[0], device=tokens.device)
     if extra_token is None or extra_gate is None:

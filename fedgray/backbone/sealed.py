@@ -202,6 +202,7 @@ class SealedBackbone(QueryCounted):
         tokens: torch.Tensor,
         *,
         shift: torch.Tensor | None = None,
+        token_shifts: torch.Tensor | None = None,
         extra_token: torch.Tensor | None = None,
         extra_gate: torch.Tensor | None = None,
         prompts: torch.Tensor | None = None,
@@ -209,16 +210,24 @@ class SealedBackbone(QueryCounted):
     ) -> torch.Tensor:
         """Text features [B, embed_dim] of token ids from :meth:`tokenize`.
 
-        ``shift`` [B, token_width] is added to every token embedding; ``extra_token``
+        ``shift`` [B, token_width] is added to every token embedding; ``token_shifts``
+        [B, L, token_width] to the first ``L`` token embeddings, one row per position (CraFT's
+        context tokens: the site moves them, it never reads them); ``extra_token``
         [B, token_width] with ``extra_gate`` [B, 1] is the appended learned token.
         """
         self._check_prompts("text", prompts)
         if (extra_token is None) != (extra_gate is None):
             raise ValueError("extra_token and extra_gate go together")
+        if token_shifts is not None and token_shifts.shape[1] > self.interface.context_length:
+            raise ValueError(
+                f"token_shifts: {token_shifts.shape[1]} positions, more than the context "
+                f"length {self.interface.context_length}"
+            )
         self._count()
         return self._text(
             tokens,
             shift=shift,
+            token_shifts=token_shifts,
             extra_token=extra_token,
             extra_gate=extra_gate,
             prompts=prompts,

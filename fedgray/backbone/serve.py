@@ -25,7 +25,7 @@ MAX_TEXTS, MAX_TEXT_CHARS = 65536, 10000
 MAX_PROMPTS = 256  # tokens per layer at an entry point
 FLOATS = {
     "image": ("pixels", "prompts", "gates"),
-    "text": ("shift", "extra_token", "extra_gate", "prompts", "gates"),
+    "text": ("shift", "token_shifts", "extra_token", "extra_gate", "prompts", "gates"),
 }
 
 
@@ -63,6 +63,11 @@ def check_inputs(
         "extra_token": (f32, (batch, width)),
         "extra_gate": (f32, (batch, 1)),
     }
+    if "token_shifts" in tensors:
+        lead = tensors["token_shifts"].shape[1:2]
+        if lead and not 1 <= lead[0] <= interface.context_length:
+            raise WireError(f"token_shifts: 1 to {interface.context_length} positions")
+        shapes["token_shifts"] = (f32, (batch, *lead, width))
     if "prompts" in tensors or "gates" in tensors:
         points = {p.tower: p for p in interface.entry_points}
         if tower not in points:

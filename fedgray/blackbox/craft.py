@@ -17,10 +17,21 @@ The un-augmented training features are queried once, for the fitness. Queries ar
 two ways: as the sealed backbone counts them (every call: features, candidates, the mean,
 augmented features; ``method.craft.queries`` limits this count) and as the paper counts
 them (the candidates only, ``paper_queries``).
+
+**Selection.** The authors' code returns its last generation, and on a small target that
+can be below where it started (the refiner overfits a few shots). Here a share of the
+site's training data (``method.craft.validation``) is held out: the start (``z`` where the
+search starts, the refiner at identity: CraFT's own zero-shot) and every generation are
+scored on it, and the run returns the best one (validation accuracy, then validation
+loss; a later generation must be strictly better). So the returned prompt and refiner
+never score below the start on that split, by construction. It costs the held-out
+images' features (one query per 256) and the start's class prompts (one query); each
+generation is scored with the text features its refinement step already queried.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,8 +55,9 @@ CHUNK = 256  # images per query when a dataset's features are computed
 
 @dataclass(frozen=True)
 class QueryPlan:
-    """How a CraFT run spends its queries (``candidates`` of each generation's are the
-    ones the paper counts)."""
+    """How a CraFT run spends its queries: ``features`` once (the training and held-out
+    images, the start's class prompts), then ``per_generation`` (``candidates`` of them
+    are the ones the paper counts)."""
 
     features: int
     per_generation: int
@@ -63,7 +75,9 @@ class QueryPlan:
         return self.generations * self.candidates
 
 
-def plan_queries(options: CraftConfig, *, train_size: int, remaining: int | None) -> QueryPlan:
+def plan_queries(
+    options: CraftConfig, *, train_size: int, remaining: int | None, held_out: int = 0
+) -> QueryPlan:
     """The most generations that fit ``options.queries``; a one-line error if none does,
     or if ``options.queries`` is more than the backbone has ``remaining``."""
     if remaining is not None and options.queries > remaining:
@@ -71,8 +85,9 @@ def plan_queries(options: CraftConfig, *, train_size: int, remaining: int | None
             f"method.craft.queries: {options.queries} is more than the backbone's query "
             f"budget has left ({remaining})"
         )
-    features = math.ceil(train_size / CHUNK)
-    per_generation = options.popsize + 1 + (features if options.augment else 0)
+    train = math.ceil(train_size / CHUNK)
+    features = train + (math.ceil(held_out / CHUNK) + 1 if held_out else 0)
+    per_generation = options.popsize + 1 + (train if options.augment else 0)
     generations = (options.queries - features) // per_generation
     if generations < 1:
         raise ConfigError(
@@ -82,16 +97,48 @@ def plan_queries(options: CraftConfig, *, train_size: int, remaining: int | None
     return QueryPlan(features, per_generation, generations, options.popsize)
 
 
+def hold_out(data: TaskData, share: float, *, seed: int) -> tuple[TaskData, TaskData | None]:
+    """``data`` split at random into (training, held-out) with ``share`` held out (0: none);
+    a one-line error when either part would be empty."""
+    if share == 0:
+        return data, None
+    count = round(share * len(data))
+    if not 0 < count < len(data):
+        raise ConfigError(
+            f"method.craft.validation: {share} of {len(data)} training samples leaves no "
+            "held-out or no training sample"
+        )
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    return data.subset(order[count:]), data.subset(order[:count])
+
+
 @dataclass(frozen=True)
 class Generation:
     """What one generation did: queries spent so far (all of them, and the paper's count),
-    best fitness, the refiner's loss."""
+    best fitness, the refiner's loss, the held-out accuracy (None without a held-out split)."""
 
     index: int
     queries: int
     fitness: float
     loss: float
     paper_queries: int
+    validation: float | None = None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The best generation so far on the held-out split (0: the start), and what it was."""
+
+    generation: int
+    accuracy: float
+    loss: float
+    point: torch.Tensor
+    refiner: dict[str, torch.Tensor]
+    text_features: torch.Tensor
+
+    def beaten_by(self, accuracy: float, loss: float) -> bool:
+        """Whether a generation scoring ``accuracy`` and ``loss`` is strictly better."""
+        return (accuracy, -loss) > (self.accuracy, -self.loss)
 
 
 def encode_images(model: AdaptedCLIP, images: torch.Tensor) -> torch.Tensor:
@@ -105,7 +152,8 @@ class Craft:
 
     The search starts from ``mean`` (default ``z = 0``) with step size ``sigma`` (default
     ``options.sigma``): a federated site starts from the global search distribution and
-    returns :meth:`distribution` after :meth:`run` (FedBPT).
+    returns :meth:`distribution` after :meth:`run` (FedBPT). ``options.validation`` of
+    ``train`` is held out to choose the generation :meth:`run` returns (module doc).
     """
 
     def __init__(
@@ -123,7 +171,9 @@ class Craft:
     ) -> None:
         if not isinstance(model.text_in, PromptSpace):
             raise ValueError("CraFT needs the model that method 'craft' builds")
-        self.model, self.prompt, self.train = model, model.text_in, train
+        self.model, self.prompt = model, model.text_in
+        self.train, self.validation = hold_out(train, options.validation, seed=seed)
+        self.selected: Selection | None = None
         self.options, self.scale, self.batch_size = options, scale, batch_size
         self.refiner = PredictionRefiner(train.num_classes, hidden=options.hidden)
         self.optimizer = torch.optim.Adam(self.refiner.parameters(), lr=lr)
@@ -167,8 +217,10 @@ class Craft:
             return raw, self.refiner(raw)
 
     def distribution(self) -> tuple[torch.Tensor, float]:
-        """The search distribution now: its mean ``z`` and step size ``sigma``."""
-        return self.search.mean, self.search.sigma
+        """The search distribution now: its mean ``z`` (after a run with a held-out split,
+        the selected generation's point) and step size ``sigma``."""
+        mean = self.search.mean if self.selected is None else self.selected.point.clone()
+        return mean, self.search.sigma
 
     def plan(self) -> QueryPlan:
         """The queries a run started now would spend (checked against the backbone's budget)."""
@@ -178,14 +230,21 @@ class Craft:
             self.options,
             train_size=len(self.train),
             remaining=None if budget is None else budget - backbone.queries_used,
+            held_out=0 if self.validation is None else len(self.validation),
         )
 
     def run(self, *, on_generation: Callable[[Generation], None] | None = None) -> QueryPlan:
-        """Query the training features, then run every generation the budget allows."""
+        """Query the training features, then run every generation the budget allows; end
+        at the selected generation when there is a held-out split."""
         backbone, options = self.model.backbone, self.options
         start = backbone.queries_used
         plan = self.plan()
         features = encode_images(self.model, self.train.images)
+        held = None
+        if self.validation is not None:
+            held = encode_images(self.model, self.validation.images)
+            self.observe()
+            self._consider(0, held)
         consistent = math.ceil(plan.generations * options.consistency_until)
         for index in range(1, plan.generations + 1):
             values = self.search.generation(lambda z: self._fitness(z, features))
@@ -196,11 +255,36 @@ class Craft:
                 seen = encode_images(self.model, augment(self.train.images, self.generator))
             weight = options.consistency if index <= consistent else 0.0
             loss = self._refine(self.logits(seen, text_features), weight=weight)
+            validation = None if held is None else self._consider(index, held)
             if on_generation is not None:
                 spent = backbone.queries_used - start
-                on_generation(Generation(index, spent, min(values), loss, index * plan.candidates))
+                paper = index * plan.candidates
+                on_generation(Generation(index, spent, min(values), loss, paper, validation))
         assert backbone.queries_used - start == plan.total <= options.queries
+        if self.selected is not None:
+            self.prompt.move_to(self.selected.point)
+            self.refiner.load_state_dict(self.selected.refiner)
+            self.text_features = self.selected.text_features
         return plan
+
+    def _consider(self, index: int, held: torch.Tensor) -> float:
+        """Score the current prompt and refiner on the held-out split (no query); keep them
+        if they beat the selection so far. Returns the held-out accuracy."""
+        assert self.validation is not None and self.text_features is not None
+        _, refined = self.predict(held)
+        labels = self.validation.labels
+        accuracy = 100.0 * (refined.argmax(1) == labels).float().mean().item()
+        loss = F.cross_entropy(refined, labels).item()
+        if self.selected is None or self.selected.beaten_by(accuracy, loss):
+            self.selected = Selection(
+                index,
+                accuracy,
+                loss,
+                self.prompt.point.clone(),
+                copy.deepcopy(self.refiner.state_dict()),
+                self.text_features,
+            )
+        return accuracy
 
     def _fitness(self, z: torch.Tensor, features: torch.Tensor) -> float:
         self.prompt.move_to(z)

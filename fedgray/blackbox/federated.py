@@ -9,11 +9,14 @@ local budget), and replies with its final ``(mean, sigma)`` and MLP; FedAvg's we
 of these tensors is FedBPT's aggregation of the search distributions and FedAvg of the MLP.
 Every query a site's training makes is counted by the sealed backbone and reported as the
 ``queries`` metric; ``paper_queries`` counts them as the paper does (the candidates only).
+A site holds out none of its data (``method.craft.validation`` is for ``fedgray adapt``):
+FedBPT averages the sites' final distributions, and a site's few shots are fewer still.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
@@ -52,12 +55,12 @@ def _state(mean: torch.Tensor, sigma: float, refiner: dict[str, torch.Tensor]) -
 def open_craft(
     config: Config, backbone: Backbone, state: State, data: TaskData, *, seed: int
 ) -> Craft:
-    """CraFT on ``data`` starting from the shared ``state``."""
+    """CraFT on ``data`` starting from the shared ``state`` (no held-out split)."""
     model, train = craft_model(config, backbone), config.train
     craft = Craft(
         model,
         data,
-        options=config.method.craft,
+        options=replace(config.method.craft, validation=0.0),
         scale=model.backbone.interface.logit_scale,
         batch_size=train.batch_size,
         lr=train.lr,

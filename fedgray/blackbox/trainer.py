@@ -22,7 +22,9 @@ def train_craft(job: Job) -> Trained:
     The test images' features are queried once before CraFT starts (the backbone counts
     them, CraFT's budget does not); every evaluation after that reuses the text features
     CraFT queried for its refinement step, so evaluating costs no queries. CraFT scores as
-    :func:`fedgray.tasks.evaluate` does, so its accuracy at 0 queries is the zero-shot one.
+    :func:`fedgray.tasks.evaluate` does, so its accuracy at 0 queries is the zero-shot one
+    (CraFT's own: its context words before every class prompt). The last record is the
+    generation CraFT returns, chosen on its held-out split (``selected``; 0 is the start).
     """
     config, model = job.config, job.model
     if config.privacy.enabled:
@@ -52,13 +54,13 @@ def train_craft(job: Job) -> Trained:
     adapted: dict[str, float] = {}
     bar = tqdm(total=plan.generations, desc="generations", disable=not job.progress, leave=False)
 
-    def on_generation(generation: Generation) -> None:
-        bar.update()
-        if generation.index % options.eval_every and generation.index < plan.generations:
-            return
+    last: list[Generation] = []
+
+    def report(generation: Generation, extra: dict[str, float]) -> None:
         raw, refined = craft.predict(test_features)
         adapted["accuracy"] = _accuracy(refined, job.test.labels)
         adapted["prompt_accuracy"] = _accuracy(raw, job.test.labels)
+        held = {} if generation.validation is None else {"validation": generation.validation}
         job.run.log(
             {
                 "step": generation.index,
@@ -67,18 +69,29 @@ def train_craft(job: Job) -> Trained:
                 "seconds": time.perf_counter() - job.started,
                 "fitness": generation.fitness,
                 "loss": generation.loss,
+                **held,
+                **extra,
                 **adapted,
             }
         )
+        chosen = f"  returns generation {extra['selected']:.0f}" if extra else ""
         job.echo(
             f"generation {generation.index:>4}  queries {generation.queries:>5} (paper "
             f"{generation.paper_queries:>5})  accuracy "
             f"{adapted['accuracy']:.1f}  (prompt only {adapted['prompt_accuracy']:.1f}, "
-            f"zero-shot {start:.1f})"
+            f"zero-shot {start:.1f}){chosen}"
         )
+
+    def on_generation(generation: Generation) -> None:
+        bar.update()
+        last[:] = [generation]
+        if generation.index % options.eval_every == 0 and generation.index < plan.generations:
+            report(generation, {})
 
     craft.run(on_generation=on_generation)
     bar.close()
+    selected = craft.selected
+    report(last[0], {"selected": plan.generations if selected is None else selected.generation})
     refiner = {f"refiner.{k}": v.detach().clone() for k, v in craft.refiner.state_dict().items()}
     return Trained(
         adapted=adapted,

@@ -20,6 +20,7 @@ import torch
 from fedgray.backbone import SealedError, create_clip, generate_keys, seal
 from fedgray.backbone.keys import KeyFiles
 from fedgray.backbone.runtime import IsolatedBackbone
+from fedgray.backbone.serve import check_inputs
 from fedgray.backbone.wire import MAGIC, Message, WireError, decode, encode, receive
 
 
@@ -197,3 +198,20 @@ def test_the_wire_round_trips_tensors_exactly() -> None:
     assert all(torch.equal(back.tensors[n], t) for n, t in tensors.items())
     with pytest.raises(WireError, match="dtype torch.float64 is not on the wire"):
         encode(Message("ok", tensors={"d": torch.zeros(1, dtype=torch.float64)}))
+
+
+def test_token_shifts_cross_the_channel_within_the_context_length(
+    runtime: IsolatedBackbone,
+) -> None:
+    """CraFT's context-token input: zero shifts are the bare text, others move it; more
+    positions than the context length are refused with one line."""
+    tokens = runtime.tokenize(["a photo of a red circle", "a photo of a digit"])
+    width, length = runtime.interface.token_width, runtime.interface.context_length
+    with torch.no_grad():
+        bare = runtime.encode_text(tokens)
+        zero = runtime.encode_text(tokens, token_shifts=torch.zeros(2, 5, width))
+        moved = runtime.encode_text(tokens, token_shifts=torch.ones(2, 5, width))
+    assert torch.allclose(zero, bare, atol=1e-6) and not torch.allclose(moved, bare)
+    too_long = {"tokens": tokens, "token_shifts": torch.zeros(2, length + 1, width)}
+    with pytest.raises(WireError, match=f"token_shifts: 1 to {length} positions"):
+        check_inputs(runtime.interface, "text", too_long)

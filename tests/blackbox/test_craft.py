@@ -25,7 +25,8 @@ from fedgray.tasks.data import TaskData, prepare
 from fedgray.tasks.metrics import evaluate
 
 CAPTIONS = ["a red circle", "the digit 7 in blue", "a small green star at the top left"]
-SMALL = CraftConfig(queries=60, popsize=6, intrinsic_dim=8, hidden=16, sigma=0.1)
+# validation=0: the authors' last-generation run, whose query counts these tests pin.
+SMALL = CraftConfig(queries=60, popsize=6, intrinsic_dim=8, hidden=16, sigma=0.1, validation=0)
 
 
 def black(budget: int | None = None) -> SealedBackbone:
@@ -59,14 +60,50 @@ def test_consistency_is_a_kl_divergence() -> None:
     assert torch.allclose(consistency(a, b), expected, atol=1e-6)
 
 
-def test_prompt_at_zero_is_the_bare_black_box_exactly() -> None:
+def test_prompt_at_zero_is_the_bare_black_box_on_the_context_words_exactly() -> None:
     backbone = black()
     model = build_model(backbone, "craft")
     tokens = backbone.tokenize(CAPTIONS)
-    assert torch.equal(model.encode_texts(tokens), backbone.encode_text(tokens))
+    worded = backbone.tokenize([f"a photo of a {c}" for c in CAPTIONS])
+    assert torch.equal(model.encode_texts(tokens), backbone.encode_text(worded))
     assert model.trainable_count() == 0  # z is searched, not trained
     model.text_in.move_to(torch.full((model.text_in.dim,), 0.5))
-    assert not torch.allclose(model.encode_texts(tokens), backbone.encode_text(tokens))
+    assert not torch.allclose(model.encode_texts(tokens), backbone.encode_text(worded))
+
+
+def test_the_prompt_is_the_context_words_embeddings_plus_a_z() -> None:
+    """The tower's input at the context slots is E("a photo of a") + A z, read through a
+    white-level twin of the same weights; the site's module holds no embedding."""
+    torch.manual_seed(0)
+    white = load_sealed("fedgray-micro", None, level="white")
+    model = build_model(white, "craft")
+    prompt, module = model.text_in, white.module
+    ids = white.tokenize(["a photo of a"])[0, 1:5]
+    assert prompt.tokens == 4 and torch.equal(prompt.context_ids, ids)
+    assert all(
+        t.numel() != module.token_embedding.weight.numel() for t in prompt.state_dict().values()
+    )
+    seen: list[torch.Tensor] = []
+    hook = module.transformer.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    try:
+        tokens = white.tokenize(CAPTIONS)
+        for z in (torch.zeros(prompt.dim), torch.randn(prompt.dim)):
+            prompt.move_to(z)
+            model.encode_texts(tokens)
+            slots = seen[-1][:, 1:5] - module.positional_embedding[1:5]
+            expected = module.token_embedding(ids) + prompt.prompt()
+            assert torch.allclose(slots, expected.expand_as(slots), atol=1e-6)
+    finally:
+        hook.remove()
+    assert torch.equal(prompt.prompt(), (prompt.projection @ z).view(4, -1))
+
+
+def test_a_prompt_too_long_for_its_context_words_is_refused_in_one_line() -> None:
+    backbone = black()
+    model = build_model(backbone, "craft")
+    long = backbone.tokenize([" ".join(["red"] * 40)])
+    with pytest.raises(ValueError, match="no room for 4 context tokens"):
+        model.encode_texts(long)
 
 
 def test_craft_at_zero_queries_scores_what_evaluate_scores() -> None:
@@ -237,6 +274,67 @@ def test_augmentation_crops_and_flips_and_repeats_from_its_seed() -> None:
     assert torch.allclose(augment(constant, torch.Generator().manual_seed(1)), constant)
 
 
+def test_craft_never_returns_worse_than_its_start_on_the_held_out_split() -> None:
+    """A search that can only hurt: the labels are the start's own predictions (the start
+    scores 100% on them), the step size is huge and the refiner's rate absurd. The run
+    returns the start, or something as accurate with a lower held-out loss."""
+    backbone = black()
+    data = digits(backbone, size=60)
+    options = replace(SMALL, queries=120, sigma=50.0, bound=0.0, validation=0.25)
+    probe = Craft(
+        build_model(backbone, "craft"),
+        data,
+        options=SMALL,
+        scale=10.0,
+        batch_size=16,
+        lr=1e-3,
+        seed=0,
+    )
+    probe.observe()
+    _, start = probe.predict(encode_images(probe.model, data.images))
+    data = replace(data, labels=start.argmax(1))
+    run = Craft(
+        build_model(backbone, "craft"),
+        data,
+        options=options,
+        scale=10.0,
+        batch_size=16,
+        lr=10.0,
+        seed=0,
+    )
+    assert run.validation is not None and len(run.validation) == 15 and len(run.train) == 45
+    held = encode_images(run.model, run.validation.images)
+    labels = run.validation.labels
+
+    def score() -> tuple[float, float]:
+        _, refined = run.predict(held)
+        accuracy = 100.0 * (refined.argmax(1) == labels).float().mean().item()
+        return accuracy, -F.cross_entropy(refined, labels).item()
+
+    run.observe()
+    before = score()
+    assert before[0] == 100.0
+    seen: list = []
+    used = backbone.queries_used
+    plan = run.run(on_generation=seen.append)
+    # 2 + 1 + 1 queries before the first generation: training and held-out features, the
+    # start's prompts; the held-out scores cost nothing more.
+    assert backbone.queries_used - used == plan.total == 3 + plan.generations * 8
+    assert min(g.validation for g in seen) < 100.0  # the search did make things worse
+    assert run.selected is not None and score() >= before
+    assert score() == (run.selected.accuracy, -run.selected.loss)
+
+
+def test_without_a_held_out_split_craft_returns_its_last_generation() -> None:
+    backbone = black()
+    run = craft(backbone, digits(backbone))
+    points: list[torch.Tensor] = []
+    run.run(on_generation=lambda _: points.append(run.prompt.point.clone()))
+    assert run.selected is None and torch.equal(run.prompt.point, points[-1])
+    with pytest.raises(ConfigError, match="validation: 0.01 of 40 training samples leaves no"):
+        craft(backbone, digits(backbone), replace(SMALL, validation=0.01))
+
+
 def test_craft_lowers_its_training_loss() -> None:
     backbone = black()
     train = digits(backbone, size=60)
@@ -270,9 +368,11 @@ def test_adapt_runs_craft_and_logs_accuracy_against_queries(tmp_path: Path) -> N
     )
     result = adapt(config, progress=False, echo=lambda _: None)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
-    # 1 query for the training features, 6 per generation: 8 generations, logged at 5 and 8.
-    assert [r.get("queries", 0) for r in records] == [0, 31, 49]
-    assert [r.get("paper_queries", 0) for r in records] == [0, 20, 32]
+    # 8 of the 40 held out: 3 queries for the training and held-out features and the
+    # start's prompts, 6 per generation: 7 generations, logged at 5 and 7 (the returned one).
+    assert [r.get("queries", 0) for r in records] == [0, 33, 45]
+    assert [r.get("paper_queries", 0) for r in records] == [0, 20, 28]
+    assert 0 <= records[-1]["selected"] <= 7 and "validation" in records[-1]
     assert set(result.adapted) == {"accuracy", "prompt_accuracy"}
     assert result.queries <= 200 and (tmp_path / "run" / "curve.png").is_file()
     assert result.trainable == 8 + (10 * 256 + 256) + (256 * 10 + 10)
