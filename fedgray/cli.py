@@ -66,9 +66,9 @@ def _cmd_adapt(args: argparse.Namespace) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from fedgray.fl.failures import FederationError
-    from fedgray.fl.report import comparison
-    from fedgray.fl.simulation import FLOWER_LOG, open_run, run_federation
+    from fedgray.fl.serverapp.failures import FederationError
+    from fedgray.fl.serverapp.report import comparison
+    from fedgray.fl.simulation.engine import FLOWER_LOG, open_run, run_federation
 
     resume = Path(args.resume) if args.resume else None
     config, run = open_run(args.config, args.overrides, resume=resume)

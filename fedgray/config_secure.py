@@ -57,7 +57,7 @@ class CentralPrivacyConfig:
     """Site-level DP: each site's update clipped to ``clipping_norm`` (L2, on the site), and
     Gaussian noise of standard deviation ``noise_multiplier * clipping_norm / m`` added to the
     mean of the ``m`` sampled sites' updates. Epsilon at ``delta`` comes from Opacus' RDP
-    accountant over all rounds (see :mod:`fedgray.fl.central`)."""
+    accountant over all rounds (see :mod:`fedgray.fl.common.central`)."""
 
     enabled: bool = False
     noise_multiplier: float = field(default=1.0, metadata=positive())

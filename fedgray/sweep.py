@@ -1,10 +1,11 @@
 """Privacy-utility sweep: a federated setting at several target epsilons, site sizes and seeds.
 
 Each point is one whole federated run (the ``fedgray run`` server and sites on an
-in-process :class:`~fedgray.fl.local_grid.LocalGrid`, one backbone for all), written as its
-own run folder inside the sweep's folder; the sweep then writes ``sweep.csv`` (one row per
-point: target and achieved epsilon, noise, final metrics) and ``privacy_utility.png``
-(the task's metric against epsilon, with zero-shot and non-private lines)::
+in-process :class:`~fedgray.fl.simulation.local_grid.LocalGrid`, one backbone for all),
+written as its own run folder inside the sweep's folder; the sweep then writes
+``sweep.csv`` (one row per point: target and achieved epsilon, noise, final metrics) and
+``privacy_utility.png`` (the task's metric against epsilon, with zero-shot and non-private
+lines)::
 
     fedgray sweep [CONFIG] [--epsilons inf,8,4,2,1] [--seeds 1] [--site-sizes 200,1000]
         [--rounds R] [--local-steps S] [--delta 1e-5] [--output DIR] [--set KEY=VALUE ...]
@@ -86,13 +87,13 @@ class Point:
             return []
         share = self.site_size
         while share - min(share - 1, max(1, round(share * holdout))) < self.site_size:
-            share += 1  # the sites' own rounding of the held-out count (fl/sites.py)
+            share += 1  # the sites' own rounding of the held-out count (fl/common/site_data.py)
         return [f"data.train_size={share * num_sites}"]
 
 
 def _worst_site(run_dir: Path) -> dict[str, Any]:
     """Noise multiplier, sample rate and steps of the site with the largest epsilon."""
-    from fedgray.fl.checkpoint import load_checkpoint
+    from fedgray.fl.serverapp.checkpoint import load_checkpoint
 
     ledgers = load_checkpoint(run_dir).privacy
     if not ledgers:
@@ -116,8 +117,8 @@ def run_point(
     echo: Echo,
 ) -> dict[str, Any]:
     """Run one point into ``root / point.name``; its CSV row. ``echo`` gets its round lines."""
-    from fedgray.fl.local_grid import run_local
-    from fedgray.fl.report import COMPARED
+    from fedgray.fl.serverapp.report import COMPARED
+    from fedgray.fl.simulation.local_grid import run_local
     from fedgray.tasks import TASKS
 
     base = load_config(config_path, list(overrides)).federation

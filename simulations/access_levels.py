@@ -2,7 +2,8 @@
 
 Runs every (domain, method) pair on the same data, with the task every method supports
 (classification: CraFT's setting), in each requested setting: ``central`` (``fedgray
-adapt``) and ``federated`` (an in-process federation, :func:`fedgray.fl.local_grid.run_local`,
+adapt``) and ``federated`` (an in-process federation,
+:func:`fedgray.fl.simulation.local_grid.run_local`,
 of ``--sites`` sites for ``--rounds`` rounds, splitting the central budget: each site takes
 ``steps // (sites * rounds)`` local steps, or ``queries // (sites * rounds)`` CraFT queries,
 per round). Each run has a fresh process so that its peak memory is its own; the tables
@@ -76,9 +77,9 @@ def _central(config: Config) -> dict[str, Any]:
 
 def _federated(config: Config) -> dict[str, Any]:
     """An in-process federation; queries: every call the run makes to the shared backbone."""
-    from fedgray.fl.cache import shared_backbone
-    from fedgray.fl.local_grid import run_local
-    from fedgray.fl.records import from_record
+    from fedgray.fl.common.cache import shared_backbone
+    from fedgray.fl.common.records import from_record
+    from fedgray.fl.simulation.local_grid import run_local
 
     backbone = shared_backbone(config)
     before = backbone.queries_used

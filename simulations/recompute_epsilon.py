@@ -31,8 +31,8 @@ from opacus.accountants.utils import get_noise_multiplier
 
 from fedgray.cli import EXPECTED_ERRORS
 from fedgray.config import Config, load_config
-from fedgray.fl.checkpoint import CHECKPOINT, load_checkpoint
-from fedgray.fl.sites import site_indices
+from fedgray.fl.common.site_data import site_indices
+from fedgray.fl.serverapp.checkpoint import CHECKPOINT, load_checkpoint
 
 KINDS = ("rdp", "prv")
 History = list[tuple[float, float, int]]

@@ -17,12 +17,12 @@ from flwr.common import parameters_to_ndarrays
 
 from fedgray.backbone import Backbone
 from fedgray.config import Config, PretrainConfig, load_config
-from fedgray.fl import secagg_site
-from fedgray.fl.checkpoint import load_checkpoint
-from fedgray.fl.local_grid import run_local
-from fedgray.fl.records import from_record
-from fedgray.fl.server import initial_adapters
-from fedgray.fl.sites import site_indices
+from fedgray.fl.clientapp import secagg as secagg_site
+from fedgray.fl.common.records import from_record
+from fedgray.fl.common.site_data import site_indices
+from fedgray.fl.serverapp.checkpoint import load_checkpoint
+from fedgray.fl.serverapp.server import initial_adapters
+from fedgray.fl.simulation.local_grid import run_local
 from fedgray.privacy import Ledger
 from fedgray.tasks import TaskData
 

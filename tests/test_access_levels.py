@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from fedgray.config import load_config
-from fedgray.fl.records import record_bytes
-from fedgray.fl.server import initial_adapters
+from fedgray.fl.common.records import record_bytes
+from fedgray.fl.serverapp.server import initial_adapters
 from simulations.access_levels import COLUMNS, run_one
 from simulations.compare_methods import write_tables
 

@@ -68,6 +68,18 @@ RULES = {
     "strategies never import simulations/": ("strategies", ("simulations",)),
     "privacy knows no Flower": ("fedgray/privacy", ("flwr",)),
     "the local trainer knows no Flower": ("fedgray/train", ("flwr", "fedgray.fl")),
+    "the site's room never imports the server's": (
+        "fedgray/fl/clientapp",
+        ("fedgray.fl.serverapp", "fedgray.fl.simulation"),
+    ),
+    "the server's room never imports the site's": (
+        "fedgray/fl/serverapp",
+        ("fedgray.fl.clientapp", "fedgray.fl.simulation"),
+    ),
+    "what both sides share imports neither": (
+        "fedgray/fl/common",
+        ("fedgray.fl.clientapp", "fedgray.fl.serverapp", "fedgray.fl.simulation"),
+    ),
 }
 
 

@@ -1,7 +1,7 @@
 """(4) Federation overhead: a federated round against the same local steps in a plain loop.
 
 The federated side is the real server app (round loop, strategy, checkpoint) driving the
-real client app over :class:`fedgray.fl.local_grid.LocalGrid`, Flower's Message API in
+real client app over :class:`fedgray.fl.simulation.local_grid.LocalGrid`, Flower's Message API in
 one process: what Flower and fedgray add around the sites' training, without Ray's
 process hops. The plain side calls each site's round trainer (``train_round``: the model
 built from the global tensors, ``federation.local_steps`` local steps) directly, site
@@ -51,7 +51,7 @@ def _federated_rounds(config: Config) -> list[float]:
     from flwr.app import Context, RecordDict
 
     from fedgray.fl import make_client_app, make_server_app
-    from fedgray.fl.local_grid import LocalGrid
+    from fedgray.fl.simulation.local_grid import LocalGrid
 
     records: list[dict[str, Any]] = []
     grid = LocalGrid(make_client_app(config, quiet=True), config.federation.num_sites)
@@ -65,9 +65,9 @@ def _federated_rounds(config: Config) -> list[float]:
 
 def _plain_round(config: Config, rnd: int) -> float:
     """Seconds of every site's local training of round ``rnd``, called directly."""
-    from fedgray.fl.cache import shared_backbone
-    from fedgray.fl.client import round_seed
-    from fedgray.fl.sites import site_data
+    from fedgray.fl.clientapp.client import round_seed
+    from fedgray.fl.common.cache import shared_backbone
+    from fedgray.fl.common.site_data import site_data
     from fedgray.train.gradient import start, train_round
     from fedgray.train.kinds import SiteRound
 

@@ -2,7 +2,7 @@
 
 Each site count runs in a fresh Python process (peak RSS, ``ru_maxrss``, is per process
 and only grows): one round in which every site trains ``federation.local_steps`` steps,
-all sites handled in-process by :class:`fedgray.fl.local_grid.LocalGrid` on the
+all sites handled in-process by :class:`fedgray.fl.simulation.local_grid.LocalGrid` on the
 per-process backbone, which is what one Ray actor does under ``fedgray run`` (one backbone
 copy per worker, not per site). Reported against one site: peak memory, and wall time
 per site-step (flat when the per-site cost does not grow with the federation).
@@ -30,8 +30,8 @@ def measure(model: str, sites: int, root: str) -> dict[str, Any]:
 
     from fedgray.config import load_config
     from fedgray.fl import make_client_app, make_server_app
-    from fedgray.fl.cache import shared_backbone
-    from fedgray.fl.local_grid import LocalGrid
+    from fedgray.fl.common.cache import shared_backbone
+    from fedgray.fl.simulation.local_grid import LocalGrid
 
     config = load_config(
         None,

@@ -24,7 +24,7 @@ from fedgray.backbone import (
     get_tokenizer,
 )
 from fedgray.backbone.trim import untrimmed
-from fedgray.fl.records import record_bytes, to_record
+from fedgray.fl.common.records import record_bytes, to_record
 from fedgray.privacy.features import cached_head
 from fedgray.tasks import TASKS, TaskData
 from fedgray.train import batches

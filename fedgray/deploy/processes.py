@@ -49,9 +49,8 @@ def wait_for_port(host: str, port: int, *, timeout: float, process: subprocess.P
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
 
 
-def _children() -> dict[int, list[int]]:
-    """Every process's children, from /proc (Linux)."""
-    tree: dict[int, list[int]] = {}
+def _processes() -> Iterator[tuple[int, str, int, int]]:
+    """``(pid, state, parent, group)`` of every process, from /proc (Linux)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -59,9 +58,26 @@ def _children() -> dict[int, list[int]]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        tree.setdefault(parent, []).append(int(entry.name))
+        state, parent, group = stat.rsplit(")", 1)[1].split()[:3]
+        yield int(entry.name), state, int(parent), int(group)
+
+
+def _children() -> dict[int, list[int]]:
+    """Every process's children."""
+    tree: dict[int, list[int]] = {}
+    for pid, _, parent, _ in _processes():
+        tree.setdefault(parent, []).append(pid)
     return tree
+
+
+def _wait_until_gone(groups: set[int], timeout: float) -> None:
+    """Until no live (non-zombie) process is left in ``groups``: a signal is delivered
+    asynchronously, and an orphan's zombie waits for a reaper we do not control."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(g in groups and state != "Z" for _, state, _, g in _processes()):
+            return
+        time.sleep(0.05)
 
 
 def descendants(pid: int) -> list[int]:
@@ -182,6 +198,7 @@ class Processes:
                 time.sleep(0.1)
             groups |= _groups([p for proc in self.started for p in descendants(proc.pid)])
             _signal_groups(groups, signal.SIGKILL)
+            _wait_until_gone(groups, STOP_GRACE_S)
         for process in self.started:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=STOP_GRACE_S)

@@ -23,7 +23,7 @@ from fedgray.deploy.launch import (
     write_cli_config,
 )
 from fedgray.deploy.processes import Processes, wait_for_port
-from fedgray.fl.node_config import BACKBONE_KEYS, DATA_DIR, check_data_dir
+from fedgray.fl.clientapp.node_config import BACKBONE_KEYS, DATA_DIR, check_data_dir
 
 Echo = Callable[[str], None]
 STARTUP_TIMEOUT_S = 60.0

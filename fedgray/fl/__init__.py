@@ -8,7 +8,7 @@ import os
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
-from fedgray.fl.client_app import make_client_app  # noqa: E402
-from fedgray.fl.server_app import make_server_app  # noqa: E402
+from fedgray.fl.clientapp.app import make_client_app  # noqa: E402
+from fedgray.fl.serverapp.app import make_server_app  # noqa: E402
 
 __all__ = ["make_client_app", "make_server_app"]

@@ -2,7 +2,7 @@
 
 The same check holds for a single site (``fedgray adapt``, a fresh ledger) and for a
 federated site (its ledger across rounds); the federation turns the refusal into an error
-reply (:mod:`fedgray.fl.private`), ``fedgray adapt`` into a one-line error.
+reply (:mod:`fedgray.fl.common.private`), ``fedgray adapt`` into a one-line error.
 """
 
 from __future__ import annotations

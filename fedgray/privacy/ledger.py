@@ -3,7 +3,7 @@
 The history is Opacus' own format, ``(noise_multiplier, sample_rate, steps)`` entries, so
 epsilon at any round is what the chosen Opacus accountant computes from all steps so far,
 never one round's share (a fresh ``PrivacyEngine`` per round would report that). It knows
-no Flower: the federation encodes ledgers in its records (:mod:`fedgray.fl.private`).
+no Flower: the federation encodes ledgers in its records (:mod:`fedgray.fl.common.private`).
 """
 
 from __future__ import annotations

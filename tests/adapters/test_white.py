@@ -12,7 +12,7 @@ from fedgray.adapters import build_model
 from fedgray.adapters.white import LORA_TARGETS, towers
 from fedgray.backbone import SealedBackbone, SealedError, load_sealed
 from fedgray.config import MethodConfig
-from fedgray.fl.records import from_record, to_record
+from fedgray.fl.common.records import from_record, to_record
 from fedgray.tasks.losses import contrastive_loss
 
 CAPTIONS = [

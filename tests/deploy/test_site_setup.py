@@ -23,9 +23,9 @@ from fedgray.deploy.launch import (
 )
 from fedgray.deploy.roles import check_node_config
 from fedgray.deploy.site_data import write_site_data
-from fedgray.fl.node_config import NodeConfigError, site_config
-from fedgray.fl.run_config import resolve_config
-from fedgray.fl.sites import site_data, site_indices
+from fedgray.fl.clientapp.node_config import NodeConfigError, site_config
+from fedgray.fl.common.run_config import resolve_config
+from fedgray.fl.common.site_data import site_data, site_indices
 
 SMALL = ["data.train_size=60", "federation.num_sites=3", "federation.partitioner=iid"]
 
@@ -98,7 +98,7 @@ def test_the_app_carries_the_whole_config_and_the_apps_read_it_back(tmp_path: Pa
     )
     app = write_app(config, tmp_path / "app")
     declared = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
-    assert declared["components"]["clientapp"] == "fedgray.fl.client_app:app"
+    assert declared["components"]["clientapp"] == "fedgray.fl.clientapp.app:app"
 
     def flat(node: dict, prefix: str = "") -> dict:
         out: dict = {}

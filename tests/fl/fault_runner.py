@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from flwr.serverapp.strategy import FedAvg
 
-from fedgray.fl import checkpoint as checkpoint_module
-from fedgray.fl.client import Site
-from fedgray.fl.local_grid import run_local
+from fedgray.fl.clientapp.client import Site
+from fedgray.fl.serverapp import checkpoint as checkpoint_module
+from fedgray.fl.simulation.local_grid import run_local
 from tests.helpers import micro_config
 
 KILL_ROUND = 2

@@ -11,11 +11,11 @@ from flwr.app import Context, RecordDict
 from PIL import Image
 
 from fedgray.cli import main
-from fedgray.fl import client as fl_client
-from fedgray.fl.client_app import make_client_app
-from fedgray.fl.failures import FederationError, check_phase, describe, short_reason
-from fedgray.fl.local_grid import LocalGrid
-from fedgray.fl.server_app import make_server_app
+from fedgray.fl.clientapp import client as fl_client
+from fedgray.fl.clientapp.app import make_client_app
+from fedgray.fl.serverapp.app import make_server_app
+from fedgray.fl.serverapp.failures import FederationError, check_phase, describe, short_reason
+from fedgray.fl.simulation.local_grid import LocalGrid
 from tests.helpers import MICRO, micro_config, run_local
 
 RAY_REASON = """\

@@ -22,10 +22,10 @@ import pytest
 import torch
 
 from fedgray.cli import main
-from fedgray.fl import checkpoint as checkpoint_module
-from fedgray.fl.checkpoint import CHECKPOINT, load_checkpoint
-from fedgray.fl.records import from_record
-from fedgray.fl.simulation import OWNER_FILE, RUNTIME_PREFIX, open_run, sweep_stale_runtimes
+from fedgray.fl.common.records import from_record
+from fedgray.fl.serverapp import checkpoint as checkpoint_module
+from fedgray.fl.serverapp.checkpoint import CHECKPOINT, load_checkpoint
+from fedgray.fl.simulation.engine import OWNER_FILE, RUNTIME_PREFIX, open_run, sweep_stale_runtimes
 from tests.helpers import MICRO, micro_config, ray_processes, ray_processes_after_exit, run_local
 
 FEDADAM = ["federation.strategy=fedadam", "federation.strategy_options={eta: 0.01}"]

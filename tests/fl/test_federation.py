@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from fedgray.adapters import build_model
-from fedgray.fl.cache import shared_backbone, shared_data
-from fedgray.fl.client import PERSONAL_STATE
-from fedgray.fl.records import from_record
+from fedgray.fl.clientapp.client import PERSONAL_STATE
+from fedgray.fl.common.cache import shared_backbone, shared_data
+from fedgray.fl.common.records import from_record
 from fedgray.runs import load_adapters
 from fedgray.tasks import evaluate
 from tests.helpers import micro_config, run_local

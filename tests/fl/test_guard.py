@@ -9,8 +9,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedgray.fl.local_grid import LocalGrid
-from fedgray.fl.loop import run_round
+from fedgray.fl.serverapp.loop import run_round
+from fedgray.fl.simulation.local_grid import LocalGrid
 from strategies import build_strategy
 
 SHAPES = {"image_in.weight": (3, 3), "text_out.bias": (4,)}

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from fedgray.fl.private import LEDGER
-from fedgray.fl.records import from_record
+from fedgray.fl.common.private import LEDGER
+from fedgray.fl.common.records import from_record
 from tests.helpers import micro_config, run_local
 
 LORA = ["backbone.level=white", "method.name=lora", "federation.num_rounds=1"]

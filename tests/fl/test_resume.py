@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedgray.fl.checkpoint import Checkpoint, load_checkpoint
-from fedgray.fl.records import from_record
-from fedgray.fl.simulation import open_run
+from fedgray.fl.common.records import from_record
+from fedgray.fl.serverapp.checkpoint import Checkpoint, load_checkpoint
+from fedgray.fl.simulation.engine import open_run
 from tests.helpers import micro_config, run_local
 
 FEDADAM = ["federation.strategy=fedadam", "federation.strategy_options={eta: 0.01}"]

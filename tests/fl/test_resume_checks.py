@@ -12,10 +12,10 @@ import torch
 from opacus.accountants import RDPAccountant
 
 from fedgray.config_schema import ConfigError
-from fedgray.fl.checkpoint import CHECKPOINT, load_checkpoint
-from fedgray.fl.records import from_record
-from fedgray.fl.simulation import open_run
-from fedgray.fl.site_state import load_personal
+from fedgray.fl.clientapp.state import load_personal
+from fedgray.fl.common.records import from_record
+from fedgray.fl.serverapp.checkpoint import CHECKPOINT, load_checkpoint
+from fedgray.fl.simulation.engine import open_run
 from tests.helpers import MICRO, micro_config, run_local
 
 

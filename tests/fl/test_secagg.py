@@ -18,9 +18,9 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from fedgray.adapters import build_model
 from fedgray.cli import main
 from fedgray.config import Config
-from fedgray.fl.cache import shared_backbone
-from fedgray.fl.checkpoint import load_checkpoint
-from fedgray.fl.secagg_site import ADAPTER_KEYS
+from fedgray.fl.common.cache import shared_backbone
+from fedgray.fl.common.fit_messages import ADAPTER_KEYS
+from fedgray.fl.serverapp.checkpoint import load_checkpoint
 from tests.helpers import (
     MICRO,
     SECURE,

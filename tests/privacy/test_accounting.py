@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from opacus.accountants.analysis import rdp as rdp_analysis
 
-from fedgray.fl.checkpoint import load_checkpoint
-from fedgray.fl.private import ledger_from_record
-from fedgray.fl.simulation import open_run
+from fedgray.fl.common.private import ledger_from_record
+from fedgray.fl.serverapp.checkpoint import load_checkpoint
+from fedgray.fl.simulation.engine import open_run
 from tests.helpers import budget_between_rounds, micro_config, run_local
 
 DP = ["privacy.enabled=true", "privacy.noise_multiplier=1.0", "privacy.delta=0.0001"]

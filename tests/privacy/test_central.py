@@ -17,11 +17,11 @@ from flwr.server.strategy import FedAvg as LegacyFedAvg
 from opacus.accountants.analysis import rdp as rdp_analysis
 
 from fedgray.config import Config
-from fedgray.fl.central import CentralLedger, with_central_dp, with_legacy_central_dp
-from fedgray.fl.local_grid import LocalGrid
-from fedgray.fl.loop import plain_training
-from fedgray.fl.records import from_record
-from fedgray.fl.simulation import open_run
+from fedgray.fl.common.central import CentralLedger, with_central_dp, with_legacy_central_dp
+from fedgray.fl.common.records import from_record
+from fedgray.fl.serverapp.loop import plain_training
+from fedgray.fl.simulation.engine import open_run
+from fedgray.fl.simulation.local_grid import LocalGrid
 from strategies import build_strategy
 from tests.helpers import SECURE, first_round_change, micro_config, run_local, spy_on_updates
 

@@ -19,14 +19,14 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedgray.config import Config
-from fedgray.fl.cache import shared_backbone, shared_data
-from fedgray.fl.central import CentralLedger, num_sampled, with_central_dp
-from fedgray.fl.checkpoint import CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
-from fedgray.fl.failures import wait_for_sites
-from fedgray.fl.loop import RoundOutcome, TrainPhase, plain_training, run_round
-from fedgray.fl.private import PrivacyLog
-from fedgray.fl.records import from_record, to_record
-from fedgray.fl.secagg import SecureTraining
+from fedgray.fl.common.cache import shared_backbone, shared_data
+from fedgray.fl.common.central import CentralLedger, num_sampled, with_central_dp
+from fedgray.fl.common.private import PrivacyLog
+from fedgray.fl.common.records import from_record, to_record
+from fedgray.fl.serverapp.checkpoint import CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
+from fedgray.fl.serverapp.failures import wait_for_sites
+from fedgray.fl.serverapp.loop import RoundOutcome, TrainPhase, plain_training, run_round
+from fedgray.fl.serverapp.secagg import SecureTraining
 from fedgray.runs import RunFolder
 from fedgray.tasks import TASKS, TaskData
 from fedgray.train.kinds import kind_of

@@ -21,9 +21,9 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity  # internal: Message() reads it
 
 from fedgray.config import Config
-from fedgray.fl.client_app import make_client_app
-from fedgray.fl.server import Echo, FederationResult
-from fedgray.fl.server_app import make_server_app
+from fedgray.fl.clientapp.app import make_client_app
+from fedgray.fl.serverapp.app import make_server_app
+from fedgray.fl.serverapp.server import Echo, FederationResult
 
 FIRST_NODE_ID = 1000
 

@@ -17,11 +17,11 @@ from typing import Any
 from fedgray.config import Config, load_config
 from fedgray.config_schema import ConfigError
 from fedgray.data.registry import available
-from fedgray.fl.checkpoint import Checkpoint, load_checkpoint
-from fedgray.fl.private import PrivacyLog
-from fedgray.fl.records import from_record
-from fedgray.fl.server import initial_adapters
-from fedgray.fl.sites import partitions
+from fedgray.fl.common.private import PrivacyLog
+from fedgray.fl.common.records import from_record
+from fedgray.fl.common.site_data import partitions
+from fedgray.fl.serverapp.checkpoint import Checkpoint, load_checkpoint
+from fedgray.fl.serverapp.server import initial_adapters
 
 # Settings a checkpoint was made under and a resume cannot change: the sites' data and
 # partitions, the model and what travels, the strategy's state, how epsilon is accounted.

@@ -1,6 +1,6 @@
 """``fedgray run``: the federated run in-process on Flower's simulation engine (Ray).
 
-A run is checked before anything starts (:func:`open_run`, :mod:`fedgray.fl.preflight`):
+A run is checked before anything starts (:func:`open_run`, :mod:`fedgray.fl.serverapp.preflight`):
 no run folder is created, and no resumed folder touched, for a run that cannot start.
 Flower's and Ray's runtime files (``FLWR_HOME``, Ray's session) live in a temporary
 directory removed afterwards, so a run folder holds results only; Flower's log, site
@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from fedgray.config import Config, load_config
-from fedgray.fl.checkpoint import CHECKPOINT
-from fedgray.fl.failures import FederationError
-from fedgray.fl.preflight import preflight
-from fedgray.fl.run_config import require_federated_method
-from fedgray.fl.server import Echo, FederationResult
+from fedgray.fl.common.run_config import require_federated_method
+from fedgray.fl.serverapp.checkpoint import CHECKPOINT
+from fedgray.fl.serverapp.failures import FederationError
+from fedgray.fl.serverapp.preflight import preflight
+from fedgray.fl.serverapp.server import Echo, FederationResult
 from fedgray.runs import RunFolder
 
 FLOWER_LOG = "flower.log"
@@ -44,7 +44,7 @@ def open_run(
 ) -> tuple[Config, RunFolder]:
     """The config and run folder of a fresh run, or of the run in ``resume`` to continue.
 
-    Everything checkable is checked first (:func:`~fedgray.fl.preflight.preflight`); only
+    Everything checkable is checked first (:func:`~fedgray.fl.serverapp.preflight.preflight`); only
     then is a fresh run's folder created. A resumed run stays in its folder whatever
     ``output`` says, and its folder is not written to here.
     """
@@ -187,8 +187,8 @@ def run_federation(
         import ray
         from flwr.simulation import run_simulation
 
-        from fedgray.fl.client_app import make_client_app
-        from fedgray.fl.server_app import make_server_app
+        from fedgray.fl.clientapp.app import make_client_app
+        from fedgray.fl.serverapp.app import make_server_app
 
         cpus = os.cpu_count() or 1
 

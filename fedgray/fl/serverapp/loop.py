@@ -5,7 +5,7 @@ lets a resumed run continue at round ``k + 1`` with the true round number (FedAd
 correction uses it) and lets the server checkpoint and report after every round.
 
 The train phase is pluggable: :func:`plain_training` sends the adapters to the sampled sites
-and aggregates their replies with the strategy; :class:`fedgray.fl.secagg.SecureTraining`
+and aggregates their replies with the strategy; :class:`fedgray.fl.serverapp.secagg.SecureTraining`
 runs the same phase through SecAgg+. Evaluation is the same for both.
 """
 
@@ -18,9 +18,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from fedgray.fl.failures import check_phase, failures
-from fedgray.fl.private import site_reports
-from fedgray.fl.records import record_bytes, scalar_metrics
+from fedgray.fl.common.private import site_reports
+from fedgray.fl.common.records import record_bytes, scalar_metrics
+from fedgray.fl.serverapp.failures import check_phase, failures
 
 
 @dataclass
@@ -58,7 +58,8 @@ class RoundOutcome(TrainResult):
 
     ``arrays`` are the global adapters after the round; ``trained`` counts the site updates
     inside them (0 when the round kept the old ones), ``sampled`` the sites asked to train.
-    ``warnings``: one line per phase in which some sites failed (see :mod:`fedgray.fl.failures`).
+    ``warnings``: one line per phase in which some sites failed (see
+    :mod:`fedgray.fl.serverapp.failures`).
     """
 
     arrays: ArrayRecord  # never None: the old adapters when the round aggregated nothing
@@ -127,7 +128,7 @@ def run_round(
     ``trainer`` runs the train phase (default: :func:`plain_training` with ``strategy``);
     ``strategy`` configures and aggregates the evaluation. ``settings`` go to the sites with
     every train message (next to the strategy's own). Raises
-    :class:`~fedgray.fl.failures.FederationError` when no site could train or evaluate.
+    :class:`~fedgray.fl.serverapp.failures.FederationError` when no site could train or evaluate.
     """
     outcome = RoundOutcome(arrays)
     if train:

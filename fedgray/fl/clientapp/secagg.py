@@ -3,7 +3,7 @@
 SecAgg+ (``SecAggPlusWorkflow`` / ``secaggplus_mod``) exists only on Flower's legacy
 Fit messages: ``fitins.*`` in, ``fitres.*`` out, arrays as an unnamed list and config and
 metrics as scalars. :func:`legacy_train` speaks that format around the same
-:meth:`~fedgray.fl.client.Site.train` as the Message-API handler: the adapter names and
+:meth:`~fedgray.fl.clientapp.client.Site.train` as the Message-API handler: the adapter names and
 fedgray's settings (ledger copies) come as JSON strings in the Fit config, the site's
 ledger goes back as a JSON string in the Fit metrics (public accounting metadata; SecAgg+
 masks only the arrays).
@@ -17,7 +17,7 @@ SecAgg+'s ``±clipping_range``), then, under central DP, Flower's legacy ``fixed
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import flwr.compat.common.recorddict_compat as compat
 import numpy as np
@@ -27,31 +27,13 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
 from fedgray.config import Config
-from fedgray.fl.central import clipping_mods
-from fedgray.fl.private import LEDGER, refusal_mod
-
-ADAPTER_KEYS = "fedgray-adapter-keys"  # Fit config: the adapter names, in array order
-SETTINGS = "fedgray-settings"  # Fit config: fedgray's per-round settings (JSON)
-SERVER_ROUND = "server-round"
+from fedgray.fl.common.central import clipping_mods
+from fedgray.fl.common.fit_messages import ADAPTER_KEYS, SERVER_ROUND, SETTINGS
+from fedgray.fl.common.private import LEDGER, refusal_mod
 
 SiteTrain = Callable[
     [ArrayRecord, ConfigRecord, Context], tuple[ArrayRecord, dict[str, float], RecordDict]
 ]
-
-
-def fit_config(server_round: int, keys: list[str], settings: ConfigRecord) -> dict[str, object]:
-    """The scalar Fit config that carries a round's adapter names and settings."""
-    return {
-        SERVER_ROUND: server_round,
-        ADAPTER_KEYS: json.dumps(keys),
-        SETTINGS: json.dumps(dict(settings)),
-    }
-
-
-def ledger_from_metrics(metrics: Mapping[str, object]) -> ConfigRecord | None:
-    """The ledger a site put in its Fit metrics (None without DP-SGD)."""
-    text = metrics.get(LEDGER)
-    return ConfigRecord(json.loads(str(text))) if text is not None else None
 
 
 def delta_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from fedgray.config import Config
-from fedgray.fl.records import from_record
-from fedgray.fl.server import FederationResult, headline
+from fedgray.fl.common.records import from_record
+from fedgray.fl.serverapp.server import FederationResult, headline
 from fedgray.plots import plot_curve
 from fedgray.runs import RunFolder, save_adapters
 from fedgray.tasks import TASKS

@@ -11,11 +11,11 @@ from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedgray.config import Config
-from fedgray.fl.checkpoint import CHECKPOINT
-from fedgray.fl.preflight import check_resume
-from fedgray.fl.report import finish
-from fedgray.fl.run_config import resolve_config
-from fedgray.fl.server import Echo, FederationResult, federate
+from fedgray.fl.common.run_config import resolve_config
+from fedgray.fl.serverapp.checkpoint import CHECKPOINT
+from fedgray.fl.serverapp.preflight import check_resume
+from fedgray.fl.serverapp.report import finish
+from fedgray.fl.serverapp.server import Echo, FederationResult, federate
 from fedgray.runs import RunFolder
 
 
@@ -30,7 +30,7 @@ def make_server_app(
     """A ServerApp for ``config`` (defaults when None), overridden by ``context.run_config``.
 
     It writes into ``run_dir`` (a fresh folder under ``output.root`` when None); a folder
-    holding a checkpoint is resumed, once :func:`~fedgray.fl.preflight.check_resume` has
+    holding a checkpoint is resumed, once :func:`~fedgray.fl.serverapp.preflight.check_resume` has
     accepted the settings (before anything in it changes). ``on_result`` receives the result
     and summary in-process; ``on_error`` the exception that ended the run (Flower's
     simulation would only log it), which is raised when ``on_error`` is None.

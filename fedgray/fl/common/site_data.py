@@ -17,7 +17,7 @@ import numpy as np
 from fedgray.config import Config, FederationConfig
 from fedgray.config_schema import ConfigError
 from fedgray.data.partition import PARTITIONERS
-from fedgray.fl.cache import shared_data
+from fedgray.fl.common.cache import shared_data
 from fedgray.tasks import TaskData
 
 

@@ -4,7 +4,7 @@ Only adapter tensors come in and go out; the backbone and the data stay in this 
 This module only turns Flower records into a call of the method's trainer kind
 (:mod:`fedgray.train.kinds`) and back. Adapters named by ``federation.personal`` prefixes
 never leave the site: they live in the node's ``context.state`` between rounds and in the
-site's own state folder (:mod:`fedgray.fl.site_state`), which a resumed run reads. Local
+site's own state folder (:mod:`fedgray.fl.clientapp.state`), which a resumed run reads. Local
 randomness (initialisation of personal adapters, batch order) is seeded from (federation
 seed, round, partition).
 """
@@ -19,12 +19,12 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fedgray.config import Config
-from fedgray.fl.cache import shared_backbone
-from fedgray.fl.central import aggregation_weight
-from fedgray.fl.private import LEDGER, ledger_reply, ledger_to_record, site_ledger
-from fedgray.fl.records import from_record, to_record
-from fedgray.fl.site_state import load_personal, save_personal, simulated_site_folder
-from fedgray.fl.sites import SiteData, site_data
+from fedgray.fl.clientapp.state import load_personal, save_personal, simulated_site_folder
+from fedgray.fl.common.cache import shared_backbone
+from fedgray.fl.common.central import aggregation_weight
+from fedgray.fl.common.private import LEDGER, ledger_reply, ledger_to_record, site_ledger
+from fedgray.fl.common.records import from_record, to_record
+from fedgray.fl.common.site_data import SiteData, site_data
 from fedgray.train.kinds import SiteRound, State, kind_of
 from strategies import ORDER_KEY, split_personal
 

@@ -5,7 +5,8 @@ A site that fails (an exception in its ClientApp, no reply within
 one hospital's outage must not stop the federation. The run ends, with
 :class:`FederationError` and a non-zero exit, when a phase has nothing to go on: no site's
 training reply could be aggregated, or no site could evaluate. Budget refusals
-(:data:`~fedgray.fl.private.BUDGET_EXHAUSTED`) are not failures: ``privacy.on_budget`` decides.
+(:data:`~fedgray.fl.common.private.BUDGET_EXHAUSTED`) are not failures:
+``privacy.on_budget`` decides.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Iterable
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-from fedgray.fl.private import BUDGET_EXHAUSTED
+from fedgray.fl.common.private import BUDGET_EXHAUSTED
 
 _EXCEPTION_LINE = re.compile(
     r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception|Exhausted|Interrupt))\b:?\s*(.*)$"

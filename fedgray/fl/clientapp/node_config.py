@@ -13,7 +13,7 @@ site's paths or keys::
 and its images; the site holds out ``federation.holdout`` of it for evaluation.
 ``partition-id`` stays the site's number (its seeds and its epsilon ledger's name).
 ``state-dir`` (optional) is where the site keeps its personal adapters between rounds and
-runs (:mod:`fedgray.fl.site_state`); without it they live only in the node's memory.
+runs (:mod:`fedgray.fl.clientapp.state`); without it they live only in the node's memory.
 """
 
 from __future__ import annotations

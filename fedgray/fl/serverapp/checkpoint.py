@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
-from fedgray.fl.records import from_record, to_record
+from fedgray.fl.common.records import from_record, to_record
 from strategies import restore_strategy_state, strategy_state
 
 CHECKPOINT = "checkpoint.pt"

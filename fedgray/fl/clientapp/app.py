@@ -3,7 +3,7 @@
 The train handler's pipeline follows the resolved config of each message: in the clear,
 the Message-API handler (with ``fixedclipping_mod`` under central DP); under
 ``federation.secure_aggregation``, the legacy-Fit handler behind SecAgg+'s mods (see
-:mod:`fedgray.fl.secagg_site`). Evaluation is the same in both.
+:mod:`fedgray.fl.clientapp.secagg`). Evaluation is the same in both.
 """
 
 from __future__ import annotations
@@ -18,17 +18,17 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedgray.config import Config
-from fedgray.fl.central import clipping_mods
-from fedgray.fl.client import Site
-from fedgray.fl.node_config import STATE_DIR, is_deployed, site_config
-from fedgray.fl.private import refusal_mod
-from fedgray.fl.run_config import resolve_config
-from fedgray.fl.secagg_site import legacy_train, secure_train_mods
+from fedgray.fl.clientapp.client import Site
+from fedgray.fl.clientapp.node_config import STATE_DIR, is_deployed, site_config
+from fedgray.fl.clientapp.secagg import legacy_train, secure_train_mods
+from fedgray.fl.common.central import clipping_mods
+from fedgray.fl.common.private import refusal_mod
+from fedgray.fl.common.run_config import resolve_config
 
 
 def _site(config: Config, context: Context) -> Site:
     """This node's site: a simulated partition, or (with ``data-dir`` in the node config)
-    a deployed site's own data and backbone (see :mod:`fedgray.fl.node_config`)."""
+    a deployed site's own data and backbone (see :mod:`fedgray.fl.clientapp.node_config`)."""
     if is_deployed(context.node_config):
         local = site_config(config, context.node_config)
         partition_id = int(context.node_config.get("partition-id", 0))

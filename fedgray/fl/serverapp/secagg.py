@@ -4,8 +4,8 @@ Flower 1.42 runs SecAgg+ only on its legacy API: ``SecAggPlusWorkflow`` drives a
 ``FedAvg`` inside a ``LegacyContext``. :class:`SecureTraining` builds those once and runs
 the workflow for one round at a time, from fedgray's own round loop, so a secure run has
 the same round numbering, evaluation, records, checkpoints and resume as a run in the
-clear (:func:`fedgray.fl.loop.run_round`). Sites send ``new - global`` adapters (see
-:mod:`fedgray.fl.secagg_site`); the server adds the unmasked mean back onto the global
+clear (:func:`fedgray.fl.serverapp.loop.run_round`). Sites send ``new - global`` adapters (see
+:mod:`fedgray.fl.clientapp.secagg`); the server adds the unmasked mean back onto the global
 adapters, in their dtype. Under central DP, Flower's legacy client-side fixed-clipping
 wrapper adds its noise to that mean.
 """
@@ -40,12 +40,12 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedgray.config import Config
-from fedgray.fl.central import num_sampled, with_legacy_central_dp
-from fedgray.fl.failures import short_reason
-from fedgray.fl.loop import TrainResult
-from fedgray.fl.private import BUDGET_EXHAUSTED
-from fedgray.fl.records import scalar_metrics
-from fedgray.fl.secagg_site import fit_config, ledger_from_metrics
+from fedgray.fl.common.central import num_sampled, with_legacy_central_dp
+from fedgray.fl.common.fit_messages import fit_config, ledger_from_metrics
+from fedgray.fl.common.private import BUDGET_EXHAUSTED
+from fedgray.fl.common.records import scalar_metrics
+from fedgray.fl.serverapp.failures import short_reason
+from fedgray.fl.serverapp.loop import TrainResult
 
 WEIGHT = "num-examples"
 
