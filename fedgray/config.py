@@ -66,6 +66,12 @@ def _partitioners() -> Collection[str]:
     return PARTITIONERS
 
 
+def _compressions() -> Collection[str]:
+    from fedgray.fl.common.compression import COMPRESSIONS
+
+    return COMPRESSIONS
+
+
 def _strategies() -> Collection[str]:
     from strategies.registry import STRATEGIES
 
@@ -238,7 +244,11 @@ class OutputConfig:
 
 @dataclass
 class FederationConfig:
-    """The federated run: sites, rounds, partitioning, strategy and what stays local."""
+    """The federated run: sites, rounds, partitioning, strategy and what stays local.
+
+    ``compression: int8`` sends int8 updates up (error feedback at the site) and the
+    global adapters down as float16 (see :mod:`fedgray.fl.common.compression`).
+    """
 
     num_sites: int = field(default=8, metadata=positive())
     num_rounds: int = field(default=5, metadata=positive())
@@ -258,6 +268,7 @@ class FederationConfig:
     actors: int = field(default=1, metadata=positive())
     round_timeout: float = field(default=600.0, metadata=positive())
     seed: int = 0
+    compression: str = field(default="none", metadata=registered("compression", _compressions))
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
 
 

@@ -78,6 +78,10 @@ def check_secure_and_central(config: Config) -> None:
     fed, central = config.federation, config.privacy.central
     secure = fed.secure_aggregation
     if secure.enabled:
+        if fed.compression != "none":
+            raise ConfigError(
+                "federation.compression: SecAgg+ quantises the sum itself; use one or the other"
+            )
         if fed.strategy not in SECURE_STRATEGIES:
             raise ConfigError(
                 f"federation.strategy: secure aggregation reveals only the sum of the updates; "
@@ -90,6 +94,11 @@ def check_secure_and_central(config: Config) -> None:
                 f"sampled per round, got {secure.num_shares}"
             )
     if central.enabled:
+        if fed.compression != "none":
+            raise ConfigError(
+                "federation.compression: central DP bounds each update by clipping it; a "
+                "quantised update with error feedback can leave that bound"
+            )
         if fed.strategy not in CENTRAL_STRATEGIES:
             raise ConfigError(
                 f"federation.strategy: central DP calibrates its noise to a mean of clipped "

@@ -24,6 +24,7 @@ from fedgray.backbone import (
     get_tokenizer,
 )
 from fedgray.backbone.trim import untrimmed
+from fedgray.fl.common.compression import encode_down, encode_up, snap
 from fedgray.fl.common.records import record_bytes, to_record
 from fedgray.privacy.features import cached_head
 from fedgray.tasks import TASKS, TaskData
@@ -162,6 +163,19 @@ def methods(name: str, batch: int, sizes: Sizes) -> list[Figure]:
                 note=f"{sent:,} bytes each way; backbone {backbone_bytes:,}",
             )
         )
+    state = steps["dga"].model.state_dict()  # federation.compression: int8
+    down = record_bytes(encode_down(snap(state)))
+    up = record_bytes(encode_up(state, {k: torch.zeros_like(v) for k, v in state.items()}, {})[0])
+    figures.append(
+        Figure(
+            traffic,
+            "dga, int8 up + float16 down / backbone",
+            100 * (down + up) / backbone_bytes,
+            "%",
+            0.5,
+            note=f"{down:,} bytes down, {up:,} up (federation.compression: int8)",
+        )
+    )
     return figures
 
 

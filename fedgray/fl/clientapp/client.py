@@ -22,6 +22,7 @@ from fedgray.config import Config
 from fedgray.fl.clientapp.state import load_personal, save_personal, simulated_site_folder
 from fedgray.fl.common.cache import shared_backbone
 from fedgray.fl.common.central import aggregation_weight
+from fedgray.fl.common.compression import decode_down, encode_up
 from fedgray.fl.common.private import LEDGER, ledger_reply, ledger_to_record, site_ledger
 from fedgray.fl.common.records import from_record, to_record
 from fedgray.fl.common.site_data import SiteData, site_data
@@ -29,6 +30,7 @@ from fedgray.train.kinds import SiteRound, State, kind_of
 from strategies import ORDER_KEY, split_personal
 
 PERSONAL_STATE = "personal-adapters"
+RESIDUAL = "compression-residual/"  # kept-state prefix of the int8 codec's error feedback
 
 
 def round_seed(seed: int, server_round: int, partition_id: int) -> int:
@@ -53,12 +55,24 @@ class Site:
         data = site_data(config, partition_id=partition_id, num_partitions=num_partitions)
         return cls(config, partition_id, data, simulated_site_folder(config, partition_id))
 
-    def personal(self, state: RecordDict, *, upto: int | None) -> State:
-        """This site's personal adapters as of round ``upto``: from its state folder when
-        it has one (it survives the process), else from ``context.state``."""
+    def kept(self, state: RecordDict, *, upto: int | None) -> tuple[State, State]:
+        """What this site keeps to itself as of round ``upto``: its personal adapters and
+        the int8 codec's residual. From its state folder when it has one (it survives the
+        process), else from ``context.state``."""
         if self.state_dir is not None:
-            return load_personal(self.state_dir, upto=upto)
-        return from_record(state.array_records[PERSONAL_STATE]) if PERSONAL_STATE in state else {}
+            kept = load_personal(self.state_dir, upto=upto)
+        elif PERSONAL_STATE in state:
+            kept = from_record(state.array_records[PERSONAL_STATE])
+        else:
+            kept = {}
+        residual = {k[len(RESIDUAL) :]: v for k, v in kept.items() if k.startswith(RESIDUAL)}
+        return {k: v for k, v in kept.items() if not k.startswith(RESIDUAL)}, residual
+
+    def _keep(self, state: RecordDict, server_round: int, kept: State) -> None:
+        if kept:
+            state[PERSONAL_STATE] = to_record(kept)
+            if self.state_dir is not None:
+                save_personal(self.state_dir, server_round, kept)
 
     def train(
         self,
@@ -73,6 +87,9 @@ class Site:
         arrays, metrics and other records (the DP ledger). Under DP a site whose budget
         would be exceeded raises :class:`~fedgray.privacy.budget.BudgetExhausted`."""
         config, privacy = self.config, self.config.privacy
+        compressed = config.federation.compression != "none"
+        received = decode_down(arrays) if compressed else from_record(arrays)
+        personal, residual = self.kept(state, upto=server_round - 1)
         seed = round_seed(config.federation.seed, server_round, self.partition_id)
         torch.manual_seed(seed)
         ledger = None
@@ -85,8 +102,8 @@ class Site:
                 config,
                 shared_backbone(config),
                 self.data.train,
-                shared=from_record(arrays),
-                personal=self.personal(state, upto=server_round - 1),
+                shared=received,
+                personal=personal,
                 server_round=server_round,
                 partition_id=self.partition_id,
                 seed=seed,
@@ -95,10 +112,10 @@ class Site:
             )
         )
         shared, personal = split_personal(update.state, config.federation.personal)
-        if personal:
-            state[PERSONAL_STATE] = to_record(personal)
-            if self.state_dir is not None:
-                save_personal(self.state_dir, server_round, personal)
+        reply = to_record(shared)
+        if compressed:
+            reply, residual = encode_up(shared, received, residual)
+        self._keep(state, server_round, {**personal, **_prefixed(residual)})
         metrics = {
             "num-examples": aggregation_weight(config, len(self.data.train)),
             **update.metrics,
@@ -110,14 +127,18 @@ class Site:
             records[LEDGER] = ledger_reply(
                 update.ledger, partition_id=self.partition_id, epsilon=metrics["epsilon"]
             )
-        return to_record(shared), metrics, records
+        return reply, metrics, records
 
     def evaluate(
         self, arrays: ArrayRecord, state: RecordDict, *, server_round: int | None = None
     ) -> dict[str, float]:
         """Metrics of the global (plus this site's personal) arrays on its held-out samples."""
-        weights = {**from_record(arrays), **self.personal(state, upto=server_round)}
+        weights = {**from_record(arrays), **self.kept(state, upto=server_round)[0]}
         scored = kind_of(self.config).score(
             self.config, shared_backbone(self.config), weights, self.data.heldout
         )
         return {"num-examples": len(self.data.heldout), **scored}
+
+
+def _prefixed(residual: State) -> State:
+    return {RESIDUAL + k: v for k, v in residual.items()}

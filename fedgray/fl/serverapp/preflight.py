@@ -38,6 +38,7 @@ FIXED_ON_RESUME = (
     "federation.seed",
     "federation.strategy",
     "federation.personal",
+    "federation.compression",
     "federation.secure_aggregation.",
     "privacy.enabled",
     "privacy.accountant",
