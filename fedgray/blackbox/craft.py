@@ -22,8 +22,9 @@ them (the candidates only, ``paper_queries``).
 can be below where it started (the refiner overfits a few shots). Here a share of the
 site's training data (``method.craft.validation``) is held out: the start (``z`` where the
 search starts, the refiner at identity: CraFT's own zero-shot) and every generation are
-scored on it, and the run returns the best one (validation accuracy, then validation
-loss; a later generation must be strictly better). So the returned prompt and refiner
+scored on it, each generation's prompt with its refiner and with the refiner as it
+started (at identity), and the run returns the best pair (validation accuracy, then
+validation loss; a later one must be strictly better). So the returned prompt and refiner
 never score below the start on that split, by construction. It costs the held-out
 images' features (one query per 256) and the start's class prompts (one query); each
 generation is scored with the text features its refinement step already queried.
@@ -174,6 +175,7 @@ class Craft:
         self.model, self.prompt = model, model.text_in
         self.train, self.validation = hold_out(train, options.validation, seed=seed)
         self.selected: Selection | None = None
+        self.initial: dict[str, torch.Tensor] | None = None  # the refiner as the run started
         self.options, self.scale, self.batch_size = options, scale, batch_size
         self.refiner = PredictionRefiner(train.num_classes, hidden=options.hidden)
         self.optimizer = torch.optim.Adam(self.refiner.parameters(), lr=lr)
@@ -268,23 +270,25 @@ class Craft:
         return plan
 
     def _consider(self, index: int, held: torch.Tensor) -> float:
-        """Score the current prompt and refiner on the held-out split (no query); keep them
-        if they beat the selection so far. Returns the held-out accuracy."""
+        """Score the current prompt with the current refiner, and with the refiner as it
+        started, on the held-out split (no query); keep either if it beats the selection so
+        far. Returns the held-out accuracy with the current refiner."""
         assert self.validation is not None and self.text_features is not None
-        _, refined = self.predict(held)
-        labels = self.validation.labels
-        accuracy = 100.0 * (refined.argmax(1) == labels).float().mean().item()
-        loss = F.cross_entropy(refined, labels).item()
-        if self.selected is None or self.selected.beaten_by(accuracy, loss):
-            self.selected = Selection(
-                index,
-                accuracy,
-                loss,
-                self.prompt.point.clone(),
-                copy.deepcopy(self.refiner.state_dict()),
-                self.text_features,
-            )
-        return accuracy
+        labels, scores = self.validation.labels, []
+        current = copy.deepcopy(self.refiner.state_dict())
+        if self.initial is None:
+            self.initial = current
+        for refiner in (current, self.initial):
+            self.refiner.load_state_dict(refiner)
+            _, refined = self.predict(held)
+            accuracy = 100.0 * (refined.argmax(1) == labels).float().mean().item()
+            loss = F.cross_entropy(refined, labels).item()
+            scores.append(accuracy)
+            if self.selected is None or self.selected.beaten_by(accuracy, loss):
+                point, features = self.prompt.point.clone(), self.text_features
+                self.selected = Selection(index, accuracy, loss, point, refiner, features)
+        self.refiner.load_state_dict(current)
+        return scores[0]
 
     def _fitness(self, z: torch.Tensor, features: torch.Tensor) -> float:
         self.prompt.move_to(z)
