@@ -46,25 +46,32 @@ def build_strategy(
     fraction_train: float = 1.0,
     fraction_evaluate: float = 1.0,
     options: dict[str, Any] | None = None,
+    presampled: bool = False,
 ) -> FedAvg:
     """Guarded strategy ``name`` that waits for all ``num_sites`` sites to be connected.
 
     ``options`` go to the Flower constructor (``proximal_mu`` for FedProx, ``eta`` for
-    FedAdam, ``beta`` for FedTrimmedAvg...).
+    FedAdam, ``beta`` for FedTrimmedAvg...). ``presampled``: the caller samples the sites
+    and gives the configure steps a grid of only those (fedgray's seeded sampling, see
+    :mod:`fedgray.fl.serverapp.roster`); the strategy then asks every node it is given
+    (none to evaluate when ``fraction_evaluate`` is 0).
     """
     if name not in STRATEGIES:
         raise StrategyError(
             f"federation.strategy: unknown strategy '{name}' (known: {', '.join(STRATEGIES)})"
         )
     minimum = max(1, min(num_sites, round(num_sites * fraction_train)))
+    sampling: dict[str, Any] = {
+        "fraction_train": fraction_train,
+        "fraction_evaluate": fraction_evaluate,
+        "min_train_nodes": minimum,
+        "min_evaluate_nodes": 1 if fraction_evaluate else 0,
+        "min_available_nodes": num_sites,
+    }
+    if presampled:
+        sampling |= {"fraction_train": 1.0, "fraction_evaluate": float(fraction_evaluate > 0)}
+        sampling |= {"min_train_nodes": 1, "min_available_nodes": 1}
     try:
-        return guarded(STRATEGIES[name])(
-            fraction_train=fraction_train,
-            fraction_evaluate=fraction_evaluate,
-            min_train_nodes=minimum,
-            min_evaluate_nodes=1 if fraction_evaluate else 0,
-            min_available_nodes=num_sites,
-            **(options or {}),
-        )
+        return guarded(STRATEGIES[name])(**sampling, **(options or {}))
     except (TypeError, ValueError) as error:
         raise StrategyError(f"federation.strategy_options: {name}: {error}") from None

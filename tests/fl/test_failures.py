@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,11 +13,20 @@ from flwr.app import Context, RecordDict
 from PIL import Image
 
 from fedgray.cli import main
+from fedgray.config import Config
+from fedgray.fl.clientapp import app as fl_app
 from fedgray.fl.clientapp import client as fl_client
 from fedgray.fl.clientapp.app import make_client_app
 from fedgray.fl.serverapp.app import make_server_app
-from fedgray.fl.serverapp.failures import FederationError, check_phase, describe, short_reason
-from fedgray.fl.simulation.local_grid import LocalGrid
+from fedgray.fl.serverapp.failures import (
+    Failure,
+    FederationError,
+    check_phase,
+    describe,
+    short_reason,
+)
+from fedgray.fl.serverapp.server import FederationResult
+from fedgray.fl.simulation.local_grid import FIRST_NODE_ID, LocalGrid
 from tests.helpers import MICRO, micro_config, run_local
 
 RAY_REASON = """\
@@ -41,12 +52,24 @@ def test_the_innermost_exception_line_is_the_reason() -> None:
 
 
 def test_tolerated_and_fatal_phases() -> None:
-    assert check_phase("train", 1, reasons=[], usable=0) is None  # e.g. all refused on budget
-    warning = check_phase("train", 2, reasons=["A: a", "A: a", "B: b"], usable=5)
-    assert warning == "round 2: 3 failed to train, left out: 2 sites: A: a (and 1 other failure)"
-    with pytest.raises(FederationError, match=r"^round 3: no site could evaluate; 1 site: B: b$"):
-        check_phase("evaluate", 3, reasons=["B: b"], usable=0)
-    assert describe(["X: y"] * 4) == "4 sites: X: y"
+    names = {1: "'a' (node 1)", 2: "'b' (node 2)", 3: "node 3"}
+    label = lambda node: names[node]  # noqa: E731
+    assert check_phase("train", 1, failed=[], usable=0, asked=2) is None  # e.g. all refused
+    failed = [Failure(1, "A: a"), Failure(3, "B: b"), Failure(2, "A: a")]
+    warning = check_phase("train", 2, failed=failed, usable=5, asked=8, label=label)
+    assert warning == (
+        "round 2: sites 'a' (node 1), 'b' (node 2) failed to train: A: a; "
+        "site node 3 failed to train: B: b; 5 of 8 sites trained"
+    )
+    with pytest.raises(
+        FederationError,
+        match=r"^round 3: no site could evaluate; site 'b' \(node 2\) failed to evaluate: B: b$",
+    ):
+        check_phase("evaluate", 3, failed=[Failure(2, "B: b")], usable=0, asked=1, label=label)
+    many = [Failure(n, "X: y") for n in range(8)]
+    assert describe(many, "train", lambda n: f"node {n}") == (
+        "sites node 0, node 1, node 2, node 3, node 4, 3 more failed to train: X: y"
+    )
 
 
 def _failing_sites(monkeypatch: pytest.MonkeyPatch, failing: set[int]) -> None:
@@ -70,9 +93,70 @@ def test_a_minority_of_failing_sites_is_left_out(
     assert [r["site_failures"] for r in result.records] == [0, 1, 1]
     warnings = [line for line in lines if "failed to train" in line]
     assert warnings == [
-        f"round {r}: 1 failed to train, left out: 1 site: OSError: disk of site 1 is gone"
+        f"round {r}: site 'site-1' (node {FIRST_NODE_ID + 1}) failed to train: "
+        "OSError: disk of site 1 is gone; 2 of 3 sites trained"
         for r in (1, 2)
     ]
+    assert [r["failed_sites"] for r in result.records] == [[], ["site-1"], ["site-1"]]
+
+
+def _run(config: Config, grid: LocalGrid, echo: Callable[[str], None]) -> FederationResult:
+    out: list[FederationResult] = []
+    app = make_server_app(config, echo=echo, on_result=lambda result, _: out.append(result))
+    app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
+    return out[0]
+
+
+def _unidentified(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sites that do not answer the server's query (as a site of an older fedgray would not):
+    the server learns their names from their train and evaluate replies only."""
+
+    def identity_reply(name: str, msg: object) -> object:
+        raise NotImplementedError("no query handler")
+
+    monkeypatch.setattr(fl_app, "identity_reply", identity_reply)
+
+
+def test_a_site_failing_after_it_replied_is_named_in_the_log_and_the_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _unidentified(monkeypatch)
+    real = fl_client.Site.train
+
+    def train(self: fl_client.Site, *args: object, server_round: int, **kwargs: object) -> object:
+        if self.partition_id == 2 and server_round == 2:
+            raise ConnectionError("Node Unavailable")
+        return real(self, *args, server_round=server_round, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fl_client.Site, "train", train)
+    config = micro_config(tmp_path, "federation.fraction_evaluate=0")  # no names in round 0
+    grid = LocalGrid(make_client_app(config), 3)
+    grid.contexts[FIRST_NODE_ID + 2].node_config["site-name"] = "hospital-b"
+    lines: list[str] = []
+    result = _run(config, grid, lines.append)
+    assert [line for line in lines if "failed" in line] == [
+        f"round 2: site 'hospital-b' (node {FIRST_NODE_ID + 2}) failed to train: "
+        "ConnectionError: Node Unavailable; 2 of 3 sites trained"
+    ]
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [r["failed_sites"] for r in logged] == [[], [], ["hospital-b"]]
+    assert [r["site_failures"] for r in result.records] == [0, 0, 1]
+
+
+def test_a_site_never_heard_from_is_named_by_its_node_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _unidentified(monkeypatch)
+    _failing_sites(monkeypatch, {0})
+    lines: list[str] = []
+    config = micro_config(tmp_path, "federation.fraction_evaluate=0", "federation.num_rounds=1")
+    result = _run(config, LocalGrid(make_client_app(config), 3), lines.append)
+    assert lines[0] == "sites: " + ", ".join(f"node {FIRST_NODE_ID + i}" for i in range(3))
+    assert [line for line in lines if "failed" in line] == [
+        f"round 1: site node {FIRST_NODE_ID} failed to train: OSError: disk of site 0 is gone; "
+        "2 of 3 sites trained"
+    ]
+    assert result.records[1]["failed_sites"] == [f"node {FIRST_NODE_ID}"]
 
 
 def test_a_round_where_every_site_fails_ends_the_run(
@@ -82,10 +166,10 @@ def test_a_round_where_every_site_fails_ends_the_run(
     with pytest.raises(FederationError) as raised:
         run_local(micro_config(tmp_path))
     message = str(raised.value)
-    assert re.fullmatch(
-        r"round 1: no site could train; "
-        r"1 site: OSError: disk of site \d is gone \(and 2 other failures\)",
-        message,
+    assert message == "round 1: no site could train; " + "; ".join(
+        f"site 'site-{i}' (node {FIRST_NODE_ID + i}) failed to train: OSError: disk of site {i} "
+        "is gone"
+        for i in range(3)
     )
     assert "\n" not in message
     assert not (tmp_path / "run" / "adapters.pt").exists()  # no result pretends to be one
@@ -119,10 +203,13 @@ def test_fedgray_run_that_fails_exits_1_with_one_line(
     assert code == 1
     errors = [line for line in err.splitlines() if line.startswith("fedgray: error:")]
     assert len(errors) == 1
-    assert errors[0].startswith(
-        "fedgray: error: round 0: no site could evaluate; 3 sites: ValueError: "
-        f"{data}/train/captions.csv line 9: cannot read image {data}/train/7.png"
+    assert re.match(
+        r"fedgray: error: round 0: no site could evaluate; "
+        r"sites 'site-0' \(node \d+\), 'site-1' \(node \d+\), 'site-2' \(node \d+\) "
+        r"failed to evaluate: ValueError: ",
+        errors[0],
     )
+    assert f"{data}/train/captions.csv line 9: cannot read image {data}/train/7.png" in errors[0]
     assert errors[0].endswith(f"(Flower's log: {tmp_path}/run/flower.log)")
     assert "Traceback" not in out + err  # the tracebacks went to the log
     assert "cannot identify image file" in (tmp_path / "run" / "flower.log").read_text()

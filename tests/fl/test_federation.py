@@ -12,6 +12,7 @@ from fedgray.adapters import build_model
 from fedgray.fl.clientapp.client import PERSONAL_STATE
 from fedgray.fl.common.cache import shared_backbone, shared_data
 from fedgray.fl.common.records import from_record
+from fedgray.fl.common.site_names import SITE_RECORD
 from fedgray.runs import load_adapters
 from fedgray.tasks import evaluate
 from tests.helpers import micro_config, run_local
@@ -47,7 +48,7 @@ def test_only_adapter_tensors_travel(tmp_path: Path) -> None:
     trains = [m for m in grid.sent if m.metadata.message_type == "train"]
     assert len(trains) == 3
     for message in grid.sent + grid.received:
-        assert set(message.content) <= {"arrays", "config", "metrics"}
+        assert set(message.content) <= {"arrays", "config", "metrics", SITE_RECORD}
         for record in message.content.array_records.values():
             assert set(record) == adapter_keys
     replies = [m for m in grid.received if m.content.array_records]

@@ -84,8 +84,9 @@ def test_the_wrappers_noise_has_std_z_times_c_over_m(tmp_path: Path) -> None:
     expected = 1.5 * 0.2 / 4
     zeros = np.zeros(200_000, np.float32)
     strategy = with_central_dp(build_strategy("fedavg", num_sites=4), config)
-    train = plain_training(strategy, LocalGrid(_zero_update_app(), 4), timeout=10)
-    result = train(1, ArrayRecord({"w": Array(zeros)}), ConfigRecord())
+    grid = LocalGrid(_zero_update_app(), 4)
+    train = plain_training(strategy, grid, timeout=10)
+    result = train(1, ArrayRecord({"w": Array(zeros)}), ConfigRecord(), grid.get_node_ids())
     assert result.trained == 4
     legacy = with_legacy_central_dp(LegacyFedAvg(), config)
     fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([zeros]), 1, {})

@@ -3,7 +3,9 @@
 The train handler's pipeline follows the resolved config of each message: in the clear,
 the Message-API handler (with ``fixedclipping_mod`` under central DP); under
 ``federation.secure_aggregation``, the legacy-Fit handler behind SecAgg+'s mods (see
-:mod:`fedgray.fl.clientapp.secagg`). Evaluation is the same in both.
+:mod:`fedgray.fl.clientapp.secagg`). Evaluation is the same in both. Every reply names the
+site, and a ``query`` is answered with the name alone (see
+:mod:`fedgray.fl.common.site_names`).
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from fedgray.config import Config
 from fedgray.fl.clientapp.client import Site
-from fedgray.fl.clientapp.node_config import STATE_DIR, is_deployed, site_config
+from fedgray.fl.clientapp.node_config import STATE_DIR, is_deployed, site_config, site_name
 from fedgray.fl.clientapp.secagg import legacy_train, secure_train_mods
 from fedgray.fl.common.central import clipping_mods
 from fedgray.fl.common.private import refusal_mod
 from fedgray.fl.common.run_config import resolve_config
+from fedgray.fl.common.site_names import SITE_RECORD, identity_reply, name_record
 
 
 def _site(config: Config, context: Context) -> Site:
@@ -67,6 +70,7 @@ def _train_pipeline(config: Config) -> ClientAppCallable:
         )
         # dict(): MetricRecord takes a dict[str, MetricRecordValues] (it may empty its input)
         content = RecordDict({"arrays": arrays, "metrics": MetricRecord(dict(metrics)), **records})
+        content[SITE_RECORD] = name_record(site_name(context.node_config))
         return Message(content, reply_to=msg)
 
     return make_ffn(handle, [refusal_mod, *clipping_mods(config, legacy=False)])
@@ -108,7 +112,14 @@ def make_client_app(config: Config | None = None, *, quiet: bool = False) -> Cli
             context.state,
             server_round=int(cast(int, server_round)) if server_round is not None else None,
         )
-        return Message(RecordDict({"metrics": MetricRecord(dict(metrics))}), reply_to=msg)
+        content = RecordDict({"metrics": MetricRecord(dict(metrics))})
+        content[SITE_RECORD] = name_record(site_name(context.node_config))
+        return Message(content, reply_to=msg)
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        """The site's name only: no data, backbone or config is loaded."""
+        return identity_reply(site_name(context.node_config), msg)
 
     return app
 

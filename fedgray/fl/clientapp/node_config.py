@@ -14,6 +14,8 @@ and its images; the site holds out ``federation.holdout`` of it for evaluation.
 ``partition-id`` stays the site's number (its seeds and its epsilon ledger's name).
 ``state-dir`` (optional) is where the site keeps its personal adapters between rounds and
 runs (:mod:`fedgray.fl.clientapp.state`); without it they live only in the node's memory.
+``site-name`` (optional) is how the server's log and metrics name the site (default
+``site-<partition-id>``; see :mod:`fedgray.fl.common.site_names`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from fedgray.data.registry import FOLDER_PREFIX
 
 DATA_DIR = "data-dir"
 STATE_DIR = "state-dir"  # optional: where the site keeps its personal adapters between runs
+SITE_NAME = "site-name"  # optional: the name the server reports the site by
 BACKBONE_KEYS = {
     "backbone-artifact": "artifact",
     "verify-key": "verify_key",
@@ -45,6 +48,14 @@ class NodeConfigError(ValueError):
 def is_deployed(node_config: Mapping[str, Any]) -> bool:
     """Whether this node holds its own data (``data-dir``) rather than a simulated partition."""
     return DATA_DIR in node_config
+
+
+def site_name(node_config: Mapping[str, Any]) -> str:
+    """The name this site gives the server: ``site-name``, else ``site-<partition-id>``
+    (a simulated site's partition; a deployed site without one is partition 0)."""
+    if SITE_NAME in node_config:
+        return str(node_config[SITE_NAME])
+    return f"site-{node_config.get('partition-id', 0)}"
 
 
 def check_data_dir(data_dir: Path) -> int:

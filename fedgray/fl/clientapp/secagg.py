@@ -5,8 +5,8 @@ Fit messages: ``fitins.*`` in, ``fitres.*`` out, arrays as an unnamed list and c
 metrics as scalars. :func:`legacy_train` speaks that format around the same
 :meth:`~fedgray.fl.clientapp.client.Site.train` as the Message-API handler: the adapter names and
 fedgray's settings (ledger copies) come as JSON strings in the Fit config, the site's
-ledger goes back as a JSON string in the Fit metrics (public accounting metadata; SecAgg+
-masks only the arrays).
+ledger goes back as a JSON string in the Fit metrics, next to the site's name (public
+metadata; SecAgg+ masks only the arrays).
 
 The train handler's mods, outermost first: ``refusal_mod`` (budget refusals become error
 replies), ``secaggplus_mod`` (the four protocol stages; it calls inward only to collect the
@@ -27,9 +27,11 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
 from fedgray.config import Config
+from fedgray.fl.clientapp.node_config import site_name
 from fedgray.fl.common.central import clipping_mods
 from fedgray.fl.common.fit_messages import ADAPTER_KEYS, SERVER_ROUND, SETTINGS
 from fedgray.fl.common.private import LEDGER, refusal_mod
+from fedgray.fl.common.site_names import FIT_NAME
 
 SiteTrain = Callable[
     [ArrayRecord, ConfigRecord, Context], tuple[ArrayRecord, dict[str, float], RecordDict]
@@ -65,6 +67,7 @@ def legacy_train(train: SiteTrain) -> ClientAppCallable:
         scalars: dict[str, bool | bytes | float | int | str] = dict(metrics)
         if LEDGER in records:
             scalars[LEDGER] = json.dumps(dict(records[LEDGER]))
+        scalars[FIT_NAME] = site_name(context.node_config)
         fitres = FitRes(
             Status(Code.OK, "trained"),
             ndarrays_to_parameters([new[k].numpy() for k in keys]),

@@ -6,7 +6,9 @@ correction uses it) and lets the server checkpoint and report after every round.
 
 The train phase is pluggable: :func:`plain_training` sends the adapters to the sampled sites
 and aggregates their replies with the strategy; :class:`fedgray.fl.serverapp.secagg.SecureTraining`
-runs the same phase through SecAgg+. Evaluation is the same for both.
+runs the same phase through SecAgg+. Evaluation is the same for both. Which sites each phase
+asks is the :class:`~fedgray.fl.serverapp.roster.Roster`'s seeded choice, so a resumed run
+asks the same sites as an uninterrupted one; it also names the sites a warning leaves out.
 """
 
 from __future__ import annotations
@@ -20,15 +22,16 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedgray.fl.common.private import site_reports
 from fedgray.fl.common.records import record_bytes, scalar_metrics
-from fedgray.fl.serverapp.failures import check_phase, failures
+from fedgray.fl.serverapp.failures import Failure, check_phase, failures
+from fedgray.fl.serverapp.roster import Roster, names_in, sampled
 
 
 @dataclass
 class TrainResult:
     """What a train phase produced. ``arrays`` is None when nothing was aggregated;
     ``queries``: backbone queries the sites report having spent (black-box methods);
-    ``replied``: sites whose reply came back without error; ``errors``: short reasons of the
-    others (budget refusals apart)."""
+    ``replied``: sites whose reply came back without error; ``failed``: the others (budget
+    refusals apart); ``names``: node id -> site name, as the replies gave them."""
 
     arrays: ArrayRecord | None
     train_metrics: dict[str, float] = field(default_factory=dict)
@@ -40,15 +43,17 @@ class TrainResult:
     ledgers: list[ConfigRecord] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
     queries: int = 0
-    errors: list[str] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
     replied: int = 0
+    names: dict[int, str] = field(default_factory=dict)
 
 
 class TrainPhase(Protocol):
-    """Train the sampled sites from ``arrays`` and aggregate (``settings`` go to every site)."""
+    """Train ``nodes`` (the sampled sites) from ``arrays`` and aggregate (``settings`` go to
+    every site)."""
 
     def __call__(
-        self, server_round: int, arrays: ArrayRecord, settings: ConfigRecord
+        self, server_round: int, arrays: ArrayRecord, settings: ConfigRecord, nodes: list[int]
     ) -> TrainResult: ...
 
 
@@ -59,12 +64,14 @@ class RoundOutcome(TrainResult):
     ``arrays`` are the global adapters after the round; ``trained`` counts the site updates
     inside them (0 when the round kept the old ones), ``sampled`` the sites asked to train.
     ``warnings``: one line per phase in which some sites failed (see
-    :mod:`fedgray.fl.serverapp.failures`).
+    :mod:`fedgray.fl.serverapp.failures`); ``failed_sites``: the names of the sites that
+    failed to train.
     """
 
     arrays: ArrayRecord  # never None: the old adapters when the round aggregated nothing
     eval_metrics: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    failed_sites: list[str] = field(default_factory=list)
 
 
 def _ok(replies: list[Message]) -> list[Message]:
@@ -85,9 +92,12 @@ def _rejections(strategy: Strategy) -> int:
 def plain_training(strategy: Strategy, grid: Grid, *, timeout: float) -> TrainPhase:
     """The train phase in the clear: ``strategy`` configures, the sites reply, it aggregates."""
 
-    def train(server_round: int, arrays: ArrayRecord, settings: ConfigRecord) -> TrainResult:
+    def train(
+        server_round: int, arrays: ArrayRecord, settings: ConfigRecord, nodes: list[int]
+    ) -> TrainResult:
         config = ConfigRecord(dict(settings))
-        messages = list(strategy.configure_train(server_round, arrays, config, grid))
+        view = sampled(grid, nodes)  # the strategy configures exactly the sampled nodes
+        messages = list(strategy.configure_train(server_round, arrays, config, view))
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         uploads = [record_bytes(r) for m in _ok(replies) for r in m.content.array_records.values()]
         before = _rejections(strategy)
@@ -105,8 +115,9 @@ def plain_training(strategy: Strategy, grid: Grid, *, timeout: float) -> TrainPh
             ledgers=ledgers,
             refusals=refusals,
             queries=sum(_queries(m) for m in _ok(replies)),
-            errors=failures(replies, sent=len(messages)),
+            failed=failures(messages, replies),
             replied=len(_ok(replies)),
+            names=names_in(replies),
         )
 
     return train
@@ -122,27 +133,48 @@ def run_round(
     train: bool = True,
     settings: ConfigRecord | None = None,
     trainer: TrainPhase | None = None,
+    roster: Roster | None = None,
 ) -> RoundOutcome:
     """Train (unless ``train`` is False), aggregate, then evaluate on the sites' held-out data.
 
-    ``trainer`` runs the train phase (default: :func:`plain_training` with ``strategy``);
-    ``strategy`` configures and aggregates the evaluation. ``settings`` go to the sites with
-    every train message (next to the strategy's own). Raises
+    ``roster`` picks the sites of each phase and names them (default: every connected
+    site); ``trainer`` runs the train phase (default: :func:`plain_training` with
+    ``strategy``); ``strategy`` configures and aggregates the evaluation. ``settings`` go to
+    the sites with every train message (next to the strategy's own). Raises
     :class:`~fedgray.fl.serverapp.failures.FederationError` when no site could train or evaluate.
     """
+    roster = roster or Roster(timeout=timeout)
     outcome = RoundOutcome(arrays)
     if train:
+        nodes = roster.sample(grid, server_round, "train")
         phase = trainer or plain_training(strategy, grid, timeout=timeout)
-        result = phase(server_round, arrays, ConfigRecord(dict(settings or {})))
+        result = phase(server_round, arrays, ConfigRecord(dict(settings or {})), nodes)
+        roster.names.update(result.names)
         outcome = RoundOutcome(**vars(result))
         if result.arrays is None:
             outcome.arrays = arrays
-        warning = check_phase("train", server_round, reasons=result.errors, usable=result.replied)
+        outcome.failed_sites = [roster.name(f.node_id) for f in result.failed]
+        warning = check_phase(
+            "train",
+            server_round,
+            failed=result.failed,
+            usable=result.replied,
+            asked=result.sampled,
+            label=roster.label,
+        )
         outcome.warnings += [warning] if warning else []
-    messages = list(strategy.configure_evaluate(server_round, outcome.arrays, ConfigRecord(), grid))
+    view = sampled(grid, roster.sample(grid, server_round, "evaluate"))
+    messages = list(strategy.configure_evaluate(server_round, outcome.arrays, ConfigRecord(), view))
     replies = list(grid.send_and_receive(messages, timeout=timeout))
-    reasons = failures(replies, sent=len(messages))
-    warning = check_phase("evaluate", server_round, reasons=reasons, usable=len(_ok(replies)))
+    roster.learn(replies)
+    warning = check_phase(
+        "evaluate",
+        server_round,
+        failed=failures(messages, replies),
+        usable=len(_ok(replies)),
+        asked=len(messages),
+        label=roster.label,
+    )
     outcome.warnings += [warning] if warning else []
     outcome.eval_metrics = scalar_metrics(strategy.aggregate_evaluate(server_round, replies))
     return outcome

@@ -29,6 +29,7 @@ from flwr.app import (
 from flwr.common import FitRes
 from flwr.server import LegacyContext
 from flwr.server.client_manager import SimpleClientManager
+from flwr.server.client_proxy import ClientProxy
 from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 from flwr.server.strategy import Strategy as LegacyStrategy
@@ -40,11 +41,12 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedgray.config import Config
-from fedgray.fl.common.central import num_sampled, with_legacy_central_dp
+from fedgray.fl.common.central import with_legacy_central_dp
 from fedgray.fl.common.fit_messages import fit_config, ledger_from_metrics
 from fedgray.fl.common.private import BUDGET_EXHAUSTED
 from fedgray.fl.common.records import scalar_metrics
-from fedgray.fl.serverapp.failures import short_reason
+from fedgray.fl.common.site_names import FIT_NAME
+from fedgray.fl.serverapp.failures import NO_REPLY, Failure, short_reason
 from fedgray.fl.serverapp.loop import TrainResult
 
 WEIGHT = "num-examples"
@@ -72,12 +74,15 @@ def payload_bytes(content: RecordDict) -> int:
 
 
 class _MeteredGrid:
-    """Forwards ``send_and_receive`` to a Grid, adding up each node's traffic."""
+    """Forwards ``send_and_receive`` to a Grid, adding up each node's traffic and keeping
+    each node's last error (budget refusals apart)."""
 
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
         self.down: Counter[int] = Counter()
         self.up: Counter[int] = Counter()
+        self.errors: dict[int, str] = {}
+        self.refused: set[int] = set()
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
@@ -87,9 +92,16 @@ class _MeteredGrid:
         for msg in messages:
             self.down[msg.metadata.dst_node_id] += payload_bytes(msg.content)
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        nodes = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
         for reply in replies:
             if not reply.has_error():
                 self.up[reply.metadata.src_node_id] += payload_bytes(reply.content)
+                continue
+            node = nodes.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            if reply.error.code == BUDGET_EXHAUSTED:
+                self.refused.add(node)
+            else:  # an unavailable node's error comes from the SuperLink, not from the node
+                self.errors[node] = short_reason(reply.error.reason)
         return replies
 
 
@@ -100,16 +112,22 @@ def _refusals(failures: list[Any]) -> list[str]:
     return list(dict.fromkeys(cast(str, e.reason) for e in errors if e.code == BUDGET_EXHAUSTED))
 
 
-def _errors(failures: list[Any]) -> list[str]:
-    """Short reasons of the protocol's failures other than budget refusals."""
-    reasons = []
-    for failure in {id(f): f for f in failures}.values():
-        error = failure.args[0] if getattr(failure, "args", None) else None
-        if not isinstance(error, Error):
-            reasons.append(short_reason(f"{type(failure).__name__}: {failure}"))
-        elif error.code != BUDGET_EXHAUSTED:
-            reasons.append(short_reason(error.reason))
-    return reasons
+def _failed(protocol: WorkflowState | None, grid: _MeteredGrid) -> list[Failure]:
+    """The sampled sites that sent no usable masked update (budget refusals apart), each
+    with its own error, else the protocol's, else no reply."""
+    if protocol is None:
+        return []
+    others = [
+        short_reason(f"{type(f).__name__}: {f}")
+        for f in protocol.failures
+        if not (f.args and isinstance(f.args[0], Error))
+    ]
+    done = {proxy.node_id for proxy, _ in protocol.legacy_results} | grid.refused
+    return [
+        Failure(node, grid.errors.get(node) or (others[0] if others else NO_REPLY))
+        for node in protocol.nid_to_proxies
+        if node not in done
+    ]
 
 
 def _train_metrics(results: list[FitRes]) -> dict[str, float]:
@@ -132,11 +150,11 @@ class SecureTraining:
         self.grid = grid
         self.fit_config: dict[str, Any] = {}
         strategy: LegacyStrategy = LegacyFedAvg(
-            fraction_fit=fed.fraction_train,
+            fraction_fit=1.0,  # the round loop samples; the client manager holds only those
             fraction_evaluate=0.0,
-            min_fit_clients=num_sampled(config),
+            min_fit_clients=1,
             min_evaluate_clients=0,
-            min_available_clients=fed.num_sites,
+            min_available_clients=1,
             on_fit_config_fn=lambda _: dict(self.fit_config),
             fit_metrics_aggregation_fn=lambda _: {},  # averaged from the protocol state instead
         )
@@ -155,10 +173,10 @@ class SecureTraining:
             timeout=fed.round_timeout,
         )
 
-    def _sync_nodes(self) -> None:
-        """Register the grid's connected nodes with the legacy client manager (what Flower's
-        ``DefaultWorkflow`` does from a thread), once per round."""
-        live, manager = set(self.grid.get_node_ids()), self.context.client_manager
+    def _sync_nodes(self, nodes: list[int]) -> None:
+        """Register the round's sampled ``nodes`` (and only those) with the legacy client
+        manager (what Flower's ``DefaultWorkflow`` does for all nodes from a thread)."""
+        live, manager = set(nodes), self.context.client_manager
         for node in live - set(self.proxies):
             self.proxies[node] = GridClientProxy(node_id=node, grid=self.grid, run_id=0)
             manager.register(self.proxies[node])
@@ -166,10 +184,10 @@ class SecureTraining:
             manager.unregister(self.proxies.pop(node))
 
     def __call__(
-        self, server_round: int, arrays: ArrayRecord, settings: ConfigRecord
+        self, server_round: int, arrays: ArrayRecord, settings: ConfigRecord, nodes: list[int]
     ) -> TrainResult:
-        """One SecAgg+ round from the global ``arrays``."""
-        self._sync_nodes()
+        """One SecAgg+ round of the sampled ``nodes`` from the global ``arrays``."""
+        self._sync_nodes(nodes)
         keys = list(arrays.keys())
         self.fit_config = fit_config(server_round, keys, settings)
         state = self.context.state
@@ -182,9 +200,8 @@ class SecureTraining:
         self.workflow.last = None
         self.workflow(grid, self.context)  # type: ignore[arg-type]  # a Grid in all it uses
         protocol = self.workflow.last
-        results: list[FitRes] = (
-            [fitres for _, fitres in protocol.legacy_results] if protocol else []
-        )
+        pairs: list[tuple[ClientProxy, FitRes]] = protocol.legacy_results if protocol else []
+        results: list[FitRes] = [fitres for _, fitres in pairs]
         failures: list[Exception] = protocol.failures if protocol else []
         updated = state.array_records[MAIN_PARAMS_RECORD]
         new = None
@@ -206,6 +223,7 @@ class SecureTraining:
             bytes_up=max(grid.up.values(), default=0),
             ledgers=[ledger for ledger in ledgers if ledger is not None],
             refusals=_refusals(failures),
-            errors=_errors(failures),
+            failed=_failed(protocol, grid),
             replied=len(results),
+            names={p.node_id: str(r.metrics[FIT_NAME]) for p, r in pairs if FIT_NAME in r.metrics},
         )

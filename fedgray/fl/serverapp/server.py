@@ -26,6 +26,7 @@ from fedgray.fl.common.records import from_record, to_record
 from fedgray.fl.serverapp.checkpoint import CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
 from fedgray.fl.serverapp.failures import wait_for_sites
 from fedgray.fl.serverapp.loop import RoundOutcome, TrainPhase, plain_training, run_round
+from fedgray.fl.serverapp.roster import Roster
 from fedgray.fl.serverapp.secagg import SecureTraining
 from fedgray.runs import RunFolder
 from fedgray.tasks import TASKS, TaskData
@@ -72,7 +73,8 @@ def _record(config: Config, rnd: int, outcome: RoundOutcome, started: float) -> 
         "seconds": round(time.perf_counter() - started, 3),
         "sites_trained": outcome.trained,
         "rejected": outcome.rejected,
-        "site_failures": len(outcome.errors),
+        "site_failures": len(outcome.failed),
+        "failed_sites": outcome.failed_sites,
         "bytes_down": outcome.bytes_down,
         "bytes_up": outcome.bytes_up,
         "train_loss": outcome.train_metrics.get("train-loss"),
@@ -123,6 +125,16 @@ def _stop_for_budget(config: Config, record: dict[str, Any], echo: Echo) -> bool
     return False
 
 
+def site_roster(config: Config) -> Roster:
+    """Who is asked each round: ``fraction_train`` of the sites as Flower's FedAvg counts
+    them (:func:`num_sampled`), and ``fraction_evaluate`` of them (at least one unless 0),
+    drawn with ``federation.seed`` (see :mod:`fedgray.fl.serverapp.roster`)."""
+    fed = config.federation
+    evaluate = max(int(fed.num_sites * fed.fraction_evaluate), 1) if fed.fraction_evaluate else 0
+    counts = {"train": num_sampled(config), "evaluate": evaluate}
+    return Roster(seed=fed.seed, counts=counts, timeout=fed.round_timeout)
+
+
 def train_phase(config: Config, strategy: Strategy, grid: Grid) -> TrainPhase:
     """How rounds train: through SecAgg+, or in the clear (with central DP's wrapper)."""
     if config.federation.secure_aggregation.enabled:
@@ -142,6 +154,7 @@ def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) 
         fraction_train=fed.fraction_train,
         fraction_evaluate=fed.fraction_evaluate,
         options=fed.strategy_options,
+        presampled=True,
     )
     trainer = train_phase(config, strategy, grid)
     privacy = PrivacyLog(config.privacy) if config.privacy.enabled else None
@@ -157,6 +170,9 @@ def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) 
             central_dp.restore(checkpoint.central)
         echo(f"resuming {run.path} after round {checkpoint.round}")
     wait_for_sites(grid, fed.num_sites, timeout=fed.round_timeout)
+    roster = site_roster(config)
+    roster.identify(grid)
+    echo(f"sites: {roster.describe(grid.get_node_ids())}")
     for rnd in range(first, fed.num_rounds + 1):
         started = time.perf_counter()
         outcome = run_round(
@@ -168,6 +184,7 @@ def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) 
             train=rnd > 0,
             settings=privacy.settings() if privacy is not None else None,
             trainer=trainer,
+            roster=roster,
         )
         arrays = outcome.arrays
         for warning in outcome.warnings:
