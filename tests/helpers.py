@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import flwr.compat.common.recorddict_compat as compat
 import numpy as np
 import pytest
 import torch
-from flwr.app import Context, Message
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import parameters_to_ndarrays
 
@@ -20,9 +21,10 @@ from fedgray.config import Config, PretrainConfig, load_config
 from fedgray.fl.clientapp import secagg as secagg_site
 from fedgray.fl.common.records import from_record
 from fedgray.fl.common.site_data import site_indices
+from fedgray.fl.serverapp.app import make_server_app
 from fedgray.fl.serverapp.checkpoint import load_checkpoint
-from fedgray.fl.serverapp.server import initial_adapters
-from fedgray.fl.simulation.local_grid import run_local
+from fedgray.fl.serverapp.server import FederationResult, initial_adapters
+from fedgray.fl.simulation.local_grid import LocalGrid, run_local
 from fedgray.privacy import Ledger
 from fedgray.tasks import TaskData
 
@@ -39,8 +41,20 @@ __all__ = [
     "ray_processes",
     "ray_processes_after_exit",
     "run_local",
+    "run_on",
     "spy_on_updates",
 ]
+
+
+def run_on(
+    config: Config, grid: LocalGrid, echo: Callable[[str], None] = lambda _: None
+) -> FederationResult:
+    """``config``'s ServerApp on a LocalGrid the test made (its own node ids, node configs)."""
+    out: list[FederationResult] = []
+    app = make_server_app(config, echo=echo, on_result=lambda result, _: out.append(result))
+    app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
+    return out[0]
+
 
 # Enough pretraining for the source domain to beat chance by far; seconds, not minutes.
 TEST_RECIPE = PretrainConfig(steps=100, batch_size=128, lr=6e-4, warmup_steps=30, train_size=4000)

@@ -5,6 +5,7 @@ a SuperNode killed mid-round (the round goes on without it; it rejoins with a ri
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -112,7 +113,14 @@ def test_a_supernode_killed_mid_round_is_left_out_and_its_ledger_is_right_when_i
         log_file=federation.link.options.run_dir / "flwr-run-killed.log",
         env=flower_env(federation.link.flwr_home),
     )
+    log_file = federation.link.options.run_dir / "flwr-run-killed.log"
     deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # the server has asked every site for its name
+        if log_file.is_file() and "sites: site-0 (node " in log_file.read_text():
+            break
+        time.sleep(0.1)
+    while _clientapp_of(victim.process) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the ClientApp that answered the query is gone
     while not _clientapp_of(victim.process) and time.monotonic() < deadline:
         time.sleep(0.1)  # round 0 evaluates on the server only: this is round 1's training
     federation.processes.kill(victim.process, signal.SIGKILL)
@@ -123,8 +131,11 @@ def test_a_supernode_killed_mid_round_is_left_out_and_its_ledger_is_right_when_i
     rounds = {r["round"]: r for r in _rounds(results)}
     assert (rounds[1]["sites_trained"], rounds[1]["site_failures"]) == (2, 1)
     assert (rounds[2]["sites_trained"], rounds[2]["site_failures"]) == (3, 0)
-    log = (federation.link.options.run_dir / "flwr-run-killed.log").read_text()
-    assert "round 1: 1 failed to train, left out" in log
+    assert (rounds[1]["failed_sites"], rounds[2]["failed_sites"]) == (["site-2"], [])
+    log = log_file.read_text()
+    assert re.search(
+        r"round 1: site 'site-2' \(node \d+\) failed to train: .*; 2 of 3 sites trained", log
+    )
     first, second = rounds[1]["privacy"]["epsilon"], rounds[2]["privacy"]["epsilon"]
     assert set(first) == {"0", "1"}  # the killed site released nothing in round 1
     assert second["2"] == pytest.approx(first["0"])  # one round's spend: the one it trained

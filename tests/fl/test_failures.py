@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ from flwr.app import Context, RecordDict
 from PIL import Image
 
 from fedgray.cli import main
-from fedgray.config import Config
 from fedgray.fl.clientapp import app as fl_app
 from fedgray.fl.clientapp import client as fl_client
 from fedgray.fl.clientapp.app import make_client_app
@@ -25,9 +23,8 @@ from fedgray.fl.serverapp.failures import (
     describe,
     short_reason,
 )
-from fedgray.fl.serverapp.server import FederationResult
 from fedgray.fl.simulation.local_grid import FIRST_NODE_ID, LocalGrid
-from tests.helpers import MICRO, micro_config, run_local
+from tests.helpers import MICRO, micro_config, run_local, run_on
 
 RAY_REASON = """\
 ray::ClientAppActor.run() (pid=6279, ip=192.0.2.2, actor_id=0697)
@@ -100,13 +97,6 @@ def test_a_minority_of_failing_sites_is_left_out(
     assert [r["failed_sites"] for r in result.records] == [[], ["site-1"], ["site-1"]]
 
 
-def _run(config: Config, grid: LocalGrid, echo: Callable[[str], None]) -> FederationResult:
-    out: list[FederationResult] = []
-    app = make_server_app(config, echo=echo, on_result=lambda result, _: out.append(result))
-    app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
-    return out[0]
-
-
 def _unidentified(monkeypatch: pytest.MonkeyPatch) -> None:
     """Sites that do not answer the server's query (as a site of an older fedgray would not):
     the server learns their names from their train and evaluate replies only."""
@@ -133,7 +123,7 @@ def test_a_site_failing_after_it_replied_is_named_in_the_log_and_the_metrics(
     grid = LocalGrid(make_client_app(config), 3)
     grid.contexts[FIRST_NODE_ID + 2].node_config["site-name"] = "hospital-b"
     lines: list[str] = []
-    result = _run(config, grid, lines.append)
+    result = run_on(config, grid, lines.append)
     assert [line for line in lines if "failed" in line] == [
         f"round 2: site 'hospital-b' (node {FIRST_NODE_ID + 2}) failed to train: "
         "ConnectionError: Node Unavailable; 2 of 3 sites trained"
@@ -150,7 +140,7 @@ def test_a_site_never_heard_from_is_named_by_its_node_id(
     _failing_sites(monkeypatch, {0})
     lines: list[str] = []
     config = micro_config(tmp_path, "federation.fraction_evaluate=0", "federation.num_rounds=1")
-    result = _run(config, LocalGrid(make_client_app(config), 3), lines.append)
+    result = run_on(config, LocalGrid(make_client_app(config), 3), lines.append)
     assert lines[0] == "sites: " + ", ".join(f"node {FIRST_NODE_ID + i}" for i in range(3))
     assert [line for line in lines if "failed" in line] == [
         f"round 1: site node {FIRST_NODE_ID} failed to train: OSError: disk of site 0 is gone; "
