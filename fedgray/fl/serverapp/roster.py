@@ -15,6 +15,7 @@ run was resumed or not. The strategies are then given exactly the sampled nodes
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -61,13 +62,23 @@ class Roster:
     """Node id -> site name, and the seeded sample of each round and phase.
 
     ``counts``: sites asked per phase (``train``, ``evaluate``) when all are connected
-    (fewer when fewer are connected); a phase not in it asks every connected site.
+    (fewer when fewer are connected); a phase not in it asks every connected site. Before
+    sampling, the roster waits up to ``timeout`` seconds for ``num_sites`` sites to be
+    connected (a SuperNode restarted after a crash rejoins the next round, as Flower's
+    strategies wait for ``min_available_nodes``), then samples those that are.
     """
 
     def __init__(
-        self, *, timeout: float, seed: int = 0, counts: dict[str, int] | None = None
+        self,
+        *,
+        timeout: float,
+        seed: int = 0,
+        counts: dict[str, int] | None = None,
+        num_sites: int = 0,
+        poll: float = 1.0,
     ) -> None:
         self.seed, self.counts, self.timeout = seed, dict(counts or {}), timeout
+        self.num_sites, self.poll = num_sites, poll
         self.names: dict[int, str] = {}
 
     def learn(self, replies: Iterable[Message]) -> None:
@@ -109,6 +120,12 @@ class Roster:
     def sample(self, grid: Grid, server_round: int, phase: str) -> list[int]:
         """The nodes asked to ``phase`` in ``server_round``: a choice seeded by
         (``federation.seed``, round, phase) over the connected sites in name order."""
+        if self.counts.get(phase, 1) > 0:
+            deadline = time.monotonic() + self.timeout
+            while len(list(grid.get_node_ids())) < self.num_sites:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(self.poll)
         self.identify(grid)
         connected = self.ordered(grid.get_node_ids())
         count = min(self.counts.get(phase, len(connected)), len(connected))

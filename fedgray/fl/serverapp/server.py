@@ -128,11 +128,12 @@ def _stop_for_budget(config: Config, record: dict[str, Any], echo: Echo) -> bool
 def site_roster(config: Config) -> Roster:
     """Who is asked each round: ``fraction_train`` of the sites as Flower's FedAvg counts
     them (:func:`num_sampled`), and ``fraction_evaluate`` of them (at least one unless 0),
-    drawn with ``federation.seed`` (see :mod:`fedgray.fl.serverapp.roster`)."""
+    drawn with ``federation.seed`` once ``num_sites`` are connected or ``round_timeout``
+    has passed (see :mod:`fedgray.fl.serverapp.roster`)."""
     fed = config.federation
     evaluate = max(int(fed.num_sites * fed.fraction_evaluate), 1) if fed.fraction_evaluate else 0
     counts = {"train": num_sampled(config), "evaluate": evaluate}
-    return Roster(seed=fed.seed, counts=counts, timeout=fed.round_timeout)
+    return Roster(seed=fed.seed, counts=counts, timeout=fed.round_timeout, num_sites=fed.num_sites)
 
 
 def train_phase(config: Config, strategy: Strategy, grid: Grid) -> TrainPhase:
