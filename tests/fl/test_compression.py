@@ -3,10 +3,12 @@ feedback), that a compressed federation trains as an uncompressed one, and resum
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from flwr.app import ArrayRecord
 
 from fedgray.config import ConfigError, load_config
 from fedgray.fl.common.compression import (
@@ -18,6 +20,7 @@ from fedgray.fl.common.compression import (
     snap,
 )
 from fedgray.fl.common.records import from_record, record_bytes, to_record
+from fedgray.fl.serverapp import loop
 from fedgray.fl.serverapp.server import initial_adapters
 from fedgray.fl.simulation.engine import open_run
 from tests.helpers import micro_config, run_local
@@ -71,22 +74,30 @@ def test_the_global_adapters_travel_down_exactly_on_the_float16_grid() -> None:
 
 
 def test_a_compressed_federation_sends_int8_up_float16_down_and_trains_alike(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    arrived: list[dict[str, torch.Tensor]] = []  # each site update as it reached the server
+
+    def spy(record: ArrayRecord, reference: dict[str, torch.Tensor]) -> ArrayRecord:
+        arrived.append(from_record(record))
+        return decode_up(record, reference)
+
+    monkeypatch.setattr(loop, "decode_up", spy)
     plain, _, _ = run_local(micro_config(tmp_path, name="plain"))
+    assert arrived == []
     packed, summary, grid = run_local(micro_config(tmp_path, *INT8, name="int8"))
     trains = [m for m in grid.sent if m.metadata.message_type == "train"]
     assert all(
         t.dtype == torch.float16 for m in trains for t in from_record(m.content["arrays"]).values()
     )
-    replies = [m for m in grid.received if m.content.array_records]
-    assert replies
-    for reply in replies:
-        sent = from_record(reply.content["arrays"])
-        assert all(v.dtype == torch.int8 for k, v in sent.items() if k != SCALES)
+    assert len(arrived) == 6  # 3 sites x 2 rounds
+    for update in arrived:
+        assert all(v.dtype == torch.int8 for k, v in update.items() if k != SCALES)
     for before, after in zip(plain.records[1:], packed.records[1:], strict=True):
-        assert after["bytes_down"] < 0.52 * before["bytes_down"]
-        assert after["bytes_up"] < 0.3 * before["bytes_up"]
+        # float16 halves and int8 quarters the payload; each array's .npy header (~128
+        # bytes) weighs on the micro model's small tensors
+        assert after["bytes_down"] < 0.6 * before["bytes_down"]
+        assert after["bytes_up"] < 0.4 * before["bytes_up"]
     start = from_record(initial_adapters(micro_config(tmp_path)))
     a, b = from_record(plain.arrays), from_record(packed.arrays)
     for key in a:  # both moved away from the start alike
@@ -120,5 +131,5 @@ def test_a_compressed_run_resumes_to_the_same_adapters(tmp_path: Path) -> None:
     ],
 )
 def test_compression_refuses_what_it_cannot_keep(overrides: list[str], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, [*INT8, *overrides])

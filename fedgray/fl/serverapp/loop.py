@@ -16,12 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
+from fedgray.fl.common.compression import decode_up, encode_down, snap
 from fedgray.fl.common.private import site_reports
-from fedgray.fl.common.records import record_bytes, scalar_metrics
+from fedgray.fl.common.records import from_record, record_bytes, scalar_metrics, to_record
 from fedgray.fl.serverapp.failures import Failure, check_phase, failures
 from fedgray.fl.serverapp.roster import Roster, names_in, sampled
 
@@ -89,17 +91,40 @@ def _rejections(strategy: Strategy) -> int:
     return len(getattr(getattr(strategy, "strategy", strategy), "rejections", ()))
 
 
-def plain_training(strategy: Strategy, grid: Grid, *, timeout: float) -> TrainPhase:
-    """The train phase in the clear: ``strategy`` configures, the sites reply, it aggregates."""
+def _with_arrays(message: Message, arrays: ArrayRecord) -> Message:
+    """``message`` with its one ArrayRecord replaced by ``arrays`` (errors left as they are)."""
+    if not message.has_error():
+        for key in list(message.content.array_records):
+            message.content[key] = arrays
+    return message
+
+
+def plain_training(
+    strategy: Strategy, grid: Grid, *, timeout: float, compression: str = "none"
+) -> TrainPhase:
+    """The train phase in the clear: ``strategy`` configures, the sites reply, it aggregates.
+
+    With ``compression: int8`` the global adapters live on the float16 grid and travel as
+    float16; each site's int8 update is decoded before the strategy sees it (the strategy,
+    its update checks and its state work on float32 adapters as without compression).
+    """
 
     def train(
         server_round: int, arrays: ArrayRecord, settings: ConfigRecord, nodes: list[int]
     ) -> TrainResult:
         config = ConfigRecord(dict(settings))
+        sent = arrays
+        if compression == "int8":
+            reference = snap(from_record(arrays))
+            arrays, sent = to_record(reference), encode_down(reference)
         view = sampled(grid, nodes)  # the strategy configures exactly the sampled nodes
         messages = list(strategy.configure_train(server_round, arrays, config, view))
+        if compression == "int8":
+            messages = [_with_arrays(m, sent) for m in messages]
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         uploads = [record_bytes(r) for m in _ok(replies) for r in m.content.array_records.values()]
+        if compression == "int8":
+            replies = [_decoded(m, reference) for m in replies]
         before = _rejections(strategy)
         new_arrays, metrics = strategy.aggregate_train(server_round, replies)
         rejected = _rejections(strategy) - before
@@ -110,7 +135,7 @@ def plain_training(strategy: Strategy, grid: Grid, *, timeout: float) -> TrainPh
             sampled=len(messages),
             trained=len(_ok(replies)) - rejected if new_arrays is not None else 0,
             rejected=rejected,
-            bytes_down=record_bytes(arrays),
+            bytes_down=record_bytes(sent),
             bytes_up=max(uploads, default=0),
             ledgers=ledgers,
             refusals=refusals,
@@ -121,6 +146,14 @@ def plain_training(strategy: Strategy, grid: Grid, *, timeout: float) -> TrainPh
         )
 
     return train
+
+
+def _decoded(reply: Message, reference: dict[str, torch.Tensor]) -> Message:
+    """A site's int8 reply as the float32 adapters it stands for."""
+    if reply.has_error():
+        return reply
+    (record,) = reply.content.array_records.values()
+    return _with_arrays(reply, decode_up(record, reference))
 
 
 def run_round(

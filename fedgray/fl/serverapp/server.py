@@ -142,7 +142,8 @@ def train_phase(config: Config, strategy: Strategy, grid: Grid) -> TrainPhase:
         return SecureTraining(config, grid)
     if config.privacy.central.enabled:
         strategy = with_central_dp(strategy, config)
-    return plain_training(strategy, grid, timeout=config.federation.round_timeout)
+    fed = config.federation
+    return plain_training(strategy, grid, timeout=fed.round_timeout, compression=fed.compression)
 
 
 def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) -> FederationResult:
