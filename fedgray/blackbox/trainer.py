@@ -24,7 +24,9 @@ def train_craft(job: Job) -> Trained:
     CraFT queried for its refinement step, so evaluating costs no queries. CraFT scores as
     :func:`fedgray.tasks.evaluate` does, so its accuracy at 0 queries is the zero-shot one
     (CraFT's own: its context words before every class prompt). The last record is the
-    generation CraFT returns, chosen on its held-out split (``selected``; 0 is the start).
+    generation CraFT returns, chosen on its held-out split (``selected``; 0 is the start),
+    with the last generation's test accuracy beside it (``last_accuracy``: what the
+    authors' code returns).
     """
     config, model = job.config, job.model
     if config.privacy.enabled:
@@ -55,6 +57,7 @@ def train_craft(job: Job) -> Trained:
     bar = tqdm(total=plan.generations, desc="generations", disable=not job.progress, leave=False)
 
     last: list[Generation] = []
+    ending: dict[str, float] = {}
 
     def report(generation: Generation, extra: dict[str, float]) -> None:
         raw, refined = craft.predict(test_features)
@@ -74,7 +77,7 @@ def train_craft(job: Job) -> Trained:
                 **adapted,
             }
         )
-        chosen = f"  returns generation {extra['selected']:.0f}" if extra else ""
+        chosen = f"  returns generation {extra['selected']:.0f}" if "selected" in extra else ""
         job.echo(
             f"generation {generation.index:>4}  queries {generation.queries:>5} (paper "
             f"{generation.paper_queries:>5})  accuracy "
@@ -87,11 +90,16 @@ def train_craft(job: Job) -> Trained:
         last[:] = [generation]
         if generation.index % options.eval_every == 0 and generation.index < plan.generations:
             report(generation, {})
+        if generation.index == plan.generations:  # what the authors' code would return
+            raw, refined = craft.predict(test_features)
+            ending["last_accuracy"] = _accuracy(refined, job.test.labels)
+            ending["last_prompt_accuracy"] = _accuracy(raw, job.test.labels)
 
     craft.run(on_generation=on_generation)
     bar.close()
     selected = craft.selected
-    report(last[0], {"selected": plan.generations if selected is None else selected.generation})
+    chosen = plan.generations if selected is None else selected.generation
+    report(last[0], {"selected": chosen, **ending})
     refiner = {f"refiner.{k}": v.detach().clone() for k, v in craft.refiner.state_dict().items()}
     return Trained(
         adapted=adapted,

@@ -373,6 +373,7 @@ def test_adapt_runs_craft_and_logs_accuracy_against_queries(tmp_path: Path) -> N
     assert [r.get("queries", 0) for r in records] == [0, 33, 45]
     assert [r.get("paper_queries", 0) for r in records] == [0, 20, 28]
     assert 0 <= records[-1]["selected"] <= 7 and "validation" in records[-1]
+    assert {"last_accuracy", "last_prompt_accuracy"} <= set(records[-1])
     assert set(result.adapted) == {"accuracy", "prompt_accuracy"}
     assert result.queries <= 200 and (tmp_path / "run" / "curve.png").is_file()
     assert result.trainable == 8 + (10 * 256 + 256) + (256 * 10 + 10)
