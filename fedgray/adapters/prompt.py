@@ -115,6 +115,6 @@ class PromptSpace(nn.Module):
     def forward(self, tokens: torch.Tensor) -> ContextInput:
         """The prompt as ``SealedBackbone.encode_text`` arguments for class prompts' ids."""
         batch, lead = tokens.shape[0], self.start + self.tokens
-        shifts = torch.zeros(lead, self.width)
+        shifts = self.point.new_zeros(lead, self.width)
         shifts[self.start :] = self.prompt()
         return ContextInput(self.with_context(tokens), shifts.expand(batch, lead, self.width))
