@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -80,11 +81,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     try:
         result, summary = run_federation(config, run)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit) as stop:
+        if isinstance(stop, SystemExit) and stop.code != signal.SIGTERM:
+            raise
         # Ray is already shut down; Flower's ServerApp thread is not a daemon and would keep
         # the process alive until its round timeout, so leave at once.
         print(f"\ninterrupted; continue with: fedgray run --resume {run.path}", flush=True)
-        os._exit(130)
+        os._exit(130 if isinstance(stop, KeyboardInterrupt) else 128 + signal.SIGTERM)
     except FederationError as error:  # the run started and failed: exit 1, not 2
         print(f"fedgray: error: {error} (Flower's log: {run.path / FLOWER_LOG})", file=sys.stderr)
         return 1

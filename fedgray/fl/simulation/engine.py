@@ -132,6 +132,10 @@ def isolated_flower() -> Iterator[Path]:
         "FLWR_TELEMETRY_ENABLED": "0",
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+        # Ray's C++ failure handler turns SIGTERM into an abort (exit 134, workers left
+        # behind); without it, ray.init's Python handler raises SystemExit(SIGTERM), which
+        # fedgray run stops on as on Ctrl-C
+        "RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1",
     }
     for folder in ("flwr", "ray"):  # Flower creates its home only on first use
         (runtime / folder).mkdir()
