@@ -103,8 +103,10 @@ class UpdateGuard:
 
     def _cast(self, key: str, value: np.ndarray) -> np.ndarray:
         """Keep the adapters' dtype: FedAdam's float64 arithmetic would turn float32 adapters
-        into float64 ones, and the next round's (float32) updates would not match them."""
-        return np.ascontiguousarray(value.astype(self._expected[key][1], copy=False))
+        into float64 ones, and the next round's (float32) updates would not match them.
+        (Not ``np.ascontiguousarray``: it turns a 0-d array, such as CLIP's logit scale under
+        full fine-tuning, into shape (1,), and every later update was then rejected.)"""
+        return value.astype(self._expected[key][1], order="C")
 
 
 def _site_of(msg: Message) -> tuple[int, int]:

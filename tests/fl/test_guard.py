@@ -34,7 +34,7 @@ def toy_app() -> ClientApp:
             del arrays["text_out.bias"]
         elif fault == "extra":
             arrays["backbone.weight"] = np.zeros(2, np.float32)
-        record = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+        record = ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in arrays.items()})
         metrics = MetricRecord({"num-examples": 10, "site": pid})
         return Message(RecordDict({"arrays": record, "metrics": metrics}), reply_to=msg)
 
@@ -85,3 +85,18 @@ def test_unknown_strategy_or_option_names_the_field() -> None:
         build_strategy("fedfoo", num_sites=2)
     with pytest.raises(ValueError, match="federation.strategy_options: fedadam"):
         build_strategy("fedadam", num_sites=2, options={"etaa": 0.1})
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedadam"])
+def test_a_scalar_adapter_keeps_its_shape_round_after_round(name: str) -> None:
+    """CLIP's logit scale is a 0-d tensor under full fine-tuning: the aggregate kept it 0-d
+    once; turned into shape (1,), every update of the next round was rejected."""
+    strategy = build_strategy(name, num_sites=1)
+    arrays = ArrayRecord(
+        {"logit_scale": Array(np.zeros((), np.float32)), **{k: a for k, a in zeros().items()}}
+    )
+    for rnd in (1, 2, 3):
+        outcome = run_round(strategy, LocalGrid(toy_app(), 1), arrays, rnd, timeout=10)
+        assert outcome.trained == 1 and strategy.rejections == []
+        arrays = outcome.arrays
+        assert {k: a.shape for k, a in arrays.items()} == {"logit_scale": (), **SHAPES}
