@@ -288,6 +288,10 @@ class PrivacyConfig:
     smaller forms), compute the backbone's image features once per local training call and
     step DP-SGD over them (same per-sample gradients and accounting, far cheaper steps, so
     full batches and many steps are affordable; see :mod:`fedgray.privacy.features`).
+    ``objective``: the per-sample retrieval objective (:mod:`fedgray.privacy.objectives`):
+    ``frozen-text``, each image against its caption and public negatives with the whole
+    text side frozen; ``text-out``, the same with the text output module trained too.
+    ``loss_scale``: the logit scale of that per-sample loss (default: the backbone's).
     """
 
     enabled: bool = False
@@ -303,6 +307,8 @@ class PrivacyConfig:
     poisson: bool = True
     secure_mode: bool = False
     cache_features: bool = False
+    objective: str = field(default="frozen-text", metadata=one_of("frozen-text", "text-out"))
+    loss_scale: float | None = field(default=None, metadata=positive())
     central: CentralPrivacyConfig = field(default_factory=CentralPrivacyConfig)
 
     def __post_init__(self) -> None:

@@ -49,12 +49,16 @@ class AdaptedCLIP(nn.Module):
         """Text features [B, D] (not normalised) of token ids from the backbone's tokenizer.
 
         A text input module may rewrite the ids (CraFT's writes its context words in)."""
+        z = self.bare_texts(tokens)
+        return self.text_out(z) if self.text_out is not None else z
+
+    def bare_texts(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Text features [B, D] before the text output module (what it sees)."""
         inputs = self.text_in(tokens)._asdict() if self.text_in is not None else {}
         tokens = inputs.pop("tokens", tokens)
         if self.text_prompts is not None:
             inputs["prompts"], inputs["gates"] = self.text_prompts(tokens)
-        z = self.backbone.encode_text(tokens, **inputs)
-        return self.text_out(z) if self.text_out is not None else z
+        return self.backbone.encode_text(tokens, **inputs)
 
     def forward(self, pixels: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Image and text features of paired inputs."""

@@ -32,14 +32,20 @@ _FEATURES: OrderedDict[tuple[int, str], torch.Tensor] = OrderedDict()
 
 class CachedImageHead(nn.Module):
     """``model`` seen from its cached image features: ``encode_images`` applies only the
-    image output module; ``encode_texts`` is the model's frozen text side, memoised by
-    token row (no gradient: no text-side module trains under DP)."""
+    image output module; ``encode_texts`` is the model's text side, its backbone part
+    memoised by token row (no gradient: no module before the text backbone trains under
+    DP). The text output module, when the objective trains it (``privacy.objective:
+    text-out``), is a submodule applied afresh to the memoised features."""
 
-    model: AdaptedCLIP  # held outside the module tree: only image_out is stepped and hooked
+    model: AdaptedCLIP  # held outside the module tree: only the output modules are stepped
 
     def __init__(self, model: AdaptedCLIP) -> None:
         super().__init__()
         self.image_out = model.image_out
+        trains_text = model.text_out is not None and any(
+            p.requires_grad for p in model.text_out.parameters()
+        )
+        self.text_out = model.text_out if trains_text else None
         object.__setattr__(self, "model", model)
         self._texts: dict[bytes, torch.Tensor] = {}
 
@@ -47,16 +53,26 @@ class CachedImageHead(nn.Module):
         """Image features [B, D] from cached backbone features [B, D]."""
         return self.image_out(features) if self.image_out is not None else features
 
-    def encode_texts(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Frozen text features [B, D] (each distinct token row encoded once)."""
+    def bare_texts(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Text features [B, D] before the text output module (each distinct row once)."""
         keys = [row.numpy().tobytes() for row in tokens]
         fresh = [k for k in dict.fromkeys(keys) if k not in self._texts]
         if fresh:
             first = {k: i for i, k in reversed(list(enumerate(keys)))}
             with torch.no_grad():
-                encoded = self.model.encode_texts(tokens[[first[k] for k in fresh]])
+                encoded = self.model.bare_texts(tokens[[first[k] for k in fresh]])
             self._texts.update(zip(fresh, encoded, strict=True))
         return torch.stack([self._texts[k] for k in keys])
+
+    def encode_texts(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Text features [B, D]; without gradient unless the text output module trains."""
+        z = self.bare_texts(tokens)
+        if self.text_out is not None:
+            return self.text_out(z)
+        if self.model.text_out is None:
+            return z
+        with torch.no_grad():
+            return self.model.text_out(z)
 
     def forward(self, features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Image and text features of paired inputs."""
@@ -64,8 +80,10 @@ class CachedImageHead(nn.Module):
 
 
 def cacheable(model: AdaptedCLIP) -> bool:
-    """Whether every trainable parameter of ``model`` sits in its image output module."""
-    head = {id(p) for p in model.image_out.parameters()} if model.image_out is not None else set()
+    """Whether every trainable parameter of ``model`` sits in its output modules (the
+    image features then stay fixed, and the text output module sees memoised features)."""
+    heads = [m for m in (model.image_out, model.text_out) if m is not None]
+    head = {id(p) for m in heads for p in m.parameters()}
     return all(id(p) in head for p in model.parameters() if p.requires_grad)
 
 
@@ -115,7 +133,7 @@ def cached_head(model: AdaptedCLIP, data: TaskData) -> tuple[CachedImageHead, Ta
             {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
         )
         raise ValueError(
-            "privacy.cache_features: only the image output module may train under it "
+            "privacy.cache_features: only the output modules may train under it "
             f"(trainable here: {', '.join(trainable)}); use method 'output' or one of its forms"
         )
     return CachedImageHead(model), replace(data, images=backbone_features(model, data.images))

@@ -79,8 +79,8 @@ class LocalTrainer:
                     "federation.strategy_options: FedProx's proximal term is not a per-sample "
                     "loss: not with privacy.enabled"
                 )
-            self.task = private_task(train.task, model)
-            if privacy.cache_features:  # only the image output trains: step it over features
+            self.task = private_task(train.task, model, privacy.objective, privacy.loss_scale)
+            if privacy.cache_features:  # only output modules train: step them over features
                 self.stepped, data = cached_head(model, data)
                 self.data = data
             ledger = ledger if ledger is not None else Ledger(privacy.accountant)

@@ -66,18 +66,18 @@ def test_cached_text_features_equal_the_models_and_are_encoded_once(
     head = CachedImageHead(model)
     tokens = micro.tokenize(["a red circle", "a blue square", "a red circle"])
     calls: list[int] = []
-    encode = model.encode_texts
+    encode = model.bare_texts
 
     def counting(rows: torch.Tensor) -> torch.Tensor:
         calls.append(len(rows))
         return encode(rows)
 
-    model.encode_texts = counting  # type: ignore[method-assign,assignment]
+    model.bare_texts = counting  # type: ignore[method-assign,assignment]
     first = head.encode_texts(tokens)
     again = head.encode_texts(tokens[1:])
     assert calls == [2]  # two distinct captions, each encoded once
     with torch.no_grad():
-        expected = encode(tokens)
+        expected = model.encode_texts(tokens)
     assert torch.allclose(first, expected, atol=1e-6) and torch.equal(again, first[1:])
 
 
