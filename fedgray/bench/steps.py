@@ -16,6 +16,7 @@ from fedgray.adapters import build_model
 from fedgray.backbone import Backbone
 from fedgray.data.registry import load_dataset
 from fedgray.privacy import Ledger, NoisePlan, make_private, private_task
+from fedgray.privacy.engine import poisson_batches
 from fedgray.tasks import Task, TaskData
 from fedgray.tasks.data import prepare
 from fedgray.tasks.losses import contrastive_loss
@@ -67,10 +68,19 @@ class MethodStep:
 class ObjectiveStep:
     """A step of ``method`` on batches drawn from ``data`` with the per-sample objective
     DP-SGD trains (``private``: through fedgray's Opacus DP-SGD on Poisson batches of that
-    expected size), so that DP and non-DP differ only by DP-SGD itself."""
+    expected size), so that DP and non-DP differ only by DP-SGD itself. ``poisson``: the
+    non-private step draws the same Poisson batches as the private one (same seed), so that
+    the two compare on equal batches, not on the batch sizes one draw happened to give."""
 
     def __init__(
-        self, backbone: Backbone, data: TaskData, *, method: str, batch_size: int, private: bool
+        self,
+        backbone: Backbone,
+        data: TaskData,
+        *,
+        method: str,
+        batch_size: int,
+        private: bool,
+        poisson: bool = False,
     ) -> None:
         torch.manual_seed(0)
         self.model = build_model(backbone, method)
@@ -78,7 +88,11 @@ class ObjectiveStep:
         self.task: Task = private_task("retrieval", self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(params, lr=1e-3)
-        self.stream: Iterator[Batch] = batches(data, batch_size=batch_size, seed=0)
+        self.stream: Iterator[Batch] = (
+            poisson_batches(data, sample_rate=batch_size / len(data), seed=0)
+            if poisson
+            else batches(data, batch_size=batch_size, seed=0)
+        )
         if private:
             dp = make_private(
                 self.model,

@@ -5,11 +5,16 @@ difference: the accountant is the site's ledger (its history across all rounds),
 fresh one. The ``GradSampleModule`` wraps the whole :class:`AdaptedCLIP` composite, whose
 only submodules are the trainable adapters; the sealed backbone is a plain attribute, so
 gradients flow through it while only adapter parameters get per-sample gradients.
+
+Per-sample gradients come from Opacus' layer formulas (hooks mode), also for fedgray's
+subclasses of Opacus' layers that keep the layer's forward (``OutputAdapter`` is an
+``nn.Linear``): Opacus matches layers by exact type and would otherwise send those
+through functorch's ``vmap`` over the layer, the same gradients about ten times slower.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -149,6 +154,35 @@ def poisson_batches(
         yield from loader
 
 
+LAYER_PARAMETERS = frozenset({"weight", "bias"})  # what Opacus' layer formulas differentiate
+
+
+class AdapterGradSampleModule(GradSampleModule):
+    """Opacus' hooks-mode ``GradSampleModule`` that also gives a subclass of a layer with a
+    grad sampler that layer's sampler, when the subclass keeps the layer's ``forward``, has
+    no submodules and no parameters but the layer's own (``weight``, ``bias``): it computes
+    the layer's function, so the layer's per-sample gradient formula is exact for it. Any
+    other module keeps Opacus' choice (its own sampler, else functorch)."""
+
+    def _get_module_type(self, module: torch.nn.Module) -> type:
+        return layer_type(module, self.GRAD_SAMPLERS)
+
+
+def layer_type(module: torch.nn.Module, samplers: Mapping[type, object]) -> type:
+    """The type whose grad sampler computes ``module``'s per-sample gradients (see
+    :class:`AdapterGradSampleModule`): its own, or the sampled layer it only re-initialises."""
+    kind = type(module)
+    if kind in samplers or next(module.children(), None) is not None:
+        return kind
+    if not set(module._parameters) <= LAYER_PARAMETERS:
+        return kind
+    for base in kind.__mro__[1:]:
+        if base in samplers:  # the nearest sampled layer: its formula, if its forward runs
+            keeps = getattr(kind, "forward", None) is getattr(base, "forward", None)
+            return base if keeps else kind
+    return kind
+
+
 @dataclass
 class PrivateTraining:
     """What a DP-SGD run steps: the hooked model, the DP optimizer, batches, accountant."""
@@ -189,7 +223,7 @@ def make_private(
     check_owned_parameters(model, optimizer)
     generator = dp_generator(secure_mode)
     ModuleValidator.validate(model, strict=True)
-    module = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+    module = AdapterGradSampleModule(model, batch_first=True, loss_reduction="mean")
     expected = max(1, round(plan.sample_rate * len(data)))
     dp_optimizer = DPOptimizer(
         optimizer,
