@@ -26,7 +26,7 @@ from fedgray.fl.serverapp.checkpoint import load_checkpoint
 from fedgray.fl.serverapp.server import FederationResult, initial_adapters
 from fedgray.fl.simulation.local_grid import LocalGrid, run_local
 from fedgray.privacy import Ledger
-from fedgray.tasks import TaskData
+from fedgray.tasks import Task, TaskData
 
 __all__ = [
     "CAPTIONS",
@@ -163,3 +163,23 @@ def captioned_data(backbone: Backbone, n: int = 12, *, vocabulary: bool = False)
         num_classes=len(CAPTIONS),
         public_tokens=backbone.tokenize(VOCABULARY) if vocabulary else None,
     )
+
+
+def assert_single_sample_gradients(
+    model: torch.nn.Module,
+    task: Task,
+    data: TaskData,
+    scale: float,
+    trainable: list[torch.nn.Parameter],
+    per_sample: list[torch.Tensor],
+) -> None:
+    """Each sample's per-sample gradient (``per_sample[k][i]`` for ``trainable[k]``) equals
+    the gradient of ``task``'s loss on that sample alone, through the uncached ``model``."""
+    whole = tuple(data.as_dataset().tensors)
+    for i in range(len(data)):
+        model.zero_grad(set_to_none=True)
+        task.loss(model, tuple(t[i : i + 1] for t in whole), data, scale).backward()
+        for p, samples in zip(trainable, per_sample, strict=True):
+            assert p.grad is not None
+            error = (samples[i] - p.grad).norm() / p.grad.norm().clamp_min(1e-12)
+            assert error < 1e-5, f"sample {i}: relative error {error:.2e}"

@@ -14,7 +14,7 @@ from fedgray.privacy import private_task
 from fedgray.privacy.features import CachedImageHead, backbone_features, cached_head
 from fedgray.train.schedule import Schedule
 from fedgray.train.trainer import LocalTrainer
-from tests.helpers import MICRO, captioned_data
+from tests.helpers import MICRO, assert_single_sample_gradients, captioned_data
 
 
 def _perturbed(backbone: SealedBackbone, method: str) -> AdaptedCLIP:
@@ -48,14 +48,7 @@ def test_cached_per_sample_gradients_match_single_sample_passes_through_the_back
     per_sample = [p.grad_sample.clone() for p in trainable]  # type: ignore[attr-defined]
     module._close()
 
-    whole = tuple(data.as_dataset().tensors)  # the uncached model, one sample at a time
-    for i in range(len(data)):
-        model.zero_grad(set_to_none=True)
-        task.loss(model, tuple(t[i : i + 1] for t in whole), data, scale).backward()
-        for p, samples in zip(trainable, per_sample, strict=True):
-            assert p.grad is not None
-            error = (samples[i] - p.grad).norm() / p.grad.norm().clamp_min(1e-12)
-            assert error < 1e-5, f"sample {i}: relative error {error:.2e}"
+    assert_single_sample_gradients(model, task, data, scale, trainable, per_sample)
     assert all(s.abs().sum() > 0 for s in per_sample)
 
 

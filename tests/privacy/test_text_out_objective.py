@@ -16,7 +16,7 @@ from fedgray.privacy.features import cached_head
 from fedgray.tasks.data import TaskData
 from fedgray.train.schedule import Schedule
 from fedgray.train.trainer import LocalTrainer
-from tests.helpers import MICRO, captioned_data
+from tests.helpers import MICRO, assert_single_sample_gradients, captioned_data
 
 
 def _perturbed(backbone: SealedBackbone, method: str = "output") -> AdaptedCLIP:
@@ -69,14 +69,7 @@ def test_text_out_per_sample_gradients_are_single_sample_gradients_and_independe
     per_sample = _per_sample(stepped, task.loss, stepped_data, scale)
     assert all(s.abs().sum() > 0 for s in per_sample)
 
-    whole = tuple(data.as_dataset().tensors)  # the uncached model, one sample at a time
-    for i in range(len(data)):
-        model.zero_grad(set_to_none=True)
-        task.loss(model, tuple(t[i : i + 1] for t in whole), data, scale).backward()
-        for p, samples in zip(trainable, per_sample, strict=True):
-            assert p.grad is not None
-            error = (samples[i] - p.grad).norm() / p.grad.norm().clamp_min(1e-12)
-            assert error < 1e-5, f"sample {i}: relative error {error:.2e}"
+    assert_single_sample_gradients(model, task, data, scale, trainable, per_sample)
     model.zero_grad(set_to_none=True)
 
     # another image and caption for sample 0: every other sample's gradient is unchanged
