@@ -16,6 +16,7 @@ from flwr.app import Context, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import parameters_to_ndarrays
 
+from fedgray.adapters import AdaptedCLIP, build_model
 from fedgray.backbone import Backbone
 from fedgray.config import Config, PretrainConfig, load_config
 from fedgray.fl.clientapp import secagg as secagg_site
@@ -183,3 +184,16 @@ def assert_single_sample_gradients(
             assert p.grad is not None
             error = (samples[i] - p.grad).norm() / p.grad.norm().clamp_min(1e-12)
             assert error < 1e-5, f"sample {i}: relative error {error:.2e}"
+
+
+def perturbed(
+    backbone: Backbone, method: str = "output", *, seed: int = 2, size: float = 0.05
+) -> AdaptedCLIP:
+    """``method``'s adapters moved off the identity by ``size`` standard normals (``seed``),
+    so that every module acts and every gradient is non-trivial."""
+    torch.manual_seed(seed)
+    model = build_model(backbone, method)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(size * torch.randn_like(p))
+    return model

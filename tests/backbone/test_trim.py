@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from fedgray.adapters import build_model
 from fedgray.backbone import SealedBackbone, load_sealed
 from fedgray.backbone.encoders import TextParts
 from fedgray.backbone.trim import trimmable, untrimmed
+from tests.helpers import perturbed
 
 CAPTIONS = ["a red circle", "the digit 7 in blue", "a small green star at the top left"]
 TOLERANCE = {"atol": 2e-5, "rtol": 1e-5}
@@ -23,12 +23,7 @@ def _backbone(level: str) -> SealedBackbone:
 
 def _randomised(backbone: SealedBackbone, method: str) -> nn.Module:
     """``method``'s modules drawn away from identity: shift, extra token and gate all act."""
-    torch.manual_seed(1)
-    model = build_model(backbone, method)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model
+    return perturbed(backbone, method, seed=1, size=0.1)
 
 
 def test_bare_features_equal_open_clips_full_context_pass() -> None:

@@ -7,23 +7,13 @@ import pytest
 import torch
 from opacus import GradSampleModule
 
-from fedgray.adapters import AdaptedCLIP, build_model
 from fedgray.backbone import SealedBackbone
 from fedgray.config import load_config
 from fedgray.privacy import private_task
 from fedgray.privacy.features import CachedImageHead, backbone_features, cached_head
 from fedgray.train.schedule import Schedule
 from fedgray.train.trainer import LocalTrainer
-from tests.helpers import MICRO, assert_single_sample_gradients, captioned_data
-
-
-def _perturbed(backbone: SealedBackbone, method: str) -> AdaptedCLIP:
-    torch.manual_seed(2)
-    model = build_model(backbone, method)
-    with torch.no_grad():  # away from the identity, so that every gradient is non-trivial
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
+from tests.helpers import MICRO, assert_single_sample_gradients, captioned_data, perturbed
 
 
 @pytest.mark.parametrize("method", ["output", "output-scale", "output-lowrank"])
@@ -34,7 +24,7 @@ def _perturbed(backbone: SealedBackbone, method: str) -> AdaptedCLIP:
 def test_cached_per_sample_gradients_match_single_sample_passes_through_the_backbone(
     micro: SealedBackbone, method: str, task_name: str, vocabulary: bool
 ) -> None:
-    model = _perturbed(micro, method)
+    model = perturbed(micro, method)
     data = captioned_data(micro, 6, vocabulary=vocabulary)
     task = private_task(task_name, model)
     scale = micro.interface.logit_scale
@@ -55,7 +45,7 @@ def test_cached_per_sample_gradients_match_single_sample_passes_through_the_back
 def test_cached_text_features_equal_the_models_and_are_encoded_once(
     micro: SealedBackbone,
 ) -> None:
-    model = _perturbed(micro, "output")
+    model = perturbed(micro, "output")
     head = CachedImageHead(model)
     tokens = micro.tokenize(["a red circle", "a blue square", "a red circle"])
     calls: list[int] = []
@@ -88,7 +78,7 @@ def _train(micro: SealedBackbone, *, cache: bool, method: str = "output") -> Loc
             "train.lr=0.05",
         ],
     )
-    model = _perturbed(micro, method)
+    model = perturbed(micro, method)
     torch.manual_seed(5)  # Opacus' noise (insecure mode) comes from torch's global generator
     return LocalTrainer(config, model, captioned_data(micro, 24), schedule=Schedule(4, 8), seed=3)
 
@@ -124,7 +114,7 @@ def test_cache_refuses_a_model_that_trains_before_the_backbone(micro: SealedBack
 def test_features_are_cached_by_images_and_the_other_modules_values(
     micro: SealedBackbone,
 ) -> None:
-    model = _perturbed(micro, "dga")
+    model = perturbed(micro, "dga")
     for name in ("image_in", "text_in", "text_out"):
         getattr(model, name).requires_grad_(False)  # frozen input adapter: cacheable
     calls: list[int] = []

@@ -8,7 +8,6 @@ import pytest
 import torch
 from opacus import GradSampleModule
 
-from fedgray.adapters import AdaptedCLIP, build_model
 from fedgray.backbone import SealedBackbone
 from fedgray.config import load_config
 from fedgray.privacy import private_task
@@ -16,16 +15,7 @@ from fedgray.privacy.features import cached_head
 from fedgray.tasks.data import TaskData
 from fedgray.train.schedule import Schedule
 from fedgray.train.trainer import LocalTrainer
-from tests.helpers import MICRO, assert_single_sample_gradients, captioned_data
-
-
-def _perturbed(backbone: SealedBackbone, method: str = "output") -> AdaptedCLIP:
-    torch.manual_seed(2)
-    model = build_model(backbone, method)
-    with torch.no_grad():  # away from the identity, so that every gradient is non-trivial
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
+from tests.helpers import MICRO, assert_single_sample_gradients, captioned_data, perturbed
 
 
 def _per_sample(
@@ -44,11 +34,11 @@ def _per_sample(
 def test_text_out_trains_the_text_output_module_only_on_the_text_side(
     micro: SealedBackbone,
 ) -> None:
-    model = _perturbed(micro, "dga")
+    model = perturbed(micro, "dga")
     private_task("retrieval", model, "text-out")
     assert all(p.requires_grad for p in model.text_out.parameters())  # type: ignore[union-attr]
     assert not any(p.requires_grad for p in model.text_in.parameters())  # type: ignore[union-attr]
-    private_task("retrieval", _perturbed(micro), "frozen-text")
+    private_task("retrieval", perturbed(micro), "frozen-text")
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -57,7 +47,7 @@ def test_text_out_trains_the_text_output_module_only_on_the_text_side(
 def test_text_out_per_sample_gradients_are_single_sample_gradients_and_independent(
     micro: SealedBackbone, vocabulary: bool, cached: bool
 ) -> None:
-    model = _perturbed(micro)
+    model = perturbed(micro)
     data = captioned_data(micro, 6, vocabulary=vocabulary)
     task = private_task("retrieval", model, "text-out")
     scale = micro.interface.logit_scale
@@ -86,11 +76,11 @@ def test_text_out_per_sample_gradients_are_single_sample_gradients_and_independe
 
 def test_text_out_refuses_what_it_cannot_train(micro: SealedBackbone) -> None:
     with pytest.raises(ValueError, match="linear text output module"):
-        private_task("retrieval", _perturbed(micro, "output-scale"), "text-out")
+        private_task("retrieval", perturbed(micro, "output-scale"), "text-out")
     with pytest.raises(ValueError, match="no form for train.task 'classification'"):
-        private_task("classification", _perturbed(micro), "text-out")
+        private_task("classification", perturbed(micro), "text-out")
     with pytest.raises(ValueError, match="privacy.objective: 'nope'"):
-        private_task("retrieval", _perturbed(micro), "nope")
+        private_task("retrieval", perturbed(micro), "nope")
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -111,7 +101,7 @@ def test_text_out_cached_and_uncached_dp_steps_agree(micro: SealedBackbone) -> N
                 "train.lr=0.05",
             ],
         )
-        model = _perturbed(micro)
+        model = perturbed(micro)
         start = {k: v.clone() for k, v in model.state_dict().items()}
         torch.manual_seed(5)  # Opacus' noise (insecure mode) comes from torch's global generator
         data = captioned_data(micro, 24, vocabulary=True)
@@ -135,10 +125,10 @@ def test_loss_scale_replaces_the_backbones_logit_scale(
 ) -> None:
     data = captioned_data(micro, 6, vocabulary=True)
     batch = tuple(data.as_dataset().tensors)
-    fixed = private_task("retrieval", _perturbed(micro), objective, scale=7.0)
-    plain = private_task("retrieval", _perturbed(micro), objective)
+    fixed = private_task("retrieval", perturbed(micro), objective, scale=7.0)
+    plain = private_task("retrieval", perturbed(micro), objective)
     with torch.no_grad():
-        at_seven = plain.loss(_perturbed(micro), batch, data, 7.0)
+        at_seven = plain.loss(perturbed(micro), batch, data, 7.0)
         for logit in (1.0, 50.0):  # whatever the trainer passes, the loss uses 7
-            assert torch.allclose(fixed.loss(_perturbed(micro), batch, data, logit), at_seven)
-        assert not torch.allclose(plain.loss(_perturbed(micro), batch, data, 50.0), at_seven)
+            assert torch.allclose(fixed.loss(perturbed(micro), batch, data, logit), at_seven)
+        assert not torch.allclose(plain.loss(perturbed(micro), batch, data, 50.0), at_seven)
