@@ -102,14 +102,18 @@ def _cmd_superlink(args: argparse.Namespace) -> None:
         _wait(link.process, "flower-superlink", run_dir / "superlink.log")
 
 
-def _cmd_supernode(args: argparse.Namespace) -> None:
-    from fedgray.deploy.roles import start_supernode
+def supernode_node_config(args: argparse.Namespace) -> dict[str, str | int | bool]:
+    """The SuperNode's ``--node-config`` from ``fedgray deploy supernode``'s options: the
+    site's number, data folder, sealed backbone, state folder and (``--name``) the name the
+    server's log and metrics give it."""
+    from fedgray.fl.clientapp.node_config import SITE_NAME
 
-    site_dir = Path(args.credentials).resolve()
     node_config: dict[str, str | int | bool] = {
         "partition-id": args.site,
         "data-dir": str(Path(args.data).resolve()),
     }
+    if args.name:
+        node_config[SITE_NAME] = args.name
     for flag, key in (
         ("artifact", "backbone-artifact"),
         ("verify_key", "verify-key"),
@@ -121,6 +125,14 @@ def _cmd_supernode(args: argparse.Namespace) -> None:
         node_config["backbone-isolated"] = True
     if args.state_dir:
         node_config["state-dir"] = str(Path(args.state_dir).resolve())
+    return node_config
+
+
+def _cmd_supernode(args: argparse.Namespace) -> None:
+    from fedgray.deploy.roles import start_supernode
+
+    site_dir = Path(args.credentials).resolve()
+    node_config = supernode_node_config(args)
     options = SuperNodeOptions(
         superlink=args.superlink,
         root_cert=None if args.insecure else site_dir / "ca.crt",
@@ -218,6 +230,9 @@ def _supernode_parser(commands: Any) -> None:
         "--data", required=True, metavar="DIR", help="folder dataset: train/captions.csv"
     )
     parser.add_argument("--site", type=int, required=True, metavar="N", help="the site's number")
+    parser.add_argument(
+        "--name", metavar="NAME", help="how the server names the site (default: site-N)"
+    )
     parser.add_argument("--artifact", metavar="FILE", help="the sealed backbone")
     parser.add_argument("--verify-key", metavar="FILE", help="the owner's verification key")
     parser.add_argument("--content-key", metavar="FILE", help="the backbone's content key")

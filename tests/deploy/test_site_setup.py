@@ -147,3 +147,21 @@ def test_tls_and_node_authentication_unless_insecure_is_asked_for(tmp_path: Path
     assert command[command.index("--root-certificates") + 1] == str(files["ca.crt"])
     assert command[command.index("--auth-supernode-private-key") + 1] == str(files["node.key"])
     assert "--insecure" in supernode_command(dataclasses.replace(node, insecure=True))
+
+
+def test_a_supernode_is_named_as_its_operator_says(tmp_path: Path) -> None:
+    """``fedgray deploy supernode --name`` reaches the site's node config as ``site-name``,
+    the name the server's warnings and ``failed_sites`` use; without it the site is site-N."""
+    from flwr.common.config import parse_config_args
+
+    from fedgray.cli import build_parser
+    from fedgray.deploy.cli import supernode_node_config
+    from fedgray.fl.clientapp.node_config import site_name
+
+    base = ["deploy", "supernode", "--superlink", "127.0.0.1:9092", "--credentials", "c"]
+    base += ["--data", str(tmp_path), "--site", "2"]
+    for extra, name in (([], "site-2"), (["--name", "hospital b"], "hospital b")):
+        args = build_parser().parse_args([*base, *extra])
+        node_config = parse_config_args([node_config_arg(supernode_node_config(args))])
+        assert site_name(node_config) == name
+        assert node_config["data-dir"] == str(tmp_path.resolve())
