@@ -114,17 +114,25 @@ def check_phase(
     return f"round {server_round}: {describe(failed, phase, label)}; {done}"
 
 
+def connected_within(grid: Grid, num_sites: int, *, timeout: float, poll: float = 1.0) -> int:
+    """Nodes connected once ``num_sites`` are, or once ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while (connected := len(list(grid.get_node_ids()))) < num_sites:
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(poll)
+    return connected
+
+
 def wait_for_sites(grid: Grid, num_sites: int, *, timeout: float, poll: float = 1.0) -> None:
     """Wait until ``num_sites`` nodes are connected; :class:`FederationError` after
     ``timeout`` seconds. Flower's strategies would wait for them forever: a federation
     started with fewer SuperNodes than ``federation.num_sites`` (``flwr run`` on a local
     SuperLink simulates 2 unless told otherwise) must fail, not hang."""
-    deadline = time.monotonic() + timeout
-    while (connected := len(list(grid.get_node_ids()))) < num_sites:
-        if time.monotonic() >= deadline:
-            raise FederationError(
-                f"federation.num_sites: {num_sites} sites configured, {connected} connected "
-                f"after {timeout:g} s (federation.round_timeout); start as many SuperNodes, "
-                "or set the simulation's num-supernodes to match"
-            )
-        time.sleep(poll)
+    connected = connected_within(grid, num_sites, timeout=timeout, poll=poll)
+    if connected < num_sites:
+        raise FederationError(
+            f"federation.num_sites: {num_sites} sites configured, {connected} connected "
+            f"after {timeout:g} s (federation.round_timeout); start as many SuperNodes, "
+            "or set the simulation's num-supernodes to match"
+        )

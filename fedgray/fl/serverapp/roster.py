@@ -15,7 +15,6 @@ run was resumed or not. The strategies are then given exactly the sampled nodes
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -24,6 +23,7 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedgray.fl.common.site_names import QUERY, name_in
+from fedgray.fl.serverapp.failures import connected_within
 
 PHASES = {"train": 0, "evaluate": 1}  # each phase draws its own sample
 
@@ -121,11 +121,7 @@ class Roster:
         """The nodes asked to ``phase`` in ``server_round``: a choice seeded by
         (``federation.seed``, round, phase) over the connected sites in name order."""
         if self.counts.get(phase, 1) > 0:
-            deadline = time.monotonic() + self.timeout
-            while len(list(grid.get_node_ids())) < self.num_sites:
-                if time.monotonic() >= deadline:
-                    break
-                time.sleep(self.poll)
+            connected_within(grid, self.num_sites, timeout=self.timeout, poll=self.poll)
         self.identify(grid)
         connected = self.ordered(grid.get_node_ids())
         count = min(self.counts.get(phase, len(connected)), len(connected))
