@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -67,6 +65,7 @@ def _cmd_adapt(args: argparse.Namespace) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from fedgray.deploy.processes import Stopped
     from fedgray.fl.serverapp.failures import FederationError
     from fedgray.fl.serverapp.report import comparison
     from fedgray.fl.simulation.engine import FLOWER_LOG, open_run, run_federation
@@ -77,24 +76,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(
         f"{fed.num_sites} sites x {fed.num_rounds} rounds of {config.method.name} on "
         f"{config.data.dataset} ({fed.partitioner} partition, {fed.strategy})\n"
-        f"run folder: {run.path}"
+        f"run folder: {run.path}",
+        flush=True,
     )
     try:
-        result, summary = run_federation(config, run)
-    except (KeyboardInterrupt, SystemExit) as stop:
-        if isinstance(stop, SystemExit) and stop.code != signal.SIGTERM:
-            raise
-        # Ray is already shut down; Flower's ServerApp thread is not a daemon and would keep
-        # the process alive until its round timeout, so leave at once.
+        summary = run_federation(config, run, echo=lambda line: print(line, flush=True))
+    except Stopped as stop:  # everything it started is stopped by now
         print(f"\ninterrupted; continue with: fedgray run --resume {run.path}", flush=True)
-        os._exit(130 if isinstance(stop, KeyboardInterrupt) else 128 + signal.SIGTERM)
+        return 128 + stop.signum
     except FederationError as error:  # the run started and failed: exit 1, not 2
         print(f"fedgray: error: {error} (Flower's log: {run.path / FLOWER_LOG})", file=sys.stderr)
         return 1
     print()
     for line in comparison(summary):
         print(line)
-    print(f"{summary['seconds']:.0f} s in rounds; run folder: {result.run_dir}")
+    print(f"{summary['seconds']:.0f} s in rounds; run folder: {run.path}")
     return 0
 
 

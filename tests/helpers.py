@@ -39,8 +39,8 @@ __all__ = [
     "first_round_change",
     "captioned_data",
     "micro_config",
-    "ray_processes",
-    "ray_processes_after_exit",
+    "runtime_processes",
+    "runtime_processes_after_exit",
     "run_local",
     "run_on",
     "spy_on_updates",
@@ -78,15 +78,17 @@ def micro_config(tmp_path: Path, *overrides: str, name: str = "run") -> Config:
     return load_config(None, [*MICRO, f"output.root={tmp_path}", f"output.name={name}", *overrides])
 
 
-def ray_processes() -> set[str]:
+def runtime_processes() -> set[str]:
+    """The processes a federation run starts: the SuperLink and its simulation, Ray."""
     ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return {line for line in ps.splitlines() if "raylet" in line or "ClientAppActor" in line}
+    names = ("raylet", "ClientAppActor", "flower-superlink", "flwr-simulation", "flower-superexec")
+    return {line for line in ps.splitlines() if any(name in line for name in names)}
 
 
-def ray_processes_after_exit(before: set[str], *, wait: float = 20.0) -> set[str]:
-    """Ray's processes not there ``before``; its workers exit a moment after the raylet."""
+def runtime_processes_after_exit(before: set[str], *, wait: float = 20.0) -> set[str]:
+    """Runtime processes not there ``before``; Ray's workers exit a moment after the raylet."""
     deadline = time.monotonic() + wait
-    while (left := ray_processes() - before) and time.monotonic() < deadline:
+    while (left := runtime_processes() - before) and time.monotonic() < deadline:
         time.sleep(0.5)
     return left
 

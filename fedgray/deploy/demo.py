@@ -20,7 +20,13 @@ from fedgray.config import Config
 from fedgray.config_schema import ConfigError
 from fedgray.deploy.app import write_app
 from fedgray.deploy.credentials import Credentials, create_credentials
-from fedgray.deploy.launch import CONNECTION, SuperLinkOptions, SuperNodeOptions, flower_env
+from fedgray.deploy.launch import (
+    CONNECTION,
+    SuperLinkOptions,
+    SuperNodeOptions,
+    flower_env,
+    last_error,
+)
 from fedgray.deploy.launch import flower_executable as flower
 from fedgray.deploy.processes import Processes, free_port, supervised
 from fedgray.deploy.roles import SuperLink, SuperNode, start_superlink, start_supernode
@@ -137,13 +143,6 @@ def flwr_run(
     if status != 0 or not (results / "summary.json").is_file():
         raise RuntimeError(f"flwr run: exit {status}, no summary: {last_error(log)} (see {log})")
     return results
-
-
-def last_error(log: Path) -> str:
-    """The last line of ``log`` that reports an error (Flower logs and continues)."""
-    lines = log.read_text(encoding="utf-8", errors="replace").splitlines() if log.is_file() else []
-    errors = [line for line in lines if "ERROR" in line or "Error" in line]
-    return errors[-1].strip() if errors else "no error logged"
 
 
 def run_demo(

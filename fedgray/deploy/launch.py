@@ -38,14 +38,15 @@ def flower_executable(name: str) -> str:
 
 
 def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for a Flower process: its FLWR_HOME, no telemetry, no runtime
-    installs, and this Python's bin folder first on PATH (Flower starts ``flower-superexec``,
-    ``flwr-serverapp`` and ``flwr-clientapp`` by name)."""
+    """The environment for a Flower process: its FLWR_HOME, no telemetry, no update check,
+    no runtime installs, and this Python's bin folder first on PATH (Flower starts
+    ``flower-superexec``, ``flwr-serverapp`` and ``flwr-clientapp`` by name)."""
     env = dict(os.environ)
     env.update(
         FLWR_HOME=str(flwr_home),
         FLWR_TELEMETRY_ENABLED="0",
         FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        FLWR_DISABLE_UPDATE_CHECK="1",  # no network calls of its own
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
     )
     env.update(extra or {})
@@ -55,7 +56,8 @@ def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[
 @dataclass(frozen=True)
 class SuperLinkOptions:
     """How the operator's SuperLink runs: address, TLS files (None with ``insecure``),
-    and where its state database and log go."""
+    where its state database and log go, and whether it simulates its SuperNodes itself
+    (``simulation``: ``fedgray run``'s local federation, as ``flwr run`` starts one)."""
 
     host: str
     port: int
@@ -64,6 +66,7 @@ class SuperLinkOptions:
     cert: Path | None
     key: Path | None
     insecure: bool = False
+    simulation: bool = False
 
     @property
     def address(self) -> str:
@@ -88,6 +91,8 @@ def superlink_command(options: SuperLinkOptions) -> list[str]:
             str(options.key),
             "--enable-supernode-auth",
         ]
+    if options.simulation:
+        args.append("--simulation")
     return [
         *args,
         "--disable-runtime-dependency-installation",
@@ -114,15 +119,16 @@ class SuperNodeOptions:
     max_wait_time: float | None = None
 
 
-def _toml_value(value: str | int | bool) -> str:
+def _toml_value(value: str | int | float | bool) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return json.dumps(value) if isinstance(value, str) else str(value)
 
 
-def node_config_arg(node_config: Mapping[str, str | int | bool]) -> str:
-    """``--node-config``'s value: space-separated ``key=value`` pairs, values in TOML."""
-    return " ".join(f"{key}={_toml_value(value)}" for key, value in node_config.items())
+def config_arg(pairs: Mapping[str, str | int | float | bool]) -> str:
+    """The value of Flower's ``--node-config`` or ``--federation-config``: space-separated
+    ``key=value`` pairs, values in TOML."""
+    return " ".join(f"{key}={_toml_value(value)}" for key, value in pairs.items())
 
 
 def supernode_command(options: SuperNodeOptions) -> list[str]:
@@ -144,7 +150,7 @@ def supernode_command(options: SuperNodeOptions) -> list[str]:
     return [
         *args,
         "--node-config",
-        node_config_arg(options.node_config),
+        config_arg(options.node_config),
         "--host",
         "127.0.0.1",
         "--port",
@@ -197,3 +203,19 @@ def register_supernode(public_key: Path, flwr_home: Path, *, name: str) -> int:
     )
     reply = json.loads(out[out.index("{") :])
     return int(reply["node-id"])
+
+
+def last_error(log: Path) -> str:
+    """The last error in a Flower log: the text of the ``flwr`` CLI's last error box, else
+    the last line that reports an error (Flower logs and continues)."""
+    lines = log.read_text(encoding="utf-8", errors="replace").splitlines() if log.is_file() else []
+    for at in range(len(lines) - 1, -1, -1):
+        if "─ Error ─" in lines[at]:
+            box = []
+            for line in lines[at + 1 :]:
+                if line.startswith("╰"):
+                    break
+                box.append(line.strip("│ \t"))
+            return " ".join(" ".join(box).split())
+    errors = [line for line in lines if "ERROR" in line or "Error" in line]
+    return errors[-1].strip() if errors else "no error logged"

@@ -142,11 +142,12 @@ class Processes:
         *,
         log_file: Path,
         env: Mapping[str, str],
-        timeout: float,
+        timeout: float | None,
         echo: Callable[[str], None] | None = None,
     ) -> int:
         """Run ``args`` to its end (in its own group, stopped with the rest), each output
-        line to ``log_file`` and ``echo``; its exit status, or TimeoutError after ``timeout``."""
+        line to ``log_file`` and ``echo``; its exit status, or TimeoutError after ``timeout``
+        (None: no limit)."""
         log_file.parent.mkdir(parents=True, exist_ok=True)
         process = subprocess.Popen(
             list(args),
@@ -165,8 +166,9 @@ class Processes:
             expired.set()
             self.kill(process)
 
-        timer = threading.Timer(timeout, expire)
-        timer.start()
+        timer = threading.Timer(timeout, expire) if timeout is not None else None
+        if timer is not None:
+            timer.start()
         try:
             with log_file.open("a", encoding="utf-8") as log:
                 assert process.stdout is not None
@@ -177,7 +179,8 @@ class Processes:
                         echo(line.rstrip("\n"))
             status = process.wait()
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
         if expired.is_set():
             raise TimeoutError(f"{Path(str(args[0])).name}: still running after {timeout:.0f} s")
         return status
@@ -208,14 +211,22 @@ class Processes:
         self._handles.clear()
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; ``signum`` says which (a command exits 128 + signum)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise Stopped(signum)
 
 
 @contextlib.contextmanager
 def supervised() -> Iterator[Processes]:
     """A :class:`Processes` stopped however the block ends: normally, by an exception, by
-    SIGINT/SIGTERM (turned into KeyboardInterrupt here), or at interpreter exit."""
+    SIGINT/SIGTERM (turned into :class:`Stopped` here), or at interpreter exit."""
     processes = Processes()
     atexit.register(processes.stop)
     in_main = threading.current_thread() is threading.main_thread()  # signals: main only

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import os
 import tomllib
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from fedgray.deploy.demo import demo_config
 from fedgray.deploy.launch import (
     SuperLinkOptions,
     SuperNodeOptions,
-    node_config_arg,
+    config_arg,
+    last_error,
     superlink_command,
     supernode_command,
     write_cli_config,
@@ -125,7 +127,7 @@ def test_flower_connection_and_node_config_are_written_as_flower_reads_them(
     connection = read_superlink_connection()
     assert connection.address == "127.0.0.1:9092"
     assert connection.root_certificates == str(tmp_path / "ca.crt")
-    arg = node_config_arg({"partition-id": 2, "data-dir": "/data/a b", "backbone-isolated": True})
+    arg = config_arg({"partition-id": 2, "data-dir": "/data/a b", "backbone-isolated": True})
     assert parse_config_args([arg]) == {
         "partition-id": 2,
         "data-dir": "/data/a b",
@@ -162,6 +164,39 @@ def test_a_supernode_is_named_as_its_operator_says(tmp_path: Path) -> None:
     base += ["--data", str(tmp_path), "--site", "2"]
     for extra, name in (([], "site-2"), (["--name", "hospital b"], "hospital b")):
         args = build_parser().parse_args([*base, *extra])
-        node_config = parse_config_args([node_config_arg(supernode_node_config(args))])
+        node_config = parse_config_args([config_arg(supernode_node_config(args))])
         assert site_name(node_config) == name
         assert node_config["data-dir"] == str(tmp_path.resolve())
+
+
+def test_fedgray_runs_simulation_config_is_one_flower_accepts(tmp_path: Path) -> None:
+    from flwr.cli.run.run import _parse_federation_config_overrides
+    from flwr.cli.typing import SuperLinkConnection
+
+    from fedgray.fl.simulation.engine import simulation_config
+
+    config = load_config(None, ["federation.num_sites=5", "federation.actors=2"])
+    parsed = _parse_federation_config_overrides(  # what flwr run does with the argument
+        [config_arg(simulation_config(config))],
+        SuperLinkConnection(name="fedgray", address="127.0.0.1:1", insecure=True),
+    )
+    assert parsed is not None
+    assert parsed.num_supernodes == 5 and parsed.client_resources_num_gpus == 0
+    assert parsed.client_resources_num_cpus == max(1, (os.cpu_count() or 1) // 2)
+    assert parsed.init_args_log_to_driver is False
+
+
+def test_last_error_reads_the_flwr_clis_error_box_and_flowers_log_lines(tmp_path: Path) -> None:
+    log = tmp_path / "flower.log"
+    log.write_text(
+        "Using SuperLink: fedgray (127.0.0.1:1)\n"
+        "╭─ Error ─────────────╮\n"
+        "│ Unknown simulation  │\n"
+        "│ config field(s): x  │\n"
+        "╰─────────────────────╯\n",
+        encoding="utf-8",
+    )
+    assert last_error(log) == "Unknown simulation config field(s): x"
+    log.write_text("INFO: fine\nERROR: the ServerApp failed\nINFO: done\n", encoding="utf-8")
+    assert last_error(log) == "ERROR: the ServerApp failed"
+    assert last_error(tmp_path / "none.log") == "no error logged"

@@ -25,8 +25,15 @@ from fedgray.cli import main
 from fedgray.fl.common.records import from_record
 from fedgray.fl.serverapp import checkpoint as checkpoint_module
 from fedgray.fl.serverapp.checkpoint import CHECKPOINT, load_checkpoint
-from fedgray.fl.simulation.engine import OWNER_FILE, RUNTIME_PREFIX, open_run, sweep_stale_runtimes
-from tests.helpers import MICRO, micro_config, ray_processes, ray_processes_after_exit, run_local
+from fedgray.fl.simulation.engine import open_run
+from fedgray.fl.simulation.runtime import OWNER_FILE, RUNTIME_PREFIX, sweep_stale_runtimes
+from tests.helpers import (
+    MICRO,
+    micro_config,
+    run_local,
+    runtime_processes,
+    runtime_processes_after_exit,
+)
 
 FEDADAM = ["federation.strategy=fedadam", "federation.strategy_options={eta: 0.01}"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,7 +104,7 @@ def test_ctrl_c_or_sigterm_stops_cleanly_and_the_run_resumes(
     config.write_text("federation:\n  partitioner: iid\n")
     overrides = [a for item in MICRO for a in ("--set", item)]
     temps = set(Path(tempfile.gettempdir()).glob("fedgray-*"))
-    ray_before = ray_processes()
+    ray_before = runtime_processes()
     command = [sys.executable, "-m", "fedgray.cli", "run", str(config), *overrides,
                "--set", "federation.num_rounds=50", "--set", f"output.root={tmp_path}",
                "--set", "output.name=run"]  # fmt: skip
@@ -117,7 +124,7 @@ def test_ctrl_c_or_sigterm_stops_cleanly_and_the_run_resumes(
             process.kill()
     assert process.returncode == code, err[-2000:]
     assert "interrupted; continue with: fedgray run --resume" in out
-    assert not ray_processes_after_exit(ray_before)  # Ray is gone
+    assert not runtime_processes_after_exit(ray_before)  # Ray is gone
     assert not set(Path(tempfile.gettempdir()).glob("fedgray-*")) - temps  # its dir removed
     run_dir = tmp_path / "run"
     done = load_checkpoint(run_dir).round

@@ -28,9 +28,9 @@ from tests.helpers import (
     budget_between_rounds,
     first_round_change,
     micro_config,
-    ray_processes,
-    ray_processes_after_exit,
     run_local,
+    runtime_processes,
+    runtime_processes_after_exit,
     spy_on_updates,
 )
 
@@ -135,7 +135,7 @@ def test_fedgray_run_with_secagg_dp_sgd_and_central_dp_on_ray(
         config.write_text("federation:\n  partitioner: iid\n")
         dp = ["privacy.enabled=true", "privacy.noise_multiplier=1", "privacy.central.enabled=true"]
         options = [*MICRO, *SECURE, *dp, f"output.root={short}", "output.name=r"]
-        before = ray_processes()
+        before = runtime_processes()
         code = main(["run", str(config), *[a for item in options for a in ("--set", item)]])
         out = capsys.readouterr().out
         assert code == 0
@@ -144,6 +144,6 @@ def test_fedgray_run_with_secagg_dp_sgd_and_central_dp_on_ray(
         last = json.loads(lines[-1])
         assert last["sites_trained"] == 4 and last["central_dp"]["releases"] == 2
         assert set(last["privacy"]["epsilon"]) == {"0", "1", "2", "3"}
-        assert not ray_processes_after_exit(before)
+        assert not runtime_processes_after_exit(before)
     finally:
         shutil.rmtree(short, ignore_errors=True)

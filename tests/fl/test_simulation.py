@@ -1,4 +1,5 @@
-"""`fedgray run` on Flower's real simulation engine (Ray), and its command line."""
+"""`fedgray run` on Flower's local simulation (a SuperLink in simulation mode, `flwr run`,
+Ray), and its command line."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from fedgray.cli import main
-from tests.helpers import MICRO, ray_processes, ray_processes_after_exit
+from tests.helpers import MICRO, runtime_processes, runtime_processes_after_exit
 
 LONG = "a-run-folder-name-long-enough-that-ray-is-reached-through-a-short-link"
 
 
 @pytest.mark.slow
-def test_fedgray_run_on_ray_writes_the_run_and_stops_ray(
+def test_fedgray_run_on_a_local_superlink_writes_the_run_and_stops_everything(
     capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     short = tempfile.mkdtemp(prefix="fgt", dir="/tmp")  # Ray's AF_UNIX paths need a short dir
@@ -26,24 +27,30 @@ def test_fedgray_run_on_ray_writes_the_run_and_stops_ray(
         config.write_text("federation:\n  partitioner: iid\n")
         overrides = [a for item in MICRO for a in ("--set", item)]
         env = {k: os.environ.get(k) for k in ("FLWR_HOME", "RAY_TMPDIR")}
-        before = ray_processes()
+        before = runtime_processes()
         temps_before = set(Path(tempfile.gettempdir()).glob("fedgray-*"))
         code = main(["run", str(config), *overrides, "--set", f"output.root={short}",
                      "--set", f"output.name={LONG}"])  # fmt: skip
-        out = capsys.readouterr().out
+        out, err = capsys.readouterr()
         assert code == 0
         assert "round 2/2" in out and "zero-shot" in out and "KB per site per round" in out
+        assert "deprecated" not in (out + err).lower()
         run = Path(short) / LONG
         rounds = [json.loads(x)["round"] for x in (run / "metrics.jsonl").read_text().splitlines()]
         assert rounds == [0, 1, 2]
         # results only: Flower's and Ray's runtime files lived in a temp dir, now removed
         assert sorted(p.name for p in run.iterdir()) == [
             "adapters.pt", "checkpoint.pt", "config.yaml", "curve.png", "flower.log",
-            "metrics.jsonl", "summary.json",
+            "metrics.jsonl", "progress.log", "summary.json",
         ]  # fmt: skip
+        # it ran on a SuperLink in simulation mode, never on the deprecated run_simulation
+        flower_log = (run / "flower.log").read_text()
+        assert "Starting Flower SuperLink" in flower_log
+        assert "run_simulation` function is deprecated" not in flower_log
+        assert "round 2/2" in (run / "progress.log").read_text()
         assert not set(Path(tempfile.gettempdir()).glob("fedgray-*")) - temps_before
         assert {k: os.environ.get(k) for k in env} == env
-        assert not ray_processes_after_exit(before)  # Ray was shut down
+        assert not runtime_processes_after_exit(before)  # Ray, the SuperLink: all stopped
     finally:
         shutil.rmtree(short, ignore_errors=True)
 

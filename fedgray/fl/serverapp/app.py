@@ -14,6 +14,7 @@ from fedgray.config import Config
 from fedgray.fl.common.run_config import resolve_config
 from fedgray.fl.serverapp.checkpoint import CHECKPOINT
 from fedgray.fl.serverapp.preflight import check_resume
+from fedgray.fl.serverapp.progress import PROGRESS, record_error, teed
 from fedgray.fl.serverapp.report import finish
 from fedgray.fl.serverapp.server import Echo, FederationResult, federate
 from fedgray.runs import RunFolder
@@ -33,24 +34,30 @@ def make_server_app(
     holding a checkpoint is resumed, once :func:`~fedgray.fl.serverapp.preflight.check_resume` has
     accepted the settings (before anything in it changes). ``on_result`` receives the result
     and summary in-process; ``on_error`` the exception that ended the run (Flower's
-    simulation would only log it), which is raised when ``on_error`` is None.
+    simulation would only log it), which is raised when ``on_error`` is None. Every line
+    said, and the error that ended the run, also go to the run's ``progress.log``
+    (:mod:`~fedgray.fl.serverapp.progress`).
     """
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        progress: Path | None = None
         try:
             resolved = resolve_config(config, context.run_config)
             if run_dir is None:
                 run = RunFolder(resolved.output.root, resolved.output.name, prefix="federated")
             else:
                 run = RunFolder(run_dir.parent, run_dir.name)
+            progress = run.path / PROGRESS
             if (run.path / CHECKPOINT).is_file():
                 check_resume(resolved, run.path)
             run.save_config(resolved)
-            result = federate(grid, resolved, run, echo=echo)
+            result = federate(grid, resolved, run, echo=teed(echo, progress))
             summary = finish(run, resolved, result)
         except BaseException as error:
+            if progress is not None:
+                record_error(progress, error)
             if on_error is None:
                 raise
             on_error(error)

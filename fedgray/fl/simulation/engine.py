@@ -1,35 +1,56 @@
-"""``fedgray run``: the federated run in-process on Flower's simulation engine (Ray).
+"""``fedgray run``: the federation on Flower's own local simulation, as ``flwr run`` runs it.
+
+Flower 1.42 deprecates the in-process ``run_simulation``; what it recommends is a SuperLink
+in simulation mode that ``flwr run`` submits the app to. ``fedgray run`` does exactly that,
+privately: it starts ``flower-superlink --simulation`` on a free loopback port, submits the
+fedgray app (the whole config as its run config, :func:`fedgray.deploy.app.write_app`) with
+``flwr run --stream``, prints the ServerApp's lines as it writes them to ``progress.log``,
+reads the run's status with ``flwr list`` at the end, and stops every process it started
+(SuperLink, the simulation, Ray), also on Ctrl-C, SIGTERM or failure.
 
 A run is checked before anything starts (:func:`open_run`, :mod:`fedgray.fl.serverapp.preflight`):
 no run folder is created, and no resumed folder touched, for a run that cannot start.
-Flower's and Ray's runtime files (``FLWR_HOME``, Ray's session) live in a temporary
-directory removed afterwards, so a run folder holds results only; Flower's log, site
-tracebacks included, goes to ``flower.log`` in the run folder instead of the terminal.
-Ray is shut down at the end, also on errors. Simulated sites are multiplexed over
-``federation.actors`` Ray actors (default 1): each actor is one process with one copy of
-the backbone, and its torch threads use all cores, so one actor is as fast as two on a
+Flower's and Ray's runtime files (``FLWR_HOME``, the SuperLink's database, Ray's session)
+live in a temporary directory removed afterwards (:mod:`fedgray.fl.simulation.runtime`), so
+a run folder holds results only; Flower's log, site tracebacks included, goes to
+``flower.log`` in the run folder instead of the terminal. Simulated sites are multiplexed
+over ``federation.actors`` Ray actors (default 1): each actor is one process with one copy
+of the backbone, and its torch threads use all cores, so one actor is as fast as two on a
 small machine and needs half the memory.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
+import dataclasses
+import json
 import os
-import shutil
-import signal
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from fedgray.config import Config, load_config
+from fedgray.deploy.app import write_app
+from fedgray.deploy.launch import (
+    CONNECTION,
+    SuperLinkOptions,
+    config_arg,
+    flower_env,
+    flower_executable,
+    flwr_cli,
+    last_error,
+    superlink_command,
+    write_cli_config,
+)
+from fedgray.deploy.processes import free_port, supervised, wait_for_port
 from fedgray.fl.common.run_config import require_federated_method
 from fedgray.fl.serverapp.checkpoint import CHECKPOINT
 from fedgray.fl.serverapp.failures import FederationError
 from fedgray.fl.serverapp.preflight import preflight
-from fedgray.fl.serverapp.server import Echo, FederationResult
+from fedgray.fl.serverapp.progress import ERROR_PREFIX, PROGRESS, is_error
+from fedgray.fl.serverapp.server import Echo
+from fedgray.fl.simulation.runtime import flower_runtime
 from fedgray.runs import RunFolder
 
 FLOWER_LOG = "flower.log"
@@ -74,159 +95,123 @@ def open_run(
     return config, run
 
 
-RUNTIME_PREFIX = "fedgray-"
-OWNER_FILE = "owner.pid"
+HOST = "127.0.0.1"
+STARTUP_TIMEOUT_S = 60.0
+STATUS_POLL_S = 2.0
+RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _processes_using(folder: Path) -> list[int]:
-    """Processes whose command line names ``folder`` (Ray's workers name their session dir)."""
-    found = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            if str(folder) in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode():
-                found.append(int(entry.name))
-        except (OSError, ValueError):
-            continue
-    return found
-
-
-def sweep_stale_runtimes() -> list[Path]:
-    """Remove the runtime dirs of runs that were killed (kill -9 leaves no chance to clean),
-    stopping what still runs from them (Ray's agents outlive their driver for a while)."""
-    removed = []
-    for folder in Path(tempfile.gettempdir()).glob(f"{RUNTIME_PREFIX}*"):
-        try:
-            owner = int((folder / OWNER_FILE).read_text())
-        except (OSError, ValueError):
-            continue  # not ours, or still being set up
-        if _alive(owner):
-            continue
-        for pid in _processes_using(folder):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(folder, ignore_errors=True)
-        removed.append(folder)
-    return removed
-
-
-@contextmanager
-def isolated_flower() -> Iterator[Path]:
-    """Point Flower and Ray at a fresh temporary directory for the duration (removed after);
-    yields Ray's temp dir. Short, under the system temp dir: Ray's AF_UNIX socket paths
-    stop at 107 bytes. Dirs left by killed runs are swept first."""
-    sweep_stale_runtimes()
-    runtime = Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX))
-    env = {
-        "FLWR_HOME": str(runtime / "flwr"),
-        "RAY_TMPDIR": str(runtime / "ray"),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-        # Ray's C++ failure handler turns SIGTERM into an abort (exit 134, workers left
-        # behind); without it, ray.init's Python handler raises SystemExit(SIGTERM), which
-        # fedgray run stops on as on Ctrl-C
-        "RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1",
+def simulation_config(config: Config) -> dict[str, str | int | float | bool]:
+    """``flwr run --federation-config`` for a simulation SuperLink: one SuperNode per site,
+    ``federation.actors`` Ray actors sharing the cores (whole CPUs each: Flower 1.42 takes
+    integers), Ray quiet (sites reply, they do not print)."""
+    fed, cpus = config.federation, os.cpu_count() or 1
+    return {
+        "num-supernodes": fed.num_sites,
+        "client-resources-num-cpus": max(1, cpus // fed.actors),
+        "client-resources-num-gpus": 0.0,
+        "init-args-num-cpus": cpus,
+        "init-args-num-gpus": 0,
+        "init-args-logging-level": "ERROR",
+        "init-args-log-to-driver": False,
     }
-    for folder in ("flwr", "ray"):  # Flower creates its home only on first use
-        (runtime / folder).mkdir()
-    (runtime / OWNER_FILE).write_text(str(os.getpid()))
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield runtime / "ray"
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
+
+
+def _submitted(config: Config, run: RunFolder) -> Config:
+    """``config`` writing into ``run`` wherever the ServerApp's working directory is."""
+    where = run.path.resolve()
+    output = dataclasses.replace(config.output, root=str(where.parent), name=where.name)
+    return dataclasses.replace(config, output=output)
+
+
+class _Follower:
+    """Prints the lines the ServerApp appends to ``progress.log`` and keeps its error line."""
+
+    def __init__(self, path: Path, echo: Echo) -> None:
+        self.path, self.echo = path, echo
+        self.offset = path.stat().st_size if path.is_file() else 0
+        self.error: str | None = None
+        self._partial = ""
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _read(self) -> None:
+        if not self.path.is_file():
+            return
+        with self.path.open("r", encoding="utf-8", errors="replace") as log:
+            log.seek(self.offset)
+            text = log.read()
+            self.offset = log.tell()
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            if is_error(line):
+                self.error = line[len(ERROR_PREFIX) :]
             else:
-                os.environ[key] = value
-        shutil.rmtree(runtime, ignore_errors=True)
+                self.echo(line)
+
+    def _loop(self) -> None:
+        while not self._done.wait(0.2):
+            self._read()
+
+    def __enter__(self) -> _Follower:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+        self._read()
 
 
-@contextmanager
-def flower_log_file(path: Path) -> Iterator[None]:
-    """Flower's log (its warnings, site tracebacks) to ``path`` only, for the duration.
-
-    Progress comes from fedgray's own lines; Flower's console handler would print a
-    traceback per failed site message. open_clip's root-logger warnings install a root
-    handler, so propagation stops too.
-    """
-    flower = logging.getLogger("flwr")
-    saved = (flower.level, flower.propagate, list(flower.handlers))
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    for old in saved[2]:
-        flower.removeHandler(old)
-    flower.addHandler(handler)
-    flower.setLevel(logging.INFO)
-    flower.propagate = False
-    try:
-        yield
-    finally:
-        flower.removeHandler(handler)
-        handler.close()
-        for old in saved[2]:
-            flower.addHandler(old)
-        flower.setLevel(saved[0])
-        flower.propagate = saved[1]
+def _final_status(flwr_home: Path, superlink: subprocess.Popen) -> dict[str, Any]:
+    """The run's entry in ``flwr list`` once it has finished (this SuperLink holds one run;
+    ``flwr run --stream`` normally returns only then, so this rarely waits)."""
+    while True:
+        runs = json.loads(flwr_cli(["list", CONNECTION, "--format", "json"], flwr_home))["runs"]
+        if not runs:
+            raise FederationError("the SuperLink holds no run: the submission was lost")
+        if str(runs[0]["status"]).startswith("finished"):
+            return dict(runs[0])
+        if superlink.poll() is not None:
+            raise FederationError(f"the SuperLink stopped (exit code {superlink.returncode})")
+        time.sleep(STATUS_POLL_S)
 
 
-def run_federation(
-    config: Config, run: RunFolder, *, echo: Echo = print
-) -> tuple[FederationResult, dict[str, Any]]:
-    """Simulate ``config.federation.num_sites`` sites with ``run_simulation``; write ``run``."""
-    fed = config.federation
-    outcome: dict[str, Any] = {}
-    with isolated_flower() as ray_temp, flower_log_file(run.path / FLOWER_LOG):
-        import ray
-        from flwr.simulation import run_simulation
-
-        from fedgray.fl.clientapp.app import make_client_app
-        from fedgray.fl.serverapp.app import make_server_app
-
-        cpus = os.cpu_count() or 1
-
-        def keep(result: FederationResult, summary: dict[str, Any]) -> None:
-            outcome.update(r=result, s=summary)
-
-        def fail(error: BaseException) -> None:
-            outcome["error"] = error
-
-        try:
-            run_simulation(
-                server_app=make_server_app(
-                    config, run_dir=run.path, echo=echo, on_result=keep, on_error=fail
-                ),
-                client_app=make_client_app(config, quiet=True),
-                num_supernodes=fed.num_sites,
-                backend_config={
-                    "init_args": {
-                        "num_cpus": cpus,
-                        "num_gpus": 0,
-                        "_temp_dir": str(ray_temp),
-                        "logging_level": "ERROR",
-                        "log_to_driver": False,  # site output goes to the sites' replies
-                    },
-                    "client_resources": {"num_cpus": cpus / fed.actors, "num_gpus": 0.0},
-                },
-            )
-        finally:
-            if ray.is_initialized():
-                ray.shutdown()
-    if "error" in outcome:
-        raise outcome["error"]
-    if "r" not in outcome:
-        raise FederationError(
-            f"the simulation ended without a result (see {run.path / FLOWER_LOG})"
+def run_federation(config: Config, run: RunFolder, *, echo: Echo = print) -> dict[str, Any]:
+    """Run the federation ``config`` describes into ``run`` (see the module docstring); its
+    summary. A run that fails raises FederationError with its one-line reason; SIGINT and
+    SIGTERM raise :class:`~fedgray.deploy.processes.Stopped` once everything is stopped."""
+    log = run.path / FLOWER_LOG
+    with flower_runtime() as runtime, supervised() as processes:
+        flwr_home = runtime / "flwr"
+        env = flower_env(flwr_home, {**RAY_ENV, "RAY_TMPDIR": str(runtime / "ray")})
+        link = SuperLinkOptions(
+            host=HOST,
+            port=free_port(HOST),
+            run_dir=runtime,
+            ca_cert=None,
+            cert=None,
+            key=None,
+            insecure=True,  # loopback only, and nobody else knows the port
+            simulation=True,
         )
-    return outcome["r"], outcome["s"]
+        superlink = processes.start(superlink_command(link), log_file=log, env=env, cwd=runtime)
+        wait_for_port(HOST, link.port, timeout=STARTUP_TIMEOUT_S, process=superlink)
+        write_cli_config(flwr_home, link.address, None)
+        app = write_app(_submitted(config, run), runtime / "app")
+        submit = [flower_executable("flwr"), "run", str(app), CONNECTION, "--stream"]
+        submit += ["--federation-config", config_arg(simulation_config(config))]
+        with _Follower(run.path / PROGRESS, echo) as follower:
+            if processes.run(submit, log_file=log, env=env, timeout=None) != 0:
+                raise FederationError(f"flwr run failed: {last_error(log)}")
+            status = _final_status(flwr_home, superlink)
+    if follower.error is not None:
+        raise FederationError(follower.error)
+    if status["status"] != "finished:completed" or not (run.path / "summary.json").is_file():
+        raise FederationError(
+            f"the run ended {status['status']} ({status.get('status-details', 'no details')})"
+        )
+    return dict(json.loads((run.path / "summary.json").read_text()))
