@@ -102,3 +102,95 @@ def test_the_checker_sees_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         "fedgray/backbone/bad.py: fedgray.fl",
         "fedgray/backbone/bad.py: fedgray.fl.client",
     ]
+
+
+def module_graph(folders: tuple[str, ...] = ("fedgray", "strategies")) -> dict[str, set[str]]:
+    """What each module imports when it is loaded (module-level imports only; importing
+    ``a.b.c`` loads ``a`` and ``a.b`` too, and a module loads its parent packages first)."""
+    paths = {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+        for folder in folders
+        for p in (ROOT / folder).rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {name: set() for name in paths}
+    for name, path in paths.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        named: list[str] = []
+        for node in ast.parse(path.read_text(), filename=str(path)).body:
+            if isinstance(node, ast.Import):
+                named += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*parts, base] if base else parts)
+                named += [base, *(f"{base}.{alias.name}" for alias in node.names)]
+        named.append(name.rpartition(".")[0])
+        for target in named:
+            parts = target.split(".")
+            graph[name] |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)} & paths.keys()
+        graph[name].discard(name)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The strongly connected components of more than one module (iterative Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[set[str]] = []
+    for start in graph:
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = set()
+                while True:
+                    member = stack.pop()
+                    component.add(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(component)
+    return found
+
+
+def test_import_cycles_stay_inside_one_package() -> None:
+    """A package may import its own submodules (which load it first); any longer cycle can
+    deadlock when two threads import its ends at once, as Flower's simulation does when it
+    loads the ServerApp and the ClientApp together."""
+    wide = []
+    for component in cycles(module_graph()):
+        package = min(component, key=len)
+        if any(m.rpartition(".")[0] != package for m in component - {package}):
+            wide.append(sorted(component))
+    assert wide == []
+
+
+def test_the_cycle_check_sees_a_package_that_imports_its_subpackages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for room in ("pkg/left", "pkg/right"):
+        (tmp_path / room).mkdir(parents=True)
+        (tmp_path / room / "__init__.py").write_text("")
+    (tmp_path / "pkg/__init__.py").write_text("from pkg.left.app import a\n")
+    (tmp_path / "pkg/left/app.py").write_text("import os\na = 1\n")
+    (tmp_path / "pkg/right/app.py").write_text("from ..left import app\n")
+    monkeypatch.setitem(globals(), "ROOT", tmp_path)
+    assert cycles(module_graph(("pkg",))) == [{"pkg", "pkg.left", "pkg.left.app"}]

@@ -50,7 +50,8 @@ def _federated_rounds(config: Config) -> list[float]:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     from flwr.app import Context, RecordDict
 
-    from fedgray.fl import make_client_app, make_server_app
+    from fedgray.fl.clientapp.app import make_client_app
+    from fedgray.fl.serverapp.app import make_server_app
     from fedgray.fl.simulation.local_grid import LocalGrid
 
     records: list[dict[str, Any]] = []

@@ -29,8 +29,9 @@ def measure(model: str, sites: int, root: str) -> dict[str, Any]:
     from flwr.app import Context, RecordDict
 
     from fedgray.config import load_config
-    from fedgray.fl import make_client_app, make_server_app
+    from fedgray.fl.clientapp.app import make_client_app
     from fedgray.fl.common.cache import shared_backbone
+    from fedgray.fl.serverapp.app import make_server_app
     from fedgray.fl.simulation.local_grid import LocalGrid
 
     config = load_config(

@@ -4,17 +4,23 @@ A SuperLink starts ``flower-superexec``, which starts ``flwr-serverapp``; a Supe
 ``flower-superexec``, which starts a ``flwr-clientapp`` per message. Some of them start
 sessions of their own, so killing the group we started is not enough: :meth:`Processes.stop`
 collects the process group of every descendant first, then TERMs them all, waits, and KILLs
-what is left. It runs on normal exit, on failure, on ``atexit`` and on SIGINT/SIGTERM.
+what is left. It runs on normal exit, on failure, on ``atexit`` and on SIGINT/SIGTERM. A
+command killed with SIGKILL runs none of that: so each long-running Flower process starts
+under a guardian (:mod:`fedgray.deploy.guardian`) that ends its whole tree when the command
+dies, and a short one (the ``flwr`` CLI) asks the kernel to kill it then (Linux's
+parent-death signal).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,6 +28,26 @@ from pathlib import Path
 from types import FrameType
 
 STOP_GRACE_S = 5.0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def die_with_starter(starter: int, sig: signal.Signals = signal.SIGKILL) -> Callable[[], None]:
+    """What a child runs between fork and exec: ``sig`` when ``starter`` dies (exit at once
+    if it died already, in the moment before the request took effect). Only a system call:
+    safe after fork in a threaded process."""
+
+    def request() -> None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, sig)
+        if os.getppid() != starter:
+            os._exit(1)
+
+    return request
+
+
+def guarded(args: Sequence[str]) -> list[str]:
+    """``args`` under :mod:`fedgray.deploy.guardian`, on behalf of this process."""
+    return [sys.executable, "-m", "fedgray.deploy.guardian", str(os.getpid()), "--", *args]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -32,8 +58,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _name(process: subprocess.Popen) -> str:
-    args = process.args
-    first = args[0] if isinstance(args, list | tuple) else args
+    """The executable's name (the guarded one, under a guardian)."""
+    args = list(process.args) if isinstance(process.args, list | tuple) else [process.args]
+    first = args[args.index("--") + 1] if "fedgray.deploy.guardian" in args else args[0]
     return Path(str(first)).name
 
 
@@ -120,12 +147,13 @@ class Processes:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
     ) -> subprocess.Popen:
-        """Start ``args`` in a new session (its own process group), output to ``log_file``."""
+        """Start ``args`` under a guardian in a new session (its own process group), output
+        to ``log_file``."""
         log_file.parent.mkdir(parents=True, exist_ok=True)
         log = log_file.open("ab")
         self._handles.append(log)
         process = subprocess.Popen(
-            list(args),
+            guarded(args),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -156,6 +184,7 @@ class Processes:
             stdin=subprocess.DEVNULL,
             env=dict(env),
             start_new_session=True,
+            preexec_fn=die_with_starter(os.getpid()),
             text=True,
             bufsize=1,
         )

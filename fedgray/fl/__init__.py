@@ -1,5 +1,9 @@
-"""Federated adaptation on Flower: ClientApp/ServerApp factories over adapter updates.
+"""Federated adaptation on Flower, in rooms by role: ``clientapp/``, ``serverapp/``,
+``common/`` and ``simulation/``.
 
+Nothing is imported here: Flower loads the ServerApp and the ClientApp from two threads
+of one process in simulation, and a package that imported both rooms would make each
+import wait for the other (Python's import locks detect the deadlock and fail the run).
 Flower reads ``FLWR_TELEMETRY_ENABLED`` when it is first imported, so it is defaulted to off
 here, before any fedgray module imports Flower (set it to 1 beforehand to opt in).
 """
@@ -7,8 +11,3 @@ here, before any fedgray module imports Flower (set it to 1 beforehand to opt in
 import os
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-
-from fedgray.fl.clientapp.app import make_client_app  # noqa: E402
-from fedgray.fl.serverapp.app import make_server_app  # noqa: E402
-
-__all__ = ["make_client_app", "make_server_app"]

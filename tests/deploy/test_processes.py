@@ -1,5 +1,6 @@
 """Every process a deploy command starts is stopped: grandchildren in sessions of their own
-included, on normal exit, on an exception and on SIGINT/SIGTERM."""
+and orphans included, on normal exit, on an exception, on SIGINT/SIGTERM, and when the
+command itself is killed with SIGKILL."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ TREE = (
     "open(sys.argv[1], 'w').write(str(g.pid))\n"
     "time.sleep(300)\n"
 )
+# The same, but the child exits at once: its grandchild is an orphan (as a Flower process
+# whose parent died), which init would adopt but for the guardian.
+ORPHANING = TREE.replace("time.sleep(300)\n", "")
 
 
 def _alive(pid: int) -> bool:
@@ -94,6 +98,28 @@ def test_a_signal_to_the_command_stops_every_process_it_started(
         assert command.wait(timeout=30) == 130
         assert not any(_alive(pid) for pid in child_pids if pid != command.pid)
         assert not _alive(grandchild)
+    finally:
+        if command.poll() is None:
+            os.killpg(command.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("tree", [TREE, ORPHANING], ids=["tree", "orphan"])
+def test_kill_9_of_the_command_still_ends_every_process_it_started(
+    tmp_path: Path, tree: str
+) -> None:
+    command = subprocess.Popen(
+        [sys.executable, "-c", COMMAND, str(tmp_path / "pid"), tree], start_new_session=True
+    )
+    try:
+        grandchild = _wait_for(tmp_path / "pid")
+        assert grandchild in descendants(command.pid)  # the guardian adopted the orphan
+        started = [pid for pid in descendants(command.pid) if pid != command.pid]
+        command.kill()
+        command.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in started) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in started if _alive(pid)]
     finally:
         if command.poll() is None:
             os.killpg(command.pid, signal.SIGKILL)

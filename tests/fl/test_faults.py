@@ -135,6 +135,43 @@ def test_ctrl_c_or_sigterm_stops_cleanly_and_the_run_resumes(
     assert main(["run", "--resume", str(run_dir), "--set", "method.name=output"]) == 2
 
 
+@pytest.mark.slow
+def test_kill_9_of_fedgray_run_stops_all_it_started_and_resume_matches_an_uninterrupted_run(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL leaves fedgray run no chance to clean up: the SuperLink, its simulation and
+    Ray must still go (nothing writes into the run folder after), and --resume finishes it."""
+    config = tmp_path / "c.yaml"
+    config.write_text("{}\n")
+    settings = [*MICRO, *FEDADAM, "federation.num_rounds=50", f"output.root={tmp_path}",
+                "output.name=run"]  # fmt: skip
+    before = runtime_processes()
+    command = [sys.executable, "-m", "fedgray.cli", "run", str(config)]
+    command += [a for item in settings for a in ("--set", item)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith("round 1/50"):
+                break
+        process.kill()
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not runtime_processes_after_exit(before)
+    run_dir = tmp_path / "run"
+    written = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+    time.sleep(3)
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == written
+    done = load_checkpoint(run_dir).round
+    assert 1 <= done < 50
+    rounds = f"federation.num_rounds={done + 1}"
+    assert main(["run", "--resume", str(run_dir), "--set", rounds]) == 0
+    uninterrupted, _, _ = run_local(micro_config(tmp_path, *FEDADAM, rounds, name="whole"))
+    assert _same(from_record(load_checkpoint(run_dir).arrays), from_record(uninterrupted.arrays))
+
+
 def test_a_killed_runs_runtime_dir_and_processes_are_swept_at_the_next_start() -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # its pid now names no process: the run that owned the dir was killed
