@@ -25,12 +25,14 @@ from fedgray.deploy.launch import (
     SuperLinkOptions,
     SuperNodeOptions,
     flower_env,
+    flwr_run_to_end,
     last_error,
 )
 from fedgray.deploy.launch import flower_executable as flower
 from fedgray.deploy.processes import Processes, free_port, supervised
 from fedgray.deploy.roles import SuperLink, SuperNode, start_superlink, start_supernode
 from fedgray.deploy.site_data import OwnerFiles, seal_backbone, write_site_data
+from fedgray.fl.serverapp.progress import PROGRESS, Follower
 
 Echo = Callable[[str], None]
 HOST = "127.0.0.1"
@@ -134,14 +136,20 @@ def flwr_run(
     name: str = RESULTS,
 ) -> Path:
     """Submit the fedgray app with ``config`` (see :func:`submission`) and follow it to its
-    end; the results folder, or one line with the run's last error."""
+    end, echoing the lines the ServerApp writes to the results' ``progress.log`` (Flower's
+    stream goes to ``run_dir/flwr-run-NAME.log``); the results folder, or one line with the
+    run's error."""
     args, results = submission(run_dir, config, name=name)
     log = run_dir / f"flwr-run-{name}.log"
-    status = processes.run(
-        args, log_file=log, env=flower_env(run_dir / "flwr"), timeout=timeout, echo=echo
-    )
-    if status != 0 or not (results / "summary.json").is_file():
-        raise RuntimeError(f"flwr run: exit {status}, no summary: {last_error(log)} (see {log})")
+    env = flower_env(run_dir / "flwr")
+    with Follower(results / PROGRESS, echo) as follower:
+        status = flwr_run_to_end(processes, args, log_file=log, env=env, timeout=timeout)
+    if follower.error is not None:
+        raise RuntimeError(f"the run failed: {follower.error} (see {log})")
+    if status["status"] != "finished:completed" or not (results / "summary.json").is_file():
+        raise RuntimeError(
+            f"flwr run: the run ended {status['status']}, no summary: {last_error(log)} (see {log})"
+        )
     return results
 
 

@@ -11,15 +11,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from fedgray.deploy.processes import Processes
 
 CONNECTION = "fedgray"
 """The name of the SuperLink connection in Flower's CLI config (``$FLWR_HOME/config.toml``)."""
+STARTED = re.compile(r"Successfully started run (\d+)")
+STATUS_POLL_S = 2.0
 
 
 class LaunchError(RuntimeError):
@@ -47,6 +54,7 @@ def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[
         FLWR_TELEMETRY_ENABLED="0",
         FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
         FLWR_DISABLE_UPDATE_CHECK="1",  # no network calls of its own
+        PYTHONUNBUFFERED="1",  # each line reaches the log at once, even if it exits hard
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
     )
     env.update(extra or {})
@@ -219,3 +227,43 @@ def last_error(log: Path) -> str:
             return " ".join(" ".join(box).split())
     errors = [line for line in lines if "ERROR" in line or "Error" in line]
     return errors[-1].strip() if errors else "no error logged"
+
+
+def finished_run(
+    flwr_home: Path, run_id: int, *, superlink: subprocess.Popen | None = None
+) -> dict[str, Any]:
+    """Run ``run_id``'s entry in ``flwr list`` once it has finished (polled; one line if
+    ``superlink``, when given, stops first)."""
+    while True:
+        out = flwr_cli(["list", CONNECTION, "--run-id", str(run_id), "--format", "json"], flwr_home)
+        runs = json.loads(out[out.index("{") :])["runs"]
+        if runs and str(runs[0]["status"]).startswith("finished"):
+            return dict(runs[0])
+        if superlink is not None and superlink.poll() is not None:
+            raise LaunchError(f"the SuperLink stopped (exit code {superlink.returncode})")
+        time.sleep(STATUS_POLL_S)
+
+
+def flwr_run_to_end(
+    processes: Processes,
+    args: Sequence[str],
+    *,
+    log_file: Path,
+    env: Mapping[str, str],
+    timeout: float | None = None,
+    superlink: subprocess.Popen | None = None,
+) -> dict[str, Any]:
+    """``flwr run ... --stream`` (``args``), its stream to ``log_file``, then the run it
+    started followed to its end with ``flwr list``: the stream can end before the run does
+    (a dropped connection, a restarted SuperLink), and ``flwr run`` exits 0 for a run that
+    failed. The run's ``flwr list`` entry; LaunchError if no run started."""
+    started: list[int] = []
+
+    def note(line: str) -> None:
+        if found := STARTED.search(line):
+            started.append(int(found[1]))
+
+    processes.run(args, log_file=log_file, env=env, timeout=timeout, echo=note)
+    if not started:
+        raise LaunchError(f"flwr run started no run: {last_error(log_file)}")
+    return finished_run(Path(env["FLWR_HOME"]), started[0], superlink=superlink)

@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 
 from fedgray.fl.serverapp.failures import FederationError
-from fedgray.fl.serverapp.progress import error_line, is_error, record_error, teed
-from fedgray.fl.simulation.engine import _Follower
+from fedgray.fl.serverapp.progress import Follower, error_line, is_error, record_error, teed
 
 
 def test_every_line_said_is_also_in_the_log_and_the_error_is_marked(tmp_path: Path) -> None:
@@ -28,7 +27,7 @@ def test_the_follower_prints_new_whole_lines_and_keeps_the_error(tmp_path: Path)
     log = tmp_path / "progress.log"
     log.write_text("a line of the run before this resume\n")
     printed: list[str] = []
-    with _Follower(log, printed.append) as follower:
+    with Follower(log, printed.append) as follower:
         with log.open("a") as out:
             out.write("round 1/2 par")
             out.flush()

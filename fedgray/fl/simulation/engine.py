@@ -24,9 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +31,12 @@ from fedgray.config import Config, load_config
 from fedgray.deploy.app import write_app
 from fedgray.deploy.launch import (
     CONNECTION,
+    LaunchError,
     SuperLinkOptions,
     config_arg,
     flower_env,
     flower_executable,
-    flwr_cli,
-    last_error,
+    flwr_run_to_end,
     superlink_command,
     write_cli_config,
 )
@@ -48,7 +45,7 @@ from fedgray.fl.common.run_config import require_federated_method
 from fedgray.fl.serverapp.checkpoint import CHECKPOINT
 from fedgray.fl.serverapp.failures import FederationError
 from fedgray.fl.serverapp.preflight import preflight
-from fedgray.fl.serverapp.progress import ERROR_PREFIX, PROGRESS, is_error
+from fedgray.fl.serverapp.progress import PROGRESS, Follower
 from fedgray.fl.serverapp.server import Echo
 from fedgray.fl.simulation.runtime import flower_runtime
 from fedgray.runs import RunFolder
@@ -97,7 +94,6 @@ def open_run(
 
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT_S = 60.0
-STATUS_POLL_S = 2.0
 RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
@@ -127,59 +123,6 @@ def _submitted(config: Config, run: RunFolder) -> Config:
     return dataclasses.replace(config, output=output)
 
 
-class _Follower:
-    """Prints the lines the ServerApp appends to ``progress.log`` and keeps its error line."""
-
-    def __init__(self, path: Path, echo: Echo) -> None:
-        self.path, self.echo = path, echo
-        self.offset = path.stat().st_size if path.is_file() else 0
-        self.error: str | None = None
-        self._partial = ""
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _read(self) -> None:
-        if not self.path.is_file():
-            return
-        with self.path.open("r", encoding="utf-8", errors="replace") as log:
-            log.seek(self.offset)
-            text = log.read()
-            self.offset = log.tell()
-        *lines, self._partial = (self._partial + text).split("\n")
-        for line in lines:
-            if is_error(line):
-                self.error = line[len(ERROR_PREFIX) :]
-            else:
-                self.echo(line)
-
-    def _loop(self) -> None:
-        while not self._done.wait(0.2):
-            self._read()
-
-    def __enter__(self) -> _Follower:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
-        self._read()
-
-
-def _final_status(flwr_home: Path, superlink: subprocess.Popen) -> dict[str, Any]:
-    """The run's entry in ``flwr list`` once it has finished (this SuperLink holds one run;
-    ``flwr run --stream`` normally returns only then, so this rarely waits)."""
-    while True:
-        runs = json.loads(flwr_cli(["list", CONNECTION, "--format", "json"], flwr_home))["runs"]
-        if not runs:
-            raise FederationError("the SuperLink holds no run: the submission was lost")
-        if str(runs[0]["status"]).startswith("finished"):
-            return dict(runs[0])
-        if superlink.poll() is not None:
-            raise FederationError(f"the SuperLink stopped (exit code {superlink.returncode})")
-        time.sleep(STATUS_POLL_S)
-
-
 def run_federation(config: Config, run: RunFolder, *, echo: Echo = print) -> dict[str, Any]:
     """Run the federation ``config`` describes into ``run`` (see the module docstring); its
     summary. A run that fails raises FederationError with its one-line reason; SIGINT and
@@ -204,10 +147,13 @@ def run_federation(config: Config, run: RunFolder, *, echo: Echo = print) -> dic
         app = write_app(_submitted(config, run), runtime / "app")
         submit = [flower_executable("flwr"), "run", str(app), CONNECTION, "--stream"]
         submit += ["--federation-config", config_arg(simulation_config(config))]
-        with _Follower(run.path / PROGRESS, echo) as follower:
-            if processes.run(submit, log_file=log, env=env, timeout=None) != 0:
-                raise FederationError(f"flwr run failed: {last_error(log)}")
-            status = _final_status(flwr_home, superlink)
+        with Follower(run.path / PROGRESS, echo) as follower:
+            try:
+                status = flwr_run_to_end(
+                    processes, submit, log_file=log, env=env, superlink=superlink
+                )
+            except LaunchError as error:
+                raise FederationError(str(error)) from error
     if follower.error is not None:
         raise FederationError(follower.error)
     if status["status"] != "finished:completed" or not (run.path / "summary.json").is_file():
