@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -278,6 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EXPECTED_ERRORS as error:  # refused before anything ran
         print(f"fedgray: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `fedgray info | head`: the reader left, as a shell tool would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

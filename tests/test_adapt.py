@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,6 +95,22 @@ def test_cli_info_lists_methods(capsys: pytest.CaptureFixture) -> None:
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "dga" in out and "world/sketch" in out and "fedgray-tiny" in out
+
+
+def test_cli_output_into_a_closed_pipe_ends_quietly_as_shell_tools_do() -> None:
+    """`fedgray info | head -1`: the reader leaves early; no traceback, exit 128 + SIGPIPE."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    done = subprocess.run(
+        [sys.executable, "-m", "fedgray.cli", "info"],
+        stdout=write,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+    )
+    os.close(write)
+    assert done.returncode == 128 + signal.SIGPIPE
+    assert done.stderr == ""
 
 
 def test_adapt_that_cannot_start_leaves_no_folder_and_never_overwrites_a_run(
