@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -78,3 +79,22 @@ def test_run_refuses_a_setting_federated_craft_cannot_take(
     err = capsys.readouterr().err
     assert "federation.strategy: not with method 'craft' in federated runs" in err
     assert err.count("\n") == 1 and not list(tmp_path.glob("federated-*"))
+
+
+def test_a_superlink_that_cannot_start_is_one_line_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedgray.fl.simulation import engine
+
+    broken = [sys.executable, "-c", "raise SystemExit(3)"]
+    monkeypatch.setattr(engine, "superlink_command", lambda options: broken)
+    config = tmp_path / "micro.yaml"
+    config.write_text("{}\n")
+    temps_before = set(Path(tempfile.gettempdir()).glob("fedgray-*"))
+    overrides = [a for item in MICRO for a in ("--set", item)]
+    code = main(["run", str(config), *overrides, "--set", f"output.root={tmp_path}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1].startswith("fedgray: error: the local SuperLink did not start: ")
+    assert "exited (3)" in err[-1]
+    assert not set(Path(tempfile.gettempdir()).glob("fedgray-*")) - temps_before

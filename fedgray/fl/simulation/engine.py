@@ -142,7 +142,10 @@ def run_federation(config: Config, run: RunFolder, *, echo: Echo = print) -> dic
             simulation=True,
         )
         superlink = processes.start(superlink_command(link), log_file=log, env=env, cwd=runtime)
-        wait_for_port(HOST, link.port, timeout=STARTUP_TIMEOUT_S, process=superlink)
+        try:
+            wait_for_port(HOST, link.port, timeout=STARTUP_TIMEOUT_S, process=superlink)
+        except (RuntimeError, TimeoutError) as error:
+            raise FederationError(f"the local SuperLink did not start: {error}") from error
         write_cli_config(flwr_home, link.address, None)
         app = write_app(_submitted(config, run), runtime / "app")
         submit = [flower_executable("flwr"), "run", str(app), CONNECTION, "--stream"]
