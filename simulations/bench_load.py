@@ -97,8 +97,8 @@ def main() -> None:
     print(f"{'GOMP_SPINCOUNT':>15} {'alone s':>9} {'loaded s':>9} {'slowdown':>9}")
     for spin in SPIN_COUNTS:
         alone = statistics.median(times[(spin, False)])
-        loaded = statistics.median(times[(spin, True)])
-        print(f"{spin:>15} {alone:>9.3f} {loaded:>9.3f} {loaded / alone:>8.1f}x")
+        busy = statistics.median(times[(spin, True)])
+        print(f"{spin:>15} {alone:>9.3f} {busy:>9.3f} {busy / alone:>8.1f}x")
 
 
 if __name__ == "__main__":
