@@ -78,6 +78,12 @@ def _strategies() -> Collection[str]:
     return STRATEGIES
 
 
+def _objectives() -> Collection[str]:
+    from fedgray.privacy.objectives import OBJECTIVES
+
+    return OBJECTIVES
+
+
 def _accountants() -> Collection[str]:
     from fedgray.privacy.ledger import ACCOUNTANTS
 
@@ -307,7 +313,7 @@ class PrivacyConfig:
     poisson: bool = True
     secure_mode: bool = False
     cache_features: bool = False
-    objective: str = field(default="frozen-text", metadata=one_of("frozen-text", "text-out"))
+    objective: str = field(default="frozen-text", metadata=registered("objective", _objectives))
     loss_scale: float | None = field(default=None, metadata=positive())
     central: CentralPrivacyConfig = field(default_factory=CentralPrivacyConfig)
 

@@ -202,14 +202,18 @@ def flwr_cli(args: Sequence[str], flwr_home: Path, *, timeout: float = 60.0) -> 
     return done.stdout
 
 
+def flwr_json(args: Sequence[str], flwr_home: Path) -> dict[str, Any]:
+    """``flwr ARGS --format json``'s reply (after the "Using SuperLink" line it prints first)."""
+    out = flwr_cli([*args, "--format", "json"], flwr_home)
+    return dict(json.loads(out[out.index("{") :]))
+
+
 def register_supernode(public_key: Path, flwr_home: Path, *, name: str) -> int:
     """Register a site's public key with the SuperLink (``flwr supernode register``, as
     Flower 1.42 does node authentication); the node id the SuperLink assigned."""
-    out = flwr_cli(
-        ["supernode", "register", str(public_key), CONNECTION, "--name", name, "--format", "json"],
-        flwr_home,
+    reply = flwr_json(
+        ["supernode", "register", str(public_key), CONNECTION, "--name", name], flwr_home
     )
-    reply = json.loads(out[out.index("{") :])
     return int(reply["node-id"])
 
 
@@ -235,8 +239,7 @@ def finished_run(
     """Run ``run_id``'s entry in ``flwr list`` once it has finished (polled; one line if
     ``superlink``, when given, stops first)."""
     while True:
-        out = flwr_cli(["list", CONNECTION, "--run-id", str(run_id), "--format", "json"], flwr_home)
-        runs = json.loads(out[out.index("{") :])["runs"]
+        runs = flwr_json(["list", CONNECTION, "--run-id", str(run_id)], flwr_home)["runs"]
         if runs and str(runs[0]["status"]).startswith("finished"):
             return dict(runs[0])
         if superlink is not None and superlink.poll() is not None:

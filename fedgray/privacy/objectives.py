@@ -138,9 +138,10 @@ PRIVATE_OBJECTIVES: dict[str, PrivateLoss] = {
     "retrieval": _retrieval,
     "classification": _classification,
 }
-# Variants by ``privacy.objective`` (task -> objective -> loss); "frozen-text" is the above.
-TEXT_OUT_OBJECTIVES: dict[str, PrivateLoss] = {"retrieval": _retrieval_text_out}
-OBJECTIVES = ("frozen-text", "text-out")
+OBJECTIVES: dict[str, dict[str, PrivateLoss]] = {  # privacy.objective -> task -> loss
+    "frozen-text": PRIVATE_OBJECTIVES,
+    "text-out": {"retrieval": _retrieval_text_out},
+}
 
 
 def private_task(
@@ -156,21 +157,21 @@ def private_task(
         )
     if objective not in OBJECTIVES:
         raise ValueError(f"privacy.objective: '{objective}' (known: {', '.join(OBJECTIVES)})")
+    losses = OBJECTIVES[objective]
+    if name not in losses:
+        raise ValueError(
+            f"privacy.objective: '{objective}' has no form for train.task '{name}' "
+            f"(known: {', '.join(losses)})"
+        )
     frozen = TEXT_MODULES
-    objective_loss = PRIVATE_OBJECTIVES[name]
     if objective == "text-out":
-        if name not in TEXT_OUT_OBJECTIVES:
-            raise ValueError(
-                f"privacy.objective: 'text-out' has no form for train.task '{name}' "
-                f"(known: {', '.join(TEXT_OUT_OBJECTIVES)})"
-            )
         if not isinstance(model.text_out, torch.nn.Linear):
             raise ValueError(
                 "privacy.objective: 'text-out' needs a linear text output module "
                 "(method 'output', 'dga' or 'lga')"
             )
         frozen = tuple(m for m in TEXT_MODULES if m != "text_out")
-        objective_loss = TEXT_OUT_OBJECTIVES[name]
+    objective_loss = losses[name]
     for module_name in frozen:
         module = getattr(model, module_name)
         if module is not None:

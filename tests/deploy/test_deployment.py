@@ -14,7 +14,7 @@ import pytest
 
 from fedgray.deploy.credentials import create_credentials
 from fedgray.deploy.demo import flwr_run, site_node_config
-from fedgray.deploy.launch import SuperNodeOptions, flwr_cli
+from fedgray.deploy.launch import SuperNodeOptions, flwr_json
 from fedgray.deploy.processes import Processes, descendants, free_port
 from fedgray.deploy.roles import start_supernode
 from tests.deploy.conftest import RUN_LIMIT_S, Federation, alive
@@ -38,8 +38,7 @@ def _stranger(federation: Federation, tmp_path: Path, *, registered_key: bool) -
 
 
 def _online_nodes(federation: Federation) -> int:
-    listing = flwr_cli(["supernode", "list", "--format", "json"], federation.link.flwr_home)
-    nodes = json.loads(listing[listing.index("{") :])["nodes"]
+    nodes = flwr_json(["supernode", "list"], federation.link.flwr_home)["nodes"]
     return sum(1 for node in nodes if node["status"] == "online")
 
 

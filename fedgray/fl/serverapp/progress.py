@@ -4,8 +4,8 @@ error that ended it.
 The ServerApp runs wherever Flower starts it (a SuperLink's subprocess, a deployment's
 machine), so its lines cannot reach a terminal directly. It appends them to this file,
 which ``fedgray run`` and ``fedgray deploy demo`` follow (:class:`Follower`) and an operator
-can ``tail -f``; a run that fails writes
-its reason as one last line starting with :data:`ERROR_PREFIX`.
+can ``tail -f``; a run that fails writes its reason as one last line starting with
+:data:`ERROR_PREFIX`.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ the next run sweeps the dirs whose owner is gone, stopping what still runs from 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -31,16 +30,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _processes_using(folder: Path) -> list[int]:
-    """Processes whose command line names ``folder`` (Ray's workers name their session dir)."""
-    found = []
+def _kill_processes_using(folder: Path) -> None:
+    """SIGKILL every process whose command line names ``folder`` (Ray's workers name their
+    session dir, the SuperLink its database)."""
     for entry in Path("/proc").glob("[0-9]*"):
         try:
             if str(folder) in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode():
-                found.append(int(entry.name))
+                os.kill(int(entry.name), signal.SIGKILL)
         except (OSError, ValueError):
             continue
-    return found
 
 
 def sweep_stale_runtimes() -> list[Path]:
@@ -54,9 +52,7 @@ def sweep_stale_runtimes() -> list[Path]:
             continue  # not ours, or still being set up
         if _alive(owner):
             continue
-        for pid in _processes_using(folder):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+        _kill_processes_using(folder)
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
     return removed
@@ -75,7 +71,5 @@ def flower_runtime() -> Iterator[Path]:
     try:
         yield runtime
     finally:
-        for pid in _processes_using(runtime):  # stopped by now, unless something escaped
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+        _kill_processes_using(runtime)  # stopped by now, unless something escaped
         shutil.rmtree(runtime, ignore_errors=True)
