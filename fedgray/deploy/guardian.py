@@ -37,35 +37,26 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop
 
 
-def _below() -> list[int]:
-    """Every process below this one (orphans adopted by this subreaper included)."""
-    return [pid for pid in descendants(os.getpid()) if pid != os.getpid()]
-
-
 def _end_tree() -> None:
     """TERM every descendant, wait, KILL what is left, and reap them all."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        below = _below()
+        below = [pid for pid in descendants(os.getpid()) if pid != os.getpid()]
         for pid in below:
             with contextlib.suppress(OSError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + STOP_GRACE_S
         while below and time.monotonic() < deadline:
             _reap()
-            below = _below()
+            below = [pid for pid in descendants(os.getpid()) if pid != os.getpid()]
             time.sleep(0.05)
     _reap()
 
 
-def _reap(watched: int | None = None) -> int | None:
-    """Collect every exited child (orphans adopted by this subreaper included); ``watched``'s
-    exit code (negative: the signal that ended it), if it was among them."""
-    code = None
+def _reap() -> None:
+    """Collect every exited child (orphans adopted by this subreaper included)."""
     with contextlib.suppress(ChildProcessError):
-        while (found := os.waitpid(-1, os.WNOHANG))[0] > 0:
-            if found[0] == watched:
-                code = os.waitstatus_to_exitcode(found[1])
-    return code
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
 
 
 def main(argv: list[str]) -> int:
@@ -78,12 +69,13 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     die_with_starter(starter, signal.SIGTERM)()  # exits if the starter is gone already
-    status: int | None = None
+    status = 1
     try:
         child = subprocess.Popen(command)
-        while status is None:
+        while (code := child.poll()) is None:
             time.sleep(POLL_S)
-            status = _reap(child.pid)
+            _reap_others(child.pid)
+        status = code
     except _Stop:
         status = 128 + signal.SIGTERM
     finally:
@@ -91,6 +83,15 @@ def main(argv: list[str]) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _end_tree()
     return status
+
+
+def _reap_others(keep: int) -> None:
+    """Collect adopted orphans that exited, leaving ``keep`` to :meth:`Popen.poll`."""
+    for pid in descendants(os.getpid()):
+        if pid in (keep, os.getpid()):
+            continue
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
 
 
 if __name__ == "__main__":
