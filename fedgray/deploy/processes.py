@@ -215,8 +215,12 @@ class Processes:
         return status
 
     def kill(self, process: subprocess.Popen, sig: signal.Signals = signal.SIGKILL) -> None:
-        """Send ``sig`` to ``process`` and every process group below it (a fault, or a stop)."""
-        _signal_groups(_groups(descendants(process.pid)), sig)
+        """Send ``sig`` to ``process`` and every process group below it (a fault, or a stop),
+        and wait until they are gone: ``process`` may be a guardian that dies at once while
+        the SuperLink below it still holds its port for a moment."""
+        groups = _groups(descendants(process.pid))
+        _signal_groups(groups, sig)
+        _wait_until_gone(groups, STOP_GRACE_S)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=STOP_GRACE_S)
 
