@@ -225,8 +225,9 @@ class TrainConfig:
     ``lr``: the learning rate of AdamW, the same in both: with ``schedule: cosine`` (the
     default) the peak of a cosine decay over one local training call (``train.steps`` steps
     in ``fedgray adapt``, ``federation.local_steps`` per round at a site, restarting each
-    round); with ``schedule: constant`` the rate of every step (see
-    :mod:`fedgray.train.schedule`). ``steps`` and ``eval_every`` apply to ``fedgray adapt``.
+    round); with ``run-cosine`` the peak of one decay over a site's whole run (all rounds);
+    with ``constant`` the rate of every step (see :mod:`fedgray.train.schedule`). ``steps``
+    and ``eval_every`` apply to ``fedgray adapt``.
     """
 
     task: str = field(default="retrieval", metadata=registered("task", _tasks))

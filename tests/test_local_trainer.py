@@ -70,6 +70,20 @@ def test_train_lr_is_one_cosine_schedule_in_adapt_and_at_sites(
     assert rates == pytest.approx([LR] * (4 + 12))
 
 
+def test_run_cosine_decays_once_over_all_rounds_as_a_central_run_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rates = _spy_on_rates(monkeypatch)
+    adapt(_adapt_config(tmp_path, "train.schedule=run-cosine"), progress=False, echo=lambda _: None)
+    assert rates == pytest.approx([_cosine(s, 4) for s in range(4)])
+    rates.clear()
+    # 3 sites x 2 rounds x 2 local steps: round r's steps sit at 2 (r - 1) + s of 4.
+    run_local(micro_config(tmp_path, f"train.lr={LR}", "train.schedule=run-cosine", name="r"))
+    assert rates == pytest.approx(
+        [_cosine(0, 4), _cosine(1, 4)] * 3 + [_cosine(2, 4), _cosine(3, 4)] * 3
+    )
+
+
 def test_adapt_with_privacy_runs_dp_sgd_and_reports_a_reproducible_epsilon(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

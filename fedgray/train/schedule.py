@@ -1,14 +1,18 @@
 """What ``train.lr`` means, in ``fedgray adapt`` and at every federated site alike.
 
-``train.schedule`` shapes the rate over one local training call of ``n`` steps:
-``cosine`` (the default) trains step ``s`` at ``lr * (1 + cos(pi * s / n)) / 2``;
-``constant`` at ``lr`` throughout. ``fedgray adapt`` makes one call of ``train.steps``
+``train.schedule`` shapes the rate. ``fedgray adapt`` makes one call of ``train.steps``
 steps; a federated site makes one call of ``federation.local_steps`` steps per round (each
-round a fresh optimiser), so the schedule restarts every round and depends on nothing but
-the round's own steps (a resumed run, even one with rounds added, trains exactly as an
-uninterrupted one). Before issue 10, a federated site always trained at the constant rate;
-the quickstart keeps ``constant``, which reaches more in its 25 local steps per round
-(R@1 mean 65.6 against 51.3 with ``cosine``, same seeds).
+round a fresh optimiser). ``cosine`` (the default) trains step ``s`` of a call of ``n``
+steps at ``lr * (1 + cos(pi * s / n)) / 2``, so in a federation it restarts every round and
+depends on nothing but the round's own steps (a resumed run, even one with rounds added,
+trains exactly as an uninterrupted one). ``run-cosine`` decays once over the whole run: a
+site's step ``s`` of round ``r`` trains at the cosine of ``(r - 1) * local_steps + s`` over
+``num_rounds * local_steps``, the schedule a central run of the same steps has (a resumed run
+trains as an uninterrupted one; one with rounds added stretches the rest of its decay).
+``constant`` trains at ``lr`` throughout. In ``fedgray adapt`` ``run-cosine`` is ``cosine``.
+Before issue 10, a federated site always trained at the constant rate; the quickstart keeps
+``constant``, which reaches more in its 25 local steps per round (R@1 mean 65.6 against 51.3
+with ``cosine``, same seeds).
 
 ``planned`` is the trainer's whole run (all rounds at a site), which DP-SGD calibrates
 ``privacy.target_epsilon`` over; ``done`` the run's steps before this call (earlier rounds).
@@ -22,11 +26,17 @@ from dataclasses import dataclass
 
 from fedgray.config import Config
 
-SHAPES: dict[str, Callable[[int, int], float]] = {
-    "cosine": lambda step, steps: 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps)),
-    "constant": lambda step, steps: 1.0,
+
+def _cosine(step: int, steps: int) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
+
+
+SHAPES: dict[str, Callable[[Schedule, int], float]] = {
+    "cosine": lambda call, step: _cosine(step, call.steps),
+    "run-cosine": lambda call, step: _cosine(call.done + step, max(call.planned, 1)),
+    "constant": lambda call, step: 1.0,
 }
-"""Learning-rate factor of step ``step`` (from 0) of a call of ``steps``, by ``train.schedule``."""
+"""Learning-rate factor of a call's step ``step`` (from 0), by ``train.schedule``."""
 
 
 @dataclass(frozen=True)
@@ -60,4 +70,4 @@ class Schedule:
 
     def factor(self, step: int) -> float:
         """The learning-rate factor of the call's ``step``-th step (from 0)."""
-        return SHAPES[self.shape](step, self.steps)
+        return SHAPES[self.shape](self, step)
