@@ -60,6 +60,12 @@ def _schedules() -> Collection[str]:
     return SHAPES
 
 
+def _projections() -> Collection[str]:
+    from fedgray.adapters.prompt import PROJECTIONS
+
+    return PROJECTIONS
+
+
 def _partitioners() -> Collection[str]:
     from fedgray.data.partition import PARTITIONERS
 
@@ -70,6 +76,12 @@ def _compressions() -> Collection[str]:
     from fedgray.fl.common.compression import COMPRESSIONS
 
     return COMPRESSIONS
+
+
+def _selections() -> Collection[str]:
+    from fedgray.fl.serverapp.selection import SELECTIONS
+
+    return SELECTIONS
 
 
 def _strategies() -> Collection[str]:
@@ -159,8 +171,11 @@ class CraftConfig:
 
     ``queries``: backbone calls the training may spend (the paper's 8,000), counted by the
     sealed backbone; ``popsize``/``sigma``: CMA-ES's population and initial step size;
-    ``intrinsic_dim``: dimension of the searched point ``z``; ``bound``: CMA-ES keeps each
-    coordinate of ``z`` in ``[-bound, bound]`` (0: unbounded); ``consistency``: weight of
+    ``intrinsic_dim``: dimension of the searched point ``z``; ``projection``: how the fixed
+    map ``A`` from ``z`` to the prompt is drawn (``normal``: N(0, 1/dim); ``uniform``: the
+    authors' code, U(-1/sqrt(dim), 1/sqrt(dim)), 1/sqrt(3) of that spread); ``bound``:
+    CMA-ES keeps each coordinate of ``z`` in ``[-bound, bound]`` (0: unbounded);
+    ``consistency``: weight of
     the prediction-consistency term; ``consistency_until``: the share of a run's
     generations whose refiner loss has it (the fitness keeps it throughout, as the
     authors' code does); ``augment``: the refiner's epoch each generation sees freshly
@@ -178,6 +193,7 @@ class CraftConfig:
     popsize: int = field(default=40, metadata=check(lambda v: v >= 2, "must be >= 2"))
     sigma: float = field(default=0.05, metadata=positive())
     intrinsic_dim: int = field(default=64, metadata=positive())
+    projection: str = field(default="normal", metadata=registered("projection", _projections))
     bound: float = field(default=5.0, metadata=check(lambda v: v >= 0, "must be >= 0"))
     consistency: float = field(default=0.01, metadata=check(lambda v: v >= 0, "must be >= 0"))
     consistency_until: float = field(
@@ -255,6 +271,10 @@ class FederationConfig:
 
     ``compression: int8`` sends int8 updates up (error feedback at the site) and the
     global adapters down as float16 (see :mod:`fedgray.fl.common.compression`).
+    ``select``: the adapters the run ends with, ``last`` (the last round's) or ``best``
+    (the round, 0 included, with the best value of the task's metric on the sites'
+    held-out data; needs ``fraction_evaluate > 0``; see
+    :mod:`fedgray.fl.serverapp.selection`).
     """
 
     num_sites: int = field(default=8, metadata=positive())
@@ -277,6 +297,14 @@ class FederationConfig:
     seed: int = 0
     compression: str = field(default="none", metadata=registered("compression", _compressions))
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
+    select: str = field(default="last", metadata=registered("selection", _selections))
+
+    def __post_init__(self) -> None:
+        if self.select == "best" and not self.fraction_evaluate:
+            raise ConfigError(
+                "federation.select: 'best' chooses by the sites' held-out metric, which "
+                "federation.fraction_evaluate: 0 never measures"
+            )
 
 
 @dataclass

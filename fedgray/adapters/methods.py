@@ -87,8 +87,9 @@ def _lga(backbone: Backbone, options: MethodConfig) -> AdaptedCLIP:
 
 def _craft(backbone: Backbone, options: MethodConfig) -> AdaptedCLIP:
     context = context_tokens(backbone.tokenize, options.craft.context)
-    width, dim = backbone.interface.token_width, options.craft.intrinsic_dim
-    return AdaptedCLIP(backbone, text_in=PromptSpace(width, context, dim=dim))
+    width, craft = backbone.interface.token_width, options.craft
+    space = PromptSpace(width, context, dim=craft.intrinsic_dim, projection=craft.projection)
+    return AdaptedCLIP(backbone, text_in=space)
 
 
 def _lora(backbone: Backbone, options: MethodConfig) -> AdaptedCLIP:

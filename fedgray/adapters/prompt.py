@@ -63,6 +63,16 @@ def context_tokens(tokenize: Callable[[Sequence[str]], torch.Tensor], words: str
     return Context(text[start : start + count].clone(), start, pad)
 
 
+PROJECTIONS: dict[str, Callable[[int, int], torch.Tensor]] = {
+    # Entries N(0, 1/dim): a coordinate of A z has about the spread of one of z's.
+    "normal": lambda size, dim: torch.randn(size, dim) / math.sqrt(dim),
+    # The authors' code: A is an untrained nn.Linear(dim, size, bias=False), whose default
+    # initialisation draws U(-1/sqrt(dim), 1/sqrt(dim)), a spread 1/sqrt(3) of "normal"'s.
+    "uniform": lambda size, dim: (2 * torch.rand(size, dim) - 1) / math.sqrt(dim),
+}
+"""How the fixed projection ``A`` is drawn (``method.craft.projection``), from the global RNG."""
+
+
 class PromptSpace(nn.Module):
     """The context tokens ``p0 + A z``: ``z`` is set, never trained; ``p0`` stays in the
     backbone (see the module doc)."""
@@ -71,13 +81,14 @@ class PromptSpace(nn.Module):
     point: torch.Tensor
     context_ids: torch.Tensor
 
-    def __init__(self, width: int, context: Context, *, dim: int) -> None:
+    def __init__(
+        self, width: int, context: Context, *, dim: int, projection: str = "normal"
+    ) -> None:
         super().__init__()
         self.width, self.start, self.pad = width, context.start, context.pad
         self.register_buffer("context_ids", context.ids.clone())
         size = context.ids.numel() * width
-        # Entries N(0, 1/dim): a coordinate of A z then has about the spread of one of z's.
-        self.register_buffer("projection", torch.randn(size, dim) / math.sqrt(dim))
+        self.register_buffer("projection", PROJECTIONS[projection](size, dim))
         self.register_buffer("point", torch.zeros(dim))
 
     @property

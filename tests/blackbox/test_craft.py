@@ -4,6 +4,7 @@ the query budget, and ``fedgray adapt`` with method ``craft``."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,12 +14,13 @@ import torch.nn.functional as F
 
 from fedgray.adapt import adapt
 from fedgray.adapters import build_model
+from fedgray.adapters.prompt import PROJECTIONS
 from fedgray.backbone import SealedBackbone, load_sealed
 from fedgray.blackbox.augment import augment
 from fedgray.blackbox.craft import Craft, encode_images, plan_queries
 from fedgray.blackbox.refine import PredictionRefiner, consistency
 from fedgray.blackbox.search import CmaSearch
-from fedgray.config import CraftConfig, load_config
+from fedgray.config import CraftConfig, MethodConfig, load_config
 from fedgray.config_schema import ConfigError
 from fedgray.data.registry import load_dataset
 from fedgray.tasks.data import TaskData, prepare
@@ -383,3 +385,25 @@ def test_craft_is_a_classification_method(tmp_path: Path) -> None:
     config = load_config(None, ["method.name=craft", "backbone.level=black"])
     with pytest.raises(ConfigError, match="method 'craft' supports classification, not retrieval"):
         adapt(config, progress=False, echo=lambda _: None)
+
+
+def test_the_uniform_projection_draws_as_the_authors_untrained_linear_layer() -> None:
+    """``method.craft.projection: uniform`` is nn.Linear(dim, size)'s default initialisation,
+    the authors' ``A``: every entry within 1/sqrt(dim), its spread 1/sqrt(3) of ``normal``'s."""
+    dim, size = 64, 4 * 512
+    torch.manual_seed(0)
+    uniform = PROJECTIONS["uniform"](size, dim)
+    torch.manual_seed(0)
+    normal = PROJECTIONS["normal"](size, dim)
+    linear = torch.nn.Linear(dim, size, bias=False).weight.detach()
+    bound = 1 / math.sqrt(dim)
+    assert uniform.shape == linear.shape == normal.shape == (size, dim)
+    assert uniform.abs().max() <= bound and linear.abs().max() <= bound
+    assert uniform.std().item() == pytest.approx(linear.std().item(), rel=0.02)
+    assert uniform.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.02)
+    assert normal.std().item() == pytest.approx(bound, rel=0.02)
+    backbone = black()
+    model = build_model(
+        backbone, MethodConfig(name="craft", craft=CraftConfig(projection="uniform"))
+    )
+    assert model.text_in.projection.abs().max() <= 1 / math.sqrt(model.text_in.dim)
