@@ -1,4 +1,5 @@
-"""The server's per-round checkpoint: global adapters, strategy state and round number.
+"""The server's per-round checkpoint: global adapters, strategy state and round number,
+and with ``federation.select: best`` the chosen round's adapters beside the last ones.
 
 One file, ``checkpoint.pt`` in the run folder, replaced atomically after every round, so a
 crash leaves the previous round's checkpoint intact. It loads with ``weights_only=True``.
@@ -32,6 +33,7 @@ class Checkpoint:
     strategy_state: dict[str, tuple[str, dict[str, np.ndarray]]]
     privacy: dict[str, Any] = field(default_factory=dict)
     central: dict[str, Any] = field(default_factory=dict)
+    selection: dict[str, Any] = field(default_factory=dict)
 
     def restore(self, strategy: object) -> None:
         """Put the saved strategy state back on a freshly built ``strategy``."""
@@ -47,9 +49,11 @@ def save_checkpoint(
     strategy: object,
     privacy: dict[str, Any] | None = None,
     central: dict[str, Any] | None = None,
+    selection: dict[str, Any] | None = None,
 ) -> Path:
     """Write (atomically) the checkpoint after ``server_round``; ``privacy``: the sites'
-    ledgers, ``central``: the central-DP ledger."""
+    ledgers, ``central``: the central-DP ledger, ``selection``: the round chosen so far
+    (:meth:`fedgray.fl.serverapp.selection.Selection.state`)."""
     state = {
         attr: {"kind": kind, "arrays": {k: torch.from_numpy(np.array(v)) for k, v in d.items()}}
         for attr, (kind, d) in strategy_state(strategy).items()
@@ -62,6 +66,7 @@ def save_checkpoint(
         "strategy_state": state,
         "privacy": privacy or {},
         "central": central or {},
+        "selection": selection or {},
     }
     path = run_dir / CHECKPOINT
     tmp = path.with_suffix(".tmp")
@@ -102,4 +107,5 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
         state,
         payload.get("privacy", {}),
         payload.get("central", {}),
+        payload.get("selection", {}),
     )

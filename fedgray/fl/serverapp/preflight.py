@@ -24,7 +24,8 @@ from fedgray.fl.serverapp.checkpoint import Checkpoint, load_checkpoint
 from fedgray.fl.serverapp.server import initial_adapters
 
 # Settings a checkpoint was made under and a resume cannot change: the sites' data and
-# partitions, the model and what travels, the strategy's state, how epsilon is accounted.
+# partitions, the model and what travels, the strategy's state, how epsilon is accounted,
+# how the final round is chosen (a checkpoint of a ``last`` run holds no best round).
 FIXED_ON_RESUME = (
     "backbone.",
     "method.",
@@ -39,6 +40,7 @@ FIXED_ON_RESUME = (
     "federation.strategy",
     "federation.personal",
     "federation.compression",
+    "federation.select",
     "federation.secure_aggregation.",
     "privacy.enabled",
     "privacy.accountant",

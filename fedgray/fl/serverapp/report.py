@@ -19,7 +19,12 @@ def _scope(record: dict[str, Any]) -> dict[str, float]:
 
 
 def finish(run: RunFolder, config: Config, result: FederationResult) -> dict[str, Any]:
-    """Write the final global adapters, the learning curve and ``summary.json``."""
+    """Write the final global adapters, the learning curve and ``summary.json``.
+
+    ``final`` holds the metrics of the round whose adapters the run ends with (the last, or
+    with ``federation.select: best`` the one chosen on the sites' held-out data; its
+    ``selected_round``).
+    """
     fed, metric = config.federation, TASKS[config.train.task].metric
     save_adapters(
         run.path / "adapters.pt",
@@ -28,8 +33,10 @@ def finish(run: RunFolder, config: Config, result: FederationResult) -> dict[str
         method=config.method.name,
         personal=list(fed.personal),
         rounds=fed.num_rounds,
+        round=result.selected,
     )
-    first, last = result.records[0], result.records[-1]
+    first = result.records[0]
+    final = next(r for r in result.records if r["round"] == result.selected)
     where = "server test set" if first["central"] else "sites' held-out data"
     plot_curve(
         [r["round"] for r in result.records],
@@ -44,7 +51,9 @@ def finish(run: RunFolder, config: Config, result: FederationResult) -> dict[str
     summary = {
         "evaluated_on": where,
         "zero_shot": {k: _scope(first).get(k) for k in COMPARED},
-        "final": {k: _scope(last).get(k) for k in COMPARED},
+        "final": {k: _scope(final).get(k) for k in COMPARED},
+        "select": fed.select,
+        "selected_round": result.selected,
         "bytes_per_site_per_round": max(
             (r["bytes_down"] + r["bytes_up"] for r in trained), default=0
         ),
@@ -60,7 +69,10 @@ def finish(run: RunFolder, config: Config, result: FederationResult) -> dict[str
 
 def comparison(summary: dict[str, Any]) -> list[str]:
     """Zero-shot vs final metrics, and traffic vs backbone size, as printable lines."""
-    lines = [f"{'metric':<10}{'zero-shot':>11}{'federated':>11}   ({summary['evaluated_on']})"]
+    where = summary["evaluated_on"]
+    if summary.get("select", "last") != "last":
+        where += f"; final: round {summary['selected_round']}, best on the sites' held-out data"
+    lines = [f"{'metric':<10}{'zero-shot':>11}{'federated':>11}   ({where})"]
     for key in COMPARED:
         before, after = summary["zero_shot"][key], summary["final"][key]
         if before is not None and after is not None:

@@ -3,6 +3,8 @@
 Round 0 evaluates the initial adapters (at identity: exactly zero-shot), then every round
 trains, aggregates, evaluates on the sites' held-out data and, if configured, on the server's
 test set; after each round the run folder gets a metrics line and a fresh checkpoint.
+The run returns the last round's adapters, or with ``federation.select: best`` those of the
+round that scored best on the sites' held-out data (:mod:`fedgray.fl.serverapp.selection`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from fedgray.fl.serverapp.failures import wait_for_sites
 from fedgray.fl.serverapp.loop import RoundOutcome, TrainPhase, plain_training, run_round
 from fedgray.fl.serverapp.roster import Roster
 from fedgray.fl.serverapp.secagg import SecureTraining
+from fedgray.fl.serverapp.selection import Selection
 from fedgray.runs import RunFolder
 from fedgray.tasks import TASKS, TaskData
 from fedgray.train.kinds import kind_of
@@ -38,12 +41,14 @@ Echo = Callable[[str], None]
 
 @dataclass
 class FederationResult:
-    """Per-round records and the final global adapters of a federated run."""
+    """Per-round records and the final global adapters of a federated run: those of round
+    ``selected`` (the last one unless ``federation.select`` is ``best``)."""
 
     run_dir: Path
     records: list[dict[str, Any]]
     arrays: ArrayRecord
     backbone_bytes: int
+    selected: int
     rejections: list[Rejection] = field(default_factory=list)
 
 
@@ -163,9 +168,12 @@ def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) 
     central = config.privacy.central
     central_dp = CentralLedger(central, num_sampled(config)) if central.enabled else None
     first, arrays = 0, initial_adapters(config)
+    selection = Selection(fed.select, TASKS[config.train.task].metric)
     if (run.path / CHECKPOINT).is_file():
         checkpoint = _resume(run, config, strategy)
         arrays, first = checkpoint.arrays, checkpoint.round + 1
+        selection.restore(checkpoint.selection)
+        selection.offer(checkpoint.round, arrays, run.records()[-1]["federated"])
         if privacy is not None:
             privacy.restore(checkpoint.privacy)
         if central_dp is not None:
@@ -192,6 +200,7 @@ def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) 
         for warning in outcome.warnings:
             echo(warning)
         record = _record(config, rnd, outcome, started)
+        selection.offer(rnd, arrays, record["federated"])
         if privacy is not None:
             record["privacy"] = privacy.update(outcome.ledgers, outcome.refusals)
         if central_dp is not None:
@@ -205,14 +214,22 @@ def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) 
             strategy=strategy,
             privacy=privacy.state() if privacy is not None else None,
             central=central_dp.state() if central_dp is not None else None,
+            selection=selection.state(),
         )
         echo(progress_line(config, record))
         if _stop_for_budget(config, record, echo):
             break
+    assert selection.arrays is not None  # every round, round 0 included, was offered
+    if fed.select != "last":
+        echo(
+            f"final adapters: round {selection.round} ({selection.metric} "
+            f"{selection.value:.1f} on the sites' held-out data)"
+        )
     return FederationResult(
         run.path,
         run.records(),
-        arrays,
+        selection.arrays,
         backbone.interface.parameter_count * 4,
+        selection.round,
         list(getattr(strategy, "rejections", [])),
     )
