@@ -4,6 +4,8 @@ someone breaks it, naming the file and the import."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -194,3 +196,18 @@ def test_the_cycle_check_sees_a_package_that_imports_its_subpackages(
     (tmp_path / "pkg/right/app.py").write_text("from ..left import app\n")
     monkeypatch.setitem(globals(), "ROOT", tmp_path)
     assert cycles(module_graph(("pkg",))) == [{"pkg", "pkg.left", "pkg.left.app"}]
+
+
+def test_the_apps_load_neither_opacus_nor_scikit_learn_until_they_are_used() -> None:
+    """Every process of a run (the simulation's, each actor's) imports both Flower apps;
+    Opacus and scikit-learn cost it about two seconds there, so they load only where
+    DP-SGD starts or the digits dataset is read."""
+    code = (
+        "import sys; import fedgray.fl.clientapp.app, fedgray.fl.serverapp.app; "
+        "from fedgray.config import load_config; load_config(None, ['privacy.enabled=true', "
+        "'privacy.target_epsilon=8', 'data.dataset=digits']); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'opacus', 'sklearn', 'scipy'}))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == "[]"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from PIL import Image
-from sklearn.datasets import load_digits
 
 from fedgray.data.sets import SPLITS, ImageTextSet
 from fedgray.data.world import CLASS_NAMES, DIGITS, class_prompts
@@ -52,6 +51,8 @@ def load_digits_set(
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+    from sklearn.datasets import load_digits  # 1 s of imports every process would pay
+
     bunch = load_digits()
     target = np.asarray(bunch.target, dtype=np.int64)
     train, test = stratified_split(target, test_fraction=test_fraction, seed=seed)

@@ -7,30 +7,31 @@ only submodules are the trainable adapters; the sealed backbone is a plain attri
 gradients flow through it while only adapter parameters get per-sample gradients.
 
 Per-sample gradients come from Opacus' layer formulas (hooks mode), also for fedgray's
-subclasses of Opacus' layers that keep the layer's forward (``OutputAdapter`` is an
-``nn.Linear``): Opacus matches layers by exact type and would otherwise send those
-through functorch's ``vmap`` over the layer, the same gradients about ten times slower.
+subclasses of Opacus' layers (:mod:`fedgray.privacy.grad_samplers`).
+
+Opacus is imported where DP-SGD starts, not with this module: it costs every process that
+loads fedgray (the simulation's, each actor's) about a second, private or not.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import torch
-from opacus import GradSampleModule
-from opacus.accountants import IAccountant
-from opacus.accountants.utils import get_noise_multiplier
-from opacus.data_loader import DPDataLoader
-from opacus.optimizers import DPOptimizer
-from opacus.validators import ModuleValidator
 
 from fedgray.config import PrivacyConfig
 from fedgray.privacy.ledger import Ledger
 from fedgray.privacy.randomness import check_owned_parameters, dp_generator
 from fedgray.tasks.data import TaskData
 from fedgray.tasks.objectives import Batch
+
+if TYPE_CHECKING:
+    from opacus import GradSampleModule
+    from opacus.accountants import IAccountant
+    from opacus.optimizers import DPOptimizer
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,8 @@ def noise_for_rest(
 def _calibrated(epsilon: float, delta: float, sample_rate: float, steps: int, kind: str) -> float:
     """Opacus' noise calibration, once per process for each setting (every site, every round
     asks; the binary search over accountant evaluations takes seconds)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
     return float(
         get_noise_multiplier(
             target_epsilon=epsilon,
@@ -145,6 +148,8 @@ def poisson_batches(
 ) -> Iterator[Batch]:
     """Endless Poisson-sampled batches: each sample joins each batch with ``sample_rate``
     (drawn from ``generator``, by default a torch generator seeded with ``seed``)."""
+    from opacus.data_loader import DPDataLoader
+
     loader = DPDataLoader(
         data.as_dataset(),
         sample_rate=sample_rate,
@@ -152,35 +157,6 @@ def poisson_batches(
     )
     while True:
         yield from loader
-
-
-LAYER_PARAMETERS = frozenset({"weight", "bias"})  # what Opacus' layer formulas differentiate
-
-
-class AdapterGradSampleModule(GradSampleModule):
-    """Opacus' hooks-mode ``GradSampleModule`` that also gives a subclass of a layer with a
-    grad sampler that layer's sampler, when the subclass keeps the layer's ``forward``, has
-    no submodules and no parameters but the layer's own (``weight``, ``bias``): it computes
-    the layer's function, so the layer's per-sample gradient formula is exact for it. Any
-    other module keeps Opacus' choice (its own sampler, else functorch)."""
-
-    def _get_module_type(self, module: torch.nn.Module) -> type:
-        return layer_type(module, self.GRAD_SAMPLERS)
-
-
-def layer_type(module: torch.nn.Module, samplers: Mapping[type, object]) -> type:
-    """The type whose grad sampler computes ``module``'s per-sample gradients (see
-    :class:`AdapterGradSampleModule`): its own, or the sampled layer it only re-initialises."""
-    kind = type(module)
-    if kind in samplers or next(module.children(), None) is not None:
-        return kind
-    if not set(module._parameters) <= LAYER_PARAMETERS:
-        return kind
-    for base in kind.__mro__[1:]:
-        if base in samplers:  # the nearest sampled layer: its formula, if its forward runs
-            keeps = getattr(kind, "forward", None) is getattr(base, "forward", None)
-            return base if keeps else kind
-    return kind
 
 
 @dataclass
@@ -220,6 +196,11 @@ def make_private(
     ``make_private``, it refuses optimiser parameters outside ``model`` and warns when the
     randomness is not cryptographically secure (see :mod:`fedgray.privacy.randomness`).
     """
+    from opacus.optimizers import DPOptimizer
+    from opacus.validators import ModuleValidator
+
+    from fedgray.privacy.grad_samplers import AdapterGradSampleModule
+
     check_owned_parameters(model, optimizer)
     generator = dp_generator(secure_mode)
     ModuleValidator.validate(model, strict=True)

@@ -8,11 +8,17 @@ no Flower: the federation encodes ledgers in its records (:mod:`fedgray.fl.commo
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from opacus.accountants import IAccountant, PRVAccountant, RDPAccountant
+if TYPE_CHECKING:
+    from opacus.accountants import IAccountant
 
-ACCOUNTANTS: dict[str, type[IAccountant]] = {"rdp": RDPAccountant, "prv": PRVAccountant}
+# Opacus loads when an accountant is made: importing it costs every process (the
+# simulation's, each actor's) about a second even where no site trains privately.
+ACCOUNTANTS: dict[str, str] = {"rdp": "RDPAccountant", "prv": "PRVAccountant"}
+"""``privacy.accountant`` -> the class of ``opacus.accountants`` it names."""
 
 Entry = tuple[float, float, int]
 
@@ -37,7 +43,9 @@ class Ledger:
 
     def make_accountant(self) -> IAccountant:
         """A fresh Opacus accountant holding this history; it keeps counting when stepped."""
-        accountant = ACCOUNTANTS[self.accountant]()
+        accountant: IAccountant = getattr(
+            importlib.import_module("opacus.accountants"), ACCOUNTANTS[self.accountant]
+        )()
         accountant.history = [tuple(entry) for entry in self.history]
         return accountant
 

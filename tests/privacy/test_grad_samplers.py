@@ -13,7 +13,7 @@ from fedgray.adapters import build_model
 from fedgray.adapters.modules import OutputAdapter
 from fedgray.backbone import SealedBackbone
 from fedgray.privacy import Ledger, NoisePlan, make_private, private_task
-from fedgray.privacy.engine import layer_type
+from fedgray.privacy.grad_samplers import layer_type
 from tests.helpers import captioned_data
 
 
