@@ -175,17 +175,17 @@ class CraftConfig:
     map ``A`` from ``z`` to the prompt is drawn (``normal``: N(0, 1/dim); ``uniform``: the
     authors' code, U(-1/sqrt(dim), 1/sqrt(dim)), 1/sqrt(3) of that spread); ``bound``:
     CMA-ES keeps each coordinate of ``z`` in ``[-bound, bound]`` (0: unbounded);
-    ``consistency``: weight of
-    the prediction-consistency term; ``consistency_until``: the share of a run's
-    generations whose refiner loss has it (the fitness keeps it throughout, as the
-    authors' code does); ``augment``: the refiner's epoch each generation sees freshly
-    cropped and flipped training images (their features cost queries);
-    ``hidden``: the refinement MLP's width; ``eval_every``: generations between test
+    ``consistency``: weight of the prediction-consistency term; ``consistency_until``: the
+    share of a run's generations whose refiner loss has it (the fitness keeps it
+    throughout, as the authors' code does); ``augment``: the refiner's epoch each
+    generation sees freshly cropped and flipped training images (their features cost
+    queries); ``hidden``: the refinement MLP's width; ``eval_every``: generations between test
     evaluations (free: no extra queries); ``context``: the words whose token embeddings
     start the prompt (the paper's "a photo of a"), written before every class prompt;
     ``validation``: the share of the training data held out to choose the generation
     returned (the start included; 0: the last generation, as the authors' code;
-    ``fedgray adapt`` only: a federated site returns its last generation). The
+    ``fedgray adapt`` only: a federated site returns its last generation, and
+    ``federation.select: best`` keeps the best round). The
     refinement MLP trains with ``train.lr`` and ``train.batch_size``.
     """
 
