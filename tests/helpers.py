@@ -1,12 +1,16 @@
 """Helpers the tests share (never imported from another test module): a small pretraining
-recipe, the micro federation, Ray process checks, SecAgg+ spies and DP budgets."""
+recipe, the micro federation, Ray process checks, SecAgg+ spies, DP budgets and the checks
+every backbone family passes (tiny model configs, identity, gradients, sealing)."""
 
 from __future__ import annotations
 
+import json
+import pickle
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import flwr.compat.common.recorddict_compat as compat
 import numpy as np
@@ -17,7 +21,10 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import parameters_to_ndarrays
 
 from fedgray.adapters import AdaptedCLIP, build_model
-from fedgray.backbone import Backbone
+from fedgray.backbone import Backbone, SealedBackbone, SealedError
+from fedgray.backbone.keys import KeyFiles
+from fedgray.backbone.loading import open_clip_module
+from fedgray.cli import main
 from fedgray.config import Config, PretrainConfig, load_config
 from fedgray.fl.clientapp import secagg as secagg_site
 from fedgray.fl.common.records import from_record
@@ -28,21 +35,29 @@ from fedgray.fl.serverapp.server import FederationResult, initial_adapters
 from fedgray.fl.simulation.local_grid import LocalGrid, run_local
 from fedgray.privacy import Ledger
 from fedgray.tasks import Task, TaskData
+from tests.backbone.attacks import graph_tensors, ground_truth, leaked_weights
 
 __all__ = [
     "CAPTIONS",
     "MICRO",
     "SECURE",
     "TEST_RECIPE",
+    "TINY_SIGLIP",
+    "TINY_TEXT",
     "VOCABULARY",
+    "assert_adapters_start_as_zero_shot",
+    "assert_gradients_reach_every_adapter",
     "budget_between_rounds",
     "first_round_change",
     "captioned_data",
+    "image_and_tokens",
     "micro_config",
+    "register_model_configs",
     "runtime_processes",
     "runtime_processes_after_exit",
     "run_local",
     "run_on",
+    "seal_with_cli",
     "spy_on_updates",
 ]
 
@@ -199,3 +214,75 @@ def perturbed(
         for p in model.parameters():
             p.add_(size * torch.randn_like(p))
     return model
+
+
+# Tiny random-weight open_clip configs of the backbone families (tests/backbone).
+TINY_TEXT = {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
+TINY_SIGLIP: dict[str, Any] = {  # ViT-B-16-SigLIP's layout, open_clip's own tokenizer
+    "embed_dim": 64,  # timm_proj none: the image embedding is test_vit's width
+    "custom_text": True,
+    "init_logit_bias": -10,
+    "vision_cfg": {
+        "timm_model_name": "test_vit",
+        "timm_pool": "map",
+        "timm_proj": "none",
+        "image_size": 160,
+    },
+    "text_cfg": {**TINY_TEXT, "no_causal_mask": True, "proj_bias": True, "pool_type": "last"},
+}
+
+
+def register_model_configs(folder: Path, configs: Mapping[str, Mapping[str, Any]]) -> None:
+    """Write ``configs`` (name -> open_clip model config; embed_dim 16 unless given) to
+    ``folder`` and register them with open_clip in this process."""
+    for name, cfg in configs.items():
+        (folder / f"{name}.json").write_text(json.dumps({"embed_dim": 16, **cfg}))
+    open_clip_module().add_model_config(folder)
+
+
+def image_and_tokens(
+    backbone: Backbone, captions: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two random images of the backbone's size and ``captions`` tokenized by it."""
+    size = backbone.interface.image_size
+    generator = torch.Generator().manual_seed(1)
+    return torch.rand(2, 3, size, size, generator=generator), backbone.tokenize(captions)
+
+
+def assert_adapters_start_as_zero_shot(
+    backbone: Backbone, method: str, model: torch.nn.Module, captions: Sequence[str]
+) -> None:
+    """``method``'s adapters at initialisation give exactly the sealed backbone's features,
+    and its text features equal open_clip's own pass of the plain ``model``."""
+    adapted = build_model(backbone, method)
+    pixels, tokens = image_and_tokens(backbone, captions)
+    with torch.no_grad():
+        image, text = adapted(pixels, tokens)
+        assert torch.equal(image, backbone.encode_image(pixels))
+        assert torch.equal(text, backbone.encode_text(tokens))
+        assert torch.equal(text, model.encode_text(tokens))  # type: ignore[operator]
+
+
+def assert_gradients_reach_every_adapter(backbone: SealedBackbone, captions: Sequence[str]) -> None:
+    """LGA (DGA plus prompts at the towers with blocks) moved off the identity: every
+    adapter gets a gradient, no backbone weight enters the graph, the weights stay sealed."""
+    model = perturbed(backbone, "lga", seed=2)
+    image, text = model(*image_and_tokens(backbone, captions))
+    loss = (image @ text.T).logsumexp(-1).sum()
+    assert leaked_weights(graph_tensors(loss), ground_truth(backbone)) == set()
+    loss.backward()
+    names = [n for n, _ in model.named_parameters()]
+    assert any(n.startswith("image_in") for n in names) and any("text_in" in n for n in names)
+    for n, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, n
+    for attempt in (backbone.parameters, backbone.state_dict, lambda: pickle.dumps(backbone)):
+        with pytest.raises(SealedError):
+            attempt()  # type: ignore[operator]
+
+
+def seal_with_cli(name: str, keys: KeyFiles, out: Path, *, level: str = "gray+") -> Path:
+    """``fedgray seal`` of open_clip model ``name`` with random weights into ``out``."""
+    argv = ["seal", "--name", name, "--pretrained", "none", "--level", level, "--quiet"]
+    keyfiles = ["--signing-key", str(keys.signing_key), "--content-key", str(keys.content_key)]
+    assert main([*argv, *keyfiles, "--out", str(out)]) == 0
+    return out

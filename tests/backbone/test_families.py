@@ -4,8 +4,7 @@ image tower, a bidirectional text tower pooled at its last slot), built from con
 
 from __future__ import annotations
 
-import json
-import pickle
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,10 +29,18 @@ from fedgray.backbone.serve import check_inputs
 from fedgray.backbone.wire import WireError
 from fedgray.cli import main
 from fedgray.config import PretrainConfig
-from tests.backbone.attacks import graph_tensors, ground_truth, leaked_weights
+from tests.helpers import (
+    TINY_SIGLIP,
+    TINY_TEXT,
+    assert_adapters_start_as_zero_shot,
+    assert_gradients_reach_every_adapter,
+    image_and_tokens,
+    perturbed,
+    register_model_configs,
+    seal_with_cli,
+)
 
 CAPTIONS = ["a red circle", "the digit 7 in blue"]
-TEXT = {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
 CONFIGS = {
     "fgt-vit": {
         "vision_cfg": {
@@ -43,28 +50,17 @@ CONFIGS = {
             "head_width": 16,
             "patch_size": 8,
         },
-        "text_cfg": TEXT,
+        "text_cfg": TINY_TEXT,
     },
     "fgt-resnet": {  # RN50's ModifiedResNet: stem, 4 bottleneck stages, attention pool
         "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "head_width": 16},
-        "text_cfg": TEXT,
+        "text_cfg": TINY_TEXT,
     },
     "fgt-convnext": {  # convnext_base's timm tower, with timm's test-sized ConvNeXt
         "vision_cfg": {"timm_model_name": "test_convnext", "timm_pool": "", "image_size": 32},
-        "text_cfg": TEXT,
+        "text_cfg": TINY_TEXT,
     },
-    "fgt-customtext": {  # ViT-B-16-SigLIP's layout, open_clip's own tokenizer
-        "embed_dim": 64,  # timm_proj none: the image embedding is test_vit's width
-        "custom_text": True,
-        "init_logit_bias": -10,
-        "vision_cfg": {
-            "timm_model_name": "test_vit",
-            "timm_pool": "map",
-            "timm_proj": "none",
-            "image_size": 160,
-        },
-        "text_cfg": {**TEXT, "no_causal_mask": True, "proj_bias": True, "pool_type": "last"},
-    },
+    "fgt-customtext": TINY_SIGLIP,  # open_clip's tokenizer here; test_hf_tokenizer.py: HF's
 }
 FAMILIES = {  # name -> (image family, text family, towers a gray+ site may enter)
     "fgt-vit": ("vit", "clip-text", ("image", "text")),
@@ -77,10 +73,7 @@ NAMES = list(CONFIGS)
 
 @pytest.fixture(scope="module", autouse=True)
 def tiny_configs(tmp_path_factory: pytest.TempPathFactory) -> None:
-    folder = tmp_path_factory.mktemp("model_configs")
-    for name, cfg in CONFIGS.items():
-        (folder / f"{name}.json").write_text(json.dumps({"embed_dim": 16, **cfg}))
-    open_clip_module().add_model_config(folder)
+    register_model_configs(tmp_path_factory.mktemp("model_configs"), CONFIGS)
 
 
 @pytest.fixture(scope="module")
@@ -97,17 +90,7 @@ def _sealed(models: dict[str, nn.Module], name: str, level: str) -> SealedBackbo
 
 
 def _inputs(backbone: SealedBackbone | IsolatedBackbone) -> tuple[torch.Tensor, torch.Tensor]:
-    size = backbone.interface.image_size
-    return torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1)), (
-        backbone.tokenize(CAPTIONS)
-    )
-
-
-def _off_identity(model: nn.Module) -> None:
-    """Open the zero gates and move every adapter off the identity (gradients non-trivial)."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    return image_and_tokens(backbone, CAPTIONS)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -132,35 +115,14 @@ def test_each_family_publishes_its_towers_and_entry_points(
 def test_adapters_at_initialisation_are_the_zero_shot_model(
     models: dict[str, nn.Module], name: str, level: str, method: str
 ) -> None:
-    backbone = _sealed(models, name, level)
-    model = build_model(backbone, method)
-    pixels, tokens = _inputs(backbone)
-    with torch.no_grad():
-        image, text = model(pixels, tokens)
-        assert torch.equal(image, backbone.encode_image(pixels))
-        assert torch.equal(text, backbone.encode_text(tokens))
-        assert torch.equal(text, models[name].encode_text(tokens))  # open_clip's own pass
+    assert_adapters_start_as_zero_shot(_sealed(models, name, level), method, models[name], CAPTIONS)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_gradients_reach_every_adapter_and_no_weight(
     models: dict[str, nn.Module], name: str
 ) -> None:
-    backbone = _sealed(models, name, "gray+")
-    torch.manual_seed(2)
-    model = build_model(backbone, "lga")  # DGA plus prompts at the towers that have blocks
-    _off_identity(model)
-    image, text = model(*_inputs(backbone))
-    loss = (image @ text.T).logsumexp(-1).sum()
-    assert leaked_weights(graph_tensors(loss), ground_truth(backbone)) == set()
-    loss.backward()
-    names = [n for n, _ in model.named_parameters()]
-    assert any(n.startswith("image_in") for n in names) and any("text_in" in n for n in names)
-    for n, parameter in model.named_parameters():
-        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, n
-    for attempt in (backbone.parameters, backbone.state_dict, lambda: pickle.dumps(backbone)):
-        with pytest.raises(SealedError):
-            attempt()
+    assert_gradients_reach_every_adapter(_sealed(models, name, "gray+"), CAPTIONS)
 
 
 @pytest.mark.parametrize("name", ["fgt-resnet", "fgt-convnext"])
@@ -198,16 +160,9 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> KeyFiles:
     return generate_keys(tmp_path_factory.mktemp("keys"))
 
 
-def _seal(name: str, keys: KeyFiles, out: Path) -> Path:
-    argv = ["seal", "--name", name, "--pretrained", "none", "--level", "gray+", "--quiet"]
-    keyfiles = ["--signing-key", str(keys.signing_key), "--content-key", str(keys.content_key)]
-    assert main([*argv, *keyfiles, "--out", str(out)]) == 0
-    return out
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_fedgray_seal_round_trip(keys: KeyFiles, tmp_path: Path, name: str) -> None:
-    path = _seal(name, keys, tmp_path / f"{name}.fgs")
+    path = seal_with_cli(name, keys, tmp_path / f"{name}.fgs")
     files = {"verify_key": keys.verify_key, "content_key": keys.content_key}
     manifest, model = open_artifact(path, **files)
     torch.manual_seed(PretrainConfig().seed)  # what `fedgray seal --pretrained none` built
@@ -223,7 +178,7 @@ def test_fedgray_seal_round_trip(keys: KeyFiles, tmp_path: Path, name: str) -> N
 @pytest.fixture(scope="module")
 def artifacts(keys: KeyFiles, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("artifacts")
-    return {name: _seal(name, keys, folder / f"{name}.fgs") for name in NAMES}
+    return {name: seal_with_cli(name, keys, folder / f"{name}.fgs") for name in NAMES}
 
 
 ISOLATED = NAMES[1:]  # ViT's runtime is compared in test_runtime.py
@@ -259,9 +214,7 @@ def test_isolated_runtime_equals_in_process(
     assert torch.equal(remote.tokenize(CAPTIONS), tokens)
     results = []
     for backbone in (local, remote):
-        torch.manual_seed(3)
-        model = build_model(backbone, "dga")
-        _off_identity(model)
+        model = perturbed(backbone, "dga", seed=3)
         x = pixels.clone().requires_grad_(True)
         image, text = model(x, tokens)
         (image @ text.T).logsumexp(-1).sum().backward()
@@ -285,15 +238,15 @@ def test_an_unknown_tower_is_one_line_naming_it(models: dict[str, nn.Module]) ->
     assert not describe(models["fgt-customtext"]).reserves_slot
 
 
-def test_a_missing_hf_tokenizer_names_the_extra() -> None:
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("transformers is installed: the missing-extra path cannot be shown")
+def test_a_missing_hf_tokenizer_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the hf-text extra (transformers is in [dev], so its absence is simulated: a
+    None in sys.modules fails the import), by name and from an artifact's signed config."""
+    monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(BackboneLoadError, match=r"'ViT-B-16-SigLIP' needs .*\.\[hf-text\]"):
         get_tokenizer("ViT-B-16-SigLIP")
+    signed = open_clip_module().get_model_config("ViT-B-16-SigLIP")
+    with pytest.raises(BackboneLoadError, match=r"'fgt-unknown' needs .*\(transformers\).*hf-text"):
+        get_tokenizer("fgt-unknown", signed)
 
 
 def test_fedgray_info_lists_families_and_levels(capsys: pytest.CaptureFixture[str]) -> None:
