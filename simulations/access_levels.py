@@ -5,9 +5,9 @@ Runs every (domain, method) pair on the same data, with the task every method su
 adapt``) and ``federated`` (an in-process federation,
 :func:`fedgray.fl.simulation.local_grid.run_local`,
 of ``--sites`` sites for ``--rounds`` rounds, splitting the central budget: each site takes
-``steps // (sites * rounds)`` local steps, or ``queries // (sites * rounds)`` CraFT queries,
-per round). Each run has a fresh process so that its peak memory is its own; the tables
-``results.csv`` and ``results.md`` go into the output folder::
+``steps // (sites * rounds)`` local steps at a constant rate, or ``queries // (sites *
+rounds)`` CraFT queries, per round). Each run has a fresh process so that its peak memory
+is its own; the tables ``results.csv`` and ``results.md`` go into the output folder::
 
     python -m simulations.access_levels --output runs/access
     python -m simulations.access_levels --domains digits --methods zero-shot craft dga \\
@@ -105,6 +105,9 @@ def _budget(setting: str, *, steps: int, queries: int, sites: int, rounds: int) 
         return [f"train.steps={steps}", f"train.eval_every={steps}"] + _craft(queries)
     share = sites * rounds
     return [
+        # Each site's few local steps a round reach more at a constant rate than with a
+        # cosine restarting every round or one decaying over the run (README, "Federated").
+        "train.schedule=constant",
         f"federation.num_sites={sites}",
         f"federation.num_rounds={rounds}",
         f"federation.local_steps={max(1, steps // share)}",
