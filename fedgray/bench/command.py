@@ -16,7 +16,7 @@ from . import sections
 from .federation import federation
 from .isolated import RuntimeStart, isolation
 from .report import conditions, markdown, write
-from .scaling import curve
+from .scaling import SITE_COUNTS, curve
 from .sections import Figure, Sizes
 
 DESCRIPTION = (
@@ -51,13 +51,13 @@ def run(sizes: Sizes, *, echo: Callable[[str], None]) -> list[Figure]:
     return figures
 
 
-def _scaling(model: str, out: Path) -> int:
-    """The scaling curve: one round at each site count, relative to one site."""
-    rows = curve(model)
+def _scaling(model: str, counts: tuple[int, ...], out: Path) -> int:
+    """The scaling curve: one round at each site count, relative to the first."""
+    rows = curve(model, counts)
     out.mkdir(parents=True, exist_ok=True)
     (out / "scaling.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(f"one round of {model}, each site count in its own process:")
-    print("| sites | peak memory vs 1 site | wall time per site-step vs 1 site |")
+    print(f"| sites | peak memory vs {counts[0]} | wall time per site-step vs {counts[0]} |")
     print("|---|---|---|")
     for row in rows:
         print(f"| {row['sites']} | {row['memory_vs_1']:.2f}x | {row['site_step_vs_1']:.2f}x |")
@@ -67,7 +67,7 @@ def _scaling(model: str, out: Path) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     if args.scaling is not None:
-        return _scaling(args.scaling, Path(args.out))
+        return _scaling(args.scaling, args.sites, Path(args.out))
     command = "fedgray bench" + (" --quick" if args.quick else "")
     info = conditions(command)
     figures = run(
@@ -79,6 +79,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     sys.stdout.write("\n" + markdown(figures, info))
     print(f"\nwrote {json_path} and {md_path}")
     return 0
+
+
+def _site_counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of site counts: {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"site counts must be >= 1: {text!r}")
+    return counts
 
 
 def add_bench_parser(commands: argparse._SubParsersAction) -> None:
@@ -93,8 +103,16 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
         const=sections.SITE_MODEL,
         metavar="MODEL",
         help="instead of the table: one round's peak memory and wall time per site-step at "
-        "1, 8, 32, 64 and 128 simulated sites, each in its own process (default model: "
+        "each of --sites simulated sites, each in its own process (default model: "
         f"{sections.SITE_MODEL})",
+    )
+    bench.add_argument(
+        "--sites",
+        type=_site_counts,
+        default=SITE_COUNTS,
+        metavar="N,N,...",
+        help="site counts of --scaling, the first the reference (default: "
+        f"{','.join(map(str, SITE_COUNTS))})",
     )
     bench.add_argument("--out", default="bench", metavar="DIR", help="folder for the results")
     bench.add_argument(

@@ -54,3 +54,25 @@ def test_quick_bench_writes_finite_positive_ratios(
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == len(figures) + len({f["section"] for f in figures})  # + header rows
     assert table in capsys.readouterr().out
+
+
+def test_scaling_runs_the_site_counts_asked_each_against_the_first(
+    tmp_path: Path, threads: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "scale"
+    assert main(["bench", "--scaling", "fedgray-micro", "--sites", "1,3", "--out", str(out)]) == 0
+    rows = json.loads((out / "scaling.json").read_text())
+    assert [row["sites"] for row in rows] == [1, 3]
+    assert rows[0]["memory_vs_1"] == rows[0]["site_step_vs_1"] == 1.0
+    assert all(math.isfinite(row[k]) and row[k] > 0 for row in rows for k in row)
+    assert "| 3 |" in capsys.readouterr().out
+
+
+def test_scaling_site_counts_are_checked_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["bench", "--scaling", "--sites", "8,0", "--out", str(tmp_path / "s")])
+    assert stopped.value.code == 2
+    assert "site counts must be >= 1: '8,0'" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
