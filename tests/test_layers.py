@@ -198,15 +198,18 @@ def test_the_cycle_check_sees_a_package_that_imports_its_subpackages(
     assert cycles(module_graph(("pkg",))) == [{"pkg", "pkg.left", "pkg.left.app"}]
 
 
-def test_the_apps_load_neither_opacus_nor_scikit_learn_until_they_are_used() -> None:
-    """Every process of a run (the simulation's, each actor's) imports both Flower apps;
-    Opacus and scikit-learn cost it about two seconds there, so they load only where
-    DP-SGD starts or the digits dataset is read."""
+def test_a_site_process_loads_no_opacus_scikit_learn_or_transformers_until_used() -> None:
+    """Every process of a run (the simulation's, each actor's) imports both Flower apps
+    and builds a backbone; Opacus, scikit-learn and transformers (which open_clip imports
+    with itself where installed) cost it about three seconds there, so they load only
+    where DP-SGD starts, the digits dataset is read or a Hugging Face tokenizer is built."""
     code = (
         "import sys; import fedgray.fl.clientapp.app, fedgray.fl.serverapp.app; "
         "from fedgray.config import load_config; load_config(None, ['privacy.enabled=true', "
         "'privacy.target_epsilon=8', 'data.dataset=digits']); "
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'opacus', 'sklearn', 'scipy'}))"
+        "from fedgray.backbone import load_sealed; load_sealed('fedgray-micro', None); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'opacus', 'sklearn', 'scipy', 'transformers'}))"
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert loaded.returncode == 0, loaded.stderr

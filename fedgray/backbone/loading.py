@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
@@ -27,6 +29,7 @@ from fedgray.vision_ops import ensure_torchvision
 
 BUILTIN_TAG = "fedgray-world"
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+_IMPORT_LOCK = threading.Lock()
 
 
 class BackboneLoadError(RuntimeError):
@@ -35,9 +38,24 @@ class BackboneLoadError(RuntimeError):
 
 @cache
 def open_clip_module():  # noqa: ANN201 - the open_clip module
-    """Import open_clip (after the torchvision workaround) with fedgray's configs registered."""
+    """Import open_clip (after the torchvision workaround) with fedgray's configs registered.
+
+    Where Hugging Face transformers is installed, open_clip imports it with itself, for
+    Hugging Face text towers and CoCa's caption generation: about a second in every process
+    that builds a backbone (each actor, each isolated runtime). fedgray refuses both towers
+    (:mod:`fedgray.backbone.families`), so open_clip is imported with transformers hidden;
+    the one part fedgray uses, the tokenizer of SigLIP-like models, imports it when built.
+    """
     ensure_torchvision()
-    import open_clip
+    with _IMPORT_LOCK:
+        hide = "transformers" not in sys.modules and "open_clip" not in sys.modules
+        if hide:
+            sys.modules["transformers"] = None  # type: ignore[assignment]  # ImportError
+        try:
+            import open_clip
+        finally:
+            if hide and sys.modules.get("transformers", False) is None:
+                del sys.modules["transformers"]
 
     open_clip.add_model_config(MODEL_CONFIG_DIR)
     return open_clip
