@@ -60,6 +60,12 @@ def _schedules() -> Collection[str]:
     return SHAPES
 
 
+def _optimizers() -> Collection[str]:
+    from fedgray.train.optimizers import OPTIMIZERS
+
+    return OPTIMIZERS
+
+
 def _projections() -> Collection[str]:
     from fedgray.adapters.prompt import PROJECTIONS
 
@@ -238,7 +244,9 @@ class MethodConfig:
 class TrainConfig:
     """Local optimisation, the same in ``fedgray adapt`` and at every federated site.
 
-    ``lr``: the learning rate of AdamW, the same in both: with ``schedule: cosine`` (the
+    ``optimizer``: ``adamw`` (the default) or ``sgd`` (momentum 0.9), see
+    :mod:`fedgray.train.optimizers`.
+    ``lr``: the learning rate of that optimizer, the same in both: with ``schedule: cosine`` (the
     default) the peak of a cosine decay over one local training call (``train.steps`` steps
     in ``fedgray adapt``, ``federation.local_steps`` per round at a site, restarting each
     round); with ``run-cosine`` the peak of one decay over a site's whole run (all rounds);
@@ -251,6 +259,7 @@ class TrainConfig:
     batch_size: int = field(default=64, metadata=positive())
     lr: float = field(default=3e-3, metadata=positive())
     schedule: str = field(default="cosine", metadata=registered("schedule", _schedules))
+    optimizer: str = field(default="adamw", metadata=registered("optimizer", _optimizers))
     weight_decay: float = field(default=0.0, metadata=check(lambda v: v >= 0, "must be >= 0"))
     eval_every: int = field(default=100, metadata=positive())
     seed: int = 0

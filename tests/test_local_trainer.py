@@ -139,3 +139,25 @@ def test_every_method_names_a_registered_trainer_kind() -> None:
     )
     with pytest.raises(ValueError, match="trainer kind 'gradient' is already registered"):
         register(clash)
+
+
+@pytest.mark.parametrize("private", [False, True])
+def test_train_optimizer_sgd_steps_with_momentum_under_dp_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, private: bool
+) -> None:
+    """``train.optimizer: sgd``: SGD with momentum 0.9 steps every adapter (wrapped by
+    Opacus' DP optimizer under privacy), at ``train.lr`` by the schedule."""
+    stepped: list[torch.optim.SGD] = []
+    step = torch.optim.SGD.step
+
+    def spy(self: torch.optim.SGD, *args: object, **kwargs: object) -> object:
+        stepped.append(self)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", spy)
+    dp = ["privacy.enabled=true", "privacy.noise_multiplier=0.5"] if private else []
+    config = _adapt_config(tmp_path, "train.optimizer=sgd", "train.schedule=constant", *dp)
+    result = adapt(config, progress=False, echo=lambda _: None)
+    assert len(stepped) == 4 and all(s.defaults["momentum"] == 0.9 for s in stepped)
+    assert {g["lr"] for s in stepped for g in s.param_groups} == {LR}
+    assert result.adapted != result.zero_shot

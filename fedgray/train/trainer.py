@@ -23,6 +23,7 @@ from fedgray.privacy.features import cached_head
 from fedgray.privacy.objectives import private_task
 from fedgray.tasks import TASKS, Task, TaskData
 from fedgray.train.local import TrainResult, batches, train_steps
+from fedgray.train.optimizers import OPTIMIZERS
 from fedgray.train.schedule import Schedule
 
 
@@ -97,9 +98,9 @@ class LocalTrainer:
             self.task = with_proximal(TASKS[train.task], model, proximal_mu)
         groups = model.param_groups(train.lr, input_lr_scale=config.method.input_lr_scale)
         self.trainable = bool(groups)  # zero-shot: nothing to step (and nothing to account)
-        optimizer: torch.optim.Optimizer = torch.optim.AdamW(
-            groups or [{"params": [torch.zeros(0, requires_grad=True)]}],
-            weight_decay=train.weight_decay,
+        optimizer = OPTIMIZERS[train.optimizer](
+            groups or [{"params": [torch.zeros(0, requires_grad=True)], "lr": train.lr}],
+            train.weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.factor)
         self.stream = batches(data, batch_size=train.batch_size, seed=seed)
