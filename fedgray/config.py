@@ -185,14 +185,14 @@ class CraftConfig:
     share of a run's generations whose refiner loss has it (the fitness keeps it
     throughout, as the authors' code does); ``augment``: the refiner's epoch each
     generation sees freshly cropped and flipped training images (their features cost
-    queries); ``hidden``: the refinement MLP's width; ``eval_every``: generations between test
-    evaluations (free: no extra queries); ``context``: the words whose token embeddings
-    start the prompt (the paper's "a photo of a"), written before every class prompt;
-    ``validation``: the share of the training data held out to choose the generation
-    returned (the start included; 0: the last generation, as the authors' code;
+    queries); ``hidden``: the refinement MLP's width; ``eval_every``: generations between
+    test evaluations (free: no extra queries); ``context``: the words whose token
+    embeddings start the prompt (the paper's "a photo of a"), written before every class
+    prompt; ``validation``: the share of the training data held out to choose the
+    generation returned (the start included; 0: the last generation, as the authors' code;
     ``fedgray adapt`` only: a federated site returns its last generation, and
-    ``federation.select: best`` keeps the best round). The
-    refinement MLP trains with ``train.lr`` and ``train.batch_size``.
+    ``federation.select: best`` keeps the best round). The refinement MLP trains with
+    ``train.lr`` and ``train.batch_size``.
     """
 
     queries: int = field(default=8000, metadata=positive())
@@ -245,13 +245,13 @@ class TrainConfig:
     """Local optimisation, the same in ``fedgray adapt`` and at every federated site.
 
     ``optimizer``: ``adamw`` (the default) or ``sgd`` (momentum 0.9), see
-    :mod:`fedgray.train.optimizers`.
-    ``lr``: the learning rate of that optimizer, the same in both: with ``schedule: cosine`` (the
-    default) the peak of a cosine decay over one local training call (``train.steps`` steps
-    in ``fedgray adapt``, ``federation.local_steps`` per round at a site, restarting each
-    round); with ``run-cosine`` the peak of one decay over a site's whole run (all rounds);
-    with ``constant`` the rate of every step (see :mod:`fedgray.train.schedule`). ``steps``
-    and ``eval_every`` apply to ``fedgray adapt``.
+    :mod:`fedgray.train.optimizers`. ``lr``: the learning rate of that optimizer, the same
+    in both: with ``schedule: cosine`` (the default) the peak of a cosine decay over one
+    local training call (``train.steps`` steps in ``fedgray adapt``,
+    ``federation.local_steps`` per round at a site, restarting each round); with
+    ``run-cosine`` the peak of one decay over a site's whole run (all rounds); with
+    ``constant`` the rate of every step (see :mod:`fedgray.train.schedule`). ``steps`` and
+    ``eval_every`` apply to ``fedgray adapt``.
     """
 
     task: str = field(default="retrieval", metadata=registered("task", _tasks))

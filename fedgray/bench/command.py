@@ -60,7 +60,9 @@ def _scaling(model: str, counts: tuple[int, ...], out: Path) -> int:
     print(f"| sites | peak memory vs {counts[0]} | wall time per site-step vs {counts[0]} |")
     print("|---|---|---|")
     for row in rows:
-        print(f"| {row['sites']} | {row['memory_vs_1']:.2f}x | {row['site_step_vs_1']:.2f}x |")
+        print(
+            f"| {row['sites']} | {row['memory_vs_first']:.2f}x | {row['site_step_vs_first']:.2f}x |"
+        )
     return 0
 
 
@@ -86,7 +88,7 @@ def _site_counts(text: str) -> tuple[int, ...]:
         counts = tuple(int(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a list of site counts: {text!r}") from None
-    if not counts or min(counts) < 1:
+    if min(counts) < 1:
         raise argparse.ArgumentTypeError(f"site counts must be >= 1: {text!r}")
     return counts
 

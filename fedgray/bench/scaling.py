@@ -83,7 +83,9 @@ def curve(model: str, counts: tuple[int, ...] = SITE_COUNTS) -> list[dict[str, A
             rows.append(json.loads(out.strip().splitlines()[-1]))
     first = rows[0]
     for row in rows:
-        row["memory_vs_1"] = row["peak_rss_mb"] / first["peak_rss_mb"]
+        row["memory_vs_first"] = row["peak_rss_mb"] / first["peak_rss_mb"]
         per_step = row["round_seconds"] / (row["sites"] * LOCAL_STEPS)
-        row["site_step_vs_1"] = per_step / (first["round_seconds"] / (first["sites"] * LOCAL_STEPS))
+        row["site_step_vs_first"] = per_step / (
+            first["round_seconds"] / (first["sites"] * LOCAL_STEPS)
+        )
     return rows

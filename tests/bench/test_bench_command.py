@@ -63,7 +63,7 @@ def test_scaling_runs_the_site_counts_asked_each_against_the_first(
     assert main(["bench", "--scaling", "fedgray-micro", "--sites", "1,3", "--out", str(out)]) == 0
     rows = json.loads((out / "scaling.json").read_text())
     assert [row["sites"] for row in rows] == [1, 3]
-    assert rows[0]["memory_vs_1"] == rows[0]["site_step_vs_1"] == 1.0
+    assert rows[0]["memory_vs_first"] == rows[0]["site_step_vs_first"] == 1.0
     assert all(math.isfinite(row[k]) and row[k] > 0 for row in rows for k in row)
     assert "| 3 |" in capsys.readouterr().out
 
