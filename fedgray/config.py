@@ -225,7 +225,9 @@ class MethodConfig:
     federated, FedAvg of both factors is then not the mean of the updates), by default
     FFA-LoRA: ``A`` frozen at a fixed random draw, only ``B`` trained and sent;
     ``output_rank``: the rank of ``output-lowrank``'s adapters; ``last_layers``: blocks per
-    tower that ``last-layers`` trains;
+    tower that ``last-layers`` trains; ``whiten``: a public image dataset whose backbone
+    features precondition the image output adapter (methods with a linear one: ``output``,
+    ``dga``, ``lga``, ``linear-probe``; see :mod:`fedgray.adapters.whitening`), none by default;
     ``craft``: CraFT's settings.
     """
 
@@ -237,6 +239,7 @@ class MethodConfig:
     lora_train_a: bool = False
     output_rank: int = field(default=8, metadata=positive())
     last_layers: int = field(default=1, metadata=positive())
+    whiten: str | None = field(default=None, metadata=registered("dataset", _datasets))
     craft: CraftConfig = field(default_factory=CraftConfig)
 
 

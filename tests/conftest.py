@@ -46,3 +46,12 @@ def pretrained_tiny(isolated_cache: Path) -> Path:
     from fedgray.owner.pretrain import builtin_checkpoint
 
     return builtin_checkpoint("fedgray-tiny", TEST_RECIPE, progress=False)
+
+
+@pytest.fixture
+def small_whitening_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``method.whiten`` from 160 public images instead of 4,000, with an empty cache."""
+    from fedgray.adapters import whitening
+
+    monkeypatch.setattr(whitening, "SAMPLES", 160)
+    monkeypatch.setattr(whitening, "_WHITENINGS", {})

@@ -25,7 +25,7 @@ from fedgray.backbone import Backbone, SealedBackbone, SealedError
 from fedgray.backbone.keys import KeyFiles
 from fedgray.backbone.loading import open_clip_module
 from fedgray.cli import main
-from fedgray.config import Config, PretrainConfig, load_config
+from fedgray.config import Config, MethodConfig, PretrainConfig, load_config
 from fedgray.fl.clientapp import secagg as secagg_site
 from fedgray.fl.common.records import from_record
 from fedgray.fl.common.site_data import site_indices
@@ -204,7 +204,7 @@ def assert_single_sample_gradients(
 
 
 def perturbed(
-    backbone: Backbone, method: str = "output", *, seed: int = 2, size: float = 0.05
+    backbone: Backbone, method: str | MethodConfig = "output", *, seed: int = 2, size: float = 0.05
 ) -> AdaptedCLIP:
     """``method``'s adapters moved off the identity by ``size`` standard normals (``seed``),
     so that every module acts and every gradient is non-trivial."""

@@ -13,9 +13,11 @@ from fedgray.adapters.modules import (
     OutputAdapter,
     ScaleShiftAdapter,
     TextInputAdapter,
+    WhitenedOutputAdapter,
 )
 from fedgray.adapters.prompt import PromptSpace, context_tokens
 from fedgray.adapters.white import attach_lora, last_blocks
+from fedgray.adapters.whitening import public_whitening
 from fedgray.backbone import Backbone
 from fedgray.backbone.access import AccessLevel, SealedError
 from fedgray.config import MethodConfig
@@ -182,4 +184,12 @@ def build_model(
             f"method '{spec.name}' needs access level '{spec.level.value}', "
             f"the backbone is sealed at '{backbone.level.value}'"
         )
-    return spec.build(backbone, options)
+    model = spec.build(backbone, options)
+    if options.whiten is not None:
+        if type(model.image_out) is not OutputAdapter:
+            raise ValueError(
+                f"method.whiten: method '{spec.name}' has no linear image output adapter "
+                "(output, dga, lga, linear-probe have one)"
+            )
+        model.image_out = WhitenedOutputAdapter(public_whitening(backbone, options.whiten))
+    return model

@@ -135,3 +135,31 @@ class DeepPrompts(nn.Module):
         b = batch.shape[0]
         tokens = _rows(self.tokens, b, self.layers * self.count)
         return tokens.unflatten(1, (self.layers, self.count)), _rows(self.gates, b, self.layers)
+
+
+class WhitenedOutputAdapter(nn.Module):
+    """``x + delta(x @ whitening)``: a linear map on an embedding, preconditioned.
+
+    The same family of maps as :class:`OutputAdapter`, started at the identity
+    (``delta`` zero), but trained through a fixed ``whitening`` of its input (see
+    :mod:`fedgray.adapters.whitening`): a gradient step moves the map along every input
+    direction alike instead of mostly along the few where the features carry their energy.
+    ``whitening`` is a non-persistent buffer: computed from public data where the model is
+    built, never in the state that is sent or saved; ``delta`` is an ``nn.Linear``, so Opacus
+    computes its per-sample gradients with its own formula.
+    """
+
+    whitening: torch.Tensor
+
+    def __init__(self, whitening: torch.Tensor) -> None:
+        super().__init__()
+        dim = whitening.shape[0]
+        self.register_buffer("whitening", whitening.clone(), persistent=False)
+        self.delta = nn.Linear(dim, dim)
+        with torch.no_grad():
+            self.delta.weight.zero_()
+            self.delta.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` [B, D] plus the preconditioned correction."""
+        return x + self.delta(x @ self.whitening)

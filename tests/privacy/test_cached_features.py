@@ -8,21 +8,30 @@ import torch
 from opacus import GradSampleModule
 
 from fedgray.backbone import SealedBackbone
-from fedgray.config import load_config
+from fedgray.config import MethodConfig, load_config
 from fedgray.privacy import private_task
 from fedgray.privacy.features import CachedImageHead, backbone_features, cached_head
 from fedgray.train.schedule import Schedule
 from fedgray.train.trainer import LocalTrainer
 from tests.helpers import MICRO, assert_single_sample_gradients, captioned_data, perturbed
 
+WHITENED = MethodConfig(name="output", whiten="world/photo")
 
-@pytest.mark.parametrize("method", ["output", "output-scale", "output-lowrank"])
+
+@pytest.mark.parametrize(
+    "method",
+    ["output", "output-scale", "output-lowrank", pytest.param(WHITENED, id="output-whitened")],
+)
 @pytest.mark.parametrize(
     ("task_name", "vocabulary"),
     [("retrieval", False), ("retrieval", True), ("classification", False)],
 )
 def test_cached_per_sample_gradients_match_single_sample_passes_through_the_backbone(
-    micro: SealedBackbone, method: str, task_name: str, vocabulary: bool
+    micro: SealedBackbone,
+    method: str | MethodConfig,
+    task_name: str,
+    vocabulary: bool,
+    small_whitening_sample: None,
 ) -> None:
     model = perturbed(micro, method)
     data = captioned_data(micro, 6, vocabulary=vocabulary)
