@@ -228,6 +228,8 @@ class MethodConfig:
     tower that ``last-layers`` trains; ``whiten``: a public image dataset whose backbone
     features precondition the image output adapter (methods with a linear one: ``output``,
     ``dga``, ``lga``, ``linear-probe``; see :mod:`fedgray.adapters.whitening`), none by default;
+    ``text_subspace``: with ``whiten``, confine that adapter's correction to the leading
+    directions of the public dataset's caption features (this many);
     ``craft``: CraFT's settings.
     """
 
@@ -240,6 +242,7 @@ class MethodConfig:
     output_rank: int = field(default=8, metadata=positive())
     last_layers: int = field(default=1, metadata=positive())
     whiten: str | None = field(default=None, metadata=registered("dataset", _datasets))
+    text_subspace: int | None = field(default=None, metadata=positive())
     craft: CraftConfig = field(default_factory=CraftConfig)
 
 

@@ -50,8 +50,8 @@ def pretrained_tiny(isolated_cache: Path) -> Path:
 
 @pytest.fixture
 def small_whitening_sample(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``method.whiten`` from 160 public images instead of 4,000, with an empty cache."""
+    """``method.whiten``'s statistics from 160 public images instead of 4,000, empty cache."""
     from fedgray.adapters import whitening
 
     monkeypatch.setattr(whitening, "SAMPLES", 160)
-    monkeypatch.setattr(whitening, "_WHITENINGS", {})
+    monkeypatch.setattr(whitening, "_STATISTICS", {})

@@ -17,7 +17,7 @@ from fedgray.adapters.modules import (
 )
 from fedgray.adapters.prompt import PromptSpace, context_tokens
 from fedgray.adapters.white import attach_lora, last_blocks
-from fedgray.adapters.whitening import public_whitening
+from fedgray.adapters.whitening import public_statistics
 from fedgray.backbone import Backbone
 from fedgray.backbone.access import AccessLevel, SealedError
 from fedgray.config import MethodConfig
@@ -186,10 +186,27 @@ def build_model(
         )
     model = spec.build(backbone, options)
     if options.whiten is not None:
-        if type(model.image_out) is not OutputAdapter:
-            raise ValueError(
-                f"method.whiten: method '{spec.name}' has no linear image output adapter "
-                "(output, dga, lga, linear-probe have one)"
-            )
-        model.image_out = WhitenedOutputAdapter(public_whitening(backbone, options.whiten))
+        model.image_out = _whitened(model, spec.name, options)
+    elif options.text_subspace is not None:
+        raise ValueError(
+            "method.text_subspace: needs method.whiten (the public dataset whose captions "
+            "give the subspace)"
+        )
     return model
+
+
+def _whitened(model: AdaptedCLIP, name: str, options: MethodConfig) -> WhitenedOutputAdapter:
+    """``model``'s image output adapter, whitened by ``method.whiten``'s public statistics."""
+    if type(model.image_out) is not OutputAdapter:
+        raise ValueError(
+            f"method.whiten: method '{name}' has no linear image output adapter "
+            "(output, dga, lga, linear-probe have one)"
+        )
+    assert options.whiten is not None
+    whitening, directions = public_statistics(model.backbone, options.whiten)
+    rank = options.text_subspace
+    if rank is not None and rank > len(directions):
+        raise ValueError(
+            f"method.text_subspace: {rank} exceeds the embedding's {len(directions)} dimensions"
+        )
+    return WhitenedOutputAdapter(whitening, None if rank is None else directions[:, :rank])

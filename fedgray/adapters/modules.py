@@ -138,28 +138,32 @@ class DeepPrompts(nn.Module):
 
 
 class WhitenedOutputAdapter(nn.Module):
-    """``x + delta(x @ whitening)``: a linear map on an embedding, preconditioned.
+    """``x + delta(x @ whitening) @ basis.T``: a linear map on an embedding, preconditioned.
 
-    The same family of maps as :class:`OutputAdapter`, started at the identity
-    (``delta`` zero), but trained through a fixed ``whitening`` of its input (see
-    :mod:`fedgray.adapters.whitening`): a gradient step moves the map along every input
+    With ``basis`` the identity, the same family of maps as :class:`OutputAdapter`, started
+    at the identity (``delta`` zero), but trained through a fixed ``whitening`` of its input
+    (see :mod:`fedgray.adapters.whitening`): a gradient step moves the map along every input
     direction alike instead of mostly along the few where the features carry their energy.
-    ``whitening`` is a non-persistent buffer: computed from public data where the model is
-    built, never in the state that is sent or saved; ``delta`` is an ``nn.Linear``, so Opacus
-    computes its per-sample gradients with its own formula.
+    A ``basis`` of K < D orthonormal columns confines the correction to their span (``delta``
+    then has K outputs). Both are non-persistent buffers: computed from public data where
+    the model is built, never in the state that is sent or saved; ``delta`` is an
+    ``nn.Linear``, so Opacus computes its per-sample gradients with its own formula.
     """
 
     whitening: torch.Tensor
+    basis: torch.Tensor
 
-    def __init__(self, whitening: torch.Tensor) -> None:
+    def __init__(self, whitening: torch.Tensor, basis: torch.Tensor | None = None) -> None:
         super().__init__()
         dim = whitening.shape[0]
+        basis = torch.eye(dim) if basis is None else basis
         self.register_buffer("whitening", whitening.clone(), persistent=False)
-        self.delta = nn.Linear(dim, dim)
+        self.register_buffer("basis", basis.clone(), persistent=False)
+        self.delta = nn.Linear(dim, basis.shape[1])
         with torch.no_grad():
             self.delta.weight.zero_()
             self.delta.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` [B, D] plus the preconditioned correction."""
-        return x + self.delta(x @ self.whitening)
+        return x + self.delta(x @ self.whitening) @ self.basis.T

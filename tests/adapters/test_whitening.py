@@ -1,4 +1,5 @@
-"""``method.whiten``: the image output adapter preconditioned by public feature statistics."""
+"""``method.whiten`` and ``method.text_subspace``: the image output adapter shaped by public
+statistics."""
 
 from __future__ import annotations
 
@@ -25,11 +26,11 @@ def test_whitened_adapters_start_as_the_bare_backbone_bit_for_bit(micro: SealedB
 
 
 def test_the_whitening_whitens_the_public_features(micro: SealedBackbone) -> None:
-    features = whitening._features(micro, "world/photo")
+    features, _texts = whitening._features(micro, "world/photo")
     assert features.shape == (whitening.SAMPLES, micro.interface.embed_dim)
     x = F.normalize(features.double(), dim=-1)
     moment = x.T @ x / len(x)
-    p = whitening.public_whitening(micro, "world/photo").double()
+    p = whitening.public_statistics(micro, "world/photo").whitening.double()
     mean = torch.linalg.eigvalsh(moment).mean()
     whitened = p @ moment @ p
     assert torch.allclose(whitened, mean * torch.eye(len(p), dtype=torch.float64), atol=1e-4)
@@ -40,7 +41,7 @@ def test_the_whitening_is_public_state_computed_alike_and_never_sent(micro: Seal
     first, second = build_model(micro, WHITENED), build_model(micro, WHITENED)
     assert first.image_out is not None and second.image_out is not None
     assert torch.equal(first.image_out.whitening, second.image_out.whitening)
-    whitening._WHITENINGS.clear()  # recomputed from scratch: the same matrix
+    whitening._STATISTICS.clear()  # recomputed from scratch: the same matrix
     again = build_model(micro, WHITENED).image_out
     assert again is not None and torch.equal(again.whitening, first.image_out.whitening)
     state = first.state_dict()
@@ -78,6 +79,48 @@ def test_a_gradient_step_moves_the_weak_input_directions_as_much_as_the_strong(
 def test_whiten_needs_a_linear_image_output_adapter(micro: SealedBackbone) -> None:
     with pytest.raises(ValueError, match=r"^method.whiten: method 'output-scale' has no linear"):
         build_model(micro, MethodConfig(name="output-scale", whiten="world/photo"))
+
+
+def test_the_text_subspace_confines_the_correction_to_the_public_captions_leading_span(
+    micro: SealedBackbone,
+) -> None:
+    config = MethodConfig(name="output", whiten="world/photo", text_subspace=3)
+    adapter = build_model(micro, config).image_out
+    assert isinstance(adapter, WhitenedOutputAdapter)
+    dim = micro.interface.embed_dim
+    assert adapter.delta.weight.shape == (3, dim)
+    basis = adapter.basis
+    assert torch.allclose(basis.T @ basis, torch.eye(3), atol=1e-5)
+    _images, texts = whitening._features(micro, "world/photo")
+    captions = F.normalize(texts, dim=-1)
+    energy = (captions @ basis).pow(2).sum() / captions.pow(2).sum()
+    leading = torch.linalg.svdvals(captions.double()).pow(2)
+    assert float(energy) == pytest.approx(float(leading[:3].sum() / leading.sum()), abs=1e-4)
+    with torch.no_grad():
+        adapter.delta.weight.normal_()
+        adapter.delta.bias.normal_()
+        x = torch.randn(5, dim)
+        correction = adapter(x) - x
+    assert correction.abs().sum() > 0
+    outside = correction - correction @ basis @ basis.T
+    assert outside.abs().max() < 1e-4 * correction.abs().max()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"text_subspace": 3}, r"^method.text_subspace: needs method.whiten"),
+        (
+            {"whiten": "world/photo", "text_subspace": 10_000},
+            r"^method.text_subspace: 10000 exceeds",
+        ),
+    ],
+)
+def test_text_subspace_errors_name_the_field(
+    micro: SealedBackbone, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_model(micro, MethodConfig(name="output", **options))  # type: ignore[arg-type]
 
 
 def test_whiten_names_a_known_dataset() -> None:

@@ -15,7 +15,7 @@ from fedgray.train.schedule import Schedule
 from fedgray.train.trainer import LocalTrainer
 from tests.helpers import MICRO, assert_single_sample_gradients, captioned_data, perturbed
 
-WHITENED = MethodConfig(name="output", whiten="world/photo")
+WHITENED = MethodConfig(name="output", whiten="world/photo", text_subspace=4)
 
 
 @pytest.mark.parametrize(
