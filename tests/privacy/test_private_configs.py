@@ -31,6 +31,7 @@ def test_private_config_runs_within_target_and_recomputes(tmp_path: Path, name: 
     final = result.records[-1]["privacy"]
     assert all(7.5 < eps <= 8.0 for eps in final["epsilon"].values())
     r = recompute(tmp_path / "run")
-    assert r.recomputed["rdp"] == r.reported == r.recomputed_from_config
+    assert r.kind == shipped.privacy.accountant
+    assert r.recomputed[r.kind] == r.reported == r.recomputed_from_config
     ((noise, rate, steps),) = r.ledger  # one plan: full batches, every step accounted
     assert rate == 1.0 and steps == 2 * 2 and noise > 0
