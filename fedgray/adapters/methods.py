@@ -186,7 +186,7 @@ def build_model(
         )
     model = spec.build(backbone, options)
     if options.whiten is not None:
-        model.image_out = _whitened(model, spec.name, options)
+        model.image_out = _whitened(model, spec.name, options.whiten, options.text_subspace)
     elif options.text_subspace is not None:
         raise ValueError(
             "method.text_subspace: needs method.whiten (the public dataset whose captions "
@@ -195,16 +195,17 @@ def build_model(
     return model
 
 
-def _whitened(model: AdaptedCLIP, name: str, options: MethodConfig) -> WhitenedOutputAdapter:
-    """``model``'s image output adapter, whitened by ``method.whiten``'s public statistics."""
+def _whitened(
+    model: AdaptedCLIP, name: str, dataset: str, rank: int | None
+) -> WhitenedOutputAdapter:
+    """``model``'s image output adapter, whitened by public ``dataset``'s statistics and,
+    with ``rank``, confined to that many leading caption directions."""
     if type(model.image_out) is not OutputAdapter:
         raise ValueError(
             f"method.whiten: method '{name}' has no linear image output adapter "
             "(output, dga, lga, linear-probe have one)"
         )
-    assert options.whiten is not None
-    whitening, directions = public_statistics(model.backbone, options.whiten)
-    rank = options.text_subspace
+    whitening, directions = public_statistics(model.backbone, dataset)
     if rank is not None and rank > len(directions):
         raise ValueError(
             f"method.text_subspace: {rank} exceeds the embedding's {len(directions)} dimensions"

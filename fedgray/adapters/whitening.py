@@ -18,7 +18,7 @@ directions of the same dataset's caption features. Image features are only ever 
 with text features by cosine, so a correction outside the texts' span changes nothing but
 the features' norms; under DP it is noise without signal there (on the tiny model 32 of 128
 directions hold all but 1e-4 of the captions' energy, and the noised values fall from
-16,384 to 4,096).
+16,512 to 4,128).
 
 Both depend on the backbone and public data only: they spend no privacy budget, every party
 (server and sites) computes the same matrices where it builds the model, and they are never
@@ -36,6 +36,7 @@ from fedgray.adapters.model import AdaptedCLIP
 from fedgray.backbone import Backbone
 from fedgray.data.registry import load_dataset
 from fedgray.tasks.data import prepare
+from fedgray.tasks.metrics import batched
 
 SAMPLES = 4000  # public images (and their captions) that give the statistics
 CHUNK = 256  # images per backbone call
@@ -69,10 +70,9 @@ def _features(backbone: Backbone, dataset: str) -> tuple[torch.Tensor, torch.Ten
     public = load_dataset(dataset, split="train", size=SAMPLES, seed=0)
     data = prepare(public, backbone.tokenize, image_size=backbone.interface.image_size)
     bare = AdaptedCLIP(backbone)
-    images = torch.cat([bare.encode_images(chunk) for chunk in data.images.split(CHUNK)])
     captions = backbone.tokenize(list(dict.fromkeys(public.captions)))
-    texts = torch.cat([bare.encode_texts(chunk) for chunk in captions.split(CHUNK)])
-    return images, texts
+    images = batched(bare.encode_images, data.images, CHUNK)
+    return images, batched(bare.encode_texts, captions, CHUNK)
 
 
 def _whitening(features: torch.Tensor) -> torch.Tensor:
