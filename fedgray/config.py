@@ -102,6 +102,18 @@ def _objectives() -> Collection[str]:
     return OBJECTIVES
 
 
+def _devices() -> Collection[str]:
+    from fedgray.devices import DEVICES
+
+    return DEVICES
+
+
+def _precisions() -> Collection[str]:
+    from fedgray.devices import PRECISIONS
+
+    return PRECISIONS
+
+
 def _accountants() -> Collection[str]:
     from fedgray.privacy.ledger import ACCOUNTANTS
 
@@ -257,7 +269,9 @@ class TrainConfig:
     ``federation.local_steps`` per round at a site, restarting each round); with
     ``run-cosine`` the peak of one decay over a site's whole run (all rounds); with
     ``constant`` the rate of every step (see :mod:`fedgray.train.schedule`). ``steps`` and
-    ``eval_every`` apply to ``fedgray adapt``.
+    ``eval_every`` apply to ``fedgray adapt``. ``device`` (``auto``, ``cpu``, ``cuda``) is
+    where the backbone, the adapters and the data live; ``precision`` (``auto``,
+    ``float32``, ``bfloat16``) the autocast of forward passes (see :mod:`fedgray.devices`).
     """
 
     task: str = field(default="retrieval", metadata=registered("task", _tasks))
@@ -270,6 +284,8 @@ class TrainConfig:
     eval_every: int = field(default=100, metadata=positive())
     seed: int = 0
     threads: int | None = field(default=None, metadata=positive())
+    device: str = field(default="auto", metadata=registered("device", _devices))
+    precision: str = field(default="auto", metadata=registered("precision", _precisions))
 
 
 @dataclass

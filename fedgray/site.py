@@ -12,6 +12,7 @@ from fedgray.backbone.loading import BUILTIN_TAG, load_sealed
 from fedgray.backbone.runtime import IsolatedBackbone
 from fedgray.config import Config, PretrainConfig
 from fedgray.data.registry import load_dataset
+from fedgray.devices import resolve_device
 from fedgray.owner.pretrain import builtin_checkpoint
 from fedgray.tasks.data import TaskData, prepare
 
@@ -38,10 +39,12 @@ def resolve_pretrained(
 def open_backbone(config: Config, *, progress: bool = True) -> Backbone:
     """Load and seal the configured backbone: from its sealed artifact when one is set
     (in its own process with ``backbone.isolated``), else by name and pretrained weights
-    (pretraining the built-in one if not cached)."""
-    spec = config.backbone
+    (pretraining the built-in one if not cached), on ``train.device``."""
+    spec, device = config.backbone, resolve_device(config.train.device)
     if spec.runtime is not None:
-        return IsolatedBackbone.connect(spec.runtime, name=spec.name, level=spec.level)
+        return IsolatedBackbone.connect(
+            spec.runtime, name=spec.name, level=spec.level, device=device
+        )
     if spec.artifact is not None:
         assert spec.verify_key is not None and spec.content_key is not None  # by BackboneConfig
         options: ArtifactOptions = {
@@ -52,14 +55,18 @@ def open_backbone(config: Config, *, progress: bool = True) -> Backbone:
             "query_budget": spec.query_budget,
         }
         if spec.isolated:
-            return IsolatedBackbone(spec.artifact, threads=config.train.threads, **options)
-        return load_artifact(spec.artifact, **options)
+            threads = config.train.threads
+            return IsolatedBackbone(spec.artifact, threads=threads, device=device, **options)
+        return load_artifact(spec.artifact, device=device, **options)
     pretrained = resolve_pretrained(spec.name, spec.pretrained, config.pretrain, progress=progress)
-    return load_sealed(spec.name, pretrained, level=spec.level, query_budget=spec.query_budget)
+    return load_sealed(
+        spec.name, pretrained, level=spec.level, query_budget=spec.query_budget, device=device
+    )
 
 
 def load_task_data(config: Config, backbone: Backbone, *, split: str) -> TaskData:
     """The configured dataset's ``split`` in the backbone's input format."""
     size = config.data.train_size if split == "train" else config.data.test_size
     dataset = load_dataset(config.data.dataset, split=split, size=size, seed=config.data.seed)
-    return prepare(dataset, backbone.tokenize, image_size=backbone.interface.image_size)
+    prepared = prepare(dataset, backbone.tokenize, image_size=backbone.interface.image_size)
+    return prepared.to(backbone.device)

@@ -173,7 +173,7 @@ def build_model(
     """Build a method's trainable model around ``backbone``, checking its access level.
 
     ``method`` is the config's method section, or a name (its options at their defaults,
-    ``prompt_tokens`` overriding LGA's).
+    ``prompt_tokens`` overriding LGA's). The model's tensors live on the backbone's device.
     """
     options = method if isinstance(method, MethodConfig) else MethodConfig(name=method)
     if prompt_tokens is not None:
@@ -192,7 +192,7 @@ def build_model(
             "method.text_subspace: needs method.whiten (the public dataset whose captions "
             "give the subspace)"
         )
-    return model
+    return model.to(backbone.device)
 
 
 def _whitened(

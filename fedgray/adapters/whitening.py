@@ -69,6 +69,7 @@ def _features(backbone: Backbone, dataset: str) -> tuple[torch.Tensor, torch.Ten
     distinct captions."""
     public = load_dataset(dataset, split="train", size=SAMPLES, seed=0)
     data = prepare(public, backbone.tokenize, image_size=backbone.interface.image_size)
+    data = data.to(backbone.device)
     bare = AdaptedCLIP(backbone)
     captions = backbone.tokenize(list(dict.fromkeys(public.captions)))
     images = batched(bare.encode_images, data.images, CHUNK)

@@ -243,12 +243,13 @@ def load_artifact(
     level: AccessLevel | str | None = None,
     query_budget: int | None = None,
     opaque: bool = True,
+    device: torch.device | str = "cpu",
 ) -> SealedBackbone:
     """Open the artifact at ``path`` as a :class:`SealedBackbone`.
 
     ``level`` (default: the manifest's) may not exceed the level in the signed manifest;
-    ``name``, when given, must be the manifest's architecture. ``opaque``: see
-    :class:`SealedBackbone` (the isolated runtime passes False).
+    ``name``, when given, must be the manifest's architecture. ``opaque`` and ``device``:
+    see :class:`SealedBackbone` (the isolated runtime passes ``opaque=False``).
     """
     path = Path(path)
     manifest, raw, sealed = _read(path, verify_key)
@@ -267,4 +268,5 @@ def load_artifact(
         level=level,
         query_budget=query_budget,
         opaque=opaque,
+        device=device,
     )

@@ -158,9 +158,16 @@ def load_sealed(
     *,
     level: AccessLevel | str = AccessLevel.GRAY,
     query_budget: int | None = None,
+    device: torch.device | str = "cpu",
 ) -> SealedBackbone:
-    """Create and seal a backbone; ``pretrained='fedgray-world'`` needs :func:`resolve_builtin`."""
+    """Create and seal a backbone on ``device``; ``pretrained='fedgray-world'`` needs
+    :func:`resolve_builtin`."""
     model = create_clip(name, pretrained)
     return SealedBackbone(
-        model, get_tokenizer(name), name=name, level=level, query_budget=query_budget
+        model,
+        get_tokenizer(name),
+        name=name,
+        level=level,
+        query_budget=query_budget,
+        device=device,
     )

@@ -4,20 +4,22 @@ A plain forward through the model leaves torch's graph on the output: walking
 ``output.grad_fn.next_functions`` and reading each node's ``_saved_*`` tensors recovers
 the weights that matmuls and convolutions save for their backward. :func:`run_sealed`
 runs the model inside one custom ``autograd.Function`` instead. Its node saves the call's
-inputs (the site's own tensors) and nothing else; its backward recomputes the forward on
-detached copies of those inputs under ``enable_grad`` and asks ``torch.autograd.grad``
-for the gradients to the inputs only. The weights are frozen, so the recomputation
-reaches them through the seal's closure and nothing of the inner graph outlives the
-backward call. The forward runs with the same ``requires_grad`` pattern as the recompute,
-so outputs and gradients are bit for bit those of a plain forward (CPU kernels are
-deterministic for equal shapes and thread counts).
+inputs (the site's own tensors) and nothing else: the model's own graph, built on
+detached copies of those inputs, is held by a closure (:func:`_pull_once`), not by any
+node or tensor the outer graph links to, and its backward asks ``torch.autograd.grad``
+for the gradients to the inputs only. The weights are frozen, so nothing of the inner
+graph outlives the backward call: its buffers are freed there, and a second backward
+through a retained outer graph recomputes the forward. Outputs and gradients are bit for
+bit those of a plain forward.
 
-The price is one more forward pass of the backbone per backward pass; the saved
-activations of the backbone no longer wait in memory between forward and backward.
+The inner graph costs what a plain forward's graph costs (the activations wait for the
+backward) and no extra compute: the node used to recompute the forward in its backward,
+one more backbone forward per step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -40,14 +42,43 @@ def _rerun(
     return output, [t for t, need in zip(inputs, needs, strict=True) if need]
 
 
+Pull = Callable[[torch.Tensor], tuple[torch.Tensor, ...] | None]
+
+
+def _pull_once(output: torch.Tensor, wanted: list[torch.Tensor]) -> Pull:
+    """The input-gradients of ``output``'s graph for one ``grad_output``, once.
+
+    The graph lives only in this closure's cell and is dropped on the first call (its
+    buffers freed by ``autograd.grad``); later calls return ``None``.
+    """
+    graph = [(output, wanted)]
+
+    def pull(grad_output: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+        if not graph:
+            return None
+        inner, inputs = graph.pop()
+        with torch.enable_grad():
+            return torch.autograd.grad(inner, inputs, grad_output, allow_unused=True)
+
+    return pull
+
+
+def _autocast_now(kind: str) -> contextlib.AbstractContextManager[object]:
+    """The autocast in force for device type ``kind``, to enter again later."""
+    if not torch.is_autocast_enabled(kind):
+        return contextlib.nullcontext()
+    return torch.autocast(kind, dtype=torch.get_autocast_dtype(kind))
+
+
 class _Opaque(torch.autograd.Function):
     """Forward and backward of the sealed model; saves only the call's inputs."""
 
     @staticmethod
     def forward(ctx: Any, run: Run, names: tuple[str, ...], *tensors: torch.Tensor) -> torch.Tensor:
         needs = ctx.needs_input_grad[2:]
-        output, _ = _rerun(run, names, tensors, needs)
-        ctx.run, ctx.names = run, names
+        output, wanted = _rerun(run, names, tensors, needs)
+        ctx.run, ctx.names, ctx.pull = run, names, _pull_once(output, wanted)
+        ctx.autocast = _autocast_now(tensors[0].device.type)
         ctx.save_for_backward(*tensors)
         return output.detach()
 
@@ -60,9 +91,12 @@ class _Opaque(torch.autograd.Function):
 def _backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     refuse_instrumentation()
     needs = ctx.needs_input_grad[2:]
-    output, wanted = _rerun(ctx.run, ctx.names, ctx.saved_tensors, needs)
-    with torch.enable_grad():
-        grads = iter(torch.autograd.grad(output, wanted, grad_output, allow_unused=True))
+    pulled = ctx.pull(grad_output)
+    if pulled is None:  # a second backward through a retained outer graph
+        with ctx.autocast:  # the forward's autocast, which backward passes do not inherit
+            output, wanted = _rerun(ctx.run, ctx.names, ctx.saved_tensors, needs)
+        pulled = _pull_once(output, wanted)(grad_output)
+    grads = iter(pulled or ())
     return (None, None, *(next(grads) if need else None for need in needs))
 
 

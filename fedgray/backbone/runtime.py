@@ -103,6 +103,12 @@ def _interface(args: dict[str, Any]) -> tuple[BackboneInterface, int | None]:
         raise WireError(f"the runtime's greeting does not parse: {error}") from None
 
 
+def _on_wire(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as the wire carries it: float32 for floats (autocast's bfloat16 adapter
+    outputs are cast back, differentiably), integers as they are."""
+    return tensor.float() if tensor.is_floating_point() else tensor
+
+
 class _Remote(torch.autograd.Function):
     """Autograd across the process boundary: forward and backward are requests."""
 
@@ -125,7 +131,8 @@ class _Remote(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         reply = ctx.backbone._call("backward", {"key": ctx.key}, {"grad_output": grad_output})
-        return (None, None, None, *(reply.tensors.get(n) for n in ctx.names))
+        grads = (reply.tensors.get(n) for n in ctx.names)
+        return (None, None, None, *(g if g is None else g.to(grad_output.device) for g in grads))
 
 
 class IsolatedBackbone(QueryCounted):
@@ -141,6 +148,7 @@ class IsolatedBackbone(QueryCounted):
         level: AccessLevel | str | None = None,
         query_budget: int | None = None,
         threads: int | None = None,
+        device: torch.device | str = "cpu",
     ) -> None:
         context = mp.get_context("spawn")
         ours, child = socket.socketpair()
@@ -152,20 +160,26 @@ class IsolatedBackbone(QueryCounted):
             "level": level,
             "query_budget": query_budget,
             "threads": threads,
+            "device": str(device),
         }
         process = context.Process(target=_serve_child, args=(child, options), daemon=True)
         with _STARTING, _passive_openmp():
             process.start()
         child.close()
-        self._start(ours, process)
+        self._start(ours, process, torch.device(device))
 
     @classmethod
     def connect(
-        cls, path: str | Path, *, name: str | None = None, level: AccessLevel | str | None = None
+        cls,
+        path: str | Path,
+        *,
+        name: str | None = None,
+        level: AccessLevel | str | None = None,
+        device: torch.device | str = "cpu",
     ) -> IsolatedBackbone:
         """A backbone served by ``fedgray runtime serve`` on the Unix socket ``path``;
         ``name`` and ``level``, when given, must be what the runtime serves (its operator
-        chose them)."""
+        chose them, and the device it runs on). Outputs arrive on ``device``."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(str(path))
@@ -173,7 +187,7 @@ class IsolatedBackbone(QueryCounted):
             sock.close()
             raise SealedError(f"{path}: no backbone runtime answers ({error.strerror})") from None
         backbone = cls.__new__(cls)
-        backbone._start(sock, None)
+        backbone._start(sock, None, torch.device(device))
         served = backbone.interface
         for key, wanted, got in (("name", name, served.name), ("level", level, served.level)):
             if wanted is not None and wanted != got:
@@ -182,8 +196,10 @@ class IsolatedBackbone(QueryCounted):
                 raise SealedError(f"backbone.{key}: the runtime at {path} serves '{value}'")
         return backbone
 
-    def _start(self, sock: socket.socket, process: BaseProcess | None) -> None:
-        self._socket, self._process = sock, process
+    def _start(
+        self, sock: socket.socket, process: BaseProcess | None, device: torch.device
+    ) -> None:
+        self._socket, self._process, self.device = sock, process, device
         self._keys = itertools.count()
         self._queries = 0
         try:
@@ -202,7 +218,7 @@ class IsolatedBackbone(QueryCounted):
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Token ids [N, context_length] for ``texts`` (tokenized by the runtime)."""
-        return self._call("tokenize", {"texts": list(texts)}).tensors["tokens"]
+        return self._call("tokenize", {"texts": list(texts)}).tensors["tokens"].to(self.device)
 
     def encode_image(self, pixels: torch.Tensor, **inputs: torch.Tensor | None) -> torch.Tensor:
         """Image features of pixels [B, 3, S, S]; see :meth:`SealedBackbone.encode_image`."""
@@ -214,7 +230,8 @@ class IsolatedBackbone(QueryCounted):
 
     def _encode(self, tower: str, inputs: dict[str, torch.Tensor | None]) -> torch.Tensor:
         self._queries += 1
-        given = {n: t for n, t in inputs.items() if t is not None}
+        # The wire carries float32: autocast's bfloat16 adapter outputs are cast back.
+        given = {n: _on_wire(t) for n, t in inputs.items() if t is not None}
         grad = self.level.gradients and torch.is_grad_enabled()
         if grad and any(t.requires_grad for t in given.values()):
             output: torch.Tensor = _Remote.apply(self, tower, tuple(given), *given.values())
@@ -225,7 +242,7 @@ class IsolatedBackbone(QueryCounted):
         self, tower: str, key: int, tensors: dict[str, torch.Tensor], needs_grad: list[str]
     ) -> torch.Tensor:
         args = {"tower": tower, "key": key, "needs_grad": needs_grad}
-        return self._call("encode", args, tensors).tensors["output"]
+        return self._call("encode", args, tensors).tensors["output"].to(self.device)
 
     def _call(
         self, op: str, args: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None

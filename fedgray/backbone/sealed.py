@@ -112,10 +112,21 @@ class SealedBackbone(QueryCounted):
 
     ``opaque=False`` leaves the backbone's graph plain (no recomputation in backward): for
     the isolated runtime, whose outputs leave the process detached. It hides nothing from
-    whoever constructs the backbone, who holds the model already.
+    whoever constructs the backbone, who holds the model already. ``device``: where the
+    model runs; its encoders take and return tensors there.
     """
 
-    __slots__ = ("interface", "_image", "_text", "_tokenize", "_module", "_queries", "_budget")
+    __slots__ = (
+        "interface",
+        "device",
+        "_image",
+        "_text",
+        "_tokenize",
+        "_module",
+        "_queries",
+        "_budget",
+    )
+    device: torch.device
     _image: Callable[..., torch.Tensor]  # the slots set in __init__
     _text: Callable[..., torch.Tensor]
     _tokenize: Callable[[Sequence[str]], torch.Tensor]
@@ -130,12 +141,13 @@ class SealedBackbone(QueryCounted):
         level: AccessLevel | str = AccessLevel.GRAY,
         query_budget: int | None = None,
         opaque: bool = True,
+        device: torch.device | str = "cpu",
     ) -> None:
-        level = AccessLevel(level)
-        model.eval().requires_grad_(False)
+        level, device = AccessLevel(level), torch.device(device)
+        model.eval().requires_grad_(False).to(device)
         preprocess = getattr(model.visual, "preprocess_cfg", {}) or {}
-        mean = torch.tensor(preprocess.get("mean", OPENAI_MEAN)).view(1, 3, 1, 1)
-        std = torch.tensor(preprocess.get("std", OPENAI_STD)).view(1, 3, 1, 1)
+        mean = torch.tensor(preprocess.get("mean", OPENAI_MEAN), device=device).view(1, 3, 1, 1)
+        std = torch.tensor(preprocess.get("std", OPENAI_STD), device=device).view(1, 3, 1, 1)
         interface = _describe(model, name, level)
         context, free = interface.context_length, int(families.describe(model).reserves_slot)
 
@@ -164,6 +176,7 @@ class SealedBackbone(QueryCounted):
 
         setattr_ = object.__setattr__
         setattr_(self, "interface", interface)
+        setattr_(self, "device", device)
         setattr_(self, "_image", image)
         setattr_(self, "_text", text)
         setattr_(self, "_tokenize", tokenize)
@@ -180,7 +193,7 @@ class SealedBackbone(QueryCounted):
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Token ids [N, context_length] for ``texts``, in the backbone's vocabulary."""
-        return self._tokenize(texts)
+        return self._tokenize(texts).to(self.device)
 
     def encode_image(
         self,

@@ -126,6 +126,7 @@ class Session:
             raise WireError("needs_grad: names of float inputs of this request only")
         if needs and not self.backbone.level.gradients:
             needs = []  # black: the backbone answers without gradients anyway
+        tensors = {n: t.to(self.backbone.device) for n, t in tensors.items()}
         wanted = [tensors[n].requires_grad_(True) for n in needs]
         encode = self.backbone.encode_image if tower == "image" else self.backbone.encode_text
         main = tensors.pop("pixels" if tower == "image" else "tokens")
@@ -146,7 +147,8 @@ class Session:
         output, names, wanted = self.graphs[key]
         _expect("grad_output", tensors["grad_output"], output.dtype, tuple(output.shape))
         del self.graphs[key]
-        grads = torch.autograd.grad(output, wanted, tensors["grad_output"], allow_unused=True)
+        grad_output = tensors["grad_output"].to(output.device)
+        grads = torch.autograd.grad(output, wanted, grad_output, allow_unused=True)
         return Message(
             "ok", tensors={n: g for n, g in zip(names, grads, strict=True) if g is not None}
         )

@@ -55,7 +55,7 @@ class CachedImageHead(nn.Module):
 
     def bare_texts(self, tokens: torch.Tensor) -> torch.Tensor:
         """Text features [B, D] before the text output module (each distinct row once)."""
-        keys = [row.numpy().tobytes() for row in tokens]
+        keys = [row.numpy().tobytes() for row in tokens.cpu()]
         fresh = [k for k in dict.fromkeys(keys) if k not in self._texts]
         if fresh:
             first = {k: i for i, k in reversed(list(enumerate(keys)))}

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +40,17 @@ class TaskData:
     def as_dataset(self) -> TensorDataset:
         """Per-sample tensors for a DataLoader: (images, tokens, caption_ids, labels)."""
         return TensorDataset(self.images, self.tokens, self.caption_ids, self.labels)
+
+    def to(self, device: torch.device) -> TaskData:
+        """The same data on ``device`` (itself when already there)."""
+        if self.images.device == device:
+            return self
+        moved: dict[str, Any] = {
+            f.name: getattr(self, f.name).to(device)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        return replace(self, **moved)
 
     def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> TaskData:
         """The samples at ``indices``, caption ids renumbered ``0..U-1`` (prompts unchanged)."""

@@ -17,6 +17,7 @@ import torch
 
 from fedgray.adapters.model import AdaptedCLIP
 from fedgray.config import Config
+from fedgray.devices import autocast
 from fedgray.privacy import Ledger, NoisePlan, PrivateTraining, make_private, plan_noise
 from fedgray.privacy.budget import check_budget
 from fedgray.privacy.features import cached_head
@@ -117,6 +118,9 @@ class LocalTrainer:
             )
             optimizer, self.stream = self._private.optimizer, self._private.stream
         self.optimizer = optimizer
+        # DP-SGD in float32: per-sample norms and clipping as the accountant assumes them.
+        precision = "float32" if privacy.enabled else train.precision
+        self.autocast = autocast(model.backbone.device, precision)
 
     def run(
         self, steps: int | None = None, *, progress: bool = False, description: str = "train"
@@ -142,6 +146,7 @@ class LocalTrainer:
             scheduler=self.scheduler,
             progress=progress,
             description=description,
+            autocast=self.autocast,
         )
         self.taken += steps
         return result

@@ -28,7 +28,7 @@ def ground_truth(backbone: object) -> nn.Module:
 def graph_tensors(output: torch.Tensor) -> list[torch.Tensor]:
     """Every tensor an attacker reaches from ``output.grad_fn``: each node's ``_saved_*``
     attributes, ``saved_tensors``, AccumulateGrad's ``variable``, and any other attribute
-    holding a tensor (or a tuple/list of tensors)."""
+    holding a tensor (or a tuple/list of tensors), and the graphs of those tensors too."""
     found: list[torch.Tensor] = []
     seen: set[int] = set()
     stack = [output.grad_fn]
@@ -47,7 +47,9 @@ def graph_tensors(output: torch.Tensor) -> list[torch.Tensor]:
             except Exception:  # noqa: BLE001, S112 - some saved slots raise once freed
                 continue
             values = value if isinstance(value, (tuple, list)) else (value,)
-            found += [v for v in values if isinstance(v, torch.Tensor)]
+            tensors = [v for v in values if isinstance(v, torch.Tensor)]
+            found += tensors
+            stack += [t.grad_fn for t in tensors]
         stack += [next_node for next_node, _ in node.next_functions]
     return found
 

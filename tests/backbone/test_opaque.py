@@ -78,3 +78,15 @@ def test_tensor_subclasses_are_refused(micro: SealedBackbone) -> None:
         micro.encode_image(pixels)
     tensors = [s for s in seen if isinstance(s, torch.Tensor)]
     assert leaked_weights(tensors, ground_truth(micro)) == set()
+
+
+def test_a_second_backward_through_a_retained_graph_gives_the_same_gradients() -> None:
+    """The inner graph serves one backward; a retained outer graph's next one recomputes."""
+    backbone = _backbone("gray")
+    image, text, pixels, *_ = _step(backbone, "dga")
+    loss = (image @ text.T).logsumexp(-1).sum()
+    loss.backward(retain_graph=True)
+    first = pixels.grad.clone()
+    pixels.grad = None
+    loss.backward()
+    assert first.abs().sum() > 0 and torch.equal(pixels.grad, first)

@@ -26,6 +26,7 @@ from fedgray.backbone import (
 from fedgray.backbone.keys import KeyFiles
 from fedgray.backbone.runtime import IsolatedBackbone
 from fedgray.config import ConfigError, load_config
+from fedgray.devices import autocast
 from fedgray.site import open_backbone
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,6 +38,7 @@ SITE = """
 import sys, torch
 from fedgray.adapters import build_model
 from fedgray.backbone import load_artifact
+from fedgray.devices import autocast
 from fedgray.backbone.runtime import IsolatedBackbone
 mode, artifact, verify_key, content_key = sys.argv[1:]
 opener = IsolatedBackbone if mode == "isolated" else load_artifact
@@ -222,3 +224,24 @@ def test_a_killed_runtime_is_one_line_with_its_exit_status(
         process.join(timeout=10)
         with pytest.raises(SealedError, match=r"is not running \(exit code -9\)$"):
             b.encode_image(torch.rand(1, 3, 32, 32))
+
+
+def test_a_bfloat16_autocast_step_crosses_the_wire_as_float32(
+    sealed: tuple[nn.Module, KeyFiles, Path], isolated: IsolatedBackbone
+) -> None:
+    """Under autocast the adapters send bfloat16; the wire carries float32 and the input
+    gradients come back to the adapters as they would in-process."""
+    _, keys, path = sealed
+    local = load_artifact(path, verify_key=keys.verify_key, content_key=keys.content_key)
+    tokens = local.tokenize(CAPTIONS)
+    grads = []
+    for backbone in (local, isolated):
+        torch.manual_seed(2)
+        model = build_model(backbone, "dga")
+        x = torch.rand(4, 3, 32, 32, requires_grad=True)
+        with autocast(torch.device("cpu"), "bfloat16"):
+            image, text = model(x, tokens)
+            (image.float() @ text.float().T).sum().backward()
+        grads.append(x.grad)
+    assert grads[1] is not None and grads[1].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=0.1, atol=0.05)

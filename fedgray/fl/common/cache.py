@@ -24,7 +24,11 @@ _DATA: dict[tuple[str, str, str, int, int], TaskData] = {}
 
 def _backbone_key(config: Config) -> str:
     return json.dumps(
-        {"backbone": to_dict(config.backbone), "pretrain": to_dict(config.pretrain)},
+        {
+            "backbone": to_dict(config.backbone),
+            "pretrain": to_dict(config.pretrain),
+            "device": config.train.device,
+        },
         sort_keys=True,
     )
 

@@ -39,7 +39,7 @@ class Pool:
 
     def labels(self) -> np.ndarray:
         """Class labels of the pool (loads the data; single-domain pools only)."""
-        return self.data(0).labels.numpy()
+        return self.data(0).labels.cpu().numpy()
 
     def groups(self) -> np.ndarray:
         """Domain number of every sample."""
