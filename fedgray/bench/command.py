@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from . import sections
+from .device import throughput
 from .federation import federation
 from .isolated import RuntimeStart, isolation
 from .report import conditions, markdown, write
@@ -37,6 +38,7 @@ def run(sizes: Sizes, *, echo: Callable[[str], None]) -> list[Figure]:
     figures: list[Figure] = []
     with RuntimeStart() as start:  # the runtime starts now, while the other sections run
         jobs += [
+            ("gray step throughput", lambda: throughput(sizes)),
             ("DP-SGD", lambda: sections.privacy(sizes)),
             ("cached features", lambda: sections.cached_features(sizes)),
             ("federation overhead", lambda: federation(sizes)),

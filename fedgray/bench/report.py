@@ -51,7 +51,9 @@ def markdown(figures: Sequence[Figure], info: dict[str, Any]) -> str:
     for section in dict.fromkeys(f.section for f in figures):
         lines += ["", f"**{section}**", "", "| figure | value | goal | note |", "|---|---|---|---|"]
         for f in (f for f in figures if f.section == section):
-            value = f"{f.value:.3f}{f.unit}" if f.unit == "%" else f"{f.value:.2f}{f.unit}"
+            value = {"%": f"{f.value:.3f}%", "x": f"{f.value:.2f}x"}.get(
+                f.unit, f"{f.value:.2f} {f.unit}"
+            )
             lines.append(f"| {f.name} | {value} | {_goal(f)} | {f.note} |")
     return "\n".join(lines) + "\n"
 

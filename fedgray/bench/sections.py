@@ -38,7 +38,8 @@ Tokenizer = Callable[..., torch.Tensor]
 
 @dataclass(frozen=True)
 class Figure:
-    """One measured ratio (``unit`` "x") or fraction (``unit`` "%"), lower is better."""
+    """One measured ratio (``unit`` "x") or fraction (``unit`` "%"), lower is better for
+    those that carry a goal; or a rate (``/s``, ``TFLOP/s``)."""
 
     section: str
     name: str
@@ -88,11 +89,12 @@ def base_model(name: str) -> tuple[torch.nn.Module, Tokenizer]:
     return create_clip(name, None), get_tokenizer(name)
 
 
-def _random(name: str, level: str) -> SealedBackbone:
-    """A sealed copy of :func:`_model`: modes that change it (full fine-tuning, LoRA) get
-    their own copy, so that nothing one mode does reaches another."""
+def random_backbone(name: str, level: str, device: torch.device | str = "cpu") -> SealedBackbone:
+    """A sealed copy of :func:`base_model` on ``device``: modes that change it (full
+    fine-tuning, LoRA) get their own copy, so that nothing one mode does reaches another."""
     model, tokenizer = base_model(name)
-    return SealedBackbone(copy.deepcopy(model), tokenizer, name=name, level=level)
+    copied = copy.deepcopy(model)
+    return SealedBackbone(copied, tokenizer, name=name, level=level, device=device)
 
 
 def timed(steps: dict[str, Callable[[], object]], sizes: Sizes) -> dict[str, list[float]]:
@@ -109,12 +111,12 @@ def _untrimmed(step: MethodStep) -> None:
 def methods(name: str, batch: int, sizes: Sizes) -> list[Figure]:
     """(a) and (c): DGA, LoRA and output-only against full fine-tuning, time and memory, and
     what each sends per round against the backbone's size."""
-    gray = _random(name, "gray")
+    gray = random_backbone(name, "gray")
     data = task_data(gray, batch)
     steps = {
         "dga": MethodStep(gray, "dga", data),
-        "full": MethodStep(_random(name, "white"), "full", data),
-        "lora": MethodStep(_random(name, "white"), "lora", data),
+        "full": MethodStep(random_backbone(name, "white"), "full", data),
+        "lora": MethodStep(random_backbone(name, "white"), "lora", data),
         "output": MethodStep(gray, "output", data),
     }
     full_context = functools.partial(_untrimmed, MethodStep(gray, "dga", data))
@@ -187,7 +189,7 @@ def privacy(sizes: Sizes) -> list[Figure]:
     """(b) A DP-SGD step against the same non-private step (same per-sample objective,
     adapters and batches: both draw the same Poisson batches, so that the ratio is DP-SGD's
     per-sample gradients, clipping, noise and accounting, not the sizes one draw gave)."""
-    backbone = _random(SITE_MODEL, "gray")
+    backbone = random_backbone(SITE_MODEL, "gray")
     data = task_data(backbone, sizes.site_samples)
     steps = {
         mode: ObjectiveStep(
@@ -246,7 +248,7 @@ def _image_output(backbone: Backbone) -> AdaptedCLIP:
 def cached_features(sizes: Sizes) -> list[Figure]:
     """(d) An epoch of output-side training over cached backbone features (the cache of
     :mod:`fedgray.privacy.features`) against the same epoch through the backbone."""
-    backbone = _random(SITE_MODEL, "gray")
+    backbone = random_backbone(SITE_MODEL, "gray")
     data = task_data(backbone, sizes.site_samples)
     scale = backbone.interface.logit_scale
     started = time.perf_counter()

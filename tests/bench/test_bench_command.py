@@ -19,6 +19,7 @@ SECTIONS = (
     "privacy and isolation",
     "output-side",
     "federation",
+    "gray step throughput",
 )
 
 
@@ -43,13 +44,14 @@ def test_quick_bench_writes_finite_positive_ratios(
         assert any(f["section"].startswith(section) for f in figures), section
     for f in figures:
         assert math.isfinite(f["value"]) and f["value"] > 0, f
-        assert f["unit"] in ("x", "%")
+        assert f["unit"] in ("x", "%", "/s", "TFLOP/s")
         assert f["met"] is None if f["goal"] is None else f["met"] == (f["value"] <= f["goal"])
     names = {f["name"] for f in figures}
     assert {"DGA / full fine-tuning, time", "DGA / full fine-tuning, peak memory"} <= names
     assert {"DP-SGD / non-private step", "isolated runtime / in-process step"} <= names
     assert "cached / uncached features, per epoch" in names
     assert "federated round / the same local steps in a loop" in names
+    assert {"DGA step, samples per second", "DGA step / matmul ceiling"} <= names
     table = (tmp_path / "bench.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == len(figures) + len({f["section"] for f in figures})  # + header rows
