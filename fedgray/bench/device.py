@@ -39,7 +39,7 @@ def _synchronised(fn: Callable[[], object], device: torch.device) -> Callable[[]
     return run
 
 
-def _matmul(device: torch.device, dtype: torch.dtype) -> tuple[Callable[[], None], int]:
+def matmul(device: torch.device, dtype: torch.dtype) -> tuple[Callable[[], None], int]:
     """One square matmul on ``device`` in ``dtype``, and its floating-point operations."""
     size = MATMUL[device.type]
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
@@ -60,10 +60,10 @@ def throughput(sizes: Sizes) -> list[Figure]:
     dtype = PRECISIONS["auto"](device)
     precision = str(dtype).removeprefix("torch.")
     gray = _step(name, "gray", batch, device)
-    flops = _counted(_step(name, "white", batch, device), device)
+    flops = counted(_step(name, "white", batch, device), device)
     with autocast(device, "auto"):  # the forward and backward of a site's step
-        matmul, matmul_flops = _matmul(device, dtype)
-        times = timed({"step": _synchronised(gray, device), "matmul": matmul}, sizes)
+        matmul_step, matmul_flops = matmul(device, dtype)
+        times = timed({"step": _synchronised(gray, device), "matmul": matmul_step}, sizes)
     step_s, matmul_s = statistics.median(times["step"]), statistics.median(times["matmul"])
     ceiling = matmul_flops / matmul_s
     section = f"gray step throughput ({name}, batch {batch}, {device.type}, {precision})"
@@ -80,7 +80,7 @@ def throughput(sizes: Sizes) -> list[Figure]:
     ]
 
 
-def _counted(step: MethodStep, device: torch.device) -> int:
+def counted(step: Callable[[], object], device: torch.device) -> int:
     """Floating-point operations of one ``step`` (forward, backward, optimiser)."""
     with autocast(device, "auto"), FlopCounterMode(display=False) as counter:
         step()
