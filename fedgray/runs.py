@@ -50,9 +50,11 @@ class RunFolder:
 
 
 def save_adapters(path: str | Path, state: dict[str, torch.Tensor], **meta: Any) -> Path:
-    """Save trained module tensors with what they belong to (backbone name, method)."""
+    """Save trained module tensors (on the CPU, whatever device trained them) with what they
+    belong to (backbone name, method)."""
     path = Path(path)
-    torch.save({"format": ADAPTERS_FORMAT, "meta": meta, "state": state}, path)
+    cpu = {k: v.detach().cpu() for k, v in state.items()}
+    torch.save({"format": ADAPTERS_FORMAT, "meta": meta, "state": cpu}, path)
     return path
 
 

@@ -147,3 +147,20 @@ def test_adapt_on_cuda_puts_backbone_adapters_and_data_on_the_gpu(tmp_path: Path
     assert all(p.is_cuda for p in build_model(backbone, config.method).parameters())
     result = adapt(config, progress=False, echo=lambda _: None)
     assert result.adapted.keys() == result.zero_shot.keys()
+
+
+def test_secure_noise_off_the_cpu_is_one_line_before_any_step() -> None:
+    """torchcsprng's generator draws on the CPU: secure mode on another device is refused."""
+    from fedgray.privacy import Ledger, NoisePlan, make_private
+
+    module = torch.nn.Linear(2, 2, device="meta")  # stands for a module on a GPU
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    plan = NoisePlan(noise_multiplier=1.0, sample_rate=1.0)
+    torch.manual_seed(0)
+    backbone = load_sealed("fedgray-micro", None)
+    data = load_task_data(load_config(None, [*MICRO, "data.train_size=4"]), backbone, split="train")
+    with pytest.raises(ConfigError, match=r"^privacy.secure_mode: torchcsprng's generator"):
+        make_private(
+            module, data, optimizer, plan=plan, max_grad_norm=1.0, ledger=Ledger("rdp"),
+            seed=0, secure_mode=True,
+        )  # fmt: skip

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fedgray.config import PrivacyConfig
+from fedgray.config import ConfigError, PrivacyConfig
 from fedgray.privacy.ledger import Ledger
 from fedgray.privacy.randomness import check_owned_parameters, dp_generator
 from fedgray.tasks.data import TaskData
@@ -202,6 +202,11 @@ def make_private(
     from fedgray.privacy.grad_samplers import AdapterGradSampleModule
 
     check_owned_parameters(model, optimizer)
+    if secure_mode and any(p.device.type != "cpu" for p in model.parameters()):
+        raise ConfigError(
+            "privacy.secure_mode: torchcsprng's generator draws on the CPU; "
+            "set train.device: cpu for secure noise"
+        )
     generator = dp_generator(secure_mode)
     ModuleValidator.validate(model, strict=True)
     module = AdapterGradSampleModule(model, batch_first=True, loss_reduction="mean")

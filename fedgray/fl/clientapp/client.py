@@ -111,7 +111,8 @@ class Site:
                 ledger=ledger,
             )
         )
-        shared, personal = split_personal(update.state, config.federation.personal)
+        on_cpu = {k: v.detach().cpu() for k, v in update.state.items()}  # from train.device
+        shared, personal = split_personal(on_cpu, config.federation.personal)
         reply = to_record(shared)
         if compressed:
             reply, residual = encode_up(shared, received, residual)
