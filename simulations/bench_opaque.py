@@ -1,9 +1,10 @@
 """Step-time cost of the opaque autograd node that keeps weights out of gray outputs' graphs.
 
-A gray backbone runs the model behind one ``autograd.Function`` whose backward recomputes
-the forward (``fedgray/backbone/opaque.py``); a white backbone of the same weights runs the
-plain graph. Times DGA training steps with each (:class:`fedgray.bench.steps.MethodStep`),
-interleaved after warm-up, and prints the median ratio of paired steps::
+A gray backbone runs the model behind one ``autograd.Function`` whose backward pulls the
+model's graph from a closure (``fedgray/backbone/opaque.py``); a white backbone of the same
+weights runs the plain graph. Times DGA training steps with each
+(:class:`fedgray.bench.steps.MethodStep`), interleaved after warm-up, and prints the median
+ratio of paired steps::
 
     python -m simulations.bench_opaque [--steps 30] [--threads 1] [--model fedgray-tiny]
 """

@@ -110,7 +110,7 @@ class QueryCounted:
 class SealedBackbone(QueryCounted):
     """A frozen CLIP behind an access level; see the module docstring.
 
-    ``opaque=False`` leaves the backbone's graph plain (no recomputation in backward): for
+    ``opaque=False`` leaves the backbone's graph plain (no opaque node): for
     the isolated runtime, whose outputs leave the process detached. It hides nothing from
     whoever constructs the backbone, who holds the model already. ``device``: where the
     model runs; its encoders take and return tensors there.

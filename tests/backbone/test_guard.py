@@ -94,7 +94,7 @@ def test_control_each_attack_gets_weights_from_a_plain_model(attack: str) -> Non
 
 def test_a_backward_pass_under_a_saved_tensor_hook_is_refused(micro: SealedBackbone) -> None:
     pixels = torch.rand(2, 3, 32, 32, requires_grad=True)
-    out = micro.encode_image(pixels)  # the forward ran clean; the backward recomputes it
+    out = micro.encode_image(pixels)  # the forward ran clean; the backward is refused
     loot: list[torch.Tensor] = []
     with _saved_tensor_hook(loot), pytest.raises(SealedError, match=REFUSED):
         out.sum().backward()

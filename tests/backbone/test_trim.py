@@ -44,7 +44,7 @@ def test_bare_features_equal_open_clips_full_context_pass() -> None:
 
 @pytest.mark.parametrize(("level", "method"), [("gray", "dga"), ("gray+", "lga")])
 def test_adapted_features_and_input_gradients_unchanged(level: str, method: str) -> None:
-    backbone = _backbone(level)  # the sealed interface: the opaque node, its recompute
+    backbone = _backbone(level)  # the sealed interface: the opaque node
     model = _randomised(backbone, method)
     pixels = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     tokens = backbone.tokenize(CAPTIONS)
