@@ -24,8 +24,9 @@ DESCRIPTION = (
     "Measure what fedgray costs on this machine, as ratios of modes timed side by side in "
     "one run (interleaved after warm-up, medians of repetitions): the gray-box DGA step "
     "against full fine-tuning and LoRA (time, peak memory), DP-SGD and the isolated runtime "
-    "against plain in-process steps, bytes a site sends per round against the backbone, and "
-    "output-side training over cached features. Writes bench.json and bench.md."
+    "against plain in-process steps, bytes a site sends per round against the backbone, "
+    "output-side training over cached features, and the gray step's throughput against the "
+    "device's own matmul ceiling. Writes bench.json and bench.md."
 )
 
 
