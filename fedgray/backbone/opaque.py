@@ -45,20 +45,24 @@ def _rerun(
 Pull = Callable[[torch.Tensor], tuple[torch.Tensor, ...] | None]
 
 
-def _pull_once(output: torch.Tensor, wanted: list[torch.Tensor]) -> Pull:
-    """The input-gradients of ``output``'s graph for one ``grad_output``, once.
+def _input_grads(
+    output: torch.Tensor, wanted: list[torch.Tensor], grad_output: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """The gradients of ``output``'s graph to ``wanted`` for ``grad_output`` (graph freed)."""
+    with torch.enable_grad():
+        return torch.autograd.grad(output, wanted, grad_output, allow_unused=True)
 
-    The graph lives only in this closure's cell and is dropped on the first call (its
-    buffers freed by ``autograd.grad``); later calls return ``None``.
+
+def _pull_once(output: torch.Tensor, wanted: list[torch.Tensor]) -> Pull:
+    """:func:`_input_grads` of ``output``'s graph for one ``grad_output``, once.
+
+    The graph lives only in this closure's cell and is dropped on the first call; later
+    calls return ``None``.
     """
     graph = [(output, wanted)]
 
     def pull(grad_output: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
-        if not graph:
-            return None
-        inner, inputs = graph.pop()
-        with torch.enable_grad():
-            return torch.autograd.grad(inner, inputs, grad_output, allow_unused=True)
+        return _input_grads(*graph.pop(), grad_output) if graph else None
 
     return pull
 
@@ -95,8 +99,8 @@ def _backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None,
     if pulled is None:  # a second backward through a retained outer graph
         with ctx.autocast:  # the forward's autocast, which backward passes do not inherit
             output, wanted = _rerun(ctx.run, ctx.names, ctx.saved_tensors, needs)
-        pulled = _pull_once(output, wanted)(grad_output)
-    grads = iter(pulled or ())
+        pulled = _input_grads(output, wanted, grad_output)
+    grads = iter(pulled)
     return (None, None, *(next(grads) if need else None for need in needs))
 
 
