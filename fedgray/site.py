@@ -68,5 +68,5 @@ def load_task_data(config: Config, backbone: Backbone, *, split: str) -> TaskDat
     """The configured dataset's ``split`` in the backbone's input format."""
     size = config.data.train_size if split == "train" else config.data.test_size
     dataset = load_dataset(config.data.dataset, split=split, size=size, seed=config.data.seed)
-    prepared = prepare(dataset, backbone.tokenize, image_size=backbone.interface.image_size)
+    prepared = prepare(dataset, backbone.tokenize)
     return prepared.to(backbone.device)

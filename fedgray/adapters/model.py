@@ -7,6 +7,7 @@ from torch import nn
 
 from fedgray.adapters.modules import DeepPrompts
 from fedgray.backbone import Backbone
+from fedgray.tasks.data import fit_pixels
 
 INPUT_MODULES = ("image_in", "text_in")
 
@@ -39,7 +40,9 @@ class AdaptedCLIP(nn.Module):
         self.white_module = white_module
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Image features [B, D] (not normalised)."""
+        """Image features [B, D] (not normalised) of images at any resolution: each batch
+        is fitted to the backbone's input size before the image input module sees it."""
+        pixels = fit_pixels(pixels, self.backbone.interface.image_size)
         x = self.image_in(pixels) if self.image_in is not None else pixels
         prompts, gates = self.image_prompts(x) if self.image_prompts is not None else (None, None)
         z = self.backbone.encode_image(x, prompts=prompts, gates=gates)

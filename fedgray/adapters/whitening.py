@@ -68,7 +68,7 @@ def _features(backbone: Backbone, dataset: str) -> tuple[torch.Tensor, torch.Ten
     """Bare image features of the first :data:`SAMPLES` images, text features of their
     distinct captions."""
     public = load_dataset(dataset, split="train", size=SAMPLES, seed=0)
-    data = prepare(public, backbone.tokenize, image_size=backbone.interface.image_size)
+    data = prepare(public, backbone.tokenize)
     data = data.to(backbone.device)
     bare = AdaptedCLIP(backbone)
     captions = backbone.tokenize(list(dict.fromkeys(public.captions)))

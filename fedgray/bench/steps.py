@@ -31,7 +31,7 @@ DATASET = "world/sketch"  # the built-in benchmark's shifted domain: captions of
 def task_data(backbone: Backbone, samples: int) -> TaskData:
     """``samples`` pairs of the built-in benchmark in ``backbone``'s input format."""
     dataset = load_dataset(DATASET, split="train", size=samples, seed=0)
-    return prepare(dataset, backbone.tokenize, image_size=backbone.interface.image_size)
+    return prepare(dataset, backbone.tokenize)
 
 
 class MethodStep:

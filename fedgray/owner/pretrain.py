@@ -27,7 +27,7 @@ from fedgray.backbone.sealed import SealedBackbone
 from fedgray.config import PretrainConfig
 from fedgray.data.world_set import make_world_set
 from fedgray.paths import cache_dir
-from fedgray.tasks.data import prepare
+from fedgray.tasks.data import fit_pixels, prepare
 from fedgray.tasks.losses import contrastive_loss
 
 RECIPE_VERSION = 2  # bump when the world or the training procedure changes
@@ -63,7 +63,7 @@ def pretrain(name: str, recipe: PretrainConfig, *, progress: bool = True) -> Pat
         caption_style="varied",
         offset=OWNER_OFFSET,
     )
-    data = prepare(world, owner.tokenize, image_size=owner.interface.image_size)
+    data, size = prepare(world, owner.tokenize), owner.interface.image_size
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, recipe))
     generator = torch.Generator().manual_seed(recipe.seed)
@@ -72,7 +72,7 @@ def pretrain(name: str, recipe: PretrainConfig, *, progress: bool = True) -> Pat
     for _ in bar:
         index = torch.randint(len(data), (recipe.batch_size,), generator=generator)
         loss = contrastive_loss(
-            owner.encode_image(data.images[index]),
+            owner.encode_image(fit_pixels(data.images[index], size)),
             owner.encode_text(data.tokens[index]),
             scale=cast(torch.Tensor, model.logit_scale).exp().clamp(max=100.0),
             caption_ids=data.caption_ids[index],

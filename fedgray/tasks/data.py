@@ -18,6 +18,9 @@ from fedgray.data.sets import ImageTextSet
 class TaskData:
     """A dataset in the backbone's input format.
 
+    ``images`` stay at the dataset's own resolution: the model fits each batch to the
+    backbone's input size (:func:`fit_pixels`), so a pool for a 224 px backbone holds
+    its 32 px sketches at 32 px, not 49 times larger.
     ``caption_ids`` number the distinct captions (equal captions, equal ids), so that
     retrieval counts any image with the right caption as a hit and the contrastive loss
     does not push apart identical captions. ``prompt_tokens``/``prompt_classes`` are the
@@ -68,21 +71,20 @@ class TaskData:
         )
 
 
-def prepare(
-    dataset: ImageTextSet,
-    tokenize: Callable[[Sequence[str]], torch.Tensor],
-    *,
-    image_size: int,
-) -> TaskData:
-    """Tokenize captions and class prompts and resize images to ``image_size``."""
-    images = dataset.images
-    if images.shape[-1] != image_size or images.shape[-2] != image_size:
-        images = F.interpolate(images, size=(image_size, image_size), mode="bicubic")
-        images = images.clamp(0.0, 1.0)
+def fit_pixels(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """``pixels`` [B, 3, H, W] resized to ``size`` x ``size`` (bicubic, kept in [0, 1]);
+    themselves when already that size. Per image, so a batch fits as the whole set would."""
+    if pixels.shape[-2:] == (size, size):
+        return pixels
+    return F.interpolate(pixels, size=(size, size), mode="bicubic").clamp(0.0, 1.0)
+
+
+def prepare(dataset: ImageTextSet, tokenize: Callable[[Sequence[str]], torch.Tensor]) -> TaskData:
+    """Tokenize captions and class prompts; images keep their resolution (see TaskData)."""
     distinct = {caption: i for i, caption in enumerate(dict.fromkeys(dataset.captions))}
     prompts = [(p, c) for c, group in enumerate(dataset.class_prompts) for p in group]
     return TaskData(
-        images=images.contiguous(),
+        images=dataset.images.contiguous(),
         tokens=tokenize(dataset.captions),
         caption_ids=torch.tensor([distinct[c] for c in dataset.captions]),
         labels=dataset.labels.long(),

@@ -39,7 +39,7 @@ def black(budget: int | None = None) -> SealedBackbone:
 def digits(backbone: SealedBackbone, size: int = 40) -> TaskData:
     """Real digit scans with one prompt per class (queries stay cheap)."""
     data = load_dataset("digits", split="train", size=size, seed=0)
-    task = prepare(data, backbone.tokenize, image_size=backbone.interface.image_size)
+    task = prepare(data, backbone.tokenize)
     first = torch.ones_like(task.prompt_classes, dtype=torch.bool)
     first[1:] = task.prompt_classes[1:] != task.prompt_classes[:-1]
     return replace(task, prompt_tokens=task.prompt_tokens[first], prompt_classes=torch.arange(10))
@@ -111,7 +111,7 @@ def test_a_prompt_too_long_for_its_context_words_is_refused_in_one_line() -> Non
 def test_craft_at_zero_queries_scores_what_evaluate_scores() -> None:
     backbone = black()
     data = load_dataset("digits", split="test", size=200, seed=0)
-    test = prepare(data, backbone.tokenize, image_size=backbone.interface.image_size)
+    test = prepare(data, backbone.tokenize)
     assert test.prompt_tokens.shape[0] > test.num_classes  # several prompts per class
     model = build_model(backbone, "craft")
     run = Craft(
