@@ -127,7 +127,7 @@ def run_point(
         config_path, [*overrides, *sizes, f"output.root={root}", *point.overrides(delta=delta)]
     )
     started = time.perf_counter()
-    result, summary, _ = run_local(config, echo=echo)
+    result, summary, _ = run_local(config, echo=echo, record=False)
     privacy = result.records[-1].get("privacy")
     metric = TASKS[config.train.task].metric
     return {

@@ -3,10 +3,16 @@
 A train reply is dropped, with a one-line logged reason, when its arrays miss a key, carry an
 unexpected one, have the wrong shape or dtype, or hold NaN/inf; the round goes on with the
 other replies. If every reply is rejected, the strategy returns no arrays and the global
-adapters stay as they were. Aggregates are cast back to the dtypes that were sent. Kept
-replies are put in a fixed order (by the site number the client reports under
-:data:`ORDER_KEY`), so aggregation sums in the same order every run and seeded runs are
-bit-for-bit reproducible whatever order the replies arrived in.
+adapters stay as they were. Aggregates are cast back to the dtypes that were sent.
+
+How kept replies are added up, so that seeded runs are reproducible whatever order the
+replies arrived in: a strategy that averages the replies (``folds``: the FedAvg family,
+FedAdam's and FedAvgM's server steps included) folds each one into a
+:class:`~strategies.fold.MeanFold` as it is read, and the caller may let its arrays go
+before reading the next (1,000 sites then cost one running sum, not 1,000 updates);
+the others (median, trimmed mean, Krum) need every update at once and sort the kept
+replies by the site number the client reports under :data:`ORDER_KEY` before the base
+aggregates them.
 """
 
 from __future__ import annotations
@@ -18,10 +24,13 @@ from logging import WARNING
 from typing import cast
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
+
+from strategies.fold import MeanFold, arrays_in
 
 ORDER_KEY = "site"
 
@@ -40,6 +49,7 @@ class UpdateGuard:
 
     arrayrecord_key: str
     weighted_by_key: str
+    folds = False  # set by guarded(): the base's aggregate is the weighted mean of the replies
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
@@ -55,7 +65,7 @@ class UpdateGuard:
 
     def reject_reason(self, msg: Message) -> str | None:
         """Why a (non-error) train reply is unusable, or None when it is fine."""
-        records = msg.content.array_records
+        records = arrays_in(msg.content)
         if list(records) != [self.arrayrecord_key]:
             return f"expected one ArrayRecord '{self.arrayrecord_key}', got {list(records)}"
         arrays = records[self.arrayrecord_key]
@@ -77,36 +87,73 @@ class UpdateGuard:
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Drop unusable replies (logged), order the rest, aggregate them as the base does."""
-        kept: list[Message] = []
-        for msg in replies:
-            reason = None if msg.has_error() else self.reject_reason(msg)
-            if reason is None:
-                kept.append(msg)
-                continue
-            self.rejections.append(Rejection(server_round, msg.metadata.src_node_id, reason))
-            log(
-                WARNING,
-                "round %d: rejected update from node %d: %s",
-                server_round,
-                msg.metadata.src_node_id,
-                reason,
-            )
+        """Drop unusable replies (logged), then aggregate the rest as the base does (see the
+        module docstring for the order they are added up in)."""
+        if self.folds:
+            return self._aggregate_folded(server_round, replies)
+        kept = [msg for msg in replies if self._usable(server_round, msg)]
         kept.sort(key=_site_of)
         for msg in kept:
             if not msg.has_error():
                 next(iter(msg.content.metric_records.values())).pop(ORDER_KEY, None)
         arrays, metrics = super().aggregate_train(server_round, kept)  # type: ignore[misc]
-        if arrays is None:
-            return None, metrics
-        return ArrayRecord({k: Array(self._cast(k, a.numpy())) for k, a in arrays.items()}), metrics
+        return self._cast(arrays), metrics
 
-    def _cast(self, key: str, value: np.ndarray) -> np.ndarray:
-        """Keep the adapters' dtype: FedAdam's float64 arithmetic would turn float32 adapters
+    def _aggregate_folded(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Fold each usable reply's arrays into a running mean as it is read, then let the
+        base aggregate that mean as one reply carrying every example (a weighted mean of
+        one is itself; FedAdam's and FedAvgM's server steps then apply to it as usual)."""
+        fold, kept, errors = MeanFold(), [], []
+        for msg in replies:
+            if msg.has_error():
+                errors.append(msg)
+            elif self._usable(server_round, msg):
+                metrics = next(iter(msg.content.metric_records.values()))
+                site = _site_of(msg)
+                metrics = MetricRecord({k: v for k, v in metrics.items() if k != ORDER_KEY})
+                weight = float(cast(float, metrics[self.weighted_by_key]))
+                fold.add(arrays_in(msg.content)[self.arrayrecord_key], weight)
+                kept.append((site, RecordDict({"metrics": metrics})))
+        if not kept:
+            return super().aggregate_train(server_round, errors)  # type: ignore[misc]
+        contents = [content for _, content in sorted(kept, key=lambda pair: pair[0])]
+        validate_message_reply_consistency(contents, self.weighted_by_key, check_arrayrecord=False)
+        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)  # type: ignore[attr-defined]
+        dtypes = {k: np.dtype(d) for k, (_, d) in self._expected.items()}
+        mean = fold.mean(dtypes)
+        total = MetricRecord({self.weighted_by_key: fold.total})
+        whole = Message(RecordDict({self.arrayrecord_key: mean, "metrics": total}), 0, "train")
+        arrays, _ = super().aggregate_train(server_round, [whole, *errors])  # type: ignore[misc]
+        return self._cast(arrays), metrics
+
+    def _usable(self, server_round: int, msg: Message) -> bool:
+        """True for an error reply (the base logs it) or a usable update; a rejection is
+        recorded and logged."""
+        reason = None if msg.has_error() else self.reject_reason(msg)
+        if reason is None:
+            return True
+        self.rejections.append(Rejection(server_round, msg.metadata.src_node_id, reason))
+        log(
+            WARNING,
+            "round %d: rejected update from node %d: %s",
+            server_round,
+            msg.metadata.src_node_id,
+            reason,
+        )
+        return False
+
+    def _cast(self, arrays: ArrayRecord | None) -> ArrayRecord | None:
+        """Keep the adapters' dtypes: FedAdam's float64 arithmetic would turn float32 adapters
         into float64 ones, and the next round's (float32) updates would not match them.
         (Not ``np.ascontiguousarray``: it turns a 0-d array, such as CLIP's logit scale under
         full fine-tuning, into shape (1,), and every later update was then rejected.)"""
-        return value.astype(self._expected[key][1], order="C")
+        if arrays is None:
+            return None
+        return ArrayRecord(
+            {k: Array(a.numpy().astype(self._expected[k][1], order="C")) for k, a in arrays.items()}
+        )
 
 
 def _site_of(msg: Message) -> tuple[int, int]:
@@ -117,6 +164,10 @@ def _site_of(msg: Message) -> tuple[int, int]:
 
 
 @cache
-def guarded(base: type[FedAvg]) -> type[FedAvg]:
-    """``base`` with :class:`UpdateGuard` in front: ``guarded(FedAdam)(eta=0.01)``."""
-    return type(f"Guarded{base.__name__}", (UpdateGuard, base), {"__module__": __name__})
+def guarded(base: type[FedAvg], *, folds: bool = False) -> type[FedAvg]:
+    """``base`` with :class:`UpdateGuard` in front: ``guarded(FedAdam, folds=True)(eta=0.01)``.
+
+    ``folds``: ``base`` aggregates arrays as the weighted mean of the replies (before any
+    server step of its own), so replies can be folded in as they arrive."""
+    namespace = {"__module__": __name__, "folds": folds}
+    return type(f"Guarded{base.__name__}", (UpdateGuard, base), namespace)

@@ -35,6 +35,12 @@ STRATEGIES: dict[str, type[FedAvg]] = {
 }
 
 
+# Strategies whose arrays aggregate is the weighted mean of the replies (FedAdam, FedYogi,
+# FedAdagrad and FedAvgM then take a server step from it): their replies are folded into a
+# running mean as they arrive (strategies/guard.py), the others need every reply at once.
+AVERAGING = frozenset({"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"})
+
+
 class StrategyError(ValueError):
     """An unknown strategy name or an option its constructor does not accept."""
 
@@ -72,6 +78,7 @@ def build_strategy(
         sampling |= {"fraction_train": 1.0, "fraction_evaluate": float(fraction_evaluate > 0)}
         sampling |= {"min_train_nodes": 1, "min_available_nodes": 1}
     try:
-        return guarded(STRATEGIES[name])(**sampling, **(options or {}))
+        strategy = guarded(STRATEGIES[name], folds=name in AVERAGING)
+        return strategy(**sampling, **(options or {}))
     except (TypeError, ValueError) as error:
         raise StrategyError(f"federation.strategy_options: {name}: {error}") from None

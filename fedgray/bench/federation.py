@@ -55,7 +55,7 @@ def _federated_rounds(config: Config) -> list[float]:
     from fedgray.fl.simulation.local_grid import LocalGrid
 
     records: list[dict[str, Any]] = []
-    grid = LocalGrid(make_client_app(config, quiet=True), config.federation.num_sites)
+    grid = LocalGrid(make_client_app(config, quiet=True), config.federation.num_sites, record=False)
     app = make_server_app(
         config, echo=lambda _: None, on_result=lambda result, _: records.extend(result.records)
     )

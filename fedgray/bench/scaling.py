@@ -53,7 +53,7 @@ def measure(model: str, sites: int, root: str) -> dict[str, Any]:
     )
     shared_backbone(config)
     records: list[dict[str, Any]] = []
-    grid = LocalGrid(make_client_app(config, quiet=True), sites)
+    grid = LocalGrid(make_client_app(config, quiet=True), sites, record=False)
     app = make_server_app(
         config, echo=lambda _: None, on_result=lambda result, _: records.extend(result.records)
     )

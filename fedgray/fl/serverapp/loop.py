@@ -13,6 +13,7 @@ asks the same sites as an uninterrupted one; it also names the sites a warning l
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 
@@ -24,8 +25,10 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 from fedgray.fl.common.compression import decode_up, encode_down, snap
 from fedgray.fl.common.private import site_reports
 from fedgray.fl.common.records import from_record, record_bytes, scalar_metrics, to_record
+from fedgray.fl.serverapp.exchange import arriving
 from fedgray.fl.serverapp.failures import Failure, check_phase, failures
 from fedgray.fl.serverapp.roster import Roster, names_in, sampled
+from strategies.fold import arrays_in
 
 
 @dataclass
@@ -94,7 +97,7 @@ def _rejections(strategy: Strategy) -> int:
 def _with_arrays(message: Message, arrays: ArrayRecord) -> Message:
     """``message`` with its one ArrayRecord replaced by ``arrays`` (errors left as they are)."""
     if not message.has_error():
-        for key in list(message.content.array_records):
+        for key in arrays_in(message.content):
             message.content[key] = arrays
     return message
 
@@ -113,7 +116,7 @@ def plain_training(
         server_round: int, arrays: ArrayRecord, settings: ConfigRecord, nodes: list[int]
     ) -> TrainResult:
         config = ConfigRecord(dict(settings))
-        sent = arrays
+        sent, reference = arrays, {}
         if compression == "int8":
             reference = snap(from_record(arrays))
             arrays, sent = to_record(reference), encode_down(reference)
@@ -121,12 +124,24 @@ def plain_training(
         messages = list(strategy.configure_train(server_round, arrays, config, view))
         if compression == "int8":
             messages = [_with_arrays(m, sent) for m in messages]
-        replies = list(grid.send_and_receive(messages, timeout=timeout))
-        uploads = [record_bytes(r) for m in _ok(replies) for r in m.content.array_records.values()]
-        if compression == "int8":
-            replies = [_decoded(m, reference) for m in replies]
+        replies: list[Message] = []
+        uploads: list[int] = []
+        folds = getattr(strategy, "folds", False)  # False for a central-DP wrapper
+
+        def read() -> Iterator[Message]:
+            for reply in arriving(grid, messages, timeout=timeout):
+                if not reply.has_error():
+                    uploads.extend(map(record_bytes, arrays_in(reply.content).values()))
+                replies.append(_decoded(reply, reference) if compression == "int8" else reply)
+                yield replies[-1]
+                if folds:  # folded into the strategy's running mean: let the update go
+                    _drop_arrays(replies[-1])
+
         before = _rejections(strategy)
-        new_arrays, metrics = strategy.aggregate_train(server_round, replies)
+        # a folding strategy reads each reply once, as it arrives; the others get the list
+        new_arrays, metrics = strategy.aggregate_train(
+            server_round, read() if folds else list(read())
+        )
         rejected = _rejections(strategy) - before
         ledgers, refusals = site_reports(replies)
         return TrainResult(
@@ -152,8 +167,15 @@ def _decoded(reply: Message, reference: dict[str, torch.Tensor]) -> Message:
     """A site's int8 reply as the float32 adapters it stands for."""
     if reply.has_error():
         return reply
-    (record,) = reply.content.array_records.values()
+    (record,) = arrays_in(reply.content).values()
     return _with_arrays(reply, decode_up(record, reference))
+
+
+def _drop_arrays(reply: Message) -> None:
+    """Let a reply's arrays go (its metrics and records stay for the round's report)."""
+    if not reply.has_error():
+        for key in arrays_in(reply.content):
+            del reply.content[key]
 
 
 def run_round(

@@ -4,7 +4,9 @@ Built on Flower's public ``Grid``, ``Message`` and ``Context``; used by the test
 memory benchmark and the privacy-utility sweep (:func:`run_local`). Like the real runtime
 it copies messages both ways (clients cannot alias server arrays), keeps one ``Context``
 per node (``context.state`` persists between messages; a client that raises loses that
-message's state changes) and turns exceptions into error replies.
+message's state changes) and turns exceptions into error replies. With ``record`` it keeps
+every message it delivered (``sent``) and every reply (``received``) for inspection;
+without, it holds none, as the real runtime does once the ServerApp has pulled them.
 """
 
 from __future__ import annotations
@@ -32,9 +34,14 @@ class LocalGrid(Grid):
     """``num_nodes`` simulated nodes with partition ids ``0 .. num_nodes - 1``."""
 
     def __init__(
-        self, client_app: ClientApp, num_nodes: int, *, run_config: dict[str, Any] | None = None
+        self,
+        client_app: ClientApp,
+        num_nodes: int,
+        *,
+        run_config: dict[str, Any] | None = None,
+        record: bool = True,
     ) -> None:
-        self.app = client_app
+        self.app, self.record = client_app, record
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
         self.contexts = {
             FIRST_NODE_ID + i: Context(
@@ -48,6 +55,7 @@ class LocalGrid(Grid):
         }
         self.sent: list[Message] = []
         self.received: list[Message] = []
+        self._queue: list[Message] = []  # pushed, not yet pulled
 
     def set_run(self, run: Run) -> None:
         """Not needed in-process."""
@@ -69,12 +77,20 @@ class LocalGrid(Grid):
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        """Not used: strategies call :meth:`send_and_receive`."""
-        raise NotImplementedError
+        """Queue ``messages`` for :meth:`pull_messages`; their ids."""
+        queued = [self._numbered(msg) for msg in messages]
+        self._queue.extend(queued)
+        return [msg.metadata.message_id for msg in queued]
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        """Not used: strategies call :meth:`send_and_receive`."""
-        raise NotImplementedError
+        """Run the ClientApp on the first queued message among ``message_ids``: one reply a
+        pull (none when none of them waits), so a server that folds replies as they
+        arrive holds one at a time."""
+        wanted = set(message_ids)
+        for i, msg in enumerate(self._queue):
+            if msg.metadata.message_id in wanted:
+                return [self._deliver(self._queue.pop(i))]
+        return []
 
     def get_node_ids(self) -> list[int]:
         """Ids of all simulated nodes."""
@@ -84,37 +100,50 @@ class LocalGrid(Grid):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> list[Message]:
         """Run the ClientApp on each message in turn and return the replies."""
-        replies = []
-        for msg in messages:
-            msg.metadata.__dict__["_message_id"] = str(uuid4())
-            inbound = Message(  # type: ignore[call-overload]  # Flower's internal (metadata) form
-                metadata=copy.deepcopy(msg.metadata), content=copy.deepcopy(msg.content)
-            )
-            node = msg.metadata.dst_node_id
-            context = copy.deepcopy(self.contexts[node])
-            try:
-                reply = self.app(inbound, context)
-                self.contexts[node] = context
-            except Exception as error:  # noqa: BLE001 - Flower makes these error replies too
-                reason = f"{type(error).__name__}: {error}"
-                reply = Message(Error(code=0, reason=reason), reply_to=inbound)
+        return [self._deliver(self._numbered(msg)) for msg in messages]
+
+    @staticmethod
+    def _numbered(msg: Message) -> Message:
+        """``msg`` with a fresh message id, as a SuperLink gives it when pushed."""
+        msg.metadata.__dict__["_message_id"] = str(uuid4())
+        return msg
+
+    def _deliver(self, msg: Message) -> Message:
+        """The ClientApp's reply to (a copy of) ``msg`` in its node's context."""
+        inbound = Message(  # type: ignore[call-overload]  # Flower's internal (metadata) form
+            metadata=copy.deepcopy(msg.metadata), content=copy.deepcopy(msg.content)
+        )
+        node = msg.metadata.dst_node_id
+        context = copy.deepcopy(self.contexts[node])
+        try:
+            reply = self.app(inbound, context)
+            self.contexts[node] = context
+        except Exception as error:  # noqa: BLE001 - Flower makes these error replies too
+            reason = f"{type(error).__name__}: {error}"
+            reply = Message(Error(code=0, reason=reason), reply_to=inbound)
+        if self.record:  # the reply as the site sent it (the server may let its arrays go)
             self.sent.append(inbound)
-            self.received.append(reply)
-            replies.append(reply)
-        return replies
+            self.received.append(copy.deepcopy(reply))
+        return reply
 
 
 def run_local(
-    config: Config, *, echo: Echo = lambda _: None, run_config: dict[str, Any] | None = None
+    config: Config,
+    *,
+    echo: Echo = lambda _: None,
+    run_config: dict[str, Any] | None = None,
+    record: bool = True,
 ) -> tuple[FederationResult, dict[str, Any], LocalGrid]:
     """Run ``config``'s ServerApp against a LocalGrid of ``federation.num_sites`` nodes.
 
     ``run_config`` (Flower's ``context.run_config``) goes to the server and to every site
-    alike, so that both resolve the same config. Returns the result, the summary (as
-    ``fedgray run`` writes it) and the grid.
+    alike, so that both resolve the same config. ``record``: the grid keeps every message
+    (see :class:`LocalGrid`). Returns the result, the summary (as ``fedgray run`` writes
+    it) and the grid.
     """
     out: dict[str, Any] = {}
-    grid = LocalGrid(make_client_app(config), config.federation.num_sites, run_config=run_config)
+    num_sites = config.federation.num_sites
+    grid = LocalGrid(make_client_app(config), num_sites, run_config=run_config, record=record)
     app = make_server_app(config, echo=echo, on_result=lambda r, s: out.update(result=r, summary=s))
     context = Context(
         run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config or {}
