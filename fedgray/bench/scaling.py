@@ -16,7 +16,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Any
 
 SITE_COUNTS = (1, 8, 32, 64, 128)
@@ -47,6 +46,7 @@ def measure(model: str, sites: int, root: str) -> dict[str, Any]:
             f"federation.local_steps={LOCAL_STEPS}",
             "federation.fraction_evaluate=0",
             "federation.central_eval=false",
+            "federation.round_timeout=86400",  # 1,000 ViT-B-32 sites take longer than 600 s
             f"output.root={root}",
             f"output.name=sites{sites}",
         ],
@@ -57,13 +57,16 @@ def measure(model: str, sites: int, root: str) -> dict[str, Any]:
     app = make_server_app(
         config, echo=lambda _: None, on_result=lambda result, _: records.extend(result.records)
     )
-    started = time.perf_counter()
     app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
     trained = [r for r in records if r["round"] > 0]
+    if not trained or trained[-1]["sites_trained"] != sites:
+        raise RuntimeError(
+            f"{sites} sites: only {trained[-1]['sites_trained'] if trained else 0} trained"
+        )
     return {
         "sites": sites,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "round_seconds": trained[-1]["seconds"] if trained else time.perf_counter() - started,
+        "round_seconds": trained[-1]["seconds"],
     }
 
 
@@ -77,10 +80,11 @@ def curve(model: str, counts: tuple[int, ...] = SITE_COUNTS) -> list[dict[str, A
                 "from fedgray.bench.scaling import measure; "
                 f"print(json.dumps(measure({model!r}, {sites}, {root!r})))"
             )
-            out = subprocess.run(
-                [sys.executable, "-c", code], check=True, capture_output=True, text=True
-            ).stdout
-            rows.append(json.loads(out.strip().splitlines()[-1]))
+            child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+            if child.returncode:
+                last = (child.stderr.strip().splitlines() or ["no output"])[-1]
+                raise RuntimeError(f"scaling: {model} at {sites} sites failed: {last}")
+            rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
     first = rows[0]
     for row in rows:
         row["memory_vs_first"] = row["peak_rss_mb"] / first["peak_rss_mb"]
