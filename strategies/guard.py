@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
-from logging import WARNING
+from logging import INFO, WARNING
 from typing import cast
 
 import numpy as np
@@ -125,6 +125,7 @@ class UpdateGuard:
         mean = fold.mean(dtypes)
         total = MetricRecord({self.weighted_by_key: fold.total})
         whole = Message(RecordDict({self.arrayrecord_key: mean, "metrics": total}), 0, "train")
+        log(INFO, "aggregate_train: %d update(s) folded into one mean as they arrived", len(kept))
         arrays, _ = super().aggregate_train(server_round, [whole, *errors])  # type: ignore[misc]
         return self._cast(arrays), metrics
 
