@@ -14,7 +14,9 @@ from collections.abc import Iterable, Iterator
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-PULL_INTERVAL = 0.1  # seconds to wait after a pull that found no reply (as Flower's grids)
+# Seconds to wait after a pull that found no reply: as Flower's in-memory (simulation)
+# grid; its HTTP grid (the deployment engine's ServerApp) waits 3 s between pulls.
+PULL_INTERVAL = 0.1
 
 
 def arriving(
