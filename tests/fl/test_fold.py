@@ -74,7 +74,7 @@ def test_the_folded_mean_is_the_weighted_mean_bit_for_bit_in_any_order() -> None
 
 
 class Watching(LocalGrid):
-    """A grid that counts, at every pull, the updates of earlier replies still alive."""
+    """A grid that counts, at every train pull, the updates of earlier replies still alive."""
 
     def __init__(self, nodes: int) -> None:
         super().__init__(toy_app(), nodes, record=False)
@@ -83,9 +83,11 @@ class Watching(LocalGrid):
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         alive = sum(ref() is not None for ref in self.refs)
-        self.most_alive = max(self.most_alive, alive)
         replies = list(super().pull_messages(message_ids))
-        self.refs += [weakref.ref(r.content["arrays"]) for r in replies if not r.has_error()]
+        trains = [r for r in replies if r.metadata.message_type == "train" and not r.has_error()]
+        if trains:  # a pull of the train phase (evaluation replies come through here too)
+            self.most_alive = max(self.most_alive, alive)
+        self.refs += [weakref.ref(r.content["arrays"]) for r in trains]
         return replies
 
 

@@ -3,7 +3,8 @@
 ``Grid.send_and_receive`` returns every reply at once, so a round of 1,000 sites holds
 1,000 updates before the strategy sees the first. :func:`arriving` pushes the same messages
 and yields each reply as a pull returns it, with the same stopping rule (all replied, or
-``timeout`` seconds passed).
+``timeout`` seconds passed). Every phase in the clear uses it (train, evaluate, the roster's
+name queries); SecAgg+ runs Flower's own workflow.
 """
 
 from __future__ import annotations

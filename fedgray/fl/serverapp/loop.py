@@ -220,7 +220,7 @@ def run_round(
         outcome.warnings += [warning] if warning else []
     view = sampled(grid, roster.sample(grid, server_round, "evaluate"))
     messages = list(strategy.configure_evaluate(server_round, outcome.arrays, ConfigRecord(), view))
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    replies = list(arriving(grid, messages, timeout=timeout))
     roster.learn(replies)
     warning = check_phase(
         "evaluate",

@@ -23,6 +23,7 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedgray.fl.common.site_names import QUERY, name_in
+from fedgray.fl.serverapp.exchange import arriving
 from fedgray.fl.serverapp.failures import connected_within
 
 PHASES = {"train": 0, "evaluate": 1}  # each phase draws its own sample
@@ -91,7 +92,7 @@ class Roster:
         if not unknown:
             return []
         queries = [Message(RecordDict(), node, QUERY) for node in unknown]
-        self.learn(grid.send_and_receive(queries, timeout=self.timeout))
+        self.learn(arriving(grid, queries, timeout=self.timeout))
         return [node for node in unknown if node in self.names]
 
     def name(self, node: int | None) -> str:
