@@ -22,9 +22,8 @@ from fedgray.bench.device import counted, matmul
 from fedgray.bench.timing import interleaved
 from fedgray.config import PretrainConfig
 from fedgray.data.world_set import make_world_set
-from fedgray.owner.pretrain import OWNER_OFFSET
-from fedgray.tasks.data import fit_pixels, prepare
-from fedgray.tasks.losses import contrastive_loss
+from fedgray.owner.pretrain import OWNER_OFFSET, batch_loss
+from fedgray.tasks.data import prepare
 
 MODEL = "fedgray-tiny"
 
@@ -44,18 +43,13 @@ def main() -> None:
     world = make_world_set(
         2048, seed=0, domain="photo", caption_style="varied", offset=OWNER_OFFSET
     )
-    data, size = prepare(world, owner.tokenize), owner.interface.image_size
+    data = prepare(world, owner.tokenize)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.1)
     generator = torch.Generator().manual_seed(0)
 
     def step() -> None:
         index = torch.randint(len(data), (recipe.batch_size,), generator=generator)
-        loss = contrastive_loss(
-            owner.encode_image(fit_pixels(data.images[index], size)),
-            owner.encode_text(data.tokens[index]),
-            scale=torch.tensor(10.0),
-            caption_ids=data.caption_ids[index],
-        )
+        loss = batch_loss(owner, data, index)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

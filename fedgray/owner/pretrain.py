@@ -27,7 +27,7 @@ from fedgray.backbone.sealed import SealedBackbone
 from fedgray.config import PretrainConfig
 from fedgray.data.world_set import make_world_set
 from fedgray.paths import cache_dir
-from fedgray.tasks.data import fit_pixels, prepare
+from fedgray.tasks.data import TaskData, fit_pixels, prepare
 from fedgray.tasks.losses import contrastive_loss
 
 RECIPE_VERSION = 2  # bump when the world or the training procedure changes
@@ -48,6 +48,18 @@ def _lr_factor(step: int, recipe: PretrainConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def batch_loss(owner: SealedBackbone, data: TaskData, index: torch.Tensor) -> torch.Tensor:
+    """The owner's contrastive loss on samples ``index`` of ``data`` (images fitted to the
+    model's input size), at the model's own logit scale, clamped as CLIP does."""
+    scale = cast(torch.Tensor, owner.module.logit_scale).exp().clamp(max=100.0)
+    return contrastive_loss(
+        owner.encode_image(fit_pixels(data.images[index], owner.interface.image_size)),
+        owner.encode_text(data.tokens[index]),
+        scale=scale,
+        caption_ids=data.caption_ids[index],
+    )
+
+
 def pretrain(name: str, recipe: PretrainConfig, *, progress: bool = True) -> Path:
     """Pretrain ``name`` on the source domain with ``recipe``; write and return the checkpoint."""
     torch.manual_seed(recipe.seed)
@@ -63,7 +75,7 @@ def pretrain(name: str, recipe: PretrainConfig, *, progress: bool = True) -> Pat
         caption_style="varied",
         offset=OWNER_OFFSET,
     )
-    data, size = prepare(world, owner.tokenize), owner.interface.image_size
+    data = prepare(world, owner.tokenize)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, recipe))
     generator = torch.Generator().manual_seed(recipe.seed)
@@ -71,12 +83,7 @@ def pretrain(name: str, recipe: PretrainConfig, *, progress: bool = True) -> Pat
     bar = tqdm(range(recipe.steps), desc=f"pretrain {name}", disable=not progress)
     for _ in bar:
         index = torch.randint(len(data), (recipe.batch_size,), generator=generator)
-        loss = contrastive_loss(
-            owner.encode_image(fit_pixels(data.images[index], size)),
-            owner.encode_text(data.tokens[index]),
-            scale=cast(torch.Tensor, model.logit_scale).exp().clamp(max=100.0),
-            caption_ids=data.caption_ids[index],
-        )
+        loss = batch_loss(owner, data, index)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
