@@ -110,19 +110,17 @@ class UpdateGuard:
             if msg.has_error():
                 errors.append(msg)
             elif self._usable(server_round, msg):
-                metrics = next(iter(msg.content.metric_records.values()))
-                site = _site_of(msg)
-                metrics = MetricRecord({k: v for k, v in metrics.items() if k != ORDER_KEY})
-                weight = float(cast(float, metrics[self.weighted_by_key]))
+                reported = next(iter(msg.content.metric_records.values()))
+                own = MetricRecord({k: v for k, v in reported.items() if k != ORDER_KEY})
+                weight = float(cast(float, own[self.weighted_by_key]))
                 fold.add(arrays_in(msg.content)[self.arrayrecord_key], weight)
-                kept.append((site, RecordDict({"metrics": metrics})))
+                kept.append((_site_of(msg), RecordDict({"metrics": own})))
         if not kept:
             return super().aggregate_train(server_round, errors)  # type: ignore[misc]
         contents = [content for _, content in sorted(kept, key=lambda pair: pair[0])]
         validate_message_reply_consistency(contents, self.weighted_by_key, check_arrayrecord=False)
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)  # type: ignore[attr-defined]
-        dtypes = {k: np.dtype(d) for k, (_, d) in self._expected.items()}
-        mean = fold.mean(dtypes)
+        mean = fold.mean({key: dtype for key, (_, dtype) in self._expected.items()})
         total = MetricRecord({self.weighted_by_key: fold.total})
         whole = Message(RecordDict({self.arrayrecord_key: mean, "metrics": total}), 0, "train")
         log(INFO, "aggregate_train: %d update(s) folded into one mean as they arrived", len(kept))

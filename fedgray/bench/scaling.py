@@ -58,15 +58,13 @@ def measure(model: str, sites: int, root: str) -> dict[str, Any]:
         config, echo=lambda _: None, on_result=lambda result, _: records.extend(result.records)
     )
     app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
-    trained = [r for r in records if r["round"] > 0]
-    if not trained or trained[-1]["sites_trained"] != sites:
-        raise RuntimeError(
-            f"{sites} sites: only {trained[-1]['sites_trained'] if trained else 0} trained"
-        )
+    (trained,) = [r for r in records if r["round"] > 0]  # the one round
+    if trained["sites_trained"] != sites:
+        raise RuntimeError(f"{sites} sites: only {trained['sites_trained']} trained")
     return {
         "sites": sites,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "round_seconds": trained[-1]["seconds"],
+        "round_seconds": trained["seconds"],
     }
 
 
