@@ -8,7 +8,8 @@ written as its own run folder inside the sweep's folder; the sweep then writes
 lines)::
 
     fedgray sweep [CONFIG] [--epsilons inf,8,4,2,1] [--seeds 1] [--site-sizes 200,1000]
-        [--rounds R] [--local-steps S] [--delta 1e-5] [--output DIR] [--set KEY=VALUE ...]
+        [--reference CONFIG] [--rounds R] [--local-steps S] [--delta 1e-5] [--output DIR]
+        [--set KEY=VALUE ...]
 
 ``--site-sizes`` runs every point at each number of training examples per site (after
 ``federation.holdout``; ``data.train_size`` is set to hold exactly that many). Every row
@@ -16,6 +17,15 @@ then also says which fraction of the non-private gain over zero-shot it keeps,
 ``(metric - zero-shot) / (non-private - zero-shot)`` with the non-private run of the same
 site size and seed (``inf`` among the epsilons), and ``gain.png`` plots that fraction
 against epsilon, one line per site size (mean over seeds, spread as a band).
+
+``--reference CONFIG`` runs the non-private point from another config: the strongest
+non-private recipe on the same data (for example DGA, against a private recipe that trains
+the output adapter alone), so that the fraction kept is measured against what a site would
+get without privacy rather than against the private recipe with its noise turned off. It
+takes the same overrides (``--set``, ``--rounds``, ``--local-steps``, site size, seed), and
+must describe the same data, sites and rounds (backbone, dataset and its sizes and seed,
+task, sites, rounds, partition); a difference is one line naming the field, before anything
+runs.
     python -m simulations.privacy_utility ...   (the same arguments)
 
 CONFIG defaults to ``configs/quickstart.yaml``; ``--quiet`` leaves out the per-round
@@ -39,10 +49,25 @@ from typing import Any
 
 import numpy as np
 
-from fedgray.config import load_config
+from fedgray.config import Config, load_config
 
 DEFAULT_CONFIG = "configs/quickstart.yaml"
 DEFAULT_EPSILONS = (math.inf, 8.0, 4.0, 2.0, 1.0)
+SAME_DATA = (  # what a --reference config must share with the swept one
+    "backbone.name",
+    "backbone.pretrained",
+    "data.dataset",
+    "data.train_size",
+    "data.test_size",
+    "data.seed",
+    "train.task",
+    "federation.num_sites",
+    "federation.num_rounds",
+    "federation.holdout",
+    "federation.partitioner",
+    "federation.alpha",
+    "federation.domains",
+)
 Echo = Callable[[str], None]
 
 
@@ -89,6 +114,23 @@ class Point:
         while share - min(share - 1, max(1, round(share * holdout))) < self.site_size:
             share += 1  # the sites' own rounding of the held-out count (fl/common/site_data.py)
         return [f"data.train_size={share * num_sites}"]
+
+
+def check_reference(swept: Config, reference: Config, *, site_sizes: bool) -> None:
+    """Raise a one-line ``ValueError`` naming the first :data:`SAME_DATA` field in which
+    ``reference`` differs from ``swept`` (``data.train_size`` is skipped with
+    ``site_sizes``: the sweep then sets it for both)."""
+    for name in SAME_DATA:
+        if site_sizes and name == "data.train_size":
+            continue
+        section, key = name.split(".")
+        ours = getattr(getattr(swept, section), key)
+        theirs = getattr(getattr(reference, section), key)
+        if ours != theirs:
+            raise ValueError(
+                f"--reference: {name} is {theirs!r} there and {ours!r} in the swept config "
+                "(the gain kept compares runs on the same data, sites and rounds)"
+            )
 
 
 def _worst_site(run_dir: Path) -> dict[str, Any]:
@@ -147,6 +189,7 @@ def run_point(
         "gain_kept": None,  # filled in by with_gains once the non-private run is there
         "seconds": round(time.perf_counter() - started, 1),
         "run": point.name,
+        "config": str(config_path),
     }
 
 
@@ -247,16 +290,22 @@ def sweep(
     seeds: int,
     delta: float,
     site_sizes: Sequence[int] = (),
+    reference: str | None = None,
     root: str | Path | None = None,
     echo: Echo = print,
     round_lines: bool = True,
 ) -> tuple[Path, list[dict[str, Any]]]:
-    """Run every (site size, epsilon, seed) point; the sweep folder and its rows. ``echo``
-    gets a line per point and, with ``round_lines``, the per-round progress lines of each
-    run."""
+    """Run every (site size, epsilon, seed) point; the sweep folder and its rows. The
+    non-private points run ``reference`` where given (checked first: :func:`check_reference`).
+    ``echo`` gets a line per point and, with ``round_lines``, the per-round progress lines of
+    each run."""
     from fedgray.runs import RunFolder
 
     config = load_config(config_path, list(overrides))
+    if reference is not None:
+        check_reference(
+            config, load_config(reference, list(overrides)), site_sizes=bool(site_sizes)
+        )
     folder = RunFolder(root or config.output.root, prefix="sweep")
     sizes: Sequence[int | None] = list(site_sizes) or [None]
     points = [
@@ -273,6 +322,7 @@ def sweep(
             "epsilons": [str(e) for e in epsilons],
             "seeds": seeds,
             "site_sizes": list(site_sizes),
+            "reference": reference,
             "delta": delta,
         },
     )
@@ -280,9 +330,10 @@ def sweep(
     for index, point in enumerate(points, 1):
         size = "" if point.site_size is None else f", {point.site_size} per site"
         echo(f"[{index}/{len(points)}] target epsilon {point.epsilon:g}{size}, seed {point.seed}")
+        path = reference if reference is not None and math.isinf(point.epsilon) else config_path
         rows.append(
             run_point(
-                config_path,
+                path,
                 overrides,
                 point,
                 root=folder.path,
@@ -357,6 +408,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated training examples per site (sets data.train_size; default: "
         "the config's)",
     )
+    parser.add_argument(
+        "--reference",
+        metavar="CONFIG",
+        help="config of the non-private points (same data, sites and rounds; default: CONFIG "
+        "without DP)",
+    )
     parser.add_argument("--rounds", type=int, help="federation.num_rounds (default: the config's)")
     parser.add_argument("--local-steps", type=int, help="federation.local_steps")
     parser.add_argument("--delta", type=float, default=1e-5, help="privacy.delta (default 1e-5)")
@@ -383,6 +440,7 @@ def run(args: argparse.Namespace) -> None:
         seeds=args.seeds,
         delta=args.delta,
         site_sizes=args.site_sizes,
+        reference=args.reference,
         root=args.output,
         round_lines=not args.quiet,
     )

@@ -103,3 +103,68 @@ def test_sweep_over_site_sizes_writes_gains_and_their_plot(tmp_path: Path) -> No
         expected = (float(private["r1_mean"]) - zero) / (float(reference["r1_mean"]) - zero)
         assert float(private["gain_kept"]) == pytest.approx(expected, abs=1e-4)
     assert (folder / "gain.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _reference(tmp_path: Path, **changes: str) -> Path:
+    """The quickstart with ``changes`` (``section.key`` -> value) as a reference config."""
+    import yaml
+
+    config = yaml.safe_load(QUICKSTART.read_text())
+    for name, value in changes.items():
+        section, key = name.split(".")
+        config[section][key] = yaml.safe_load(value)
+    path = tmp_path / "reference.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.slow
+def test_reference_config_runs_the_non_private_points_and_sets_the_gain(tmp_path: Path) -> None:
+    import yaml
+
+    reference = _reference(tmp_path, **{"train.lr": "0.01"})
+    args = ["sweep", str(QUICKSTART), "--output", str(tmp_path), "--rounds", "1", "--quiet"]
+    args += ["--epsilons", "8,inf", "--reference", str(reference)]
+    assert main([*args, *(f"--set={o}" for o in MICRO)]) == 0
+    (folder,) = tmp_path.glob("sweep-*")
+    with (folder / "sweep.csv").open() as handle:
+        base, private = list(csv.DictReader(handle))
+    assert (base["config"], private["config"]) == (str(reference), str(QUICKSTART))
+    rates = [
+        yaml.safe_load((folder / row["run"] / "config.yaml").read_text())["train"]["lr"]
+        for row in (base, private)
+    ]
+    assert rates == [0.01, 0.003]
+    assert base["achieved_max_epsilon"] == "inf" and float(private["achieved_max_epsilon"]) <= 8
+    zero = float(private["zero_shot_r1_mean"])
+    expected = (float(private["r1_mean"]) - zero) / (float(base["r1_mean"]) - zero)
+    assert float(private["gain_kept"]) == pytest.approx(expected, abs=1e-4)
+    assert json.loads((folder / "sweep.json").read_text())["reference"] == str(reference)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"data.test_size": "41"}, "data.test_size"), ({"federation.num_sites": "4"},
+     "federation.num_sites"), ({"data.dataset": "world/photo"}, "data.dataset")],
+)  # fmt: skip
+def test_reference_on_other_data_is_refused_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict[str, str], field: str
+) -> None:
+    sets = [o for o in MICRO if not o.startswith(tuple(change))]  # the change must survive
+    reference = _reference(tmp_path, **change)
+    args = ["sweep", str(QUICKSTART), "--output", str(tmp_path / "out"), "--quiet"]
+    assert main([*args, "--reference", str(reference), *(f"--set={o}" for o in sets)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"fedgray: error: --reference: {field} is")
+    assert not (tmp_path / "out").exists()
+
+
+def test_reference_may_differ_in_training_size_only_when_the_sweep_sets_it() -> None:
+    from fedgray.config import load_config
+    from fedgray.sweep import check_reference
+
+    swept = load_config(QUICKSTART, MICRO)
+    other = load_config(QUICKSTART, [*MICRO, "data.train_size=120", "method.name=output"])
+    check_reference(swept, other, site_sizes=True)
+    with pytest.raises(ValueError, match=r"^--reference: data\.train_size is 120 there and 90"):
+        check_reference(swept, other, site_sizes=False)
