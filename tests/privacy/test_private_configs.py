@@ -17,8 +17,9 @@ CONFIGS = Path(__file__).parents[2] / "configs"
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize(
     ("name", "epsilon"),
-    [("private_sketch", 8.0), ("private_sketch_eps1", 1.0), ("private_mnist", 8.0)],
-)
+    [("private_sketch", 8.0), ("private_sketch_eps1", 1.0), ("private_mnist", 8.0),
+     ("private_mnist_eps1", 1.0)],
+)  # fmt: skip
 @pytest.mark.usefixtures("small_whitening_sample")
 def test_private_config_runs_within_target_and_recomputes(
     tmp_path: Path, name: str, epsilon: float
@@ -45,7 +46,7 @@ def test_private_config_runs_within_target_and_recomputes(
 @pytest.mark.parametrize(
     ("private", "reference"),
     [("private_sketch", "nonprivate_sketch"), ("private_sketch_eps1", "nonprivate_sketch"),
-     ("private_mnist", "nonprivate_mnist")],
+     ("private_mnist", "nonprivate_mnist"), ("private_mnist_eps1", "nonprivate_mnist")],
 )  # fmt: skip
 def test_shipped_references_train_without_dp_on_the_private_configs_data(
     private: str, reference: str
