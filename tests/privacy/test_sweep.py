@@ -20,6 +20,7 @@ def test_sweep_writes_rows_within_target_and_a_plot(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = ["sweep", str(QUICKSTART), "--output", str(tmp_path), "--rounds", "2", "--quiet"]
+    args += ["--seeds", "1"]
     assert main([*args, *(f"--set={o}" for o in MICRO)]) == 0
     (folder,) = tmp_path.glob("sweep-*")
     with (folder / "sweep.csv").open() as handle:
@@ -82,7 +83,7 @@ def test_gain_kept_is_relative_to_the_non_private_run_of_the_same_size_and_seed(
 @pytest.mark.slow
 def test_sweep_over_site_sizes_writes_gains_and_their_plot(tmp_path: Path) -> None:
     args = ["sweep", str(QUICKSTART), "--output", str(tmp_path), "--rounds", "1", "--quiet"]
-    args += ["--epsilons", "8,inf", "--site-sizes", "10,20"]
+    args += ["--epsilons", "8,inf", "--site-sizes", "10,20", "--seeds", "1"]
     assert main([*args, *(f"--set={o}" for o in MICRO)]) == 0
     (folder,) = tmp_path.glob("sweep-*")
     with (folder / "sweep.csv").open() as handle:
@@ -124,7 +125,7 @@ def test_reference_config_runs_the_non_private_points_and_sets_the_gain(tmp_path
 
     reference = _reference(tmp_path, **{"train.lr": "0.01"})
     args = ["sweep", str(QUICKSTART), "--output", str(tmp_path), "--rounds", "1", "--quiet"]
-    args += ["--epsilons", "8,inf", "--reference", str(reference)]
+    args += ["--epsilons", "8,inf", "--reference", str(reference), "--seeds", "1"]
     assert main([*args, *(f"--set={o}" for o in MICRO)]) == 0
     (folder,) = tmp_path.glob("sweep-*")
     with (folder / "sweep.csv").open() as handle:
