@@ -18,7 +18,9 @@ then also says which fraction of the non-private gain over zero-shot it keeps,
 site size and seed (``inf`` among the epsilons), and ``gain.png`` plots that fraction
 against epsilon, one line per site size (mean over seeds, spread as a band).
 
-``--reference CONFIG`` runs the non-private point from another config: the strongest
+    python -m simulations.privacy_utility ...   (the same arguments)
+
+``--reference CONFIG`` runs the non-private points from another config: the strongest
 non-private recipe on the same data (for example DGA, against a private recipe that trains
 the output adapter alone), so that the fraction kept is measured against what a site would
 get without privacy rather than against the private recipe with its noise turned off. It
@@ -26,7 +28,6 @@ takes the same overrides (``--set``, ``--rounds``, ``--local-steps``, site size,
 must describe the same data, sites and rounds (backbone, dataset and its sizes and seed,
 task, sites, rounds, partition); a difference is one line naming the field, before anything
 runs.
-    python -m simulations.privacy_utility ...   (the same arguments)
 
 CONFIG defaults to ``configs/quickstart.yaml``; ``--quiet`` leaves out the per-round
 lines. A finite epsilon is DP-SGD at every site with ``privacy.target_epsilon`` for the
@@ -303,6 +304,10 @@ def sweep(
 
     config = load_config(config_path, list(overrides))
     if reference is not None:
+        if not any(math.isinf(e) for e in epsilons):
+            raise ValueError(
+                "--reference: needs inf among --epsilons (it runs the non-private points)"
+            )
         check_reference(
             config, load_config(reference, list(overrides)), site_sizes=bool(site_sizes)
         )

@@ -169,3 +169,13 @@ def test_reference_may_differ_in_training_size_only_when_the_sweep_sets_it() -> 
     check_reference(swept, other, site_sizes=True)
     with pytest.raises(ValueError, match=r"^--reference: data\.train_size is 120 there and 90"):
         check_reference(swept, other, site_sizes=False)
+
+
+def test_reference_without_a_non_private_point_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["sweep", str(QUICKSTART), "--output", str(tmp_path / "out"), "--epsilons", "8,1"]
+    assert main([*args, "--reference", str(QUICKSTART), *(f"--set={o}" for o in MICRO)]) != 0
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert err.startswith("fedgray: error: --reference: needs inf among --epsilons")
+    assert not (tmp_path / "out").exists()
