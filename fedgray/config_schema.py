@@ -137,6 +137,14 @@ def to_dict(instance: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(instance))
 
 
+def get_dotted(data: dict[str, Any], dotted: str) -> Any:
+    """``data['a']['b']`` for ``dotted == 'a.b'``; None where a key is missing."""
+    node: Any = data
+    for key in dotted.split("."):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     """Set ``data['a']['b'] = value`` for ``dotted == 'a.b'``, creating mappings on the way."""
     *parents, leaf = dotted.split(".")

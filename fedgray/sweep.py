@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from fedgray.config import Config, load_config
+from fedgray.config_schema import get_dotted
 
 DEFAULT_CONFIG = "configs/quickstart.yaml"
 DEFAULT_EPSILONS = (math.inf, 8.0, 4.0, 2.0, 1.0)
@@ -121,13 +122,10 @@ def check_reference(swept: Config, reference: Config, *, site_sizes: bool) -> No
     """Raise a one-line ``ValueError`` naming the first :data:`SAME_DATA` field in which
     ``reference`` differs from ``swept`` (``data.train_size`` is skipped with
     ``site_sizes``: the sweep then sets it for both)."""
+    swept_values, reference_values = swept.to_dict(), reference.to_dict()
     for name in SAME_DATA:
-        if site_sizes and name == "data.train_size":
-            continue
-        section, key = name.split(".")
-        ours = getattr(getattr(swept, section), key)
-        theirs = getattr(getattr(reference, section), key)
-        if ours != theirs:
+        ours, theirs = get_dotted(swept_values, name), get_dotted(reference_values, name)
+        if ours != theirs and not (site_sizes and name == "data.train_size"):
             raise ValueError(
                 f"--reference: {name} is {theirs!r} there and {ours!r} in the swept config "
                 "(the gain kept compares runs on the same data, sites and rounds)"

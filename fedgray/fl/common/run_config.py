@@ -26,7 +26,7 @@ from typing import Any
 
 import fedgray
 from fedgray.config import Config, config_from_dict, load_config
-from fedgray.config_schema import ConfigError, set_dotted
+from fedgray.config_schema import ConfigError, get_dotted, set_dotted
 from fedgray.train.kinds import refuse_unsupported
 
 CONFIG_KEY, OVERRIDES_KEY = "config", "overrides"
@@ -55,13 +55,6 @@ def split_overrides(text: str) -> list[str]:
         raise ConfigError(f"{OVERRIDES_KEY}: cannot split {text!r} ({error})") from None
 
 
-def _current(data: dict[str, Any], path: str) -> Any:
-    node: Any = data
-    for key in path.split("."):
-        node = node.get(key) if isinstance(node, dict) else None
-    return node
-
-
 def resolve_config(config: Config | None, run_config: Mapping[str, Any]) -> Config:
     """The config a ServerApp or ClientApp runs: the YAML named by ``config`` (else the
     factory's ``config``, else the defaults), then dotted keys, then ``overrides``; checked
@@ -75,7 +68,7 @@ def resolve_config(config: Config | None, run_config: Mapping[str, Any]) -> Conf
     data = base.to_dict()
     for key, value in entries.items():
         path = key.replace("-", "_")
-        if isinstance(_current(data, path), list) and isinstance(value, str):
+        if isinstance(get_dotted(data, path), list) and isinstance(value, str):
             value = [item.strip() for item in value.split(",") if item.strip()]
         elif value == "":
             value = None
