@@ -56,6 +56,7 @@ __all__ = [
     "image_and_tokens",
     "micro_config",
     "register_model_configs",
+    "reduction_terms",
     "rounding_tolerance",
     "runtime_processes",
     "runtime_processes_after_exit",
@@ -86,6 +87,13 @@ def rounding_tolerance(dtype: torch.dtype | np.dtype, terms: int) -> float:
     if isinstance(dtype, np.dtype):
         dtype = torch.from_numpy(np.zeros((), dtype)).dtype
     return terms * torch.finfo(dtype).eps
+
+
+def reduction_terms(backbone: Backbone) -> int:
+    """The products behind one output of one attention layer over ``backbone``'s full
+    context (token width times context length): the ``terms`` of a comparison of two
+    passes through the backbone that differ in shape or order."""
+    return backbone.interface.token_width * backbone.interface.context_length
 
 
 def _tolerances(expected: torch.Tensor, terms: int, dtype: torch.dtype | None) -> dict[str, float]:

@@ -14,6 +14,7 @@ from fedgray.backbone import SealedBackbone, SealedError, load_sealed
 from fedgray.config import MethodConfig
 from fedgray.fl.common.records import from_record, to_record
 from fedgray.tasks.losses import contrastive_loss
+from tests.helpers import close
 
 CAPTIONS = [
     "a red circle",
@@ -92,7 +93,7 @@ def test_lora_training_changes_outputs_never_the_backbone_weights(white: SealedB
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        assert not torch.allclose(model.encode_images(pixels), bare)
+        assert not close(model.encode_images(pixels), bare, terms=white.interface.embed_dim)
     kept = [p for p in white.module.parameters() if id(p) in weights]
     assert len(kept) == len(weights)
     assert all(torch.equal(p, weights[id(p)]) and not p.requires_grad for p in kept)
@@ -164,7 +165,7 @@ def test_a_new_lora_replaces_the_one_attached_before(white: SealedBackbone) -> N
         old = build_model(white, "lora")
         for f in old.white_module:
             f.up.normal_()
-        assert not torch.allclose(white.encode_image(pixels), bare)
+        assert not close(white.encode_image(pixels), bare, terms=white.interface.embed_dim)
         build_model(white, "lora")  # B at zero: the backbone is bare again
         assert torch.equal(white.encode_image(pixels), bare)
     owner = towers(white.module)[0][0].attn

@@ -33,9 +33,11 @@ from tests.helpers import (
     TINY_SIGLIP,
     TINY_TEXT,
     assert_adapters_start_as_zero_shot,
+    assert_close,
     assert_gradients_reach_every_adapter,
     image_and_tokens,
     perturbed,
+    reduction_terms,
     register_model_configs,
     seal_with_cli,
 )
@@ -222,7 +224,7 @@ def test_isolated_runtime_equals_in_process(
             [image.detach(), text.detach(), x.grad, *(p.grad for p in model.parameters())]
         )
     for got, expected in zip(results[1], results[0], strict=True):
-        assert torch.allclose(got, expected, atol=1e-6)
+        assert_close(got, expected, terms=reduction_terms(local))
 
 
 def test_an_unknown_tower_is_one_line_naming_it(models: dict[str, nn.Module]) -> None:

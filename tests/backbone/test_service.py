@@ -24,6 +24,7 @@ from fedgray.backbone.keys import KeyFiles
 from fedgray.backbone.runtime import IsolatedBackbone
 from fedgray.config import ConfigError, load_config
 from fedgray.site import open_backbone
+from tests.helpers import assert_close, reduction_terms
 
 ROOT = Path(__file__).resolve().parents[2]
 PTRACE_ATTACH, PTRACE_DETACH, PR_SET_DUMPABLE = 16, 17, 4
@@ -89,7 +90,7 @@ def test_a_served_runtime_answers_like_in_process(
             (image @ text.T).sum().backward()
             grads.append([image.detach(), pixels.grad, *(p.grad for p in model.parameters())])
         for expected, got in zip(*grads, strict=True):
-            assert torch.allclose(got, expected, atol=1e-6)
+            assert_close(got, expected, terms=reduction_terms(local))
     finally:
         first.close()
         second.close()

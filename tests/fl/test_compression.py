@@ -23,7 +23,7 @@ from fedgray.fl.common.records import from_record, record_bytes, to_record
 from fedgray.fl.serverapp import loop
 from fedgray.fl.serverapp.server import initial_adapters
 from fedgray.fl.simulation.engine import open_run
-from tests.helpers import micro_config, run_local
+from tests.helpers import assert_close, micro_config, run_local
 
 INT8 = ["federation.compression=int8"]
 
@@ -45,7 +45,7 @@ def test_an_update_travels_as_int8_rows_within_half_a_step_of_its_value() -> Non
     decoded = from_record(decode_up(record, reference))
     for key, step in zip(new, (sent[SCALES][:64].max(), sent[SCALES][64]), strict=True):
         assert (decoded[key] - new[key]).abs().max() <= step / 2 + 1e-6
-        assert torch.allclose(decoded[key] + residual[key], new[key], atol=1e-6)  # all kept
+        assert_close(decoded[key] + residual[key], new[key], terms=2)  # all kept
     assert record_bytes(record) < 0.3 * record_bytes(to_record(new))
 
 
