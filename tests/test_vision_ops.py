@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import builtins
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -44,6 +46,30 @@ def test_plain_import_fails_only_where_the_workaround_is_needed() -> None:
     else:
         assert "operator torchvision::nms does not exist" in plain.stderr
         assert patched.stdout.strip() == "True"
+
+
+def test_a_torchvision_that_loads_is_left_alone(tmp_path: Path) -> None:
+    """Where torchvision matches torch (a CUDA machine, or the CPU index's build) the first
+    import succeeds: it is imported once, and no operator is declared in its name."""
+    package = tmp_path / "torchvision"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "import sys\nsys.torchvision_imports = getattr(sys, 'torchvision_imports', 0) + 1\n"
+        "transforms = 'the transforms module'\n"
+    )
+    code = (
+        "import sys\n"
+        "from fedgray.vision_ops import ensure_torchvision, torchvision_kernels_missing\n"
+        "tv = ensure_torchvision()\n"
+        "assert tv.__file__.startswith(sys.argv[1]), tv.__file__\n"
+        "assert ensure_torchvision() is tv and sys.torchvision_imports == 1\n"
+        "assert not torchvision_kernels_missing()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_other_import_errors_are_not_swallowed(monkeypatch: pytest.MonkeyPatch) -> None:
