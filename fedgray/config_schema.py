@@ -133,8 +133,7 @@ def build(cls: type[T], data: Mapping[str, Any], *, where: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
-            f"{prefix}{cut(str(unknown[0]))}: unknown key (known keys: "
-            f"{', '.join(sorted(fields))})"
+            f"{prefix}{cut(str(unknown[0]))}: unknown key (known keys: {', '.join(sorted(fields))})"
         )
     values = {}
     for name, value in data.items():

@@ -14,8 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fedgray.config import Config, load_config
 from fedgray.backbone.loading import BUILTIN_TAG
+from fedgray.config import Config, load_config
 from fedgray.config_schema import ConfigError, shown
 from fedgray.data.registry import available, check_images
 from fedgray.fl.common.private import PrivacyLog
