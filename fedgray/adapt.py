@@ -18,8 +18,8 @@ from fedgray.adapters import build_model, method_spec
 from fedgray.config import Config
 from fedgray.config_schema import ConfigError
 from fedgray.plots import plot_curve
-from fedgray.runs import RunFolder, save_adapters
-from fedgray.site import load_task_data, open_backbone
+from fedgray.runs import RunFolder, check_writable, save_adapters
+from fedgray.site import check_classes, load_task_data, open_backbone
 from fedgray.tasks import TASKS, evaluate
 from fedgray.train.job import Job
 from fedgray.train.kinds import trainer_kind
@@ -64,6 +64,8 @@ def adapt(
     named = Path(config.output.root) / config.output.name if config.output.name else None
     if named is not None and (named / "summary.json").is_file():
         raise ValueError(f"{named} already holds a finished run: choose another output.name")
+    check_writable(named or Path(config.output.root))
+    check_classes(config.data.dataset)
     backbone = open_backbone(config, progress=progress)  # checks first: no folder for a
     train = load_task_data(config, backbone, split="train")  # run that cannot start
     test = load_task_data(config, backbone, split="test")

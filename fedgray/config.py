@@ -14,10 +14,14 @@ from fedgray.config_schema import (
     ConfigError,
     build,
     check,
+    coerce,
+    cut,
     one_of,
     positive,
+    random_seed,
     registered,
     set_dotted,
+    shown,
     to_dict,
 )
 from fedgray.config_secure import (
@@ -25,6 +29,7 @@ from fedgray.config_secure import (
     SecureAggregationConfig,
     check_secure_and_central,
 )
+from fedgray.config_yaml import parse_yaml, read_yaml
 
 # Registry-backed names are checked against the registries themselves, looked up when a
 # config is built (the registries' modules import this one, so not at import time).
@@ -170,7 +175,7 @@ class PretrainConfig:
     lr: float = field(default=5e-4, metadata=positive())
     warmup_steps: int = field(default=50, metadata=check(lambda v: v >= 0, "must be >= 0"))
     train_size: int = field(default=40_000, metadata=positive())
-    seed: int = 0
+    seed: int = field(default=0, metadata=random_seed())
 
 
 @dataclass
@@ -180,7 +185,7 @@ class DataConfig:
     dataset: str = field(default="world/sketch", metadata=registered("dataset", _datasets))
     train_size: int = field(default=2000, metadata=positive())
     test_size: int = field(default=1000, metadata=positive())
-    seed: int = 0
+    seed: int = field(default=0, metadata=random_seed())
 
 
 @dataclass
@@ -282,18 +287,42 @@ class TrainConfig:
     optimizer: str = field(default="adamw", metadata=registered("optimizer", _optimizers))
     weight_decay: float = field(default=0.0, metadata=check(lambda v: v >= 0, "must be >= 0"))
     eval_every: int = field(default=100, metadata=positive())
-    seed: int = 0
+    seed: int = field(default=0, metadata=random_seed())
     threads: int | None = field(default=None, metadata=positive())
     device: str = field(default="auto", metadata=registered("device", _devices))
     precision: str = field(default="auto", metadata=registered("precision", _precisions))
 
 
+def _folder_name(name: str) -> bool:
+    return name not in ("", ".", "..") and "/" not in name and os.sep not in name
+
+
 @dataclass
 class OutputConfig:
-    """Where a run writes its folder."""
+    """Where a run writes its folder: ``root/name``, a folder directly inside ``root`` (a
+    name with a separator or ``..`` would put it elsewhere)."""
 
     root: str = "runs"
-    name: str | None = None
+    name: str | None = field(
+        default=None,
+        metadata=check(_folder_name, "must be one folder name (no '/', not '.' or '..')"),
+    )
+
+
+def _strategy_options(strategy: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` checked against the options strategy ``strategy``'s constructor takes
+    (names and types), so that a wrong one is refused before a run starts."""
+    from strategies.registry import strategy_options
+
+    known = strategy_options(strategy)
+    checked = {}
+    for key, value in options.items():
+        where = f"federation.strategy_options.{cut(str(key))}"
+        if key not in known:
+            choices = ", ".join(known) or "none"
+            raise ConfigError(f"{where}: not an option of {strategy} (its options: {choices})")
+        checked[key] = coerce(value, known[key], where)
+    return checked
 
 
 @dataclass
@@ -325,12 +354,13 @@ class FederationConfig:
     central_eval: bool = True
     actors: int = field(default=1, metadata=positive())
     round_timeout: float = field(default=600.0, metadata=positive())
-    seed: int = 0
+    seed: int = field(default=0, metadata=random_seed())
     compression: str = field(default="none", metadata=registered("compression", _compressions))
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
     select: str = field(default="last", metadata=registered("selection", _selections))
 
     def __post_init__(self) -> None:
+        self.strategy_options = _strategy_options(self.strategy, self.strategy_options)
         if self.select == "best" and not self.fraction_evaluate:
             raise ConfigError(
                 "federation.select: 'best' chooses by the sites' held-out metric, which "
@@ -414,12 +444,12 @@ def parse_override(text: str) -> tuple[str, Any]:
     """Split ``'train.steps=100'`` into ``('train.steps', 100)`` (value parsed as YAML)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"{text}: an override must look like section.key=value")
+        raise ConfigError(f"{cut(text)}: an override must look like section.key=value")
     try:
-        value = yaml.safe_load(raw)
+        value = parse_yaml(raw, where=cut(key.strip()))
     except yaml.YAMLError as error:  # a MarkedYAMLError has a one-line problem, others do not
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError(f"{key}: cannot parse value {raw!r} ({problem})") from None
+        raise ConfigError(f"{cut(key)}: cannot parse value {shown(raw)} ({problem})") from None
     return key.strip(), value
 
 
@@ -436,14 +466,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     data: Any = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            line = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}:{line} is not valid YAML") from None
+        data = read_yaml(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return config_from_dict(data, overrides)

@@ -7,6 +7,7 @@ by its dotted path, e.g. ``train.steps: expected an integer, got 'many'``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -18,10 +19,24 @@ if TYPE_CHECKING:
 
 T = TypeVar("T", bound="DataclassInstance")
 _EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+SHOWN_CHARS = 60  # a value longer than this is cut in messages
 
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the field."""
+
+
+def cut(text: str) -> str:
+    """``text`` for a one-line message, cut to about :data:`SHOWN_CHARS` characters (a
+    megabyte of config value must not become a megabyte of error)."""
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[: SHOWN_CHARS - 20]}...({len(text):,} characters)"
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, cut as :func:`cut` does."""
+    return cut(repr(value))
 
 
 def check(predicate: Callable[[Any], bool], requirement: str) -> dict[str, Any]:
@@ -32,6 +47,11 @@ def check(predicate: Callable[[Any], bool], requirement: str) -> dict[str, Any]:
 def positive() -> dict[str, Any]:
     """Field metadata requiring a value > 0."""
     return check(lambda v: v > 0, "must be > 0")
+
+
+def random_seed() -> dict[str, Any]:
+    """Field metadata of a random seed: what torch and numpy both take, [0, 2**32)."""
+    return check(lambda v: 0 <= v < 2**32, "must be in [0, 2**32)")
 
 
 def one_of(*choices: Any) -> dict[str, Any]:
@@ -54,7 +74,7 @@ def _check_registered(value: Any, what: str, known: Collection[str], where: str)
     prefixes = tuple(k[: k.index("<")] for k in known if k.endswith(">") and "<" in k)
     for item in values:
         if item not in known and not (prefixes and str(item).startswith(prefixes)):
-            raise ConfigError(f"{where}: unknown {what} {item!r} (known: {', '.join(known)})")
+            raise ConfigError(f"{where}: unknown {what} {shown(item)} (known: {', '.join(known)})")
 
 
 def _type_name(tp: Any) -> str:
@@ -63,7 +83,9 @@ def _type_name(tp: Any) -> str:
     )
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """``value`` as type ``tp`` (a config field's annotation), or a ConfigError naming
+    ``where``."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(tp)
@@ -72,23 +94,23 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         errors = []
         for option in (o for o in options if o is not type(None)):
             try:
-                return _coerce(value, option, where)
+                return coerce(value, option, where)
             except ConfigError as error:
                 errors.append(str(error))
         raise ConfigError(errors[0])
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {shown(value)}")
         return build(tp, value, where=where)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {shown(value)}")
         (item_tp, *_) = typing.get_args(tp) or (Any,)
-        items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        items = [coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {shown(value)}")
         return dict(value)
     if tp is Any:
         return value
@@ -97,7 +119,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float and isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value):
         return float(value)  # YAML 1.1 reads "1e-5" (no dot) as a string
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {shown(value)}")
+    if tp is float and not math.isfinite(value):  # YAML's .inf and .nan
+        raise ConfigError(f"{where}: must be a finite number, got {value}")
     return value
 
 
@@ -109,18 +133,18 @@ def build(cls: type[T], data: Mapping[str, Any], *, where: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
-            f"{prefix}{unknown[0]}: unknown key (known keys: {', '.join(sorted(fields))})"
+            f"{prefix}{cut(str(unknown[0]))}: unknown key (known keys: {', '.join(sorted(fields))})"
         )
     values = {}
     for name, value in data.items():
         path = f"{prefix}{name}"
-        values[name] = _coerce(value, hints[name], path)
+        values[name] = coerce(value, hints[name], path)
         if "registry" in fields[name].metadata and values[name] is not None:
             what, known = fields[name].metadata["registry"]
             _check_registered(values[name], what, list(known()), path)
         predicate, requirement = fields[name].metadata.get("check", (None, ""))
         if predicate is not None and values[name] is not None and not predicate(values[name]):
-            raise ConfigError(f"{path}: {requirement}, got {values[name]!r}")
+            raise ConfigError(f"{path}: {requirement}, got {shown(values[name])}")
     return cls(**values)
 
 
@@ -152,6 +176,6 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     for key in parents:
         child = node.setdefault(key, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"{dotted}: {key} is not a section")
+            raise ConfigError(f"{cut(dotted)}: {cut(key)} is not a section")
         node = child
     node[leaf] = value

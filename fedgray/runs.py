@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,22 @@ import torch
 from fedgray.config import Config, save_config
 
 ADAPTERS_FORMAT = "fedgray-adapters/1"
+
+
+def check_writable(folder: Path) -> None:
+    """Refuse, before anything is written, a run folder this process could not fill: the
+    folder and everything in it (a resumed run rewrites and appends to its files), or,
+    where it does not exist yet, the nearest folder above it, where it will be made."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{folder}: {existing} is not a folder")
+    inside = sorted(existing.rglob("*")) if existing == folder else []
+    for path in (existing, *inside):
+        mode = os.W_OK | (os.X_OK if path.is_dir() else 0)
+        if not os.access(path, mode):
+            raise ValueError(f"{folder}: {path} is not writable; nothing was written")
 
 
 class RunFolder:

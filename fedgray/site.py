@@ -11,7 +11,8 @@ from fedgray.backbone.artifact import load_artifact
 from fedgray.backbone.loading import BUILTIN_TAG, load_sealed
 from fedgray.backbone.runtime import IsolatedBackbone
 from fedgray.config import Config, PretrainConfig
-from fedgray.data.registry import load_dataset
+from fedgray.config_schema import ConfigError, shown
+from fedgray.data.registry import load_dataset, untrained_classes
 from fedgray.devices import resolve_device
 from fedgray.owner.pretrain import builtin_checkpoint
 from fedgray.tasks.data import TaskData, prepare
@@ -70,3 +71,13 @@ def load_task_data(config: Config, backbone: Backbone, *, split: str) -> TaskDat
     dataset = load_dataset(config.data.dataset, split=split, size=size, seed=config.data.seed)
     prepared = prepare(dataset, backbone.tokenize)
     return prepared.to(backbone.device)
+
+
+def check_classes(dataset: str) -> None:
+    """Every class with test examples has training examples (checked before a run starts)."""
+    missing = untrained_classes(dataset)
+    if missing:
+        raise ConfigError(
+            f"data.dataset: class {shown(missing[0])} of {dataset} has test examples but no "
+            "training examples"
+        )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import typing
 from typing import Any
 
 from flwr.serverapp.strategy import (
@@ -39,6 +41,25 @@ STRATEGIES: dict[str, type[FedAvg]] = {
 # FedAdagrad and FedAvgM then take a server step from it): their replies are folded into a
 # running mean as they arrive (strategies/guard.py), the others need every reply at once.
 AVERAGING = frozenset({"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"})
+
+
+SETTABLE_TYPES = (bool, int, float, str)  # what a YAML config can give
+
+
+def strategy_options(name: str) -> dict[str, type]:
+    """The options a config may give strategy ``name``, with their types: its constructor's
+    parameters beyond FedAvg's (fedgray sets those: sampling, record keys, metric
+    aggregation) that take a plain value (not a callable); none for an unknown name."""
+    if name not in STRATEGIES:
+        return {}
+    base = inspect.signature(FedAvg.__init__).parameters
+    init = STRATEGIES[name].__init__
+    hints = typing.get_type_hints(init)
+    return {
+        key: hints[key]
+        for key in inspect.signature(init).parameters
+        if key != "self" and key not in base and hints.get(key) in SETTABLE_TYPES
+    }
 
 
 class StrategyError(ValueError):

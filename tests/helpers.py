@@ -55,6 +55,7 @@ __all__ = [
     "captioned_data",
     "image_and_tokens",
     "micro_config",
+    "refused",
     "register_model_configs",
     "reduction_terms",
     "rounding_tolerance",
@@ -148,6 +149,24 @@ MICRO = [
 def micro_config(tmp_path: Path, *overrides: str, name: str = "run") -> Config:
     """A 3-site, 2-round federation of the random micro CLIP writing to ``tmp_path/name``."""
     return load_config(None, [*MICRO, f"output.root={tmp_path}", f"output.name={name}", *overrides])
+
+
+REFUSED_WITHIN_S = 20.0  # "within seconds" on 2 busy cores: no run, no Ray, no data loaded
+
+
+def refused(argv: Sequence[str], capfd: pytest.CaptureFixture[str]) -> str:
+    """Run ``fedgray argv``, check it was refused as every bad input is (exit 2 within
+    seconds, one line on stderr, nothing on stdout) and return that line."""
+    capfd.readouterr()
+    started = time.monotonic()
+    code = main(list(argv))
+    seconds = time.monotonic() - started
+    out, err = capfd.readouterr()
+    assert (code, out) == (2, ""), err
+    assert len(err.splitlines()) == 1 and err.startswith("fedgray: error: "), err
+    assert len(err) < 400, err
+    assert seconds < REFUSED_WITHIN_S
+    return err.strip()
 
 
 def runtime_processes() -> set[str]:

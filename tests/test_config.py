@@ -9,6 +9,7 @@ import yaml
 
 from fedgray.config import Config, load_config, save_config
 from fedgray.config_schema import ConfigError
+from tests.helpers import MICRO, refused
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,3 +83,113 @@ def test_saved_config_round_trips(tmp_path: Path) -> None:
     save_config(config, tmp_path / "resolved.yaml")
     assert yaml.safe_load((tmp_path / "resolved.yaml").read_text())["train"]["steps"] == 11
     assert load_config(tmp_path / "resolved.yaml") == config
+
+
+def _run_argv(config: Path, root: Path, *overrides: str) -> list[str]:
+    sets = [*MICRO, f"output.root={root}", *overrides]
+    return ["run", str(config), *(a for item in sets for a in ("--set", item))]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (["output.name=../../escaped"], "output.name: must be one folder name (no '/', not"),
+        (["output.name=a/b"], "output.name: must be one folder name"),
+        (["output.name=.."], "output.name: must be one folder name"),
+        (
+            ["privacy.enabled=true", "privacy.target_epsilon=.inf"],
+            "privacy.target_epsilon: must be a finite number, got inf",
+        ),
+        (
+            ["privacy.enabled=true", "privacy.noise_multiplier=1", "privacy.max_grad_norm=.inf"],
+            "privacy.max_grad_norm: must be a finite number, got inf",
+        ),
+        (
+            ["privacy.enabled=true", "privacy.noise_multiplier=.nan"],
+            "privacy.noise_multiplier: must be a finite number, got nan",
+        ),
+        (["train.lr=.inf"], "train.lr: must be a finite number, got inf"),
+        (
+            ["federation.strategy_options={bogus: 1}"],
+            "federation.strategy_options.bogus: not an option of fedavg (its options: none)",
+        ),
+        (
+            ["federation.strategy=fedprox", "federation.strategy_options={mu: 1}"],
+            "federation.strategy_options.mu: not an option of fedprox (its options: proximal_mu)",
+        ),
+        (
+            ["federation.strategy=fedprox", "federation.strategy_options={proximal_mu: lots}"],
+            "federation.strategy_options.proximal_mu: expected a number, got 'lots'",
+        ),
+        (["train.seed=-1"], "train.seed: must be in [0, 2**32), got -1"),
+        (["federation.seed=4294967296"], "federation.seed: must be in [0, 2**32)"),
+    ],
+)
+def test_a_bad_value_is_one_line_before_a_run_starts(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], overrides: list[str], line: str
+) -> None:
+    root = tmp_path / "a" / "b" / "runs"
+    config = write(tmp_path, "federation:\n  partitioner: iid\n")
+    error = refused(_run_argv(config, root, *overrides), capfd)
+    assert error.startswith(f"fedgray: error: {line}")
+    assert sorted(tmp_path.rglob("*")) == [config]  # no run folder, inside its root or not
+
+
+def test_strategy_options_a_strategy_takes_are_accepted_as_its_types() -> None:
+    config = load_config(
+        None, ["federation.strategy=krum", "federation.strategy_options={num_malicious_nodes: 1}"]
+    )
+    assert config.federation.strategy_options == {"num_malicious_nodes": 1}
+    config = load_config(
+        None, ["federation.strategy=fedprox", "federation.strategy_options={proximal_mu: 1}"]
+    )
+    assert config.federation.strategy_options == {"proximal_mu": 1.0}
+
+
+def _alias_bomb(levels: int) -> str:
+    """``levels`` anchors, each a list of nine aliases of the one before: 9**levels values."""
+    lines = ["federation:", "  strategy_options:", "    a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels):
+        lines.append(f"    a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_at_once(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    config = write(tmp_path, _alias_bomb(9))  # 9**9: 387 million values once expanded
+    error = refused(_run_argv(config, tmp_path / "runs"), capfd)
+    assert error == (
+        f"fedgray: error: {config}: expands to more than 100,000 values (through its aliases); "
+        "a config is far smaller"
+    )
+    aliases = ", ".join(["*a"] * 10)
+    flow = (
+        "{a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1], "
+        + ", ".join(
+            f"{name}: &{name} [{aliases.replace('a', prev)}]"
+            for prev, name in zip("abcde", "bcdef", strict=True)
+        )
+        + "}"
+    )  # 10**6 values
+    error = refused(_run_argv(write(tmp_path, "{}\n"), tmp_path / "runs", f"train.x={flow}"), capfd)
+    assert error.startswith("fedgray: error: train.x: expands to more than 100,000 values")
+    assert not (tmp_path / "runs").exists()
+    legal = write(tmp_path, "data:\n  dataset: &d world/sketch\nmethod:\n  whiten: *d\n")
+    assert load_config(legal).method.whiten == "world/sketch"  # aliases within bounds still load
+
+
+def test_a_huge_config_or_value_is_refused_in_a_short_line(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    config = write(tmp_path, f"output:\n  name: {'x' * 10_000_000}\n")
+    error = refused(_run_argv(config, tmp_path / "runs"), capfd)
+    assert error == (
+        f"fedgray: error: {config}: 10,000,017 bytes, more than the 1,048,576 a config may hold"
+    )
+    value = "y" * 500_000
+    argv = _run_argv(write(tmp_path, "{}\n"), tmp_path / "runs", f"train.steps={value}")
+    error = refused(argv, capfd)
+    cut = f"'{'y' * 39}...(500,002 characters)"  # the repr's first 40 characters
+    assert error == f"fedgray: error: train.steps: expected an integer, got {cut}"
+    assert not (tmp_path / "runs").exists()

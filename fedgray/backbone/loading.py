@@ -12,9 +12,11 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,31 @@ def _looks_like_path(pretrained: str) -> bool:
     }
 
 
+@contextmanager
+def _quiet_random_weights(*, asked: bool) -> Iterator[None]:
+    """Drop open_clip's "No pretrained weights loaded" warning where random weights are what
+    was asked for. open_clip logs it on the root logger, whose first use also installs a
+    handler on stderr; a NullHandler meanwhile keeps that from happening."""
+    if not asked:
+        yield
+        return
+    root = logging.getLogger()
+    placeholder = logging.NullHandler() if not root.handlers else None
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+    root.addFilter(keep)
+    if placeholder is not None:
+        root.addHandler(placeholder)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+        if placeholder is not None:
+            root.removeHandler(placeholder)
+
+
 def create_clip(name: str, pretrained: str | Path | None) -> nn.Module:
     """Create the open_clip model ``name`` and load ``pretrained`` weights (see module doc)."""
     open_clip = open_clip_module()
@@ -87,7 +114,8 @@ def create_clip(name: str, pretrained: str | Path | None) -> nn.Module:
             raise BackboneLoadError(f"checkpoint file not found: {path}")
         pretrained = str(path)
     try:
-        return open_clip.create_model(name, pretrained=pretrained, require_pretrained=False)
+        with _quiet_random_weights(asked=pretrained is None):
+            return open_clip.create_model(name, pretrained=pretrained, require_pretrained=False)
     except Exception as error:  # noqa: BLE001 - reported as one line naming the source
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise BackboneLoadError(

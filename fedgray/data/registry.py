@@ -95,3 +95,27 @@ def load_dataset(
     else:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     return loader(split=split, size=size, seed=seed, **options)
+
+
+def check_images(name: str, *, split: str) -> None:
+    """Decode every image of ``split`` of a folder dataset (the shipped ones are known to
+    load), so that a truncated or unreadable file is one line before a run starts rather
+    than a site failing in its first round."""
+    if name.startswith(FOLDER_PREFIX):
+        load_dataset(name, split=split)
+
+
+def untrained_classes(name: str) -> list[str]:
+    """Classes of dataset ``name`` with test examples but no training examples, from the
+    folder's ``label`` column (the shipped datasets have every class in both splits): no
+    training can teach them, and a folder's class indices are per split."""
+    if not name.startswith(FOLDER_PREFIX):
+        return []
+    root = Path(name.removeprefix(FOLDER_PREFIX))
+    labels = {}
+    for split in ("train", "test"):
+        _, columns, rows = read_captions(root / split)
+        if "label" not in columns:
+            return []
+        labels[split] = {(row.get("label") or "").strip() for row in rows}
+    return sorted(labels["test"] - labels["train"])

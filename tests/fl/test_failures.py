@@ -6,6 +6,7 @@ import json
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flwr.app import Context, RecordDict
@@ -23,8 +24,9 @@ from fedgray.fl.serverapp.failures import (
     describe,
     short_reason,
 )
+from fedgray.fl.simulation import engine
 from fedgray.fl.simulation.local_grid import FIRST_NODE_ID, LocalGrid
-from tests.helpers import MICRO, micro_config, run_local, run_on
+from tests.helpers import MICRO, micro_config, refused, run_local, run_on
 
 RAY_REASON = """\
 ray::ClientAppActor.run() (pid=6279, ip=192.0.2.2, actor_id=0697)
@@ -165,24 +167,36 @@ def test_a_round_where_every_site_fails_ends_the_run(
     assert not (tmp_path / "run" / "adapters.pt").exists()  # no result pretends to be one
 
 
-def _folder_with_a_broken_image(root: Path) -> Path:
+def _shaded_folder(root: Path, *, test_only_class: str | None = None) -> Path:
+    """30 squares per split, labelled dark or light; every third test square labelled
+    ``test_only_class`` instead, when given."""
     for split in ("train", "test"):
         folder = root / split
         folder.mkdir(parents=True)
         rows = ["file,caption,label"]
         for i in range(30):
             Image.new("RGB", (16, 16), (8 * i, 0, 0)).save(folder / f"{i}.png")
-            rows.append(f"{i}.png,a square of shade {i},{'dark' if i < 15 else 'light'}")
+            label = "dark" if i < 15 else "light"
+            if split == "test" and test_only_class is not None and i % 3 == 0:
+                label = test_only_class
+            rows.append(f"{i}.png,a square of shade {i},{label}")
         (folder / "captions.csv").write_text("\n".join(rows) + "\n")
-    (root / "train" / "7.png").write_bytes(b"not a png")  # found only when sites load it
     return root
 
 
 @pytest.mark.slow
 def test_fedgray_run_that_fails_exits_1_with_one_line(
-    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    data = _folder_with_a_broken_image(tmp_path / "site")
+    data = _shaded_folder(tmp_path / "site")
+    checks = engine.preflight
+
+    def break_after_the_checks(*args: Any, **kwargs: Any) -> str | None:
+        note = checks(*args, **kwargs)
+        (data / "train" / "7.png").write_bytes(b"not a png")  # as a failing disk might
+        return note
+
+    monkeypatch.setattr(engine, "preflight", break_after_the_checks)
     config = tmp_path / "c.yaml"
     config.write_text("federation:\n  partitioner: iid\n")
     overrides = [a for item in MICRO for a in ("--set", item)]
@@ -215,3 +229,38 @@ def test_fewer_sites_than_configured_fail_instead_of_hanging(tmp_path: Path) -> 
     with pytest.raises(FederationError, match=r"^federation.num_sites: 3 sites configured, 2 "):
         app(grid, context)
     assert time.monotonic() - started < 30
+
+
+def _run_on_folder(tmp_path: Path, data: Path, command: str = "run") -> list[str]:
+    config = tmp_path / "c.yaml"
+    config.write_text("federation:\n  partitioner: iid\n")
+    sets = [*MICRO, f"data.dataset=folder:{data}", "data.train_size=30", "data.test_size=20"]
+    sets += ["train.task=classification", "train.steps=2", f"output.root={tmp_path / 'runs'}"]
+    return [command, str(config), *(a for item in sets for a in ("--set", item))]
+
+
+def test_a_truncated_image_is_refused_before_the_federation_starts(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    data = _shaded_folder(tmp_path / "site")
+    image = data / "train" / "7.png"
+    image.write_bytes(image.read_bytes()[:40])  # a copy cut short
+    error = refused(_run_on_folder(tmp_path, data), capfd)
+    assert error.startswith(
+        f"fedgray: error: data.dataset: {data}/train/captions.csv line 9: cannot read image "
+        f"{image}: "
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "adapt"])
+def test_a_class_without_training_examples_is_refused(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], command: str
+) -> None:
+    data = _shaded_folder(tmp_path / "site", test_only_class="grey")
+    error = refused(_run_on_folder(tmp_path, data, command), capfd)
+    assert error == (
+        f"fedgray: error: data.dataset: class 'grey' of folder:{data} has test examples but "
+        "no training examples"
+    )
+    assert not (tmp_path / "runs").exists()

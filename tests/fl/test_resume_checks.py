@@ -4,7 +4,9 @@ privacy target over the whole run when rounds are added."""
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from fedgray.fl.clientapp.state import load_personal
 from fedgray.fl.common.records import from_record
 from fedgray.fl.serverapp.checkpoint import CHECKPOINT, load_checkpoint
 from fedgray.fl.simulation.engine import open_run
-from tests.helpers import MICRO, micro_config, run_local
+from tests.helpers import MICRO, micro_config, refused, run_local
 
 
 def _checksums(folder: Path) -> dict[str, str]:
@@ -44,6 +46,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("federation.strategy=fedprox", "federation.strategy"),
         ("federation.partitioner=dirichlet", "federation.partitioner"),
         ("train.task=classification", "train.task"),
+        ("pretrain.seed=5", "pretrain.seed"),  # seeds the random backbone's weights
     ],
 )
 def test_a_refused_resume_names_the_field_and_changes_no_byte(
@@ -150,3 +153,89 @@ def test_personal_adapters_survive_a_resume(tmp_path: Path) -> None:
         }  # fmt: skip
         assert all(torch.equal(mine[k], theirs[k]) for k in mine)
     assert full.records[-1]["federated"] == pytest.approx(resumed.records[-1]["federated"])
+
+
+NOISE = ["privacy.enabled=true", "privacy.noise_multiplier=1.0", "federation.local_steps=3"]
+
+
+def test_any_spelling_of_the_run_folder_names_that_run(
+    finished: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "link").symlink_to(finished)
+    before = _checksums(finished)
+    for cwd, spelling in [
+        (finished, "."),
+        (finished, "./"),
+        (tmp_path, f"{finished}/../{finished.name}"),
+        (tmp_path, "link"),
+        (tmp_path, "link/"),
+        (tmp_path, f"{finished}/"),
+    ]:
+        monkeypatch.chdir(cwd)
+        config, run = open_run(None, ["federation.num_rounds=3"], resume=Path(spelling))
+        assert run.path == finished.resolve(), spelling
+        assert (config.output.root, config.output.name) == (str(finished.parent), finished.name)
+    assert _checksums(finished) == before
+    assert {p.name for p in finished.iterdir()} == before.keys()  # no fresh run inside it
+
+
+def test_resume_from_inside_the_run_continues_its_privacy_ledgers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_local(micro_config(tmp_path, *NOISE))  # rounds 1-2
+    run_dir = tmp_path / "run"
+    entries = sorted(p.name for p in run_dir.iterdir())
+    monkeypatch.chdir(run_dir)  # cd RUN && fedgray run --resume .
+    config, _ = open_run(None, ["federation.num_rounds=3"], resume=Path("."))
+    result, _, _ = run_local(config)
+    assert sorted(p.name for p in run_dir.iterdir()) == entries  # no fresh run inside it
+    assert [r["round"] for r in result.records] == [0, 1, 2, 3]
+    ledgers = load_checkpoint(run_dir).privacy
+    assert len(ledgers) == 3
+    for site, entry in ledgers.items():  # round 3's steps added to rounds 1-2's, not alone
+        assert sum(int(s) for _, _, s in entry["history"]) == 3 * 3, site
+        assert _replayed_epsilon(entry["history"], 1e-5) == pytest.approx(entry["epsilon"])
+
+
+def test_an_output_root_that_cannot_hold_a_run_is_one_line(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder\n")
+    config = tmp_path / "c.yaml"
+    config.write_text("federation:\n  partitioner: iid\n")
+    sets = [*MICRO, f"output.root={blocker}/runs"]
+    error = refused(["run", str(config), *(a for s in sets for a in ("--set", s))], capfd)
+    assert error == f"fedgray: error: {blocker}/runs: {blocker} is not a folder"
+    assert sorted(tmp_path.iterdir()) == [config, blocker]
+    assert blocker.read_text() == "not a folder\n"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_an_unwritable_root_or_run_folder_is_refused_before_a_byte_is_written(
+    finished: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    config = tmp_path / "c.yaml"
+    config.write_text("federation:\n  partitioner: iid\n")
+    sets = [*MICRO, f"output.root={locked}/runs"]
+    try:
+        error = refused(["run", str(config), *(a for s in sets for a in ("--set", s))], capfd)
+        assert error.startswith(f"fedgray: error: {locked}/runs: {locked} is not writable")
+        assert not any(locked.iterdir())
+    finally:
+        locked.chmod(0o755)
+    copy = tmp_path / "copy"
+    shutil.copytree(finished, copy)
+    for target in (copy, copy / "metrics.jsonl"):
+        before = _checksums(copy)
+        target.chmod(0o555 if target.is_dir() else 0o444)
+        try:
+            argv = ["run", "--resume", str(copy), "--set", "federation.num_rounds=3"]
+            error = refused(argv, capfd)
+            assert error.startswith(f"fedgray: error: {copy}: {target} is not writable")
+            assert _checksums(copy) == before
+        finally:
+            target.chmod(0o755 if target.is_dir() else 0o644)

@@ -14,14 +14,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fedgray.backbone.loading import BUILTIN_TAG
 from fedgray.config import Config, load_config
-from fedgray.config_schema import ConfigError
-from fedgray.data.registry import available
+from fedgray.config_schema import ConfigError, shown
+from fedgray.data.registry import available, check_images
 from fedgray.fl.common.private import PrivacyLog
 from fedgray.fl.common.records import from_record
 from fedgray.fl.common.site_data import partitions
 from fedgray.fl.serverapp.checkpoint import Checkpoint, load_checkpoint
 from fedgray.fl.serverapp.server import initial_adapters
+from fedgray.site import check_classes
 
 # Settings a checkpoint was made under and a resume cannot change: the sites' data and
 # partitions, the model and what travels, the strategy's state, how epsilon is accounted,
@@ -48,6 +50,9 @@ FIXED_ON_RESUME = (
     "privacy.max_grad_norm",
     "privacy.central.",
 )
+# The owner's recipe makes the backbone's weights where a run names the built-in backbone or
+# random ones (``pretrain.seed`` seeds them); so it is fixed too, for such a run.
+FIXED_RECIPE = "pretrain."
 MIN_SITE_SAMPLES = 2  # one to train on, one held out for federated evaluation
 
 
@@ -79,6 +84,14 @@ def check_data(config: Config) -> None:
     if fed.central_eval and have is not None and have < data.test_size:
         raise ConfigError(f"data.test_size: {data.dataset} has {have} test samples, "
                           f"{data.test_size} requested")  # fmt: skip
+    check_classes(data.dataset)
+    try:
+        for name in domains:
+            check_images(name, split="train")
+        if fed.central_eval:
+            check_images(data.dataset, split="test")
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(f"data.dataset: {error}") from None
     try:
         shares = partitions(config, fed.num_sites)
     except ValueError as error:
@@ -92,13 +105,20 @@ def check_data(config: Config) -> None:
         )
 
 
+def _weights_from_recipe(config: Config) -> bool:
+    spec = config.backbone
+    from_files = spec.artifact is not None or spec.runtime is not None
+    return not from_files and spec.pretrained in (None, BUILTIN_TAG)
+
+
 def _changed(saved: Config, config: Config) -> None:
     before, after = _flat(saved.to_dict()), _flat(config.to_dict())
+    fixed = FIXED_ON_RESUME + ((FIXED_RECIPE,) if _weights_from_recipe(saved) else ())
     for key in sorted(before.keys() | after.keys()):
-        if before.get(key) != after.get(key) and key.startswith(FIXED_ON_RESUME):
+        if before.get(key) != after.get(key) and key.startswith(fixed):
             raise ConfigError(
-                f"{key}: cannot change on resume (the run has {before.get(key)!r}, asked "
-                f"{after.get(key)!r}); start a new run for that"
+                f"{key}: cannot change on resume (the run has {shown(before.get(key))}, asked "
+                f"{shown(after.get(key))}); start a new run for that"
             )
 
 

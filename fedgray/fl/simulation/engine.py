@@ -48,7 +48,7 @@ from fedgray.fl.serverapp.preflight import preflight
 from fedgray.fl.serverapp.progress import PROGRESS, Follower
 from fedgray.fl.serverapp.server import Echo
 from fedgray.fl.simulation.runtime import flower_runtime
-from fedgray.runs import RunFolder
+from fedgray.runs import RunFolder, check_writable
 
 FLOWER_LOG = "flower.log"
 
@@ -64,13 +64,17 @@ def open_run(
 
     Everything checkable is checked first (:func:`~fedgray.fl.serverapp.preflight.preflight`); only
     then is a fresh run's folder created. A resumed run stays in its folder whatever
-    ``output`` says, and its folder is not written to here.
+    ``output`` says, and its folder is not written to here. ``resume`` is resolved first:
+    ``.``, ``./``, a symlink or a trailing slash all name the folder itself (``Path('.')``
+    has no name, and a run made under it would start its privacy ledgers from zero).
     """
     if resume is not None:
         if config_path is not None:
             raise ValueError("give either CONFIG or --resume RUN_DIR, not both")
+        resume = resume.resolve()
         if not (resume / CHECKPOINT).is_file():
             raise FileNotFoundError(f"no checkpoint to resume from: {resume / CHECKPOINT}")
+        check_writable(resume)
         config = require_federated_method(load_config(resume / "config.yaml", overrides))
         config.output.root, config.output.name = str(resume.parent), resume.name
         note = preflight(config, resume=resume)
@@ -86,6 +90,7 @@ def open_run(
     ):
         where = Path(config.output.root) / config.output.name
         raise ValueError(f"{where} already holds a run: continue it with --resume {where}")
+    check_writable(Path(config.output.root) / (config.output.name or ""))
     preflight(config)
     run = RunFolder(config.output.root, config.output.name, prefix="federated")
     config.output.name = run.path.name  # the sites keep their own state under it
