@@ -53,7 +53,7 @@ def expanded_size(node: Node) -> int:
 class _BoundedLoader(yaml.SafeLoader):
     """PyYAML's safe loader that refuses a document expanding beyond :data:`MAX_VALUES`."""
 
-    def compose_document(self) -> Node | None:  # type: ignore[override]
+    def compose_document(self) -> Node | None:
         node: Node | None = super().compose_document()
         if node is None:
             return None
