@@ -360,7 +360,8 @@ class FederationConfig:
     select: str = field(default="last", metadata=registered("selection", _selections))
 
     def __post_init__(self) -> None:
-        self.strategy_options = _strategy_options(self.strategy, self.strategy_options)
+        if self.strategy_options:  # (none: no need to import Flower's strategies)
+            self.strategy_options = _strategy_options(self.strategy, self.strategy_options)
         if self.select == "best" and not self.fraction_evaluate:
             raise ConfigError(
                 "federation.select: 'best' chooses by the sites' held-out metric, which "

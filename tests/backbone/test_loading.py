@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,16 @@ def test_builtin_configs_are_registered() -> None:
     assert {"fedgray-tiny", "fedgray-micro"} <= set(builtin_models())
     model = create_clip("fedgray-micro", None)
     assert model.visual.image_size[0] == 32
+
+
+def test_random_weights_asked_for_bring_no_warning(caplog: pytest.LogCaptureFixture) -> None:
+    handlers = list(logging.getLogger().handlers)
+    with caplog.at_level(logging.DEBUG):
+        create_clip("fedgray-micro", None)
+        load_sealed("fedgray-micro", None, level="gray")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert logging.getLogger().handlers == handlers  # and no handler left on stderr
+    assert not logging.getLogger().filters
 
 
 def test_local_checkpoint_round_trip(tmp_path: Path) -> None:
