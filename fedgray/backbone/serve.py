@@ -307,13 +307,6 @@ class Session:
     def _drop(self, key: int) -> None:
         self.give(self.graphs.pop(key).size)
 
-    def _make_room(self, count: int, what: str) -> None:
-        """Drop this connection's oldest graphs until ``count`` more bytes fit under its
-        own cap, then hold them (:class:`LimitExceeded` when they still do not fit)."""
-        while self.graphs and self.held + count > self.shared.limits.connection_bytes:
-            self._drop(next(iter(self.graphs)))
-        self.take(count, what)
-
     def _encode(self, args: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Message:
         tower, key, needs = args.get("tower"), args.get("key"), args.get("needs_grad")
         if set(args) != {"tower", "key", "needs_grad"} or tower not in FLOATS:
@@ -326,10 +319,10 @@ class Session:
         if needs and not self.backbone.level.gradients:
             needs = []  # black: the backbone answers without gradients anyway
         batch = tensors["pixels" if tower == "image" else "tokens"].shape[0]
-        what = f"a {tower} graph of {batch} samples"
+        what = f"{tower} graph of {batch} samples"
         if needs:  # refused before it runs when a graph of its size would not fit
             estimate = int(batch * self.shared.rates.get(tower, 0.0))
-            self._make_room(estimate, what)
+            self.take(estimate, what)
             self.give(estimate)
         tensors = {n: t.to(self.backbone.device) for n, t in tensors.items()}
         wanted = [tensors[n].requires_grad_(True) for n in needs]
@@ -340,7 +333,7 @@ class Session:
         if needs:
             size = graph_bytes(output)
             self.shared.observe(tower, size / batch)
-            self._make_room(size, what)  # refused: the graph is dropped with this frame
+            self.take(size, what)  # refused: the graph is dropped with this frame
             self.graphs[key] = _Kept(output, list(needs), wanted, size)
             while len(self.graphs) > self.shared.limits.graphs:
                 self._drop(next(iter(self.graphs)))

@@ -3,12 +3,17 @@ ground truth (the weights, reached through private closures) to judge what they 
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
+import signal
+import socket
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -88,20 +93,16 @@ def leaked_weights(tensors: list[torch.Tensor], model: nn.Module) -> set[str]:
     return leaked
 
 
-# A hostile neighbour of a served runtime: a plain Python process of another local user,
-# speaking the runtime's framing by hand (no fedgray, no torch). Each mode prints one JSON
-# line of what it got, then waits for a line on stdin (holding what it opened).
-NEIGHBOUR = r"""
-import json, socket, sys, time
-path, mode, *rest = sys.argv[1:]
-
-def frame(op, args, specs=(), data=b""):
-    header = json.dumps({"schema": "fedgray-runtime", "version": 1, "op": op,
-                         "args": args, "tensors": list(specs)}).encode()
-    body = len(header).to_bytes(4, "big") + header + data
+def _frame(
+    op: str, args: dict[str, Any], specs: list[Any] | None = None, data: bytes = b""
+) -> bytes:
+    header = {"schema": "fedgray-runtime", "version": 1, "op": op, "args": args}
+    raw = json.dumps({**header, "tensors": specs or []}).encode()
+    body = len(raw).to_bytes(4, "big") + raw + data
     return b"FGR1" + len(body).to_bytes(8, "big") + body
 
-def exactly(sock, count):
+
+def _exactly(sock: socket.socket, count: int) -> bytes | None:
     data = b""
     while len(data) < count:
         chunk = sock.recv(count - len(data))
@@ -110,56 +111,62 @@ def exactly(sock, count):
         data += chunk
     return data
 
-def reply(sock):
-    prefix = exactly(sock, 12)
-    if prefix is None:
-        return "closed", ""
-    body = exactly(sock, int.from_bytes(prefix[4:], "big"))
-    header = json.loads(body[4:4 + int.from_bytes(body[:4], "big")])
-    return header["op"], header["args"].get("message", "")
 
-def connect(timeout=30):
+def _reply(sock: socket.socket) -> tuple[str, str]:
+    """The next frame's operation and message, or ``("closed", "")``."""
+    prefix = _exactly(sock, 12)
+    body = None if prefix is None else _exactly(sock, int.from_bytes(prefix[4:], "big"))
+    if body is None:
+        return "closed", ""
+    header = json.loads(body[4 : 4 + int.from_bytes(body[:4], "big")])
+    return header["op"], str(header["args"].get("message", ""))
+
+
+def _connect(path: str, timeout: float = 30) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX)
     sock.settimeout(timeout)
     sock.connect(path)
     return sock
 
-held, out = [], {}
-if mode == "connect":
-    try:
-        sock = connect()
-        out = {"got": reply(sock)[0]}
-    except PermissionError:
-        out = {"got": "denied"}
-elif mode == "flood":
-    out = {"ok": 0, "refused": 0, "failed": 0, "message": ""}
-    for _ in range(int(rest[0])):
+
+def _flood(path: str, count: str, held: list[socket.socket]) -> dict[str, Any]:
+    out: dict[str, Any] = {"ok": 0, "refused": 0, "failed": 0, "message": ""}
+    for _ in range(int(count)):
         try:
-            sock = connect(10)
-            op, message = reply(sock)
+            sock = _connect(path, 10)
+            op, message = _reply(sock)
         except OSError:
             out["failed"] += 1
             continue
         held.append(sock)
         out["ok" if op == "ok" else "refused"] += 1
         out["message"] = message or out["message"]
-elif mode == "graphs":
-    batch, count, size = int(rest[0]), int(rest[1]), int(rest[2])
-    sock = connect(120)
-    reply(sock)
-    spec = [{"name": "pixels", "dtype": "float32", "shape": [batch, 3, size, size]}]
-    data = bytes(4 * batch * 3 * size * size)
-    out = {"replies": []}
-    for key in range(count):
-        args = {"tower": "image", "key": key, "needs_grad": ["pixels"]}
-        sock.sendall(frame("encode", args, spec, data))
-        out["replies"].append(reply(sock))
+    return out
+
+
+def _graphs(path: str, batch: str, count: str, held: list[socket.socket]) -> dict[str, Any]:
+    """``count`` image calls needing gradients at ``batch``, never followed by backward."""
+    sock = _connect(path, 120)
     held.append(sock)
-elif mode == "frame":
-    sock = connect(30)
-    reply(sock)
+    _reply(sock)
+    size = int(batch)
+    spec = [{"name": "pixels", "dtype": "float32", "shape": [size, 3, 32, 32]}]
+    data = bytes(4 * size * 3 * 32 * 32)
+    replies = []
+    for key in range(int(count)):
+        args = {"tower": "image", "key": key, "needs_grad": ["pixels"]}
+        sock.sendall(_frame("encode", args, spec, data))
+        replies.append(_reply(sock))
+    return {"replies": replies}
+
+
+def _big_frame(path: str, held: list[socket.socket]) -> dict[str, Any]:
+    """Announce a 1 GiB frame and send as much of it as the runtime takes."""
+    sock = _connect(path)
+    held.append(sock)
+    _reply(sock)
     sock.sendall(b"FGR1" + (1 << 30).to_bytes(8, "big"))
-    sent, start = 0, time.monotonic()
+    sent = 0
     try:
         sock.settimeout(5)
         while sent < 256 << 20:
@@ -168,40 +175,88 @@ elif mode == "frame":
     except OSError:
         pass
     sock.settimeout(30)
-    out = {"sent_mib": sent >> 20, "reply": reply(sock)}
-    held.append(sock)
-elif mode == "stall":
-    idle, half = connect(), connect()
-    reply(idle), reply(half)
+    return {"sent_mib": sent >> 20, "reply": _reply(sock)}
+
+
+def _stall(path: str, held: list[socket.socket]) -> dict[str, Any]:
+    """One connection idle, one that sends 10 bytes of a 1,000-byte frame."""
+    idle, half = _connect(path), _connect(path)
+    _reply(idle), _reply(half)
     half.sendall(b"FGR1" + (1000).to_bytes(8, "big") + bytes(10))
-    start = time.monotonic()
-    out = {"idle": reply(idle)[0], "half": reply(half)[0]}
-    out["after"] = [reply(idle)[0], reply(half)[0], round(time.monotonic() - start, 1)]
-elif mode == "tokenize":
-    sock = connect(600)
-    reply(sock)
-    start = time.monotonic()
-    sock.sendall(frame("tokenize", {"texts": json.loads(rest[0])}))
-    out = {"reply": reply(sock), "seconds": round(time.monotonic() - start, 2)}
+    return {"idle": [*_reply(idle), _reply(idle)[0]], "half": [*_reply(half), _reply(half)[0]]}
+
+
+def _tokenize(path: str, texts: str, held: list[socket.socket]) -> dict[str, Any]:
+    sock = _connect(path, 600)
     held.append(sock)
-print(json.dumps(out), flush=True)
-sys.stdin.readline()
-"""
+    _reply(sock)
+    start = time.monotonic()
+    sock.sendall(_frame("tokenize", {"texts": json.loads(texts)}))
+    return {"reply": _reply(sock), "seconds": time.monotonic() - start}
 
 
-def neighbour(
-    socket_path: object, mode: str, *args: str, user: str = "nobody"
-) -> subprocess.Popen[str]:
-    """Start :data:`NEIGHBOUR` as ``user`` (no supplementary groups) in ``mode``."""
-    entry = pwd.getpwnam(user)
-    return subprocess.Popen(
-        [sys.executable, "-c", NEIGHBOUR, str(socket_path), mode, *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        user=entry.pw_uid,
-        group=entry.pw_gid,
-        extra_groups=[],
-        cwd="/",
-        env={"PATH": "/usr/bin:/bin"},
-    )
+def _reach(path: str, held: list[socket.socket]) -> dict[str, Any]:
+    try:
+        sock = _connect(path)
+    except PermissionError:
+        return {"got": "denied"}
+    held.append(sock)
+    return {"got": _reply(sock)[0]}
+
+
+ATTACKS: dict[str, Callable[..., dict[str, Any]]] = {
+    "connect": _reach,
+    "flood": _flood,
+    "graphs": _graphs,
+    "frame": _big_frame,
+    "stall": _stall,
+    "tokenize": _tokenize,
+}
+
+
+class Neighbour:
+    """A hostile neighbour of a served runtime: a forked process switched to another
+    local user (no supplementary groups) that speaks the runtime's framing by hand and
+    keeps what it opened until :meth:`stop`."""
+
+    def __init__(self, socket_path: object, attack: str, *args: str, user: str = "nobody"):
+        entry = pwd.getpwnam(user)
+        result, self._result = os.pipe()
+        self._go, go = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # the neighbour
+            try:
+                os.setgroups([])
+                os.setgid(entry.pw_gid)
+                os.setuid(entry.pw_uid)
+                held: list[socket.socket] = []
+                try:
+                    out = ATTACKS[attack](str(socket_path), *args, held)
+                except Exception as error:  # noqa: BLE001 - reported to the test
+                    out = {"raised": repr(error)}
+                os.write(self._result, json.dumps(out).encode() + b"\n")
+                os.read(self._go, 1)
+            finally:
+                os._exit(0)
+        os.close(self._result)
+        os.close(self._go)
+        self._reader, self._writer = os.fdopen(result), go
+
+    def result(self) -> dict[str, Any]:
+        """What the attack got (the neighbour still holds its connections)."""
+        line = self._reader.readline()
+        assert line, "the neighbour died"
+        out: dict[str, Any] = json.loads(line)
+        assert "raised" not in out, out
+        return out
+
+    def stop(self) -> None:
+        """Let the neighbour go (closing all it holds); killed if it does not."""
+        os.close(self._writer)
+        self._reader.close()
+        for _ in range(100):
+            if os.waitpid(self.pid, os.WNOHANG)[0]:
+                return
+            time.sleep(0.05)
+        os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)

@@ -2,7 +2,7 @@
 try to) and want to crash it, starve it of memory or stall the other sites' calls.
 
 Each attacker is a plain process of another user (``nobody``) speaking the runtime's
-framing by hand (:data:`tests.backbone.attacks.NEIGHBOUR`); the site is this process.
+framing by hand (:class:`tests.backbone.attacks.Neighbour`); the site is this process.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 
 from fedgray.backbone.keys import KeyFiles
 from fedgray.backbone.runtime import IsolatedBackbone
-from tests.backbone.attacks import Serve, Users, as_root, neighbour
+from tests.backbone.attacks import Neighbour, Serve, Users, as_root
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [as_root, pytest.mark.slow]
@@ -50,23 +50,6 @@ def _served(micro_artifact: tuple[KeyFiles, Path], socket_path: Path, *args: str
         "--content-key", str(keys.content_key),
         *args,
     ]  # fmt: skip
-
-
-def _result(process: subprocess.Popen[str]) -> dict[str, object]:
-    """The neighbour's JSON line (it keeps what it opened until told to go)."""
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    assert line, "the neighbour died"
-    result: dict[str, object] = json.loads(line)
-    return result
-
-
-def _stop(process: subprocess.Popen[str]) -> None:
-    try:
-        process.communicate("\n", timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _site_call(socket_path: Path) -> float:
@@ -97,14 +80,14 @@ def test_only_the_named_group_reaches_the_socket(
     status = socket_path.stat()
     assert stat.S_IMODE(status.st_mode) == 0o660
     assert (status.st_uid, status.st_gid) == (runtime_user.pw_uid, site.pw_gid)
-    outsider = neighbour(socket_path, "connect")
-    member = neighbour(socket_path, "connect", user=site.pw_name)
+    outsider = Neighbour(socket_path, "connect")
+    member = Neighbour(socket_path, "connect", user=site.pw_name)
     try:
-        assert _result(outsider) == {"got": "denied"}
-        assert _result(member) == {"got": "ok"}
+        assert outsider.result() == {"got": "denied"}
+        assert member.result() == {"got": "ok"}
     finally:
-        _stop(outsider)
-        _stop(member)
+        outsider.stop()
+        member.stop()
 
 
 @pytest.fixture
@@ -137,9 +120,9 @@ def test_a_connection_flood_neither_kills_nor_locks_out_other_sites(
     runtime: tuple[subprocess.Popen[str], Path],
 ) -> None:
     process, socket_path = runtime
-    attacker = neighbour(socket_path, "flood", "300")
+    attacker = Neighbour(socket_path, "flood", "300")
     try:
-        flood = _result(attacker)
+        flood = attacker.result()
         assert flood["ok"] == 8 and flood["refused"] == 292  # the per-user limit
         assert flood["message"] == (
             "user 65534 has 8 connections open (the runtime's limit per user): connection refused"
@@ -147,21 +130,24 @@ def test_a_connection_flood_neither_kills_nor_locks_out_other_sites(
         assert process.poll() is None
         assert _site_call(socket_path) < 10  # another user's site still gets in
     finally:
-        _stop(attacker)
+        attacker.stop()
 
 
 def test_a_connection_that_idles_or_stalls_a_frame_is_closed(
     runtime: tuple[subprocess.Popen[str], Path],
 ) -> None:
     _, socket_path = runtime
-    attacker = neighbour(socket_path, "stall")
+    start = time.monotonic()
+    attacker = Neighbour(socket_path, "stall")
     try:
-        result = _result(attacker)
+        result = attacker.result()
     finally:
-        _stop(attacker)
-    assert result["idle"] == result["half"] == "error"  # the closing line, then closed
-    after = result["after"]
-    assert isinstance(after, list) and after[:2] == ["closed", "closed"]
+        attacker.stop()
+    assert time.monotonic() - start < 30
+    closing = "the connection was idle, or a frame unfinished, past the runtime's timeouts"
+    for connection in ("idle", "half"):  # one closing line, then closed
+        op, message, then = result[connection]
+        assert op == "error" and message.startswith(closing) and then == "closed"
 
 
 def test_kept_graphs_and_frames_are_capped_before_they_are_held(
@@ -169,11 +155,11 @@ def test_kept_graphs_and_frames_are_capped_before_they_are_held(
 ) -> None:
     process, socket_path = runtime
     before = _rss_mib(process.pid)
-    graphs = neighbour(socket_path, "graphs", "512", "8", "32")
-    frame = neighbour(socket_path, "frame")
+    graphs = Neighbour(socket_path, "graphs", "256", "8")
+    frame = Neighbour(socket_path, "frame")
     try:
-        replies = _result(graphs)["replies"]
-        big = _result(frame)
+        replies = graphs.result()["replies"]
+        big = frame.result()
         held = _rss_mib(process.pid) - before
         assert isinstance(replies, list) and replies[0] == ["ok", ""]
         refused = [message for op, message in replies if op == "error"]
@@ -183,26 +169,29 @@ def test_kept_graphs_and_frames_are_capped_before_they_are_held(
         assert held < 2 * 256, f"the runtime grew by {held:.0f} MiB"
         assert _site_call(socket_path) < 10
     finally:
-        _stop(graphs)
-        _stop(frame)
+        graphs.stop()
+        frame.stop()
 
 
 def test_a_long_tokenize_request_stalls_no_other_site(
     runtime: tuple[subprocess.Popen[str], Path],
 ) -> None:
     """Byte-pair tokenizing is quadratic in a word's length: one long word used to hold
-    the model's lock for as long as it took."""
+    the model's lock for as long as it took (27 KB: half a minute)."""
     _, socket_path = runtime
     quiet = _site_call(socket_path)
-    letters = random.Random(0).choices(string.ascii_lowercase, k=9000)
-    long_word = json.dumps(["".join(letters)] * 3)  # 27 KB, within the old caps
-    attacker = neighbour(socket_path, "tokenize", long_word)
+    draw = random.Random(0)
+    old = json.dumps(["".join(draw.choices(string.ascii_lowercase, k=9000))] * 3)
+    words = ("".join(draw.choices(string.ascii_lowercase, k=64)) for _ in range(10**9))
+    worst = json.dumps([" ".join(next(words) for _ in range(15))[:1000] for _ in range(262)])
+    attackers = [Neighbour(socket_path, "tokenize", old), Neighbour(socket_path, "tokenize", worst)]
     try:
         time.sleep(0.5)
         loaded = _site_call(socket_path)
-        result = _result(attacker)
+        refused, slow = (attacker.result() for attacker in attackers)
     finally:
-        _stop(attacker)
-    reply = result["reply"]
-    assert isinstance(reply, list) and reply[0] == "error" and "words of at most" in reply[1]
-    assert loaded < quiet + 5
+        for attacker in attackers:
+            attacker.stop()
+    assert refused["reply"] == ["error", "texts: strings of at most 1000 characters"]
+    assert slow["reply"] == ["ok", ""] and slow["seconds"] > 1  # still tokenizing meanwhile
+    assert loaded < quiet + 5, (quiet, loaded, slow["seconds"])
