@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fedgray import sweep as privacy_sweep
-from fedgray.backbone.access import AccessLevel, SealedError
+from fedgray.backbone.access import SEALING_MODES, AccessLevel, SealedError
 from fedgray.backbone.loading import BUILTIN_TAG, BackboneLoadError
 from fedgray.backbone.service import add_runtime_parser
 from fedgray.bench.command import add_bench_parser
@@ -159,6 +159,9 @@ def _cmd_info(args: argparse.Namespace) -> None:
         print(f"  {method.name:<13} level >= {method.level.value:<6} {method.description}")
     print("backbones (open_clip configs: tower families, levels a sealed one offers):")
     print("\n".join(backbone_lines()))
+    print("sealing modes (see docs/security.md):")
+    for mode, protects in SEALING_MODES.items():
+        print(f"  {mode}: {protects}")
 
 
 def build_parser() -> argparse.ArgumentParser:
