@@ -176,6 +176,8 @@ class IsolatedBackbone(QueryCounted):
         query_budget: int | None = None,
         threads: int | None = None,
         device: torch.device | str = "cpu",
+        min_version: int | None = None,
+        revocations: str | Path | None = None,
     ) -> None:
         context = mp.get_context("spawn")
         ours, child = socket.socketpair()
@@ -188,6 +190,8 @@ class IsolatedBackbone(QueryCounted):
             "query_budget": query_budget,
             "threads": threads,
             "device": str(device),
+            "min_version": min_version,
+            "revocations": None if revocations is None else str(revocations),
         }
         process = context.Process(target=_serve_child, args=(child, options), daemon=True)
         with _STARTING, _passive_openmp():

@@ -139,6 +139,8 @@ def serve(
     query_budget: int | None = None,
     mode: int = 0o660,
     limits: Limits | None = None,
+    min_version: int | None = None,
+    revocations: str | Path | None = None,
 ) -> None:
     """Open the artifact, listen on the socket, switch to ``user``, become non-dumpable,
     then serve until killed.
@@ -162,6 +164,8 @@ def serve(
         level=level,
         query_budget=query_budget,
         opaque=False,  # outputs leave the process detached: the graph stays here
+        min_version=min_version,
+        revocations=revocations,
     )
     if query_budget is None:  # a warm-up would spend two queries of a black budget
         _warm_up(backbone)
@@ -235,6 +239,8 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         query_budget=args.query_budget,
         mode=int(args.mode, 8),
         limits=replace(limits, **{k: v for k, v in overrides.items() if v is not None}),
+        min_version=args.min_version,
+        revocations=args.revocations,
     )
 
 
@@ -265,6 +271,12 @@ def add_runtime_parser(commands: argparse._SubParsersAction) -> None:
         "--level", choices=[level.value for level in AccessLevel], help="at most the artifact's"
     )
     serve_.add_argument("--query-budget", type=int, metavar="N", help="calls allowed at black")
+    serve_.add_argument(
+        "--min-version", type=int, metavar="N", help="refuse artifact versions below N"
+    )
+    serve_.add_argument(
+        "--revocations", metavar="FILE", help="the owner's signed revocation list to honour"
+    )
     serve_.add_argument(
         "--mode",
         default="660",
