@@ -138,7 +138,8 @@ def test_no_other_process_reads_or_attaches_to_the_runtime(
     users: Users, micro_artifact: tuple[KeyFiles, Path], serve: Serve
 ) -> None:
     keys, path = micro_artifact
-    runtime_user, site_user = users("fgray-runtime"), users("fgray-site")
+    runtime_user = users("fgray-runtime")
+    site_user = users("fgray-site", group="fgray-sites")
     folder = Path(tempfile.mkdtemp(prefix="fgray-service-"))
     try:
         os.chmod(folder, 0o755)
@@ -154,6 +155,7 @@ def test_no_other_process_reads_or_attaches_to_the_runtime(
             "--verify-key", str(folder / keys.verify_key.name),
             "--content-key", str(key),
             "--user", runtime_user.pw_name,
+            "--group", "fgray-sites",
         )  # fmt: skip
         status = Path(f"/proc/{runtime.pid}/status").read_text()
         assert f"Uid:\t{runtime_user.pw_uid}\t" in status
