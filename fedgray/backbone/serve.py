@@ -136,8 +136,12 @@ class Shared:
 
 
 def peer_user(sock: socket.socket) -> int:
-    """The user id of the process at the other end of a Unix socket (``SO_PEERCRED``)."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    """The user id of the process at the other end of a Unix socket (``SO_PEERCRED``;
+    -1, one user for all peers, where the system has no such option)."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return -1
+    creds = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
     return int(struct.unpack("3i", creds)[1])
 
 

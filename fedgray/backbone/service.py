@@ -104,7 +104,19 @@ def _socket_owner(user: pwd.struct_passwd | None, group: str | None, mode: int) 
 
 
 def _check_limits(limits: Limits) -> None:
-    """Refuse limits the process cannot keep: more connections than open files."""
+    """Refuse limits that are not positive, or that the process cannot keep (more
+    connections than open files)."""
+    options = {
+        "--max-connections": limits.connections,
+        "--max-connections-per-user": limits.connections_per_user,
+        "--connection-mib": limits.connection_bytes,
+        "--max-mib": limits.total_bytes,
+        "--read-timeout": limits.read_timeout,
+        "--idle-timeout": limits.idle_timeout or 1,
+    }
+    for option, value in options.items():
+        if value <= 0:
+            raise SealedError(f"{option}: must be > 0")
     files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if files != resource.RLIM_INFINITY and limits.connections + 16 > files:
         raise SealedError(
@@ -219,6 +231,13 @@ def default_limits(*, total_mib: int | None = None) -> Limits:
     return Limits(connection_bytes=total // 4, user_bytes=total // 2, total_bytes=total)
 
 
+def _mode(text: str) -> int:
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise SealedError(f"--mode {text}: not an octal mode such as 660") from None
+
+
 def _cmd_serve(args: argparse.Namespace) -> None:
     limits = default_limits(total_mib=args.max_mib)
     overrides = {
@@ -237,7 +256,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         group=args.group,
         level=args.level,
         query_budget=args.query_budget,
-        mode=int(args.mode, 8),
+        mode=_mode(args.mode),
         limits=replace(limits, **{k: v for k, v in overrides.items() if v is not None}),
         min_version=args.min_version,
         revocations=args.revocations,
@@ -262,7 +281,12 @@ def add_runtime_parser(commands: argparse._SubParsersAction) -> None:
     serve_.add_argument("artifact", metavar="ARTIFACT", help="the sealed artifact (.fgs)")
     serve_.add_argument("--socket", required=True, metavar="PATH", help="Unix socket to create")
     serve_.add_argument("--verify-key", required=True, metavar="FILE", help="owner-verify.pem")
-    serve_.add_argument("--content-key", required=True, metavar="FILE", help="content.key")
+    serve_.add_argument(
+        "--content-key",
+        required=True,
+        metavar="FILE",
+        help="the artifact's key (or the owner's content key)",
+    )
     serve_.add_argument("--user", metavar="NAME", help="run as this user (needs root)")
     serve_.add_argument(
         "--group", metavar="NAME", help="the socket's group: the users allowed to connect"
@@ -285,7 +309,12 @@ def add_runtime_parser(commands: argparse._SubParsersAction) -> None:
     limits = Limits()
     for option, kind, default, what in (
         ("--max-connections", int, limits.connections, "connections open at once"),
-        ("--max-connections-per-user", int, limits.connections_per_user, "of one user"),
+        (
+            "--max-connections-per-user",
+            int,
+            limits.connections_per_user,
+            "connections open at once by one user",
+        ),
         ("--max-mib", int, "half the memory", "MiB all connections may hold together"),
         ("--connection-mib", int, "a quarter of --max-mib", "MiB one connection may hold"),
         ("--idle-timeout", float, limits.idle_timeout, "seconds a connection may stay idle"),
