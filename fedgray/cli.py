@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fedgray import sweep as privacy_sweep
-from fedgray.backbone.access import AccessLevel, SealedError
+from fedgray.backbone.access import SEALING_MODES, AccessLevel, SealedError
 from fedgray.backbone.loading import BUILTIN_TAG, BackboneLoadError
 from fedgray.backbone.service import add_runtime_parser
 from fedgray.bench.command import add_bench_parser
@@ -136,11 +136,21 @@ def _cmd_seal(args: argparse.Namespace) -> None:
         level=args.level,
         signing_key=signing_key,
         content_key=content_key,
+        version=args.version,
+        artifact_key=args.artifact_key,
     )
     print(
-        f"sealed {manifest.name} (level {manifest.level.value}, weights sha256 "
-        f"{manifest.weights_sha256[:16]}...) into {args.out}"
+        f"sealed {manifest.name} (level {manifest.level.value}, version {manifest.version}, "
+        f"id {manifest.artifact_id}, weights sha256 {manifest.weights_sha256[:16]}...) "
+        f"into {args.out}"
     )
+
+
+def _cmd_revoke(args: argparse.Namespace) -> None:
+    from fedgray.backbone.revocation import write_revocations
+
+    write_revocations(args.out, args.ids, signing_key=args.signing_key)
+    print(f"revoked {len(set(args.ids))} artifact(s) in {args.out}")
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
@@ -159,6 +169,9 @@ def _cmd_info(args: argparse.Namespace) -> None:
         print(f"  {method.name:<13} level >= {method.level.value:<6} {method.description}")
     print("backbones (open_clip configs: tower families, levels a sealed one offers):")
     print("\n".join(backbone_lines()))
+    print("sealing modes (see docs/security.md):")
+    for mode, protects in SEALING_MODES.items():
+        print(f"  {mode}: {protects}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,7 +262,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--content-key", required=True, metavar="FILE", help="the content key (base64)"
     )
     seal.add_argument("--out", required=True, metavar="FILE", help="the artifact file to write")
+    seal.add_argument(
+        "--version",
+        type=int,
+        default=1,
+        metavar="N",
+        help="the owner's version of this artifact; sites refuse versions below the one "
+        "they pin (backbone.min_version) (default: 1)",
+    )
+    seal.add_argument(
+        "--artifact-key",
+        metavar="FILE",
+        help="also write this artifact's own key (opens it and no other artifact) to FILE",
+    )
     seal.set_defaults(handler=_cmd_seal)
+    revoke = commands.add_parser(
+        "revoke",
+        help="write the owner's signed list of revoked artifact ids",
+        description="Write a revocation list signed with the owner's key: sites that set "
+        "backbone.revocations to it (or a runtime started with --revocations) refuse the "
+        "artifacts it names. The list is replaced whole: name every revoked id.",
+    )
+    revoke.add_argument(
+        "ids", nargs="+", metavar="ID", help="artifact ids (fedgray seal prints them)"
+    )
+    revoke.add_argument(
+        "--signing-key", required=True, metavar="FILE", help="the owner's signing key (PEM)"
+    )
+    revoke.add_argument("--out", required=True, metavar="FILE", help="the list file to write")
+    revoke.set_defaults(handler=_cmd_revoke)
     sweep = commands.add_parser(
         "sweep",
         help="privacy-utility sweep: federated runs over target epsilons (and seeds)",

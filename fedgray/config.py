@@ -134,7 +134,9 @@ class BackboneConfig:
     absolute here, so that processes with another working directory (Ray actors) find them.
     ``isolated`` runs the artifact in its own process (the isolated runtime). ``runtime``
     is the Unix socket of a runtime served by ``fedgray runtime serve`` (no artifact or keys
-    in the site's process then).
+    in the site's process then). ``min_version`` (the lowest owner version of the artifact
+    the site accepts) and ``revocations`` (the owner's signed revocation list) refuse a
+    replayed older artifact; a served runtime takes them as options instead.
     """
 
     name: str = "fedgray-tiny"
@@ -146,6 +148,8 @@ class BackboneConfig:
     content_key: str | None = None
     isolated: bool = False
     runtime: str | None = None
+    min_version: int | None = field(default=None, metadata=positive())
+    revocations: str | None = None
 
     def __post_init__(self) -> None:
         if self.runtime is not None and (self.artifact is not None or self.isolated):
@@ -153,6 +157,9 @@ class BackboneConfig:
                 "backbone.runtime: a served runtime replaces backbone.artifact and "
                 "backbone.isolated"
             )
+        for key in ("min_version", "revocations"):
+            if getattr(self, key) is not None and self.artifact is None:
+                raise ConfigError(f"backbone.{key}: applies to backbone.artifact, which is unset")
         if self.isolated and self.artifact is None:
             raise ConfigError("backbone.isolated: the isolated runtime needs backbone.artifact")
         if self.artifact is not None and (self.verify_key is None or self.content_key is None):
@@ -160,7 +167,7 @@ class BackboneConfig:
                 "backbone.artifact: a sealed artifact needs backbone.verify_key and "
                 "backbone.content_key"
             )
-        for key in ("artifact", "verify_key", "content_key", "runtime"):
+        for key in ("artifact", "verify_key", "content_key", "runtime", "revocations"):
             value = getattr(self, key)
             if value is not None:
                 setattr(self, key, os.path.abspath(os.path.expanduser(value)))

@@ -26,6 +26,8 @@ class ArtifactOptions(TypedDict):
     name: str | None
     level: AccessLevel | str | None
     query_budget: int | None
+    min_version: int | None
+    revocations: str | Path | None
 
 
 def resolve_pretrained(
@@ -54,6 +56,8 @@ def open_backbone(config: Config, *, progress: bool = True) -> Backbone:
             "name": spec.name,
             "level": spec.level,
             "query_budget": spec.query_budget,
+            "min_version": spec.min_version,
+            "revocations": spec.revocations,
         }
         if spec.isolated:
             threads = config.train.threads

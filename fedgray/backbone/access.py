@@ -35,3 +35,15 @@ class SealedError(PermissionError):
 
 class QueryBudgetExceeded(SealedError):
     """A black-box backbone's query budget is spent."""
+
+
+# What each way of running a sealed backbone protects, for ``fedgray info`` (the whole
+# account is docs/security.md): only another OS identity is a boundary.
+SEALING_MODES = {
+    "in-process (backbone.isolated: false)": "a guard against mistakes, not a boundary: "
+    "the site's own code can reach the weights",
+    "isolated child (backbone.isolated: true)": "a guard against mistakes, not a boundary: "
+    "the child and the content key are the site user's",
+    "runtime under its own user (backbone.runtime)": "the boundary against the site's "
+    "code and user (not against root, nor extraction by queries)",
+}

@@ -3,16 +3,27 @@
 Layout (integers big-endian)::
 
     magic (8 bytes) | format version (u16) | manifest length (u32) | manifest (JSON)
-    | Ed25519 signature over the manifest bytes (64) | nonce (12) | AES-GCM ciphertext + tag
+    | Ed25519 signature over the manifest bytes (64)
+    | nonce (12) | the artifact key wrapped under the content key (AES-GCM, 48)
+    | nonce (12) | AES-GCM ciphertext of the weights under the artifact key + tag
 
 The manifest names the open_clip architecture and its config, the access level the owner
 grants, its entry points, the SHA-256 of the plaintext weights (``torch.save`` of the
-state dict), the format version and the creation time. The manifest bytes are the
-ciphertext's associated data, so weights cannot be moved under another manifest.
+state dict), the format version, the creation time, a random artifact id and the
+owner-assigned version. The manifest bytes are the associated data of both ciphertexts,
+so weights cannot be moved under another manifest.
+
+Each artifact has its own random key, wrapped under the owner's content key: the owner's
+key opens every artifact it sealed, an artifact's own key (``fedgray seal
+--artifact-key``, what a site should be given) opens that artifact only. So that a site
+cannot be handed an older artifact of the same owner (a rollback), it pins the lowest
+version it accepts (``min_version``) and honours the owner's signed revocation list
+(:mod:`fedgray.backbone.revocation`); both are checked before anything is decrypted.
 
 Loading checks magic and version, verifies the signature before reading anything else,
-decrypts, checks the hash, then builds the model from the manifest and loads the weights
-strictly. Every failure is one :class:`ArtifactError` naming the file.
+checks version and revocation, decrypts, checks the hash, then builds the model from the
+manifest and loads the weights strictly. Every failure is one :class:`ArtifactError`
+naming the file.
 """
 
 from __future__ import annotations
@@ -37,20 +48,24 @@ from torch import nn
 
 from fedgray.backbone.access import AccessLevel, SealedError
 from fedgray.backbone.keys import (
+    CONTENT_KEY_BYTES,
     ArtifactError,
     read_content_key,
     read_signing_key,
     read_verify_key,
+    write_content_key,
 )
 from fedgray.backbone.loading import get_tokenizer, open_clip_module
+from fedgray.backbone.revocation import read_revocations
 from fedgray.backbone.sealed import SealedBackbone
 from fedgray.backbone.sealed import entry_points as sealed_entry_points
 
 MAGIC = b"FGSEAL\r\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a wrapped key per artifact, an id and a version in the manifest
 _HEADER = struct.Struct(">8sHI")
 SIGNATURE_BYTES = 64
 NONCE_BYTES = 12
+WRAPPED_BYTES = CONTENT_KEY_BYTES + 16  # the artifact key and its GCM tag
 MAX_MANIFEST_BYTES = 1 << 20
 
 
@@ -65,6 +80,8 @@ class Manifest:
     weights_sha256: str
     format_version: int
     created_at: str
+    artifact_id: str  # random, what a revocation list names
+    version: int  # owner-assigned; a site refuses versions below the one it pins
 
     def to_bytes(self) -> bytes:
         """Canonical JSON bytes (sorted keys), as signed."""
@@ -84,6 +101,8 @@ class Manifest:
             weights_sha256=str(data["weights_sha256"]),
             format_version=int(data["format_version"]),
             created_at=str(data["created_at"]),
+            artifact_id=str(data["artifact_id"]),
+            version=int(data["version"]),
         )
 
 
@@ -103,13 +122,22 @@ def seal(
     level: AccessLevel | str,
     signing_key: Ed25519PrivateKey | str | Path,
     content_key: bytes | str | Path,
+    version: int = 1,
+    artifact_key: str | Path | None = None,
 ) -> Manifest:
     """Write ``model`` (the open_clip model ``name``) as a sealed artifact at ``out``.
 
     The keys: as read by :func:`~fedgray.backbone.keys.read_signing_key` and
     :func:`~fedgray.backbone.keys.read_content_key`, or the paths of their files.
+    ``version``: the owner's number for this artifact (1 or more; sites pin the lowest
+    they accept). ``artifact_key``: a new file to write this artifact's own key to (it
+    opens this artifact and no other), for the sites.
     """
     level = AccessLevel(level)
+    if version < 1:
+        raise ArtifactError(f"version: must be 1 or more, got {version}")
+    if artifact_key is not None and Path(artifact_key).exists():
+        raise ArtifactError(f"{artifact_key}: key file exists; refusing to overwrite it")
     if not isinstance(signing_key, Ed25519PrivateKey):
         signing_key = read_signing_key(signing_key)
     if not isinstance(content_key, bytes):
@@ -129,16 +157,22 @@ def seal(
         weights_sha256=hashlib.sha256(weights).hexdigest(),
         format_version=FORMAT_VERSION,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        artifact_id=os.urandom(16).hex(),
+        version=version,
     )
     raw = manifest.to_bytes()
-    nonce = os.urandom(NONCE_BYTES)
-    ciphertext = AESGCM(content_key).encrypt(nonce, weights, raw)
+    own_key = AESGCM.generate_key(bit_length=8 * CONTENT_KEY_BYTES)
+    wrap_nonce, nonce = os.urandom(NONCE_BYTES), os.urandom(NONCE_BYTES)
+    wrapped = AESGCM(content_key).encrypt(wrap_nonce, own_key, raw)
+    ciphertext = AESGCM(own_key).encrypt(nonce, weights, raw)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".tmp", delete=False) as handle:
         handle.write(_HEADER.pack(MAGIC, FORMAT_VERSION, len(raw)))
-        handle.write(raw + signing_key.sign(raw) + nonce + ciphertext)
+        handle.write(raw + signing_key.sign(raw) + wrap_nonce + wrapped + nonce + ciphertext)
     os.replace(handle.name, out)
+    if artifact_key is not None:
+        write_content_key(artifact_key, own_key)
     return manifest
 
 
@@ -178,7 +212,8 @@ def _read(path: Path, verify_key: str | Path) -> tuple[Manifest, bytes, bytes]:
             f"{path}: artifact format version {version}; this fedgray reads {FORMAT_VERSION}"
         )
     end = _HEADER.size + length
-    if length > MAX_MANIFEST_BYTES or len(blob) < end + SIGNATURE_BYTES + NONCE_BYTES + 16:
+    keys = 2 * NONCE_BYTES + WRAPPED_BYTES
+    if length > MAX_MANIFEST_BYTES or len(blob) < end + SIGNATURE_BYTES + keys + 16:
         raise ArtifactError(f"{path}: truncated or damaged artifact (bad section lengths)")
     raw, signature = blob[_HEADER.size : end], blob[end : end + SIGNATURE_BYTES]
     try:
@@ -202,16 +237,27 @@ def read_manifest(path: str | Path, *, verify_key: str | Path) -> Manifest:
     return _read(Path(path), verify_key)[0]
 
 
+def _artifact_key(key: bytes, raw: bytes, sealed: bytes) -> bytes:
+    """The artifact's own key: unwrapped when ``key`` is the owner's content key, else
+    ``key`` itself (a site given the artifact's key)."""
+    wrapped = sealed[NONCE_BYTES : NONCE_BYTES + WRAPPED_BYTES]
+    try:
+        return AESGCM(key).decrypt(sealed[:NONCE_BYTES], wrapped, raw)
+    except InvalidTag:
+        return key
+
+
 def _unseal(
     path: Path, manifest: Manifest, raw: bytes, sealed: bytes, content_key: str | Path
 ) -> nn.Module:
-    key = read_content_key(content_key)
+    key = _artifact_key(read_content_key(content_key), raw, sealed)
+    data = sealed[NONCE_BYTES + WRAPPED_BYTES :]
     try:
-        weights = AESGCM(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], raw)
+        weights = AESGCM(key).decrypt(data[:NONCE_BYTES], data[NONCE_BYTES:], raw)
     except InvalidTag:
         raise ArtifactError(
-            f"{path}: the weights do not decrypt with {content_key} "
-            "(wrong content key, or the file was altered)"
+            f"{path}: the weights do not decrypt with {content_key} (neither the owner's "
+            "content key nor this artifact's own key, or the file was altered)"
         ) from None
     if hashlib.sha256(weights).hexdigest() != manifest.weights_sha256:
         raise ArtifactError(f"{path}: the weights do not match the manifest's SHA-256")
@@ -225,12 +271,39 @@ def _unseal(
         ) from None
 
 
+def _check_current(
+    path: Path,
+    manifest: Manifest,
+    verify_key: str | Path,
+    min_version: int | None,
+    revocations: str | Path | None,
+) -> None:
+    """Refuse an artifact older than ``min_version`` or named by the owner's list."""
+    if min_version is not None and manifest.version < min_version:
+        raise ArtifactError(
+            f"{path}: version {manifest.version}, older than the lowest this site accepts "
+            f"({min_version}); refused"
+        )
+    if revocations is not None and manifest.artifact_id in read_revocations(
+        revocations, verify_key=verify_key
+    ):
+        raise ArtifactError(
+            f"{path}: artifact {manifest.artifact_id} is revoked by its owner ({revocations})"
+        )
+
+
 def open_artifact(
-    path: str | Path, *, verify_key: str | Path, content_key: str | Path
+    path: str | Path,
+    *,
+    verify_key: str | Path,
+    content_key: str | Path,
+    min_version: int | None = None,
+    revocations: str | Path | None = None,
 ) -> tuple[Manifest, nn.Module]:
     """Verify, decrypt and build the artifact at ``path``: its manifest and plain model."""
     path = Path(path)
     manifest, raw, sealed = _read(path, verify_key)
+    _check_current(path, manifest, verify_key, min_version, revocations)
     return manifest, _unseal(path, manifest, raw, sealed, content_key)
 
 
@@ -244,15 +317,20 @@ def load_artifact(
     query_budget: int | None = None,
     opaque: bool = True,
     device: torch.device | str = "cpu",
+    min_version: int | None = None,
+    revocations: str | Path | None = None,
 ) -> SealedBackbone:
     """Open the artifact at ``path`` as a :class:`SealedBackbone`.
 
     ``level`` (default: the manifest's) may not exceed the level in the signed manifest;
     ``name``, when given, must be the manifest's architecture. ``opaque`` and ``device``:
     see :class:`SealedBackbone` (the isolated runtime passes ``opaque=False``).
+    ``min_version``: the lowest owner version accepted; ``revocations``: the owner's
+    signed revocation list; both refuse before anything is decrypted.
     """
     path = Path(path)
     manifest, raw, sealed = _read(path, verify_key)
+    _check_current(path, manifest, verify_key, min_version, revocations)
     if name is not None and name != manifest.name:
         raise ArtifactError(f"{path}: holds '{manifest.name}', not the configured '{name}'")
     level = manifest.level if level is None else AccessLevel(level)

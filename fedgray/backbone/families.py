@@ -223,6 +223,7 @@ class Shapes:
     embed_dim: int
     context_length: int
     token_width: int
+    vocab_size: int  # token ids are 0 to vocab_size - 1
     blocks: dict[str, tuple[int, int]]  # tower -> (layers, width), where a site may enter
     reserves_slot: bool  # the tokenizer keeps a free slot after end-of-text
 
@@ -250,6 +251,7 @@ def describe(model: Any) -> Shapes:
         embed_dim=_embed_dim(parts),
         context_length=int(parts.positional.shape[0]),
         token_width=int(parts.embedding.weight.shape[1]),
+        vocab_size=int(parts.embedding.weight.shape[0]),
         blocks=blocks,
         reserves_slot=parts.one_pass,
     )

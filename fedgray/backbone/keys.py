@@ -66,11 +66,15 @@ def generate_keys(out_dir: str | Path) -> KeyFiles:
     public_pem = signing.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    content = base64.b64encode(AESGCM.generate_key(bit_length=256)) + b"\n"
     _write_new(files.signing_key, private_pem, mode=0o600)
     _write_new(files.verify_key, public_pem, mode=0o644)
-    _write_new(files.content_key, content, mode=0o600)
+    write_content_key(files.content_key, AESGCM.generate_key(bit_length=256))
     return files
+
+
+def write_content_key(path: str | Path, key: bytes) -> None:
+    """Write an AES-256 key as base64 on one line to the new file ``path`` (mode 0600)."""
+    _write_new(Path(path), base64.b64encode(key) + b"\n", mode=0o600)
 
 
 def _read(path: str | Path, what: str) -> bytes:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 import threading
@@ -131,7 +132,37 @@ def _hf_tokenizer_missing(name: str, error: ImportError) -> BackboneLoadError:
     )
 
 
+TOKENIZER_CACHE = 10_000  # words whose byte-pair split a tokenizer keeps
+
+
+class BoundedCache(dict[str, str]):
+    """open_clip's byte-pair cache, bounded to ``size`` words besides the ones it starts
+    with (its special tokens, kept). The plain cache keeps every distinct word it is
+    given: a runtime tokenizing the sites' texts would grow without end."""
+
+    def __init__(self, initial: Mapping[str, str], size: int) -> None:
+        super().__init__(initial)
+        self._pinned, self._size, self._lock = len(initial), size, threading.Lock()
+
+    def __setitem__(self, key: str, value: str) -> None:
+        with self._lock:
+            super().__setitem__(key, value)
+            while len(self) > self._pinned + self._size:  # the oldest word not pinned goes
+                del self[next(itertools.islice(self, self._pinned, None))]
+
+
 def get_tokenizer(
+    name: str, model_cfg: Mapping[str, Any] | None = None
+) -> Callable[..., torch.Tensor]:
+    """:func:`_tokenizer` with its word cache bounded (:class:`BoundedCache`)."""
+    tokenizer = _tokenizer(name, model_cfg)
+    cache = getattr(tokenizer, "cache", None)
+    if type(cache) is dict:
+        tokenizer.cache = BoundedCache(cache, TOKENIZER_CACHE)  # type: ignore[attr-defined]
+    return tokenizer
+
+
+def _tokenizer(
     name: str, model_cfg: Mapping[str, Any] | None = None
 ) -> Callable[..., torch.Tensor]:
     """open_clip's tokenizer for model ``name`` (the BPE vocabulary ships with open_clip).

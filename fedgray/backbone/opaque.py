@@ -4,13 +4,19 @@ A plain forward through the model leaves torch's graph on the output: walking
 ``output.grad_fn.next_functions`` and reading each node's ``_saved_*`` tensors recovers
 the weights that matmuls and convolutions save for their backward. :func:`run_sealed`
 runs the model inside one custom ``autograd.Function`` instead. Its node saves the call's
-inputs (the site's own tensors) and nothing else: the model's own graph, built on
-detached copies of those inputs, is held by a closure (:func:`_pull_once`), not by any
-node or tensor the outer graph links to, and its backward asks ``torch.autograd.grad``
-for the gradients to the inputs only. The weights are frozen, so nothing of the inner
+inputs (the site's own tensors) and a bare token: the model call and the model's own
+graph, built on detached copies of those inputs, are kept by that token in a registry of
+this module (:data:`_MODELS`), so no attribute of any node or tensor the outer graph links
+to leads to them, and its backward asks ``torch.autograd.grad`` for the gradients to the
+inputs only. The weights are frozen, so nothing of the inner
 graph outlives the backward call: its buffers are freed there, and a second backward
 through a retained outer graph recomputes the forward. Outputs and gradients are bit for
 bit those of a plain forward.
+
+This closes the attribute paths from an output, nothing more: the model stays in this
+process, one ``gc.get_objects()`` or closure walk away. In-process sealing guards against
+mistakes (weights in a checkpoint, a log, a pickled update), not against the site's own
+code; the runtime under another OS identity is the boundary (docs/security.md).
 
 The inner graph costs what a plain forward's graph costs (the activations wait for the
 backward) and no extra compute: the node used to recompute the forward in its backward,
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -74,6 +81,18 @@ def _autocast_now(kind: str) -> contextlib.AbstractContextManager[object]:
     return torch.autocast(kind, dtype=torch.get_autocast_dtype(kind))
 
 
+class _Token:
+    """What the opaque node holds of its model: a key into :data:`_MODELS`, nothing more."""
+
+    __slots__ = ("__weakref__",)
+
+
+# The model call and the pending inner graph of each opaque node, by its token: kept off
+# the node so that no attribute of the outputs' graph leads to the model (a walk from
+# ``output.grad_fn`` used to reach it in two hops). Gone with the node.
+_MODELS: weakref.WeakKeyDictionary[_Token, tuple[Run, Pull]] = weakref.WeakKeyDictionary()
+
+
 class _Opaque(torch.autograd.Function):
     """Forward and backward of the sealed model; saves only the call's inputs."""
 
@@ -81,7 +100,8 @@ class _Opaque(torch.autograd.Function):
     def forward(ctx: Any, run: Run, names: tuple[str, ...], *tensors: torch.Tensor) -> torch.Tensor:
         needs = ctx.needs_input_grad[2:]
         output, wanted = _rerun(run, names, tensors, needs)
-        ctx.run, ctx.names, ctx.pull = run, names, _pull_once(output, wanted)
+        ctx.token, ctx.names = _Token(), names
+        _MODELS[ctx.token] = (run, _pull_once(output, wanted))
         ctx.autocast = _autocast_now(tensors[0].device.type)
         ctx.save_for_backward(*tensors)
         return output.detach()
@@ -95,10 +115,11 @@ class _Opaque(torch.autograd.Function):
 def _backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     refuse_instrumentation()
     needs = ctx.needs_input_grad[2:]
-    pulled = ctx.pull(grad_output)
+    run, pull = _MODELS[ctx.token]
+    pulled = pull(grad_output)  # the inner graph is freed here
     if pulled is None:  # a second backward through a retained outer graph
         with ctx.autocast:  # the forward's autocast, which backward passes do not inherit
-            output, wanted = _rerun(ctx.run, ctx.names, ctx.saved_tensors, needs)
+            output, wanted = _rerun(run, ctx.names, ctx.saved_tensors, needs)
         pulled = _input_grads(output, wanted, grad_output)
     grads = iter(pulled)
     return (None, None, *(next(grads) if need else None for need in needs))

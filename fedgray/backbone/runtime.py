@@ -35,13 +35,33 @@ import torch.multiprocessing as mp
 from fedgray.backbone.access import AccessLevel, QueryBudgetExceeded, SealedError
 from fedgray.backbone.keys import ArtifactError
 from fedgray.backbone.sealed import BackboneInterface, EntryPoint, QueryCounted
-from fedgray.backbone.serve import error_message, interface_args, serve_connection
+from fedgray.backbone.serve import (
+    LimitExceeded,
+    Limits,
+    Shared,
+    error_message,
+    interface_args,
+    peer_user,
+    serve_connection,
+    text_batches,
+)
 from fedgray.backbone.wire import Message, WireError, receive, send
 
 _ERRORS: dict[str, type[Exception]] = {
     e.__name__: e
-    for e in (ArtifactError, SealedError, QueryBudgetExceeded, ValueError, WireError, TypeError)
+    for e in (
+        ArtifactError,
+        SealedError,
+        QueryBudgetExceeded,
+        LimitExceeded,
+        ValueError,
+        WireError,
+        TypeError,
+    )
 }
+# The child serves its own site only: no byte caps, no idle timeout (a site may wait
+# between rounds); the frame and graph-count limits stay.
+OWN = Limits(connection_bytes=1 << 62, user_bytes=1 << 62, total_bytes=1 << 62, idle_timeout=None)
 
 
 def _serve_child(sock: socket.socket, options: dict[str, Any]) -> None:
@@ -58,7 +78,7 @@ def _serve_child(sock: socket.socket, options: dict[str, Any]) -> None:
         send(sock, error_message(error))
         return
     send(sock, Message("ok", interface_args(backbone)))
-    serve_connection(sock, backbone, threading.Lock())
+    serve_connection(sock, Shared(backbone, OWN), peer_user(sock))
 
 
 _STARTING = threading.Lock()  # the environment is process-wide: one child spawns at a time
@@ -88,7 +108,14 @@ def _interface(args: dict[str, Any]) -> tuple[BackboneInterface, int | None]:
             EntryPoint(str(p["tower"]), int(p["layers"]), int(p["width"]))
             for p in raw.pop("entry_points")
         )
-        ints = ("image_size", "embed_dim", "context_length", "token_width", "parameter_count")
+        ints = (
+            "image_size",
+            "embed_dim",
+            "context_length",
+            "token_width",
+            "parameter_count",
+            "vocab_size",
+        )
         interface = BackboneInterface(
             image_family=str(raw["image_family"]),
             text_family=str(raw["text_family"]),
@@ -149,6 +176,8 @@ class IsolatedBackbone(QueryCounted):
         query_budget: int | None = None,
         threads: int | None = None,
         device: torch.device | str = "cpu",
+        min_version: int | None = None,
+        revocations: str | Path | None = None,
     ) -> None:
         context = mp.get_context("spawn")
         ours, child = socket.socketpair()
@@ -161,6 +190,8 @@ class IsolatedBackbone(QueryCounted):
             "query_budget": query_budget,
             "threads": threads,
             "device": str(device),
+            "min_version": min_version,
+            "revocations": None if revocations is None else str(revocations),
         }
         process = context.Process(target=_serve_child, args=(child, options), daemon=True)
         with _STARTING, _passive_openmp():
@@ -218,7 +249,8 @@ class IsolatedBackbone(QueryCounted):
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Token ids [N, context_length] for ``texts`` (tokenized by the runtime)."""
-        return self._call("tokenize", {"texts": list(texts)}).tensors["tokens"].to(self.device)
+        replies = [self._call("tokenize", {"texts": b}) for b in text_batches(texts)]
+        return torch.cat([r.tensors["tokens"] for r in replies]).to(self.device)
 
     def encode_image(self, pixels: torch.Tensor, **inputs: torch.Tensor | None) -> torch.Tensor:
         """Image features of pixels [B, 3, S, S]; see :meth:`SealedBackbone.encode_image`."""

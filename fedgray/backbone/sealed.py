@@ -55,6 +55,7 @@ class BackboneInterface:
     token_width: int
     logit_scale: float
     parameter_count: int
+    vocab_size: int
     entry_points: tuple[EntryPoint, ...] = ()
     image_family: str = "vit"  # see fedgray.backbone.families
     text_family: str = "clip-text"
@@ -77,6 +78,7 @@ def _describe(model: nn.Module, name: str, level: AccessLevel) -> BackboneInterf
         token_width=shapes.token_width,
         logit_scale=float(cast(torch.Tensor, model.logit_scale).detach().exp()),
         parameter_count=sum(p.numel() for p in model.parameters()),
+        vocab_size=shapes.vocab_size,
         entry_points=entry_points(model) if level.entry_points else (),
         image_family=shapes.image_family,
         text_family=shapes.text_family,

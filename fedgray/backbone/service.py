@@ -13,19 +13,34 @@ processes; the query budget (``black``) is the runtime's, shared by its connecti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
+import grp
 import os
 import pwd
+import resource
 import socket
 import stat
+import sys
 import threading
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from fedgray.backbone.access import AccessLevel, SealedError
 from fedgray.backbone.sealed import SealedBackbone
-from fedgray.backbone.serve import interface_args, serve_connection
+from fedgray.backbone.serve import (
+    MIB,
+    LimitExceeded,
+    Limits,
+    Shared,
+    error_message,
+    interface_args,
+    peer_user,
+    serve_connection,
+)
 from fedgray.backbone.wire import Message, send
 
 PR_SET_DUMPABLE = 4
@@ -55,16 +70,59 @@ def make_undumpable() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
 
 
-def _listen(path: Path, mode: int) -> socket.socket:
+def _listen(path: Path, mode: int, owner: tuple[int, int]) -> socket.socket:
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise SealedError(f"{path}: exists and is not a socket")
         path.unlink()
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
+    old = os.umask(0o777)  # no moment at which the socket is open to all
+    try:
+        server.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chown(path, *owner)
     os.chmod(path, mode)
     server.listen()
     return server
+
+
+def _socket_owner(user: pwd.struct_passwd | None, group: str | None, mode: int) -> tuple[int, int]:
+    """The socket file's owner and group (-1: unchanged), after checking ``mode``."""
+    if mode & ~0o777 or mode & 0o002:
+        raise SealedError(
+            f"--mode {mode:o}: a socket any local user can connect to (or not a mode); "
+            "use 660 with --group naming the sites' group"
+        )
+    gid = -1
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise SealedError(f"--group {group}: no such group") from None
+    return (-1 if user is None else user.pw_uid), gid
+
+
+def _check_limits(limits: Limits) -> None:
+    """Refuse limits that are not positive, or that the process cannot keep (more
+    connections than open files)."""
+    options = {
+        "--max-connections": limits.connections,
+        "--max-connections-per-user": limits.connections_per_user,
+        "--connection-mib": limits.connection_bytes,
+        "--max-mib": limits.total_bytes,
+        "--read-timeout": limits.read_timeout,
+        "--idle-timeout": limits.idle_timeout or 1,
+    }
+    for option, value in options.items():
+        if value <= 0:
+            raise SealedError(f"{option}: must be > 0")
+    files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if files != resource.RLIM_INFINITY and limits.connections + 16 > files:
+        raise SealedError(
+            f"--max-connections {limits.connections}: the open-files limit is {files} "
+            "(16 are kept for the runtime itself)"
+        )
 
 
 def _warm_up(backbone: SealedBackbone) -> None:
@@ -88,21 +146,29 @@ def serve(
     verify_key: str | Path,
     content_key: str | Path,
     user: str | None = None,
+    group: str | None = None,
     level: AccessLevel | str | None = None,
     query_budget: int | None = None,
-    mode: int = 0o666,
+    mode: int = 0o660,
+    limits: Limits | None = None,
+    min_version: int | None = None,
+    revocations: str | Path | None = None,
 ) -> None:
     """Open the artifact, listen on the socket, switch to ``user``, become non-dumpable,
     then serve until killed.
 
     Started by root with ``user``, the runtime reads the key and artifact as root (the key
     file may be root's alone, mode 0600) and binds the socket before it switches, like a
-    daemon that binds a privileged port; no request is read before the switch.
+    daemon that binds a privileged port; no request is read before the switch. The socket
+    belongs to ``user`` and ``group`` with ``mode`` (never writable by all: connecting
+    needs write permission).
     """
     from fedgray.backbone.artifact import load_artifact
 
-    if user is not None:
-        entry = _entry(user)
+    entry = None if user is None else _entry(user)
+    owner = _socket_owner(entry, group, mode)
+    limits = limits or default_limits()
+    _check_limits(limits)
     backbone = load_artifact(
         artifact,
         verify_key=verify_key,
@@ -110,37 +176,90 @@ def serve(
         level=level,
         query_budget=query_budget,
         opaque=False,  # outputs leave the process detached: the graph stays here
+        min_version=min_version,
+        revocations=revocations,
     )
     if query_budget is None:  # a warm-up would spend two queries of a black budget
         _warm_up(backbone)
-    server = _listen(Path(socket_path), mode)
-    if user is not None:
-        os.chown(socket_path, entry.pw_uid, entry.pw_gid)
+    server = _listen(Path(socket_path), mode, owner)
+    if entry is not None:
         become(entry)
     make_undumpable()
-    lock = threading.Lock()
+    shared = Shared(backbone, limits)
     print(f"serving {backbone!r} on {socket_path} (pid {os.getpid()})", flush=True)
+    greeting = Message("ok", interface_args(backbone))
 
     def handle(connection: socket.socket) -> None:
         with connection:
-            send(connection, Message("ok", interface_args(backbone)))
-            serve_connection(connection, backbone, lock)
+            connection.settimeout(limits.read_timeout)  # for the greeting and a refusal
+            try:
+                peer = peer_user(connection)
+                shared.admit(peer)
+            except LimitExceeded as error:
+                with contextlib.suppress(OSError):
+                    send(connection, error_message(error))
+                return
+            try:
+                send(connection, greeting)
+                serve_connection(connection, shared, peer)
+            except OSError:
+                pass
+            finally:
+                shared.leave(peer)
 
+    failing = False
     while True:
-        connection, _ = server.accept()
+        try:
+            connection, _ = server.accept()
+        except OSError as error:  # out of file descriptors, or a peer gone: keep serving
+            if not failing:
+                print(f"accept: {error.strerror or error}; still serving", file=sys.stderr)
+            failing = True
+            time.sleep(0.05)
+            continue
+        failing = False
         threading.Thread(target=handle, args=(connection,), daemon=True).start()
 
 
+def default_limits(*, total_mib: int | None = None) -> Limits:
+    """:class:`Limits` for a runtime on this machine: all connections together may hold
+    ``total_mib`` (default: half the machine's memory), a user half of that and a
+    connection a quarter."""
+    if total_mib is None:
+        total_mib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2 // MIB
+    total = total_mib * MIB
+    return Limits(connection_bytes=total // 4, user_bytes=total // 2, total_bytes=total)
+
+
+def _mode(text: str) -> int:
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise SealedError(f"--mode {text}: not an octal mode such as 660") from None
+
+
 def _cmd_serve(args: argparse.Namespace) -> None:
+    limits = default_limits(total_mib=args.max_mib)
+    overrides = {
+        "connections": args.max_connections,
+        "connections_per_user": args.max_connections_per_user,
+        "connection_bytes": None if args.connection_mib is None else args.connection_mib * MIB,
+        "idle_timeout": args.idle_timeout,
+        "read_timeout": args.read_timeout,
+    }
     serve(
         args.artifact,
         socket_path=args.socket,
         verify_key=args.verify_key,
         content_key=args.content_key,
         user=args.user,
+        group=args.group,
         level=args.level,
         query_budget=args.query_budget,
-        mode=int(args.mode, 8),
+        mode=_mode(args.mode),
+        limits=replace(limits, **{k: v for k, v in overrides.items() if v is not None}),
+        min_version=args.min_version,
+        revocations=args.revocations,
     )
 
 
@@ -162,13 +281,44 @@ def add_runtime_parser(commands: argparse._SubParsersAction) -> None:
     serve_.add_argument("artifact", metavar="ARTIFACT", help="the sealed artifact (.fgs)")
     serve_.add_argument("--socket", required=True, metavar="PATH", help="Unix socket to create")
     serve_.add_argument("--verify-key", required=True, metavar="FILE", help="owner-verify.pem")
-    serve_.add_argument("--content-key", required=True, metavar="FILE", help="content.key")
+    serve_.add_argument(
+        "--content-key",
+        required=True,
+        metavar="FILE",
+        help="the artifact's key (or the owner's content key)",
+    )
     serve_.add_argument("--user", metavar="NAME", help="run as this user (needs root)")
+    serve_.add_argument(
+        "--group", metavar="NAME", help="the socket's group: the users allowed to connect"
+    )
     serve_.add_argument(
         "--level", choices=[level.value for level in AccessLevel], help="at most the artifact's"
     )
     serve_.add_argument("--query-budget", type=int, metavar="N", help="calls allowed at black")
     serve_.add_argument(
-        "--mode", default="666", help="permissions of the socket file, octal (default: 666)"
+        "--min-version", type=int, metavar="N", help="refuse artifact versions below N"
     )
+    serve_.add_argument(
+        "--revocations", metavar="FILE", help="the owner's signed revocation list to honour"
+    )
+    serve_.add_argument(
+        "--mode",
+        default="660",
+        help="permissions of the socket file, octal, never writable by all (default: 660)",
+    )
+    limits = Limits()
+    for option, kind, default, what in (
+        ("--max-connections", int, limits.connections, "connections open at once"),
+        (
+            "--max-connections-per-user",
+            int,
+            limits.connections_per_user,
+            "connections open at once by one user",
+        ),
+        ("--max-mib", int, "half the memory", "MiB all connections may hold together"),
+        ("--connection-mib", int, "a quarter of --max-mib", "MiB one connection may hold"),
+        ("--idle-timeout", float, limits.idle_timeout, "seconds a connection may stay idle"),
+        ("--read-timeout", float, limits.read_timeout, "seconds to finish sending a frame"),
+    ):
+        serve_.add_argument(option, type=kind, metavar="N", help=f"{what} (default: {default})")
     serve_.set_defaults(handler=_cmd_serve)

@@ -87,7 +87,7 @@ def _spec(raw: object) -> tuple[str, torch.dtype, tuple[int, ...]]:
     return name, DTYPES[dtype], tuple(shape)
 
 
-def decode(body: bytes) -> Message:
+def decode(body: bytes | bytearray) -> Message:
     """Parse a body; raise :class:`WireError` unless it follows the schema exactly."""
     if len(body) < 4:
         raise WireError("message shorter than its header length")
@@ -120,19 +120,20 @@ def decode(body: bytes) -> Message:
     return Message(op, args, tensors)
 
 
-def _read_exactly(sock: socket.socket, count: int) -> bytes | None:
-    chunks, left = [], count
-    while left:
-        chunk = sock.recv(min(left, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
+def _read_into(sock: socket.socket, buffer: bytearray) -> bool:
+    """Fill ``buffer`` from ``sock``; False when the peer closed the connection first."""
+    view, done = memoryview(buffer), 0
+    while done < len(buffer):
+        count = sock.recv_into(view[done:], min(len(buffer) - done, 1 << 20))
+        if not count:
+            return False
+        done += count
+    return True
 
 
 def _drain(sock: socket.socket) -> None:
     """Discard what the peer has sent so far (until it pauses), to find the next frame."""
+    timeout = sock.gettimeout()
     sock.settimeout(DRAIN_PAUSE)
     try:
         while sock.recv(1 << 20):
@@ -140,24 +141,43 @@ def _drain(sock: socket.socket) -> None:
     except (TimeoutError, BlockingIOError):
         pass
     finally:
-        sock.settimeout(None)
+        sock.settimeout(timeout)
 
 
-def read_frame(sock: socket.socket) -> bytes | None:
+def read_size(sock: socket.socket) -> int | None:
+    """The body size the next frame announces; None when the peer closed the connection.
+
+    Bytes that are not a frame (no magic) are discarded up to the peer's next pause, then
+    refused, so that the next message is read from its start. Nothing of the body is read:
+    the caller decides whether it may hold that many bytes before it reads them.
+    """
+    prefix = bytearray(12)
+    if not _read_into(sock, prefix):
+        return None
+    if prefix[:4] != MAGIC:
+        _drain(sock)
+        raise WireError(f"not a {SCHEMA} frame")
+    return int.from_bytes(prefix[4:], "big")
+
+
+def read_body(sock: socket.socket, size: int) -> bytearray | None:
+    """The ``size`` bytes of a frame's body; None when the peer closed the connection."""
+    body = bytearray(size)
+    return body if _read_into(sock, body) else None
+
+
+def read_frame(sock: socket.socket) -> bytearray | None:
     """The next frame's body; None when the peer closed the connection.
 
-    Bytes that are not a frame (no magic) or a frame over :data:`MAX_FRAME` are
-    discarded up to the peer's next pause, then refused, so that the next message is
-    read from its start.
+    A frame over :data:`MAX_FRAME` is discarded up to the peer's next pause and refused.
     """
-    prefix = _read_exactly(sock, 12)
-    if prefix is None:
+    size = read_size(sock)
+    if size is None:
         return None
-    size = int.from_bytes(prefix[4:], "big")
-    if prefix[:4] != MAGIC or size > MAX_FRAME:
+    if size > MAX_FRAME:
         _drain(sock)
-        raise WireError(f"not a {SCHEMA} frame, or larger than {MAX_FRAME} bytes")
-    return _read_exactly(sock, size)
+        raise WireError(f"a frame of {size} bytes; at most {MAX_FRAME}")
+    return read_body(sock, size)
 
 
 def send(sock: socket.socket, message: Message) -> None:

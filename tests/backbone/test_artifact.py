@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from fedgray.backbone.keys import (
     read_content_key,
     read_signing_key,
 )
+from fedgray.backbone.revocation import write_revocations
 from fedgray.cli import main
 from fedgray.config import ConfigError, load_config
 from fedgray.site import open_backbone
@@ -258,3 +260,84 @@ def test_keys_and_seal_have_help_for_every_option(
     text = capsys.readouterr().out
     options = ["--out"] if command == "keys" else ["--name", "--pretrained", "--signing-key"]
     assert all(option in text for option in options)
+
+
+def _sealed_version(sealed: Sealed, path: Path, version: int, key: Path | None = None) -> Path:
+    owner = {"signing_key": sealed.keys.signing_key, "content_key": sealed.keys.content_key}
+    seal(
+        sealed.model, path, name="fedgray-micro", level="white", version=version,
+        artifact_key=key, **owner,
+    )  # fmt: skip
+    return path
+
+
+def test_a_replayed_older_artifact_is_refused(sealed: Sealed, tmp_path: Path) -> None:
+    """The owner replaced a white artifact with a gray one (version 2); the attacker
+    still has the old file, validly signed, and puts it where the site loads from."""
+    old = _sealed_version(sealed, tmp_path / "v1.fgs", 1)
+    current = _sealed_version(sealed, tmp_path / "v2.fgs", 2)
+    assert _load(current, sealed.keys, min_version=2).level.value == "white"
+    assert _load(old, sealed.keys).module is not None  # control: unpinned, the old one opens
+    _refused_with(old, sealed.keys, "version 1, older than the lowest this site accepts (2)",
+                  min_version=2)  # fmt: skip
+    swapped = tmp_path / "site.fgs"  # the site's configured path, overwritten
+    swapped.write_bytes(old.read_bytes())
+    config = load_config(None, [
+        "backbone.name=fedgray-micro", f"backbone.artifact={swapped}",
+        f"backbone.verify_key={sealed.keys.verify_key}",
+        f"backbone.content_key={sealed.keys.content_key}", "backbone.min_version=2",
+    ])  # fmt: skip
+    with pytest.raises(ArtifactError, match="older than the lowest this site accepts"):
+        open_backbone(config, progress=False)
+    with pytest.raises(ConfigError, match="backbone.min_version: applies to backbone.artifact"):
+        load_config(None, ["backbone.min_version=2"])
+
+
+def _refused_with(path: Path, keys: KeyFiles, match: str, **options: object) -> None:
+    """One line naming the file at fault: the artifact, or the revocation list."""
+    with pytest.raises(ArtifactError, match=re.escape(match)) as error:
+        _load(path, keys, **options)
+    named = options["revocations"] if "signature" in match else path
+    assert "\n" not in str(error.value) and str(error.value).startswith(f"{named}: ")
+
+
+def test_one_artifacts_key_opens_no_other(sealed: Sealed, tmp_path: Path) -> None:
+    first = _sealed_version(sealed, tmp_path / "a.fgs", 1, key=tmp_path / "a.key")
+    second = _sealed_version(sealed, tmp_path / "b.fgs", 2, key=tmp_path / "b.key")
+    assert stat.S_IMODE((tmp_path / "a.key").stat().st_mode) == 0o600
+    verify = sealed.keys.verify_key
+    for path, key in ((first, "a.key"), (second, "b.key")):  # each its own key, and the owner's
+        load_artifact(path, verify_key=verify, content_key=tmp_path / key)
+        load_artifact(path, verify_key=verify, content_key=sealed.keys.content_key)
+    for path, key in ((first, "b.key"), (second, "a.key")):
+        with pytest.raises(ArtifactError, match="neither the owner's content key nor this"):
+            load_artifact(path, verify_key=verify, content_key=tmp_path / key)
+    with pytest.raises(ArtifactError, match="a.key: key file exists"):
+        _sealed_version(sealed, tmp_path / "c.fgs", 3, key=tmp_path / "a.key")
+
+
+def test_a_revoked_artifact_is_refused_and_a_forged_list_too(
+    sealed: Sealed, tmp_path: Path
+) -> None:
+    leaked = _sealed_version(sealed, tmp_path / "leaked.fgs", 1)
+    kept = _sealed_version(sealed, tmp_path / "kept.fgs", 1)
+    leaked_id = read_manifest(leaked, verify_key=sealed.keys.verify_key).artifact_id
+    revoked = tmp_path / "revoked.fgr"
+    write_revocations(revoked, [leaked_id], signing_key=sealed.keys.signing_key)
+    _refused_with(leaked, sealed.keys, f"artifact {leaked_id} is revoked by its owner",
+                  revocations=revoked)  # fmt: skip
+    _load(kept, sealed.keys, revocations=revoked)
+    # The attacker shortens the owner's list (the same signature over another body) ...
+    blob = revoked.read_bytes()
+    forged = tmp_path / "forged.fgr"
+    forged.write_bytes(blob.replace(leaked_id.encode(), b"0" * len(leaked_id)))
+    _refused_with(leaked, sealed.keys, "revocation list's signature does not verify",
+                  revocations=forged)  # fmt: skip
+    # ... or signs an empty list with a key of its own.
+    own = generate_keys(tmp_path / "attacker")
+    write_revocations(forged, [], signing_key=own.signing_key)
+    _refused_with(leaked, sealed.keys, "revocation list's signature does not verify",
+                  revocations=forged)  # fmt: skip
+    assert main(["revoke", leaked_id, "--signing-key", str(sealed.keys.signing_key),
+                 "--out", str(tmp_path / "cli.fgr")]) == 0  # fmt: skip
+    _refused_with(leaked, sealed.keys, "is revoked by its owner", revocations=tmp_path / "cli.fgr")

@@ -11,6 +11,8 @@ import io
 import json
 import os
 import pickle
+import random
+import string
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import torch
 
 from fedgray.backbone import SealedError, create_clip, generate_keys, seal
 from fedgray.backbone.keys import KeyFiles
+from fedgray.backbone.loading import TOKENIZER_CACHE, get_tokenizer
 from fedgray.backbone.runtime import IsolatedBackbone
 from fedgray.backbone.serve import check_inputs
 from fedgray.backbone.wire import MAGIC, Message, WireError, decode, encode, receive
@@ -151,6 +154,19 @@ MALFORMED = {
         + bytes(128),
         "too late",
     ),
+    "a token id past the vocabulary": (
+        _header(
+            "encode",
+            {"tower": "text", "key": 0, "needs_grad": []},
+            [{"name": "tokens", "dtype": "int64", "shape": [1, 16]}],
+        )
+        + (49408).to_bytes(8, "little") * 16,
+        "tokens: ids must be 0 to 49407",
+    ),
+    "a word the tokenizer would take minutes over": (
+        _header("tokenize", {"texts": ["a" * 900]}, []),
+        "texts: words of at most 64 characters",
+    ),
     "not JSON": (b"\x00\x00\x00\x05{oops", "header is not JSON"),
     "junk": (b"\x00" * 3, "shorter than its header length"),
 }
@@ -219,3 +235,19 @@ def test_token_shifts_cross_the_channel_within_the_context_length(
     too_long = {"tokens": tokens, "token_shifts": torch.zeros(2, length + 1, width)}
     with pytest.raises(WireError, match=f"token_shifts: 1 to {length} positions"):
         check_inputs(runtime.interface, "text", too_long)
+
+
+def test_the_tokenizer_cache_stays_bounded_and_right(runtime: IsolatedBackbone) -> None:
+    """Every distinct word used to stay in the byte-pair cache for good."""
+    tokenizer = get_tokenizer("fedgray-micro")
+    expected = tokenizer(["a photo of a red circle"])
+    draw = random.Random(0)
+    for _ in range(30):
+        words = ("".join(draw.choices(string.ascii_lowercase, k=12)) for _ in range(1000))
+        tokenizer([" ".join(words)])
+    assert len(tokenizer.cache) <= TOKENIZER_CACHE + 2  # and its two special tokens
+    assert torch.equal(tokenizer(["a photo of a red circle"]), expected)
+    # The runtime splits a long list into requests within its caps.
+    texts = [f"a photo of the digit {i % 10}" for i in range(20000)]
+    tokens = runtime.tokenize(texts)
+    assert tokens.shape == (20000, 16) and torch.equal(tokens[:10], runtime.tokenize(texts[:10]))

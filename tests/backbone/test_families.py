@@ -259,3 +259,6 @@ def test_fedgray_info_lists_families_and_levels(capsys: pytest.CaptureFixture[st
     assert "vit" in lines["ViT-L-14"] and "gray+ (image, text)" in lines["ViT-L-14"]
     assert "custom-text" in lines["ViT-B-16-SigLIP"]
     assert "not supported" in lines["xlm-roberta-base-ViT-B-32"]
+    assert "in-process" in lines and "not a boundary" in lines["in-process"]
+    assert "isolated" in lines and "not a boundary" in lines["isolated"]
+    assert "the boundary against the site's code" in lines["runtime"]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
+from torch import nn
 
 from fedgray.adapters import build_model
 from fedgray.backbone import SealedBackbone, load_sealed
-from tests.backbone.attacks import graph_tensors, ground_truth, leaked_weights
+from tests.backbone.attacks import attribute_walk, graph_tensors, ground_truth, leaked_weights
 
 CAPTIONS = ["a red circle", "the digit 7 in blue", "a small green star"]
 LEVELS = [("gray", "dga"), ("gray+", "lga")]
@@ -90,3 +93,34 @@ def test_a_second_backward_through_a_retained_graph_gives_the_same_gradients() -
     pixels.grad = None
     loss.backward()
     assert first.abs().sum() > 0 and torch.equal(pixels.grad, first)
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_no_attribute_path_from_an_output_leads_to_the_model(backward: bool) -> None:
+    """``out.grad_fn.run.__closure__`` used to give every weight in two hops, and
+    ``out.grad_fn.pull`` the inner graph; now the node holds a bare token."""
+    backbone = _backbone("gray")
+    weights = ground_truth(backbone)
+    image, text, *_ = _step(backbone, "dga")
+    loss = (image @ text.T).logsumexp(-1).sum()
+    if backward:
+        loss.backward(retain_graph=True)
+    reached = attribute_walk(loss.grad_fn)
+    assert len(reached) > 50  # the walk does go through the graph and the adapters
+    assert not [o for o in reached if isinstance(o, nn.Module) and o is weights]
+    tensors = [o for o in reached if isinstance(o, torch.Tensor)]
+    assert leaked_weights(tensors, weights) == set()
+    # Control: the same walk from a plain forward's output reaches the weights.
+    white = _backbone("white")
+    image, text, *_ = _step(white, "dga")
+    reached = attribute_walk((image @ text.T).grad_fn)
+    plain = [o for o in reached if isinstance(o, torch.Tensor)]
+    assert len(leaked_weights(plain, ground_truth(white))) >= 12
+
+
+def test_gc_still_reaches_the_model_in_process(micro: SealedBackbone) -> None:
+    """The documented limit: in-process sealing guards against mistakes, not against the
+    site's own code. Any object of the process, the model included, is one ``gc`` away."""
+    weights = ground_truth(micro)
+    micro.encode_image(torch.rand(2, 3, 32, 32, requires_grad=True))
+    assert any(o is weights for o in gc.get_objects())

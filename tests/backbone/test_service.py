@@ -9,65 +9,29 @@ import pwd
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from fedgray.adapters import build_model
-from fedgray.backbone import SealedError, create_clip, generate_keys, load_artifact, seal
+from fedgray.backbone import SealedError, load_artifact
 from fedgray.backbone.keys import KeyFiles
 from fedgray.backbone.runtime import IsolatedBackbone
 from fedgray.config import ConfigError, load_config
 from fedgray.site import open_backbone
+from tests.backbone.attacks import Serve, Users, as_root
 from tests.helpers import assert_close, reduction_terms
 
 ROOT = Path(__file__).resolve().parents[2]
 PTRACE_ATTACH, PTRACE_DETACH, PR_SET_DUMPABLE = 16, 17, 4
 
 
-@pytest.fixture(scope="module")
-def sealed(tmp_path_factory: pytest.TempPathFactory) -> tuple[KeyFiles, Path]:
-    root = tmp_path_factory.mktemp("service")
-    keys = generate_keys(root / "keys")
-    torch.manual_seed(0)
-    path = root / "micro.fgs"
-    owner = {"signing_key": keys.signing_key, "content_key": keys.content_key}
-    seal(create_clip("fedgray-micro", None), path, name="fedgray-micro", level="gray", **owner)
-    return keys, path
-
-
-Serve = Callable[..., "subprocess.Popen[str]"]
-
-
-@pytest.fixture
-def serve() -> Iterator[Serve]:
-    """Start ``fedgray runtime serve`` with the given arguments; stop it after the test."""
-    started: list[subprocess.Popen[str]] = []
-
-    def start(*args: str) -> subprocess.Popen[str]:
-        command = [sys.executable, "-m", "fedgray.cli", "runtime", "serve", *args]
-        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env)
-        started.append(process)
-        line = process.stdout.readline() if process.stdout else ""
-        assert line.startswith("serving"), f"the runtime did not start: {line!r}"
-        return process
-
-    yield start
-    for process in started:
-        process.terminate()
-        process.wait(timeout=30)
-
-
 def test_a_served_runtime_answers_like_in_process(
-    sealed: tuple[KeyFiles, Path], serve: Serve, tmp_path: Path
+    micro_artifact: tuple[KeyFiles, Path], serve: Serve, tmp_path: Path
 ) -> None:
-    keys, path = sealed
+    keys, path = micro_artifact
     socket_path = tmp_path / "runtime.sock"
     serve(
         str(path),
@@ -102,26 +66,6 @@ def test_a_served_runtime_answers_like_in_process(
         open_backbone(load_config(None, [*served, "backbone.level=gray+"]), progress=False)
     with pytest.raises(ConfigError, match="backbone.runtime: a served runtime replaces"):
         load_config(None, [*served, "backbone.isolated=true"])
-
-
-@pytest.fixture
-def users() -> Iterator[Callable[[str], pwd.struct_passwd]]:
-    """Make system users for the test; the ones it made are deleted afterwards, pass or fail
-    (the machine's user database is not the test's to keep)."""
-    made: list[str] = []
-
-    def user(name: str) -> pwd.struct_passwd:
-        try:
-            return pwd.getpwnam(name)
-        except KeyError:
-            subprocess.run(["useradd", "--system", "--no-create-home", name], check=True)
-            made.append(name)
-            return pwd.getpwnam(name)
-
-    yield user
-    for name in made:  # set up before the runtime's fixture, so torn down after it
-        subprocess.run(["pkill", "-KILL", "-u", name], check=False, capture_output=True)
-        subprocess.run(["userdel", name], check=False, capture_output=True)
 
 
 def _attempts(pid: int, key: Path, socket_path: Path) -> dict[str, str]:
@@ -190,15 +134,13 @@ def _as_user(name: str, pid: int, key: Path, socket_path: Path) -> dict[str, str
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not sys.platform.startswith("linux") or os.geteuid() != 0,
-    reason="needs root to create a second user and switch to it (CI runs as root)",
-)
+@as_root
 def test_no_other_process_reads_or_attaches_to_the_runtime(
-    users: Callable[[str], pwd.struct_passwd], sealed: tuple[KeyFiles, Path], serve: Serve
+    users: Users, micro_artifact: tuple[KeyFiles, Path], serve: Serve
 ) -> None:
-    keys, path = sealed
-    runtime_user, site_user = users("fgray-runtime"), users("fgray-site")
+    keys, path = micro_artifact
+    runtime_user = users("fgray-runtime")
+    site_user = users("fgray-site", group="fgray-sites")
     folder = Path(tempfile.mkdtemp(prefix="fgray-service-"))
     try:
         os.chmod(folder, 0o755)
@@ -214,6 +156,7 @@ def test_no_other_process_reads_or_attaches_to_the_runtime(
             "--verify-key", str(folder / keys.verify_key.name),
             "--content-key", str(key),
             "--user", runtime_user.pw_name,
+            "--group", "fgray-sites",
         )  # fmt: skip
         status = Path(f"/proc/{runtime.pid}/status").read_text()
         assert f"Uid:\t{runtime_user.pw_uid}\t" in status
