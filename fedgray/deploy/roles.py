@@ -6,6 +6,7 @@ file or directory), starts the Flower process under a :class:`Processes` and ret
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -23,9 +24,11 @@ from fedgray.deploy.launch import (
     write_cli_config,
 )
 from fedgray.deploy.processes import Processes, wait_for_port
-from fedgray.fl.clientapp.node_config import BACKBONE_KEYS, DATA_DIR, check_data_dir
+from fedgray.fl.clientapp.floor import Floor
+from fedgray.fl.clientapp.node_config import BACKBONE_KEYS, DATA_DIR, STATE_DIR, check_data_dir
 
 Echo = Callable[[str], None]
+TRUSTED_RUNNER = "fedgray.fl.clientapp.trusted"
 STARTUP_TIMEOUT_S = 60.0
 INSECURE_WARNING = (
     "WARNING: --insecure: no TLS and no SuperNode authentication; anyone who reaches the "
@@ -84,10 +87,15 @@ def start_superlink(
 
 
 def check_node_config(node_config: Mapping[str, str | int | bool]) -> None:
-    """Fail before starting anything if the site's data or backbone files are missing."""
+    """Fail before starting anything if the site's data or backbone files are missing, or
+    its privacy floor is malformed (an epsilon limit needs a state folder for its ledger)."""
     if DATA_DIR not in node_config:
         raise ValueError(f"node config: {DATA_DIR} is required")
     check_data_dir(Path(str(node_config[DATA_DIR])))
+    floor = Floor.from_node_config(node_config)
+    limits = (floor.max_epsilon_run, floor.max_epsilon_total)
+    if any(v is not None for v in limits) and STATE_DIR not in node_config:
+        raise ValueError(f"node config: an epsilon limit needs {STATE_DIR} (the site's ledger)")
     for key, field in BACKBONE_KEYS.items():
         if key in node_config and field != "isolated":
             if not Path(str(node_config[key])).is_file():
@@ -108,19 +116,35 @@ class SuperNode:
         return self.site_dir / "supernode.log"
 
 
+def trusted_runner(site_dir: Path) -> Path:
+    """A folder holding ``flwr-clientapp`` that runs :mod:`fedgray.fl.clientapp.trusted`
+    with this Python: first on the SuperNode's PATH, it is what Flower starts per message."""
+    folder = site_dir / "bin"
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "flwr-clientapp"
+    script.write_text(
+        f'#!/bin/sh\nexec "{sys.executable}" -m {TRUSTED_RUNNER} "$@"\n', encoding="utf-8"
+    )
+    script.chmod(0o755)
+    return folder
+
+
 def start_supernode(
     processes: Processes, options: SuperNodeOptions, *, site_dir: Path, echo: Echo = print
 ) -> SuperNode:
     """Start one site's SuperNode after checking its node config; its FLWR_HOME and log
-    in ``site_dir``."""
+    in ``site_dir``. It runs only fedgray's installed ClientApp (see
+    :mod:`fedgray.fl.clientapp.trusted`)."""
     if options.insecure:
         _warn(INSECURE_WARNING)
     check_node_config(options.node_config)
+    env = flower_env(site_dir / "flwr")
+    env["PATH"] = f"{trusted_runner(site_dir)}{os.pathsep}{env['PATH']}"
     node = SuperNode(
         processes.start(
             supernode_command(options),
             log_file=site_dir / "supernode.log",
-            env=flower_env(site_dir / "flwr"),
+            env=env,
             cwd=site_dir,
         ),
         options,
