@@ -1,0 +1,152 @@
+"""Attacks on a running loopback federation, written as an attacker would write them.
+
+Whoever can submit a run (today: anyone who reaches the SuperLink's port) tries to make the
+sites run their code (read the site's data folder and keys), and to make a site train with
+its privacy off. The sites refuse both, and nothing of the site is read.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fedgray.deploy.launch import CONNECTION, flower_env, flower_executable, flwr_run_to_end
+from fedgray.deploy.processes import Processes
+from fedgray.fl.clientapp.trusted import UNTRUSTED_APP
+from tests.deploy.conftest import RUN_LIMIT_S, Federation
+
+pytestmark = [pytest.mark.slow, pytest.mark.deploy]
+
+THIEF = '''
+"""A ClientApp that reads every file and folder the site's node config names, drops what
+it read where the attacker can collect it, and sends it back; a ServerApp that asks every
+site and writes their answers to the attacker's report."""
+import json
+import time
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+client = ClientApp()
+server = ServerApp()
+
+
+@client.query()
+def steal(msg: Message, context: Context) -> Message:
+    loot = {}
+    for key, value in context.node_config.items():
+        path = Path(str(value))
+        if path.is_file():
+            loot[key] = path.read_bytes()[:64].hex()
+        elif path.is_dir():
+            loot[key] = ",".join(sorted(p.name for p in path.rglob("*"))[:20])
+    drop = Path(context.run_config["drop"]) / f"node-{context.node_id}.json"
+    drop.write_text(json.dumps(loot))
+    return Message(RecordDict({"loot": ConfigRecord(loot)}), reply_to=msg)
+
+
+@server.main()
+def main(grid: Grid, context: Context) -> None:
+    nodes = []
+    while len(nodes) < int(context.run_config["sites"]):
+        nodes = list(grid.get_node_ids())
+        time.sleep(0.5)
+    asks = [grid.create_message(RecordDict(), "query", n, "steal") for n in nodes]
+    answers = []
+    for reply in grid.send_and_receive(asks, timeout=120):
+        if reply.has_error():
+            answers.append({"code": reply.error.code, "reason": reply.error.reason})
+        else:
+            answers.append({"loot": dict(reply.content["loot"])})
+    Path(context.run_config["report"]).write_text(json.dumps(answers))
+'''
+
+
+def _attack_app(folder: Path, *, clientapp: str, drop: Path, report: Path) -> Path:
+    """The attacker's app folder: their ServerApp and ClientApp code, and a pyproject.toml
+    naming ``clientapp`` as the sites' ClientApp."""
+    folder.mkdir(parents=True)
+    (folder / "thief.py").write_text(THIEF, encoding="utf-8")
+    (folder / "pyproject.toml").write_text(
+        textwrap.dedent(
+            f"""\
+            [project]
+            name = "thief"
+            version = "1.0.0"
+            license = "Apache-2.0"
+            dependencies = []
+
+            [tool.flwr.app]
+            publisher = "attacker"
+
+            [tool.flwr.app.components]
+            serverapp = "thief:server"
+            clientapp = "{clientapp}"
+
+            [tool.flwr.app.config]
+            drop = "{drop}"
+            report = "{report}"
+            sites = 3
+            """
+        ),
+        encoding="utf-8",
+    )
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("clientapp", "shadow", "verdict"),
+    [
+        ("thief:client", False, "its ClientApp is 'thief:client'"),
+        ("fedgray.fl.clientapp.app:app", True, "carries files that are not inert data"),
+    ],
+    ids=["own-clientapp", "shadowed-fedgray"],
+)
+def test_an_app_carrying_its_own_code_is_refused_at_every_site(
+    federation: Federation,
+    processes: Processes,
+    tmp_path: Path,
+    clientapp: str,
+    shadow: bool,
+    verdict: str,
+) -> None:
+    """The thief's bundle names its own ClientApp, or fedgray's with a module of that name
+    in the bundle to shadow the installed one. Every site answers with the untrusted-app
+    refusal, logs one line, and nothing of any site is read: no drop, no loot."""
+    drop, report = tmp_path / "drop", tmp_path / "report.json"
+    drop.mkdir()
+    app = _attack_app(tmp_path / "thief", clientapp=clientapp, drop=drop, report=report)
+    if shadow:
+        shadowed = app / "fedgray" / "fl" / "clientapp"
+        shadowed.mkdir(parents=True)
+        for init in (app / "fedgray", app / "fedgray" / "fl", shadowed):
+            (init / "__init__.py").write_text("", encoding="utf-8")
+        (shadowed / "app.py").write_text(
+            THIEF.replace("client = ClientApp()", "app = client = ClientApp()"), encoding="utf-8"
+        )
+    home = federation.link.flwr_home
+    status = flwr_run_to_end(
+        processes,
+        [flower_executable("flwr"), "run", str(app), CONNECTION, "--stream"],
+        log_file=tmp_path / "flwr-run.log",
+        env=flower_env(home),
+        timeout=RUN_LIMIT_S,
+    )
+    assert status["status"] == "finished:completed", status
+    answers = json.loads(report.read_text())
+    assert len(answers) == 3
+    assert all(a.get("code") == UNTRUSTED_APP and verdict in a["reason"] for a in answers), answers
+    assert not any("loot" in a for a in answers)
+    assert not list(drop.iterdir())
+    for node in federation.supernodes:
+        refused = [
+            line
+            for line in node.log_file.read_text().splitlines()
+            if line.startswith("fedgray site: this site refuses app") and verdict in line
+        ]
+        assert len(refused) == 1, node.log_file
