@@ -102,13 +102,13 @@ def _cmd_superlink(args: argparse.Namespace) -> None:
         _wait(link.process, "flower-superlink", run_dir / "superlink.log")
 
 
-def supernode_node_config(args: argparse.Namespace) -> dict[str, str | int | bool]:
+def supernode_node_config(args: argparse.Namespace) -> dict[str, str | int | float | bool]:
     """The SuperNode's ``--node-config`` from ``fedgray deploy supernode``'s options: the
     site's number, data folder, sealed backbone, state folder and (``--name``) the name the
     server's log and metrics give it."""
     from fedgray.fl.clientapp.node_config import SITE_NAME
 
-    node_config: dict[str, str | int | bool] = {
+    node_config: dict[str, str | int | float | bool] = {
         "partition-id": args.site,
         "data-dir": str(Path(args.data).resolve()),
     }
@@ -125,7 +125,29 @@ def supernode_node_config(args: argparse.Namespace) -> dict[str, str | int | boo
         node_config["backbone-isolated"] = True
     if args.state_dir:
         node_config["state-dir"] = str(Path(args.state_dir).resolve())
+    node_config.update(floor_node_config(args.floor))
     return node_config
+
+
+def floor_node_config(pairs: list[str]) -> dict[str, str | int | float | bool]:
+    """``--floor KEY=VALUE`` options as node-config entries (values read as TOML scalars);
+    one line naming an unknown key or a malformed pair."""
+    import tomllib
+
+    from fedgray.fl.clientapp.floor import FLOOR_KEYS
+
+    entries: dict[str, str | int | float | bool] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or key not in FLOOR_KEYS:
+            raise ValueError(
+                f"--floor {pair}: expected KEY=VALUE with KEY one of {', '.join(FLOOR_KEYS)}"
+            )
+        try:
+            entries[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            entries[key] = raw  # a bare word: a comma-separated list of names
+    return entries
 
 
 def _cmd_supernode(args: argparse.Namespace) -> None:
@@ -239,6 +261,14 @@ def _supernode_parser(commands: Any) -> None:
     parser.add_argument("--isolated", action="store_true", help="backbone in its own process")
     parser.add_argument(
         "--state-dir", metavar="DIR", help="where the site keeps its personal adapters"
+    )
+    parser.add_argument(
+        "--floor",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="the site's own privacy floor, whatever a run asks (repeatable; e.g. "
+        "require-dp=true max-epsilon-run=8 max-epsilon-total=16; see docs/deployment.md)",
     )
     parser.add_argument("--run-dir", default=".", metavar="DIR", help="log and Flower home")
     parser.add_argument("--port", type=int, help="loopback port for its ClientApps (free one)")

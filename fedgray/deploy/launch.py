@@ -121,7 +121,7 @@ class SuperNodeOptions:
     superlink: str
     root_cert: Path | None
     private_key: Path | None
-    node_config: Mapping[str, str | int | bool]
+    node_config: Mapping[str, str | int | float | bool]
     port: int
     insecure: bool = False
     max_wait_time: float | None = None

@@ -86,7 +86,7 @@ def start_superlink(
     return SuperLink(process, options, flwr_home, node_ids)
 
 
-def check_node_config(node_config: Mapping[str, str | int | bool]) -> None:
+def check_node_config(node_config: Mapping[str, str | int | float | bool]) -> None:
     """Fail before starting anything if the site's data or backbone files are missing, or
     its privacy floor is malformed (an epsilon limit needs a state folder for its ledger)."""
     if DATA_DIR not in node_config:

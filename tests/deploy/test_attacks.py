@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from fedgray.deploy.demo import flwr_run
 from fedgray.deploy.launch import CONNECTION, flower_env, flower_executable, flwr_run_to_end
 from fedgray.deploy.processes import Processes
+from fedgray.fl.clientapp.floor import LEDGER_FILE
 from fedgray.fl.clientapp.trusted import UNTRUSTED_APP
-from tests.deploy.conftest import RUN_LIMIT_S, Federation
+from tests.deploy.conftest import RUN_LIMIT_S, Federation, tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.deploy]
 
@@ -150,3 +152,30 @@ def test_an_app_carrying_its_own_code_is_refused_at_every_site(
             if line.startswith("fedgray site: this site refuses app") and verdict in line
         ]
         assert len(refused) == 1, node.log_file
+
+
+def test_a_run_with_privacy_off_is_refused_by_every_sites_floor(
+    federation: Federation, processes: Processes
+) -> None:
+    """fedgray's own app, submitted with ``privacy.enabled=false`` (batches of one, no
+    SecAgg+): each
+    site's floor (``require-dp`` in its node config) refuses before training, the run ends
+    naming the refusal, and no site's ledger records a step of it."""
+    ledgers = [d.parent / "state" / LEDGER_FILE for d in federation.data_dirs]
+    before = [p.read_text() if p.is_file() else None for p in ledgers]
+    hostile = tiny_config(
+        "privacy.enabled=false", "train.batch_size=1", "federation.secure_aggregation.enabled=false"
+    )
+    with pytest.raises(RuntimeError) as failed:
+        flwr_run(
+            processes,
+            federation.link.options.run_dir,
+            hostile,
+            echo=lambda _: None,
+            timeout=RUN_LIMIT_S,
+            name="no-privacy",
+        )
+    assert "site floor: privacy.enabled is false, this site requires DP-SGD" in str(failed.value)
+    assert [p.read_text() if p.is_file() else None for p in ledgers] == before
+    results = federation.link.options.run_dir / "no-privacy"
+    assert not (results / "adapters.pt").exists()

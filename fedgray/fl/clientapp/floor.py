@@ -152,6 +152,10 @@ class Floor:
             runs[str(run_id)] = own
 
 
+FLOOR_KEYS = tuple(spec.name.replace("_", "-") for spec in fields(Floor))
+"""The node-config keys a floor reads."""
+
+
 def _epsilon(history: list[Entry], delta: float) -> float:
     return Ledger(ACCOUNTANT, tuple(history)).epsilon(delta)
 
