@@ -75,11 +75,42 @@ class SuperLinkOptions:
     key: Path | None
     insecure: bool = False
     simulation: bool = False
+    superexec_secret: Path | None = None
 
     @property
     def address(self) -> str:
         """``host:port`` as SuperNodes and ``flwr`` dial it."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def local_address(self) -> str:
+        """``host:port`` as a process on the SuperLink's machine dials it (loopback when
+        it listens on every address)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"{host}:{self.port}"
+
+
+def _isolation(secret: Path | None) -> list[str]:
+    """Process isolation with SuperExec authentication: Flower 1.42 honours the secret only
+    when the SuperExec is started apart (``--isolation process``), not as its own child."""
+    if secret is None:
+        return []
+    return ["--isolation", "process", "--superexec-auth-secret-file", str(secret)]
+
+
+def superexec_command(runtime_address: str, *, root_cert: Path | None, secret: Path) -> list[str]:
+    """``flower-superexec`` for a SuperLink's ServerApps or a SuperNode's ClientApps,
+    authenticated to its runtime API with the shared ``secret`` (TLS verified with
+    ``root_cert``, or plain on loopback when it is None)."""
+    tls = ["--insecure"] if root_cert is None else ["--root-certificates", str(root_cert)]
+    return [
+        flower_executable("flower-superexec"),
+        "--runtime-api-address",
+        runtime_address,
+        *tls,
+        "--superexec-auth-secret-file",
+        str(secret),
+    ]
 
 
 def superlink_command(options: SuperLinkOptions) -> list[str]:
@@ -103,6 +134,7 @@ def superlink_command(options: SuperLinkOptions) -> list[str]:
         args.append("--simulation")
     return [
         *args,
+        *_isolation(options.superexec_secret),
         "--disable-runtime-dependency-installation",
         "--host",
         options.host,
@@ -125,6 +157,7 @@ class SuperNodeOptions:
     port: int
     insecure: bool = False
     max_wait_time: float | None = None
+    superexec_secret: Path | None = None
 
 
 def _toml_value(value: str | int | float | bool) -> str:
@@ -157,6 +190,7 @@ def supernode_command(options: SuperNodeOptions) -> list[str]:
         args += ["--max-wait-time", str(options.max_wait_time)]
     return [
         *args,
+        *_isolation(options.superexec_secret),
         "--node-config",
         config_arg(options.node_config),
         "--host",

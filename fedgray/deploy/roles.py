@@ -6,7 +6,10 @@ file or directory), starts the Flower process under a :class:`Processes` and ret
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -19,6 +22,7 @@ from fedgray.deploy.launch import (
     SuperNodeOptions,
     flower_env,
     register_supernode,
+    superexec_command,
     superlink_command,
     supernode_command,
     write_cli_config,
@@ -29,6 +33,7 @@ from fedgray.fl.clientapp.node_config import BACKBONE_KEYS, DATA_DIR, STATE_DIR,
 
 Echo = Callable[[str], None]
 TRUSTED_RUNNER = "fedgray.fl.clientapp.trusted"
+SECRET_FILE = "superexec.secret"
 STARTUP_TIMEOUT_S = 60.0
 INSECURE_WARNING = (
     "WARNING: --insecure: no TLS and no SuperNode authentication; anyone who reaches the "
@@ -67,6 +72,8 @@ def start_superlink(
         raise ValueError("the SuperLink needs credentials unless --insecure is given")
     options.run_dir.mkdir(parents=True, exist_ok=True)
     flwr_home = options.run_dir / "flwr"
+    options = dataclasses.replace(options, superexec_secret=superexec_secret(options.run_dir))
+    assert options.superexec_secret is not None
     process = processes.start(
         superlink_command(options),
         log_file=options.run_dir / "superlink.log",
@@ -74,6 +81,16 @@ def start_superlink(
         cwd=options.run_dir,
     )
     wait_for_port(options.host, options.port, timeout=STARTUP_TIMEOUT_S, process=process)
+    processes.start(
+        superexec_command(
+            options.local_address,
+            root_cert=None if options.insecure else options.ca_cert,
+            secret=options.superexec_secret,
+        ),
+        log_file=options.run_dir / "superexec.log",
+        env=flower_env(flwr_home),
+        cwd=options.run_dir,
+    )
     write_cli_config(flwr_home, options.address, options.ca_cert if not options.insecure else None)
     node_ids: dict[str, int] = {}
     if register and credentials is not None and not options.insecure:
@@ -116,6 +133,19 @@ class SuperNode:
         return self.site_dir / "supernode.log"
 
 
+def superexec_secret(folder: Path) -> Path:
+    """``folder/superexec.secret``: 32 random bytes (mode 0600), made once and kept (a
+    restarted role keeps it), shared by a SuperLink or SuperNode and the SuperExec that
+    launches its apps, so that no one else can claim their tasks."""
+    path = folder / SECRET_FILE
+    folder.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(secrets.token_bytes(32))
+    return path
+
+
 def trusted_runner(site_dir: Path) -> Path:
     """A folder holding ``flwr-clientapp`` that runs :mod:`fedgray.fl.clientapp.trusted`
     with this Python: first on the SuperNode's PATH, it is what Flower starts per message."""
@@ -138,6 +168,8 @@ def start_supernode(
     if options.insecure:
         _warn(INSECURE_WARNING)
     check_node_config(options.node_config)
+    options = dataclasses.replace(options, superexec_secret=superexec_secret(site_dir))
+    assert options.superexec_secret is not None
     env = flower_env(site_dir / "flwr")
     env["PATH"] = f"{trusted_runner(site_dir)}{os.pathsep}{env['PATH']}"
     node = SuperNode(
@@ -149,6 +181,14 @@ def start_supernode(
         ),
         options,
         site_dir,
+    )
+    processes.start(  # it retries until the SuperNode's runtime API listens
+        superexec_command(
+            f"127.0.0.1:{options.port}", root_cert=None, secret=options.superexec_secret
+        ),
+        log_file=site_dir / "superexec.log",
+        env=env,
+        cwd=site_dir,
     )
     site = options.node_config.get("partition-id", "")
     echo(f"SuperNode {site} -> {options.superlink} (log: {node.log_file})")

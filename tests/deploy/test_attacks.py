@@ -21,6 +21,7 @@ from fedgray.fl.clientapp.trusted import UNTRUSTED_APP
 from tests.deploy.conftest import RUN_LIMIT_S, Federation, tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.deploy]
+REFUSED_WITHIN_S = 60
 
 THIEF = '''
 """A ClientApp that reads every file and folder the site's node config names, drops what
@@ -179,3 +180,34 @@ def test_a_run_with_privacy_off_is_refused_by_every_sites_floor(
     assert [p.read_text() if p.is_file() else None for p in ledgers] == before
     results = federation.link.options.run_dir / "no-privacy"
     assert not (results / "adapters.pt").exists()
+
+
+def test_a_superexec_without_the_secret_is_refused_by_superlink_and_supernodes(
+    federation: Federation, processes: Processes, tmp_path: Path
+) -> None:
+    """The runtime APIs that hand out ServerApp and ClientApp tasks (run config, app bundle,
+    the global adapters) answer only the SuperExec holding the role's secret: a SuperExec of
+    the attacker's, pointed at the SuperLink's port or at a site's runtime port, is refused
+    at its first request and exits (one without the secret would poll on and claim the
+    next task), having launched nothing."""
+    link = federation.link.options
+    targets = {
+        "superlink": [link.local_address, "--root-certificates", str(link.ca_cert)],
+        "site-0": [f"127.0.0.1:{federation.supernodes[0].options.port}", "--insecure"],
+    }
+    rogues = {
+        name: processes.start(
+            [flower_executable("flower-superexec"), "--runtime-api-address", *target],
+            log_file=tmp_path / f"rogue-{name}.log",
+            env=flower_env(tmp_path / "flwr"),
+            cwd=tmp_path,
+        )
+        for name, target in targets.items()
+    }
+    for name, rogue in rogues.items():
+        rogue.wait(timeout=REFUSED_WITHIN_S)
+        log = (tmp_path / f"rogue-{name}.log").read_text()
+        assert "Starting Flower SuperExec" in log and "terminated" in log
+        assert "flwr-serverapp" not in log and "flwr-clientapp" not in log
+    refused = "SuperExec authentication failed for /flwr.proto.Runtime/AcquireTask"
+    assert refused in (link.run_dir / "superlink.log").read_text()
