@@ -76,6 +76,14 @@ def _cmd_credentials(args: argparse.Namespace) -> None:
         print(f"{site.name + ':':<23} {site.private_key.parent}")
 
 
+def _host_port(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` as a pair; one line naming the option otherwise."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"--public: expected HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
 def _cmd_superlink(args: argparse.Namespace) -> None:
     from fedgray.deploy.roles import start_superlink
 
@@ -89,6 +97,7 @@ def _cmd_superlink(args: argparse.Namespace) -> None:
         cert=credentials.superlink_cert if credentials else None,
         key=credentials.superlink_key if credentials else None,
         insecure=args.insecure,
+        public=_host_port(args.public) if args.public else None,
     )
     restart = (run_dir / "superlink.db").is_file()  # its registrations are kept there
     if restart:
@@ -230,6 +239,12 @@ def _superlink_parser(commands: Any) -> None:
     parser.add_argument("--run-dir", required=True, metavar="DIR", help="state, logs, results")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument(
+        "--public",
+        metavar="HOST:PORT",
+        help="the address SuperNodes dial, served by nginx passing on only the Fleet API "
+        "(the SuperLink, its Control and runtime APIs stay on --host 127.0.0.1)",
+    )
     parser.add_argument(
         "--insecure", action="store_true", help="no TLS, no node authentication (warned)"
     )

@@ -65,7 +65,9 @@ def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[
 class SuperLinkOptions:
     """How the operator's SuperLink runs: address, TLS files (None with ``insecure``),
     where its state database and log go, and whether it simulates its SuperNodes itself
-    (``simulation``: ``fedgray run``'s local federation, as ``flwr run`` starts one)."""
+    (``simulation``: ``fedgray run``'s local federation, as ``flwr run`` starts one).
+    ``public``: the address SuperNodes dial, served by a proxy that passes on only the
+    Fleet API (:mod:`fedgray.deploy.fleet_proxy`); the SuperLink then listens on loopback."""
 
     host: str
     port: int
@@ -76,6 +78,7 @@ class SuperLinkOptions:
     insecure: bool = False
     simulation: bool = False
     superexec_secret: Path | None = None
+    public: tuple[str, int] | None = None
 
     @property
     def address(self) -> str:
@@ -231,8 +234,8 @@ def flwr_cli(args: Sequence[str], flwr_home: Path, *, timeout: float = 60.0) -> 
         stdin=subprocess.DEVNULL,
     )
     if done.returncode != 0:
-        last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
-        raise LaunchError(f"flwr {' '.join(args[:2])}: exit {done.returncode}: {last}")
+        said = error_text(f"{done.stdout}\n{done.stderr}".splitlines())
+        raise LaunchError(f"flwr {' '.join(args[:2])}: exit {done.returncode}: {said}")
     return done.stdout
 
 
@@ -252,9 +255,14 @@ def register_supernode(public_key: Path, flwr_home: Path, *, name: str) -> int:
 
 
 def last_error(log: Path) -> str:
-    """The last error in a Flower log: the text of the ``flwr`` CLI's last error box, else
-    the last line that reports an error (Flower logs and continues)."""
+    """The last error in a Flower log (see :func:`error_text`)."""
     lines = log.read_text(encoding="utf-8", errors="replace").splitlines() if log.is_file() else []
+    return error_text(lines)
+
+
+def error_text(lines: Sequence[str]) -> str:
+    """The text of the ``flwr`` CLI's last error box in ``lines``, else the last line that
+    reports an error (Flower logs and continues)."""
     for at in range(len(lines) - 1, -1, -1):
         if "─ Error ─" in lines[at]:
             box = []

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedgray.deploy.credentials import Credentials, registered_key
+from fedgray.deploy.fleet_proxy import PROXY_DIR, FleetProxy, start_fleet_proxy
 from fedgray.deploy.launch import (
     SuperLinkOptions,
     SuperNodeOptions,
@@ -34,6 +35,7 @@ from fedgray.fl.clientapp.node_config import BACKBONE_KEYS, DATA_DIR, STATE_DIR,
 Echo = Callable[[str], None]
 TRUSTED_RUNNER = "fedgray.fl.clientapp.trusted"
 SECRET_FILE = "superexec.secret"
+LOOPBACK = "127.0.0.1"
 STARTUP_TIMEOUT_S = 60.0
 INSECURE_WARNING = (
     "WARNING: --insecure: no TLS and no SuperNode authentication; anyone who reaches the "
@@ -70,6 +72,8 @@ def start_superlink(
         _warn(INSECURE_WARNING)
     elif credentials is None:
         raise ValueError("the SuperLink needs credentials unless --insecure is given")
+    if options.public is not None and (options.insecure or options.host != LOOPBACK):
+        raise ValueError(f"--public: needs TLS and the SuperLink on --host {LOOPBACK}")
     options.run_dir.mkdir(parents=True, exist_ok=True)
     flwr_home = options.run_dir / "flwr"
     options = dataclasses.replace(options, superexec_secret=superexec_secret(options.run_dir))
@@ -91,6 +95,18 @@ def start_superlink(
         env=flower_env(flwr_home),
         cwd=options.run_dir,
     )
+    if options.public is not None:
+        assert options.cert and options.key and options.ca_cert
+        proxy = FleetProxy(
+            *options.public,
+            upstream=options.address,
+            cert=options.cert,
+            key=options.key,
+            ca_cert=options.ca_cert,
+            folder=options.run_dir / PROXY_DIR,
+        )
+        start_fleet_proxy(processes, proxy)
+        echo(f"Fleet API only on {proxy.host}:{proxy.port} (nginx: {proxy.folder})")
     write_cli_config(flwr_home, options.address, options.ca_cert if not options.insecure else None)
     node_ids: dict[str, int] = {}
     if register and credentials is not None and not options.insecure:

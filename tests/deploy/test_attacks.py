@@ -8,14 +8,33 @@ its privacy off. The sites refuse both, and nothing of the site is read.
 from __future__ import annotations
 
 import json
+import shutil
+import ssl
 import textwrap
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from fedgray.deploy.credentials import create_credentials
 from fedgray.deploy.demo import flwr_run
-from fedgray.deploy.launch import CONNECTION, flower_env, flower_executable, flwr_run_to_end
-from fedgray.deploy.processes import Processes
+from fedgray.deploy.launch import (
+    CONNECTION,
+    LaunchError,
+    SuperLinkOptions,
+    SuperNodeOptions,
+    flower_env,
+    flower_executable,
+    flwr_cli,
+    flwr_json,
+    flwr_run_to_end,
+    write_cli_config,
+)
+from fedgray.deploy.processes import Processes, free_port
+from fedgray.deploy.roles import start_superlink, start_supernode
+from fedgray.deploy.site_data import write_site_data
 from fedgray.fl.clientapp.floor import LEDGER_FILE
 from fedgray.fl.clientapp.trusted import UNTRUSTED_APP
 from tests.deploy.conftest import RUN_LIMIT_S, Federation, tiny_config
@@ -211,3 +230,80 @@ def test_a_superexec_without_the_secret_is_refused_by_superlink_and_supernodes(
         assert "flwr-serverapp" not in log and "flwr-clientapp" not in log
     refused = "SuperExec authentication failed for /flwr.proto.Runtime/AcquireTask"
     assert refused in (link.run_dir / "superlink.log").read_text()
+
+
+def _post(address: str, path: str, ca_cert: Path) -> int:
+    """The HTTP status of an empty protobuf POST to ``path``, as curl -X POST would send it."""
+    context = ssl.create_default_context(cafile=str(ca_cert))
+    request = urllib.request.Request(
+        f"https://{address}{path}",
+        data=b"",
+        method="POST",
+        headers={"Content-Type": "application/protobuf"},
+    )
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=30) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+@pytest.mark.skipif(shutil.which("nginx", path="/usr/sbin:/usr/bin") is None, reason="no nginx")
+def test_the_public_address_carries_only_the_fleet_api(
+    tmp_path: Path, processes: Processes
+) -> None:
+    """With ``--public``, whoever reaches the public address with the federation's CA
+    certificate cannot list, stop or submit runs, register or unregister SuperNodes, or
+    poll for ServerApp tasks (nginx answers 403 before Flower sees the request), while a
+    registered site joins through it and the operator's ``flwr`` works on loopback."""
+    credentials = create_credentials(tmp_path / "creds", 1)
+    public = ("127.0.0.1", free_port())
+    options = SuperLinkOptions(
+        "127.0.0.1",
+        free_port(),
+        tmp_path / "link",
+        credentials.superlink_ca_cert,
+        credentials.superlink_cert,
+        credentials.superlink_key,
+        public=public,
+    )
+    link = start_superlink(processes, options, credentials, echo=lambda _: None)
+    address = f"{public[0]}:{public[1]}"
+    attacker = tmp_path / "attacker"
+    write_cli_config(attacker, address, credentials.ca_cert)
+    rogue_key = create_credentials(tmp_path / "rogue", 1).sites[0].public_key
+    for args in (
+        ["list", CONNECTION],
+        ["supernode", "list", CONNECTION],
+        ["supernode", "register", str(rogue_key), CONNECTION],
+        ["supernode", "unregister", str(link.node_ids["site-0"]), CONNECTION],
+        ["stop", "1", CONNECTION],
+    ):
+        with pytest.raises(LaunchError) as refused:
+            flwr_cli(args, attacker)
+        assert "403 Forbidden" in str(refused.value), refused.value
+    unproxied = tmp_path / "unproxied"  # the same attacker on the SuperLink's own port
+    write_cli_config(unproxied, options.address, credentials.ca_cert)
+    assert "runs" in flwr_json(["list", CONNECTION], unproxied)
+    for path in ("/v1/control/list-runs", "/v1/runtime/acquire-task", "/docs"):
+        assert _post(address, path, credentials.ca_cert) == 403, path
+        assert _post(options.address, path, credentials.ca_cert) != 403, path  # unproxied
+    config = tiny_config()
+    data = write_site_data(config, 1, tmp_path / "sites")[0]
+    site = credentials.sites[0]
+    node = start_supernode(
+        processes,
+        SuperNodeOptions(
+            address, site.ca_cert, site.private_key, {"data-dir": str(data)}, free_port()
+        ),
+        site_dir=tmp_path / "site",
+        echo=lambda _: None,
+    )
+    deadline = time.monotonic() + RUN_LIMIT_S
+    nodes: list[dict[str, object]] = []
+    while time.monotonic() < deadline and not any(n["status"] == "online" for n in nodes):
+        assert node.process.poll() is None, node.log_file.read_text()[-2000:]
+        nodes = flwr_json(["supernode", "list", CONNECTION], link.flwr_home)["nodes"]
+        time.sleep(1)
+    assert [n["status"] for n in nodes] == ["online"]
+    assert len(flwr_json(["supernode", "list", CONNECTION], link.flwr_home)["nodes"]) == 1
