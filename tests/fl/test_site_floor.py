@@ -96,6 +96,7 @@ def test_a_site_refuses_a_run_config_below_its_floor(
     assert all(reason in r for r in refusals), refusals[0]
 
 
+@pytest.mark.slow
 def test_two_runs_on_the_same_data_spend_from_one_lifetime_budget(tmp_path: Path) -> None:
     """Run 1 within the floor spends epsilon e1 per site; with a lifetime limit halfway
     between e1 and the epsilon of run 1's steps taken twice, run 2 (another run id, the same
@@ -118,6 +119,7 @@ def test_two_runs_on_the_same_data_spend_from_one_lifetime_budget(tmp_path: Path
         assert after["total"] <= limit < min(twice)
 
 
+@pytest.mark.slow
 def test_a_run_is_refused_above_the_sites_per_run_limit(tmp_path: Path) -> None:
     """A per-run limit between one round's and two rounds' epsilon: round 1 is released,
     round 2 is refused, and the run's ledger holds one round."""
