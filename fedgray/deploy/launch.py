@@ -240,9 +240,15 @@ def flwr_cli(args: Sequence[str], flwr_home: Path, *, timeout: float = 60.0) -> 
 
 
 def flwr_json(args: Sequence[str], flwr_home: Path) -> dict[str, Any]:
-    """``flwr ARGS --format json``'s reply (after the "Using SuperLink" line it prints first)."""
+    """``flwr ARGS --format json``'s reply (after the "Using SuperLink" line it prints first);
+    LaunchError with its message when it reports a failure (it exits 0 then, for example
+    when the SuperLink does not answer)."""
     out = flwr_cli([*args, "--format", "json"], flwr_home)
-    return dict(json.loads(out[out.index("{") :]))
+    reply = dict(json.loads(out[out.index("{") :]))
+    if reply.get("success") is False:
+        said = str(reply.get("error-message", "no message")).splitlines()
+        raise LaunchError(f"flwr {' '.join(args[:2])}: {said[-1].strip() if said else ''}")
+    return reply
 
 
 def register_supernode(public_key: Path, flwr_home: Path, *, name: str) -> int:
