@@ -213,7 +213,8 @@ def test_following_a_run_on_a_superlink_that_is_gone_fails_in_one_line(tmp_path:
     write_cli_config(home, f"127.0.0.1:{free_port()}", None)
     with pytest.raises(LaunchError) as gone:
         finished_run(home, 1)
-    assert str(gone.value).startswith("flwr list fedgray: Connection to the SuperLink is unavailable")
+    unavailable = "flwr list fedgray: Connection to the SuperLink is unavailable"
+    assert str(gone.value).startswith(unavailable)
 
 
 def test_a_site_trusts_only_a_bundle_naming_fedgrays_clientapp_and_carrying_no_code(
