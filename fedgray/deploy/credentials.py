@@ -215,14 +215,18 @@ def create_credentials(
 
 
 def read_credentials(root: str | Path) -> Credentials:
-    """The credentials under ``root`` as :func:`create_credentials` wrote them (every site
-    folder found), or one line naming the first missing file."""
+    """The credentials under ``root`` as :func:`create_credentials` wrote them, one site per
+    public key in ``superlink/site-keys/`` (``site-0.pub`` on: what the SuperLink's machine
+    holds), or one line naming the first missing file."""
     root = Path(root).resolve()  # Flower's processes run in other folders
+    keys = root / "superlink" / "site-keys"
     count = 0
-    while (root / "sites" / site_name(count)).is_dir():
+    while (keys / f"{site_name(count)}.pub").is_file():
         count += 1
     files = _layout(root, count)
     for path in (files.superlink_ca_cert, files.superlink_cert, files.superlink_key):
         if not path.is_file():
             raise CredentialError(f"{path}: not found (create it with fedgray deploy credentials)")
+    if count == 0:
+        raise CredentialError(f"{keys / 'site-0.pub'}: not found (no site key to register)")
     return files

@@ -107,7 +107,9 @@ def start_superlink(
         )
         start_fleet_proxy(processes, proxy)
         echo(f"Fleet API only on {proxy.host}:{proxy.port} (nginx: {proxy.folder})")
-    write_cli_config(flwr_home, options.address, options.ca_cert if not options.insecure else None)
+    write_cli_config(
+        flwr_home, options.local_address, options.ca_cert if not options.insecure else None
+    )
     node_ids: dict[str, int] = {}
     if register and credentials is not None and not options.insecure:
         for site in credentials.sites:
