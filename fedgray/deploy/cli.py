@@ -197,6 +197,18 @@ def _cmd_submit(args: argparse.Namespace) -> None:
     print(f"results (metrics, epsilon ledgers, checkpoint, adapters): {results}")
 
 
+def _cmd_trial_data(args: argparse.Namespace) -> None:
+    from fedgray.deploy.site_data import write_site_data
+    from fedgray.fl.clientapp.node_config import check_data_dir
+
+    out = Path(args.out).resolve()
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"--out: {out}: not empty; refusing to write into it")
+    config = load_config(args.config, args.overrides)
+    for site, folder in enumerate(write_site_data(config, args.sites, out)):
+        print(f"site {site}: {folder} ({check_data_dir(folder)} samples): --data {folder}")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from fedgray.deploy.demo import run_demo
 
@@ -307,6 +319,20 @@ def _submit_parser(commands: Any, config_arguments: Callable[..., None]) -> None
     parser.set_defaults(handler=_one_line(_cmd_submit))
 
 
+def _trial_data_parser(commands: Any, config_arguments: Callable[..., None]) -> None:
+    parser = commands.add_parser(
+        "trial-data",
+        help="write each site's partition of the built-in benchmark as a data folder",
+        description="Write N data folders (OUT/site-K/data: train/captions.csv and its "
+        "images), each site's partition of CONFIG's built-in dataset, ready for "
+        "fedgray deploy supernode --data. OUT must be new or empty.",
+    )
+    config_arguments(parser, required=False)
+    parser.add_argument("--sites", type=int, required=True, metavar="N")
+    parser.add_argument("--out", required=True, metavar="DIR")
+    parser.set_defaults(handler=_one_line(_cmd_trial_data))
+
+
 def _demo_parser(commands: Any, config_arguments: Callable[..., None]) -> None:
     parser = commands.add_parser(
         "demo",
@@ -324,7 +350,7 @@ def _demo_parser(commands: Any, config_arguments: Callable[..., None]) -> None:
 
 
 def add_deploy_parser(commands: Any, config_arguments: Callable[..., None]) -> None:
-    """Add ``deploy`` and its five subcommands to the ``fedgray`` command's subparsers."""
+    """Add ``deploy`` and its six subcommands to the ``fedgray`` command's subparsers."""
     deploy = commands.add_parser(
         "deploy",
         help="multi-site deployment on Flower's deployment engine (see docs/deployment.md)",
@@ -336,4 +362,5 @@ def add_deploy_parser(commands: Any, config_arguments: Callable[..., None]) -> N
     _superlink_parser(roles)
     _supernode_parser(roles)
     _submit_parser(roles, config_arguments)
+    _trial_data_parser(roles, config_arguments)
     _demo_parser(roles, config_arguments)

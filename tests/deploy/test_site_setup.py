@@ -249,3 +249,26 @@ def test_a_floor_option_with_an_unknown_key_is_one_line() -> None:
     with pytest.raises(ValueError) as bad:
         floor_node_config(["max-epsilon=8"])
     assert str(bad.value).startswith("--floor max-epsilon=8: expected KEY=VALUE with KEY one of ")
+
+
+def test_trial_data_writes_one_site_folder_each_that_a_supernode_accepts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``fedgray deploy trial-data`` writes N folders ``check_node_config`` accepts, the
+    samples split among them; into a folder that is not empty it refuses in one line."""
+    from fedgray.cli import main
+
+    out = tmp_path / "sites"
+    args = ["deploy", "trial-data", "--sites", "2", "--out", str(out)]
+    main([*args, "--set", "data.train_size=30", "--set", "data.test_size=10"])
+    lines = capsys.readouterr().out.splitlines()
+    folders = [out / f"site-{k}" / "data" for k in range(2)]
+    assert [line.split(": ")[0] for line in lines] == ["site 0", "site 1"]
+    for folder in folders:
+        check_node_config({"data-dir": str(folder)})
+    with pytest.raises(SystemExit) as refused:
+        main(args)
+    assert refused.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"fedgray: error: --out: {out}: not empty; refusing to write into it"
+    )
