@@ -78,9 +78,10 @@ def _refusals(grid: LocalGrid) -> list[str]:
         ),
         ([*DP, "train.batch_size=30"], {"max-sample-rate": 0.2}, "above max-sample-rate 0.2"),
         ([*DP, "method.name=output"], {"allowed-methods": "dga"}, "method.name 'output'"),
+        (DP, {"require-secure-mode": True}, "privacy.secure_mode is false"),
         ([*DP, "federation.num_rounds=3"], {"max-rounds": 2}, "round 3 is above"),
     ],
-    ids=["no-dp", "little-noise", "big-batches", "method", "rounds"],
+    ids=["no-dp", "little-noise", "big-batches", "method", "seeded-noise", "rounds"],
 )
 def test_a_site_refuses_a_run_config_below_its_floor(
     tmp_path: Path, overrides: list[str], floor: dict[str, Any], reason: str

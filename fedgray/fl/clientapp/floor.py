@@ -4,7 +4,7 @@ The run config comes from whoever submits the run; a site's data is the site's. 
 site's node config (its SuperNode's ``--node-config``, on its own machine) names its
 minimums, and the site's trusted code checks every train message against them::
 
-    require-dp=true  require-secagg=true  max-rounds=20
+    require-dp=true  require-secure-mode=true  require-secagg=true  max-rounds=20
     max-epsilon-run=8.0  max-epsilon-total=16.0  floor-delta=1e-5
     min-noise=0.8  max-sample-rate=0.1
     allowed-methods="dga,output"  allowed-levels="gray"
@@ -48,6 +48,7 @@ class Floor:
     """A site's minimums (None: no limit on that point); see the module docstring."""
 
     require_dp: bool = False
+    require_secure_mode: bool = False
     require_secagg: bool = False
     max_rounds: int | None = None
     max_epsilon_run: float | None = None
@@ -94,6 +95,11 @@ class Floor:
         problems = []
         if self.limits_dp and not config.privacy.enabled:
             problems.append("privacy.enabled is false, this site requires DP-SGD")
+        if self.require_secure_mode and not config.privacy.secure_mode:
+            problems.append(
+                "privacy.secure_mode is false (noise seeded from the run config, which its "
+                "submitter can draw again), this site requires it"
+            )
         if self.require_secagg and not config.federation.secure_aggregation.enabled:
             problems.append("federation.secure_aggregation.enabled is false, this site requires it")
         if self.allowed_methods and config.method.name not in self.allowed_methods:
