@@ -101,10 +101,14 @@ def _isolation(secret: Path | None) -> list[str]:
     return ["--isolation", "process", "--superexec-auth-secret-file", str(secret)]
 
 
-def superexec_command(runtime_address: str, *, root_cert: Path | None, secret: Path) -> list[str]:
+def superexec_command(
+    runtime_address: str, *, root_cert: Path | None, secret: Path, parent_pid: int
+) -> list[str]:
     """``flower-superexec`` for a SuperLink's ServerApps or a SuperNode's ClientApps,
     authenticated to its runtime API with the shared ``secret`` (TLS verified with
-    ``root_cert``, or plain on loopback when it is None)."""
+    ``root_cert``, or plain on loopback when it is None). It ends, and its apps with it,
+    when ``parent_pid`` (the role's process) does, as under subprocess isolation: a
+    ServerApp must not outlive a killed SuperLink and go on against its successor."""
     tls = ["--insecure"] if root_cert is None else ["--root-certificates", str(root_cert)]
     return [
         flower_executable("flower-superexec"),
@@ -113,6 +117,8 @@ def superexec_command(runtime_address: str, *, root_cert: Path | None, secret: P
         *tls,
         "--superexec-auth-secret-file",
         str(secret),
+        "--parent-pid",
+        str(parent_pid),
     ]
 
 

@@ -90,6 +90,7 @@ def start_superlink(
             options.local_address,
             root_cert=None if options.insecure else options.ca_cert,
             secret=options.superexec_secret,
+            parent_pid=process.pid,
         ),
         log_file=options.run_dir / "superexec.log",
         env=flower_env(flwr_home),
@@ -202,7 +203,10 @@ def start_supernode(
     )
     processes.start(  # it retries until the SuperNode's runtime API listens
         superexec_command(
-            f"127.0.0.1:{options.port}", root_cert=None, secret=options.superexec_secret
+            f"127.0.0.1:{options.port}",
+            root_cert=None,
+            secret=options.superexec_secret,
+            parent_pid=node.process.pid,
         ),
         log_file=site_dir / "superexec.log",
         env=env,
