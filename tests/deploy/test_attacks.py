@@ -1,8 +1,10 @@
 """Attacks on a running loopback federation, written as an attacker would write them.
 
-Whoever can submit a run (today: anyone who reaches the SuperLink's port) tries to make the
-sites run their code (read the site's data folder and keys), and to make a site train with
-its privacy off. The sites refuse both, and nothing of the site is read.
+Whoever can submit a run tries to make the sites run their code (read the site's data
+folder and keys) and to make a site train with its privacy off: the sites refuse both, and
+nothing of the site is read. A SuperExec of the attacker's tries to claim ServerApp and
+ClientApp tasks: it is refused. Whoever reaches the SuperLink's public address (``--public``)
+tries the Control and runtime APIs: nginx answers 403, while sites still join through it.
 """
 
 from __future__ import annotations
