@@ -95,8 +95,7 @@ def start_fleet_proxy(processes: Processes, proxy: FleetProxy) -> subprocess.Pop
     """Write the configuration, have nginx check it (one line with its complaint), then
     start it in the foreground under ``processes``."""
     nginx = nginx_executable()
-    for sub in ("tmp",):
-        (proxy.folder / sub).mkdir(parents=True, exist_ok=True)
+    (proxy.folder / "tmp").mkdir(parents=True, exist_ok=True)
     conf = proxy.folder / "nginx.conf"
     conf.write_text(nginx_config(proxy), encoding="utf-8")
     base = [nginx, "-p", str(proxy.folder), "-c", str(conf), "-e", str(proxy.folder / "error.log")]
