@@ -153,6 +153,14 @@ def test_tls_and_node_authentication_unless_insecure_is_asked_for(tmp_path: Path
     assert command[command.index("--root-certificates") + 1] == str(files["ca.crt"])
     assert command[command.index("--auth-supernode-private-key") + 1] == str(files["node.key"])
     assert "--insecure" in supernode_command(dataclasses.replace(node, insecure=True))
+    assert "--isolation" not in secure and "--isolation" not in command
+    secret = tmp_path / "superexec.secret"
+    for isolated in (
+        superlink_command(dataclasses.replace(link, superexec_secret=secret)),
+        supernode_command(dataclasses.replace(node, superexec_secret=secret)),
+    ):
+        assert isolated[isolated.index("--isolation") + 1] == "process"
+        assert isolated[isolated.index("--superexec-auth-secret-file") + 1] == str(secret)
 
 
 def test_a_supernode_is_named_as_its_operator_says(tmp_path: Path) -> None:
