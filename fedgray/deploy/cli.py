@@ -76,6 +76,14 @@ def _cmd_credentials(args: argparse.Namespace) -> None:
         print(f"{site.name + ':':<23} {site.private_key.parent}")
 
 
+def _host_port(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` as a pair; one line naming the option otherwise."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"--public: expected HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
 def _cmd_superlink(args: argparse.Namespace) -> None:
     from fedgray.deploy.roles import start_superlink
 
@@ -89,6 +97,7 @@ def _cmd_superlink(args: argparse.Namespace) -> None:
         cert=credentials.superlink_cert if credentials else None,
         key=credentials.superlink_key if credentials else None,
         insecure=args.insecure,
+        public=_host_port(args.public) if args.public else None,
     )
     restart = (run_dir / "superlink.db").is_file()  # its registrations are kept there
     if restart:
@@ -102,13 +111,13 @@ def _cmd_superlink(args: argparse.Namespace) -> None:
         _wait(link.process, "flower-superlink", run_dir / "superlink.log")
 
 
-def supernode_node_config(args: argparse.Namespace) -> dict[str, str | int | bool]:
+def supernode_node_config(args: argparse.Namespace) -> dict[str, str | int | float | bool]:
     """The SuperNode's ``--node-config`` from ``fedgray deploy supernode``'s options: the
     site's number, data folder, sealed backbone, state folder and (``--name``) the name the
     server's log and metrics give it."""
     from fedgray.fl.clientapp.node_config import SITE_NAME
 
-    node_config: dict[str, str | int | bool] = {
+    node_config: dict[str, str | int | float | bool] = {
         "partition-id": args.site,
         "data-dir": str(Path(args.data).resolve()),
     }
@@ -125,7 +134,29 @@ def supernode_node_config(args: argparse.Namespace) -> dict[str, str | int | boo
         node_config["backbone-isolated"] = True
     if args.state_dir:
         node_config["state-dir"] = str(Path(args.state_dir).resolve())
+    node_config.update(floor_node_config(args.floor))
     return node_config
+
+
+def floor_node_config(pairs: list[str]) -> dict[str, str | int | float | bool]:
+    """``--floor KEY=VALUE`` options as node-config entries (values read as TOML scalars);
+    one line naming an unknown key or a malformed pair."""
+    import tomllib
+
+    from fedgray.fl.clientapp.floor import FLOOR_KEYS
+
+    entries: dict[str, str | int | float | bool] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or key not in FLOOR_KEYS:
+            raise ValueError(
+                f"--floor {pair}: expected KEY=VALUE with KEY one of {', '.join(FLOOR_KEYS)}"
+            )
+        try:
+            entries[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            entries[key] = raw  # a bare word: a comma-separated list of names
+    return entries
 
 
 def _cmd_supernode(args: argparse.Namespace) -> None:
@@ -164,6 +195,18 @@ def _cmd_submit(args: argparse.Namespace) -> None:
             processes, run_dir, config, echo=print, timeout=args.timeout, name=args.name
         )
     print(f"results (metrics, epsilon ledgers, checkpoint, adapters): {results}")
+
+
+def _cmd_trial_data(args: argparse.Namespace) -> None:
+    from fedgray.deploy.site_data import write_site_data
+    from fedgray.fl.clientapp.node_config import check_data_dir
+
+    out = Path(args.out).resolve()
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"--out: {out}: not empty; refusing to write into it")
+    config = load_config(args.config, args.overrides)
+    for site, folder in enumerate(write_site_data(config, args.sites, out)):
+        print(f"site {site}: {folder} ({check_data_dir(folder)} samples): --data {folder}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -209,6 +252,12 @@ def _superlink_parser(commands: Any) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument(
+        "--public",
+        metavar="HOST:PORT",
+        help="the address SuperNodes dial, served by nginx passing on only the Fleet API "
+        "(the SuperLink, its Control and runtime APIs stay on --host 127.0.0.1)",
+    )
+    parser.add_argument(
         "--insecure", action="store_true", help="no TLS, no node authentication (warned)"
     )
     parser.set_defaults(handler=_one_line(_cmd_superlink))
@@ -240,6 +289,14 @@ def _supernode_parser(commands: Any) -> None:
     parser.add_argument(
         "--state-dir", metavar="DIR", help="where the site keeps its personal adapters"
     )
+    parser.add_argument(
+        "--floor",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="the site's own privacy floor, whatever a run asks (repeatable; e.g. "
+        "require-dp=true max-epsilon-run=8 max-epsilon-total=16; see docs/deployment.md)",
+    )
     parser.add_argument("--run-dir", default=".", metavar="DIR", help="log and Flower home")
     parser.add_argument("--port", type=int, help="loopback port for its ClientApps (free one)")
     parser.add_argument("--insecure", action="store_true", help="no TLS (warned)")
@@ -262,6 +319,20 @@ def _submit_parser(commands: Any, config_arguments: Callable[..., None]) -> None
     parser.set_defaults(handler=_one_line(_cmd_submit))
 
 
+def _trial_data_parser(commands: Any, config_arguments: Callable[..., None]) -> None:
+    parser = commands.add_parser(
+        "trial-data",
+        help="write each site's partition of the built-in benchmark as a data folder",
+        description="Write N data folders (OUT/site-K/data: train/captions.csv and its "
+        "images), each site's partition of CONFIG's built-in dataset, ready for "
+        "fedgray deploy supernode --data. OUT must be new or empty.",
+    )
+    config_arguments(parser, required=False)
+    parser.add_argument("--sites", type=int, required=True, metavar="N")
+    parser.add_argument("--out", required=True, metavar="DIR")
+    parser.set_defaults(handler=_one_line(_cmd_trial_data))
+
+
 def _demo_parser(commands: Any, config_arguments: Callable[..., None]) -> None:
     parser = commands.add_parser(
         "demo",
@@ -279,7 +350,7 @@ def _demo_parser(commands: Any, config_arguments: Callable[..., None]) -> None:
 
 
 def add_deploy_parser(commands: Any, config_arguments: Callable[..., None]) -> None:
-    """Add ``deploy`` and its five subcommands to the ``fedgray`` command's subparsers."""
+    """Add ``deploy`` and its six subcommands to the ``fedgray`` command's subparsers."""
     deploy = commands.add_parser(
         "deploy",
         help="multi-site deployment on Flower's deployment engine (see docs/deployment.md)",
@@ -291,4 +362,5 @@ def add_deploy_parser(commands: Any, config_arguments: Callable[..., None]) -> N
     _superlink_parser(roles)
     _supernode_parser(roles)
     _submit_parser(roles, config_arguments)
+    _trial_data_parser(roles, config_arguments)
     _demo_parser(roles, config_arguments)

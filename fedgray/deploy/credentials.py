@@ -117,8 +117,11 @@ def _certificate(
     *,
     hosts: tuple[str, ...] = (),
 ) -> x509.Certificate:
-    """A certificate for ``public_key``; self-signed CA when ``issuer`` is None."""
+    """A certificate for ``public_key``; self-signed CA when ``issuer`` is None. With key
+    identifiers and key usage, so that strict verifiers (``openssl verify -x509_strict``,
+    recent TLS stacks) accept the chain."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    is_ca = issuer is None
     now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
@@ -128,7 +131,26 @@ def _certificate(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
-        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signing_key.public_key()),
+            critical=False,
+        )
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=not is_ca,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=is_ca,
+                crl_sign=is_ca,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
     )
     if hosts:
         builder = builder.add_extension(
@@ -193,14 +215,18 @@ def create_credentials(
 
 
 def read_credentials(root: str | Path) -> Credentials:
-    """The credentials under ``root`` as :func:`create_credentials` wrote them (every site
-    folder found), or one line naming the first missing file."""
+    """The credentials under ``root`` as :func:`create_credentials` wrote them, one site per
+    public key in ``superlink/site-keys/`` (``site-0.pub`` on: what the SuperLink's machine
+    holds), or one line naming the first missing file."""
     root = Path(root).resolve()  # Flower's processes run in other folders
+    keys = root / "superlink" / "site-keys"
     count = 0
-    while (root / "sites" / site_name(count)).is_dir():
+    while (keys / f"{site_name(count)}.pub").is_file():
         count += 1
     files = _layout(root, count)
     for path in (files.superlink_ca_cert, files.superlink_cert, files.superlink_key):
         if not path.is_file():
             raise CredentialError(f"{path}: not found (create it with fedgray deploy credentials)")
+    if count == 0:
+        raise CredentialError(f"{keys / 'site-0.pub'}: not found (no site key to register)")
     return files

@@ -38,6 +38,13 @@ Echo = Callable[[str], None]
 HOST = "127.0.0.1"
 RESULTS = "results"
 MIN_SECAGG_SITES = 3  # SecAgg+ shares keys among >2 sites (num_shares > 2)
+SITE_FLOOR: dict[str, str | int | float | bool] = {
+    "require-dp": True,
+    "max-epsilon-run": 10.0,
+    "max-epsilon-total": 100.0,
+}
+"""The floor each demo site holds (:mod:`fedgray.fl.clientapp.floor`): DP-SGD on, epsilon at
+most 10 per run and 100 over every run on its data (delta 1e-5)."""
 
 
 @dataclass(frozen=True)
@@ -68,10 +75,14 @@ def demo_config(config: Config, num_sites: int) -> Config:
     )
 
 
-def site_node_config(site: int, data_dir: Path, owner: OwnerFiles) -> dict[str, str | int | bool]:
-    """What site ``site`` names locally: its number, data folder, sealed backbone, and the
-    folder for its own durable state (personal adapters) next to its data."""
+def site_node_config(
+    site: int, data_dir: Path, owner: OwnerFiles
+) -> dict[str, str | int | float | bool]:
+    """What site ``site`` names locally: its number, data folder, sealed backbone, the
+    folder for its own durable state (personal adapters, privacy ledger) next to its data,
+    and its privacy floor (:data:`SITE_FLOOR`)."""
     return {
+        **SITE_FLOOR,
         "partition-id": site,
         "data-dir": str(data_dir),
         "state-dir": str(data_dir.parent / "state"),

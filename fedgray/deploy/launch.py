@@ -65,7 +65,9 @@ def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[
 class SuperLinkOptions:
     """How the operator's SuperLink runs: address, TLS files (None with ``insecure``),
     where its state database and log go, and whether it simulates its SuperNodes itself
-    (``simulation``: ``fedgray run``'s local federation, as ``flwr run`` starts one)."""
+    (``simulation``: ``fedgray run``'s local federation, as ``flwr run`` starts one).
+    ``public``: the address SuperNodes dial, served by a proxy that passes on only the
+    Fleet API (:mod:`fedgray.deploy.fleet_proxy`); the SuperLink then listens on loopback."""
 
     host: str
     port: int
@@ -75,11 +77,49 @@ class SuperLinkOptions:
     key: Path | None
     insecure: bool = False
     simulation: bool = False
+    superexec_secret: Path | None = None
+    public: tuple[str, int] | None = None
 
     @property
     def address(self) -> str:
         """``host:port`` as SuperNodes and ``flwr`` dial it."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def local_address(self) -> str:
+        """``host:port`` as a process on the SuperLink's machine dials it (loopback when
+        it listens on every address)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"{host}:{self.port}"
+
+
+def _isolation(secret: Path | None) -> list[str]:
+    """Process isolation with SuperExec authentication: Flower 1.42 honours the secret only
+    when the SuperExec is started apart (``--isolation process``), not as its own child."""
+    if secret is None:
+        return []
+    return ["--isolation", "process", "--superexec-auth-secret-file", str(secret)]
+
+
+def superexec_command(
+    runtime_address: str, *, root_cert: Path | None, secret: Path, parent_pid: int
+) -> list[str]:
+    """``flower-superexec`` for a SuperLink's ServerApps or a SuperNode's ClientApps,
+    authenticated to its runtime API with the shared ``secret`` (TLS verified with
+    ``root_cert``, or plain on loopback when it is None). It ends, and its apps with it,
+    when ``parent_pid`` (the role's process) does, as under subprocess isolation: a
+    ServerApp must not outlive a killed SuperLink and go on against its successor."""
+    tls = ["--insecure"] if root_cert is None else ["--root-certificates", str(root_cert)]
+    return [
+        flower_executable("flower-superexec"),
+        "--runtime-api-address",
+        runtime_address,
+        *tls,
+        "--superexec-auth-secret-file",
+        str(secret),
+        "--parent-pid",
+        str(parent_pid),
+    ]
 
 
 def superlink_command(options: SuperLinkOptions) -> list[str]:
@@ -103,6 +143,7 @@ def superlink_command(options: SuperLinkOptions) -> list[str]:
         args.append("--simulation")
     return [
         *args,
+        *_isolation(options.superexec_secret),
         "--disable-runtime-dependency-installation",
         "--host",
         options.host,
@@ -121,10 +162,11 @@ class SuperNodeOptions:
     superlink: str
     root_cert: Path | None
     private_key: Path | None
-    node_config: Mapping[str, str | int | bool]
+    node_config: Mapping[str, str | int | float | bool]
     port: int
     insecure: bool = False
     max_wait_time: float | None = None
+    superexec_secret: Path | None = None
 
 
 def _toml_value(value: str | int | float | bool) -> str:
@@ -157,6 +199,7 @@ def supernode_command(options: SuperNodeOptions) -> list[str]:
         args += ["--max-wait-time", str(options.max_wait_time)]
     return [
         *args,
+        *_isolation(options.superexec_secret),
         "--node-config",
         config_arg(options.node_config),
         "--host",
@@ -197,15 +240,21 @@ def flwr_cli(args: Sequence[str], flwr_home: Path, *, timeout: float = 60.0) -> 
         stdin=subprocess.DEVNULL,
     )
     if done.returncode != 0:
-        last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
-        raise LaunchError(f"flwr {' '.join(args[:2])}: exit {done.returncode}: {last}")
+        said = error_text(f"{done.stdout}\n{done.stderr}".splitlines())
+        raise LaunchError(f"flwr {' '.join(args[:2])}: exit {done.returncode}: {said}")
     return done.stdout
 
 
 def flwr_json(args: Sequence[str], flwr_home: Path) -> dict[str, Any]:
-    """``flwr ARGS --format json``'s reply (after the "Using SuperLink" line it prints first)."""
+    """``flwr ARGS --format json``'s reply (after the "Using SuperLink" line it prints first);
+    LaunchError with its message when it reports a failure (it exits 0 then, for example
+    when the SuperLink does not answer)."""
     out = flwr_cli([*args, "--format", "json"], flwr_home)
-    return dict(json.loads(out[out.index("{") :]))
+    reply = dict(json.loads(out[out.index("{") :]))
+    if reply.get("success") is False:
+        said = str(reply.get("error-message", "no message")).splitlines()
+        raise LaunchError(f"flwr {' '.join(args[:2])}: {said[-1].strip() if said else ''}")
+    return reply
 
 
 def register_supernode(public_key: Path, flwr_home: Path, *, name: str) -> int:
@@ -218,9 +267,14 @@ def register_supernode(public_key: Path, flwr_home: Path, *, name: str) -> int:
 
 
 def last_error(log: Path) -> str:
-    """The last error in a Flower log: the text of the ``flwr`` CLI's last error box, else
-    the last line that reports an error (Flower logs and continues)."""
+    """The last error in a Flower log (see :func:`error_text`)."""
     lines = log.read_text(encoding="utf-8", errors="replace").splitlines() if log.is_file() else []
+    return error_text(lines)
+
+
+def error_text(lines: Sequence[str]) -> str:
+    """The text of the ``flwr`` CLI's last error box in ``lines``, else the last line that
+    reports an error (Flower logs and continues)."""
     for at in range(len(lines) - 1, -1, -1):
         if "─ Error ─" in lines[at]:
             box = []

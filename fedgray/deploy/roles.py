@@ -6,6 +6,10 @@ file or directory), starts the Flower process under a :class:`Processes` and ret
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -13,19 +17,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedgray.deploy.credentials import Credentials, registered_key
+from fedgray.deploy.fleet_proxy import PROXY_DIR, FleetProxy, start_fleet_proxy
 from fedgray.deploy.launch import (
     SuperLinkOptions,
     SuperNodeOptions,
     flower_env,
     register_supernode,
+    superexec_command,
     superlink_command,
     supernode_command,
     write_cli_config,
 )
 from fedgray.deploy.processes import Processes, wait_for_port
-from fedgray.fl.clientapp.node_config import BACKBONE_KEYS, DATA_DIR, check_data_dir
+from fedgray.fl.clientapp.floor import Floor
+from fedgray.fl.clientapp.node_config import BACKBONE_KEYS, DATA_DIR, STATE_DIR, check_data_dir
 
 Echo = Callable[[str], None]
+TRUSTED_RUNNER = "fedgray.fl.clientapp.trusted"
+SECRET_FILE = "superexec.secret"
+LOOPBACK = "127.0.0.1"
 STARTUP_TIMEOUT_S = 60.0
 INSECURE_WARNING = (
     "WARNING: --insecure: no TLS and no SuperNode authentication; anyone who reaches the "
@@ -62,8 +72,12 @@ def start_superlink(
         _warn(INSECURE_WARNING)
     elif credentials is None:
         raise ValueError("the SuperLink needs credentials unless --insecure is given")
+    if options.public is not None and (options.insecure or options.host != LOOPBACK):
+        raise ValueError(f"--public: needs TLS and the SuperLink on --host {LOOPBACK}")
     options.run_dir.mkdir(parents=True, exist_ok=True)
     flwr_home = options.run_dir / "flwr"
+    options = dataclasses.replace(options, superexec_secret=superexec_secret(options.run_dir))
+    assert options.superexec_secret is not None
     process = processes.start(
         superlink_command(options),
         log_file=options.run_dir / "superlink.log",
@@ -71,7 +85,32 @@ def start_superlink(
         cwd=options.run_dir,
     )
     wait_for_port(options.host, options.port, timeout=STARTUP_TIMEOUT_S, process=process)
-    write_cli_config(flwr_home, options.address, options.ca_cert if not options.insecure else None)
+    processes.start(
+        superexec_command(
+            options.local_address,
+            root_cert=None if options.insecure else options.ca_cert,
+            secret=options.superexec_secret,
+            parent_pid=process.pid,
+        ),
+        log_file=options.run_dir / "superexec.log",
+        env=flower_env(flwr_home),
+        cwd=options.run_dir,
+    )
+    if options.public is not None:
+        assert options.cert and options.key and options.ca_cert
+        proxy = FleetProxy(
+            *options.public,
+            upstream=options.address,
+            cert=options.cert,
+            key=options.key,
+            ca_cert=options.ca_cert,
+            folder=options.run_dir / PROXY_DIR,
+        )
+        start_fleet_proxy(processes, proxy)
+        echo(f"Fleet API only on {proxy.host}:{proxy.port} (nginx: {proxy.folder})")
+    write_cli_config(
+        flwr_home, options.local_address, options.ca_cert if not options.insecure else None
+    )
     node_ids: dict[str, int] = {}
     if register and credentials is not None and not options.insecure:
         for site in credentials.sites:
@@ -83,11 +122,16 @@ def start_superlink(
     return SuperLink(process, options, flwr_home, node_ids)
 
 
-def check_node_config(node_config: Mapping[str, str | int | bool]) -> None:
-    """Fail before starting anything if the site's data or backbone files are missing."""
+def check_node_config(node_config: Mapping[str, str | int | float | bool]) -> None:
+    """Fail before starting anything if the site's data or backbone files are missing, or
+    its privacy floor is malformed (an epsilon limit needs a state folder for its ledger)."""
     if DATA_DIR not in node_config:
         raise ValueError(f"node config: {DATA_DIR} is required")
     check_data_dir(Path(str(node_config[DATA_DIR])))
+    floor = Floor.from_node_config(node_config)
+    limits = (floor.max_epsilon_run, floor.max_epsilon_total)
+    if any(v is not None for v in limits) and STATE_DIR not in node_config:
+        raise ValueError(f"node config: an epsilon limit needs {STATE_DIR} (the site's ledger)")
     for key, field in BACKBONE_KEYS.items():
         if key in node_config and field != "isolated":
             if not Path(str(node_config[key])).is_file():
@@ -108,23 +152,65 @@ class SuperNode:
         return self.site_dir / "supernode.log"
 
 
+def superexec_secret(folder: Path) -> Path:
+    """``folder/superexec.secret``: 32 random bytes (mode 0600), made once and kept (a
+    restarted role keeps it), shared by a SuperLink or SuperNode and the SuperExec that
+    launches its apps, so that no one else can claim their tasks."""
+    path = folder / SECRET_FILE
+    folder.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(secrets.token_bytes(32))
+    return path
+
+
+def trusted_runner(site_dir: Path) -> Path:
+    """A folder holding ``flwr-clientapp`` that runs :mod:`fedgray.fl.clientapp.trusted`
+    with this Python: first on the SuperNode's PATH, it is what Flower starts per message."""
+    folder = site_dir / "bin"
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "flwr-clientapp"
+    script.write_text(
+        f'#!/bin/sh\nexec "{sys.executable}" -m {TRUSTED_RUNNER} "$@"\n', encoding="utf-8"
+    )
+    script.chmod(0o755)
+    return folder
+
+
 def start_supernode(
     processes: Processes, options: SuperNodeOptions, *, site_dir: Path, echo: Echo = print
 ) -> SuperNode:
     """Start one site's SuperNode after checking its node config; its FLWR_HOME and log
-    in ``site_dir``."""
+    in ``site_dir``. It runs only fedgray's installed ClientApp (see
+    :mod:`fedgray.fl.clientapp.trusted`)."""
     if options.insecure:
         _warn(INSECURE_WARNING)
     check_node_config(options.node_config)
+    options = dataclasses.replace(options, superexec_secret=superexec_secret(site_dir))
+    assert options.superexec_secret is not None
+    env = flower_env(site_dir / "flwr")
+    env["PATH"] = f"{trusted_runner(site_dir)}{os.pathsep}{env['PATH']}"
     node = SuperNode(
         processes.start(
             supernode_command(options),
             log_file=site_dir / "supernode.log",
-            env=flower_env(site_dir / "flwr"),
+            env=env,
             cwd=site_dir,
         ),
         options,
         site_dir,
+    )
+    processes.start(  # it retries until the SuperNode's runtime API listens
+        superexec_command(
+            f"127.0.0.1:{options.port}",
+            root_cert=None,
+            secret=options.superexec_secret,
+            parent_pid=node.process.pid,
+        ),
+        log_file=site_dir / "superexec.log",
+        env=env,
+        cwd=site_dir,
     )
     site = options.node_config.get("partition-id", "")
     echo(f"SuperNode {site} -> {options.superlink} (log: {node.log_file})")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,36 @@ def test_read_credentials_finds_every_site_or_names_the_missing_file(tmp_path: P
         CredentialError, match=r"empty/superlink/ca.crt: not found \(create it with"
     ):
         read_credentials(tmp_path / "empty")
+
+
+def test_a_superlink_machine_holding_only_its_folder_finds_every_site(tmp_path: Path) -> None:
+    """What the operator copies to the SuperLink's machine is ``creds/superlink/`` alone
+    (no ``sites/``): every site's key is still found and registered; none is one line."""
+    made = create_credentials(tmp_path / "made", 3)
+    shutil.copytree(made.root / "superlink", tmp_path / "link" / "superlink")
+    found = read_credentials(tmp_path / "link")
+    assert [s.name for s in found.sites] == ["site-0", "site-1", "site-2"]
+    assert [registered_key(found, s).read_bytes() for s in found.sites] == [
+        s.public_key.read_bytes() for s in made.sites
+    ]
+    for key in (tmp_path / "link" / "superlink" / "site-keys").iterdir():
+        key.unlink()
+    with pytest.raises(CredentialError, match=r"site-keys/site-0.pub: not found \(no site key"):
+        read_credentials(tmp_path / "link")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl")
+def test_the_certificates_pass_strict_x509_verification(tmp_path: Path) -> None:
+    """Key identifiers and key usage present: ``openssl verify -x509_strict`` accepts the
+    SuperLink's certificate under the CA (it refused it without them)."""
+    files = create_credentials(tmp_path, 1)
+    done = subprocess.run(
+        ["openssl", "verify", "-x509_strict", "-CAfile", str(files.ca_cert)]
+        + [str(files.superlink_cert)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == f"{files.superlink_cert}: OK"

@@ -15,17 +15,21 @@ from fedgray.data.registry import load_dataset
 from fedgray.deploy.app import write_app
 from fedgray.deploy.demo import demo_config
 from fedgray.deploy.launch import (
+    LaunchError,
     SuperLinkOptions,
     SuperNodeOptions,
     config_arg,
+    finished_run,
     last_error,
     superlink_command,
     supernode_command,
     write_cli_config,
 )
+from fedgray.deploy.processes import free_port
 from fedgray.deploy.roles import check_node_config
 from fedgray.deploy.site_data import write_site_data
 from fedgray.fl.clientapp.node_config import NodeConfigError, site_config
+from fedgray.fl.clientapp.trusted import TRUSTED_CLIENTAPP, bundle_verdict
 from fedgray.fl.common.run_config import resolve_config
 from fedgray.fl.common.site_data import site_data, site_indices
 
@@ -149,6 +153,14 @@ def test_tls_and_node_authentication_unless_insecure_is_asked_for(tmp_path: Path
     assert command[command.index("--root-certificates") + 1] == str(files["ca.crt"])
     assert command[command.index("--auth-supernode-private-key") + 1] == str(files["node.key"])
     assert "--insecure" in supernode_command(dataclasses.replace(node, insecure=True))
+    assert "--isolation" not in secure and "--isolation" not in command
+    secret = tmp_path / "superexec.secret"
+    for isolated in (
+        superlink_command(dataclasses.replace(link, superexec_secret=secret)),
+        supernode_command(dataclasses.replace(node, superexec_secret=secret)),
+    ):
+        assert isolated[isolated.index("--isolation") + 1] == "process"
+        assert isolated[isolated.index("--superexec-auth-secret-file") + 1] == str(secret)
 
 
 def test_a_supernode_is_named_as_its_operator_says(tmp_path: Path) -> None:
@@ -200,3 +212,71 @@ def test_last_error_reads_the_flwr_clis_error_box_and_flowers_log_lines(tmp_path
     log.write_text("INFO: fine\nERROR: the ServerApp failed\nINFO: done\n", encoding="utf-8")
     assert last_error(log) == "ERROR: the ServerApp failed"
     assert last_error(tmp_path / "none.log") == "no error logged"
+
+
+def test_following_a_run_on_a_superlink_that_is_gone_fails_in_one_line(tmp_path: Path) -> None:
+    """``flwr list --format json`` exits 0 with ``success: false`` when nothing answers;
+    following a run then stops with Flower's reason instead of a KeyError."""
+    home = tmp_path / "flwr"
+    write_cli_config(home, f"127.0.0.1:{free_port()}", None)
+    with pytest.raises(LaunchError) as gone:
+        finished_run(home, 1)
+    unavailable = "flwr list fedgray: Connection to the SuperLink is unavailable"
+    assert str(gone.value).startswith(unavailable)
+
+
+def test_a_site_trusts_only_a_bundle_naming_fedgrays_clientapp_and_carrying_no_code(
+    tmp_path: Path,
+) -> None:
+    """The bundle ``fedgray deploy submit`` writes is trusted; one naming another
+    ClientApp, carrying a Python file, or naming none is not, with the reason."""
+    ours = write_app(load_config(None, []), tmp_path / "ours")
+    assert bundle_verdict(ours) is None
+    (ours / "fedgray").mkdir()
+    (ours / "fedgray" / "__init__.py").write_text("", encoding="utf-8")
+    assert bundle_verdict(ours) == ("it carries files that are not inert data: fedgray/__init__.py")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "pyproject.toml").write_text(
+        '[tool.flwr.app.components]\nclientapp = "thief:client"\n', encoding="utf-8"
+    )
+    assert bundle_verdict(other) == (
+        f"its ClientApp is 'thief:client', this site runs only '{TRUSTED_CLIENTAPP}'"
+    )
+    assert bundle_verdict(tmp_path) == "its pyproject.toml names no ClientApp (FileNotFoundError)"
+
+
+def test_a_floor_option_with_an_unknown_key_is_one_line() -> None:
+    from fedgray.deploy.cli import floor_node_config
+
+    assert floor_node_config(["require-dp=true", "max-epsilon-run=8", "allowed-levels=gray"]) == {
+        "require-dp": True,
+        "max-epsilon-run": 8,
+        "allowed-levels": "gray",
+    }
+    with pytest.raises(ValueError) as bad:
+        floor_node_config(["max-epsilon=8"])
+    assert str(bad.value).startswith("--floor max-epsilon=8: expected KEY=VALUE with KEY one of ")
+
+
+def test_trial_data_writes_one_site_folder_each_that_a_supernode_accepts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``fedgray deploy trial-data`` writes N folders ``check_node_config`` accepts, the
+    samples split among them; into a folder that is not empty it refuses in one line."""
+    from fedgray.cli import main
+
+    out = tmp_path / "sites"
+    args = ["deploy", "trial-data", "--sites", "2", "--out", str(out)]
+    main([*args, "--set", "data.train_size=30", "--set", "data.test_size=10"])
+    lines = capsys.readouterr().out.splitlines()
+    folders = [out / f"site-{k}" / "data" for k in range(2)]
+    assert [line.split(": ")[0] for line in lines] == ["site 0", "site 1"]
+    for folder in folders:
+        check_node_config({"data-dir": str(folder)})
+    with pytest.raises(SystemExit) as refused:
+        main(args)
+    assert refused.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"fedgray: error: --out: {out}: not empty; refusing to write into it"
+    )

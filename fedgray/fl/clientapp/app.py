@@ -21,6 +21,7 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from fedgray.config import Config
 from fedgray.fl.clientapp.client import Site
+from fedgray.fl.clientapp.floor import Floor
 from fedgray.fl.clientapp.node_config import STATE_DIR, is_deployed, site_config, site_name
 from fedgray.fl.clientapp.secagg import legacy_train, secure_train_mods
 from fedgray.fl.common.central import clipping_mods
@@ -37,7 +38,8 @@ def _site(config: Config, context: Context) -> Site:
         partition_id = int(context.node_config.get("partition-id", 0))
         data = Site.open(local, partition_id=0, num_partitions=1).data
         state_dir = context.node_config.get(STATE_DIR)
-        return Site(local, partition_id, data, Path(str(state_dir)) if state_dir else None)
+        folder = Path(str(state_dir)) if state_dir else None
+        return Site(local, partition_id, data, folder, Floor.from_node_config(context.node_config))
     return Site.open(
         config,
         partition_id=int(context.node_config["partition-id"]),
@@ -57,6 +59,7 @@ def _train_pipeline(config: Config) -> ClientAppCallable:
             server_round=int(cast(int, settings["server-round"])),
             proximal_mu=float(cast(float, settings.get("proximal-mu", 0.0))),
             settings=settings,
+            run_id=context.run_id,
         )
 
     if config.federation.secure_aggregation.enabled:

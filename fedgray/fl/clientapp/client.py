@@ -19,6 +19,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fedgray.config import Config
+from fedgray.fl.clientapp.floor import Floor
 from fedgray.fl.clientapp.state import load_personal, save_personal, simulated_site_folder
 from fedgray.fl.common.cache import shared_backbone
 from fedgray.fl.common.central import aggregation_weight
@@ -26,7 +27,9 @@ from fedgray.fl.common.compression import decode_down, encode_up
 from fedgray.fl.common.private import LEDGER, ledger_reply, ledger_to_record, site_ledger
 from fedgray.fl.common.records import from_record, to_record
 from fedgray.fl.common.site_data import SiteData, site_data
-from fedgray.train.kinds import SiteRound, State, kind_of
+from fedgray.privacy import Ledger
+from fedgray.privacy.ledger import Entry
+from fedgray.train.kinds import SiteRound, SiteUpdate, State, kind_of
 from strategies import ORDER_KEY, split_personal
 
 PERSONAL_STATE = "personal-adapters"
@@ -40,12 +43,14 @@ def round_seed(seed: int, server_round: int, partition_id: int) -> int:
 
 @dataclass
 class Site:
-    """One simulated site: its partition number, data and the shared backbone's config."""
+    """One site: its partition number, data and the shared backbone's config; a deployed
+    site also its own privacy floor (:mod:`fedgray.fl.clientapp.floor`)."""
 
     config: Config
     partition_id: int
     data: SiteData
     state_dir: Path | None = None
+    floor: Floor | None = None
 
     @classmethod
     def open(cls, config: Config, *, partition_id: int, num_partitions: int) -> Site:
@@ -82,11 +87,17 @@ class Site:
         server_round: int,
         proximal_mu: float,
         settings: ConfigRecord | None = None,
+        run_id: int = 0,
     ) -> tuple[ArrayRecord, dict[str, float], RecordDict]:
         """One round of the method's trainer kind from the global ``arrays``: the shared
         arrays, metrics and other records (the DP ledger). Under DP a site whose budget
-        would be exceeded raises :class:`~fedgray.privacy.budget.BudgetExhausted`."""
+        would be exceeded raises :class:`~fedgray.privacy.budget.BudgetExhausted`; a site
+        whose floor refuses the round (before training, or before its update leaves: run
+        ``run_id``'s spend is then recorded in its ledger) raises
+        :class:`~fedgray.fl.common.private.SiteRefusal`."""
         config, privacy = self.config, self.config.privacy
+        if self.floor is not None:
+            self.floor.admit(config, server_round=server_round)
         compressed = config.federation.compression != "none"
         received = decode_down(arrays) if compressed else from_record(arrays)
         personal, residual = self.kept(state, upto=server_round - 1)
@@ -111,6 +122,8 @@ class Site:
                 ledger=ledger,
             )
         )
+        if self.floor is not None:
+            self.floor.release(self.state_dir, run_id, _spent(ledger, update))
         on_cpu = {k: v.detach().cpu() for k, v in update.state.items()}  # from train.device
         shared, personal = split_personal(on_cpu, config.federation.personal)
         reply = to_record(shared)
@@ -139,6 +152,14 @@ class Site:
             self.config, shared_backbone(self.config), weights, self.data.heldout
         )
         return {"num-examples": len(self.data.heldout), **scored}
+
+
+def _spent(before: Ledger | None, update: SiteUpdate) -> Entry | None:
+    """What a round's DP-SGD spent, ``(noise, sample rate, steps)``; None without DP."""
+    if update.ledger is None or "noise-multiplier" not in update.metrics:
+        return None
+    steps = update.ledger.steps - (before.steps if before is not None else 0)
+    return (update.metrics["noise-multiplier"], update.metrics["sample-rate"], steps)
 
 
 def _prefixed(residual: State) -> State:

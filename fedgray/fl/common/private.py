@@ -23,6 +23,19 @@ from fedgray.privacy.budget import BudgetExhausted
 
 LEDGER = "privacy-ledger"
 BUDGET_EXHAUSTED = 4401  # Error code of a train reply from a site that refused to train
+SITE_REFUSED = 4403  # Error code of a reply from a site whose own floor refused the round
+
+
+class SiteRefusal(RuntimeError):
+    """A deployed site's own floor refuses the round (:mod:`fedgray.fl.clientapp.floor`):
+    nothing is trained, or nothing leaves."""
+
+
+REFUSALS: dict[type[Exception], int] = {
+    BudgetExhausted: BUDGET_EXHAUSTED,
+    SiteRefusal: SITE_REFUSED,
+}
+"""A site's refusals -> the Error code its reply carries."""
 
 
 def ledger_to_record(ledger: Ledger) -> ConfigRecord:
@@ -82,12 +95,13 @@ def ledger_reply(ledger: Ledger, *, partition_id: int, epsilon: float) -> Config
 
 
 def refusal_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Client mod (outermost): a site that refuses to train replies with a
-    :data:`BUDGET_EXHAUSTED` error naming its budget, whatever mods sit inside."""
+    """Client mod (outermost): a site that refuses to train (its budget, its floor) replies
+    with an error (:data:`REFUSALS`) naming why, whatever mods sit inside."""
     try:
         return call_next(msg, context)
-    except BudgetExhausted as refusal:
-        return Message(Error(code=BUDGET_EXHAUSTED, reason=str(refusal)), reply_to=msg)
+    except tuple(REFUSALS) as refusal:
+        code = next(c for kind, c in REFUSALS.items() if isinstance(refusal, kind))
+        return Message(Error(code=code, reason=str(refusal)), reply_to=msg)
 
 
 def site_reports(replies: list[Message]) -> tuple[list[ConfigRecord], list[str]]:

@@ -1,0 +1,92 @@
+"""The site runs only code it trusts: fedgray's ClientApp as installed on its own machine.
+
+Flower's SuperNode hands each message to ``flwr-clientapp``, which installs the submitted
+app bundle (FAB) and imports the ClientApp its ``pyproject.toml`` names, with the bundle's
+folder on ``sys.path``: whoever reaches the SuperLink could make every site run their code.
+Flower 1.42's own check (``--trusted-entities``) accepts only bundles that Flower's hub
+signed, so it cannot vouch for a bundle submitted to a self-hosted SuperLink.
+
+A fedgray site therefore starts this module instead (its SuperNode finds it first on its
+PATH under the name ``flwr-clientapp``; see :func:`fedgray.deploy.roles.start_supernode`).
+It is Flower's own ``flwr-clientapp`` with one name replaced: the function that loads the
+bundle's ClientApp. The replacement imports no code from the bundle. It loads
+:data:`TRUSTED_CLIENTAPP` from the installed fedgray package when the bundle names exactly
+that ClientApp and carries nothing Python could import or run (only :data:`INERT_SUFFIXES`
+files); otherwise it writes one line to the SuperNode's log and answers every message with
+an :data:`UNTRUSTED_APP` error naming the reason, which the submitter's ServerApp receives.
+"""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from pathlib import Path
+
+from flwr.app import Context, Error, Message
+from flwr.clientapp import ClientApp
+from flwr.common.config import get_project_dir
+
+TRUSTED_CLIENTAPP = "fedgray.fl.clientapp.app:app"
+INERT_SUFFIXES = frozenset({".toml", ".yaml", ".yml", ".md", ".txt", ".json"})
+UNTRUSTED_APP = 4405  # Error code of a reply from a site that refused the submitted app
+
+
+def bundle_verdict(app_dir: Path) -> str | None:
+    """Why the installed bundle in ``app_dir`` is not trusted (None: it is)."""
+    try:
+        config = tomllib.loads((app_dir / "pyproject.toml").read_text(encoding="utf-8"))
+        named = config["tool"]["flwr"]["app"]["components"]["clientapp"]
+    except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError) as error:
+        return f"its pyproject.toml names no ClientApp ({type(error).__name__})"
+    if named != TRUSTED_CLIENTAPP:
+        return f"its ClientApp is '{named}', this site runs only '{TRUSTED_CLIENTAPP}'"
+    code = sorted(
+        str(p.relative_to(app_dir))
+        for p in app_dir.rglob("*")
+        if p.is_file() and p.suffix not in INERT_SUFFIXES
+    )
+    if code:
+        return f"it carries files that are not inert data: {', '.join(code[:5])}"
+    return None
+
+
+class RefusingApp(ClientApp):
+    """A ClientApp that answers every message with an :data:`UNTRUSTED_APP` error."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+    def __call__(self, message: Message, context: Context) -> Message:
+        return Message(Error(code=UNTRUSTED_APP, reason=self.reason), reply_to=message)
+
+
+def trusted_loader(*_args: object, **_kwargs: object) -> object:
+    """Stands in for Flower's ``get_load_client_app_fn``: a loader that checks the installed
+    bundle and never imports from it."""
+
+    def load(fab_id: str, fab_version: str, fab_hash: str) -> ClientApp:
+        verdict = bundle_verdict(get_project_dir(fab_id, fab_version, fab_hash))
+        if verdict is None:
+            from fedgray.fl.clientapp.app import app
+
+            return app
+        reason = f"this site refuses app '{fab_id}' {fab_version} ({fab_hash[:12]}): {verdict}"
+        print(f"fedgray site: {reason}", file=sys.stderr, flush=True)
+        return RefusingApp(reason)
+
+    return load
+
+
+def main() -> None:
+    """``flwr-clientapp`` with the trusted loader (Flower 1.42: ``run_clientapp`` looks the
+    loader up by this name in its own module when it runs)."""
+    import flwr.supernode.runtime.run_clientapp as flower_runner
+    from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
+
+    flower_runner.get_load_client_app_fn = trusted_loader  # type: ignore[assignment]
+    flwr_clientapp()
+
+
+if __name__ == "__main__":
+    main()
