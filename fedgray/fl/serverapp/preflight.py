@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fedgray.config import Config, load_config
+from fedgray.config import Config, DataConfig, load_config
 from fedgray.config_schema import ConfigError
 from fedgray.data.registry import available
 from fedgray.fl.common.private import PrivacyLog
@@ -61,24 +61,32 @@ def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _check_size(name: str, split: str, wanted: int, data: DataConfig) -> None:
+    """``name``'s ``split`` holds ``wanted`` samples; else one line naming the size field."""
+    try:
+        have = available(name, split=split, seed=data.seed, root=data.root)
+    except (FileNotFoundError, ValueError) as error:
+        message = str(error)
+        raise ConfigError(
+            message if message.startswith("data.") else f"data.dataset: {message}"
+        ) from None
+    if have is not None and have < wanted:
+        raise ConfigError(
+            f"data.{split}_size: {name} has {have} {split} samples, {wanted} requested"
+        )
+
+
 def check_data(config: Config) -> None:
     """The datasets hold the samples asked for, and the pool splits into every site's share."""
     fed, data = config.federation, config.data
     domains = tuple(fed.domains) or (data.dataset,)
     block = data.train_size // len(domains)
     for name in domains:
-        try:
-            have = available(name, split="train")
-        except (FileNotFoundError, ValueError) as error:
-            raise ConfigError(f"data.dataset: {error}") from None
-        if have is not None and have < block:
-            raise ConfigError(
-                f"data.train_size: {name} has {have} training samples, {block} requested"
-            )
-    have = available(data.dataset, split="test")
-    if fed.central_eval and have is not None and have < data.test_size:
-        raise ConfigError(f"data.test_size: {data.dataset} has {have} test samples, "
-                          f"{data.test_size} requested")  # fmt: skip
+        _check_size(name, "train", block, data)
+    if fed.central_eval:
+        _check_size(data.dataset, "test", data.test_size, data)
+    if fed.select_on == "validation":
+        _check_size(data.dataset, "validation", data.validation_size, data)
     try:
         shares = partitions(config, fed.num_sites)
     except ValueError as error:
