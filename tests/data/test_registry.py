@@ -14,7 +14,7 @@ from fedgray.data.registry import DATASETS, load_dataset
 def test_names() -> None:
     assert DATASETS == (
         "world/photo", "world/sketch", "world/inverted", "world/noisy", "digits", "mnist",
-        "folder:<path>",
+        "fashion-mnist", "animal-mnist", "folder:<path>",
     )  # fmt: skip
 
 
@@ -29,6 +29,18 @@ def test_world_splits_are_disjoint_and_deterministic() -> None:
     assert not torch.equal(
         train.images, load_dataset("world/sketch", split="train", size=40).images
     )
+
+
+def test_world_validation_is_a_third_disjoint_range() -> None:
+    splits = {
+        split: load_dataset("world/photo", split=split, size=30, seed=2)
+        for split in ("train", "validation", "test")
+    }
+    pixels = {split: data.images.flatten(1) for split, data in splits.items()}
+    for a, b in (("train", "validation"), ("validation", "test")):
+        assert torch.cdist(pixels[a], pixels[b]).min() > 0  # no image in both
+    again = load_dataset("world/photo", split="validation", size=30, seed=2)
+    assert torch.equal(again.images, splits["validation"].images)
 
 
 def test_world_options_pass_through() -> None:
