@@ -62,9 +62,7 @@ def _mnist(
     return _head(load_mnist_set(split=split, seed=seed, **options), size)
 
 
-def _indexed(
-    load: Loader, indices: Callable[..., tuple[Any, Any, Any]], name: str
-) -> Dataset:
+def _indexed(load: Loader, indices: Callable[..., tuple[Any, Any, Any]], name: str) -> Dataset:
     """A pool-backed set that builds only the samples asked for (Fashion-MNIST's training
     split is 54,000 images)."""
 

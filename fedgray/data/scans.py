@@ -42,10 +42,12 @@ def named_class_set(
     image_size: int,
 ) -> ImageTextSet:
     """The scans at ``chosen``, class ``c`` named by the ``c``-th key of ``nouns``, whose value
-    is the noun phrase the templates take (e.g. "an elephant"). Sample ``i`` is captioned by template ``i mod len(templates)`` (its
-    index in the whole pool, so a sample keeps its caption in every split); each class's
-    prompts are all templates filled with its noun, and those are the public captions too
-    (they derive from the class names alone, never from the samples)."""
+    is the noun phrase the templates take (e.g. "an elephant").
+
+    Sample ``i`` is captioned by template ``i mod len(templates)`` (``i`` its index in the
+    whole pool, so a sample keeps its caption in every split); each class's prompts are all
+    templates filled with its noun, and those are the public captions too (they derive
+    from the class names alone, never from the samples)."""
     prompts = [[template.format(noun) for template in templates] for noun in nouns.values()]
     target = labels[chosen]
     return ImageTextSet(

@@ -7,8 +7,9 @@ basic composition the whole selection is ``(epsilon, delta)``-DP for every site 
 picks the winner; the winner is picked on the server's validation split, which holds no
 site's data, so the choice is post-processing of the trials' releases.
 
-The ledger of the selection charges each site every trial's steps: one accountant over all
-of them, the bound a site can check itself, never above the basic sum.
+The ledger of the selection charges each site every trial's steps, composed by one
+accountant over all of them: the figure a site can check from its own ledgers, usually
+well below the target that basic composition guarantees.
 """
 
 from __future__ import annotations
@@ -36,9 +37,7 @@ def joined(ledgers: Sequence[Ledger]) -> Ledger:
     return Ledger(kinds.pop(), tuple(entry for ledger in ledgers for entry in ledger.history))
 
 
-def selection_cost(
-    trials: Sequence[Mapping[int, Ledger]], *, delta: float
-) -> dict[int, float]:
+def selection_cost(trials: Sequence[Mapping[int, Ledger]], *, delta: float) -> dict[int, float]:
     """Epsilon at ``delta`` that the whole grid cost each site (site -> epsilon), from every
     trial's ledgers (site -> ledger; a site missing from a trial did not train in it)."""
     sites = sorted({site for trial in trials for site in trial})

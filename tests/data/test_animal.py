@@ -52,7 +52,8 @@ def test_three_splits_from_data_root(tmp_path: Path) -> None:
     assert available("animal-mnist", split="train", root=root) == 72
     data = load_animal_set(split="test", seed=0, root=root, size=5)
     assert data.class_names[5] == "elephant" and "an elephant" in data.class_prompts[5][0]
-    assert all(c in data.class_prompts[int(y)] for c, y in zip(data.captions, data.labels))
+    pairs = zip(data.captions, data.labels, strict=True)
+    assert all(caption in data.class_prompts[int(y)] for caption, y in pairs)
 
 
 class _Shell:
@@ -108,4 +109,5 @@ def test_the_package_data_reads_without_its_loader() -> None:
     counts = {s: available("animal-mnist", split=s) for s in ("train", "validation", "test")}
     assert counts == {"train": 7200, "validation": 800, "test": 2000}
     test = load_dataset("animal-mnist", split="test", size=50)
-    assert test.images.shape == (50, 3, 32, 32) and torch.equal(test.images[:, 0], test.images[:, 2])
+    assert test.images.shape == (50, 3, 32, 32)
+    assert torch.equal(test.images[:, 0], test.images[:, 2])  # grey in 3 channels

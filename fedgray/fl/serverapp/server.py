@@ -82,19 +82,23 @@ def _record(config: Config, rnd: int, outcome: RoundOutcome, started: float) -> 
         if fed.select_on == "validation"
         else {}
     )
-    return {
-        "round": rnd,
-        "seconds": round(time.perf_counter() - started, 3),
-        "sites_trained": outcome.trained,
-        "rejected": outcome.rejected,
-        "site_failures": len(outcome.failed),
-        "failed_sites": outcome.failed_sites,
-        "bytes_down": outcome.bytes_down,
-        "bytes_up": outcome.bytes_up,
-        "train_loss": outcome.train_metrics.get("train-loss"),
-        "federated": dict(outcome.eval_metrics),
-        "central": central,
-    } | chosen_on | ({"queries": outcome.queries} if outcome.queries else {})
+    return (
+        {
+            "round": rnd,
+            "seconds": round(time.perf_counter() - started, 3),
+            "sites_trained": outcome.trained,
+            "rejected": outcome.rejected,
+            "site_failures": len(outcome.failed),
+            "failed_sites": outcome.failed_sites,
+            "bytes_down": outcome.bytes_down,
+            "bytes_up": outcome.bytes_up,
+            "train_loss": outcome.train_metrics.get("train-loss"),
+            "federated": dict(outcome.eval_metrics),
+            "central": central,
+        }
+        | chosen_on
+        | ({"queries": outcome.queries} if outcome.queries else {})
+    )
 
 
 def headline(config: Config, record: dict[str, Any]) -> float:
