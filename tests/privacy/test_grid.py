@@ -35,6 +35,7 @@ def test_selection_cost_charges_each_site_every_trial_it_trained_in() -> None:
         selection_cost([{0: trial}, {0: Ledger("prv", trial.history)}], delta=1e-5)
 
 
+@pytest.mark.slow
 def test_grid_sweep_chooses_on_validation_and_its_cost_is_in_the_ledger(tmp_path: Path) -> None:
     args = ["sweep", str(QUICKSTART), "--output", str(tmp_path), "--rounds", "1", "--quiet"]
     args += ["--epsilons", "2", "--seeds", "1", "--grid", "train.lr=0.0001,0.01"]
