@@ -77,28 +77,22 @@ def central_evaluator(
 def _record(config: Config, rnd: int, outcome: RoundOutcome, started: float) -> dict[str, Any]:
     fed = config.federation
     central = central_evaluator(config)(outcome.arrays) if fed.central_eval else {}
-    chosen_on = (
-        {"validation": central_evaluator(config, "validation")(outcome.arrays)}
-        if fed.select_on == "validation"
-        else {}
-    )
-    return (
-        {
-            "round": rnd,
-            "seconds": round(time.perf_counter() - started, 3),
-            "sites_trained": outcome.trained,
-            "rejected": outcome.rejected,
-            "site_failures": len(outcome.failed),
-            "failed_sites": outcome.failed_sites,
-            "bytes_down": outcome.bytes_down,
-            "bytes_up": outcome.bytes_up,
-            "train_loss": outcome.train_metrics.get("train-loss"),
-            "federated": dict(outcome.eval_metrics),
-            "central": central,
-        }
-        | chosen_on
-        | ({"queries": outcome.queries} if outcome.queries else {})
-    )
+    record = {
+        "round": rnd,
+        "seconds": round(time.perf_counter() - started, 3),
+        "sites_trained": outcome.trained,
+        "rejected": outcome.rejected,
+        "site_failures": len(outcome.failed),
+        "failed_sites": outcome.failed_sites,
+        "bytes_down": outcome.bytes_down,
+        "bytes_up": outcome.bytes_up,
+        "train_loss": outcome.train_metrics.get("train-loss"),
+        "federated": dict(outcome.eval_metrics),
+        "central": central,
+    } | ({"queries": outcome.queries} if outcome.queries else {})
+    if fed.select_on == "validation":  # what federation.select: best reads
+        record["validation"] = central_evaluator(config, "validation")(outcome.arrays)
+    return record
 
 
 def headline(config: Config, record: dict[str, Any]) -> float:
