@@ -124,7 +124,7 @@ def test_a_target_already_spent_is_refused_before_anything_changes(tmp_path: Pat
         ),
         (
             ["federation.select_on=validation", "data.dataset=digits", "data.validation_size=500"],
-            "data.validation_size: digits has 99 validation samples, 500 requested",
+            "data.validation_size: digits has 100 validation samples, 500 requested",
         ),
     ],
 )
