@@ -95,6 +95,12 @@ def _selections() -> Collection[str]:
     return SELECTIONS
 
 
+def _select_on() -> Collection[str]:
+    from fedgray.fl.serverapp.selection import SELECTION_SPLITS
+
+    return SELECTION_SPLITS
+
+
 def _strategies() -> Collection[str]:
     from strategies.registry import STRATEGIES
 
@@ -187,12 +193,25 @@ class PretrainConfig:
 
 @dataclass
 class DataConfig:
-    """The site's dataset and its train/test sizes."""
+    """The site's dataset and the sizes of its three splits.
+
+    ``validation_size``: samples of the validation split (cut from the training pool,
+    disjoint from every site's data and from test) that the server scores to choose among
+    rounds with ``federation.select_on: validation``. ``root``: where ``fashion-mnist`` and
+    ``animal-mnist`` look for their files before the places their packages install them
+    (made absolute here).
+    """
 
     dataset: str = field(default="world/sketch", metadata=registered("dataset", _datasets))
     train_size: int = field(default=2000, metadata=positive())
+    validation_size: int = field(default=1000, metadata=positive())
     test_size: int = field(default=1000, metadata=positive())
     seed: int = field(default=0, metadata=random_seed())
+    root: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.root is not None:
+            self.root = os.path.abspath(os.path.expanduser(self.root))
 
 
 @dataclass
@@ -339,9 +358,11 @@ class FederationConfig:
     ``compression: int8`` sends int8 updates up (error feedback at the site) and the
     global adapters down as float16 (see :mod:`fedgray.fl.common.compression`).
     ``select``: the adapters the run ends with, ``last`` (the last round's) or ``best``
-    (the round, 0 included, with the best value of the task's metric on the sites'
-    held-out data; needs ``fraction_evaluate > 0``; see
-    :mod:`fedgray.fl.serverapp.selection`).
+    (the round, 0 included, with the best value of the task's metric on ``select_on``:
+    ``sites``, the sites' held-out data, which needs ``fraction_evaluate > 0``, or
+    ``validation``, the server's validation split; see
+    :mod:`fedgray.fl.serverapp.selection`). Selecting on the test split is refused: the
+    figure a run reports would then be the maximum over rounds of noisy test scores.
     """
 
     num_sites: int = field(default=8, metadata=positive())
@@ -365,11 +386,22 @@ class FederationConfig:
     compression: str = field(default="none", metadata=registered("compression", _compressions))
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
     select: str = field(default="last", metadata=registered("selection", _selections))
+    select_on: str = "sites"  # checked in __post_init__, so that 'test' gets its own reason
 
     def __post_init__(self) -> None:
         if self.strategy_options:  # (none: no need to import Flower's strategies)
             self.strategy_options = _strategy_options(self.strategy, self.strategy_options)
-        if self.select == "best" and not self.fraction_evaluate:
+        if self.select_on == "test":
+            raise ConfigError(
+                "federation.select_on: 'test' would choose the adapters on the split that "
+                "reports them; choose on 'validation' (or 'sites')"
+            )
+        if self.select_on not in _select_on():
+            raise ConfigError(
+                f"federation.select_on: unknown selection split {self.select_on!r} "
+                f"(known: {', '.join(_select_on())})"
+            )
+        if self.select == "best" and self.select_on == "sites" and not self.fraction_evaluate:
             raise ConfigError(
                 "federation.select: 'best' chooses by the sites' held-out metric, which "
                 "federation.fraction_evaluate: 0 never measures"

@@ -71,8 +71,15 @@ def open_backbone(config: Config, *, progress: bool = True) -> Backbone:
 
 def load_task_data(config: Config, backbone: Backbone, *, split: str) -> TaskData:
     """The configured dataset's ``split`` in the backbone's input format."""
-    size = config.data.train_size if split == "train" else config.data.test_size
-    dataset = load_dataset(config.data.dataset, split=split, size=size, seed=config.data.seed)
+    data = config.data
+    sizes = {"train": data.train_size, "validation": data.validation_size}
+    dataset = load_dataset(
+        data.dataset,
+        split=split,
+        size=sizes.get(split, data.test_size),
+        seed=data.seed,
+        root=data.root,
+    )
     prepared = prepare(dataset, backbone.tokenize)
     return prepared.to(backbone.device)
 

@@ -8,8 +8,8 @@ written as its own run folder inside the sweep's folder; the sweep then writes
 lines)::
 
     fedgray sweep [CONFIG] [--epsilons inf,8,4,2,1] [--seeds 2] [--site-sizes 200,1000]
-        [--reference CONFIG] [--rounds R] [--local-steps S] [--delta 1e-5] [--output DIR]
-        [--set KEY=VALUE ...]
+        [--reference CONFIG] [--grid KEY=V1,V2 ...] [--rounds R] [--local-steps S]
+        [--delta 1e-5] [--output DIR] [--set KEY=VALUE ...]
 
 ``--site-sizes`` runs every point at each number of training examples per site (after
 ``federation.holdout``; ``data.train_size`` is set to hold exactly that many). Every row
@@ -28,6 +28,11 @@ takes the same overrides (``--set``, ``--rounds``, ``--local-steps``, site size,
 must describe the same data, sites and rounds (backbone, dataset and its sizes and seed,
 task, sites, rounds, partition); a difference is one line naming the field, before anything
 runs.
+
+``--grid KEY=V1,V2`` (repeatable) chooses every point's recipe among the combinations of
+those values on the validation split, each trial at ``epsilon / k`` and ``delta / k``, and
+reports the grid's whole privacy cost beside the winner's test figure (see
+:mod:`fedgray.sweep_grid`).
 
 CONFIG defaults to ``configs/quickstart.yaml``; ``--quiet`` leaves out the per-round
 lines. A finite epsilon is DP-SGD at every site with ``privacy.target_epsilon`` for the
@@ -86,15 +91,18 @@ class Point:
     epsilon: float
     seed: int
     site_size: int | None = None
+    trial: int | None = None  # the candidate of a recipe grid (fedgray.sweep_grid)
 
     @property
     def name(self) -> str:
-        """The point's run folder name, e.g. ``eps4-seed0`` or ``n200-eps4-seed0``."""
+        """The point's run folder name, e.g. ``eps4-seed0``, ``n200-eps4-seed0`` or, a grid's
+        trial, ``eps2-seed0-trial1``."""
         size = "" if self.site_size is None else f"n{self.site_size}-"
-        return f"{size}eps{self.epsilon:g}-seed{self.seed}"
+        trial = "" if self.trial is None else f"-trial{self.trial}"
+        return f"{size}eps{self.epsilon:g}-seed{self.seed}{trial}"
 
     def overrides(self, *, delta: float) -> list[str]:
-        """Config overrides of this point."""
+        """Config overrides of this point (its folder: ``output.name``, the point's name)."""
         if math.isinf(self.epsilon):
             privacy = ["privacy.enabled=false"]
         else:
@@ -171,6 +179,7 @@ def run_point(
     result, summary, _ = run_local(config, echo=echo, record=False)
     privacy = result.records[-1].get("privacy")
     metric = TASKS[config.train.task].metric
+    chosen = next(r for r in result.records if r["round"] == result.selected)
     return {
         "target_epsilon": point.epsilon,
         "seed": point.seed,
@@ -184,6 +193,7 @@ def run_point(
         **_worst_site(result.run_dir),
         **{k: summary["final"][k] for k in COMPARED},
         "metric": metric,
+        f"validation_{metric}": chosen.get("validation", {}).get(metric),
         f"zero_shot_{metric}": summary["zero_shot"][metric],
         "gain_kept": None,  # filled in by with_gains once the non-private run is there
         "seconds": round(time.perf_counter() - started, 1),
@@ -290,17 +300,22 @@ def sweep(
     delta: float,
     site_sizes: Sequence[int] = (),
     reference: str | None = None,
+    grid: Sequence[tuple[str, list[str]]] = (),
     root: str | Path | None = None,
     echo: Echo = print,
     round_lines: bool = True,
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Run every (site size, epsilon, seed) point; the sweep folder and its rows. The
     non-private points run ``reference`` where given (checked first: :func:`check_reference`).
-    ``echo`` gets a line per point and, with ``round_lines``, the per-round progress lines of
-    each run."""
+    With a ``grid``, every point chooses its recipe from it on the validation split, under a
+    split budget (:mod:`fedgray.sweep_grid`). ``echo`` gets a line per point and, with
+    ``round_lines``, the per-round progress lines of each run."""
     from fedgray.runs import RunFolder
+    from fedgray.sweep_grid import candidates, run_grid_point
 
     config = load_config(config_path, list(overrides))
+    for recipe in candidates(grid):  # every trial's config is valid before anything runs
+        load_config(config_path, [*overrides, *recipe, "federation.select_on=validation"])
     if reference is not None:
         if not any(math.isinf(e) for e in epsilons):
             raise ValueError(
@@ -326,6 +341,7 @@ def sweep(
             "seeds": seeds,
             "site_sizes": list(site_sizes),
             "reference": reference,
+            "grid": {key: values for key, values in grid},
             "delta": delta,
         },
     )
@@ -334,16 +350,14 @@ def sweep(
         size = "" if point.site_size is None else f", {point.site_size} per site"
         echo(f"[{index}/{len(points)}] target epsilon {point.epsilon:g}{size}, seed {point.seed}")
         path = reference if reference is not None and math.isinf(point.epsilon) else config_path
-        rows.append(
-            run_point(
-                path,
-                overrides,
-                point,
-                root=folder.path,
-                delta=delta,
-                echo=(lambda line: echo(f"  {line}")) if round_lines else (lambda _: None),
+        lines: Echo = (lambda line: echo(f"  {line}")) if round_lines else (lambda _: None)
+        if grid:
+            row = run_grid_point(
+                path, overrides, point, grid, root=folder.path, delta=delta, echo=lines
             )
-        )
+        else:
+            row = run_point(path, overrides, point, root=folder.path, delta=delta, echo=lines)
+        rows.append(row)
         rows = with_gains(rows)
         write_csv(rows, folder.path / "sweep.csv")  # partial results survive an interruption
     fed = config.federation
@@ -397,6 +411,8 @@ def _site_sizes(text: str) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The sweep's own arguments; ``fedgray sweep`` adds CONFIG, ``--set`` and ``--quiet``."""
+    from fedgray.sweep_grid import grid_axis  # it imports this module
+
     parser.add_argument(
         "--epsilons",
         type=_epsilons,
@@ -422,6 +438,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CONFIG",
         help="config of the non-private points (same data, sites and rounds; default: CONFIG "
         "without DP)",
+    )
+    parser.add_argument(
+        "--grid",
+        type=grid_axis,
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="choose each point's recipe among these values (repeat for more keys) on the "
+        "validation split, every trial at epsilon/k and delta/k for k combinations",
     )
     parser.add_argument("--rounds", type=int, help="federation.num_rounds (default: the config's)")
     parser.add_argument("--local-steps", type=int, help="federation.local_steps")
@@ -450,6 +475,7 @@ def run(args: argparse.Namespace) -> None:
         delta=args.delta,
         site_sizes=args.site_sizes,
         reference=args.reference,
+        grid=args.grid,
         root=args.output,
         round_lines=not args.quiet,
     )

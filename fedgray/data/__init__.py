@@ -1,4 +1,5 @@
-"""Datasets for fedgray: the procedural world, real digits, user folders, and partitioners."""
+"""Datasets for fedgray: the procedural world, real digits, Fashion-MNIST and Animal-MNIST,
+user folders, each in train, validation and test splits, and partitioners."""
 
 from __future__ import annotations
 

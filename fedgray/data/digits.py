@@ -7,26 +7,10 @@ import torch
 from PIL import Image
 
 from fedgray.data.sets import SPLITS, ImageTextSet
+from fedgray.data.splits import three_way_split
 from fedgray.data.world import CLASS_NAMES, DIGITS, class_prompts
 
 _DIGIT_FRACTION = 20 / 32  # the scan's side after upsampling, relative to the padded image
-
-
-def stratified_split(
-    labels: np.ndarray, *, test_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Split sample indices into shuffled (train, test) with ``test_fraction`` of every class."""
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
-    rng = np.random.default_rng(seed)
-    train: list[np.ndarray] = []
-    test: list[np.ndarray] = []
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        cut = round(test_fraction * len(members))
-        test.append(members[:cut])
-        train.append(members[cut:])
-    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
 
 
 def _to_image(scan: np.ndarray, image_size: int) -> np.ndarray:
@@ -43,7 +27,8 @@ def _to_image(scan: np.ndarray, image_size: int) -> np.ndarray:
 def load_digits_set(
     *, split: str, seed: int, test_fraction: float = 0.45, image_size: int = 32
 ) -> ImageTextSet:
-    """The ``split`` ("train" or "test") of a deterministic stratified split of the scans.
+    """The ``split`` ("train", "validation" or "test") of a deterministic stratified split
+    of the scans: ``test_fraction`` of every class to test, a tenth of the rest to validation.
 
     Images are grey ink on white in 3 channels, captions read "the digit 7", and the class
     prompts are the world's digit prompts with their colour variants (their logsumexp
@@ -55,8 +40,7 @@ def load_digits_set(
 
     bunch = load_digits()
     target = np.asarray(bunch.target, dtype=np.int64)
-    train, test = stratified_split(target, test_fraction=test_fraction, seed=seed)
-    chosen = train if split == "train" else test
+    chosen = three_way_split(target, test_fraction=test_fraction, seed=seed)[split]
     grey = np.stack([_to_image(bunch.images[i], image_size) for i in chosen])
     images = torch.from_numpy(grey).float().div_(255.0)[:, None].expand(-1, 3, -1, -1)
     first_digit = CLASS_NAMES.index("digit 0")

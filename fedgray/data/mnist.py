@@ -14,14 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from fedgray.data.digits import stratified_split
+from fedgray.data.scans import SCAN_SIDE, scan_images
 from fedgray.data.sets import SPLITS, ImageTextSet
+from fedgray.data.splits import three_way_split
 from fedgray.data.world import CLASS_NAMES, DIGITS, class_prompts
 
 CSV = ("data", "data", "mnist_5k.csv.gz")
-_FRAME = 28  # MNIST's frame: the digit fills its central 20x20, as the world's digits fill 20/32
 
 
 def mnist_path() -> Path:
@@ -42,35 +41,30 @@ def mnist_path() -> Path:
 def _scans() -> tuple[np.ndarray, np.ndarray]:
     """All 5,000 scans (uint8 [N, 28, 28], ink 0..255) and their labels (int64 [N])."""
     table = np.loadtxt(mnist_path(), delimiter=",", dtype=np.int64)
-    if table.shape != (5000, _FRAME * _FRAME + 1):
+    if table.shape != (5000, SCAN_SIDE * SCAN_SIDE + 1):
         raise ValueError(f"{mnist_path()}: expected 5000 rows of 785 values, got {table.shape}")
-    pixels = table[:, :-1].astype(np.uint8).reshape(-1, _FRAME, _FRAME)
+    pixels = table[:, :-1].astype(np.uint8).reshape(-1, SCAN_SIDE, SCAN_SIDE)
     return pixels, table[:, -1].copy()
 
 
 def load_mnist_set(
     *, split: str, seed: int, test_fraction: float = 0.2, image_size: int = 32
 ) -> ImageTextSet:
-    """The ``split`` ("train" or "test") of a deterministic stratified split of the scans
-    (by default 4,000 train and 1,000 test, 10% of every class in each).
+    """The ``split`` ("train", "validation" or "test") of a deterministic stratified split
+    of the scans (by default 3,600 train, 400 validation and 1,000 test, the same share of
+    every class in each).
 
     Like ``digits``: dark ink on white paper in 3 channels, captions "the digit 7", the
-    world's digit prompts as class prompts. The 28x28 frame is padded to 32 (the digit then
-    fills 20/32 of the image, as rendered digits do) and resized to ``image_size``.
+    world's digit prompts as class prompts. MNIST's digit fills the central 20x20 of its
+    28x28 frame; padded to 32 it fills 20/32 of the image, as rendered digits do.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
     pixels, target = _scans()
-    train, test = stratified_split(target, test_fraction=test_fraction, seed=seed)
-    chosen = train if split == "train" else test
-    ink = torch.from_numpy(pixels[chosen]).float().div_(255.0)[:, None]
-    pad = (32 - _FRAME) // 2
-    ink = F.pad(ink, (pad, pad, pad, pad))
-    if image_size != 32:
-        ink = F.interpolate(ink, size=(image_size, image_size), mode="bilinear").clamp_(0, 1)
+    chosen = three_way_split(target, test_fraction=test_fraction, seed=seed)[split]
     first_digit = CLASS_NAMES.index("digit 0")
     return ImageTextSet(
-        images=(1.0 - ink).expand(-1, 3, -1, -1).contiguous(),
+        images=scan_images(pixels[chosen], image_size=image_size),
         captions=[f"the digit {target[i]}" for i in chosen],
         labels=torch.from_numpy(target[chosen]),
         class_names=[f"digit {d}" for d in DIGITS],

@@ -1,13 +1,21 @@
-"""Load any fedgray dataset by name: ``world/<domain>``, ``digits``, ``mnist`` or
-``folder:<path>``."""
+"""Load any fedgray dataset by name: ``world/<domain>``, ``digits``, ``mnist``,
+``fashion-mnist``, ``animal-mnist`` or ``folder:<path>``.
+
+Every dataset offers three splits (:data:`~fedgray.data.sets.SPLITS`): ``train``,
+``validation`` (drawn from the training pool, never from test) and ``test``, each
+deterministic by seed and disjoint from the others.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedgray.data.animal import animal_indices, load_animal_set
 from fedgray.data.digits import load_digits_set
+from fedgray.data.fashion import fashion_indices, load_fashion_set
 from fedgray.data.folder import load_folder_set, read_captions
 from fedgray.data.mnist import load_mnist_set
 from fedgray.data.sets import SPLITS, ImageTextSet
@@ -15,34 +23,75 @@ from fedgray.data.world import DOMAINS
 from fedgray.data.world_set import make_world_set
 
 FOLDER_PREFIX = "folder:"
-DATASETS = (*(f"world/{d}" for d in DOMAINS), "digits", "mnist", f"{FOLDER_PREFIX}<path>")
-WORLD_OFFSETS = {"train": 0, "test": 10_000_000}  # disjoint scene index ranges per split
-WORLD_DEFAULT_SIZES = {"train": 10_000, "test": 1_000}
+# disjoint scene index ranges per split: validation is another range of the same generator
+WORLD_OFFSETS = {"train": 0, "validation": 5_000_000, "test": 10_000_000}
+WORLD_DEFAULT_SIZES = {"train": 10_000, "validation": 1_000, "test": 1_000}
 
 Loader = Callable[..., ImageTextSet]
+Counter = Callable[..., int | None]  # (split=, seed=, root=) -> samples, None: any number
 
 
-def _world(domain: str) -> Loader:
-    def load(*, split: str, size: int | None, seed: int, **options: Any) -> ImageTextSet:
+@dataclass(frozen=True)
+class Dataset:
+    """How to load a named dataset's split, and how to count it without loading images
+    (what a run checks before it starts)."""
+
+    load: Loader  # (split=, size=, seed=, root=, **options) -> ImageTextSet
+    count: Counter
+
+
+def _world(domain: str) -> Dataset:
+    def load(
+        *, split: str, size: int | None, seed: int, root: str | None, **options: Any
+    ) -> ImageTextSet:
         n = WORLD_DEFAULT_SIZES[split] if size is None else size
         return make_world_set(n, seed=seed, domain=domain, offset=WORLD_OFFSETS[split], **options)
 
-    return load
+    return Dataset(load=load, count=lambda **_: None)
 
 
-def _digits(*, split: str, size: int | None, seed: int, **options: Any) -> ImageTextSet:
+def _digits(
+    *, split: str, size: int | None, seed: int, root: str | None, **options: Any
+) -> ImageTextSet:
     return _head(load_digits_set(split=split, seed=seed, **options), size)
 
 
-def _mnist(*, split: str, size: int | None, seed: int, **options: Any) -> ImageTextSet:
+def _mnist(
+    *, split: str, size: int | None, seed: int, root: str | None, **options: Any
+) -> ImageTextSet:
     return _head(load_mnist_set(split=split, seed=seed, **options), size)
 
 
-def _folder(path: str) -> Loader:
-    def load(*, split: str, size: int | None, seed: int, **options: Any) -> ImageTextSet:
+def _indexed(load: Loader, indices: Callable[..., tuple[Any, Any, Any]], name: str) -> Dataset:
+    """A pool-backed set that builds only the samples asked for (Fashion-MNIST's training
+    split is 54,000 images)."""
+
+    def count(*, split: str, seed: int, root: str | None) -> int:
+        return len(indices(split=split, seed=seed, root=root)[2])
+
+    def sized(
+        *, split: str, size: int | None, seed: int, root: str | None, **options: Any
+    ) -> ImageTextSet:
+        have = count(split=split, seed=seed, root=root)
+        if size is not None and size > have:
+            raise ValueError(f"{name} has {have} samples, {size} requested")
+        return load(split=split, size=size, seed=seed, root=root, **options)
+
+    return Dataset(load=sized, count=count)
+
+
+def _folder(path: str) -> Dataset:
+    """``<path>/<split>/captions.csv``: the user's own three splits."""
+
+    def load(
+        *, split: str, size: int | None, seed: int, root: str | None, **options: Any
+    ) -> ImageTextSet:
         return _head(load_folder_set(Path(path) / split, **options), size)
 
-    return load
+    def count(*, split: str, seed: int, root: str | None) -> int:
+        return len(read_captions(Path(path) / split)[2])
+
+    return Dataset(load=load, count=count)
 
 
 def _head(dataset: ImageTextSet, size: int | None) -> ImageTextSet:
@@ -53,48 +102,60 @@ def _head(dataset: ImageTextSet, size: int | None) -> ImageTextSet:
     return dataset.subset(range(size))
 
 
-_LOADERS: dict[str, Loader] = {f"world/{d}": _world(d) for d in DOMAINS} | {
-    "digits": _digits,
-    "mnist": _mnist,
+def _counted(load: Loader) -> Counter:
+    def count(*, split: str, seed: int, root: str | None) -> int:
+        return len(load(split=split, size=None, seed=seed, root=root))
+
+    return count
+
+
+_DATASETS: dict[str, Dataset] = {f"world/{d}": _world(d) for d in DOMAINS} | {
+    "digits": Dataset(load=_digits, count=_counted(_digits)),
+    "mnist": Dataset(load=_mnist, count=_counted(_mnist)),
+    "fashion-mnist": _indexed(load_fashion_set, fashion_indices, "fashion-mnist"),
+    "animal-mnist": _indexed(load_animal_set, animal_indices, "animal-mnist"),
 }
+DATASETS = (*_DATASETS, f"{FOLDER_PREFIX}<path>")
 
 
-def available(name: str, *, split: str) -> int | None:
-    """How many samples ``split`` of dataset ``name`` holds (None: rendered on demand, any
-    number), without loading its images: what a run can check before it starts."""
+def _entry(name: str, split: str) -> Dataset:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
     if name.startswith(FOLDER_PREFIX):
-        return len(read_captions(Path(name.removeprefix(FOLDER_PREFIX)) / split)[2])
-    if name == "digits":
-        return len(load_digits_set(split=split, seed=0))
-    if name == "mnist":
-        return len(load_mnist_set(split=split, seed=0))
-    if name in _LOADERS:
-        return None
-    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+        return _folder(name.removeprefix(FOLDER_PREFIX))
+    if name not in _DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    return _DATASETS[name]
+
+
+def available(name: str, *, split: str, seed: int = 0, root: str | None = None) -> int | None:
+    """How many samples ``split`` of dataset ``name`` holds (None: rendered on demand, any
+    number), without building its images: what a run can check before it starts."""
+    return _entry(name, split).count(split=split, seed=seed, root=root)
 
 
 def load_dataset(
-    name: str, *, split: str, size: int | None = None, seed: int = 0, **options: Any
+    name: str,
+    *,
+    split: str,
+    size: int | None = None,
+    seed: int = 0,
+    root: str | None = None,
+    **options: Any,
 ) -> ImageTextSet:
-    """Load ``split`` ("train" or "test") of dataset ``name`` (see :data:`DATASETS`).
+    """Load ``split`` ("train", "validation" or "test") of dataset ``name`` (see
+    :data:`DATASETS`).
 
     ``size`` keeps the first samples (world: renders that many; default 10,000 train /
-    1,000 test). World splits are disjoint scene ranges; ``digits`` and ``mnist`` are
-    seeded stratified splits; ``folder:<path>`` reads ``<path>/<split>/captions.csv``.
-    ``options`` go to the underlying loader (e.g. ``caption_style``, ``noise_sigma``,
-    ``image_size``).
+    1,000 validation / 1,000 test). World splits are disjoint scene ranges; the real sets
+    are seeded stratified splits, validation cut from the training pool; ``folder:<path>``
+    reads ``<path>/<split>/captions.csv``. ``root`` is where ``fashion-mnist`` and
+    ``animal-mnist`` look for their files first (``data.root``). ``options`` go to the
+    underlying loader (e.g. ``caption_style``, ``noise_sigma``, ``image_size``).
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
     if size is not None and size < 0:
         raise ValueError(f"size must be >= 0, got {size}")
-    if name.startswith(FOLDER_PREFIX):
-        loader = _folder(name.removeprefix(FOLDER_PREFIX))
-    elif name in _LOADERS:
-        loader = _LOADERS[name]
-    else:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    return loader(split=split, size=size, seed=seed, **options)
+    return _entry(name, split).load(split=split, size=size, seed=seed, root=root, **options)
 
 
 def check_images(name: str, *, split: str) -> None:

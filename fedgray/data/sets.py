@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-SPLITS = ("train", "test")  # the splits every named dataset offers
+SPLITS = ("train", "validation", "test")  # the splits every named dataset offers
 UNLABELLED = -1  # label of a sample that belongs to no class (e.g. a folder without labels)
 
 

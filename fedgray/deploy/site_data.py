@@ -49,7 +49,9 @@ def write_site_data(config: Config, num_sites: int, sites_dir: Path) -> list[Pat
     held-out samples together; the site holds out its own) as ``sites_dir/site-N/data``."""
     pool = site_pool(config)
     blocks = [
-        load_dataset(domain, split="train", size=pool.block, seed=config.data.seed)
+        load_dataset(
+            domain, split="train", size=pool.block, seed=config.data.seed, root=config.data.root
+        )
         for domain in pool.domains
     ]
     folders = []

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedgray.data.digits import load_digits_set, stratified_split
+from fedgray.data.digits import load_digits_set
+from fedgray.data.splits import stratified_split, three_way_split
 
 
 def test_stratified_split_is_disjoint_cover_with_class_fractions() -> None:
@@ -16,12 +17,29 @@ def test_stratified_split_is_disjoint_cover_with_class_fractions() -> None:
     assert np.bincount(labels[test]).tolist() == [3, 6, 9, 12]
 
 
+def test_three_way_split_cuts_validation_from_training() -> None:
+    labels = np.repeat(np.arange(4), [20, 40, 60, 80])
+    parts = three_way_split(labels, test_fraction=0.25, seed=3)
+    assert np.array_equal(np.sort(np.concatenate(list(parts.values()))), np.arange(200))
+    assert np.bincount(labels[parts["test"]]).tolist() == [5, 10, 15, 20]
+    assert np.bincount(labels[parts["validation"]]).tolist() == [2, 3, 4, 6]  # 10% of the rest
+    pool, test = stratified_split(labels, test_fraction=0.25, seed=3)
+    assert np.array_equal(test, parts["test"])  # the test split does not move with validation
+    assert set(parts["validation"]) <= set(pool)
+    again = three_way_split(labels, test_fraction=0.25, seed=3)
+    assert all(np.array_equal(again[k], parts[k]) for k in parts)
+    assert not np.array_equal(three_way_split(labels, test_fraction=0.25, seed=4)["test"], test)
+
+
 def test_split_is_stratified_and_deterministic() -> None:
     train = load_digits_set(split="train", seed=0)
+    validation = load_digits_set(split="validation", seed=0)
     test = load_digits_set(split="test", seed=0)
-    assert len(train) + len(test) == 1797 and 790 < len(test) < 830
+    assert len(train) + len(validation) + len(test) == 1797 and 790 < len(test) < 830
+    assert 90 < len(validation) < 110
     in_test = torch.bincount(test.labels, minlength=10)
-    share = in_test / (in_test + torch.bincount(train.labels, minlength=10))
+    pool = torch.bincount(torch.cat([train.labels, validation.labels]), minlength=10)
+    share = in_test / (in_test + pool)
     assert (share - 0.45).abs().max() <= 0.01  # a stratified split: each class within 1 point
     again = load_digits_set(split="test", seed=0)
     assert torch.equal(again.images, test.images) and again.captions == test.captions

@@ -29,12 +29,18 @@ def test_reads_the_shipped_file_offline() -> None:
 
 def test_split_is_stratified_disjoint_and_deterministic() -> None:
     train = load_mnist_set(split="train", seed=0)
+    validation = load_mnist_set(split="validation", seed=0)
     test = load_mnist_set(split="test", seed=0)
-    assert (len(train), len(test)) == (4000, 1000)
+    assert (len(train), len(validation), len(test)) == (3600, 400, 1000)
     assert torch.bincount(test.labels).tolist() == [100] * 10
-    flat = {bytes(x.numpy()) for x in (train.images[:, 0] * 255).round().to(torch.uint8)}
-    flat_test = {bytes(x.numpy()) for x in (test.images[:, 0] * 255).round().to(torch.uint8)}
-    assert len(flat & flat_test) <= 2  # MNIST holds a few identical scans, not a shared split
+    assert torch.bincount(validation.labels).tolist() == [40] * 10
+    flat, flat_val, flat_test = (
+        {bytes(x.numpy()) for x in (s.images[:, 0] * 255).round().to(torch.uint8)}
+        for s in (train, validation, test)
+    )
+    # MNIST holds a few identical scans, not a shared split
+    assert len(flat & flat_test) <= 2 and len(flat & flat_val) <= 2
+    assert len(flat_val & flat_test) <= 2
     again = load_mnist_set(split="test", seed=0)
     assert torch.equal(again.images, test.images) and again.captions == test.captions
     assert not torch.equal(load_mnist_set(split="test", seed=1).labels, test.labels)
@@ -49,7 +55,7 @@ def test_images_look_like_the_other_digit_sets() -> None:
     assert 0.05 < ink < 0.3  # dark strokes on a mostly white page
     assert all(c == f"the digit {int(y)}" for c, y in zip(data.captions, data.labels, strict=True))
     assert data.class_names == [f"digit {d}" for d in range(10)]
-    assert available("mnist", split="train") == 4000
+    assert available("mnist", split="train") == 3600
     assert load_mnist_set(split="test", seed=0, image_size=40).images.shape[-1] == 40
 
 

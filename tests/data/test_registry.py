@@ -14,7 +14,7 @@ from fedgray.data.registry import DATASETS, load_dataset
 def test_names() -> None:
     assert DATASETS == (
         "world/photo", "world/sketch", "world/inverted", "world/noisy", "digits", "mnist",
-        "folder:<path>",
+        "fashion-mnist", "animal-mnist", "folder:<path>",
     )  # fmt: skip
 
 
@@ -31,6 +31,18 @@ def test_world_splits_are_disjoint_and_deterministic() -> None:
     )
 
 
+def test_world_validation_is_a_third_disjoint_range() -> None:
+    splits = {
+        split: load_dataset("world/photo", split=split, size=30, seed=2)
+        for split in ("train", "validation", "test")
+    }
+    pixels = {split: data.images.flatten(1) for split, data in splits.items()}
+    for a, b in (("train", "validation"), ("validation", "test")):
+        assert torch.cdist(pixels[a], pixels[b]).min() > 0  # no image in both
+    again = load_dataset("world/photo", split="validation", size=30, seed=2)
+    assert torch.equal(again.images, splits["validation"].images)
+
+
 def test_world_options_pass_through() -> None:
     data = load_dataset("world/photo", split="train", size=5, caption_style="varied", image_size=16)
     assert data.images.shape == (5, 3, 16, 16)
@@ -40,7 +52,7 @@ def test_digits_size_keeps_first_samples() -> None:
     full = load_dataset("digits", split="train", seed=3)
     head = load_dataset("digits", split="train", size=10, seed=3)
     assert torch.equal(head.images, full.images[:10]) and head.captions == full.captions[:10]
-    with pytest.raises(ValueError, match="digits has 989 samples, 5000 requested"):
+    with pytest.raises(ValueError, match="digits has 889 samples, 5000 requested"):
         load_dataset("digits", split="train", size=5000)
 
 

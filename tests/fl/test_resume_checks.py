@@ -119,8 +119,16 @@ def test_a_target_already_spent_is_refused_before_anything_changes(tmp_path: Pat
     [
         (["federation.num_sites=100"], "federation.num_sites: cannot split 90 samples into 100"),
         (["data.train_size=4"], "federation.num_sites: site 1 would hold 1 sample(s)"),
-        (["data.dataset=digits", "data.train_size=5000"], "data.train_size: digits has 989"),
+        (["data.dataset=digits", "data.train_size=5000"], "data.train_size: digits has 889"),
         (["data.dataset=folder:/nonexistent"], "data.dataset: no captions.csv in /nonexistent"),
+        (
+            ["data.dataset=fashion-mnist", "data.root=/nonexistent"],
+            "data.dataset: 'fashion-mnist' needs train-images-idx3-ubyte.gz",
+        ),
+        (
+            ["federation.select_on=validation", "data.dataset=digits", "data.validation_size=500"],
+            "data.validation_size: digits has 100 validation samples, 500 requested",
+        ),
     ],
 )
 def test_a_fresh_run_that_cannot_start_leaves_no_folder(

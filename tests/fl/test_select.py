@@ -1,6 +1,6 @@
 """``federation.select: best``: the run ends with the adapters of the round that scored best
-on the sites' held-out data (round 0 included, ties to the earlier round), also after a
-resume; it is refused where no site evaluates."""
+on the sites' held-out data or the server's validation split (round 0 included, ties to the
+earlier round), also after a resume; it is refused where no site evaluates, and on test."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from fedgray.runs import load_adapters
 from tests.helpers import micro_config, run_local
 
 BEST = ["federation.select=best", "federation.num_rounds=4"]
+VALIDATION = ["federation.num_rounds=5", "data.validation_size=40"]  # a case found by seeds
 
 
 def _equal(a: ArrayRecord, b: ArrayRecord) -> bool:
@@ -101,3 +102,37 @@ def test_best_needs_sites_that_evaluate() -> None:
     with pytest.raises(ConfigError, match=r"^federation\.select: unknown selection 'top'"):
         load_config(None, ["federation.select=top"])
     assert load_config(None, ["federation.fraction_evaluate=0"]).federation.select == "last"
+
+
+def test_selecting_on_test_is_refused_in_one_line() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, ["federation.select=best", "federation.select_on=test"])
+    message = str(caught.value)
+    assert message.startswith("federation.select_on: 'test' would choose") and "\n" not in message
+    with pytest.raises(ConfigError, match=r"^federation\.select_on: unknown selection split"):
+        load_config(None, ["federation.select_on=train"])
+    # the server's validation split needs no site to evaluate
+    on_validation = ["federation.select=best", "federation.select_on=validation"]
+    config = load_config(None, [*on_validation, "federation.fraction_evaluate=0"])
+    assert config.federation.select_on == "validation"
+
+
+def test_best_on_validation_ignores_the_test_split(tmp_path: Path) -> None:
+    """Chosen on the server's validation split, a round that scores best on test is not
+    kept when validation prefers another one, and the reported figure is the chosen
+    round's test score, not the best test score."""
+    config = micro_config(
+        tmp_path,
+        *VALIDATION,
+        "federation.select=best",
+        "federation.select_on=validation",
+        "federation.fraction_evaluate=0",
+    )
+    result, summary, _ = run_local(config)
+    validation = [r["validation"]["r1_mean"] for r in result.records]
+    test = [r["central"]["r1_mean"] for r in result.records]
+    chosen = validation.index(max(validation))
+    assert result.selected == summary["selected_round"] == chosen
+    assert test.index(max(test)) != chosen  # the two splits disagree on the best round
+    assert summary["final"]["r1_mean"] == test[chosen] < max(test)
+    assert summary["selected_on"] == "the server's validation split"

@@ -57,3 +57,12 @@ def test_shipped_references_train_without_dp_on_the_private_configs_data(
     check_reference(load_config(CONFIGS / f"{private}.yaml"), base, site_sizes=False)
     assert not base.privacy.enabled and base.method.name == "dga"
     assert base.method.whiten == "world/photo"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("private_*.yaml")), ids=lambda p: p.stem)
+def test_every_private_config_says_how_its_recipe_was_chosen(path: Path) -> None:
+    header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+    text = " ".join(line.lstrip("# ") for line in header)
+    assert "Recipe selection: " in text
+    said = text.split("Recipe selection: ", 1)[1]
+    assert any(word in said for word in ("test figures", "public data", "no person's data"))

@@ -47,8 +47,8 @@ def shared_data(config: Config, *, dataset: str, split: str, size: int) -> TaskD
     """``size`` samples of ``dataset``'s ``split`` in the backbone's format, once per process."""
     key = (_backbone_key(config), dataset, split, size, config.data.seed)
     if key not in _DATA:
-        sizes = {"train_size": size} if split == "train" else {"test_size": size}
-        data = dataclasses.replace(config.data, dataset=dataset, **sizes)
+        data = dataclasses.replace(config.data, dataset=dataset)
+        setattr(data, f"{split}_size", size)  # train_size, validation_size or test_size
         site_config = dataclasses.replace(config, data=data)
         _DATA[key] = load_task_data(site_config, shared_backbone(config), split=split)
     return _DATA[key]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedgray.backbone.loading import BUILTIN_TAG
-from fedgray.config import Config, load_config
+from fedgray.config import Config, DataConfig, load_config
 from fedgray.config_schema import ConfigError, shown
 from fedgray.data.registry import available, check_images
 from fedgray.fl.common.private import PrivacyLog
@@ -66,24 +66,32 @@ def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _check_size(name: str, split: str, wanted: int, data: DataConfig) -> None:
+    """``name``'s ``split`` holds ``wanted`` samples; else one line naming the size field."""
+    try:
+        have = available(name, split=split, seed=data.seed, root=data.root)
+    except (FileNotFoundError, ValueError) as error:
+        message = str(error)
+        raise ConfigError(
+            message if message.startswith("data.") else f"data.dataset: {message}"
+        ) from None
+    if have is not None and have < wanted:
+        raise ConfigError(
+            f"data.{split}_size: {name} has {have} {split} samples, {wanted} requested"
+        )
+
+
 def check_data(config: Config) -> None:
     """The datasets hold the samples asked for, and the pool splits into every site's share."""
     fed, data = config.federation, config.data
     domains = tuple(fed.domains) or (data.dataset,)
     block = data.train_size // len(domains)
     for name in domains:
-        try:
-            have = available(name, split="train")
-        except (FileNotFoundError, ValueError) as error:
-            raise ConfigError(f"data.dataset: {error}") from None
-        if have is not None and have < block:
-            raise ConfigError(
-                f"data.train_size: {name} has {have} training samples, {block} requested"
-            )
-    have = available(data.dataset, split="test")
-    if fed.central_eval and have is not None and have < data.test_size:
-        raise ConfigError(f"data.test_size: {data.dataset} has {have} test samples, "
-                          f"{data.test_size} requested")  # fmt: skip
+        _check_size(name, "train", block, data)
+    if fed.central_eval:
+        _check_size(data.dataset, "test", data.test_size, data)
+    if fed.select_on == "validation":
+        _check_size(data.dataset, "validation", data.validation_size, data)
     check_classes(data.dataset)
     try:
         for name in domains:

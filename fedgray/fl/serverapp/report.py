@@ -6,6 +6,7 @@ from typing import Any
 
 from fedgray.config import Config
 from fedgray.fl.common.records import from_record
+from fedgray.fl.serverapp.selection import SELECTION_SPLITS
 from fedgray.fl.serverapp.server import FederationResult, headline
 from fedgray.plots import plot_curve
 from fedgray.runs import RunFolder, save_adapters
@@ -22,7 +23,7 @@ def finish(run: RunFolder, config: Config, result: FederationResult) -> dict[str
     """Write the final global adapters, the learning curve and ``summary.json``.
 
     ``final`` holds the metrics of the round whose adapters the run ends with (the last, or
-    with ``federation.select: best`` the one chosen on the sites' held-out data; its
+    with ``federation.select: best`` the one chosen on ``federation.select_on``; its
     ``selected_round``).
     """
     fed, metric = config.federation, TASKS[config.train.task].metric
@@ -53,6 +54,7 @@ def finish(run: RunFolder, config: Config, result: FederationResult) -> dict[str
         "zero_shot": {k: _scope(first).get(k) for k in COMPARED},
         "final": {k: _scope(final).get(k) for k in COMPARED},
         "select": fed.select,
+        "selected_on": SELECTION_SPLITS[fed.select_on].described,
         "selected_round": result.selected,
         "bytes_per_site_per_round": max(
             (r["bytes_down"] + r["bytes_up"] for r in trained), default=0
@@ -71,7 +73,8 @@ def comparison(summary: dict[str, Any]) -> list[str]:
     """Zero-shot vs final metrics, and traffic vs backbone size, as printable lines."""
     where = summary["evaluated_on"]
     if summary.get("select", "last") != "last":
-        where += f"; final: round {summary['selected_round']}, best on the sites' held-out data"
+        chosen_on = summary.get("selected_on", SELECTION_SPLITS["sites"].described)
+        where += f"; final: round {summary['selected_round']}, best on {chosen_on}"
     lines = [f"{'metric':<10}{'zero-shot':>11}{'federated':>11}   ({where})"]
     for key in COMPARED:
         before, after = summary["zero_shot"][key], summary["final"][key]

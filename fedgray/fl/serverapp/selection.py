@@ -1,28 +1,46 @@
 """Which round's global adapters a federated run ends with (``federation.select``).
 
 ``last``: the last round's, as FedAvg and FedBPT do. ``best``: those of the round, round 0
-(the initial adapters) included, with the best federated value of the task's metric, the
-sites' held-out data as every round's evaluation reports it; ties keep the earlier round.
-Federated CraFT averages the sites' final search distributions with no selection and can
-end below its own start; ``best`` cannot end below round 0 on that data. The server's test
-set never chooses (that would select on test data). Training always continues from the
-last round's adapters: only what the run returns, saves and reports changes.
+(the initial adapters) included, with the best value of the task's metric on
+``federation.select_on``: ``sites``, the sites' held-out data as every round's federated
+evaluation reports it, or ``validation``, the server's validation split (cut from the
+dataset's training pool, no site's data); ties keep the earlier round. Federated CraFT
+averages the sites' final search distributions with no selection and can end below its own
+start; ``best`` cannot end below round 0 on that data. The test split never chooses (the
+config refuses it): the figure a run reports is read on data nothing was chosen on.
+Training always continues from the last round's adapters: only what the run returns, saves
+and reports changes.
 
-The held-out metrics choose among adapters the sites' training already released, as every
-round's reported metrics do; they are not part of the DP accounting.
+The sites' held-out metrics choose among adapters the sites' training already released, as
+every round's reported metrics do; they are not part of the DP accounting (the validation
+split holds no site's data, so choosing on it costs the sites nothing).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from flwr.app import ArrayRecord
 
 from fedgray.fl.common.records import from_record, to_record
 
 SELECTIONS = ("last", "best")  # federation.select
+
+
+class SelectionSplit(NamedTuple):
+    """Where ``best`` reads its scores: the key of a round's record that holds them, and
+    how the run's output names that data."""
+
+    record_key: str
+    described: str
+
+
+SELECTION_SPLITS = {  # federation.select_on
+    "sites": SelectionSplit("federated", "the sites' held-out data"),
+    "validation": SelectionSplit("validation", "the server's validation split"),
+}
 
 
 def _better(value: float, best: float) -> bool:
@@ -40,9 +58,10 @@ class Selection:
     value: float = math.nan
     arrays: ArrayRecord | None = None
 
-    def offer(self, server_round: int, arrays: ArrayRecord, federated: dict[str, float]) -> None:
-        """Consider round ``server_round``'s global ``arrays``, evaluated as ``federated``."""
-        value = float(federated.get(self.metric, math.nan))
+    def offer(self, server_round: int, arrays: ArrayRecord, scores: dict[str, float]) -> None:
+        """Consider round ``server_round``'s global ``arrays``, scored ``scores`` on the
+        selection split."""
+        value = float(scores.get(self.metric, math.nan))
         if self.arrays is None or self.rule == "last" or _better(value, self.value):
             self.round, self.value, self.arrays = server_round, value, arrays
 

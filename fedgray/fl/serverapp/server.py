@@ -4,7 +4,8 @@ Round 0 evaluates the initial adapters (at identity: exactly zero-shot), then ev
 trains, aggregates, evaluates on the sites' held-out data and, if configured, on the server's
 test set; after each round the run folder gets a metrics line and a fresh checkpoint.
 The run returns the last round's adapters, or with ``federation.select: best`` those of the
-round that scored best on the sites' held-out data (:mod:`fedgray.fl.serverapp.selection`).
+round that scored best on the sites' held-out data or the server's validation split
+(:mod:`fedgray.fl.serverapp.selection`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from fedgray.fl.serverapp.failures import wait_for_sites
 from fedgray.fl.serverapp.loop import RoundOutcome, TrainPhase, plain_training, run_round
 from fedgray.fl.serverapp.roster import Roster
 from fedgray.fl.serverapp.secagg import SecureTraining
-from fedgray.fl.serverapp.selection import Selection
+from fedgray.fl.serverapp.selection import SELECTION_SPLITS, Selection
 from fedgray.runs import RunFolder
 from fedgray.tasks import TASKS, TaskData
 from fedgray.train.kinds import kind_of
@@ -52,28 +53,31 @@ class FederationResult:
     rejections: list[Rejection] = field(default_factory=list)
 
 
-def _test_data(config: Config) -> TaskData:
-    return shared_data(
-        config, dataset=config.data.dataset, split="test", size=config.data.test_size
-    )
+def _split_data(config: Config, split: str = "test") -> TaskData:
+    sizes = {"validation": config.data.validation_size, "test": config.data.test_size}
+    return shared_data(config, dataset=config.data.dataset, split=split, size=sizes[split])
 
 
 def initial_adapters(config: Config) -> ArrayRecord:
     """The shared arrays at initialisation (adapters at identity), seeded by ``federation.seed``."""
-    state = kind_of(config).start(config, shared_backbone(config), lambda: _test_data(config))
+    state = kind_of(config).start(config, shared_backbone(config), lambda: _split_data(config))
     shared, _ = split_personal(state, config.federation.personal)
     return to_record(shared)
 
 
-def central_evaluator(config: Config) -> Callable[[ArrayRecord], dict[str, float]]:
-    """Metrics of global arrays on the server's test set (personal adapters at identity)."""
-    data, backbone, score = _test_data(config), shared_backbone(config), kind_of(config).score
+def central_evaluator(
+    config: Config, split: str = "test"
+) -> Callable[[ArrayRecord], dict[str, float]]:
+    """Metrics of global arrays on the server's ``split`` (personal adapters at identity)."""
+    data, backbone = _split_data(config, split), shared_backbone(config)
+    score = kind_of(config).score
     return lambda arrays: score(config, backbone, from_record(arrays), data)
 
 
 def _record(config: Config, rnd: int, outcome: RoundOutcome, started: float) -> dict[str, Any]:
-    central = central_evaluator(config)(outcome.arrays) if config.federation.central_eval else {}
-    return {
+    fed = config.federation
+    central = central_evaluator(config)(outcome.arrays) if fed.central_eval else {}
+    record = {
         "round": rnd,
         "seconds": round(time.perf_counter() - started, 3),
         "sites_trained": outcome.trained,
@@ -86,6 +90,9 @@ def _record(config: Config, rnd: int, outcome: RoundOutcome, started: float) -> 
         "federated": dict(outcome.eval_metrics),
         "central": central,
     } | ({"queries": outcome.queries} if outcome.queries else {})
+    if fed.select_on == "validation":  # what federation.select: best reads
+        record["validation"] = central_evaluator(config, "validation")(outcome.arrays)
+    return record
 
 
 def headline(config: Config, record: dict[str, Any]) -> float:
@@ -169,11 +176,12 @@ def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) 
     central_dp = CentralLedger(central, num_sampled(config)) if central.enabled else None
     first, arrays = 0, initial_adapters(config)
     selection = Selection(fed.select, TASKS[config.train.task].metric)
+    chosen_on = SELECTION_SPLITS[fed.select_on].record_key
     if (run.path / CHECKPOINT).is_file():
         checkpoint = _resume(run, config, strategy)
         arrays, first = checkpoint.arrays, checkpoint.round + 1
         selection.restore(checkpoint.selection)
-        selection.offer(checkpoint.round, arrays, run.records()[-1]["federated"])
+        selection.offer(checkpoint.round, arrays, run.records()[-1][chosen_on])
         if privacy is not None:
             privacy.restore(checkpoint.privacy)
         if central_dp is not None:
@@ -200,7 +208,7 @@ def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) 
         for warning in outcome.warnings:
             echo(warning)
         record = _record(config, rnd, outcome, started)
-        selection.offer(rnd, arrays, record["federated"])
+        selection.offer(rnd, arrays, record[chosen_on])
         if privacy is not None:
             record["privacy"] = privacy.update(outcome.ledgers, outcome.refusals)
         if central_dp is not None:
@@ -223,7 +231,7 @@ def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) 
     if fed.select != "last":
         echo(
             f"final adapters: round {selection.round} ({selection.metric} "
-            f"{selection.value:.1f} on the sites' held-out data)"
+            f"{selection.value:.1f} on {SELECTION_SPLITS[fed.select_on].described})"
         )
     return FederationResult(
         run.path,

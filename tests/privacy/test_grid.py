@@ -1,0 +1,79 @@
+"""Choosing a private recipe from a fixed grid: each trial at a share of the budget, the
+winner chosen on the validation split, the grid's whole cost in the selection ledger."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from fedgray.cli import main
+from fedgray.privacy import Ledger
+from fedgray.privacy.grid import selection_cost, split_budget
+from tests.helpers import MICRO
+
+QUICKSTART = Path(__file__).parents[2] / "configs" / "quickstart.yaml"
+
+
+def test_split_budget_shares_epsilon_and_delta() -> None:
+    assert split_budget(8.0, 1e-5, 4) == (2.0, 2.5e-6)
+    assert split_budget(math.inf, 1e-5, 2) == (math.inf, 5e-6)
+    with pytest.raises(ValueError, match="at least one trial"):
+        split_budget(1.0, 1e-5, 0)
+
+
+def test_selection_cost_charges_each_site_every_trial_it_trained_in() -> None:
+    trial = Ledger("rdp", ((1.1, 0.05, 40),))
+    cost = selection_cost([{0: trial, 1: trial}, {0: trial}], delta=1e-5)
+    both = Ledger("rdp", ((1.1, 0.05, 80),)).epsilon(1e-5)  # one accountant, all 80 steps
+    assert cost[0] == pytest.approx(both, rel=1e-9) and cost[0] > 1.2 * trial.epsilon(1e-5)
+    assert cost[1] == trial.epsilon(1e-5)  # site 1 trained in one trial only
+    with pytest.raises(ValueError, match="different accountants"):
+        selection_cost([{0: trial}, {0: Ledger("prv", trial.history)}], delta=1e-5)
+
+
+@pytest.mark.slow
+def test_grid_sweep_chooses_on_validation_and_its_cost_is_in_the_ledger(tmp_path: Path) -> None:
+    args = ["sweep", str(QUICKSTART), "--output", str(tmp_path), "--rounds", "1", "--quiet"]
+    args += ["--epsilons", "2", "--seeds", "1", "--grid", "train.lr=0.0001,0.01"]
+    settings = [*MICRO, "data.validation_size=40"]
+    assert main([*args, *(f"--set={o}" for o in settings)]) == 0
+    (folder,) = tmp_path.glob("sweep-*")
+    with (folder / "sweep.csv").open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    ledger = json.loads((folder / "eps2-seed0" / "selection.json").read_text())
+    trials = ledger["trials"]
+    assert [t["recipe"] for t in trials] == [["train.lr=0.0001"], ["train.lr=0.01"]]
+    assert ledger["trial_epsilon"] == 1.0 and ledger["trial_delta"] == 5e-6
+    for trial in trials:  # each trial within its share, its validation score recorded
+        assert 0 < trial["achieved_max_epsilon"] <= 1.0
+        records = (folder / "eps2-seed0" / trial["run"] / "metrics.jsonl").read_text()
+        last = json.loads(records.splitlines()[-1])
+        assert trial["validation_r1_mean"] == last["validation"]["r1_mean"]
+    scores = [t["validation_r1_mean"] for t in trials]
+    assert ledger["chosen"] == scores.index(max(scores))
+    # the choice is paid for: every site is charged both trials, above any one trial alone
+    spent = ledger["selection_epsilon"]
+    assert max(t["achieved_max_epsilon"] for t in trials) < spent <= 2.0
+    assert spent == max(ledger["selection_epsilon_per_site"].values())
+    assert float(row["selection_epsilon"]) == spent and row["trials"] == "2"
+    assert float(row["target_epsilon"]) == 2.0
+    assert row["recipe"] == " ".join(trials[ledger["chosen"]]["recipe"])
+    chosen_run = folder / "eps2-seed0" / trials[ledger["chosen"]]["run"]
+    summary = json.loads((chosen_run / "summary.json").read_text())
+    assert float(row["r1_mean"]) == pytest.approx(summary["final"]["r1_mean"])  # its test
+
+
+def test_a_bad_grid_is_refused_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["sweep", str(QUICKSTART), "--output", str(tmp_path), "--epsilons", "2"]
+    with pytest.raises(SystemExit):
+        main([*args, "--grid", "train.lr"])
+    assert "--grid: expected KEY=V1,V2" in capsys.readouterr().err
+    assert main([*args, "--grid", "train.stpes=1,2"]) != 0
+    assert "train.stpes: unknown key" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
