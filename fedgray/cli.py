@@ -236,8 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arguments(audit, required=False)
     audit.add_argument("--canaries", type=int, help="canaries (default 1000)")
     audit.add_argument(
-        "--guesses", type=int, help="guesses, half on the highest scores, half on the lowest "
-        "(default 100)"
+        "--guesses",
+        type=int,
+        help="guesses, half on the highest scores, half on the lowest (default 100)",
     )
     audit.add_argument("--confidence", type=float, help="of the bound (default 0.95)")
     audit.add_argument(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import torch
 
@@ -41,7 +42,9 @@ def _relabelled(data: TaskData, rows: torch.Tensor, generator: torch.Generator) 
     random other public caption where the data has them, else the prompt of the new label.
     Caption ids number the rows ``0..n-1`` (each its own caption)."""
     count, classes = len(rows), max(data.num_classes, 2)
-    labels = (data.labels[rows] + torch.randint(1, classes, (count,), generator=generator)) % classes
+    labels = (
+        data.labels[rows] + torch.randint(1, classes, (count,), generator=generator)
+    ) % classes
     if data.public_tokens is not None:
         pool = data.public_tokens
         own = (data.tokens[rows][:, None, :] == pool[None, :, :]).all(dim=-1)
@@ -112,7 +115,8 @@ def joined(data: TaskData, rows: TaskData) -> TaskData:
         own = getattr(data, name)
         return torch.cat([own, getattr(extra, name).to(own.device)])
 
-    return replace(data, **{name: column(name) for name in PER_SAMPLE})
+    columns: dict[str, Any] = {name: column(name) for name in PER_SAMPLE}
+    return replace(data, **columns)
 
 
 @torch.no_grad()
@@ -125,7 +129,8 @@ def per_sample_losses(
     model.eval()
     tensors = data.as_dataset().tensors
     losses = [
-        task.loss(model, tuple(t[i : i + 1] for t in tensors), data, scale) for i in range(len(data))
+        task.loss(model, tuple(t[i : i + 1] for t in tensors), data, scale)
+        for i in range(len(data))
     ]
     model.train(training)  # Opacus wraps only a model in training mode
     return torch.stack(losses).float().cpu()

@@ -56,8 +56,9 @@ class LocalTrainer:
     ``ledger``: the accounting history so far (a federated site's; None: a fresh one);
     ``who`` names the trainer in a budget refusal; ``seed`` fixes the batch order (and,
     under DP, Poisson sampling); ``feature_rows``: rows given as backbone features, joined
-    to ``data`` after its features are cached (the audit's feature canaries). Raises :class:`~fedgray.privacy.budget.BudgetExhausted`
-    when the planned steps would exceed ``privacy.epsilon_budget``.
+    to ``data`` after its features are cached (the audit's feature canaries). Raises
+    :class:`~fedgray.privacy.budget.BudgetExhausted` when the planned steps would exceed
+    ``privacy.epsilon_budget``.
     """
 
     def __init__(
