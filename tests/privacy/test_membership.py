@@ -39,5 +39,5 @@ def test_calibration_finds_members_that_the_raw_loss_misses() -> None:
     target = difficulty - 0.5 * is_member.float()
     raw = attack(ATTACKS["loss"](target, references), is_member)
     calibrated = attack(ATTACKS["calibrated"](target, references), is_member)
-    assert 0.5 < raw.auc < 0.75 and raw.tpr_at_1_percent < 0.2
+    assert 0.5 < raw.auc < 0.75 and raw.tpr_at_1_percent < 0.3  # the easiest members only
     assert calibrated.auc > 0.99 and calibrated.tpr_at_1_percent > 0.9
