@@ -99,14 +99,21 @@ BUGS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
 }
 
 
-def _audited(tmp_path: Path, *overrides: str) -> AuditResult:
-    config = load_config(None, [*AUDITED, f"output.root={tmp_path}", *overrides])
-    return audit(config, options=AuditOptions(), progress=False, echo=lambda _: None)
+def _audited(tmp_path: Path, what: str) -> AuditResult:
+    """The audit of :data:`AUDITED` with its default canaries; prints the figures that
+    docs/privacy-audit.md reports (``pytest -s`` shows them)."""
+    config = load_config(None, [*AUDITED, f"output.root={tmp_path}"])
+    result = audit(config, options=AuditOptions(), progress=False, echo=lambda _: None)
+    print(
+        f"\n{what}: lower bound {result.lower_bound:.2f} ({result.correct} of {result.guesses} "
+        f"right), accountant's epsilon {result.epsilon:.2f}"
+    )
+    return result
 
 
 @pytest.mark.slow
 def test_the_correct_build_passes_the_audit(tmp_path: Path) -> None:
-    result = _audited(tmp_path)
+    result = _audited(tmp_path, "correct build")
     assert result.epsilon == pytest.approx(1.0, abs=0.01)
     assert result.lower_bound <= result.epsilon
     assert check(result) is result
@@ -118,7 +125,7 @@ def test_the_audit_catches_a_planted_bug(
     bug: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     BUGS[bug](monkeypatch)
-    result = _audited(tmp_path)
+    result = _audited(tmp_path, bug)
     assert result.lower_bound > result.epsilon, f"{bug}: {result.correct}/{result.guesses} right"
     with pytest.raises(AuditFailed, match="exceeds the accountant's epsilon"):
         check(result)
@@ -135,7 +142,7 @@ def test_the_audit_catches_shuffling_in_place_of_poisson_sampling(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     _shuffling(monkeypatch)
-    assert _audited(tmp_path).lower_bound > 1.0
+    assert _audited(tmp_path, "shuffling").lower_bound > 1.0
 
 
 # The command on the micro CLIP: fewer canaries and steps, still far apart with noise off.
