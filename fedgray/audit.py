@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from fedgray.adapt import seed_everything
-from fedgray.adapters import build_model
+from fedgray.adapters import AdaptedCLIP, build_model
 from fedgray.config import Config
 from fedgray.config_schema import ConfigError
 from fedgray.privacy.audit_bound import epsilon_lower_bound
@@ -40,7 +40,7 @@ from fedgray.privacy.canaries import (
 from fedgray.privacy.features import backbone_features
 from fedgray.runs import RunFolder
 from fedgray.site import load_task_data, open_backbone
-from fedgray.tasks import evaluate
+from fedgray.tasks import TaskData, evaluate
 from fedgray.train.schedule import Schedule
 from fedgray.train.trainer import LocalTrainer
 
@@ -98,6 +98,23 @@ class AuditFailed(RuntimeError):
     """The empirical lower bound exceeds the accountant's epsilon."""
 
 
+def _drawn(
+    kind: str, model: AdaptedCLIP, train: TaskData, options: AuditOptions
+) -> tuple[TaskData, torch.Tensor, TaskData, TaskData | None]:
+    """The canaries, which of them are members, the training data and the rows given as
+    features: feature canaries are drawn in the space DP-SGD steps over (the backbone's
+    features, cached once per process) and joined there; input canaries are taken from
+    ``train`` and the members joined to the rest."""
+    generator = torch.Generator().manual_seed(options.seed)
+    members = draw_members(options.canaries, generator=generator)
+    if kind == "feature":
+        space = replace(train, images=backbone_features(model, train.images))
+        canaries, _ = feature_canaries(space, count=options.canaries, generator=generator)
+        return canaries, members, train, selected(canaries, members)
+    canaries, rest = input_canaries(train, count=options.canaries, generator=generator)
+    return canaries, members, joined(rest, selected(canaries, members)), None
+
+
 def audit(
     config: Config,
     *,
@@ -125,19 +142,8 @@ def audit(
     train = load_task_data(config, backbone, split="train")
     test = load_task_data(config, backbone, split="test")
     model = build_model(backbone, config.method)
-    generator = torch.Generator().manual_seed(options.seed)
-    members = draw_members(options.canaries, generator=generator)
-    if kind == "feature":  # drawn in the space DP-SGD steps over (cached once per process)
-        space = replace(train, images=backbone_features(model, train.images))
-        canaries, _ = feature_canaries(space, count=options.canaries, generator=generator)
-        trained, rows = train, selected(canaries, members)
-    else:
-        canaries, rest = input_canaries(train, count=options.canaries, generator=generator)
-        trained, rows = joined(rest, selected(canaries, members)), None
-    run = RunFolder(config.output.root, config.output.name, prefix="audit")
-    run.save_config(config)
-    started = time.perf_counter()
-    trainer = LocalTrainer(
+    canaries, members, trained, rows = _drawn(kind, model, train, options)
+    trainer = LocalTrainer(  # refuses a budget or setting before any folder is written
         config,
         model,
         trained,
@@ -146,6 +152,9 @@ def audit(
         who="fedgray audit",
         feature_rows=rows,
     )
+    run = RunFolder(config.output.root, config.output.name, prefix="audit")
+    run.save_config(config)
+    started = time.perf_counter()
     scored = trainer.stepped if kind == "feature" else model  # what reads the canaries
     scale = backbone.interface.logit_scale  # the task applies privacy.loss_scale itself
     before = per_sample_losses(scored, trainer.task, canaries, scale=scale)
