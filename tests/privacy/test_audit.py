@@ -221,3 +221,21 @@ def test_input_canaries_are_site_examples_with_another_label_and_caption(
         assert canaries.labels[row] != data.labels[i]
         assert not torch.equal(canaries.tokens[row], data.tokens[i])
         assert any(torch.equal(canaries.tokens[row], t) for t in data.public_tokens)
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        (["--guesses", "101", "--canaries", "100"], "--guesses"),
+        (["--canary", "gradient"], "--canary"),
+        (["--canary", "feature", "--set=privacy.cache_features=false"], "--canary"),
+        (["--confidence", "1"], "--confidence"),
+    ],
+)
+def test_bad_audit_options_are_refused_in_one_line_naming_them(
+    options: list[str], field: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _command(tmp_path, *options) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"fedgray: error: {field}:")
+    assert not (tmp_path / "a").exists()
