@@ -66,6 +66,34 @@ def _cmd_adapt(args: argparse.Namespace) -> None:
         )
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from fedgray.audit import AuditFailed, AuditOptions, audit, check
+
+    config = _load(args)
+    given = {
+        "canaries": args.canaries,
+        "guesses": args.guesses,
+        "confidence": args.confidence,
+        "seed": args.audit_seed,
+        "canary": args.canary,
+    }
+    options = AuditOptions(**{k: v for k, v in given.items() if v is not None})
+    result = audit(config, options=options, progress=not args.quiet)
+    print(
+        f"\n{result.correct} of {result.guesses} guesses right ({result.members} of "
+        f"{result.canaries} canaries trained on)\n"
+        f"empirical epsilon >= {result.lower_bound:.3f} at {result.confidence:.0%} confidence; "
+        f"accountant's epsilon {result.epsilon:.3f} (delta {result.delta:g})\n"
+        f"run folder: {result.run_dir}"
+    )
+    try:
+        check(result)
+    except AuditFailed as error:
+        print(f"fedgray: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from fedgray.deploy.processes import Stopped
     from fedgray.fl.serverapp.failures import FederationError
@@ -210,6 +238,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--set may change e.g. federation.num_rounds)",
     )
     run.set_defaults(handler=_cmd_run)
+    audit = commands.add_parser(
+        "audit",
+        help="audit a site's DP-SGD: an empirical lower bound on epsilon beside the accountant's",
+        description="Train the configured DP-SGD at one site (as fedgray adapt does) with "
+        "canaries each included with probability 1/2, score them, and bound epsilon from "
+        "below (Steinke, Nasr and Jagielski's one-run audit). Exits 1 when the bound exceeds "
+        "the accountant's epsilon. The audited adapters are not saved.",
+    )
+    _config_arguments(audit, required=False)
+    audit.add_argument("--canaries", type=int, help="canaries (default 1000)")
+    audit.add_argument(
+        "--guesses",
+        type=int,
+        help="guesses, half on the highest scores, half on the lowest (default 100)",
+    )
+    audit.add_argument("--confidence", type=float, help="of the bound (default 0.95)")
+    audit.add_argument(
+        "--canary",
+        metavar="KIND",
+        help="canary kind: input or feature (default: feature with privacy.cache_features, "
+        "else input)",
+    )
+    audit.add_argument("--audit-seed", type=int, help="seed of the canaries and their draw (0)")
+    audit.set_defaults(handler=_cmd_audit)
     pretrain = commands.add_parser(
         "pretrain",
         help="pretrain (or locate) the built-in owner's backbone",

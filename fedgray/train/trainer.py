@@ -17,9 +17,11 @@ import torch
 
 from fedgray.adapters.model import AdaptedCLIP
 from fedgray.config import Config
+from fedgray.config_schema import ConfigError
 from fedgray.devices import autocast
 from fedgray.privacy import Ledger, NoisePlan, PrivateTraining, make_private, plan_noise
 from fedgray.privacy.budget import check_budget
+from fedgray.privacy.canaries import joined
 from fedgray.privacy.features import cached_head
 from fedgray.privacy.objectives import private_task
 from fedgray.tasks import TASKS, Task, TaskData
@@ -53,8 +55,10 @@ class LocalTrainer:
 
     ``ledger``: the accounting history so far (a federated site's; None: a fresh one);
     ``who`` names the trainer in a budget refusal; ``seed`` fixes the batch order (and,
-    under DP, Poisson sampling). Raises :class:`~fedgray.privacy.budget.BudgetExhausted`
-    when the planned steps would exceed ``privacy.epsilon_budget``.
+    under DP, Poisson sampling); ``feature_rows``: rows given as backbone features, joined
+    to ``data`` after its features are cached (the audit's feature canaries). Raises
+    :class:`~fedgray.privacy.budget.BudgetExhausted` when the planned steps would exceed
+    ``privacy.epsilon_budget``.
     """
 
     def __init__(
@@ -68,8 +72,13 @@ class LocalTrainer:
         ledger: Ledger | None = None,
         proximal_mu: float = 0.0,
         who: str = "site",
+        feature_rows: TaskData | None = None,
     ) -> None:
         train, privacy = config.train, config.privacy
+        if feature_rows is not None and not (privacy.enabled and privacy.cache_features):
+            raise ConfigError(
+                "privacy.cache_features: rows given as features need DP-SGD on cached features"
+            )
         self.model, self.data, self.schedule, self.delta = model, data, schedule, privacy.delta
         self.stepped: torch.nn.Module = model  # the module stepped: ``model`` or its cached head
         self.taken = 0
@@ -84,6 +93,8 @@ class LocalTrainer:
             self.task = private_task(train.task, model, privacy.objective, privacy.loss_scale)
             if privacy.cache_features:  # only output modules train: step them over features
                 self.stepped, data = cached_head(model, data)
+                if feature_rows is not None:
+                    data = joined(data, feature_rows)
                 self.data = data
             ledger = ledger if ledger is not None else Ledger(privacy.accountant)
             self.plan = plan_noise(

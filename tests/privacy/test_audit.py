@@ -1,0 +1,241 @@
+"""The one-run audit against planted DP bugs: each bug is caught (the bound exceeds the
+accountant's epsilon), the correct build is not (the bound stays below it).
+
+Each bug is planted through a test-only seam (monkeypatch) in the Opacus pieces that
+:func:`fedgray.privacy.make_private` puts together, so the audited run is the real one
+(the one local trainer, Opacus' optimizer, the ledger) with one thing broken, as an
+implementation bug would break it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _generate_noise, _mark_as_processed
+
+from fedgray.audit import AuditFailed, AuditOptions, AuditResult, audit, check
+from fedgray.backbone import SealedBackbone
+from fedgray.cli import main
+from fedgray.config import load_config
+from fedgray.privacy import engine
+from fedgray.privacy.canaries import input_canaries
+from fedgray.tasks.data import TaskData
+from fedgray.train.local import batches
+from tests.helpers import captioned_data
+
+# DP-SGD on the output adapter over cached features of a random tiny CLIP (embedding 128),
+# at epsilon 1; a small clipping norm, so that clipping binds on every step.
+AUDITED = [
+    "backbone.name=fedgray-tiny",
+    "backbone.pretrained=null",
+    "data.train_size=200",
+    "data.test_size=40",
+    "method.name=output",
+    "train.batch_size=128",
+    "train.steps=300",
+    "train.lr=0.05",
+    "train.threads=1",
+    "privacy.enabled=true",
+    "privacy.target_epsilon=1.0",
+    "privacy.max_grad_norm=0.01",
+    "privacy.cache_features=true",
+]
+
+
+def _no_noise(monkeypatch: pytest.MonkeyPatch) -> None:
+    def add_noise(self: DPOptimizer) -> None:
+        for p in self.params:
+            p.grad = p.summed_grad.view_as(p)
+            _mark_as_processed(p.summed_grad)
+
+    monkeypatch.setattr(DPOptimizer, "add_noise", add_noise)
+
+
+def _no_clipping(monkeypatch: pytest.MonkeyPatch) -> None:
+    clip = DPOptimizer.clip_and_accumulate
+
+    def unclipped(self: DPOptimizer) -> None:
+        bound, self.max_grad_norm = self.max_grad_norm, math.inf  # every clip factor is 1
+        try:
+            clip(self)
+        finally:
+            self.max_grad_norm = bound  # the noise keeps its scale
+
+    monkeypatch.setattr(DPOptimizer, "clip_and_accumulate", unclipped)
+
+
+def _noise_over_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    def add_noise(self: DPOptimizer) -> None:
+        size = max(1, len(self.grad_samples[0]))  # the batch drawn, B
+        for p in self.params:
+            noise = _generate_noise(
+                std=self.noise_multiplier * self.max_grad_norm / size,
+                reference=p.summed_grad,
+                generator=self.generator,
+                secure_mode=self.secure_mode,
+            )
+            p.grad = (p.summed_grad + noise).view_as(p)
+            _mark_as_processed(p.summed_grad)
+
+    monkeypatch.setattr(DPOptimizer, "add_noise", add_noise)
+
+
+def _shuffling(monkeypatch: pytest.MonkeyPatch) -> None:
+    def shuffled(
+        data: TaskData, *, sample_rate: float, seed: int, generator: object = None
+    ) -> Iterator[tuple[object, ...]]:
+        return batches(data, batch_size=max(1, round(sample_rate * len(data))), seed=seed)
+
+    monkeypatch.setattr(engine, "poisson_batches", shuffled)
+
+
+BUGS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
+    "noise off": _no_noise,
+    "clipping off": _no_clipping,
+    "noise std over the batch size": _noise_over_the_batch,
+}
+
+
+def _audited(tmp_path: Path, what: str) -> AuditResult:
+    """The audit of :data:`AUDITED` with its default canaries; prints the figures that
+    docs/privacy-audit.md reports (``pytest -s`` shows them)."""
+    config = load_config(None, [*AUDITED, f"output.root={tmp_path}"])
+    result = audit(config, options=AuditOptions(), progress=False, echo=lambda _: None)
+    print(
+        f"\n{what}: lower bound {result.lower_bound:.2f} ({result.correct} of {result.guesses} "
+        f"right), accountant's epsilon {result.epsilon:.2f}"
+    )
+    return result
+
+
+@pytest.mark.slow
+def test_the_correct_build_passes_the_audit(tmp_path: Path) -> None:
+    result = _audited(tmp_path, "correct build")
+    assert result.epsilon == pytest.approx(1.0, abs=0.01)
+    assert result.lower_bound <= result.epsilon
+    assert check(result) is result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bug", BUGS)
+def test_the_audit_catches_a_planted_bug(
+    bug: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    BUGS[bug](monkeypatch)
+    result = _audited(tmp_path, bug)
+    assert result.lower_bound > result.epsilon, f"{bug}: {result.correct}/{result.guesses} right"
+    with pytest.raises(AuditFailed, match="exceeds the accountant's epsilon"):
+        check(result)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="not detectable from the final adapters: shuffling (every row exactly once per "
+    "epoch) changes a canary's total influence on them little from Poisson sampling's; "
+    "measured: bound 0.25 against epsilon 1, 0.21 on the correct build (docs/privacy-audit.md)",
+)
+def test_the_audit_catches_shuffling_in_place_of_poisson_sampling(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _shuffling(monkeypatch)
+    assert _audited(tmp_path, "shuffling").lower_bound > 1.0
+
+
+# The command on the micro CLIP: fewer canaries and steps, still far apart with noise off.
+MICRO = [
+    "backbone.name=fedgray-micro",
+    "backbone.pretrained=null",
+    "data.train_size=100",
+    "data.test_size=20",
+    "method.name=output",
+    "train.batch_size=64",
+    "train.steps=150",
+    "train.lr=0.05",
+    "train.threads=1",
+    "privacy.enabled=true",
+    "privacy.noise_multiplier=20",  # epsilon 1.1 (no calibration: a faster test)
+    "privacy.max_grad_norm=0.01",
+    "privacy.cache_features=true",
+]
+SMALL = ["--canaries", "100", "--guesses", "40"]
+
+
+def _command(tmp_path: Path, *extra: str) -> int:
+    overrides = [f"--set={o}" for o in [*MICRO, f"output.root={tmp_path}", "output.name=a"]]
+    return main(["audit", *overrides, "--quiet", *SMALL, *extra])
+
+
+def test_the_audit_command_reports_its_bound_beside_the_accountants_epsilon(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _command(tmp_path) == 0
+    out = capsys.readouterr().out
+    found = re.search(r"empirical epsilon >= ([\d.]+) .* accountant's epsilon ([\d.]+)", out)
+    assert found is not None, out
+    bound, epsilon = map(float, found.groups())
+    assert bound <= epsilon < 1.5
+    record = json.loads((tmp_path / "a" / "audit.json").read_text())
+    assert record["passed"] and len(record["scores"]) == 100
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["audit.json", "config.yaml"]
+
+
+def test_the_audit_command_fails_in_one_line_when_the_bound_exceeds_epsilon(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _no_noise(monkeypatch)
+    assert _command(tmp_path) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exceeds the accountant's epsilon" in err[0]
+
+
+def test_the_audit_refuses_a_run_without_dp_in_one_line_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _command(tmp_path, "--set=privacy.enabled=false") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "privacy.enabled" in err[0]
+    assert not (tmp_path / "a").exists()
+
+
+def test_input_canaries_are_site_examples_with_another_label_and_caption(
+    micro: SealedBackbone,
+) -> None:
+    data = captioned_data(micro, n=12, vocabulary=True)
+    canaries, rest = input_canaries(data, count=5, generator=torch.Generator().manual_seed(0))
+    assert len(canaries) == 5 and len(rest) == 7
+    origin = [
+        next(i for i in range(len(data)) if torch.equal(data.images[i], image))
+        for image in canaries.images
+    ]
+    assert len(set(origin)) == 5
+    assert not any(torch.equal(data.images[i], image) for i in origin for image in rest.images)
+    for row, i in enumerate(origin):
+        assert canaries.labels[row] != data.labels[i]
+        assert not torch.equal(canaries.tokens[row], data.tokens[i])
+        assert any(torch.equal(canaries.tokens[row], t) for t in data.public_tokens)
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        (["--guesses", "101", "--canaries", "100"], "--guesses"),
+        (["--canary", "gradient"], "--canary"),
+        (["--canary", "feature", "--set=privacy.cache_features=false"], "--canary"),
+        (["--confidence", "1"], "--confidence"),
+    ],
+)
+def test_bad_audit_options_are_refused_in_one_line_naming_them(
+    options: list[str], field: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _command(tmp_path, *options) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"fedgray: error: {field}:")
+    assert not (tmp_path / "a").exists()
