@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, SequenceNode
 
-from fedgray.config_schema import ConfigError
+from fedgray.config_schema import ConfigError, cut
 
 MAX_BYTES = 1 << 20
 MAX_VALUES = 100_000
@@ -84,6 +84,10 @@ def parse_yaml(text: str, *, where: str) -> Any:
         return loader.get_single_data()
     except RecursionError:
         raise ConfigError(f"{where}: nested too deeply") from None
+    except ConfigError:
+        raise
+    except ValueError as error:  # a YAML integer of thousands of digits, a 13th month...
+        raise ConfigError(f"{where}: cannot read a value ({cut(str(error))})") from None
     finally:
         loader.dispose()
 
