@@ -25,7 +25,7 @@ class _RecursiveAlias(Exception):
     """An anchor that contains an alias of itself."""
 
 
-def expanded_size(node: Node) -> int:
+def _expanded_size(node: Node) -> int:
     """How many values ``node`` holds with every alias expanded (shared nodes counted once
     per use, each computed once); raises :class:`_RecursiveAlias` on a cycle."""
     sizes: dict[int, int] = {}
@@ -58,7 +58,7 @@ class _BoundedLoader(yaml.SafeLoader):
         if node is None:
             return None
         try:
-            values = expanded_size(node)
+            values = _expanded_size(node)
         except _RecursiveAlias:
             raise ConfigError(f"{self.name}: an alias refers to its own anchor") from None
         if values > MAX_VALUES:
