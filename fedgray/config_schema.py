@@ -114,13 +114,15 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         return dict(value)
     if tp is Any:
         return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value):
-        return float(value)  # YAML 1.1 reads "1e-5" (no dot) as a string
+    number = isinstance(value, int) and not isinstance(value, bool)
+    if tp is float and (number or isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value)):
+        try:  # YAML 1.1 reads "1e-5" (no dot) as a string
+            value = float(value)
+        except OverflowError:  # an integer beyond any float
+            value = math.inf
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {shown(value)}")
-    if tp is float and not math.isfinite(value):  # YAML's .inf and .nan
+    if tp is float and not math.isfinite(value):  # YAML's .inf and .nan, 1e999
         raise ConfigError(f"{where}: must be a finite number, got {value}")
     return value
 

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, SequenceNode
 
-from fedgray.config_schema import ConfigError
+from fedgray.config_schema import ConfigError, cut
 
 MAX_BYTES = 1 << 20
 MAX_VALUES = 100_000
@@ -25,7 +25,7 @@ class _RecursiveAlias(Exception):
     """An anchor that contains an alias of itself."""
 
 
-def expanded_size(node: Node) -> int:
+def _expanded_size(node: Node) -> int:
     """How many values ``node`` holds with every alias expanded (shared nodes counted once
     per use, each computed once); raises :class:`_RecursiveAlias` on a cycle."""
     sizes: dict[int, int] = {}
@@ -58,7 +58,7 @@ class _BoundedLoader(yaml.SafeLoader):
         if node is None:
             return None
         try:
-            values = expanded_size(node)
+            values = _expanded_size(node)
         except _RecursiveAlias:
             raise ConfigError(f"{self.name}: an alias refers to its own anchor") from None
         if values > MAX_VALUES:
@@ -84,6 +84,10 @@ def parse_yaml(text: str, *, where: str) -> Any:
         return loader.get_single_data()
     except RecursionError:
         raise ConfigError(f"{where}: nested too deeply") from None
+    except ConfigError:
+        raise
+    except ValueError as error:  # a YAML integer of thousands of digits, a 13th month...
+        raise ConfigError(f"{where}: cannot read a value ({cut(str(error))})") from None
     finally:
         loader.dispose()
 

@@ -109,6 +109,9 @@ def _run_argv(config: Path, root: Path, *overrides: str) -> list[str]:
             "privacy.noise_multiplier: must be a finite number, got nan",
         ),
         (["train.lr=.inf"], "train.lr: must be a finite number, got inf"),
+        (["train.lr=1e999"], "train.lr: must be a finite number, got inf"),
+        ([f"train.lr={'9' * 400}"], "train.lr: must be a finite number, got inf"),
+        ([f"train.steps={'9' * 5000}"], "train.steps: cannot read a value (Exceeds the limit"),
         (
             ["federation.strategy_options={bogus: 1}"],
             "federation.strategy_options.bogus: not an option of fedavg (its options: none)",
