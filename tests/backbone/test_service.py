@@ -64,6 +64,7 @@ def serve() -> Iterator[Serve]:
         process.wait(timeout=30)
 
 
+@pytest.mark.slow  # a served runtime and two clients
 def test_a_served_runtime_answers_like_in_process(
     sealed: tuple[KeyFiles, Path], serve: Serve, tmp_path: Path
 ) -> None:
