@@ -148,6 +148,7 @@ def _weight_hits(pid: int, patterns: list[bytes]) -> int:
     return len(found)
 
 
+@pytest.mark.slow  # two site processes, each scanned
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/mem")
 def test_the_site_process_never_holds_the_weights(
     sealed: tuple[nn.Module, KeyFiles, Path],

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PTRACE_ATTACH, PTRACE_DETACH, PR_SET_DUMPABLE = 16, 17, 4
 
 
+@pytest.mark.slow  # a served runtime and two clients
 def test_a_served_runtime_answers_like_in_process(
     micro_artifact: tuple[KeyFiles, Path], serve: Serve, tmp_path: Path
 ) -> None:

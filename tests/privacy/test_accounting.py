@@ -30,6 +30,7 @@ def _rdp_epsilon(history: list[list[float]], delta: float) -> float:
     return float(rdp_analysis.get_privacy_spent(orders=orders, rdp=rdp, delta=delta)[0])
 
 
+@pytest.mark.slow  # three DP federations
 def test_epsilon_composes_all_rounds_and_survives_resume(tmp_path: Path) -> None:
     full, _, grid = run_local(micro_config(tmp_path, *DP, "federation.num_rounds=3", name="a"))
     records = _privacy_records(tmp_path / "a")

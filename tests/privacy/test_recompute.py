@@ -12,6 +12,7 @@ from tests.helpers import micro_config, run_local
 TARGET = ["privacy.enabled=true", "privacy.target_epsilon=3.0"]
 
 
+@pytest.mark.slow  # a 3-round DP federation
 def test_recomputed_epsilon_equals_the_reported_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
