@@ -7,6 +7,9 @@ import hashlib
 import os
 import re
 import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -219,31 +222,43 @@ def test_an_output_root_that_cannot_hold_a_run_is_one_line(
     assert blocker.read_text() == "not a folder\n"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+@contextmanager
+def unwritable(path: Path) -> Iterator[None]:
+    """Make ``path`` unwritable for this process: its write bits for a user; for root, whom
+    permission bits do not stop (CI runs as root), the immutable attribute."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(path)], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+    else:
+        mode = path.stat().st_mode
+        path.chmod(mode & ~0o222)
+        try:
+            yield
+        finally:
+            path.chmod(mode)
+
+
 def test_an_unwritable_root_or_run_folder_is_refused_before_a_byte_is_written(
     finished: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()
-    locked.chmod(0o555)
     config = tmp_path / "c.yaml"
     config.write_text("federation:\n  partitioner: iid\n")
     sets = [*MICRO, f"output.root={locked}/runs"]
-    try:
+    with unwritable(locked):
         error = refused(["run", str(config), *(a for s in sets for a in ("--set", s))], capfd)
         assert error.startswith(f"fedgray: error: {locked}/runs: {locked} is not writable")
         assert not any(locked.iterdir())
-    finally:
-        locked.chmod(0o755)
     copy = tmp_path / "copy"
     shutil.copytree(finished, copy)
     for target in (copy, copy / "metrics.jsonl"):
         before = _checksums(copy)
-        target.chmod(0o555 if target.is_dir() else 0o444)
-        try:
+        with unwritable(target):
             argv = ["run", "--resume", str(copy), "--set", "federation.num_rounds=3"]
             error = refused(argv, capfd)
             assert error.startswith(f"fedgray: error: {copy}: {target} is not writable")
-            assert _checksums(copy) == before
-        finally:
-            target.chmod(0o755 if target.is_dir() else 0o644)
+        assert _checksums(copy) == before
