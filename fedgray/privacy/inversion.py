@@ -30,9 +30,16 @@ def invert_linear(weight_update: torch.Tensor, bias_update: torch.Tensor) -> tor
     return weight_update[usable] / bias_update[usable, None]
 
 
-def best_cosine(truth: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+def best_cosine(
+    truth: torch.Tensor, candidates: torch.Tensor, *, center: torch.Tensor | None = None
+) -> torch.Tensor:
     """For each true input [N, D], the highest cosine similarity of any candidate [R, D]
-    (the sign counts: a ratio recovers the input, not its negation)."""
+    (the sign counts: a ratio recovers the input, not its negation), both taken relative
+    to ``center`` [D] when given: backbone features share a large common part, which
+    makes any guess near their mean look close to every input; the public mean is known
+    to everyone, so only what lies beyond it counts as recovered."""
     if len(candidates) == 0:
         return torch.full((len(truth),), -1.0)
+    if center is not None:
+        truth, candidates = truth - center, candidates - center
     return (F.normalize(truth, dim=-1) @ F.normalize(candidates, dim=-1).T).max(dim=1).values

@@ -3,6 +3,7 @@ linear output adapter; defeated by summing sites' updates or by DP noise."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -56,3 +57,10 @@ def test_dp_noise_on_the_update_hides_the_input() -> None:
     noisy = [u + norm * torch.randn(u.shape, generator=generator) for u in (weight, bias)]
     random_guess = best_cosine(inputs, torch.randn(DIM, DIM, generator=generator)).item()
     assert best_cosine(inputs, invert_linear(*noisy)).item() < random_guess + 0.2
+
+
+def test_a_shared_offset_does_not_pass_for_a_reconstruction_once_centered() -> None:
+    offset = 10 * torch.ones(DIM)
+    truth, wrong = offset + torch.eye(DIM)[0], offset + torch.eye(DIM)[1]
+    assert best_cosine(truth[None], wrong[None]).item() > 0.99
+    assert best_cosine(truth[None], wrong[None], center=offset).item() == pytest.approx(0.0)
