@@ -6,12 +6,13 @@ update) of DP-SGD's per-sample retrieval objective on a batch of ``B`` of its im
 through the plain linear image output adapter (``method: output`` without whitening).
 The server inverts the update it receives (:mod:`fedgray.privacy.inversion`); for each of
 site 0's images the table gives the best cosine between its true backbone features and a
-recovered row, both relative to the public photos' mean feature, averaged. Settings:
+recovered row, both relative to the population's mean feature, averaged. Settings:
 ``plain`` (site 0's update alone), ``secagg`` (the sum of ``--sites`` sites' updates, all
 SecAgg+ reveals), ``epsilon 8`` / ``epsilon 1`` (site 0's update with per-sample clipping
 at ``privacy.max_grad_norm`` and the Gaussian noise the config's accountant calibrates for
-a full-batch run of ``train.steps`` steps). ``prior``: the same measure with the owner's
-public photos' features as the candidates, what the server guesses without any update::
+a full-batch run of ``train.steps`` steps). ``prior``: the same measure with other images
+of the sites' population as the candidates (the test split, which no site holds): what a
+server that knows the population guesses without any update::
 
     python -m simulations.update_inversion configs/private_sketch.yaml \
         --set train.steps=50 --output runs/inversion
@@ -99,12 +100,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     head = CachedImageHead(model)
     sites = load_task_data(config, backbone, split="train")
     sites = replace(sites, images=backbone_features(model, sites.images))
-    public = load_config(
-        args.config, [*args.overrides, "data.dataset=world/photo", "data.train_size=1000"]
-    )
-    photos = load_task_data(public, backbone, split="train")
-    prior_candidates = backbone_features(model, photos.images)
-    center = prior_candidates.mean(dim=0)  # public: the measure counts what lies beyond it
+    population = load_task_data(config, backbone, split="test")  # none of the sites' images
+    prior_candidates = backbone_features(model, population.images)
+    center = prior_candidates.mean(dim=0)  # the population's: what lies beyond it counts
     rows = [
         f"| batch | plain | secagg (sum of {args.sites} sites) | epsilon 8 | epsilon 1 | prior |",
         "|---|---|---|---|---|---|",
