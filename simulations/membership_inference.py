@@ -113,6 +113,8 @@ def measure(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Measure every setting of :data:`SETTINGS` on one pool of examples; print the table
+    and write it to ``--output``/results.md."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("::")[0])
     parser.add_argument("config", help="YAML run configuration")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")

@@ -9,10 +9,9 @@ per-sample gradients, clipping, Poisson sampling, noise and the accountant:
 - ``feature``: where DP-SGD steps over cached backbone features
   (``privacy.cache_features``), those features are the mechanism's input, so a canary
   may be a feature vector itself: a random direction of the feature space at the real
-  features' mean norm, with a random caption and label. A guarantee over images holds
-  over their features too (every dataset of images is a dataset of features), and a
-  feature canary is a worst case for it: unlike every real image, and alone in its
-  direction.
+  features' mean norm, with a random caption and label. DP-SGD's guarantee is claimed for
+  any rows it steps over, so it must hold for a vector no image produces, and a random
+  direction is a hard case for it: far from every real image's features.
 
 Gradient canaries (a vector written straight into the per-sample gradients) would be
 stronger still but skip the objective and the grad samplers, where a sample's influence
