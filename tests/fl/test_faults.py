@@ -51,6 +51,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # three killed runs, each resumed, against an uninterrupted one
 @pytest.mark.parametrize("phase", ["train", "aggregate", "checkpoint"])
 def test_kill_9_in_each_phase_then_resume_matches_an_uninterrupted_run(
     tmp_path: Path, phase: str, reference: dict[str, torch.Tensor]

@@ -89,6 +89,7 @@ def _replayed_epsilon(history: list[list[float]], delta: float) -> float:
 PRIVATE = ["privacy.enabled=true", "privacy.target_epsilon=4", "federation.local_steps=3"]
 
 
+@pytest.mark.slow  # a DP federation, resumed with rounds added
 def test_rounds_added_on_resume_keep_the_target_epsilon(tmp_path: Path) -> None:
     run_local(micro_config(tmp_path, *PRIVATE))
     run_dir = tmp_path / "run"
