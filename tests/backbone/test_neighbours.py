@@ -184,14 +184,17 @@ def test_a_long_tokenize_request_stalls_no_other_site(
     old = json.dumps(["".join(draw.choices(string.ascii_lowercase, k=9000))] * 3)
     words = ("".join(draw.choices(string.ascii_lowercase, k=64)) for _ in range(10**9))
     worst = json.dumps([" ".join(next(words) for _ in range(15))[:1000] for _ in range(262)])
-    attackers = [Neighbour(socket_path, "tokenize", old), Neighbour(socket_path, "tokenize", worst)]
+    # Two of the worst requests the caps allow queue on the tokenizer's lock, not the model's.
+    attackers = [Neighbour(socket_path, "tokenize", t) for t in (old, worst, worst)]
     try:
         time.sleep(0.5)
         loaded = _site_call(socket_path)
-        refused, slow = (attacker.result() for attacker in attackers)
+        refused, *slow = (attacker.result() for attacker in attackers)
     finally:
         for attacker in attackers:
             attacker.stop()
     assert refused["reply"] == ["error", "texts: strings of at most 1000 characters"]
-    assert slow["reply"] == ["ok", ""] and slow["seconds"] > 1  # still tokenizing meanwhile
+    assert all(result["reply"] == ["ok", ""] for result in slow)
+    # the site was answered while the tokenizer still worked
+    assert max(result["seconds"] for result in slow) > 0.5 + loaded
     assert loaded < quiet + 5, (quiet, loaded, slow["seconds"])
