@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
@@ -137,3 +140,33 @@ def test_a_compiler_backend_sees_no_weight_in_forward_or_backward() -> None:
         out.sum().backward()
     assert pixels.grad is not None and pixels.grad.abs().sum() > 0
     assert leaked_weights(loot, ground_truth(gray)) == set()
+
+
+def test_a_hook_registered_during_a_call_is_not_refused(micro: SealedBackbone) -> None:
+    """The documented limit: the guard looks at a call's entry. A gc callback that
+    registers a global hook once the model runs (any code of the process can) sees its
+    modules; in-process sealing is a guard against mistakes, not a boundary."""
+    loot: list[torch.Tensor] = []
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def spy(module: torch.nn.Module, args: tuple[object, ...]) -> None:
+        loot.extend(p.detach().clone() for p in module.parameters(recurse=False))
+
+    def arm(phase: str, info: dict[str, int]) -> None:
+        frame = sys._getframe(1)
+        while frame is not None and not handles:
+            if frame.f_code.co_filename.endswith(os.path.join("backbone", "families.py")):
+                handles.append(register_module_forward_pre_hook(spy))
+            frame = frame.f_back
+
+    threshold = gc.get_threshold()
+    gc.callbacks.append(arm)
+    gc.set_threshold(1)  # a collection at nearly every allocation: one happens mid-call
+    try:
+        micro.encode_image(torch.rand(2, 3, 32, 32, requires_grad=True))
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(arm)
+        for handle in handles:
+            handle.remove()
+    assert handles and leaked_weights(loot, ground_truth(micro))

@@ -247,3 +247,41 @@ def test_a_bfloat16_autocast_step_crosses_the_wire_as_float32(
         grads.append(x.grad)
     assert grads[1] is not None and grads[1].abs().sum() > 0
     assert_close(grads[1], grads[0], terms=16, dtype=torch.bfloat16)
+
+
+# The site's own script, started as a file: ``spawn`` imports it in the runtime's child
+# as ``__mp_main__``, so its top-level code runs there, next to the decrypted model.
+SITE_SCRIPT = """
+import sys
+import torch
+artifact, verify_key, content_key, out = sys.argv[1:]
+if __name__ == "__mp_main__":  # inside the isolated runtime's child, before it loads
+    load = torch.nn.Module.load_state_dict
+
+    def spy(module, state, *args, **kwargs):
+        loaded = load(module, state, *args, **kwargs)
+        if hasattr(module, "visual"):  # the decrypted CLIP
+            open(out, "w").write(str(sum(p.numel() for p in module.parameters())))
+        return loaded
+
+    torch.nn.Module.load_state_dict = spy
+elif __name__ == "__main__":
+    from fedgray.backbone.runtime import IsolatedBackbone
+    with IsolatedBackbone(artifact, verify_key=verify_key, content_key=content_key) as backbone:
+        with torch.no_grad():
+            backbone.encode_image(torch.rand(1, 3, 32, 32))
+"""
+
+
+@pytest.mark.slow
+def test_the_same_user_child_is_a_guard_not_a_boundary(
+    sealed: tuple[nn.Module, KeyFiles, Path], tmp_path: Path
+) -> None:
+    """The documented limit: the child runtime is the site user's process, and the site's
+    own code can run in it (no pickle needed) and take every weight."""
+    model, keys, path = sealed
+    script, out = tmp_path / "site.py", tmp_path / "stolen"
+    script.write_text(SITE_SCRIPT)
+    args = [str(path), str(keys.verify_key), str(keys.content_key), str(out)]
+    subprocess.run([sys.executable, str(script), *args], cwd=ROOT, timeout=300, check=True)
+    assert int(out.read_text()) == sum(p.numel() for p in model.parameters())
