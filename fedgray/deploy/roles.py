@@ -92,7 +92,7 @@ def start_superlink(
             secret=options.superexec_secret,
             parent_pid=process.pid,
         ),
-        log_file=options.run_dir / "superexec.log",
+        log_file=options.run_dir / "superlink.log",  # one log per role
         env=flower_env(flwr_home),
         cwd=options.run_dir,
     )
@@ -208,7 +208,7 @@ def start_supernode(
             secret=options.superexec_secret,
             parent_pid=node.process.pid,
         ),
-        log_file=site_dir / "superexec.log",
+        log_file=site_dir / "supernode.log",  # one log per role: its apps write here
         env=env,
         cwd=site_dir,
     )
