@@ -326,6 +326,33 @@ SAME_SHAPES: dict[tuple[str, str], tuple[int, str]] = {
         1,
         "the same rows in the same order: indexing",
     ),
+    ("tests/backbone/test_channel.py", "test_the_tokenizer_cache_stays_bounded_and_right"): (
+        2,
+        "no arithmetic: token ids of the same texts",
+    ),
+    ("tests/data/test_animal.py", "test_the_package_data_reads_without_its_loader"): (
+        1,
+        "no arithmetic: one grey channel copied into three",
+    ),
+    ("tests/data/test_digits.py", "test_three_way_split_cuts_validation_from_training"): (
+        4,
+        "no arithmetic: index arrays of seeded splits",
+    ),
+    ("tests/data/test_fashion.py", "test_the_debian_package_holds_the_whole_set"): (
+        1,
+        "no arithmetic: the IDX file's bytes as read twice",
+    ),
+    ("tests/data/test_registry.py", "test_world_validation_is_a_third_disjoint_range"): (
+        1,
+        "same call: the same seeded render of the validation split",
+    ),
+    (
+        "tests/privacy/test_audit.py",
+        "test_input_canaries_are_site_examples_with_another_label_and_caption",
+    ): (
+        4,
+        "no arithmetic: canary images are copies of site images, tokens are ids",
+    ),
 }
 
 
