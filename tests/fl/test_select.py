@@ -117,6 +117,7 @@ def test_selecting_on_test_is_refused_in_one_line() -> None:
     assert config.federation.select_on == "validation"
 
 
+@pytest.mark.slow
 def test_best_on_validation_ignores_the_test_split(tmp_path: Path) -> None:
     """Chosen on the server's validation split, a round that scores best on test is not
     kept when validation prefers another one, and the reported figure is the chosen
