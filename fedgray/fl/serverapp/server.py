@@ -30,8 +30,8 @@ from fedgray.fl.common.private import PrivacyLog
 from fedgray.fl.common.records import from_record, to_record
 from fedgray.fl.serverapp.checkpoint import CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
 from fedgray.fl.serverapp.failures import wait_for_sites
-from fedgray.fl.serverapp.published import InterfaceOnly, WeightsNeeded, published_interface
 from fedgray.fl.serverapp.loop import RoundOutcome, TrainPhase, plain_training, run_round
+from fedgray.fl.serverapp.published import InterfaceOnly, WeightsNeeded, published_interface
 from fedgray.fl.serverapp.roster import Roster
 from fedgray.fl.serverapp.secagg import SecureTraining
 from fedgray.fl.serverapp.selection import SELECTION_SPLITS, Selection
