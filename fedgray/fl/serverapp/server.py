@@ -65,8 +65,9 @@ def initial_adapters(config: Config) -> ArrayRecord:
     """The shared arrays at initialisation (adapters at identity), seeded by ``federation.seed``.
 
     Built from the backbone's published interface where the method's builder needs shapes
-    only; methods whose initial tensors depend on the weights (whitening statistics, white
-    baselines, a served runtime whose manifest the server cannot read) open the backbone.
+    only; the others open the backbone: initial tensors that depend on the weights
+    (whitening statistics, the white baselines), CraFT (its refiner is sized by the
+    server's test split) and a served runtime (whose manifest the server cannot read).
     """
     state = _from_interface(config)
     if state is None:
