@@ -176,9 +176,11 @@ def seal(
     return manifest
 
 
-def _build(manifest: Manifest, weights: bytes) -> nn.Module:
+def architecture(model_config: dict[str, Any]) -> nn.Module:
+    """The open_clip model a manifest's ``model_config`` describes, at its initial weights
+    (built under ``torch.device("meta")`` it holds shapes only)."""
     open_clip = open_clip_module()
-    cfg = copy.deepcopy(manifest.model_config["model_cfg"])
+    cfg = copy.deepcopy(model_config["model_cfg"])
     vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
     if "timm_model_name" in vision:
         vision["timm_model_pretrained"] = False  # the weights come from the artifact only
@@ -188,9 +190,14 @@ def _build(manifest: Manifest, weights: bytes) -> nn.Module:
     if cfg.pop("custom_text", False) or "hf_model_name" in text:
         model_class = open_clip.CoCa if "multimodal_cfg" in cfg else open_clip.CustomTextCLIP
     model = model_class(**cfg)
-    preprocess = manifest.model_config.get("preprocess_cfg") or {}
+    preprocess = model_config.get("preprocess_cfg") or {}
     if preprocess:
         open_clip.set_model_preprocess_cfg(model, preprocess)
+    return model
+
+
+def _build(manifest: Manifest, weights: bytes) -> nn.Module:
+    model = architecture(manifest.model_config)
     state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
     return model

@@ -15,12 +15,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import torch
 from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedgray.backbone import Backbone
 from fedgray.config import Config
 from fedgray.fl.common.cache import shared_backbone, shared_data
 from fedgray.fl.common.central import CentralLedger, num_sampled, with_central_dp
@@ -29,6 +31,7 @@ from fedgray.fl.common.records import from_record, to_record
 from fedgray.fl.serverapp.checkpoint import CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
 from fedgray.fl.serverapp.failures import wait_for_sites
 from fedgray.fl.serverapp.loop import RoundOutcome, TrainPhase, plain_training, run_round
+from fedgray.fl.serverapp.published import InterfaceOnly, WeightsNeeded, published_interface
 from fedgray.fl.serverapp.roster import Roster
 from fedgray.fl.serverapp.secagg import SecureTraining
 from fedgray.fl.serverapp.selection import SELECTION_SPLITS, Selection
@@ -59,10 +62,38 @@ def _split_data(config: Config, split: str = "test") -> TaskData:
 
 
 def initial_adapters(config: Config) -> ArrayRecord:
-    """The shared arrays at initialisation (adapters at identity), seeded by ``federation.seed``."""
-    state = kind_of(config).start(config, shared_backbone(config), lambda: _split_data(config))
+    """The shared arrays at initialisation (adapters at identity), seeded by ``federation.seed``.
+
+    Built from the backbone's published interface where the method's builder needs shapes
+    only; the others open the backbone: initial tensors that depend on the weights
+    (whitening statistics, the white baselines), CraFT (its refiner is sized by the
+    server's test split) and a served runtime (whose manifest the server cannot read).
+    """
+    state = _from_interface(config)
+    if state is None:
+        state = kind_of(config).start(config, shared_backbone(config), lambda: _split_data(config))
     shared, _ = split_personal(state, config.federation.personal)
     return to_record(shared)
+
+
+def _from_interface(config: Config) -> dict[str, torch.Tensor] | None:
+    """The method's initial tensors built around :class:`InterfaceOnly`; None where the
+    interface is unreadable or the builder asked for more than shapes."""
+    interface = published_interface(config.backbone)
+    if interface is None:
+        return None
+    try:
+        backbone = cast(Backbone, InterfaceOnly(interface))  # shapes only: see published.py
+        return kind_of(config).start(config, backbone, lambda: _split_data(config))
+    except WeightsNeeded:
+        return None
+
+
+def backbone_bytes(config: Config) -> int:
+    """The backbone's size in float32 bytes (the traffic ratio's denominator), from its
+    published interface where the server can read it."""
+    interface = published_interface(config.backbone) or shared_backbone(config).interface
+    return interface.parameter_count * 4
 
 
 def central_evaluator(
@@ -161,7 +192,6 @@ def train_phase(config: Config, strategy: Strategy, grid: Grid) -> TrainPhase:
 def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) -> FederationResult:
     """Run (or, when ``run`` holds a checkpoint, continue) ``config``'s rounds on ``grid``."""
     fed = config.federation
-    backbone = shared_backbone(config)
     strategy = build_strategy(
         fed.strategy,
         num_sites=fed.num_sites,
@@ -237,7 +267,7 @@ def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) 
         run.path,
         run.records(),
         selection.arrays,
-        backbone.interface.parameter_count * 4,
+        backbone_bytes(config),
         selection.round,
         list(getattr(strategy, "rejections", [])),
     )
