@@ -18,6 +18,7 @@ from fedgray.adapters import build_model, method_spec
 from fedgray.config import Config
 from fedgray.config_schema import ConfigError
 from fedgray.plots import plot_curve
+from fedgray.run_report import write_report
 from fedgray.runs import RunFolder, save_adapters
 from fedgray.site import load_task_data, open_backbone
 from fedgray.tasks import TASKS, evaluate
@@ -116,4 +117,5 @@ def adapt(
             "privacy": trained.privacy,
         },
     )
+    write_report(run.path, metric=task.metric)
     return summary
