@@ -86,9 +86,7 @@ def _privacy_section(privacy: dict[str, Any]) -> str:
         share = f"{epsilon / limit:.0%}" if limit else "-"
         rows.append([site, float(epsilon), limit, share])
     over = [site for site, eps in sites.items() if limit and eps > limit]
-    note = (
-        f'<p class="over">Above the budget: {html.escape(", ".join(over))}</p>' if over else ""
-    )
+    note = f'<p class="over">Above the budget: {html.escape(", ".join(over))}</p>' if over else ""
     return (
         f"<p>delta {_cell(privacy.get('delta'))}, accountant "
         f"{_cell(privacy.get('accountant'))}</p>"
@@ -134,8 +132,17 @@ def write_report(run_dir: Path, *, metric: str) -> Path:
             ]
             for r in records
         ]
-        header = ["round", "sites trained", "failed sites", "bytes down / site",
-                  "bytes up / site", "train loss", f"sites' {metric}", f"server {metric}", "s"]
+        header = [
+            "round",
+            "sites trained",
+            "failed sites",
+            "bytes down / site",
+            "bytes up / site",
+            "train loss",
+            f"sites' {metric}",
+            f"server {metric}",
+            "s",
+        ]
         parts += ["<h2>Rounds, sites and traffic</h2>", _table(header, rows, id_="rounds")]
         if summary.get("bytes_per_site_per_round"):
             parts.append(

@@ -47,6 +47,7 @@ def test_readme_is_a_front_door_with_the_two_commands_first() -> None:
     assert any("pytest -q" in line for line in first_block)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs not installed")
 def test_the_docs_site_builds_strictly_with_the_generated_reference(tmp_path: Path) -> None:
     site = tmp_path / "site"

@@ -99,7 +99,9 @@ def verified_manifest(bundle: Path, *, verify_key: Path) -> dict[str, Any]:
     try:
         raw, signature = (bundle / MANIFEST).read_bytes(), (bundle / SIGNATURE).read_bytes()
     except FileNotFoundError as error:
-        raise ValueError(f"{bundle}: not a signed bundle (no {Path(error.filename).name})") from None
+        raise ValueError(
+            f"{bundle}: not a signed bundle (no {Path(error.filename).name})"
+        ) from None
     try:
         read_verify_key(verify_key).verify(signature, raw)
     except InvalidSignature:

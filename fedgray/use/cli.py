@@ -102,7 +102,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         where = f"{trained.config.data.dataset} test split ({trained.config.data.test_size})"
     result = evaluate_model(model, backbone, data, prompts, names)
     out = _output(args, "evaluate")
-    report: dict[str, Any] = {"data": where, "metrics": result.metrics, "per_class": result.per_class}
+    report: dict[str, Any] = {
+        "data": where,
+        "metrics": result.metrics,
+        "per_class": result.per_class,
+    }
     (out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
     files = write_evaluation(out, result, names, title=f"{trained.config.method.name} on {where}")
     for key, value in result.metrics.items():

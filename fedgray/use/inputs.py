@@ -41,7 +41,9 @@ def read_images(folder: Path) -> Images:
         return Images(dataset.images, files, dataset)
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
-        raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) and no {CAPTIONS_FILE}")
+        raise ValueError(
+            f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) and no {CAPTIONS_FILE}"
+        )
     pixels = np.stack([read_image(p, FOLDER_IMAGE_SIZE, str(p)) for p in paths])
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
     return Images(images, [p.name for p in paths], None)

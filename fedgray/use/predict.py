@@ -105,7 +105,10 @@ def write_rankings(
         writer.writerow(["caption", "rank", "file", "cosine"])
         for j, caption in enumerate(captions):
             values, order = sims[:, j].topk(min(top, len(files)))
-            ranked = [{"file": files[i], "cosine": v} for i, v in zip(order.tolist(), values.tolist(), strict=True)]
+            ranked = [
+                {"file": files[i], "cosine": v}
+                for i, v in zip(order.tolist(), values.tolist(), strict=True)
+            ]
             for rank, entry in enumerate(ranked, start=1):
                 writer.writerow([caption, rank, entry["file"], f"{entry['cosine']:.6f}"])
             lines.write(json.dumps({"caption": caption, "images": ranked}) + "\n")

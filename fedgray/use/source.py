@@ -173,4 +173,3 @@ def _check_identity(expected: dict[str, Any], actual: dict[str, Any], where: Pat
                 f"{where}: made for backbone {key} {expected[key]!r}; this site's backbone "
                 f"has {actual[key]!r}"
             )
-

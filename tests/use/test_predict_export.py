@@ -20,6 +20,8 @@ from fedgray.data.registry import load_dataset
 from fedgray.runs import load_adapters, save_adapters
 from tests.helpers import micro_config, run_local
 
+pytestmark = pytest.mark.slow  # one micro federation (about 20 s) serves the whole module
+
 COMPARED = ("i2t_r1", "t2i_r1", "r1_mean", "accuracy")
 
 
@@ -101,9 +103,11 @@ def test_evaluate_and_predict_equal_the_runs_own_final_evaluation(
     assert main(["predict", str(run), str(trained["test"]), "--quiet"]) == 0
     predicted = only(run, "predict-")
     rows = list(csv.DictReader((predicted / "predictions.csv").open()))
-    labels = {r["file"]: r["label"] for r in csv.DictReader((trained["test"] / "captions.csv").open())}
+    labels = {
+        r["file"]: r["label"] for r in csv.DictReader((trained["test"] / "captions.csv").open())
+    }
     hits = sum(row["prediction"] == labels[row["file"]] for row in rows)
-    assert len(rows) == 40 and 100.0 * hits / 40 == pytest.approx(final["accuracy"], abs=1e-9)
+    assert len(rows) == 40 and hits == round(final["accuracy"] * 40 / 100)  # the same images right
     lines = [json.loads(line) for line in (predicted / "predictions.jsonl").open()]
     assert [line["prediction"] for line in lines] == [row["prediction"] for row in rows]
     assert all(sum(line["scores"].values()) == pytest.approx(1.0) for line in lines)
@@ -122,7 +126,9 @@ def test_predict_ranks_images_for_captions_and_captions_for_images(
     argv = [str(trained["run"]), str(images), "--captions", str(captions), "--top", "4"]
     assert main(["predict", *argv, "--out", str(out), "--quiet"]) == 0
     rows = list(csv.DictReader((out / "rankings.csv").open()))
-    assert [(r["caption"], r["rank"]) for r in rows[:4]] == [("a red circle", str(k)) for k in (1, 2, 3, 4)]
+    assert [(r["caption"], r["rank"]) for r in rows[:4]] == [
+        ("a red circle", str(k)) for k in (1, 2, 3, 4)
+    ]
     lines = [json.loads(line) for line in (out / "rankings.jsonl").open()]
     assert len(lines) == 2 + 6  # per caption, then per image
     cosines = [entry["cosine"] for entry in lines[0]["images"]]
@@ -134,14 +140,29 @@ def test_a_bundle_loads_verified_and_every_alteration_is_refused(
     trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bundle = tmp_path / "micro.bundle"
-    assert main(["export", str(trained["run"]), "--signing-key", str(trained["signing"]), "--out", str(bundle)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(trained["run"]),
+                "--signing-key",
+                str(trained["signing"]),
+                "--out",
+                str(bundle),
+            ]
+        )
+        == 0
+    )
     card = (bundle / "MODEL_CARD.md").read_text()
     manifest = json.loads((bundle / "bundle.json").read_text())
     assert manifest["backbone"]["weights_sha256"] in card
     assert manifest["data"]["dataset"].startswith("folder:")
     final = json.loads((trained["run"] / "summary.json").read_text())["final"]
     verify = ["--verify-key", str(trained["verify"])]
-    assert evaluation([str(bundle), *verify], tmp_path / "from-bundle")["accuracy"] == final["accuracy"]
+    assert (
+        evaluation([str(bundle), *verify], tmp_path / "from-bundle")["accuracy"]
+        == final["accuracy"]
+    )
 
     def refused(source: Path, *extra: str) -> str:
         capsys.readouterr()
@@ -152,7 +173,9 @@ def test_a_bundle_loads_verified_and_every_alteration_is_refused(
         return err
 
     assert "give --verify-key" in refused(bundle)
-    assert "signature does not verify" in refused(bundle, "--verify-key", str(trained["owner_verify"]))
+    assert "signature does not verify" in refused(
+        bundle, "--verify-key", str(trained["owner_verify"])
+    )
 
     forged = tmp_path / "forged.bundle"  # an attacker raises the reported accuracy
     forged.mkdir()
@@ -176,15 +199,46 @@ def test_a_bundle_or_run_for_another_backbone_or_method_is_refused(
     trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bundle = tmp_path / "micro.bundle"
-    assert main(["export", str(trained["run"]), "--signing-key", str(trained["signing"]), "--out", str(bundle)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(trained["run"]),
+                "--signing-key",
+                str(trained["signing"]),
+                "--out",
+                str(bundle),
+            ]
+        )
+        == 0
+    )
     owner = KeyFiles(trained["owner_signing"], trained["owner_verify"], trained["owner_content"])
     other = seal_micro(owner, tmp_path / "other.fgs", seed=1)  # same architecture, other weights
     capsys.readouterr()
-    argv = ["evaluate", str(bundle), "--verify-key", str(trained["verify"]), "--set", f"backbone.artifact={other}"]
+    argv = [
+        "evaluate",
+        str(bundle),
+        "--verify-key",
+        str(trained["verify"]),
+        "--set",
+        f"backbone.artifact={other}",
+    ]
     assert main(argv) == 2
     assert "made for backbone weights_sha256" in capsys.readouterr().err
 
-    assert main(["evaluate", str(bundle), "--verify-key", str(trained["verify"]), "--set", "backbone.name=fedgray-tiny"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                str(bundle),
+                "--verify-key",
+                str(trained["verify"]),
+                "--set",
+                "backbone.name=fedgray-tiny",
+            ]
+        )
+        == 2
+    )
     assert "backbone.name: not a site setting" in capsys.readouterr().err
 
     copied = tmp_path / "run-copy"  # a run folder whose adapters another method trained
