@@ -22,6 +22,7 @@ from fedgray.run_report import write_report
 from fedgray.runs import RunFolder, save_adapters
 from fedgray.site import load_task_data, open_backbone
 from fedgray.tasks import TASKS, evaluate
+from fedgray.tracking import write_tracking
 from fedgray.train.job import Job
 from fedgray.train.kinds import trainer_kind
 
@@ -118,4 +119,5 @@ def adapt(
         },
     )
     write_report(run.path, metric=task.metric)
+    write_tracking(run.path, config.output.track, run.records())
     return summary

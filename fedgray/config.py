@@ -288,12 +288,25 @@ class TrainConfig:
     precision: str = field(default="auto", metadata=registered("precision", _precisions))
 
 
+def _trackers() -> Collection[str]:
+    from fedgray.tracking import TRACKERS
+
+    return TRACKERS
+
+
 @dataclass
 class OutputConfig:
-    """Where a run writes its folder."""
+    """Where a run writes its folder, and the tracking sinks that also receive its metrics
+    (``track``: ``tensorboard``, ``mlflow``; see :mod:`fedgray.tracking`)."""
 
     root: str = "runs"
     name: str | None = None
+    track: list[str] = field(default_factory=list, metadata=registered("tracking sink", _trackers))
+
+    def __post_init__(self) -> None:
+        from fedgray.tracking import check_installed
+
+        check_installed(self.track)
 
 
 @dataclass

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 from html.parser import HTMLParser
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 
 from fedgray.cli import main
+from fedgray.tracking import TENSORBOARD_DIR
 from tests.helpers import micro_config, run_local
 
 
@@ -63,13 +65,17 @@ def assert_self_contained(page: Page) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(find_spec("tensorboard") is None, reason="tensorboard not installed")
 def test_a_federated_run_writes_a_report_with_its_own_figures(tmp_path: Path) -> None:
     config = micro_config(
         tmp_path,
         "privacy.enabled=true",
         "privacy.noise_multiplier=1.0",
         "privacy.epsilon_budget=50",
+        "output.track=[tensorboard]",
     )
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     run_local(config)
     run = tmp_path / "run"
     page = parse(run / "report.html")
@@ -91,6 +97,13 @@ def test_a_federated_run_writes_a_report_with_its_own_figures(tmp_path: Path) ->
     )
     assert all(row[2] == "50" for row in page.tables["privacy"][1:])
     assert "noise_multiplier: 1.0" in (run / "report.html").read_text()
+    events = EventAccumulator(str(run / TENSORBOARD_DIR))  # the sink holds the same rounds
+    events.Reload()
+    scalars = events.Scalars("central.r1_mean")
+    assert [e.step for e in scalars] == [r["round"] for r in records]
+    assert [e.value for e in scalars] == pytest.approx(
+        [r["central"]["r1_mean"] for r in records], rel=1e-6
+    )
 
 
 def test_fedgray_adapt_writes_a_report(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from fedgray.plots import plot_curve
 from fedgray.run_report import write_report
 from fedgray.runs import RunFolder, save_adapters
 from fedgray.tasks import TASKS
+from fedgray.tracking import write_tracking
 
 COMPARED = ("i2t_r1", "t2i_r1", "r1_mean", "accuracy")
 
@@ -66,6 +67,7 @@ def finish(run: RunFolder, config: Config, result: FederationResult) -> dict[str
         summary["queries"] = queries  # backbone queries of all sites' training
     run.write_json("summary.json", summary)
     write_report(run.path, metric=metric)
+    write_tracking(run.path, config.output.track, result.records)
     return summary
 
 
