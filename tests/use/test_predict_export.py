@@ -113,6 +113,17 @@ def test_evaluate_and_predict_equal_the_runs_own_final_evaluation(
     assert all(sum(line["scores"].values()) == pytest.approx(1.0) for line in lines)
 
 
+def test_evaluate_through_the_isolated_runtime_matches_in_process(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    final = json.loads((trained["run"] / "summary.json").read_text())["final"]
+    isolated = [str(trained["run"]), "--set", "backbone.isolated=true"]
+    metrics = evaluation(isolated, tmp_path / "isolated")
+    assert {k: metrics[k] for k in COMPARED} == pytest.approx(
+        {k: final[k] for k in COMPARED}, abs=1e-4
+    )
+
+
 def test_predict_ranks_images_for_captions_and_captions_for_images(
     trained: dict[str, Path], tmp_path: Path
 ) -> None:
