@@ -32,7 +32,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from fedgray.backbone.keys import read_signing_key, read_verify_key
-from fedgray.config import config_from_dict
 from fedgray.runs import load_adapters
 from fedgray.use.card import model_card
 from fedgray.use.facts import run_facts
@@ -124,7 +123,6 @@ def read_bundle(bundle: Path, overrides: list[str], *, verify_key: Path | None) 
         raise ValueError(f"{bundle}: a bundle is verified on load: give --verify-key")
     manifest = verified_manifest(bundle, verify_key=verify_key)
     saved = manifest["config"]
-    config_from_dict(saved)  # the signed config itself must be valid, before overrides
     config = site_config(saved, overrides, bundle)
     state, meta = load_adapters(bundle / ADAPTERS, backbone=saved["backbone"]["name"])
     facts = {key: manifest[key] for key in ("metrics", "privacy", "data", "records", "backbone")}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     backbone, model = open_adapted(trained)
     if folder is not None and folder.labelled is not None:
         dataset = folder.labelled
+        if not dataset.class_names:  # captions only: Recall@K, scored beside the run's classes
+            run_names, run_prompts = run_classes(trained.config)
+            dataset = replace(dataset, class_names=run_names, class_prompts=run_prompts)
         data = prepare(dataset, backbone.tokenize).to(backbone.device)
         names, prompts = dataset.class_names, dataset.class_prompts
         where = str(args.data)

@@ -113,6 +113,24 @@ def test_evaluate_and_predict_equal_the_runs_own_final_evaluation(
     assert all(sum(line["scores"].values()) == pytest.approx(1.0) for line in lines)
 
 
+def test_evaluate_on_captions_without_labels_reports_recall_only(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    rows = list(csv.DictReader((trained["test"] / "captions.csv").open()))
+    with (unlabelled / "captions.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "caption"])
+        for row in rows:
+            (unlabelled / row["file"]).write_bytes((trained["test"] / row["file"]).read_bytes())
+            writer.writerow([row["file"], row["caption"]])
+    metrics = evaluation([str(trained["run"]), str(unlabelled)], tmp_path / "out")
+    final = json.loads((trained["run"] / "summary.json").read_text())["final"]
+    assert "accuracy" not in metrics and metrics["r1_mean"] == final["r1_mean"]
+    assert not (tmp_path / "out" / "confusion.png").exists()
+
+
 def test_evaluate_through_the_isolated_runtime_matches_in_process(
     trained: dict[str, Path], tmp_path: Path
 ) -> None:
