@@ -7,7 +7,8 @@ A bundle is a folder:
   metrics and the data description;
 - ``bundle.sig``: an Ed25519 signature over ``bundle.json``'s exact bytes, made with a key
   the exporter chooses (``fedgray keys`` makes one);
-- ``adapters.pt``: the global adapters, bound to the signature by their hash;
+- ``adapters.pt``: the global adapters, bound to the signature by their hash, and with
+  ``--personal`` a site's own personal adapters, ``personal.pt``, bound the same way;
 - ``MODEL_CARD.md``: the same facts for people (:mod:`fedgray.use.card`; not signed:
   regenerate it from ``bundle.json`` to trust it).
 
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -35,10 +37,18 @@ from fedgray.backbone.keys import read_signing_key, read_verify_key
 from fedgray.runs import load_adapters
 from fedgray.use.card import model_card
 from fedgray.use.facts import run_facts
-from fedgray.use.source import TrainedModel, backbone_identity, read_run, site_config
+from fedgray.use.source import (
+    TrainedModel,
+    backbone_identity,
+    personal_file,
+    read_run,
+    site_config,
+    with_personal,
+)
 
 BUNDLE_FORMAT = "fedgray-bundle/1"
 MANIFEST, SIGNATURE, ADAPTERS, CARD = "bundle.json", "bundle.sig", "adapters.pt", "MODEL_CARD.md"
+PERSONAL = "personal.pt"
 
 
 def is_bundle(path: Path) -> bool:
@@ -50,17 +60,19 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def export(run_dir: Path, out: Path, *, signing_key: Path) -> Path:
+def export(run_dir: Path, out: Path, *, signing_key: Path, personal: Path | None = None) -> Path:
     """Write the bundle of the finished run in ``run_dir`` to ``out`` (a new folder).
 
     Everything is checked and written in a temporary folder beside ``out`` first, then
     renamed: a failed export leaves no partial bundle, and an existing ``out`` is refused.
+    ``personal``: the exporting site's state folder, whose personal adapters join the bundle.
     """
     if out.exists():
         raise ValueError(f"{out}: exists; refusing to overwrite it")
     key = read_signing_key(signing_key)
     model = read_run(run_dir, [])
     adapters = (run_dir / ADAPTERS).read_bytes()
+    own = personal_file(model, personal).read_bytes() if personal is not None else None
     public = key.public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
     )
@@ -73,6 +85,7 @@ def export(run_dir: Path, out: Path, *, signing_key: Path) -> Path:
         "config": yaml.safe_load((run_dir / "config.yaml").read_text()),
         "backbone": backbone_identity(model.config),
         "adapters": {"file": ADAPTERS, "sha256": _sha256(adapters), "meta": model.meta},
+        "personal": None if own is None else {"file": PERSONAL, "sha256": _sha256(own)},
         "metrics": facts["metrics"],
         "privacy": facts["privacy"],
         "data": facts["data"],
@@ -85,6 +98,8 @@ def export(run_dir: Path, out: Path, *, signing_key: Path) -> Path:
         (staging / MANIFEST).write_bytes(raw)
         (staging / SIGNATURE).write_bytes(key.sign(raw))
         (staging / ADAPTERS).write_bytes(adapters)
+        if own is not None:
+            (staging / PERSONAL).write_bytes(own)
         (staging / CARD).write_text(model_card(manifest))
         os.replace(staging, out)
     except BaseException:
@@ -111,9 +126,12 @@ def verified_manifest(bundle: Path, *, verify_key: Path) -> dict[str, Any]:
     manifest = json.loads(raw)
     if manifest.get("format") != BUNDLE_FORMAT:
         raise ValueError(f"{bundle}: bundle format {manifest.get('format')!r}, not {BUNDLE_FORMAT}")
-    adapters = bundle / manifest["adapters"]["file"]
-    if not adapters.is_file() or _sha256(adapters.read_bytes()) != manifest["adapters"]["sha256"]:
-        raise ValueError(f"{bundle}: {adapters.name} does not match the signed hash (altered)")
+    for part in (manifest["adapters"], manifest.get("personal")):
+        if part is None:
+            continue
+        path = bundle / part["file"]
+        if not path.is_file() or _sha256(path.read_bytes()) != part["sha256"]:
+            raise ValueError(f"{bundle}: {path.name} does not match the signed hash (altered)")
     return manifest
 
 
@@ -125,12 +143,20 @@ def read_bundle(bundle: Path, overrides: list[str], *, verify_key: Path | None) 
     saved = manifest["config"]
     config = site_config(saved, overrides, bundle)
     state, meta = load_adapters(bundle / ADAPTERS, backbone=saved["backbone"]["name"])
+    if manifest.get("personal") is not None:  # verified above, with the global adapters
+        state.update(torch.load(bundle / PERSONAL, map_location="cpu", weights_only=True))
     facts = {key: manifest[key] for key in ("metrics", "privacy", "data", "records", "backbone")}
     return TrainedModel(config, state, meta, manifest["kind"], facts, bundle)
 
 
-def open_source(path: Path, overrides: list[str], *, verify_key: Path | None) -> TrainedModel:
-    """A run folder or a bundle, whichever ``path`` is."""
-    if is_bundle(path):
-        return read_bundle(path, overrides, verify_key=verify_key)
-    return read_run(path, overrides)
+def open_source(
+    path: Path, overrides: list[str], *, verify_key: Path | None, personal: Path | None = None
+) -> TrainedModel:
+    """A run folder or a bundle, whichever ``path`` is; with ``personal``, a site's state
+    folder whose personal adapters go over the global ones."""
+    model = (
+        read_bundle(path, overrides, verify_key=verify_key)
+        if is_bundle(path)
+        else read_run(path, overrides)
+    )
+    return model if personal is None else with_personal(model, personal)

@@ -37,6 +37,13 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, metavar="DIR", help="output folder (default: a new one in SOURCE)"
     )
+    parser.add_argument(
+        "--personal",
+        type=Path,
+        metavar="STATE_DIR",
+        help="this site's state folder (RUN_DIR/sites/site-N, or a deployed site's state-dir): "
+        "its personal adapters go over the global ones",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -58,7 +65,9 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     )
     from fedgray.use.source import open_adapted
 
-    trained = open_source(args.source, args.overrides, verify_key=args.verify_key)
+    trained = open_source(
+        args.source, args.overrides, verify_key=args.verify_key, personal=args.personal
+    )
     images = read_images(args.images)
     captions = read_lines(args.captions, "caption") if args.captions else None
     if captions is None:
@@ -87,7 +96,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from fedgray.use.inputs import read_images, run_classes
     from fedgray.use.source import open_adapted
 
-    trained = open_source(args.source, args.overrides, verify_key=args.verify_key)
+    trained = open_source(
+        args.source, args.overrides, verify_key=args.verify_key, personal=args.personal
+    )
     folder = read_images(args.data) if args.data is not None else None
     if folder is not None and folder.labelled is None:
         raise ValueError(f"{args.data}: evaluate needs a captions.csv (file, caption[, label])")
@@ -123,7 +134,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
     from fedgray.use.bundle import CARD, export
 
     out = args.out if args.out is not None else args.run_dir / "bundle"
-    bundle = export(args.run_dir, out, signing_key=args.signing_key)
+    bundle = export(args.run_dir, out, signing_key=args.signing_key, personal=args.personal)
     print(f"bundle: {bundle} (model card: {bundle / CARD})")
 
 
@@ -168,5 +179,11 @@ def add_use_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     export.add_argument(
         "--out", type=Path, metavar="DIR", help="bundle folder to create (default RUN_DIR/bundle)"
+    )
+    export.add_argument(
+        "--personal",
+        type=Path,
+        metavar="STATE_DIR",
+        help="add this site's personal adapters (its state folder) to the bundle",
     )
     export.set_defaults(handler=_cmd_export)

@@ -10,7 +10,7 @@ is refused with one line, before the backbone is opened.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from fedgray.backbone.artifact import read_manifest
 from fedgray.backbone.loading import BUILTIN_TAG
 from fedgray.config import Config, config_from_dict
 from fedgray.config_schema import ConfigError
+from fedgray.fl.clientapp.state import load_personal
 from fedgray.runs import load_adapters
 from fedgray.site import open_backbone
 from fedgray.train.kinds import kind_of
@@ -119,6 +120,24 @@ def read_run(run_dir: Path, overrides: list[str]) -> TrainedModel:
     state, meta = load_adapters(adapters, backbone=saved["backbone"]["name"])
     facts = run_facts(run_dir)
     return TrainedModel(config, state, meta, facts["kind"], facts, run_dir)
+
+
+def personal_file(model: TrainedModel, state_dir: Path) -> Path:
+    """A site's personal adapters (``federation.personal``) of the round the global ones come
+    from, in its state folder (``RUN_DIR/sites/site-N`` in simulation, or its ``state-dir``)."""
+    if not model.config.federation.personal:
+        raise ValueError(f"{model.origin}: the run keeps no personal adapters")
+    selected = model.meta.get("round")
+    path = state_dir / f"personal-{selected}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{state_dir}: no personal adapters of round {selected}")
+    return path
+
+
+def with_personal(model: TrainedModel, state_dir: Path) -> TrainedModel:
+    """``model`` with the site's own personal adapters over the global ones."""
+    selected = int(personal_file(model, state_dir).stem.removeprefix("personal-"))
+    return replace(model, state={**model.state, **load_personal(state_dir, upto=selected)})
 
 
 def check_trained_for(model: TrainedModel) -> None:

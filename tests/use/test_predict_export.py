@@ -279,3 +279,37 @@ def test_a_bundle_or_run_for_another_backbone_or_method_is_refused(
     assert main(["evaluate", str(copied)]) == 2
     assert "trained by method 'lga', not 'dga'" in capsys.readouterr().err
     assert [p.name for p in copied.iterdir() if p.name.startswith("evaluate-")] == []
+
+
+def test_a_sites_personal_adapters_go_over_the_global_ones_and_into_its_bundle(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fedgray.fl.clientapp.state import load_personal
+    from fedgray.fl.common.cache import shared_backbone
+    from fedgray.site import load_task_data
+    from fedgray.tasks import evaluate
+    from fedgray.train.gradient import adapted_model
+
+    config = micro_config(tmp_path, "federation.personal=[image_out]")
+    run_local(config)
+    run, site = tmp_path / "run", tmp_path / "run" / "sites" / "site-1"
+    own = evaluation([str(run), "--personal", str(site)], tmp_path / "own")
+    shared, _ = load_adapters(run / "adapters.pt", backbone="fedgray-micro")
+    personal = load_personal(site, upto=2)
+    assert personal and all(key.startswith("image_out") for key in personal)
+    backbone = shared_backbone(config)
+    test = load_task_data(config, backbone, split="test")
+    assert own == evaluate(adapted_model(config, backbone, {**shared, **personal}), test)
+    assert evaluation([str(run)], tmp_path / "global") == evaluate(
+        adapted_model(config, backbone, shared), test
+    )
+
+    bundle = tmp_path / "site-1.bundle"
+    export = ["export", str(run), "--signing-key", str(trained["signing"]), "--out", str(bundle)]
+    assert main([*export, "--personal", str(site)]) == 0
+    verify = ["--verify-key", str(trained["verify"])]
+    assert evaluation([str(bundle), *verify], tmp_path / "bundled") == own
+    (bundle / "personal.pt").write_bytes((site / "personal-1.pt").read_bytes())  # another round
+    capsys.readouterr()
+    assert main(["evaluate", str(bundle), *verify]) == 2
+    assert "personal.pt does not match the signed hash" in capsys.readouterr().err
