@@ -201,6 +201,11 @@ def test_a_bundle_loads_verified_and_every_alteration_is_refused(
         assert len(err.splitlines()) == 1
         return err
 
+    before = {f.name: f.read_bytes() for f in bundle.iterdir()}
+    again = ["export", str(trained["run"]), "--signing-key", str(trained["signing"])]
+    assert main([*again, "--out", str(bundle)]) == 2
+    assert "exists; refusing to overwrite it" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in bundle.iterdir()} == before
     assert "give --verify-key" in refused(bundle)
     assert "signature does not verify" in refused(
         bundle, "--verify-key", str(trained["owner_verify"])
