@@ -18,9 +18,11 @@ from fedgray.adapters import build_model, method_spec
 from fedgray.config import Config
 from fedgray.config_schema import ConfigError
 from fedgray.plots import plot_curve
+from fedgray.run_report import write_report
 from fedgray.runs import RunFolder, check_writable, save_adapters
 from fedgray.site import check_classes, load_task_data, open_backbone
 from fedgray.tasks import TASKS, evaluate
+from fedgray.tracking import write_tracking
 from fedgray.train.job import Job
 from fedgray.train.kinds import trainer_kind
 
@@ -118,4 +120,6 @@ def adapt(
             "privacy": trained.privacy,
         },
     )
+    write_report(run.path, metric=task.metric)
+    write_tracking(run.path, config.output.track, run.records())
     return summary

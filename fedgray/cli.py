@@ -17,6 +17,7 @@ from fedgray.bench.command import add_bench_parser
 from fedgray.config import Config, load_config
 from fedgray.config_schema import ConfigError
 from fedgray.deploy.cli import add_deploy_parser
+from fedgray.use.cli import add_use_parser
 
 EXPECTED_ERRORS = (ConfigError, BackboneLoadError, SealedError, FileNotFoundError, ValueError)
 
@@ -361,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_deploy_parser(commands, _config_arguments)
     add_runtime_parser(commands)
     add_bench_parser(commands)
+    add_use_parser(commands)
     return parser
 
 

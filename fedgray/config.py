@@ -323,16 +323,29 @@ def _folder_name(name: str) -> bool:
     return name not in ("", ".", "..") and "/" not in name and os.sep not in name
 
 
+def _trackers() -> Collection[str]:
+    from fedgray.tracking import TRACKERS
+
+    return TRACKERS
+
+
 @dataclass
 class OutputConfig:
-    """Where a run writes its folder: ``root/name``, a folder directly inside ``root`` (a
-    name with a separator or ``..`` would put it elsewhere)."""
+    """Where a run writes its folder, ``root/name``, a folder directly inside ``root`` (a
+    name with a separator or ``..`` would put it elsewhere), and the tracking sinks that also
+    receive its metrics (``track``: ``tensorboard``, ``mlflow``; see :mod:`fedgray.tracking`)."""
 
     root: str = "runs"
     name: str | None = field(
         default=None,
         metadata=check(_folder_name, "must be one folder name (no '/', not '.' or '..')"),
     )
+    track: list[str] = field(default_factory=list, metadata=registered("tracking sink", _trackers))
+
+    def __post_init__(self) -> None:
+        from fedgray.tracking import check_installed
+
+        check_installed(self.track)
 
 
 def _strategy_options(strategy: str, options: dict[str, Any]) -> dict[str, Any]:

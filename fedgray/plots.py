@@ -97,3 +97,24 @@ def plot_sweep(
     return _finish(
         figure, axes, path, xlabel=xlabel, ylabel=ylabel, title=title, baselines=baselines
     )
+
+
+def plot_confusion(
+    matrix: Sequence[Sequence[int]], names: Sequence[str], path: str | Path, *, title: str
+) -> Path:
+    """A confusion matrix (rows: true class, columns: predicted) with its counts, as PNG."""
+    size = max(4.0, 0.45 * len(names) + 2.0)
+    figure, axes = plt.subplots(figsize=(size, size), dpi=120)
+    axes.imshow(matrix, cmap="Blues")
+    ticks = range(len(names))
+    axes.set_xticks(list(ticks), list(names), rotation=90)
+    axes.set_yticks(list(ticks), list(names))
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            if count:
+                axes.text(j, i, str(count), ha="center", va="center", fontsize=7)
+    axes.set(xlabel="predicted", ylabel="true", title=title)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return Path(path)

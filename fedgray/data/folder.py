@@ -15,7 +15,9 @@ CAPTIONS_FILE = "captions.csv"
 REQUIRED_COLUMNS = ("file", "caption")
 
 
-def _read_image(path: Path, image_size: int, where: str) -> np.ndarray:
+def read_image(path: Path, image_size: int, where: str) -> np.ndarray:
+    """One image as uint8 [H, W, 3], centre-cropped to a square of ``image_size``; a missing
+    or unreadable file is one line naming ``where``."""
     if not path.is_file():
         raise FileNotFoundError(f"{where}: image not found: {path}")
     try:
@@ -66,7 +68,7 @@ def load_folder_set(root: str | Path, *, image_size: int = 32) -> ImageTextSet:
         empty = [k for k in needed if not values[k]]
         if empty:
             raise ValueError(f"{where}: empty {', '.join(empty)}")
-        pixels.append(_read_image(root / values["file"], image_size, where))
+        pixels.append(read_image(root / values["file"], image_size, where))
         captions.append(values["caption"])
         names.append(values.get("label", ""))
     class_names = sorted(set(names)) if "label" in needed else []

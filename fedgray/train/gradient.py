@@ -67,7 +67,7 @@ def train_gradient(job: Job) -> Trained:
     return Trained(adapted=adapted, state=state, trainable=model.trainable_count(), privacy=privacy)
 
 
-def _model(config: Config, backbone: Backbone, state: State) -> AdaptedCLIP:
+def adapted_model(config: Config, backbone: Backbone, state: State) -> AdaptedCLIP:
     """The configured method's model with ``state`` over its initial tensors."""
     model = build_model(backbone, config.method)
     weights = model.state_dict()
@@ -85,7 +85,7 @@ def start(config: Config, backbone: Backbone, _test: Callable[[], TaskData]) -> 
 def train_round(site: SiteRound) -> SiteUpdate:
     """``federation.local_steps`` steps from the global (and the site's personal) tensors."""
     config = site.config
-    model = _model(config, site.backbone, {**site.shared, **site.personal})
+    model = adapted_model(config, site.backbone, {**site.shared, **site.personal})
     trainer = LocalTrainer(
         config,
         model,
@@ -107,7 +107,7 @@ def train_round(site: SiteRound) -> SiteUpdate:
 
 def score(config: Config, backbone: Backbone, state: State, data: TaskData) -> dict[str, float]:
     """Metrics of ``state`` on ``data`` (tensors it lacks keep their initial values)."""
-    return evaluate(_model(config, backbone, state), data)
+    return evaluate(adapted_model(config, backbone, state), data)
 
 
 GRADIENT = register(TrainerKind("gradient", train_gradient, start, train_round, score))

@@ -9,8 +9,10 @@ from fedgray.fl.common.records import from_record
 from fedgray.fl.serverapp.selection import SELECTION_SPLITS
 from fedgray.fl.serverapp.server import FederationResult, headline
 from fedgray.plots import plot_curve
+from fedgray.run_report import write_report
 from fedgray.runs import RunFolder, save_adapters
 from fedgray.tasks import TASKS
+from fedgray.tracking import write_tracking
 
 COMPARED = ("i2t_r1", "t2i_r1", "r1_mean", "accuracy")
 
@@ -20,7 +22,7 @@ def _scope(record: dict[str, Any]) -> dict[str, float]:
 
 
 def finish(run: RunFolder, config: Config, result: FederationResult) -> dict[str, Any]:
-    """Write the final global adapters, the learning curve and ``summary.json``.
+    """Write the final global adapters, the learning curve, ``summary.json`` and ``report.html``.
 
     ``final`` holds the metrics of the round whose adapters the run ends with (the last, or
     with ``federation.select: best`` the one chosen on ``federation.select_on``; its
@@ -66,6 +68,8 @@ def finish(run: RunFolder, config: Config, result: FederationResult) -> dict[str
     if queries := sum(r.get("queries", 0) for r in trained):
         summary["queries"] = queries  # backbone queries of all sites' training
     run.write_json("summary.json", summary)
+    write_report(run.path, metric=metric)
+    write_tracking(run.path, config.output.track, result.records)
     return summary
 
 

@@ -1,0 +1,1 @@
+"""Using a trained model: predictions, evaluation, signed bundles and model cards."""
