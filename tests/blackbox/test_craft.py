@@ -279,6 +279,7 @@ def test_augmentation_crops_and_flips_and_repeats_from_its_seed() -> None:
     assert_close(augment(constant, torch.Generator().manual_seed(1)), constant, terms=4)  # bilinear
 
 
+@pytest.mark.slow  # a full CMA-ES search on digits: 20-35 s on 2 cores
 def test_craft_never_returns_worse_than_its_start_on_the_held_out_split() -> None:
     """A search that can only hurt: the labels are the start's own predictions (the start
     scores 100% on them), the step size is huge and the refiner's rate absurd. The run
@@ -340,6 +341,7 @@ def test_without_a_held_out_split_craft_returns_its_last_generation() -> None:
         craft(backbone, digits(backbone), replace(SMALL, validation=0.01))
 
 
+@pytest.mark.slow  # a full CMA-ES search on digits: 20-35 s on 2 cores
 def test_craft_lowers_its_training_loss() -> None:
     backbone = black()
     train = digits(backbone, size=60)
@@ -350,6 +352,7 @@ def test_craft_lowers_its_training_loss() -> None:
     assert seen[-1].loss < seen[0].loss
 
 
+@pytest.mark.slow  # a full CMA-ES search on digits: 20-35 s on 2 cores
 def test_adapt_runs_craft_and_logs_accuracy_against_queries(tmp_path: Path) -> None:
     config = load_config(
         None,
