@@ -5,9 +5,10 @@ attacks, written as a site would write them, on a random-weight backbone whose t
 this script holds to score them:
 
 * **input-layer span**: every patch's pixel gradient is a combination of the patch
-  embedding's filters, so the top singular vectors of the patch gradients span them. Scored
-  by the residual of projecting the true filters onto the recovered span (0: exact span).
-  The filters themselves stay unknown up to a width x width mix.
+  embedding's filters, so the top singular vectors of the patch gradients span them (less
+  their mean, which the LayerNorm after them hides). Scored by the residual of projecting
+  the true centred filters onto the recovered span (0: exact span). The filters themselves
+  stay unknown up to a width x width mix.
 * **embedding rows**: a per-position shift (``token_shifts``) fitted by gradient descent so
   that a reference token plus the shift gives the features of the target token, over several
   contexts, is the difference of their embedding rows. Scored by cosine with the true
@@ -68,8 +69,12 @@ def input_span(backbone: SealedBackbone, filters: torch.Tensor, *, images: int) 
         normalised = pixels.grad * std  # the gradient at the normalised pixels
         patches.append(F.unfold(normalised, size, stride=size)[0].T)  # [patches, 3*P*P]
     _, _, basis = torch.linalg.svd(torch.cat(patches).double(), full_matrices=False)
-    span = basis[:width]  # [width, 3*P*P]
+    # The LayerNorm after the patch embedding takes out each token's mean over channels,
+    # so gradients carry nothing of the mean filter: width - 1 directions, of the centred
+    # filters.
+    span = basis[: width - 1]  # [width - 1, 3*P*P]
     truth = filters.reshape(width, -1).double()
+    truth = truth - truth.mean(0)
     residual = truth - truth @ span.T @ span
     score = float(residual.norm() / truth.norm())
     return Extraction("input-layer span (residual)", backbone.queries_used - before, images, score)
