@@ -29,6 +29,7 @@ import argparse
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,11 @@ class Extraction:
     calls: int
     samples: int
     score: float
+
+
+def tower(model: nn.Module) -> nn.Module:
+    """The image tower of an open_clip ``model``."""
+    return cast(nn.Module, model.visual)
 
 
 def seal(model: nn.Module, name: str) -> SealedBackbone:
@@ -130,23 +136,23 @@ def distill(
     steps: int = 100,
     batch: int = 128,
 ) -> Extraction:
-    """Train ``student``'s image tower on the backbone's features of ``queries`` random
-    images; score the mean cosine with the backbone on ``held_out``."""
+    """Train ``student`` (an image tower of the backbone's shape) on the backbone's features
+    of ``queries`` random images; score the mean cosine with the backbone on ``held_out``."""
     size, before = backbone.interface.image_size, backbone.queries_used
     images = torch.rand(queries, 3, size, size)
     if queries:
         with torch.no_grad():
             targets = torch.cat([backbone.encode_image(b) for b in images.split(batch)])
-        optimizer = torch.optim.Adam(student.visual.parameters(), lr=1e-3)
+        optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
         for _ in range(steps):
             pick = torch.randperm(queries)[:batch]
-            out = student.encode_image(images[pick], normalize=True)
+            out = student(images[pick])
             loss = 1 - F.cosine_similarity(out, targets[pick]).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
     with torch.no_grad():
-        out = student.encode_image(held_out)
+        out = student(held_out)
     score = float(F.cosine_similarity(out, teacher_held_out).mean())
     calls = backbone.queries_used - before
     return Extraction("distillation (held-out cosine)", calls, queries, score)
@@ -158,8 +164,8 @@ def run(
     """Every attack on a fresh random-weight ``name``: the rows of the table."""
     torch.manual_seed(0)
     model = create_clip(name, None).eval()
-    filters = model.visual.conv1.weight.detach().clone()
-    table = model.token_embedding.weight.detach().clone()
+    filters = cast(nn.Conv2d, tower(model).conv1).weight.detach().clone()
+    table = cast(nn.Embedding, model.token_embedding).weight.detach().clone()
     backbone = seal(model, name)
     results = [input_span(backbone, filters, images=n) for n in span_images]
     for k in range(rows):
@@ -171,7 +177,7 @@ def run(
         teacher = backbone.encode_image(held_out)  # the scorer's call, not the attacker's
     for n in distill_queries:
         torch.manual_seed(1)
-        student = create_clip(name, None).train()
+        student = tower(create_clip(name, None)).train()
         results.append(
             distill(backbone, student, queries=n, held_out=held_out, teacher_held_out=teacher)
         )

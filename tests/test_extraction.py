@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fedgray.backbone import create_clip
-from simulations.extraction import distill, embedding_row, input_span, seal
+from simulations.extraction import distill, embedding_row, input_span, seal, tower
 
 
 def test_gray_gradients_give_the_input_layer_span_and_an_embedding_row() -> None:
@@ -36,7 +36,7 @@ def test_distillation_agreement_is_scored_on_held_out_images() -> None:
     scores = []
     for queries in (0, 256):
         torch.manual_seed(1)
-        student = create_clip("fedgray-micro", None).train()
+        student = tower(create_clip("fedgray-micro", None)).train()
         result = distill(
             backbone,
             student,
