@@ -26,6 +26,7 @@ Every query goes through the sealed backbone, which counts it against
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -175,11 +176,17 @@ def run(
     held_out = torch.rand(512, 3, size, size)
     with torch.no_grad():
         teacher = backbone.encode_image(held_out)  # the scorer's call, not the attacker's
+    torch.manual_seed(1)
+    student = tower(create_clip(name, None)).train()  # one start for every N
     for n in distill_queries:
-        torch.manual_seed(1)
-        student = tower(create_clip(name, None)).train()
         results.append(
-            distill(backbone, student, queries=n, held_out=held_out, teacher_held_out=teacher)
+            distill(
+                backbone,
+                copy.deepcopy(student),
+                queries=n,
+                held_out=held_out,
+                teacher_held_out=teacher,
+            )
         )
     return results
 
