@@ -14,8 +14,8 @@ this script holds to score them:
   contexts, is the difference of their embedding rows. Scored by cosine with the true
   difference.
 * **distillation**: a student of the same shape trained on the backbone's image features of
-  N random images; scored by the mean cosine of student and backbone features on held-out
-  images of the same distribution, against N.
+  N random images; scored by the mean cosine of student and backbone features (each centred
+  on its mean over the held-out set) on held-out images of the same distribution, against N.
 
 Every query goes through the sealed backbone, which counts it against
 ``backbone.query_budget`` (docs/security.md has the table this prints)::
@@ -154,9 +154,13 @@ def distill(
             optimizer.step()
     with torch.no_grad():
         out = student(held_out)
-    score = float(F.cosine_similarity(out, teacher_held_out).mean())
+    # Centred: on random images a random-weight backbone's features share one large mean
+    # direction, which any student learns from a single batch; what is scored is the part
+    # that depends on the input.
+    centred = (out - out.mean(0), teacher_held_out - teacher_held_out.mean(0))
+    score = float(F.cosine_similarity(*centred).mean())
     calls = backbone.queries_used - before
-    return Extraction("distillation (held-out cosine)", calls, queries, score)
+    return Extraction("distillation (held-out centred cosine)", calls, queries, score)
 
 
 def run(
