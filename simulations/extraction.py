@@ -127,6 +127,11 @@ def embedding_row(
     return Extraction("embedding row (cosine)", calls, calls * contexts, score)
 
 
+def _agreement(features: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+    """Mean cosine of two batches of features, each less its mean over the batch."""
+    return F.cosine_similarity(features - features.mean(0), goal - goal.mean(0)).mean()
+
+
 def distill(
     backbone: SealedBackbone,
     student: nn.Module,
@@ -147,8 +152,9 @@ def distill(
         optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
         for _ in range(steps):
             pick = torch.randperm(queries)[:batch]
-            out = student(images[pick])
-            loss = 1 - F.cosine_similarity(out, targets[pick]).mean()
+            out, goal = student(images[pick]), targets[pick]
+            loss = 1 - _agreement(out, goal)
+            loss = loss + F.mse_loss(out.mean(0), goal.mean(0)) / goal.mean(0).square().mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -157,8 +163,7 @@ def distill(
     # Centred: on random images a random-weight backbone's features share one large mean
     # direction, which any student learns from a single batch; what is scored is the part
     # that depends on the input.
-    centred = (out - out.mean(0), teacher_held_out - teacher_held_out.mean(0))
-    score = float(F.cosine_similarity(*centred).mean())
+    score = float(_agreement(out, teacher_held_out))
     calls = backbone.queries_used - before
     return Extraction("distillation (held-out centred cosine)", calls, queries, score)
 
