@@ -143,6 +143,9 @@ class BackboneConfig:
     in the site's process then). ``min_version`` (the lowest owner version of the artifact
     the site accepts) and ``revocations`` (the owner's signed revocation list) refuse a
     replayed older artifact; a served runtime takes them as options instead.
+    ``query_budget``: encoder calls the site may make, at every level (None: unlimited); the
+    bound on extraction by queries (docs/security.md); a served runtime takes it as
+    ``--query-budget`` and enforces it on its side.
     """
 
     name: str = "fedgray-tiny"

@@ -34,7 +34,7 @@ class SealedError(PermissionError):
 
 
 class QueryBudgetExceeded(SealedError):
-    """A black-box backbone's query budget is spent."""
+    """The backbone's query budget (encoder calls, at any level) is spent."""
 
 
 # What each way of running a sealed backbone protects, for ``fedgray info`` (the whole

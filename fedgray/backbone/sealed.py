@@ -5,7 +5,9 @@ shapes, and entry points at ``gray+``) and two encoders. The model itself is hel
 the closures of those encoders, not in any attribute; ``parameters()``,
 ``state_dict()``, pickling, ``copy``/``deepcopy`` and ``torch.save`` all raise
 :class:`SealedError`. At ``black`` the encoders run without gradients, return detached
-outputs and count queries against a budget.
+outputs. At every level the encoders count their calls against ``query_budget``: the
+bound on what a site can learn of the model by querying it (extraction; see
+docs/security.md).
 
 At ``gray`` and ``gray+`` the model runs behind one opaque autograd node
 (:mod:`fedgray.backbone.opaque`), so the outputs' graph holds no backbone tensor, and the
@@ -100,12 +102,12 @@ class QueryCounted:
 
     @property
     def queries_used(self) -> int:
-        """Encoder calls made so far (counted at every level, budgeted at ``black``)."""
+        """Encoder calls made so far (counted and budgeted at every level)."""
         return self._queries
 
     @property
     def query_budget(self) -> int | None:
-        """Calls allowed at ``black`` (None: unlimited)."""
+        """Encoder calls allowed (None: unlimited)."""
         return self._budget
 
 
@@ -184,7 +186,7 @@ class SealedBackbone(QueryCounted):
         setattr_(self, "_tokenize", tokenize)
         setattr_(self, "_module", (lambda: model) if level is AccessLevel.WHITE else None)
         setattr_(self, "_queries", 0)
-        setattr_(self, "_budget", query_budget if level is AccessLevel.BLACK else None)
+        setattr_(self, "_budget", query_budget)
 
     @property
     def module(self) -> nn.Module:
@@ -264,7 +266,8 @@ class SealedBackbone(QueryCounted):
     def _count(self) -> None:
         if self._budget is not None and self._queries >= self._budget:
             raise QueryBudgetExceeded(
-                f"query budget of {self._budget} calls to the black-box backbone is spent"
+                f"backbone.query_budget: the query budget of {self._budget} calls to the "
+                "backbone is spent"
             )
         object.__setattr__(self, "_queries", self._queries + 1)
 

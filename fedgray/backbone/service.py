@@ -7,7 +7,8 @@ non-dumpable (``prctl(PR_SET_DUMPABLE, 0)``): no process of another user, nor of
 user, can then read its ``/proc/PID/mem`` or attach a debugger (only root can).
 Sites connect over a Unix socket (``backbone.runtime: PATH``) and speak only the schema
 of :mod:`fedgray.backbone.wire`. One runtime per site machine serves all of its sites'
-processes; the query budget (``black``) is the runtime's, shared by its connections.
+processes; the query budget (encoder calls, every level) is the runtime's, shared by its
+connections.
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ def serve(
         min_version=min_version,
         revocations=revocations,
     )
-    if query_budget is None:  # a warm-up would spend two queries of a black budget
+    if query_budget is None:  # a warm-up would spend two calls of the budget
         _warm_up(backbone)
     server = _listen(Path(socket_path), mode, owner)
     if entry is not None:
@@ -294,7 +295,9 @@ def add_runtime_parser(commands: argparse._SubParsersAction) -> None:
     serve_.add_argument(
         "--level", choices=[level.value for level in AccessLevel], help="at most the artifact's"
     )
-    serve_.add_argument("--query-budget", type=int, metavar="N", help="calls allowed at black")
+    serve_.add_argument(
+        "--query-budget", type=int, metavar="N", help="encoder calls allowed, at every level"
+    )
     serve_.add_argument(
         "--min-version", type=int, metavar="N", help="refuse artifact versions below N"
     )

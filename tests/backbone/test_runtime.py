@@ -118,6 +118,16 @@ def test_isolated_runtime_enforces_level_and_budget(
         assert not black.encode_image(pixels).requires_grad
         with pytest.raises(QueryBudgetExceeded, match="query budget of 1"):
             black.encode_image(pixels)
+    # At gray the budget bounds extraction by queries; the runtime enforces it on its side,
+    # so a site that resets its own counters still gets refused.
+    with IsolatedBackbone(path, query_budget=2, **paths) as gray:
+        pixels = torch.rand(2, 3, 32, 32, requires_grad=True)
+        gray.encode_image(pixels).sum().backward()
+        assert pixels.grad is not None
+        gray.encode_text(gray.tokenize(CAPTIONS[:2]))
+        gray._queries, gray._budget = 0, None  # the site's own bookkeeping is the site's
+        with pytest.raises(QueryBudgetExceeded, match="backbone.query_budget: .* of 2 calls"):
+            gray.encode_image(pixels)
 
 
 def _readable_regions(pid: int) -> Iterator[tuple[int, int]]:

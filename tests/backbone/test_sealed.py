@@ -91,6 +91,23 @@ def test_gray_refuses_entry_points_and_gray_plus_publishes_them(micro: SealedBac
     assert out.shape == (1, 32)
 
 
+def test_gray_budget_refuses_the_call_past_it_and_counts_every_call() -> None:
+    gray = load_sealed("fedgray-micro", None, level="gray+", query_budget=3)
+    pixels = torch.rand(2, 3, 32, 32, requires_grad=True)
+    gray.encode_image(pixels).sum().backward()
+    assert pixels.grad is not None
+    gray.encode_text(
+        gray.tokenize(CAPTIONS[:2]), extra_token=torch.zeros(2, 64), extra_gate=torch.ones(2, 1)
+    )
+    gray.encode_image(pixels)
+    assert gray.queries_used == 3
+    with pytest.raises(QueryBudgetExceeded, match="backbone.query_budget: .* of 3 calls"):
+        gray.encode_image(pixels)
+    with pytest.raises(QueryBudgetExceeded):
+        gray.encode_text(gray.tokenize(CAPTIONS[:1]))
+    assert gray.queries_used == 3
+
+
 def test_black_returns_detached_outputs_and_counts_queries() -> None:
     black = load_sealed("fedgray-micro", None, level="black", query_budget=2)
     pixels = torch.rand(2, 3, 32, 32, requires_grad=True)

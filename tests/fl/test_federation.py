@@ -39,6 +39,9 @@ def test_three_sites_two_rounds_write_a_run_folder(tmp_path: Path) -> None:
     assert summary["final"]["r1_mean"] == records[-1]["central"]["r1_mean"]
     assert summary["bytes_per_site_per_round"] < 0.01 * summary["backbone_bytes"]
     assert not any(PERSONAL_STATE in c.state for c in grid.contexts.values())
+    # The backbone calls the sites spent (what backbone.query_budget bounds) are reported.
+    assert records[1]["queries"] > 0
+    assert summary["queries"] == sum(r.get("queries", 0) for r in records)
 
 
 def test_only_adapter_tensors_travel(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from strategies.fold import arrays_in
 @dataclass
 class TrainResult:
     """What a train phase produced. ``arrays`` is None when nothing was aggregated;
-    ``queries``: backbone queries the sites report having spent (black-box methods);
+    ``queries``: backbone calls the sites report having spent;
     ``replied``: sites whose reply came back without error; ``failed``: the others (budget
     refusals apart); ``names``: node id -> site name, as the replies gave them."""
 
@@ -84,7 +84,7 @@ def _ok(replies: list[Message]) -> list[Message]:
 
 
 def _queries(reply: Message) -> int:
-    """Backbone queries a site's train reply reports (black-box methods; 0 otherwise)."""
+    """Backbone calls a site's train reply reports (0 when it reports none)."""
     metrics = cast(MetricRecord, reply.content["metrics"])  # as the ClientApp replies
     return int(cast(int, metrics.get("queries", 0)))
 

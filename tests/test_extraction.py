@@ -1,0 +1,66 @@
+"""The extraction benchmark's attacks run on micro and recover what gray access gives away."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from fedgray.backbone import SealedBackbone, create_clip
+from simulations.extraction import distill, embedding_row, input_span, seal, tower
+
+
+@pytest.fixture(scope="module")
+def victim() -> tuple[SealedBackbone, torch.Tensor, torch.Tensor]:
+    """A gray micro backbone, with its true patch filters and token embedding table."""
+    torch.manual_seed(0)
+    model = create_clip("fedgray-micro", None).eval()
+    filters = model.visual.conv1.weight.detach().clone()  # 64 filters of 3 x 8 x 8
+    table = model.token_embedding.weight.detach().clone()
+    return seal(model, "fedgray-micro"), filters, table
+
+
+def test_gray_gradients_give_the_input_layer_span_and_an_embedding_row(
+    victim: tuple[SealedBackbone, torch.Tensor, torch.Tensor],
+) -> None:
+    backbone, filters, table = victim
+    before = backbone.queries_used
+    # One image has 16 patches: too few gradients to span 63 directions; eight have 128.
+    assert input_span(backbone, filters, images=1).score > 0.5
+    eight = input_span(backbone, filters, images=8)
+    assert eight.score < 1e-3 and eight.calls == 8
+    # A random 63-dim subspace of the 192-dim patch space leaves about sqrt(2/3) of them.
+    random_span = torch.linalg.qr(torch.randn(192, 63, dtype=torch.double))[0].T
+    truth = filters.reshape(64, -1).double()
+    truth = truth - truth.mean(0)
+    assert (truth - truth @ random_span.T @ random_span).norm() / truth.norm() > 0.7
+    row = embedding_row(backbone, table, target=1234, reference=4321, steps=50)
+    assert row.score > 0.5 and row.calls == 51
+    assert backbone.queries_used - before == 1 + 8 + 51
+
+
+def test_distillation_agreement_is_scored_on_held_out_images(
+    victim: tuple[SealedBackbone, torch.Tensor, torch.Tensor],
+) -> None:
+    backbone = victim[0]
+    held_out = torch.rand(32, 3, 32, 32)
+    with torch.no_grad():
+        teacher = backbone.encode_image(held_out)
+    torch.manual_seed(1)
+    start: nn.Module = tower(create_clip("fedgray-micro", None)).train()
+    scores = []
+    for queries in (0, 256):
+        result = distill(
+            backbone,
+            copy.deepcopy(start),
+            queries=queries,
+            held_out=held_out,
+            teacher_held_out=teacher,
+            steps=20,
+            batch=64,
+        )
+        assert result.calls == queries // 64 and result.samples == queries
+        scores.append(result.score)
+    assert -1 <= scores[0] < scores[1] <= 1
