@@ -42,7 +42,7 @@ def test_fedgray_run_on_a_local_superlink_writes_the_run_and_stops_everything(
         # results only: Flower's and Ray's runtime files lived in a temp dir, now removed
         assert sorted(p.name for p in run.iterdir()) == [
             "adapters.pt", "checkpoint.pt", "config.yaml", "curve.png", "flower.log",
-            "metrics.jsonl", "progress.log", "summary.json",
+            "metrics.jsonl", "progress.log", "report.html", "summary.json",
         ]  # fmt: skip
         # it ran on a SuperLink in simulation mode, never on the deprecated run_simulation
         flower_log = (run / "flower.log").read_text()
