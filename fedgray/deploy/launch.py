@@ -257,6 +257,25 @@ def flwr_json(args: Sequence[str], flwr_home: Path) -> dict[str, Any]:
     return reply
 
 
+def wait_until_serving(
+    flwr_home: Path, *, timeout: float, process: subprocess.Popen | None = None
+) -> None:
+    """Return once the SuperLink answers ``flwr list`` over the connection in ``flwr_home``:
+    its port can accept connections a moment before its Control API serves (a restarted
+    SuperLink on a loaded machine), and a run submitted then fails as "unavailable"."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            flwr_json(["list", CONNECTION], flwr_home)
+            return
+        except (LaunchError, ValueError, subprocess.TimeoutExpired):
+            if process is not None and process.poll() is not None:
+                raise LaunchError(f"the SuperLink exited ({process.returncode})") from None
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(STATUS_POLL_S / 4)
+
+
 def register_supernode(public_key: Path, flwr_home: Path, *, name: str) -> int:
     """Register a site's public key with the SuperLink (``flwr supernode register``, as
     Flower 1.42 does node authentication); the node id the SuperLink assigned."""

@@ -26,6 +26,7 @@ from fedgray.deploy.launch import (
     superexec_command,
     superlink_command,
     supernode_command,
+    wait_until_serving,
     write_cli_config,
 )
 from fedgray.deploy.processes import Processes, wait_for_port
@@ -111,6 +112,7 @@ def start_superlink(
     write_cli_config(
         flwr_home, options.local_address, options.ca_cert if not options.insecure else None
     )
+    wait_until_serving(flwr_home, timeout=STARTUP_TIMEOUT_S, process=process)
     node_ids: dict[str, int] = {}
     if register and credentials is not None and not options.insecure:
         for site in credentials.sites:
