@@ -16,21 +16,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from fedgray.backbone import SealedBackbone, load_sealed  # noqa: E402
 from tests.helpers import TEST_RECIPE  # noqa: E402
 
-# Under pytest-xdist (CI runs the slow and deploy groups side by side: .ci/run) each worker
-# gets its share of the cores, so that two workers' matrix kernels do not fight over them.
-if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist's ``--dist loadgroup``, the tests that share the machine's state go
-    to one worker: the deployment tests share one loopback federation per process (started
-    once, about 15 s), and the tests that make OS users (``users``) would delete each other's."""
-    for item in items:
-        if item.get_closest_marker("deploy") or "users" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("machine"))
-
-
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Point every cache and home-folder write of the suite at a temporary directory."""
