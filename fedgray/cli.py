@@ -96,10 +96,10 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from fedgray.deploy.processes import Stopped
     from fedgray.fl.serverapp.failures import FederationError
     from fedgray.fl.serverapp.report import comparison
     from fedgray.fl.simulation.engine import FLOWER_LOG, open_run, run_federation
+    from fedgray.launch.processes import Stopped
 
     resume = Path(args.resume) if args.resume else None
     config, run = open_run(args.config, args.overrides, resume=resume)

@@ -14,9 +14,9 @@ import pytest
 
 from fedgray.deploy.credentials import create_credentials
 from fedgray.deploy.demo import flwr_run, site_node_config
-from fedgray.deploy.launch import SuperNodeOptions, flwr_json
-from fedgray.deploy.processes import Processes, descendants, free_port
 from fedgray.deploy.roles import start_supernode
+from fedgray.launch.commands import SuperNodeOptions, flwr_json
+from fedgray.launch.processes import Processes, descendants, free_port
 from tests.deploy.conftest import RUN_LIMIT_S, Federation, alive
 
 pytestmark = [pytest.mark.slow, pytest.mark.deploy]
