@@ -85,11 +85,14 @@ SAME_SHAPES: dict[tuple[str, str], tuple[int, str]] = {
         2,
         "the same weights decrypted: the same calls",
     ),
-    ("tests/backbone/test_channel.py", "test_malformed_messages_leave_a_pending_backward_intact"): (
+    (
+        "tests/backbone/runtime/test_channel.py",
+        "test_malformed_messages_leave_a_pending_backward_intact",
+    ): (
         2,
         "the same call and backward in the same runtime, before and after garbage",
     ),
-    ("tests/backbone/test_channel.py", "test_the_wire_round_trips_tensors_exactly"): (
+    ("tests/backbone/runtime/test_channel.py", "test_the_wire_round_trips_tensors_exactly"): (
         1,
         "bytes through the wire codec: no arithmetic",
     ),
@@ -124,7 +127,10 @@ SAME_SHAPES: dict[tuple[str, str], tuple[int, str]] = {
         1,
         "the same backward recomputed on the same shapes",
     ),
-    ("tests/backbone/test_runtime.py", "test_isolated_outputs_and_gradients_match_in_process"): (
+    (
+        "tests/backbone/runtime/test_runtime.py",
+        "test_isolated_outputs_and_gradients_match_in_process",
+    ): (
         3,
         "token ids; the isolated runtime runs the in-process forward on the same shapes",
     ),
@@ -132,7 +138,7 @@ SAME_SHAPES: dict[tuple[str, str], tuple[int, str]] = {
         1,
         "the same call on a copy of the same input",
     ),
-    ("tests/backbone/test_service.py", "test_a_served_runtime_answers_like_in_process"): (
+    ("tests/backbone/runtime/test_service.py", "test_a_served_runtime_answers_like_in_process"): (
         1,
         "token ids: integers",
     ),
@@ -326,7 +332,10 @@ SAME_SHAPES: dict[tuple[str, str], tuple[int, str]] = {
         1,
         "the same rows in the same order: indexing",
     ),
-    ("tests/backbone/test_channel.py", "test_the_tokenizer_cache_stays_bounded_and_right"): (
+    (
+        "tests/backbone/runtime/test_channel.py",
+        "test_the_tokenizer_cache_stays_bounded_and_right",
+    ): (
         2,
         "no arithmetic: token ids of the same texts",
     ),

@@ -11,12 +11,14 @@ from typing import NoReturn
 import pytest
 import torch
 
-from fedgray.backbone import create_clip, generate_keys, seal
+from fedgray.backbone import create_clip
 from fedgray.config import Config
 from fedgray.fl.common.cache import shared_backbone, shared_data
 from fedgray.fl.common.records import from_record, to_record
 from fedgray.fl.serverapp import server
 from fedgray.fl.serverapp.published import published_interface
+from fedgray.owner.keys import generate_keys
+from fedgray.owner.seal import seal
 from fedgray.train.kinds import kind_of
 from strategies import split_personal
 from tests.helpers import micro_config, run_local
