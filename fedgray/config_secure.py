@@ -65,12 +65,16 @@ class CentralPrivacyConfig:
     delta: float = field(default=1e-3, metadata=check(lambda v: 0 < v < 1, "in (0, 1)"))
 
 
+def min_trained_sites(num_sites: int, fraction_train: float) -> int:
+    """The fewest sites a round trains: the rounded fraction, at least one, at most all
+    (``strategies.build_strategy`` gives it to Flower as ``min_train_nodes``)."""
+    return max(1, min(num_sites, round(num_sites * fraction_train)))
+
+
 def sampled_sites(num_sites: int, fraction_train: float) -> int:
-    """How many sites Flower's FedAvg asks to train each round (``strategies.build_strategy``
-    sets ``min_train_nodes`` to the rounded fraction; FedAvg samples the larger of that and
-    the truncated fraction)."""
-    minimum = max(1, min(num_sites, round(num_sites * fraction_train)))
-    return max(int(num_sites * fraction_train), minimum)
+    """How many sites Flower's FedAvg asks to train each round: the larger of
+    :func:`min_trained_sites` and the truncated fraction, as FedAvg samples."""
+    return max(int(num_sites * fraction_train), min_trained_sites(num_sites, fraction_train))
 
 
 def check_secure_and_central(config: Config) -> None:

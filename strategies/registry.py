@@ -20,6 +20,7 @@ from flwr.serverapp.strategy import (
     MultiKrum,
 )
 
+from fedgray.config_secure import min_trained_sites
 from strategies.guard import guarded
 
 STRATEGIES: dict[str, type[FedAvg]] = {
@@ -87,7 +88,7 @@ def build_strategy(
         raise StrategyError(
             f"federation.strategy: unknown strategy '{name}' (known: {', '.join(STRATEGIES)})"
         )
-    minimum = max(1, min(num_sites, round(num_sites * fraction_train)))
+    minimum = min_trained_sites(num_sites, fraction_train)
     sampling: dict[str, Any] = {
         "fraction_train": fraction_train,
         "fraction_evaluate": fraction_evaluate,
