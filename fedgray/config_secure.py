@@ -17,9 +17,6 @@ from fedgray.config_schema import ConfigError, check, positive
 if TYPE_CHECKING:
     from fedgray.config import Config
 
-SECURE_STRATEGIES = ("fedavg",)
-CENTRAL_STRATEGIES = ("fedavg", "fedprox")
-
 
 @dataclass
 class SecureAggregationConfig:
@@ -77,6 +74,17 @@ def sampled_sites(num_sites: int, fraction_train: float) -> int:
     return max(int(num_sites * fraction_train), min_trained_sites(num_sites, fraction_train))
 
 
+def _strategy_allows(name: str, flag: str, why: str) -> None:
+    """Refuse strategy ``name`` unless its registry row sets ``flag``; ``why`` (with
+    ``{name}``) says what the run needs."""
+    from strategies.registry import strategies_with  # the rows carry the flags
+
+    allowed = strategies_with(flag)
+    if name not in allowed:
+        reason = why.format(name=name)
+        raise ConfigError(f"federation.strategy: {reason} (use {', '.join(allowed)})")
+
+
 def check_secure_and_central(config: Config) -> None:
     """Cross-section checks of the two sections; one ConfigError line naming the field."""
     fed, central = config.federation, config.privacy.central
@@ -86,11 +94,11 @@ def check_secure_and_central(config: Config) -> None:
             raise ConfigError(
                 "federation.compression: SecAgg+ quantises the sum itself; use one or the other"
             )
-        if fed.strategy not in SECURE_STRATEGIES:
-            raise ConfigError(
-                f"federation.strategy: secure aggregation reveals only the sum of the updates; "
-                f"'{fed.strategy}' needs each one (use {', '.join(SECURE_STRATEGIES)})"
-            )
+        _strategy_allows(
+            fed.strategy,
+            "secure",
+            "secure aggregation reveals only the sum of the updates; '{name}' needs each one",
+        )
         sampled = sampled_sites(fed.num_sites, fed.fraction_train)
         if secure.num_shares > sampled:
             raise ConfigError(
@@ -103,11 +111,11 @@ def check_secure_and_central(config: Config) -> None:
                 "federation.compression: central DP bounds each update by clipping it; a "
                 "quantised update with error feedback can leave that bound"
             )
-        if fed.strategy not in CENTRAL_STRATEGIES:
-            raise ConfigError(
-                f"federation.strategy: central DP calibrates its noise to a mean of clipped "
-                f"updates; '{fed.strategy}' is not one (use {', '.join(CENTRAL_STRATEGIES)})"
-            )
+        _strategy_allows(
+            fed.strategy,
+            "central",
+            "central DP calibrates its noise to a mean of clipped updates; '{name}' is not one",
+        )
         if secure.enabled and secure.clipping_range < central.clipping_norm:
             raise ConfigError(
                 "federation.secure_aggregation.clipping_range: must be >= "
