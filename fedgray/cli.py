@@ -10,13 +10,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fedgray import sweep as privacy_sweep
-from fedgray.backbone.access import SEALING_MODES, AccessLevel, SealedError
-from fedgray.backbone.loading import BUILTIN_TAG, BackboneLoadError
-from fedgray.backbone.service import add_runtime_parser
+from fedgray.backbone.access import SEALING_MODES, SealedError
+from fedgray.backbone.loading import BackboneLoadError
 from fedgray.bench.command import add_bench_parser
 from fedgray.config import Config, load_config
 from fedgray.config_schema import ConfigError
 from fedgray.deploy.cli import add_deploy_parser
+from fedgray.owner.cli import add_owner_parsers
+from fedgray.runtime_cli import add_runtime_parser
 from fedgray.use.cli import add_use_parser
 
 EXPECTED_ERRORS = (ConfigError, BackboneLoadError, SealedError, FileNotFoundError, ValueError)
@@ -96,10 +97,10 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from fedgray.deploy.processes import Stopped
     from fedgray.fl.serverapp.failures import FederationError
     from fedgray.fl.serverapp.report import comparison
     from fedgray.fl.simulation.engine import FLOWER_LOG, open_run, run_federation
+    from fedgray.launch.processes import Stopped
 
     resume = Path(args.resume) if args.resume else None
     config, run = open_run(args.config, args.overrides, resume=resume)
@@ -123,63 +124,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(line)
     print(f"{summary['seconds']:.0f} s in rounds; run folder: {run.path}")
     return 0
-
-
-def _cmd_pretrain(args: argparse.Namespace) -> None:
-    from fedgray.owner.pretrain import builtin_checkpoint, pretrain
-
-    config = _load(args)
-    name, recipe = config.backbone.name, config.pretrain
-    build = pretrain if args.force else builtin_checkpoint
-    print(f"checkpoint: {build(name, recipe, progress=not args.quiet)}")
-
-
-def _cmd_keys(args: argparse.Namespace) -> None:
-    from fedgray.backbone.keys import generate_keys
-
-    files = generate_keys(args.out)
-    print(f"signing key (owner only):   {files.signing_key}")
-    print(f"verification key (sites):   {files.verify_key}")
-    print(f"content key (the runtime):  {files.content_key}")
-
-
-def _cmd_seal(args: argparse.Namespace) -> None:
-    import torch
-
-    from fedgray.backbone.artifact import seal
-    from fedgray.backbone.keys import read_content_key, read_signing_key
-    from fedgray.backbone.loading import create_clip
-    from fedgray.site import resolve_pretrained
-
-    config = _load(args)
-    signing_key = read_signing_key(args.signing_key)
-    content_key = read_content_key(args.content_key)
-    pretrained = None if args.pretrained.lower() == "none" else args.pretrained
-    source = resolve_pretrained(args.name, pretrained, config.pretrain, progress=not args.quiet)
-    torch.manual_seed(config.pretrain.seed)  # a random backbone is the same on every run
-    model = create_clip(args.name, source)
-    manifest = seal(
-        model,
-        args.out,
-        name=args.name,
-        level=args.level,
-        signing_key=signing_key,
-        content_key=content_key,
-        version=args.version,
-        artifact_key=args.artifact_key,
-    )
-    print(
-        f"sealed {manifest.name} (level {manifest.level.value}, version {manifest.version}, "
-        f"id {manifest.artifact_id}, weights sha256 {manifest.weights_sha256[:16]}...) "
-        f"into {args.out}"
-    )
-
-
-def _cmd_revoke(args: argparse.Namespace) -> None:
-    from fedgray.backbone.revocation import write_revocations
-
-    write_revocations(args.out, args.ids, signing_key=args.signing_key)
-    print(f"revoked {len(set(args.ids))} artifact(s) in {args.out}")
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
@@ -263,87 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("--audit-seed", type=int, help="seed of the canaries and their draw (0)")
     audit.set_defaults(handler=_cmd_audit)
-    pretrain = commands.add_parser(
-        "pretrain",
-        help="pretrain (or locate) the built-in owner's backbone",
-        description="Pretrain the built-in tiny CLIP on the benchmark's source domain with "
-        "the config's pretrain recipe and cache it under the user cache directory.",
-    )
-    _config_arguments(pretrain, required=False)
-    pretrain.add_argument("--force", action="store_true", help="retrain even if cached")
-    pretrain.set_defaults(handler=_cmd_pretrain)
-    keys = commands.add_parser(
-        "keys",
-        help="create the model owner's signing key pair and content key",
-        description="Create an Ed25519 signing key pair and a 256-bit AES-GCM content key in "
-        "DIR. The signing key stays with the owner; sites get the verification key, and the "
-        "runtime that decrypts the backbone gets the content key. Existing files are never "
-        "overwritten.",
-    )
-    keys.add_argument("--out", required=True, metavar="DIR", help="folder for the three key files")
-    keys.set_defaults(handler=_cmd_keys)
-    seal = commands.add_parser(
-        "seal",
-        help="seal an open_clip backbone into a signed, encrypted artifact",
-        description="Write an open_clip backbone as one artifact file: its weights encrypted "
-        "with the content key (AES-GCM) and a manifest (architecture, access level, entry "
-        "points, weights hash) signed with the owner's key. Use it with backbone.artifact, "
-        "backbone.verify_key and backbone.content_key in a config.",
-    )
-    _config_arguments(seal, required=False)
-    seal.add_argument(
-        "--name", required=True, help="open_clip architecture, e.g. ViT-B-32 or fedgray-tiny"
-    )
-    seal.add_argument(
-        "--pretrained",
-        required=True,
-        metavar="TAG_OR_PATH",
-        help=f"open_clip pretrained tag, local checkpoint file, '{BUILTIN_TAG}' (the built-in "
-        "owner's backbone, pretrained with the config's pretrain recipe if not cached) or "
-        "'none' (random weights, seeded with pretrain.seed)",
-    )
-    seal.add_argument(
-        "--level",
-        default="gray",
-        choices=[level.value for level in AccessLevel],
-        help="the most access a site may take (default: gray)",
-    )
-    seal.add_argument(
-        "--signing-key", required=True, metavar="FILE", help="the owner's signing key (PEM)"
-    )
-    seal.add_argument(
-        "--content-key", required=True, metavar="FILE", help="the content key (base64)"
-    )
-    seal.add_argument("--out", required=True, metavar="FILE", help="the artifact file to write")
-    seal.add_argument(
-        "--version",
-        type=int,
-        default=1,
-        metavar="N",
-        help="the owner's version of this artifact; sites refuse versions below the one "
-        "they pin (backbone.min_version) (default: 1)",
-    )
-    seal.add_argument(
-        "--artifact-key",
-        metavar="FILE",
-        help="also write this artifact's own key (opens it and no other artifact) to FILE",
-    )
-    seal.set_defaults(handler=_cmd_seal)
-    revoke = commands.add_parser(
-        "revoke",
-        help="write the owner's signed list of revoked artifact ids",
-        description="Write a revocation list signed with the owner's key: sites that set "
-        "backbone.revocations to it (or a runtime started with --revocations) refuse the "
-        "artifacts it names. The list is replaced whole: name every revoked id.",
-    )
-    revoke.add_argument(
-        "ids", nargs="+", metavar="ID", help="artifact ids (fedgray seal prints them)"
-    )
-    revoke.add_argument(
-        "--signing-key", required=True, metavar="FILE", help="the owner's signing key (PEM)"
-    )
-    revoke.add_argument("--out", required=True, metavar="FILE", help="the list file to write")
-    revoke.set_defaults(handler=_cmd_revoke)
+    add_owner_parsers(commands, _config_arguments)
     sweep = commands.add_parser(
         "sweep",
         help="privacy-utility sweep: federated runs over target epsilons (and seeds)",

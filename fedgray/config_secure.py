@@ -17,9 +17,6 @@ from fedgray.config_schema import ConfigError, check, positive
 if TYPE_CHECKING:
     from fedgray.config import Config
 
-SECURE_STRATEGIES = ("fedavg",)
-CENTRAL_STRATEGIES = ("fedavg", "fedprox")
-
 
 @dataclass
 class SecureAggregationConfig:
@@ -65,12 +62,27 @@ class CentralPrivacyConfig:
     delta: float = field(default=1e-3, metadata=check(lambda v: 0 < v < 1, "in (0, 1)"))
 
 
+def min_trained_sites(num_sites: int, fraction_train: float) -> int:
+    """The fewest sites a round trains: the rounded fraction, at least one, at most all
+    (``strategies.build_strategy`` gives it to Flower as ``min_train_nodes``)."""
+    return max(1, min(num_sites, round(num_sites * fraction_train)))
+
+
 def sampled_sites(num_sites: int, fraction_train: float) -> int:
-    """How many sites Flower's FedAvg asks to train each round (``strategies.build_strategy``
-    sets ``min_train_nodes`` to the rounded fraction; FedAvg samples the larger of that and
-    the truncated fraction)."""
-    minimum = max(1, min(num_sites, round(num_sites * fraction_train)))
-    return max(int(num_sites * fraction_train), minimum)
+    """How many sites Flower's FedAvg asks to train each round: the larger of
+    :func:`min_trained_sites` and the truncated fraction, as FedAvg samples."""
+    return max(int(num_sites * fraction_train), min_trained_sites(num_sites, fraction_train))
+
+
+def _strategy_allows(name: str, flag: str, why: str) -> None:
+    """Refuse strategy ``name`` unless its registry row sets ``flag``; ``why`` (with
+    ``{name}``) says what the run needs."""
+    from strategies.registry import strategies_with  # the rows carry the flags
+
+    allowed = strategies_with(flag)
+    if name not in allowed:
+        reason = why.format(name=name)
+        raise ConfigError(f"federation.strategy: {reason} (use {', '.join(allowed)})")
 
 
 def check_secure_and_central(config: Config) -> None:
@@ -82,11 +94,11 @@ def check_secure_and_central(config: Config) -> None:
             raise ConfigError(
                 "federation.compression: SecAgg+ quantises the sum itself; use one or the other"
             )
-        if fed.strategy not in SECURE_STRATEGIES:
-            raise ConfigError(
-                f"federation.strategy: secure aggregation reveals only the sum of the updates; "
-                f"'{fed.strategy}' needs each one (use {', '.join(SECURE_STRATEGIES)})"
-            )
+        _strategy_allows(
+            fed.strategy,
+            "secure",
+            "secure aggregation reveals only the sum of the updates; '{name}' needs each one",
+        )
         sampled = sampled_sites(fed.num_sites, fed.fraction_train)
         if secure.num_shares > sampled:
             raise ConfigError(
@@ -99,11 +111,11 @@ def check_secure_and_central(config: Config) -> None:
                 "federation.compression: central DP bounds each update by clipping it; a "
                 "quantised update with error feedback can leave that bound"
             )
-        if fed.strategy not in CENTRAL_STRATEGIES:
-            raise ConfigError(
-                f"federation.strategy: central DP calibrates its noise to a mean of clipped "
-                f"updates; '{fed.strategy}' is not one (use {', '.join(CENTRAL_STRATEGIES)})"
-            )
+        _strategy_allows(
+            fed.strategy,
+            "central",
+            "central DP calibrates its noise to a mean of clipped updates; '{name}' is not one",
+        )
         if secure.enabled and secure.clipping_range < central.clipping_norm:
             raise ConfigError(
                 "federation.secure_aggregation.clipping_range: must be >= "

@@ -8,13 +8,13 @@ from typing import TypedDict
 from fedgray.backbone import Backbone
 from fedgray.backbone.access import AccessLevel
 from fedgray.backbone.artifact import load_artifact
-from fedgray.backbone.loading import BUILTIN_TAG, load_sealed
-from fedgray.backbone.runtime import IsolatedBackbone
-from fedgray.config import Config, PretrainConfig
+from fedgray.backbone.loading import load_sealed
+from fedgray.backbone.runtime.isolated import IsolatedBackbone
+from fedgray.config import Config
 from fedgray.config_schema import ConfigError, shown
 from fedgray.data.registry import load_dataset, untrained_classes
 from fedgray.devices import resolve_device
-from fedgray.owner.pretrain import builtin_checkpoint
+from fedgray.owner.pretrain import resolve_pretrained
 from fedgray.tasks.data import TaskData, prepare
 
 
@@ -28,15 +28,6 @@ class ArtifactOptions(TypedDict):
     query_budget: int | None
     min_version: int | None
     revocations: str | Path | None
-
-
-def resolve_pretrained(
-    name: str, pretrained: str | None, recipe: PretrainConfig, *, progress: bool = True
-) -> str | Path | None:
-    """``pretrained`` as open_clip takes it: the built-in tag becomes its cached checkpoint."""
-    if pretrained == BUILTIN_TAG:
-        return builtin_checkpoint(name, recipe, progress=progress)
-    return pretrained
 
 
 def open_backbone(config: Config, *, progress: bool = True) -> Backbone:

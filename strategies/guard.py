@@ -28,8 +28,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
+from fedgray.fl.common.flower_internals import validate_message_reply_consistency
 from strategies.fold import MeanFold, arrays_in
 
 ORDER_KEY = "site"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import typing
+from dataclasses import dataclass
 from typing import Any
 
 from flwr.serverapp.strategy import (
@@ -20,27 +21,46 @@ from flwr.serverapp.strategy import (
     MultiKrum,
 )
 
+from fedgray.config_secure import min_trained_sites
 from strategies.guard import guarded
 
-STRATEGIES: dict[str, type[FedAvg]] = {
-    "fedavg": FedAvg,
-    "fedprox": FedProx,
-    "fedavgm": FedAvgM,
-    "fedadam": FedAdam,
-    "fedyogi": FedYogi,
-    "fedadagrad": FedAdagrad,
-    "fedmedian": FedMedian,
-    "fedtrimmedavg": FedTrimmedAvg,
-    "krum": Krum,
-    "multikrum": MultiKrum,
-    "bulyan": Bulyan,
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A strategy fedgray offers: Flower's class and what the rest of a run relies on.
+
+    ``averaging``: its arrays aggregate is the weighted mean of the replies (FedAdam, FedYogi,
+    FedAdagrad and FedAvgM then take a server step from it), so replies are folded into a
+    running mean as they arrive (strategies/guard.py); the others need every reply at once.
+    ``secure``: it needs only the sum of the updates, all that secure aggregation reveals.
+    ``central``: it aggregates a mean of clipped updates, what central DP calibrates its
+    noise to.
+    """
+
+    flower: type[FedAvg]
+    averaging: bool = False
+    secure: bool = False
+    central: bool = False
+
+
+STRATEGIES: dict[str, StrategySpec] = {
+    "fedavg": StrategySpec(FedAvg, averaging=True, secure=True, central=True),
+    "fedprox": StrategySpec(FedProx, averaging=True, central=True),
+    "fedavgm": StrategySpec(FedAvgM, averaging=True),
+    "fedadam": StrategySpec(FedAdam, averaging=True),
+    "fedyogi": StrategySpec(FedYogi, averaging=True),
+    "fedadagrad": StrategySpec(FedAdagrad, averaging=True),
+    "fedmedian": StrategySpec(FedMedian),
+    "fedtrimmedavg": StrategySpec(FedTrimmedAvg),
+    "krum": StrategySpec(Krum),
+    "multikrum": StrategySpec(MultiKrum),
+    "bulyan": StrategySpec(Bulyan),
 }
 
 
-# Strategies whose arrays aggregate is the weighted mean of the replies (FedAdam, FedYogi,
-# FedAdagrad and FedAvgM then take a server step from it): their replies are folded into a
-# running mean as they arrive (strategies/guard.py), the others need every reply at once.
-AVERAGING = frozenset({"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"})
+def strategies_with(flag: str) -> list[str]:
+    """The strategies whose row sets ``flag`` (``averaging``, ``secure`` or ``central``)."""
+    return [name for name, spec in STRATEGIES.items() if getattr(spec, flag)]
 
 
 SETTABLE_TYPES = (bool, int, float, str)  # what a YAML config can give
@@ -53,7 +73,7 @@ def strategy_options(name: str) -> dict[str, type]:
     if name not in STRATEGIES:
         return {}
     base = inspect.signature(FedAvg.__init__).parameters
-    init = STRATEGIES[name].__init__
+    init = STRATEGIES[name].flower.__init__
     hints = typing.get_type_hints(init)
     return {
         key: hints[key]
@@ -87,7 +107,7 @@ def build_strategy(
         raise StrategyError(
             f"federation.strategy: unknown strategy '{name}' (known: {', '.join(STRATEGIES)})"
         )
-    minimum = max(1, min(num_sites, round(num_sites * fraction_train)))
+    minimum = min_trained_sites(num_sites, fraction_train)
     sampling: dict[str, Any] = {
         "fraction_train": fraction_train,
         "fraction_evaluate": fraction_evaluate,
@@ -99,7 +119,8 @@ def build_strategy(
         sampling |= {"fraction_train": 1.0, "fraction_evaluate": float(fraction_evaluate > 0)}
         sampling |= {"min_train_nodes": 1, "min_available_nodes": 1}
     try:
-        strategy = guarded(STRATEGIES[name], folds=name in AVERAGING)
+        spec = STRATEGIES[name]
+        strategy = guarded(spec.flower, folds=spec.averaging)
         return strategy(**sampling, **(options or {}))
     except (TypeError, ValueError) as error:
         raise StrategyError(f"federation.strategy_options: {name}: {error}") from None

@@ -16,6 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from fedgray.backbone import SealedBackbone, load_sealed  # noqa: E402
 from tests.helpers import TEST_RECIPE  # noqa: E402
 
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Point every cache and home-folder write of the suite at a temporary directory."""

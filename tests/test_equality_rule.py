@@ -85,11 +85,14 @@ SAME_SHAPES: dict[tuple[str, str], tuple[int, str]] = {
         2,
         "the same weights decrypted: the same calls",
     ),
-    ("tests/backbone/test_channel.py", "test_malformed_messages_leave_a_pending_backward_intact"): (
+    (
+        "tests/backbone/runtime/test_channel.py",
+        "test_malformed_messages_leave_a_pending_backward_intact",
+    ): (
         2,
         "the same call and backward in the same runtime, before and after garbage",
     ),
-    ("tests/backbone/test_channel.py", "test_the_wire_round_trips_tensors_exactly"): (
+    ("tests/backbone/runtime/test_channel.py", "test_the_wire_round_trips_tensors_exactly"): (
         1,
         "bytes through the wire codec: no arithmetic",
     ),
@@ -124,7 +127,10 @@ SAME_SHAPES: dict[tuple[str, str], tuple[int, str]] = {
         1,
         "the same backward recomputed on the same shapes",
     ),
-    ("tests/backbone/test_runtime.py", "test_isolated_outputs_and_gradients_match_in_process"): (
+    (
+        "tests/backbone/runtime/test_runtime.py",
+        "test_isolated_outputs_and_gradients_match_in_process",
+    ): (
         3,
         "token ids; the isolated runtime runs the in-process forward on the same shapes",
     ),
@@ -132,7 +138,7 @@ SAME_SHAPES: dict[tuple[str, str], tuple[int, str]] = {
         1,
         "the same call on a copy of the same input",
     ),
-    ("tests/backbone/test_service.py", "test_a_served_runtime_answers_like_in_process"): (
+    ("tests/backbone/runtime/test_service.py", "test_a_served_runtime_answers_like_in_process"): (
         1,
         "token ids: integers",
     ),
@@ -231,54 +237,57 @@ SAME_SHAPES: dict[tuple[str, str], tuple[int, str]] = {
         "a resume against an uninterrupted run: the same steps on the same shapes",
     ),
     (
-        "tests/fl/test_compression.py",
+        "tests/fl/common/test_compression.py",
         "test_the_global_adapters_travel_down_exactly_on_the_float16_grid",
     ): (
         1,
         "values on the float16 grid cast both ways: exact",
     ),
-    ("tests/fl/test_compression.py", "test_a_compressed_run_resumes_to_the_same_adapters"): (
+    ("tests/fl/common/test_compression.py", "test_a_compressed_run_resumes_to_the_same_adapters"): (
         1,
         "a resume against an uninterrupted run",
     ),
-    ("tests/fl/test_faults.py", "_same"): (1, "a resume against an uninterrupted run"),
+    ("tests/fl/simulation/test_faults.py", "_same"): (1, "a resume against an uninterrupted run"),
     ("tests/fl/test_federation.py", "test_personal_adapters_stay_on_their_site"): (
         1,
         "two sites' adapters differ (a negated equality)",
     ),
     (
-        "tests/fl/test_fold.py",
+        "tests/strategies/test_fold.py",
         "test_the_folded_mean_is_the_weighted_mean_bit_for_bit_in_any_order",
     ): (
         2,
         "the fold's promise: its compensated float64 sum rounds to the same float32 in any "
         "order (elementwise numpy, no kernel choice); the plain float32 sum does not",
     ),
-    ("tests/fl/test_resume.py", "test_resumed_run_ends_with_the_same_adapters"): (
+    ("tests/fl/serverapp/test_resume.py", "test_resumed_run_ends_with_the_same_adapters"): (
         1,
         "a resume against an uninterrupted run",
     ),
-    ("tests/fl/test_resume.py", "test_a_resumed_run_samples_the_sites_an_uninterrupted_one_does"): (
+    (
+        "tests/fl/serverapp/test_resume.py",
+        "test_a_resumed_run_samples_the_sites_an_uninterrupted_one_does",
+    ): (
         1,
         "a resume against an uninterrupted run",
     ),
-    ("tests/fl/test_resume.py", "test_resume_needs_the_strategy_state"): (
+    ("tests/fl/serverapp/test_resume.py", "test_resume_needs_the_strategy_state"): (
         1,
         "a resume without the strategy's moments differs (a negated equality)",
     ),
-    ("tests/fl/test_resume_checks.py", "test_personal_adapters_survive_a_resume"): (
+    ("tests/fl/serverapp/test_resume_checks.py", "test_personal_adapters_survive_a_resume"): (
         2,
         "a resume against an uninterrupted run",
     ),
-    ("tests/fl/test_select.py", "_equal"): (
+    ("tests/fl/serverapp/test_select.py", "_equal"): (
         1,
         "a saved round's adapters against the same round replayed or loaded",
     ),
-    ("tests/fl/test_sites.py", "test_sites_get_disjoint_deterministic_partitions"): (
+    ("tests/fl/clientapp/test_sites.py", "test_sites_get_disjoint_deterministic_partitions"): (
         1,
         "indices: integers",
     ),
-    ("tests/fl/test_sites.py", "test_by_group_gives_each_site_one_domain"): (
+    ("tests/fl/clientapp/test_sites.py", "test_by_group_gives_each_site_one_domain"): (
         1,
         "the same rendered row: no arithmetic",
     ),
@@ -326,7 +335,10 @@ SAME_SHAPES: dict[tuple[str, str], tuple[int, str]] = {
         1,
         "the same rows in the same order: indexing",
     ),
-    ("tests/backbone/test_channel.py", "test_the_tokenizer_cache_stays_bounded_and_right"): (
+    (
+        "tests/backbone/runtime/test_channel.py",
+        "test_the_tokenizer_cache_stays_bounded_and_right",
+    ): (
         2,
         "no arithmetic: token ids of the same texts",
     ),
@@ -353,7 +365,7 @@ SAME_SHAPES: dict[tuple[str, str], tuple[int, str]] = {
         4,
         "no arithmetic: canary images are copies of site images, tokens are ids",
     ),
-    ("tests/fl/test_server_without_backbone.py", "_assert_same"): (
+    ("tests/fl/serverapp/test_server_without_backbone.py", "_assert_same"): (
         1,
         "same call: the same seeded adapter construction around the interface or the backbone",
     ),

@@ -14,10 +14,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def imports(path: Path) -> Iterator[str]:
-    """Every module ``path`` imports (absolute names; relative ones resolved), lazy ones too."""
+def imports(path: Path, *, lazy: bool = True) -> Iterator[str]:
+    """Every module ``path`` imports (absolute names; relative ones resolved), lazy ones too
+    unless ``lazy`` is false (then only its module-level statements count)."""
     package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree) if lazy else tree.body:
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -39,29 +41,24 @@ def violations(folder: str, forbidden: tuple[str, ...]) -> list[str]:
     return sorted(set(found))
 
 
+BELOW_BACKBONE = ("backbone", "vision_ops")
 ABOVE_BACKBONE = tuple(
-    f"fedgray.{room}"
-    for room in (
-        "adapters",
-        "blackbox",
-        "tasks",
-        "data",
-        "train",
-        "privacy",
-        "fl",
-        "owner",
-        "deploy",
-        "adapt",
-        "cli",
-        "site",
-        "sweep",
-        "runs",
-        "plots",
-    )
+    f"fedgray.{path.stem if path.suffix else path.name}"
+    for path in (ROOT / "fedgray").iterdir()
+    if (path.suffix == ".py" or (path / "__init__.py").is_file())
+    and (path.stem if path.suffix else path.name) not in (*BELOW_BACKBONE, "__init__")
 )
+"""Every room and top-level module of the library but the backbone and what it builds on."""
+CONFIG = ("fedgray.config", "fedgray.config_schema", "fedgray.config_secure", "fedgray.config_yaml")
 
 RULES = {
     "the backbone imports nothing above it": ("fedgray/backbone", ABOVE_BACKBONE),
+    "the backbone never imports config": ("fedgray/backbone", CONFIG),
+    "fl never imports deploy": ("fedgray/fl", ("fedgray.deploy",)),
+    "Flower's processes import neither the apps nor the deployment": (
+        "fedgray/launch",
+        ("fedgray.fl", "fedgray.deploy", "fedgray.cli"),
+    ),
     "strategies never import the backbone or data": (
         "strategies",
         ("fedgray.backbone", "fedgray.data"),
@@ -174,13 +171,13 @@ def cycles(graph: dict[str, set[str]]) -> list[set[str]]:
 
 
 def test_import_cycles_stay_inside_one_package() -> None:
-    """A package may import its own submodules (which load it first); any longer cycle can
-    deadlock when two threads import its ends at once, as Flower's simulation does when it
-    loads the ServerApp and the ClientApp together."""
+    """A package may import its own modules, in its subpackages too (which load it first);
+    any longer cycle can deadlock when two threads import its ends at once, as Flower's
+    simulation does when it loads the ServerApp and the ClientApp together."""
     wide = []
     for component in cycles(module_graph()):
         package = min(component, key=len)
-        if any(m.rpartition(".")[0] != package for m in component - {package}):
+        if any(not m.startswith(f"{package}.") for m in component - {package}):
             wide.append(sorted(component))
     assert wide == []
 
@@ -214,3 +211,58 @@ def test_a_site_process_loads_no_opacus_scikit_learn_or_transformers_until_used(
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.strip() == "[]"
+
+
+def room(module: str) -> str:
+    """The room ``module`` lives in: one of ``fl``'s rooms by role, else a package or
+    top-level module of the library, or ``strategies``."""
+    parts = module.split(".")
+    depth = 3 if parts[:2] == ["fedgray", "fl"] else 2 if parts[0] == "fedgray" else 1
+    return ".".join(parts[:depth])
+
+
+LAZY_NAME_CHECKS = ("fedgray.config", "fedgray.config_secure")
+"""Modules whose function-level imports the room picture leaves out: the config's name checks
+look names up in the registries above it, the one way back up that remains (a resolver
+above the registries is to run them)."""
+PACKAGES = ("fedgray", "fedgray.fl")
+"""Packages that hold rooms and import none of them."""
+
+
+def room_graph(
+    folders: tuple[str, ...] = ("fedgray", "strategies"),
+    *,
+    exempt: tuple[str, ...] = LAZY_NAME_CHECKS,
+) -> dict[str, set[str]]:
+    """Which rooms each room imports, lazy imports included (but those of ``exempt``)."""
+    graph: dict[str, set[str]] = {}
+    for folder in folders:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            module = module.removesuffix(".__init__")
+            source = room(module)
+            targets = graph.setdefault(source, set())
+            for name in imports(path, lazy=module not in exempt):
+                if name.split(".")[0] in folders and room(name) not in (source, *PACKAGES):
+                    targets.add(room(name))
+    return graph
+
+
+KNOWN_CIRCLES = [{"fedgray.sweep", "fedgray.sweep_grid"}]
+"""The sweep's recipe grid runs the sweep's points, and the sweep starts a grid lazily."""
+
+
+def test_no_import_circle_between_rooms_lazy_imports_included() -> None:
+    """Rooms stack: whatever one imports, at load or inside a function, never imports it
+    back (``fl`` and ``deploy`` below ``launch``'s processes, the owner above the seal)."""
+    found = [sorted(c) for c in cycles(room_graph()) if c not in KNOWN_CIRCLES]
+    assert found == []
+
+
+def test_the_room_check_sees_a_lazy_circle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "fedgray").mkdir()
+    (tmp_path / "fedgray" / "low.py").write_text("def f():\n    from fedgray.high import g\n")
+    (tmp_path / "fedgray" / "high.py").write_text("from fedgray import low\n\ng = 1\n")
+    monkeypatch.setitem(globals(), "ROOT", tmp_path)
+    assert cycles(room_graph(("fedgray",), exempt=())) == [{"fedgray.low", "fedgray.high"}]
+    assert cycles(room_graph(("fedgray",), exempt=("fedgray.low",))) == []

@@ -15,8 +15,10 @@ from types import TracebackType
 
 import torch
 
-from fedgray.backbone import SealedBackbone, generate_keys, load_artifact, seal
-from fedgray.backbone.runtime import IsolatedBackbone
+from fedgray.backbone import SealedBackbone, load_artifact
+from fedgray.backbone.runtime.isolated import IsolatedBackbone
+from fedgray.owner.keys import generate_keys
+from fedgray.owner.seal import seal
 
 from .sections import SITE_MODEL, Figure, Sizes, base_model, timed
 from .steps import MethodStep, task_data

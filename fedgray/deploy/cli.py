@@ -12,8 +12,8 @@ from typing import Any
 
 from fedgray.config import load_config
 from fedgray.deploy.credentials import create_credentials, read_credentials
-from fedgray.deploy.launch import SuperLinkOptions, SuperNodeOptions
-from fedgray.deploy.processes import free_port, supervised
+from fedgray.launch.commands import SuperLinkOptions, SuperNodeOptions
+from fedgray.launch.processes import free_port, supervised
 
 DEFAULT_PORT = 9092
 DEMO_DEFAULTS = [

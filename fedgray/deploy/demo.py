@@ -18,9 +18,12 @@ from pathlib import Path
 
 from fedgray.config import Config
 from fedgray.config_schema import ConfigError
-from fedgray.deploy.app import write_app
 from fedgray.deploy.credentials import Credentials, create_credentials
-from fedgray.deploy.launch import (
+from fedgray.deploy.roles import SuperLink, SuperNode, start_superlink, start_supernode
+from fedgray.deploy.site_data import OwnerFiles, seal_backbone, write_site_data
+from fedgray.fl.serverapp.progress import PROGRESS, Follower
+from fedgray.launch.app import write_app
+from fedgray.launch.commands import (
     CONNECTION,
     SuperLinkOptions,
     SuperNodeOptions,
@@ -28,11 +31,8 @@ from fedgray.deploy.launch import (
     flwr_run_to_end,
     last_error,
 )
-from fedgray.deploy.launch import flower_executable as flower
-from fedgray.deploy.processes import Processes, free_port, supervised
-from fedgray.deploy.roles import SuperLink, SuperNode, start_superlink, start_supernode
-from fedgray.deploy.site_data import OwnerFiles, seal_backbone, write_site_data
-from fedgray.fl.serverapp.progress import PROGRESS, Follower
+from fedgray.launch.commands import flower_executable as flower
+from fedgray.launch.processes import Processes, free_port, supervised
 
 Echo = Callable[[str], None]
 HOST = "127.0.0.1"

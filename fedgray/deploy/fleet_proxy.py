@@ -17,7 +17,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedgray.deploy.processes import Processes, wait_for_port
+from fedgray.launch.processes import Processes, wait_for_port
 
 FLEET_PREFIX = "/v1/fleet/"
 PROXY_DIR = "fleet-proxy"

@@ -18,7 +18,9 @@ from pathlib import Path
 
 from fedgray.deploy.credentials import Credentials, registered_key
 from fedgray.deploy.fleet_proxy import PROXY_DIR, FleetProxy, start_fleet_proxy
-from fedgray.deploy.launch import (
+from fedgray.fl.clientapp.floor import Floor
+from fedgray.fl.clientapp.node_config import BACKBONE_KEYS, DATA_DIR, STATE_DIR, check_data_dir
+from fedgray.launch.commands import (
     SuperLinkOptions,
     SuperNodeOptions,
     flower_env,
@@ -29,9 +31,7 @@ from fedgray.deploy.launch import (
     wait_until_serving,
     write_cli_config,
 )
-from fedgray.deploy.processes import Processes, wait_for_port
-from fedgray.fl.clientapp.floor import Floor
-from fedgray.fl.clientapp.node_config import BACKBONE_KEYS, DATA_DIR, STATE_DIR, check_data_dir
+from fedgray.launch.processes import Processes, wait_for_port
 
 Echo = Callable[[str], None]
 TRUSTED_RUNNER = "fedgray.fl.clientapp.trusted"

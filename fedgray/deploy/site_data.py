@@ -75,10 +75,10 @@ class OwnerFiles:
 def seal_backbone(config: Config, owner_dir: Path) -> OwnerFiles:
     """The owner's step: keys, then ``config``'s backbone sealed at its level (the built-in
     one pretrained if not cached; a random one seeded with ``pretrain.seed``)."""
-    from fedgray.backbone.artifact import seal
-    from fedgray.backbone.keys import generate_keys
     from fedgray.backbone.loading import create_clip
-    from fedgray.site import resolve_pretrained
+    from fedgray.owner.keys import generate_keys
+    from fedgray.owner.pretrain import resolve_pretrained
+    from fedgray.owner.seal import seal
 
     keys = generate_keys(owner_dir)
     spec = config.backbone

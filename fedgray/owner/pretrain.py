@@ -102,3 +102,12 @@ def builtin_checkpoint(name: str, recipe: PretrainConfig, *, progress: bool = Tr
     """The cached checkpoint of ``name`` for ``recipe``, pretraining it first if missing."""
     path = checkpoint_path(name, recipe)
     return path if path.is_file() else pretrain(name, recipe, progress=progress)
+
+
+def resolve_pretrained(
+    name: str, pretrained: str | None, recipe: PretrainConfig, *, progress: bool = True
+) -> str | Path | None:
+    """``pretrained`` as open_clip takes it: the built-in tag becomes its cached checkpoint."""
+    if pretrained == BUILTIN_TAG:
+        return builtin_checkpoint(name, recipe, progress=progress)
+    return pretrained

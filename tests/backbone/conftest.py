@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedgray.backbone import create_clip, generate_keys, seal
-from fedgray.backbone.keys import KeyFiles
+from fedgray.backbone import create_clip
+from fedgray.owner.keys import KeyFiles, generate_keys
+from fedgray.owner.seal import seal
 from tests.backbone.attacks import Serve, Users
 
 ROOT = Path(__file__).resolve().parents[2]

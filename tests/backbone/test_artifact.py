@@ -13,23 +13,18 @@ from torch import nn
 
 from fedgray.backbone import SealedBackbone, SealedError, create_clip, get_tokenizer
 from fedgray.backbone.artifact import (
-    _HEADER,
     FORMAT_VERSION,
+    HEADER,
     SIGNATURE_BYTES,
     load_artifact,
     read_manifest,
-    seal,
 )
-from fedgray.backbone.keys import (
-    ArtifactError,
-    KeyFiles,
-    generate_keys,
-    read_content_key,
-    read_signing_key,
-)
-from fedgray.backbone.revocation import write_revocations
+from fedgray.backbone.keys import ArtifactError, read_content_key, read_signing_key
 from fedgray.cli import main
 from fedgray.config import ConfigError, load_config
+from fedgray.owner.keys import KeyFiles, generate_keys
+from fedgray.owner.revocation import write_revocations
+from fedgray.owner.seal import seal
 from fedgray.site import open_backbone
 
 
@@ -107,25 +102,25 @@ def test_missing_file_wrong_keys_and_garbage_are_refused(sealed: Sealed, tmp_pat
 
 def test_other_format_version_and_unsigned_file_are_refused(sealed: Sealed, tmp_path: Path) -> None:
     blob = sealed.path.read_bytes()
-    magic, _, length = _HEADER.unpack_from(blob)
+    magic, _, length = HEADER.unpack_from(blob)
     future = tmp_path / "future.fgs"
-    future.write_bytes(_HEADER.pack(magic, FORMAT_VERSION + 1, length) + blob[_HEADER.size :])
+    future.write_bytes(HEADER.pack(magic, FORMAT_VERSION + 1, length) + blob[HEADER.size :])
     _refused(future, sealed.keys, f"format version {FORMAT_VERSION + 1}")
-    end = _HEADER.size + length
+    end = HEADER.size + length
     unsigned = tmp_path / "unsigned.fgs"
     unsigned.write_bytes(blob[:end] + bytes(SIGNATURE_BYTES) + blob[end + SIGNATURE_BYTES :])
     _refused(unsigned, sealed.keys, "signature does not verify")
     truncated = tmp_path / "truncated.fgs"
-    for size in (_HEADER.size + 3, end + 10, len(blob) - 1):
+    for size in (HEADER.size + 3, end + 10, len(blob) - 1):
         truncated.write_bytes(blob[:size])
         _refused(truncated, sealed.keys)
 
 
 def test_a_flipped_byte_anywhere_is_refused(sealed: Sealed, tmp_path: Path) -> None:
     blob = sealed.path.read_bytes()
-    _, _, length = _HEADER.unpack_from(blob)
-    end = _HEADER.size + length
-    sections = [range(_HEADER.size), range(_HEADER.size, end), range(end, end + 76)]
+    _, _, length = HEADER.unpack_from(blob)
+    end = HEADER.size + length
+    sections = [range(HEADER.size), range(HEADER.size, end), range(end, end + 76)]
     offsets = {o for section in sections for o in list(section)[:: max(1, len(section) // 12)]}
     offsets |= {end + 76 + i * (len(blob) - end - 77) // 12 for i in range(13)}
     assert len(offsets) >= 50

@@ -14,21 +14,15 @@ import torch
 from torch import nn
 
 from fedgray.adapters import build_model
-from fedgray.backbone import (
-    IsolatedBackbone,
-    SealedBackbone,
-    SealedError,
-    generate_keys,
-    load_artifact,
-)
+from fedgray.backbone import IsolatedBackbone, SealedBackbone, SealedError, load_artifact
 from fedgray.backbone.artifact import open_artifact
 from fedgray.backbone.families import FamilyError, describe, image_family, support
-from fedgray.backbone.keys import KeyFiles
 from fedgray.backbone.loading import BackboneLoadError, create_clip, get_tokenizer, open_clip_module
-from fedgray.backbone.serve import check_inputs
-from fedgray.backbone.wire import WireError
+from fedgray.backbone.runtime.serve import check_inputs
+from fedgray.backbone.runtime.wire import WireError
 from fedgray.cli import main
 from fedgray.config import PretrainConfig
+from fedgray.owner.keys import KeyFiles, generate_keys
 from tests.helpers import (
     TINY_SIGLIP,
     TINY_TEXT,

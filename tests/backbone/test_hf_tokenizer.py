@@ -15,10 +15,10 @@ import pytest
 import torch
 from torch import nn
 
-from fedgray.backbone import IsolatedBackbone, SealedBackbone, generate_keys, load_artifact
-from fedgray.backbone.keys import KeyFiles
+from fedgray.backbone import IsolatedBackbone, SealedBackbone, load_artifact
 from fedgray.backbone.loading import BackboneLoadError, create_clip, get_tokenizer, open_clip_module
 from fedgray.data.world import DOMAINS, caption_vocabulary
+from fedgray.owner.keys import KeyFiles, generate_keys
 from tests.helpers import (
     TINY_SIGLIP,
     assert_adapters_start_as_zero_shot,

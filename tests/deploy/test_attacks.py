@@ -22,7 +22,11 @@ import pytest
 
 from fedgray.deploy.credentials import create_credentials
 from fedgray.deploy.demo import flwr_run
-from fedgray.deploy.launch import (
+from fedgray.deploy.roles import start_superlink, start_supernode
+from fedgray.deploy.site_data import write_site_data
+from fedgray.fl.clientapp.floor import LEDGER_FILE
+from fedgray.fl.clientapp.trusted import UNTRUSTED_APP
+from fedgray.launch.commands import (
     CONNECTION,
     LaunchError,
     SuperLinkOptions,
@@ -34,11 +38,7 @@ from fedgray.deploy.launch import (
     flwr_run_to_end,
     write_cli_config,
 )
-from fedgray.deploy.processes import Processes, free_port
-from fedgray.deploy.roles import start_superlink, start_supernode
-from fedgray.deploy.site_data import write_site_data
-from fedgray.fl.clientapp.floor import LEDGER_FILE
-from fedgray.fl.clientapp.trusted import UNTRUSTED_APP
+from fedgray.launch.processes import Processes, free_port
 from tests.deploy.conftest import RUN_LIMIT_S, Federation, tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.deploy]

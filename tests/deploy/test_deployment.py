@@ -1,5 +1,6 @@
 """The deployment engine on loopback: TLS, SuperNode authentication, a whole DP-SGD +
-SecAgg+ run, and the refusals (unregistered key, wrong CA, missing data folder)."""
+SecAgg+ run, an operator without the backbone's key, and the refusals (unregistered key,
+wrong CA, missing data folder)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from fedgray.backbone.keys import ArtifactError
 from fedgray.deploy.credentials import create_credentials
 from fedgray.deploy.demo import flwr_run, site_node_config
-from fedgray.deploy.launch import SuperNodeOptions, flwr_json
-from fedgray.deploy.processes import Processes, descendants, free_port
 from fedgray.deploy.roles import start_supernode
-from tests.deploy.conftest import RUN_LIMIT_S, Federation, alive
+from fedgray.launch.commands import SuperNodeOptions, flwr_json
+from fedgray.launch.processes import Processes, descendants, free_port
+from fedgray.site import open_backbone
+from tests.deploy.conftest import RUN_LIMIT_S, Federation, alive, tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.deploy]
 REFUSED_WITHIN_S = 120
@@ -110,6 +113,36 @@ def test_three_sites_run_two_rounds_with_dp_sgd_and_secagg_over_tls(
     own = [line for line in log if not line[:1].isdigit() and ":flwr:" not in line]
     assert sum(1 for line in own if line.endswith("Secure aggregation completed.")) == 2
     assert _online_nodes(federation) == 3
+
+
+def test_without_central_eval_the_superlinks_machine_never_opens_the_backbone(
+    federation: Federation, processes: Processes
+) -> None:
+    """The operator holds the sealed artifact and the owner's verification key but not the
+    key that decrypts it (a path that does not exist): opening the backbone there fails, so
+    a run that completes never opened it; its shapes came from the signed manifest."""
+    absent = federation.run_dir / "operator-holds-no-content.key"
+    config = tiny_config(
+        "federation.num_rounds=1",
+        "federation.central_eval=false",
+        f"backbone.artifact={federation.owner.artifact}",
+        f"backbone.verify_key={federation.owner.verify_key}",
+        f"backbone.content_key={absent}",
+    )
+    with pytest.raises(ArtifactError, match="content key file not found"):
+        open_backbone(config)  # what the server would do, were it to open one
+    results = flwr_run(
+        processes,
+        federation.link.options.run_dir,
+        config,
+        echo=lambda _: None,
+        timeout=RUN_LIMIT_S,
+        name="no-backbone",
+    )
+    records = [json.loads(line) for line in (results / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records if r["round"] > 0] == [1]
+    assert all(r["central"] == {} for r in records)
+    assert records[-1]["sites_trained"] == 3 and not absent.exists()
 
 
 def test_ctrl_c_on_the_demo_stops_every_process_it_started(tmp_path: Path) -> None:

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from fedgray.deploy.demo import flwr_run, submission
-from fedgray.deploy.launch import flower_env
-from fedgray.deploy.processes import Processes
 from fedgray.deploy.roles import start_superlink
+from fedgray.launch.commands import flower_env
+from fedgray.launch.processes import Processes
 from fedgray.runs import load_adapters
 from tests.deploy.conftest import RUN_LIMIT_S, Federation, restart_supernode, tiny_config
 

@@ -12,9 +12,15 @@ import pytest
 
 from fedgray.config import load_config
 from fedgray.data.registry import load_dataset
-from fedgray.deploy.app import write_app
 from fedgray.deploy.demo import demo_config
-from fedgray.deploy.launch import (
+from fedgray.deploy.roles import check_node_config
+from fedgray.deploy.site_data import write_site_data
+from fedgray.fl.clientapp.node_config import NodeConfigError, site_config
+from fedgray.fl.clientapp.trusted import TRUSTED_CLIENTAPP, bundle_verdict
+from fedgray.fl.common.run_config import resolve_config
+from fedgray.fl.common.site_data import site_data, site_indices
+from fedgray.launch.app import write_app
+from fedgray.launch.commands import (
     LaunchError,
     SuperLinkOptions,
     SuperNodeOptions,
@@ -25,13 +31,7 @@ from fedgray.deploy.launch import (
     supernode_command,
     write_cli_config,
 )
-from fedgray.deploy.processes import free_port
-from fedgray.deploy.roles import check_node_config
-from fedgray.deploy.site_data import write_site_data
-from fedgray.fl.clientapp.node_config import NodeConfigError, site_config
-from fedgray.fl.clientapp.trusted import TRUSTED_CLIENTAPP, bundle_verdict
-from fedgray.fl.common.run_config import resolve_config
-from fedgray.fl.common.site_data import site_data, site_indices
+from fedgray.launch.processes import free_port
 
 SMALL = ["data.train_size=60", "federation.num_sites=3", "federation.partitioner=iid"]
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fedgray.backbone.keys import KeyFiles, generate_keys
 from fedgray.cli import main
 from fedgray.data.registry import load_dataset
+from fedgray.owner.keys import KeyFiles, generate_keys
 from fedgray.runs import load_adapters, save_adapters
 from tests.helpers import micro_config, run_local
 

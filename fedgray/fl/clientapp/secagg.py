@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-import flwr.compat.common.recorddict_compat as compat
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.client.mod import secaggplus_mod
@@ -30,6 +29,7 @@ from fedgray.config import Config
 from fedgray.fl.clientapp.node_config import site_name
 from fedgray.fl.common.central import clipping_mods
 from fedgray.fl.common.fit_messages import ADAPTER_KEYS, SERVER_ROUND, SETTINGS
+from fedgray.fl.common.flower_internals import recorddict_compat as compat
 from fedgray.fl.common.private import LEDGER, refusal_mod
 from fedgray.fl.common.site_names import FIT_NAME
 

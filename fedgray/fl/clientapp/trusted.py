@@ -24,7 +24,8 @@ from pathlib import Path
 
 from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
-from flwr.common.config import get_project_dir
+
+from fedgray.fl.common.flower_internals import get_project_dir, replace_clientapp_loader
 
 TRUSTED_CLIENTAPP = "fedgray.fl.clientapp.app:app"
 INERT_SUFFIXES = frozenset({".toml", ".yaml", ".yml", ".md", ".txt", ".json"})
@@ -79,12 +80,10 @@ def trusted_loader(*_args: object, **_kwargs: object) -> object:
 
 
 def main() -> None:
-    """``flwr-clientapp`` with the trusted loader (Flower 1.42: ``run_clientapp`` looks the
-    loader up by this name in its own module when it runs)."""
-    import flwr.supernode.runtime.run_clientapp as flower_runner
+    """``flwr-clientapp`` with the trusted loader."""
     from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
 
-    flower_runner.get_load_client_app_fn = trusted_loader  # type: ignore[assignment]
+    replace_clientapp_loader(trusted_loader)
     flwr_clientapp()
 
 

@@ -13,7 +13,7 @@ keys of pyproject.toml (and ``--run-config`` overrides):
 Any other key is a dotted config path (``federation.num-rounds``, dashes or underscores)
 set on top; since run-config values are scalars, lists take comma-separated strings and an
 empty string means None (the flat form a deployment's app writes, see
-:mod:`fedgray.deploy.app`). Under ``run_simulation`` the run config is empty and the
+:mod:`fedgray.launch.app`). Under ``run_simulation`` the run config is empty and the
 factory's config is used as it is.
 """
 

@@ -9,10 +9,16 @@ storage, so no weight ever exists in the server's process.
 
 The logit scale is a weight, not a shape: the published interface carries NaN there, and
 nothing on the server reads it (scoring opens the real backbone).
+
+A run asks for the interface more than once (the initial adapters, the traffic ratio); an
+artifact's manifest is read and its signature verified once per process, again only when
+the artifact or the verify key is replaced.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any, NoReturn
 
 import torch
@@ -30,28 +36,64 @@ class WeightsNeeded(RuntimeError):
     the tokenizer): its initial adapters need the opened backbone."""
 
 
-def _model_config(spec: BackboneConfig) -> dict[str, Any] | None:
-    if spec.artifact is not None:
-        assert spec.verify_key is not None  # by BackboneConfig
-        return read_manifest(spec.artifact, verify_key=spec.verify_key).model_config
-    if spec.runtime is not None:  # a served runtime: its manifest is on its own machine
+def _model_config(
+    name: str, artifact: str | None, verify_key: str | None, runtime: str | None
+) -> dict[str, Any] | None:
+    if artifact is not None:
+        assert verify_key is not None  # by BackboneConfig
+        return read_manifest(artifact, verify_key=verify_key).model_config
+    if runtime is not None:  # a served runtime: its manifest is on its own machine
         return None
-    cfg = open_clip_module().get_model_config(spec.name)
+    cfg = open_clip_module().get_model_config(name)
     return None if cfg is None else {"model_cfg": cfg}
+
+
+def _stamp(path: str | None) -> tuple[int, int, int] | None:
+    """Which file ``path`` is now (inode, size, modification time): a replaced one differs."""
+    if path is None:
+        return None
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None  # reading it raises the one-line error
+    return status.st_ino, status.st_size, status.st_mtime_ns
 
 
 def published_interface(spec: BackboneConfig) -> BackboneInterface | None:
     """What a site is told about ``spec``'s backbone, from its architecture alone; None
     where the server cannot read the architecture (a served runtime, an unknown name)."""
-    model_config = _model_config(spec)
+    files = (spec.artifact, spec.verify_key)
+    return _interface(
+        spec.name,
+        spec.level,
+        spec.artifact,
+        spec.verify_key,
+        spec.runtime,
+        stamps=tuple(_stamp(f) for f in files),
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _interface(
+    name: str,
+    level: str,
+    artifact: str | None,
+    verify_key: str | None,
+    runtime: str | None,
+    *,
+    stamps: tuple[tuple[int, int, int] | None, ...],
+) -> BackboneInterface | None:
+    """:func:`published_interface` of these backbone settings (``stamps``: their files as
+    they are now, so that a replaced file is read again)."""
+    model_config = _model_config(name, artifact, verify_key, runtime)
     if model_config is None:
         return None
     with torch.device("meta"):
         model = architecture(model_config)
-    level, shapes = AccessLevel(spec.level), families.describe(model)
+    access, shapes = AccessLevel(level), families.describe(model)
     return BackboneInterface(
-        name=spec.name,
-        level=level,
+        name=name,
+        level=access,
         image_size=shapes.image_size,
         embed_dim=shapes.embed_dim,
         context_length=shapes.context_length,
@@ -59,7 +101,7 @@ def published_interface(spec: BackboneConfig) -> BackboneInterface | None:
         logit_scale=float("nan"),  # a weight (see the module doc)
         parameter_count=sum(p.numel() for p in model.parameters()),
         vocab_size=shapes.vocab_size,
-        entry_points=entry_points(model) if level.entry_points else (),
+        entry_points=entry_points(model) if access.entry_points else (),
         image_family=shapes.image_family,
         text_family=shapes.text_family,
     )

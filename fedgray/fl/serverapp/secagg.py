@@ -30,19 +30,22 @@ from flwr.common import FitRes
 from flwr.server import LegacyContext
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
-from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 from flwr.server.strategy import Strategy as LegacyStrategy
 from flwr.server.workflow import SecAggPlusWorkflow
-from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
-from flwr.server.workflow.constant import Key as WorkflowKey
-from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedgray.config import Config
 from fedgray.fl.common.central import with_legacy_central_dp
 from fedgray.fl.common.fit_messages import fit_config, ledger_from_metrics
+from fedgray.fl.common.flower_internals import (
+    MAIN_CONFIGS_RECORD,
+    MAIN_PARAMS_RECORD,
+    GridClientProxy,
+    WorkflowKey,
+    WorkflowState,
+    aggregate_metricrecords,
+)
 from fedgray.fl.common.private import BUDGET_EXHAUSTED
 from fedgray.fl.common.records import scalar_metrics
 from fedgray.fl.common.site_names import FIT_NAME

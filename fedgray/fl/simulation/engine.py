@@ -3,7 +3,7 @@
 Flower 1.42 deprecates the in-process ``run_simulation``; what it recommends is a SuperLink
 in simulation mode that ``flwr run`` submits the app to. ``fedgray run`` does exactly that,
 privately: it starts ``flower-superlink --simulation`` on a free loopback port, submits the
-fedgray app (the whole config as its run config, :func:`fedgray.deploy.app.write_app`) with
+fedgray app (the whole config as its run config, :func:`fedgray.launch.app.write_app`) with
 ``flwr run --stream``, prints the ServerApp's lines as it writes them to ``progress.log``,
 reads the run's status with ``flwr list`` at the end, and stops every process it started
 (SuperLink, the simulation, Ray), also on Ctrl-C, SIGTERM or failure.
@@ -28,8 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from fedgray.config import Config, load_config
-from fedgray.deploy.app import write_app
-from fedgray.deploy.launch import (
+from fedgray.fl.common.run_config import require_federated_method
+from fedgray.fl.serverapp.checkpoint import CHECKPOINT
+from fedgray.fl.serverapp.failures import FederationError
+from fedgray.fl.serverapp.preflight import preflight
+from fedgray.fl.serverapp.progress import PROGRESS, Follower
+from fedgray.fl.serverapp.server import Echo
+from fedgray.fl.simulation.runtime import flower_runtime
+from fedgray.launch.app import write_app
+from fedgray.launch.commands import (
     CONNECTION,
     LaunchError,
     SuperLinkOptions,
@@ -40,14 +47,7 @@ from fedgray.deploy.launch import (
     superlink_command,
     write_cli_config,
 )
-from fedgray.deploy.processes import free_port, supervised, wait_for_port
-from fedgray.fl.common.run_config import require_federated_method
-from fedgray.fl.serverapp.checkpoint import CHECKPOINT
-from fedgray.fl.serverapp.failures import FederationError
-from fedgray.fl.serverapp.preflight import preflight
-from fedgray.fl.serverapp.progress import PROGRESS, Follower
-from fedgray.fl.serverapp.server import Echo
-from fedgray.fl.simulation.runtime import flower_runtime
+from fedgray.launch.processes import free_port, supervised, wait_for_port
 from fedgray.runs import RunFolder, check_writable
 
 FLOWER_LOG = "flower.log"
@@ -131,7 +131,7 @@ def _submitted(config: Config, run: RunFolder) -> Config:
 def run_federation(config: Config, run: RunFolder, *, echo: Echo = print) -> dict[str, Any]:
     """Run the federation ``config`` describes into ``run`` (see the module docstring); its
     summary. A run that fails raises FederationError with its one-line reason; SIGINT and
-    SIGTERM raise :class:`~fedgray.deploy.processes.Stopped` once everything is stopped."""
+    SIGTERM raise :class:`~fedgray.launch.processes.Stopped` once everything is stopped."""
     log = run.path / FLOWER_LOG
     with flower_runtime() as runtime, supervised() as processes:
         flwr_home = runtime / "flwr"

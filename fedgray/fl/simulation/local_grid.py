@@ -1,6 +1,7 @@
 """A Ray-free, in-process Grid: the ClientApp runs in this process, node after node.
 
-Built on Flower's public ``Grid``, ``Message`` and ``Context``; used by the tests, the
+Built on Flower's public ``Grid``, ``Message`` and ``Context`` (and the two internals an
+in-process grid needs, :mod:`fedgray.fl.common.flower_internals`); used by the tests, the
 memory benchmark and the privacy-utility sweep (:func:`run_local`). Like the real runtime
 it copies messages both ways (clients cannot alias server arrays), keeps one ``Context``
 per node (``context.state`` persists between messages; a client that raises loses that
@@ -19,11 +20,10 @@ from uuid import uuid4
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity  # internal: Message() reads it
 
 from fedgray.config import Config
 from fedgray.fl.clientapp.app import make_client_app
+from fedgray.fl.common.flower_internals import Run, act_as_server, assign_message_id
 from fedgray.fl.serverapp.app import make_server_app
 from fedgray.fl.serverapp.server import Echo, FederationResult
 
@@ -42,7 +42,7 @@ class LocalGrid(Grid):
         record: bool = True,
     ) -> None:
         self.app, self.record = client_app, record
-        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+        act_as_server(run_id=1)
         self.contexts = {
             FIRST_NODE_ID + i: Context(
                 run_id=1,
@@ -105,14 +105,11 @@ class LocalGrid(Grid):
     @staticmethod
     def _numbered(msg: Message) -> Message:
         """``msg`` with a fresh message id, as a SuperLink gives it when pushed."""
-        msg.metadata.__dict__["_message_id"] = str(uuid4())
-        return msg
+        return assign_message_id(msg, str(uuid4()))
 
     def _deliver(self, msg: Message) -> Message:
         """The ClientApp's reply to (a copy of) ``msg`` in its node's context."""
-        inbound = Message(  # type: ignore[call-overload]  # Flower's internal (metadata) form
-            metadata=copy.deepcopy(msg.metadata), content=copy.deepcopy(msg.content)
-        )
+        inbound = copy.deepcopy(msg)
         node = msg.metadata.dst_node_id
         context = copy.deepcopy(self.contexts[node])
         try:

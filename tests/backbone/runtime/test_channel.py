@@ -19,12 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedgray.backbone import SealedError, create_clip, generate_keys, seal
-from fedgray.backbone.keys import KeyFiles
+from fedgray.backbone import SealedError, create_clip
 from fedgray.backbone.loading import TOKENIZER_CACHE, get_tokenizer
-from fedgray.backbone.runtime import IsolatedBackbone
-from fedgray.backbone.serve import check_inputs
-from fedgray.backbone.wire import MAGIC, Message, WireError, decode, encode, receive
+from fedgray.backbone.runtime.isolated import IsolatedBackbone
+from fedgray.backbone.runtime.serve import check_inputs
+from fedgray.backbone.runtime.wire import MAGIC, Message, WireError, decode, encode, receive
+from fedgray.owner.keys import KeyFiles, generate_keys
+from fedgray.owner.seal import seal
 from tests.helpers import close
 
 

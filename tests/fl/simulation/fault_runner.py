@@ -1,6 +1,6 @@
 """Run the micro federation and SIGKILL this process in a chosen phase of round 2.
 
-Used by ``test_faults.py`` as ``python -m tests.fl.fault_runner PHASE ROOT``; a helper,
+Used by ``test_faults.py`` as ``python -m tests.fl.simulation.fault_runner PHASE ROOT``; a helper,
 not a test module. Phases: ``train`` (a site mid-round), ``aggregate`` (the strategy
 aggregating), ``checkpoint`` (half of the new checkpoint written).
 """

@@ -36,7 +36,7 @@ from tests.helpers import (
 )
 
 FEDADAM = ["federation.strategy=fedadam", "federation.strategy_options={eta: 0.01}"]
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_kill_9_in_each_phase_then_resume_matches_an_uninterrupted_run(
 ) -> None:
     args = [*FEDADAM, "federation.num_rounds=3"]
     done = subprocess.run(
-        [sys.executable, "-m", "tests.fl.fault_runner", phase, str(tmp_path), *args],
+        [sys.executable, "-m", "tests.fl.simulation.fault_runner", phase, str(tmp_path), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

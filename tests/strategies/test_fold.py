@@ -13,8 +13,8 @@ from fedgray.fl.serverapp.loop import run_round
 from fedgray.fl.simulation.local_grid import LocalGrid
 from strategies import build_strategy
 from strategies.fold import MeanFold
-from tests.fl.test_guard import toy_app, zeros
 from tests.helpers import assert_close
+from tests.strategies.test_guard import toy_app, zeros
 
 
 def updates(count: int, seed: int) -> list[tuple[ArrayRecord, float]]:

@@ -14,7 +14,7 @@ from fedgray.fl.common.private import LEDGER
 from fedgray.fl.common.run_config import resolve_config
 from tests.helpers import micro_config, run_local
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 
 

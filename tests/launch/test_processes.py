@@ -1,4 +1,4 @@
-"""Every process a deploy command starts is stopped: grandchildren in sessions of their own
+"""Every process a fedgray command starts is stopped: grandchildren in sessions of their own
 and orphans included, on normal exit, on an exception, on SIGINT/SIGTERM, and when the
 command itself is killed with SIGKILL."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fedgray.deploy.processes import Processes, descendants, supervised
+from fedgray.launch.processes import Processes, descendants, supervised
 
 # A child that starts a grandchild in a session of its own (as flower-superexec does),
 # writes the grandchild's pid and waits.
@@ -72,7 +72,7 @@ def test_supervised_stops_everything_when_the_block_raises(tmp_path: Path) -> No
 COMMAND = (
     "import sys, time\n"
     "from pathlib import Path\n"
-    "from fedgray.deploy.processes import supervised\n"
+    "from fedgray.launch.processes import supervised\n"
     "TREE = sys.argv[2]\n"
     "try:\n"
     "    with supervised() as p:\n"

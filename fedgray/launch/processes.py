@@ -6,7 +6,7 @@ sessions of their own, so killing the group we started is not enough: :meth:`Pro
 collects the process group of every descendant first, then TERMs them all, waits, and KILLs
 what is left. It runs on normal exit, on failure, on ``atexit`` and on SIGINT/SIGTERM. A
 command killed with SIGKILL runs none of that: so each long-running Flower process starts
-under a guardian (:mod:`fedgray.deploy.guardian`) that ends its whole tree when the command
+under a guardian (:mod:`fedgray.launch.guardian`) that ends its whole tree when the command
 dies, and a short one (the ``flwr`` CLI) asks the kernel to kill it then (Linux's
 parent-death signal).
 """
@@ -46,8 +46,8 @@ def die_with_starter(starter: int, sig: signal.Signals = signal.SIGKILL) -> Call
 
 
 def guarded(args: Sequence[str]) -> list[str]:
-    """``args`` under :mod:`fedgray.deploy.guardian`, on behalf of this process."""
-    return [sys.executable, "-m", "fedgray.deploy.guardian", str(os.getpid()), "--", *args]
+    """``args`` under :mod:`fedgray.launch.guardian`, on behalf of this process."""
+    return [sys.executable, "-m", "fedgray.launch.guardian", str(os.getpid()), "--", *args]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -60,7 +60,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 def _name(process: subprocess.Popen) -> str:
     """The executable's name (the guarded one, under a guardian)."""
     args = list(process.args) if isinstance(process.args, list | tuple) else [process.args]
-    first = args[args.index("--") + 1] if "fedgray.deploy.guardian" in args else args[0]
+    first = args[args.index("--") + 1] if "fedgray.launch.guardian" in args else args[0]
     return Path(str(first)).name
 
 

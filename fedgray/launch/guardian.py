@@ -5,8 +5,8 @@ A SuperLink starts ``flower-superexec``, which starts ``flwr-simulation`` or
 ``flwr-serverapp``, which starts Ray; when the fedgray command is killed with SIGKILL it
 can stop none of them, and a Flower child whose parent died is adopted by init and runs
 on (a simulation goes on writing into the run folder). So
-:class:`~fedgray.deploy.processes.Processes` starts each Flower executable under this
-guardian, ``python -m fedgray.deploy.guardian STARTER -- COMMAND...``. The guardian
+:class:`~fedgray.launch.processes.Processes` starts each Flower executable under this
+guardian, ``python -m fedgray.launch.guardian STARTER -- COMMAND...``. The guardian
 becomes a child subreaper (Linux), so every descendant, orphaned or not, stays below it;
 the kernel sends it SIGTERM when STARTER dies; on SIGTERM or SIGINT, or when COMMAND
 exits, it TERMs, then KILLs, every descendant and exits with COMMAND's status.
@@ -23,7 +23,7 @@ import sys
 import time
 from types import FrameType
 
-from fedgray.deploy.processes import STOP_GRACE_S, descendants, die_with_starter
+from fedgray.launch.processes import STOP_GRACE_S, descendants, die_with_starter
 
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 POLL_S = 0.2
@@ -62,7 +62,7 @@ def _reap() -> None:
 def main(argv: list[str]) -> int:
     """``STARTER -- COMMAND...``: run COMMAND, guarded (see the module docstring)."""
     if len(argv) < 3 or argv[1] != "--":
-        print("usage: python -m fedgray.deploy.guardian STARTER -- COMMAND...", file=sys.stderr)
+        print("usage: python -m fedgray.launch.guardian STARTER -- COMMAND...", file=sys.stderr)
         return 2
     starter, command = int(argv[0]), argv[2:]
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)

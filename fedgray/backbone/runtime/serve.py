@@ -26,8 +26,7 @@ from typing import Any, NamedTuple
 import torch
 
 from fedgray.backbone.access import SealedError
-from fedgray.backbone.sealed import BackboneInterface, SealedBackbone
-from fedgray.backbone.wire import (
+from fedgray.backbone.runtime.wire import (
     MAX_FRAME,
     Message,
     WireError,
@@ -36,6 +35,7 @@ from fedgray.backbone.wire import (
     read_size,
     send,
 )
+from fedgray.backbone.sealed import BackboneInterface, SealedBackbone
 
 MAX_BATCH = 4096
 MAX_TEXTS, MAX_TEXT_CHARS, MAX_WORD_CHARS = 65536, 1000, 64

@@ -8,9 +8,9 @@ site's process sends inputs (pixels or token ids, and adapter tensors) and recei
 outputs; when an input needs a gradient the runtime keeps the autograd graph until the
 site's backward pass sends the output gradient, and answers with the input gradients.
 
-Every message follows the fixed schema of :mod:`fedgray.backbone.wire`, parsed without
+Every message follows the fixed schema of :mod:`fedgray.backbone.runtime.wire`, parsed without
 pickle in both directions, and is checked against the published interface before it
-reaches the model (:mod:`fedgray.backbone.serve`): the channel carries data, never code.
+reaches the model (:mod:`fedgray.backbone.runtime.serve`): the channel carries data, never code.
 A child of the site's own user protects the weights from the training code, not from the
 user (who can read the child's memory and the key file); a runtime under another user,
 non-dumpable, holds against the site's user too (see docs/security.md).
@@ -34,8 +34,7 @@ import torch.multiprocessing as mp
 
 from fedgray.backbone.access import AccessLevel, QueryBudgetExceeded, SealedError
 from fedgray.backbone.keys import ArtifactError
-from fedgray.backbone.sealed import BackboneInterface, EntryPoint, QueryCounted
-from fedgray.backbone.serve import (
+from fedgray.backbone.runtime.serve import (
     LimitExceeded,
     Limits,
     Shared,
@@ -45,7 +44,8 @@ from fedgray.backbone.serve import (
     serve_connection,
     text_batches,
 )
-from fedgray.backbone.wire import Message, WireError, receive, send
+from fedgray.backbone.runtime.wire import Message, WireError, receive, send
+from fedgray.backbone.sealed import BackboneInterface, EntryPoint, QueryCounted
 
 _ERRORS: dict[str, type[Exception]] = {
     e.__name__: e

@@ -6,14 +6,13 @@ a key file the site's user cannot read, switches to another user and makes itsel
 non-dumpable (``prctl(PR_SET_DUMPABLE, 0)``): no process of another user, nor of its own
 user, can then read its ``/proc/PID/mem`` or attach a debugger (only root can).
 Sites connect over a Unix socket (``backbone.runtime: PATH``) and speak only the schema
-of :mod:`fedgray.backbone.wire`. One runtime per site machine serves all of its sites'
+of :mod:`fedgray.backbone.runtime.wire`. One runtime per site machine serves all of its sites'
 processes; the query budget (encoder calls, every level) is the runtime's, shared by its
 connections.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import grp
@@ -25,14 +24,12 @@ import stat
 import sys
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from fedgray.backbone.access import AccessLevel, SealedError
-from fedgray.backbone.sealed import SealedBackbone
-from fedgray.backbone.serve import (
+from fedgray.backbone.runtime.serve import (
     MIB,
     LimitExceeded,
     Limits,
@@ -42,7 +39,8 @@ from fedgray.backbone.serve import (
     peer_user,
     serve_connection,
 )
-from fedgray.backbone.wire import Message, send
+from fedgray.backbone.runtime.wire import Message, send
+from fedgray.backbone.sealed import SealedBackbone
 
 PR_SET_DUMPABLE = 4
 
@@ -230,98 +228,3 @@ def default_limits(*, total_mib: int | None = None) -> Limits:
         total_mib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2 // MIB
     total = total_mib * MIB
     return Limits(connection_bytes=total // 4, user_bytes=total // 2, total_bytes=total)
-
-
-def _mode(text: str) -> int:
-    try:
-        return int(text, 8)
-    except ValueError:
-        raise SealedError(f"--mode {text}: not an octal mode such as 660") from None
-
-
-def _cmd_serve(args: argparse.Namespace) -> None:
-    limits = default_limits(total_mib=args.max_mib)
-    overrides = {
-        "connections": args.max_connections,
-        "connections_per_user": args.max_connections_per_user,
-        "connection_bytes": None if args.connection_mib is None else args.connection_mib * MIB,
-        "idle_timeout": args.idle_timeout,
-        "read_timeout": args.read_timeout,
-    }
-    serve(
-        args.artifact,
-        socket_path=args.socket,
-        verify_key=args.verify_key,
-        content_key=args.content_key,
-        user=args.user,
-        group=args.group,
-        level=args.level,
-        query_budget=args.query_budget,
-        mode=_mode(args.mode),
-        limits=replace(limits, **{k: v for k, v in overrides.items() if v is not None}),
-        min_version=args.min_version,
-        revocations=args.revocations,
-    )
-
-
-def add_runtime_parser(commands: argparse._SubParsersAction) -> None:
-    """``fedgray runtime serve``: the command's parser, for ``fedgray/cli.py``."""
-    runtime = commands.add_parser(
-        "runtime",
-        help="serve a sealed backbone from its own process (and user) over a Unix socket",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
-    )
-    actions = runtime.add_subparsers(dest="runtime_command", required=True, metavar="ACTION")
-    serve_ = actions.add_parser(
-        "serve",
-        help="open ARTIFACT and answer encoder requests on --socket until stopped",
-        description="Open a sealed artifact (reading the content key itself), bind a Unix "
-        "socket, switch to --user, make the process non-dumpable and serve the runtime "
-        "schema until stopped. Sites connect with backbone.runtime: PATH.",
-    )
-    serve_.add_argument("artifact", metavar="ARTIFACT", help="the sealed artifact (.fgs)")
-    serve_.add_argument("--socket", required=True, metavar="PATH", help="Unix socket to create")
-    serve_.add_argument("--verify-key", required=True, metavar="FILE", help="owner-verify.pem")
-    serve_.add_argument(
-        "--content-key",
-        required=True,
-        metavar="FILE",
-        help="the artifact's key (or the owner's content key)",
-    )
-    serve_.add_argument("--user", metavar="NAME", help="run as this user (needs root)")
-    serve_.add_argument(
-        "--group", metavar="NAME", help="the socket's group: the users allowed to connect"
-    )
-    serve_.add_argument(
-        "--level", choices=[level.value for level in AccessLevel], help="at most the artifact's"
-    )
-    serve_.add_argument(
-        "--query-budget", type=int, metavar="N", help="encoder calls allowed, at every level"
-    )
-    serve_.add_argument(
-        "--min-version", type=int, metavar="N", help="refuse artifact versions below N"
-    )
-    serve_.add_argument(
-        "--revocations", metavar="FILE", help="the owner's signed revocation list to honour"
-    )
-    serve_.add_argument(
-        "--mode",
-        default="660",
-        help="permissions of the socket file, octal, never writable by all (default: 660)",
-    )
-    limits = Limits()
-    for option, kind, default, what in (
-        ("--max-connections", int, limits.connections, "connections open at once"),
-        (
-            "--max-connections-per-user",
-            int,
-            limits.connections_per_user,
-            "connections open at once by one user",
-        ),
-        ("--max-mib", int, "half the memory", "MiB all connections may hold together"),
-        ("--connection-mib", int, "a quarter of --max-mib", "MiB one connection may hold"),
-        ("--idle-timeout", float, limits.idle_timeout, "seconds a connection may stay idle"),
-        ("--read-timeout", float, limits.read_timeout, "seconds to finish sending a frame"),
-    ):
-        serve_.add_argument(option, type=kind, metavar="N", help=f"{what} (default: {default})")
-    serve_.set_defaults(handler=_cmd_serve)

@@ -1,4 +1,4 @@
-"""The Flower app a deployment submits with ``flwr run``: fedgray's apps with one run config.
+"""The app folder ``flwr run`` submits (``fedgray run``, a deployment): one run config.
 
 ``flwr run`` takes only run-config keys that the app's ``[tool.flwr.app.config]`` declares.
 Rather than a fixed subset, :func:`write_app` writes an app folder whose pyproject.toml

@@ -11,12 +11,15 @@ from typing import NoReturn
 import pytest
 import torch
 
-from fedgray.backbone import create_clip, generate_keys, seal
+from fedgray.backbone import create_clip
+from fedgray.backbone.artifact import Manifest, read_manifest
 from fedgray.config import Config
 from fedgray.fl.common.cache import shared_backbone, shared_data
 from fedgray.fl.common.records import from_record, to_record
-from fedgray.fl.serverapp import server
+from fedgray.fl.serverapp import published, server
 from fedgray.fl.serverapp.published import published_interface
+from fedgray.owner.keys import CONTENT_KEY_FILE, SIGNING_KEY_FILE, VERIFY_KEY_FILE, generate_keys
+from fedgray.owner.seal import seal
 from fedgray.train.kinds import kind_of
 from strategies import split_personal
 from tests.helpers import micro_config, run_local
@@ -80,18 +83,27 @@ def test_a_method_that_needs_the_weights_still_opens_the_backbone(
     assert len(opened) == 1
 
 
-def test_the_interface_of_an_artifact_is_read_from_its_signed_manifest(tmp_path: Path) -> None:
-    keys = generate_keys(tmp_path / "keys")
+def _sealed_micro(tmp_path: Path, *, version: int = 1) -> Config:
+    """A run's config on the micro CLIP sealed at ``tmp_path/micro.fgs`` (keys made once),
+    without the content key, which the server never needs unless it evaluates centrally."""
+    keys = tmp_path / "keys"
+    if not keys.exists():
+        generate_keys(keys)
     torch.manual_seed(0)
     path = tmp_path / "micro.fgs"
-    owner = {"signing_key": keys.signing_key, "content_key": keys.content_key}
-    seal(create_clip("fedgray-micro", None), path, name="fedgray-micro", level="gray", **owner)
-    config = micro_config(
+    owner = {"signing_key": keys / SIGNING_KEY_FILE, "content_key": keys / CONTENT_KEY_FILE}
+    model = create_clip("fedgray-micro", None)
+    seal(model, path, name="fedgray-micro", level="gray", version=version, **owner)
+    return micro_config(
         tmp_path,
         f"backbone.artifact={path}",
-        f"backbone.verify_key={keys.verify_key}",
-        f"backbone.content_key={tmp_path / 'absent.key'}",  # the server never decrypts
+        f"backbone.verify_key={keys / VERIFY_KEY_FILE}",
+        f"backbone.content_key={tmp_path / 'absent.key'}",
     )
+
+
+def test_the_interface_of_an_artifact_is_read_from_its_signed_manifest(tmp_path: Path) -> None:
+    config = _sealed_micro(tmp_path)
     interface = published_interface(config.backbone)
     assert interface is not None
     opened = micro_config(tmp_path)  # the same architecture, opened from its name
@@ -113,3 +125,22 @@ def test_a_run_without_central_eval_never_opens_a_backbone_on_the_server(
     _assert_same(from_record(result.arrays), from_record(reference.arrays))
     assert result.backbone_bytes == shared_backbone(config).interface.parameter_count * 4
     assert summary["backbone_bytes"] == result.backbone_bytes
+
+
+def test_a_run_verifies_the_manifest_once_until_the_artifact_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _sealed_micro(tmp_path)
+    reads: list[str] = []
+
+    def counting(path: str, *, verify_key: str) -> Manifest:
+        reads.append(path)
+        return read_manifest(path, verify_key=verify_key)
+
+    monkeypatch.setattr(published, "read_manifest", counting)
+    server.initial_adapters(config)
+    size = server.backbone_bytes(config)
+    assert reads == [config.backbone.artifact]
+    _sealed_micro(tmp_path, version=2)  # the owner replaces the artifact: read again
+    assert server.backbone_bytes(config) == size
+    assert reads == [config.backbone.artifact] * 2

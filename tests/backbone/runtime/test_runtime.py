@@ -19,14 +19,13 @@ from fedgray.backbone import (
     QueryBudgetExceeded,
     SealedError,
     create_clip,
-    generate_keys,
     load_artifact,
-    seal,
 )
-from fedgray.backbone.keys import KeyFiles
-from fedgray.backbone.runtime import IsolatedBackbone
+from fedgray.backbone.runtime.isolated import IsolatedBackbone
 from fedgray.config import ConfigError, load_config
 from fedgray.devices import autocast
+from fedgray.owner.keys import KeyFiles, generate_keys
+from fedgray.owner.seal import seal
 from fedgray.site import open_backbone
 from tests.helpers import assert_close, reduction_terms
 
@@ -40,7 +39,7 @@ import sys, torch
 from fedgray.adapters import build_model
 from fedgray.backbone import load_artifact
 from fedgray.devices import autocast
-from fedgray.backbone.runtime import IsolatedBackbone
+from fedgray.backbone.runtime.isolated import IsolatedBackbone
 mode, artifact, verify_key, content_key = sys.argv[1:]
 opener = IsolatedBackbone if mode == "isolated" else load_artifact
 backbone = opener(artifact, verify_key=verify_key, content_key=content_key)
@@ -276,7 +275,7 @@ if __name__ == "__mp_main__":  # inside the isolated runtime's child, before it 
 
     torch.nn.Module.load_state_dict = spy
 elif __name__ == "__main__":
-    from fedgray.backbone.runtime import IsolatedBackbone
+    from fedgray.backbone.runtime.isolated import IsolatedBackbone
     with IsolatedBackbone(artifact, verify_key=verify_key, content_key=content_key) as backbone:
         with torch.no_grad():
             backbone.encode_image(torch.rand(1, 3, 32, 32))

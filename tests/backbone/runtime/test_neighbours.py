@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedgray.backbone.keys import KeyFiles
-from fedgray.backbone.runtime import IsolatedBackbone
+from fedgray.backbone.runtime.isolated import IsolatedBackbone
+from fedgray.owner.keys import KeyFiles
 from tests.backbone.attacks import Neighbour, Serve, Users, as_root
 
 ROOT = Path(__file__).resolve().parents[2]

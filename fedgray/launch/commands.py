@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedgray.deploy.processes import Processes
+from fedgray.launch.processes import Processes
 
 CONNECTION = "fedgray"
 """The name of the SuperLink connection in Flower's CLI config (``$FLWR_HOME/config.toml``)."""

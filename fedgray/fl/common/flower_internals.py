@@ -1,0 +1,93 @@
+"""Every part of Flower that fedgray uses although Flower does not publish it, in one place.
+
+Written against Flower 1.42 (:data:`FLOWER_VERSION`); ``tests/fl/test_flower_internals.py``
+checks each one's behaviour against the installed Flower and fails naming this module when
+one changes, so that an upgrade of Flower is this file and its test. Where Flower offers a
+public way, fedgray takes it instead (a message's copy is ``copy.deepcopy``; grids, apps,
+records and strategies are Flower's public classes).
+
+What is reached, and why no public API serves:
+
+- :class:`TaskIdentity`: ``Message(content, dst_node_id, message_type)`` reads the sender's
+  run, node and task from it; Flower's runtimes set it when they start an app, so an
+  in-process grid must set it itself (:func:`act_as_server`).
+- ``Metadata.message_id`` has no setter: the SuperLink writes ``_message_id`` into the
+  metadata's ``__dict__`` when a message is pushed, and so does an in-process grid
+  (:func:`assign_message_id`).
+- SecAgg+ runs only on Flower's legacy API, whose pieces fedgray drives from its own round
+  loop: the workflow's per-round :class:`WorkflowState` (the sites' Fit results and
+  failures), :class:`GridClientProxy` (a legacy client over a Grid), the workflow's record
+  names (:data:`MAIN_CONFIGS_RECORD`, :data:`MAIN_PARAMS_RECORD`, :class:`WorkflowKey`) and
+  ``recorddict_compat`` (legacy Fit messages to and from records, which ``secaggplus_mod``
+  speaks).
+- ``strategy_utils``: the weighted metric average and the reply check of Flower's own
+  ``FedAvg``, reused so that fedgray's strategies average and refuse exactly as it does.
+- ``get_load_client_app_fn`` in ``flwr-clientapp``'s runner: the one name a site replaces
+  to load only the installed ClientApp (:func:`replace_clientapp_loader`), and
+  ``get_project_dir``, where ``flwr-clientapp`` installed the submitted bundle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flwr.compat.common.recorddict_compat as recorddict_compat
+from flwr.app import Message
+from flwr.common.config import get_project_dir
+from flwr.server.compat.grid_client_proxy import GridClientProxy
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
+from flwr.server.workflow.constant import Key as WorkflowKey
+from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
+from flwr.serverapp.strategy.strategy_utils import (
+    aggregate_metricrecords,
+    validate_message_reply_consistency,
+)
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+FLOWER_VERSION = "1.42"
+"""The Flower release (major.minor) every name here was checked against."""
+
+SERVER_NODE_ID = 0
+"""The node id Flower's runtimes give the ServerApp's side."""
+
+__all__ = [
+    "FLOWER_VERSION",
+    "MAIN_CONFIGS_RECORD",
+    "MAIN_PARAMS_RECORD",
+    "GridClientProxy",
+    "Run",
+    "TaskIdentity",
+    "WorkflowKey",
+    "WorkflowState",
+    "act_as_server",
+    "aggregate_metricrecords",
+    "assign_message_id",
+    "get_project_dir",
+    "recorddict_compat",
+    "replace_clientapp_loader",
+    "validate_message_reply_consistency",
+]
+
+
+def act_as_server(run_id: int) -> None:
+    """Make this process the ServerApp's task of run ``run_id``, as Flower's runtimes do
+    before they start an app (``flwr.server.compat.app``): messages created from here on
+    are sent from the server's node in that run."""
+    TaskIdentity.task_id = 1
+    TaskIdentity.run_id = run_id
+    TaskIdentity.node_id = SERVER_NODE_ID
+
+
+def assign_message_id(message: Message, message_id: str) -> Message:
+    """``message`` with ``message_id``, as the SuperLink gives one when it is pushed."""
+    message.metadata.__dict__["_message_id"] = message_id
+    return message
+
+
+def replace_clientapp_loader(loader: Callable[..., object]) -> None:
+    """Make ``flwr-clientapp`` load its ClientApp with ``loader`` (the runner looks up
+    ``get_load_client_app_fn`` in its own module each time it loads one)."""
+    import flwr.supernode.runtime.run_clientapp as runner
+
+    runner.get_load_client_app_fn = loader  # type: ignore[assignment]

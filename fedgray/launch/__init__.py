@@ -1,0 +1,5 @@
+"""Flower's processes, below both ``fedgray run`` (:mod:`fedgray.fl.simulation`) and the
+multi-site deployment (:mod:`fedgray.deploy`): the command lines for Flower's executables
+and the ``flwr`` CLI (:mod:`~fedgray.launch.commands`), starting and stopping them
+(:mod:`~fedgray.launch.processes`, :mod:`~fedgray.launch.guardian`) and the app folder
+``flwr run`` submits (:mod:`~fedgray.launch.app`)."""
