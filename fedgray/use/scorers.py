@@ -40,9 +40,7 @@ class Scorer(Protocol):
         """Image features of ``pixels`` (the backbone's device)."""
         ...
 
-    def class_scores(
-        self, images: torch.Tensor, prompts: Sequence[Sequence[str]]
-    ) -> torch.Tensor:
+    def class_scores(self, images: torch.Tensor, prompts: Sequence[Sequence[str]]) -> torch.Tensor:
         """Class logits [N, classes] of image features; ``prompts[c]``: class c's."""
         ...
 
@@ -65,9 +63,7 @@ class AdapterScorer:
     def image_features(self, pixels: torch.Tensor, *, progress: bool = False) -> torch.Tensor:
         return image_features(self.model, pixels, progress=progress)
 
-    def class_scores(
-        self, images: torch.Tensor, prompts: Sequence[Sequence[str]]
-    ) -> torch.Tensor:
+    def class_scores(self, images: torch.Tensor, prompts: Sequence[Sequence[str]]) -> torch.Tensor:
         return class_scores(self.model, self.backbone, images, prompts)
 
     def text_features(self, texts: Sequence[str]) -> torch.Tensor:
@@ -105,9 +101,7 @@ class CraftScorer:
             refined: torch.Tensor = self.refiner(raw)
         return refined
 
-    def class_scores(
-        self, images: torch.Tensor, prompts: Sequence[Sequence[str]]
-    ) -> torch.Tensor:
+    def class_scores(self, images: torch.Tensor, prompts: Sequence[Sequence[str]]) -> torch.Tensor:
         if len(prompts) != self.classes:
             raise ValueError(
                 f"--classes: {len(prompts)} class names; this CraFT model's refinement MLP "

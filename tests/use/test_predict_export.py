@@ -313,7 +313,7 @@ def test_a_sites_personal_adapters_go_over_the_global_ones_and_into_its_bundle(
     ]  # fmt: skip
     assert "personal adapters only" in (alone / "MODEL_CARD.md").read_text()
     assert evaluation([str(run), "--personal", str(alone), *verify], tmp_path / "paired") == own
-    assert main(["export", str(run), "--signing-key", str(trained["signing"]), "--out", str(plain)]) == 0
+    assert main([*export[:-2], "--out", str(plain)]) == 0
     on_bundle = [str(plain), *verify, "--personal", str(alone)]
     assert evaluation(on_bundle, tmp_path / "paired-bundle") == own
     for source, said in (
