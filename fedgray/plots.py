@@ -31,6 +31,7 @@ class _LineStyle(TypedDict):
 BASELINE_STYLES: tuple[_LineStyle, ...] = (
     {"color": "grey", "linestyle": "--"},
     {"color": "tab:green", "linestyle": ":"},
+    {"color": "tab:purple", "linestyle": "-."},
 )
 
 

@@ -34,6 +34,12 @@ those values on the validation split, each trial at ``epsilon / k`` and ``delta 
 reports the grid's whole privacy cost beside the winner's test figure (see
 :mod:`fedgray.sweep_grid`).
 
+A classification sweep also fits a linear probe on the frozen backbone's image features
+once per site size (:mod:`fedgray.sweep_probe`: all sites' training data pooled, its
+regularisation chosen on validation, no DP) and reports its test accuracy in every row
+(``linear_probe_accuracy``), in the table and as a line on the plot: the floor that
+adaptation should beat.
+
 CONFIG defaults to ``configs/quickstart.yaml``; ``--quiet`` leaves out the per-round
 lines. A finite epsilon is DP-SGD at every site with ``privacy.target_epsilon`` for the
 whole planned run (all rounds); ``inf`` is the non-private run. The achieved epsilon is
@@ -76,6 +82,7 @@ SAME_DATA = (  # what a --reference config must share with the swept one
     "federation.domains",
 )
 Echo = Callable[[str], None]
+PROBE = "linear_probe_accuracy"  # the classification floor's column (fedgray.sweep_probe)
 
 
 def _yaml_float(value: float) -> str:
@@ -280,6 +287,9 @@ def plot_rows(rows: Sequence[dict[str, Any]], path: Path, *, title: str) -> Path
     private = [r[metric] for r in rows if math.isinf(r["target_epsilon"])]
     if private:
         baselines["non-private"] = sum(private) / len(private)
+    probes = [r[PROBE] for r in rows if r.get(PROBE) is not None]
+    if probes:
+        baselines["linear probe (no DP)"] = sum(probes) / len(probes)
     return plot_sweep(
         finite,
         samples,
@@ -289,6 +299,15 @@ def plot_rows(rows: Sequence[dict[str, Any]], path: Path, *, title: str) -> Path
         title=title,
         baselines=baselines,
     )
+
+
+def _probe_floor(config_path: str, overrides: Sequence[str], point: Point) -> dict[str, float]:
+    """The linear probe of ``point``'s data (:mod:`fedgray.sweep_probe`): one per site size."""
+    from fedgray.sweep_probe import probe_accuracy
+
+    base = load_config(config_path, list(overrides)).federation
+    sizes = point.data_overrides(num_sites=base.num_sites, holdout=base.holdout)
+    return probe_accuracy(load_config(config_path, [*overrides, *sizes]))
 
 
 def sweep(
@@ -345,7 +364,8 @@ def sweep(
             "delta": delta,
         },
     )
-    rows = []
+    rows: list[dict[str, Any]] = []
+    floors: dict[int | None, dict[str, float]] = {}
     for index, point in enumerate(points, 1):
         size = "" if point.site_size is None else f", {point.site_size} per site"
         echo(f"[{index}/{len(points)}] target epsilon {point.epsilon:g}{size}, seed {point.seed}")
@@ -357,6 +377,10 @@ def sweep(
             )
         else:
             row = run_point(path, overrides, point, root=folder.path, delta=delta, echo=lines)
+        if config.train.task == "classification":
+            if point.site_size not in floors:
+                floors[point.site_size] = _probe_floor(config_path, overrides, point)
+            row = {**row, **floors[point.site_size]}
         rows.append(row)
         rows = with_gains(rows)
         write_csv(rows, folder.path / "sweep.csv")  # partial results survive an interruption
@@ -384,6 +408,10 @@ def table(rows: Sequence[dict[str, Any]]) -> list[str]:
             f"{r['seconds']:>6.0f}"
         )
     lines.append(f"zero-shot {metric}: {rows[0][f'zero_shot_{metric}']:.1f}")
+    for size in dict.fromkeys(r["site_size"] for r in rows if r.get(PROBE) is not None):
+        probe = next(r[PROBE] for r in rows if r["site_size"] == size)
+        where = "" if size is None else f" ({size} per site)"
+        lines.append(f"linear probe{where}, all sites' data pooled, no DP: {probe:.1f}")
     return lines
 
 

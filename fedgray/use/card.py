@@ -50,6 +50,13 @@ def model_card(manifest: dict[str, Any]) -> str:
         else "on one site (`fedgray adapt`)"
     )
     identity = ", ".join(f"{k}: {v}" for k, v in backbone.items())
+    held, use = "the adapters", "BUNDLE"
+    if manifest["adapters"]["file"] is None:
+        held = (
+            "one site's personal adapters only, which go over the global adapters with "
+            f"SHA-256 `{manifest['adapters']['sha256']}` (not in it)"
+        )
+        use = "RUN_OR_BUNDLE_OF_THOSE_ADAPTERS --personal BUNDLE"
     lines = [
         f"# Model card: {method} adapters for {backbone['name']}",
         "",
@@ -59,9 +66,8 @@ def model_card(manifest: dict[str, Any]) -> str:
         "## What it is",
         "",
         f"Adapters of method `{method}` for the sealed backbone `{backbone['name']}` at "
-        f"access level `{backbone['level']}`, trained {trained}. The bundle holds the "
-        "adapters only; the backbone is not in it and is named by its identity: "
-        f"{identity}.",
+        f"access level `{backbone['level']}`, trained {trained}. The bundle holds "
+        f"{held}; the backbone is not in it and is named by its identity: {identity}.",
         "",
         "## Data",
         "",
@@ -79,9 +85,9 @@ def model_card(manifest: dict[str, Any]) -> str:
         "## Use",
         "",
         "```bash",
-        "fedgray predict BUNDLE IMAGES/ --verify-key SIGNER.pem --set backbone.artifact=... "
+        f"fedgray predict {use} IMAGES/ --verify-key SIGNER.pem --set backbone.artifact=... "
         "--set backbone.verify_key=... --set backbone.content_key=...",
-        "fedgray evaluate BUNDLE LABELLED/ --verify-key SIGNER.pem",
+        f"fedgray evaluate {use} LABELLED/ --verify-key SIGNER.pem",
         "```",
         "",
         "## Limits",

@@ -40,9 +40,15 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--personal",
         type=Path,
-        metavar="STATE_DIR",
-        help="this site's state folder (RUN_DIR/sites/site-N, or a deployed site's state-dir): "
-        "its personal adapters go over the global ones",
+        metavar="STATE_DIR|BUNDLE",
+        help="this site's state folder (RUN_DIR/sites/site-N, or a deployed site's state-dir) "
+        "or its personal-only bundle: its personal adapters go over the global ones",
+    )
+    parser.add_argument(
+        "--personal-verify-key",
+        type=Path,
+        metavar="PEM",
+        help="the verification key of a personal bundle's signer (default: --verify-key)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -56,17 +62,15 @@ def _output(args: argparse.Namespace, prefix: str) -> Path:
 def _cmd_predict(args: argparse.Namespace) -> None:
     from fedgray.use.bundle import open_source
     from fedgray.use.inputs import read_images, read_lines, run_classes
-    from fedgray.use.predict import (
-        class_scores,
-        image_features,
-        text_features,
-        write_classes,
-        write_rankings,
-    )
+    from fedgray.use.predict import write_classes, write_rankings
     from fedgray.use.source import open_adapted
 
     trained = open_source(
-        args.source, args.overrides, verify_key=args.verify_key, personal=args.personal
+        args.source,
+        args.overrides,
+        verify_key=args.verify_key,
+        personal=args.personal,
+        personal_verify_key=args.personal_verify_key,
     )
     images = read_images(args.images)
     captions = read_lines(args.captions, "caption") if args.captions else None
@@ -76,14 +80,15 @@ def _cmd_predict(args: argparse.Namespace) -> None:
             prompts = [[name] for name in names]
         else:
             names, prompts = run_classes(trained.config)
-    backbone, model = open_adapted(trained)
-    features = image_features(model, images.pixels.to(backbone.device), progress=not args.quiet)
-    out = _output(args, "predict")
+    backbone, scorer = open_adapted(trained)
+    features = scorer.image_features(images.pixels.to(backbone.device), progress=not args.quiet)
     if captions is not None:
-        texts = text_features(model, backbone, captions)
+        texts = scorer.text_features(captions)
+        out = _output(args, "predict")
         written = write_rankings(out, images.files, captions, features, texts, top=args.top)
     else:
-        logits = class_scores(model, backbone, features, prompts)
+        logits = scorer.class_scores(features, prompts)
+        out = _output(args, "predict")
         written = write_classes(out, images.files, names, logits)
     print(f"{len(images.files)} images; wrote {written.csv} and {written.jsonl}")
 
@@ -97,12 +102,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from fedgray.use.source import open_adapted
 
     trained = open_source(
-        args.source, args.overrides, verify_key=args.verify_key, personal=args.personal
+        args.source,
+        args.overrides,
+        verify_key=args.verify_key,
+        personal=args.personal,
+        personal_verify_key=args.personal_verify_key,
     )
     folder = read_images(args.data) if args.data is not None else None
     if folder is not None and folder.labelled is None:
         raise ValueError(f"{args.data}: evaluate needs a captions.csv (file, caption[, label])")
-    backbone, model = open_adapted(trained)
+    backbone, scorer = open_adapted(trained)
     if folder is not None and folder.labelled is not None:
         dataset = folder.labelled
         if not dataset.class_names:  # captions only: Recall@K, scored beside the run's classes
@@ -115,7 +124,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         data = load_task_data(trained.config, backbone, split="test")
         names, prompts = run_classes(trained.config)
         where = f"{trained.config.data.dataset} test split ({trained.config.data.test_size})"
-    result = evaluate_model(model, backbone, data, prompts, names)
+    result = evaluate_model(scorer, data, prompts, names)
     out = _output(args, "evaluate")
     report: dict[str, Any] = {
         "data": where,
@@ -134,7 +143,13 @@ def _cmd_export(args: argparse.Namespace) -> None:
     from fedgray.use.bundle import CARD, export
 
     out = args.out if args.out is not None else args.run_dir / "bundle"
-    bundle = export(args.run_dir, out, signing_key=args.signing_key, personal=args.personal)
+    bundle = export(
+        args.run_dir,
+        out,
+        signing_key=args.signing_key,
+        personal=args.personal,
+        personal_only=args.personal_only,
+    )
     print(f"bundle: {bundle} (model card: {bundle / CARD})")
 
 
@@ -185,5 +200,11 @@ def add_use_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         type=Path,
         metavar="STATE_DIR",
         help="add this site's personal adapters (its state folder) to the bundle",
+    )
+    export.add_argument(
+        "--personal-only",
+        action="store_true",
+        help="export the site's personal adapters (--personal) without the global ones; the "
+        "bundle names the global adapters it goes over by their hash",
     )
     export.set_defaults(handler=_cmd_export)

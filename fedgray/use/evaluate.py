@@ -1,9 +1,11 @@
 """``fedgray evaluate``: the run's metrics on labelled data, a confusion matrix, per class.
 
-The headline metrics come from the very function a run evaluates with
-(:func:`fedgray.tasks.metrics.evaluate`, which the server's and ``fedgray adapt``'s final
-evaluation call), so on the run's own test data they are the run's final figures, bit for
-bit; the per-class figures come from the same class logits as ``fedgray predict``.
+The headline metrics are computed as the run's final evaluation computes them (for
+adapters, the very function :func:`fedgray.tasks.metrics.evaluate` that the server's and
+``fedgray adapt``'s final evaluation call; for CraFT, its own scoring: see
+:mod:`fedgray.use.scorers`), so on the run's own test data they are the run's final
+figures, bit for bit; the per-class figures come from the same class logits as
+``fedgray predict``.
 """
 
 from __future__ import annotations
@@ -15,12 +17,10 @@ from typing import Any
 
 import torch
 
-from fedgray.adapters import AdaptedCLIP
-from fedgray.backbone import Backbone
 from fedgray.data.sets import UNLABELLED
 from fedgray.plots import plot_confusion
-from fedgray.tasks import TaskData, evaluate
-from fedgray.use.predict import class_scores, image_features
+from fedgray.tasks import TaskData
+from fedgray.use.scorers import Scorer
 
 
 @dataclass(frozen=True)
@@ -50,19 +50,15 @@ def per_class_rows(confusion: torch.Tensor, names: list[str]) -> list[dict[str, 
 
 
 def evaluate_model(
-    model: AdaptedCLIP,
-    backbone: Backbone,
-    data: TaskData,
-    prompts: list[list[str]],
-    names: list[str],
+    scorer: Scorer, data: TaskData, prompts: list[list[str]], names: list[str]
 ) -> Evaluation:
-    """Metrics of ``model`` on ``data``; with labels, the confusion over ``names``."""
-    metrics = evaluate(model, data)
+    """Metrics of ``scorer`` on ``data``; with labels, the confusion over ``names``."""
+    metrics = scorer.metrics(data)
     labelled = data.labels != UNLABELLED
     if not bool(labelled.any()):
         metrics.pop("accuracy")  # no label to be accurate about
         return Evaluation(metrics, [], [])
-    logits = class_scores(model, backbone, image_features(model, data.images), prompts)
+    logits = scorer.class_scores(scorer.image_features(data.images), prompts)
     predicted, labels = logits.argmax(1)[labelled].cpu(), data.labels[labelled].cpu()
     confusion = torch.zeros(len(names), len(names), dtype=torch.long)
     confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)

@@ -12,12 +12,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
 
-from fedgray.adapters import AdaptedCLIP
 from fedgray.backbone import Backbone
 from fedgray.backbone.artifact import read_manifest
 from fedgray.backbone.loading import BUILTIN_TAG
@@ -28,6 +27,9 @@ from fedgray.runs import load_adapters
 from fedgray.site import open_backbone
 from fedgray.train.kinds import kind_of
 from fedgray.use.facts import run_facts
+
+if TYPE_CHECKING:
+    from fedgray.use.scorers import Scorer
 
 # Overrides a site may give: where its backbone comes from and how it runs, not what it is.
 SITE_KEYS = (
@@ -50,7 +52,8 @@ class TrainedModel:
     """The adapters of one run and what they were trained under.
 
     ``kind``: ``federated`` (``fedgray run``) or ``adapt``; ``facts``: the run's summary,
-    privacy ledger and data description as :mod:`fedgray.use.bundle` writes them.
+    privacy ledger and data description as :mod:`fedgray.use.bundle` writes them;
+    ``adapters_sha256``: the global adapters' file hash, which a personal-only bundle names.
     """
 
     config: Config
@@ -59,6 +62,7 @@ class TrainedModel:
     kind: str
     facts: dict[str, Any]
     origin: Path
+    adapters_sha256: str
 
 
 def _sha256_file(path: Path) -> str:
@@ -119,7 +123,8 @@ def read_run(run_dir: Path, overrides: list[str]) -> TrainedModel:
     config = site_config(saved, overrides, run_dir)
     state, meta = load_adapters(adapters, backbone=saved["backbone"]["name"])
     facts = run_facts(run_dir)
-    return TrainedModel(config, state, meta, facts["kind"], facts, run_dir)
+    digest = _sha256_file(adapters)
+    return TrainedModel(config, state, meta, facts["kind"], facts, run_dir, digest)
 
 
 def personal_file(model: TrainedModel, state_dir: Path) -> Path:
@@ -155,24 +160,24 @@ def check_trained_for(model: TrainedModel) -> None:
         )
 
 
-def open_adapted(model: TrainedModel) -> tuple[Backbone, AdaptedCLIP]:
-    """The site's sealed backbone with the trained adapters over it, as the run built them.
+def open_adapted(model: TrainedModel) -> tuple[Backbone, Scorer]:
+    """The site's sealed backbone with the trained model over it, as the run built it.
 
     Random backbone weights are drawn as the run drew them (federated runs seed them with
     ``pretrain.seed``, ``fedgray adapt`` with ``train.seed``), so a random test backbone
-    is the run's own. Methods trained by forward queries only (CraFT) have no adapter
-    stack to run here and are refused.
+    is the run's own. The scorer is the one of the method's trainer kind
+    (:data:`fedgray.use.scorers.SCORERS`).
     """
+    from fedgray.use.scorers import SCORERS
+
     config = model.config
     check_trained_for(model)
     kind = kind_of(config)
-    if kind.name != "gradient":
+    if kind.name not in SCORERS:
         raise ValueError(
-            f"method.name: '{config.method.name}' ({kind.name}) runs by queries only; "
-            "predict and evaluate take gradient-trained adapters"
+            f"method.name: '{config.method.name}' ({kind.name}) has no scorer for "
+            "predict and evaluate"
         )
-    from fedgray.train.gradient import adapted_model
-
     seed = config.pretrain.seed if model.kind == "federated" else config.train.seed
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -182,7 +187,7 @@ def open_adapted(model: TrainedModel) -> tuple[Backbone, AdaptedCLIP]:
         _check_identity(expected, backbone_identity(config), model.origin)
     if config.train.threads is not None:
         torch.set_num_threads(config.train.threads)
-    return backbone, adapted_model(config, backbone, model.state)
+    return backbone, SCORERS[kind.name](config, backbone, model.state, model.kind)
 
 
 def _check_identity(expected: dict[str, Any], actual: dict[str, Any], where: Path) -> None:

@@ -21,6 +21,7 @@ from fedgray.launch.commands import SuperNodeOptions, flwr_json
 from fedgray.launch.processes import Processes, descendants, free_port
 from fedgray.site import open_backbone
 from tests.deploy.conftest import RUN_LIMIT_S, Federation, alive, tiny_config
+from tests.use.report_page import assert_self_contained, parse
 
 pytestmark = [pytest.mark.slow, pytest.mark.deploy]
 REFUSED_WITHIN_S = 120
@@ -106,6 +107,11 @@ def test_three_sites_run_two_rounds_with_dp_sgd_and_secagg_over_tls(
     assert all(set(e) == {"0", "1", "2"} for e in epsilons)
     assert all(0 < epsilons[0][s] < epsilons[1][s] for s in epsilons[0])  # spent, growing
     assert (results / "adapters.pt").is_file() and (results / "checkpoint.pt").is_file()
+    page = parse(results / "report.html")  # the SuperLink's run folder holds the report
+    assert_self_contained(page)
+    assert [int(row[0]) for row in page.tables["rounds"][1:]] == [r["round"] for r in records]
+    shown = {row[0]: float(row[1]) for row in page.tables["privacy"][1:]}
+    assert shown == pytest.approx(epsilons[-1], rel=1e-3)
     log = (federation.link.options.run_dir / "flwr-run-results.log").read_text().splitlines()
     # Flower's lines come twice: in its own format, and again through the root logger's
     # handler, whose format is whoever first configured it (Opacus: a timestamp first;

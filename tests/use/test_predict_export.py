@@ -10,33 +10,17 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from fedgray.cli import main
-from fedgray.data.registry import load_dataset
 from fedgray.owner.keys import KeyFiles, generate_keys
 from fedgray.runs import load_adapters, save_adapters
 from tests.helpers import micro_config, run_local
+from tests.use.folders import write_folder_split
 
 pytestmark = pytest.mark.slow  # one micro federation (about 20 s) serves the whole module
 
 COMPARED = ("i2t_r1", "t2i_r1", "r1_mean", "accuracy")
-
-
-def write_folder_split(root: Path, split: str, size: int) -> None:
-    """``size`` world/sketch samples as PNG files with a captions.csv (file, caption, label)."""
-    data = load_dataset("world/sketch", split=split, size=size, seed=0)
-    folder = root / split
-    folder.mkdir(parents=True)
-    pixels = (data.images.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).byte().numpy()
-    with (folder / "captions.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file", "caption", "label"])
-        for i, image in enumerate(pixels):
-            Image.fromarray(np.ascontiguousarray(image)).save(folder / f"{i:03d}.png")
-            writer.writerow([f"{i:03d}.png", data.captions[i], data.class_names[data.labels[i]]])
 
 
 def seal_micro(keys: KeyFiles, out: Path, *, seed: int) -> Path:
@@ -318,3 +302,26 @@ def test_a_sites_personal_adapters_go_over_the_global_ones_and_into_its_bundle(
     capsys.readouterr()
     assert main(["evaluate", str(bundle), *verify]) == 2
     assert "personal.pt does not match the signed hash" in capsys.readouterr().err
+
+    # Its personal adapters alone: paired with these global adapters (the run or a bundle of
+    # them) they give its own figures; alone, or over other global adapters, refused.
+    alone, plain = tmp_path / "site-1.personal", tmp_path / "global.bundle"
+    only_own = ["--personal", str(site), "--personal-only", "--out", str(alone)]
+    assert main(["export", str(run), "--signing-key", str(trained["signing"]), *only_own]) == 0
+    assert sorted(p.name for p in alone.iterdir()) == [
+        "MODEL_CARD.md", "bundle.json", "bundle.sig", "personal.pt"
+    ]  # fmt: skip
+    assert "personal adapters only" in (alone / "MODEL_CARD.md").read_text()
+    assert evaluation([str(run), "--personal", str(alone), *verify], tmp_path / "paired") == own
+    assert main([*export[:-2], "--out", str(plain)]) == 0
+    on_bundle = [str(plain), *verify, "--personal", str(alone)]
+    assert evaluation(on_bundle, tmp_path / "paired-bundle") == own
+    for source, said in (
+        ([str(alone), *verify], "holds a site's personal adapters only"),
+        ([str(trained["run"]), "--personal", str(alone), *verify], "go over the global adapters"),
+    ):
+        capsys.readouterr()
+        assert main(["evaluate", *source, "--out", str(tmp_path / "never")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and said in err
+        assert not (tmp_path / "never").exists()

@@ -4,7 +4,6 @@ finish, which deployed runs share), self-contained, and showing the run's own fi
 from __future__ import annotations
 
 import json
-from html.parser import HTMLParser
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -13,55 +12,7 @@ import pytest
 from fedgray.cli import main
 from fedgray.tracking import TENSORBOARD_DIR
 from tests.helpers import micro_config, run_local
-
-
-class Page(HTMLParser):
-    """Tables by id (rows of cell texts), SVG points, and every attribute naming a resource."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tables: dict[str, list[list[str]]] = {}
-        self.points: list[tuple[float, float]] = []
-        self.resources: list[str] = []
-        self.scripts = 0
-        self._table: str | None = None
-        self._cell: list[str] | None = None
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        values = dict(attrs)
-        self.resources += [v or "" for k, v in attrs if k in ("src", "href")]
-        self.scripts += tag in ("script", "link", "iframe")
-        if tag == "table":
-            self._table = values["id"]
-            self.tables[self._table or ""] = []
-        elif tag == "tr" and self._table is not None:
-            self.tables[self._table].append([])
-        elif tag in ("td", "th"):
-            self._cell = []
-        elif tag == "circle":
-            self.points.append((float(values["data-x"] or 0), float(values["data-y"] or 0)))
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("td", "th") and self._cell is not None and self._table is not None:
-            self.tables[self._table][-1].append("".join(self._cell))
-            self._cell = None
-        elif tag == "table":
-            self._table = None
-
-    def handle_data(self, data: str) -> None:
-        if self._cell is not None:
-            self._cell.append(data)
-
-
-def parse(path: Path) -> Page:
-    page = Page()
-    page.feed(path.read_text(encoding="utf-8"))
-    return page
-
-
-def assert_self_contained(page: Page) -> None:
-    assert page.scripts == 0
-    assert all(r.startswith("data:image/png;base64,") for r in page.resources)
+from tests.use.report_page import assert_self_contained, browser, parse, render
 
 
 @pytest.mark.slow
@@ -106,19 +57,48 @@ def test_a_federated_run_writes_a_report_with_its_own_figures(tmp_path: Path) ->
     )
 
 
-def test_fedgray_adapt_writes_a_report(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def adapted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of a 4-step ``fedgray adapt`` run of the micro CLIP."""
+    root = tmp_path_factory.mktemp("adapt")
     micro = ["--set", "backbone.name=fedgray-micro", "--set", "backbone.pretrained=null",
              "--set", "train.steps=4", "--set", "train.eval_every=2", "--set", "data.train_size=40",
-             "--set", "data.test_size=20", "--set", f"output.root={tmp_path}",
+             "--set", "data.test_size=20", "--set", f"output.root={root}",
              "--set", "output.name=alone", "--quiet"]  # fmt: skip
-    config = tmp_path / "c.yaml"
+    config = root / "c.yaml"
     config.write_text("train:\n  batch_size: 8\n")
     assert main(["adapt", str(config), *micro]) == 0
-    page = parse(tmp_path / "alone" / "report.html")
+    return root / "alone"
+
+
+def test_fedgray_adapt_writes_a_report(adapted: Path) -> None:
+    page = parse(adapted / "report.html")
     assert_self_contained(page)
-    records = [json.loads(line) for line in (tmp_path / "alone" / "metrics.jsonl").open()]
+    records = [json.loads(line) for line in (adapted / "metrics.jsonl").open()]
     assert [x for x, _ in page.points] == [r["step"] for r in records]
     assert [y for _, y in page.points] == pytest.approx([r["r1_mean"] for r in records], rel=1e-5)
-    adapted = json.loads((tmp_path / "alone" / "summary.json").read_text())["adapted"]
+    summary = json.loads((adapted / "summary.json").read_text())["adapted"]
     shown = {row[0]: float(row[2]) for row in page.tables["summary"][1:]}
-    assert shown == pytest.approx(adapted, rel=1e-3)
+    assert shown == pytest.approx(summary, rel=1e-3)
+
+
+@pytest.mark.skipif(browser() is None, reason="no headless Chromium (apt chromium-headless-shell)")
+def test_the_report_renders_in_a_headless_browser_offline(adapted: Path, tmp_path: Path) -> None:
+    executable = browser()
+    assert executable is not None
+    page = parse(adapted / "report.html")
+    shown = render(adapted / "report.html", tmp_path, executable=executable)
+    assert shown.errors == [] and shown.console == [] and shown.fetched == []
+    width, height, circles = shown.svg or [0, 0, 0]
+    assert width > 100 and height > 50 and circles == len(page.points)
+    assert shown.image is not None and shown.image[0] and shown.image[1] > 100  # decoded PNG
+    assert shown.tables == {name: len(rows) for name, rows in page.tables.items()}
+
+    remote = tmp_path / "remote"  # the probe sees a page that reaches out
+    remote.mkdir()
+    text = (adapted / "report.html").read_text(encoding="utf-8")
+    (remote / "report.html").write_text(
+        text.replace("<h2>", '<img src="https://example.org/pixel.png"><h2>', 1)
+    )
+    reaching = render(remote / "report.html", remote, executable=executable)
+    assert len(reaching.errors) == 1 and "example.org" in reaching.errors[0]
