@@ -17,30 +17,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from fedgray.adapt import seed_everything
-from fedgray.adapters import AdaptedCLIP, build_model
+from fedgray.adapters import build_model
 from fedgray.config import Config
 from fedgray.config_schema import ConfigError
-from fedgray.privacy.audit_bound import epsilon_lower_bound
-from fedgray.privacy.canaries import (
-    CANARY_KINDS,
-    draw_members,
-    feature_canaries,
-    guess,
-    input_canaries,
-    joined,
-    per_sample_losses,
-    selected,
-)
-from fedgray.privacy.features import backbone_features
+from fedgray.privacy.audit_bound import CONFIDENCE, epsilon_lower_bound, exceeded
+from fedgray.privacy.canaries import CANARY_KINDS
+from fedgray.privacy.planted import canary_kind, plant
 from fedgray.runs import RunFolder
 from fedgray.site import load_task_data, open_backbone
-from fedgray.tasks import TaskData, evaluate
+from fedgray.tasks import evaluate
 from fedgray.train.schedule import Schedule
 from fedgray.train.trainer import LocalTrainer
 
@@ -55,7 +44,7 @@ class AuditOptions:
 
     canaries: int = 1000
     guesses: int = 100
-    confidence: float = 0.95
+    confidence: float = CONFIDENCE
     seed: int = 0
     canary: str | None = None
 
@@ -98,23 +87,6 @@ class AuditFailed(RuntimeError):
     """The empirical lower bound exceeds the accountant's epsilon."""
 
 
-def _drawn(
-    kind: str, model: AdaptedCLIP, train: TaskData, options: AuditOptions
-) -> tuple[TaskData, torch.Tensor, TaskData, TaskData | None]:
-    """The canaries, which of them are members, the training data and the rows given as
-    features: feature canaries are drawn in the space DP-SGD steps over (the backbone's
-    features, cached once per process) and joined there; input canaries are taken from
-    ``train`` and the members joined to the rest."""
-    generator = torch.Generator().manual_seed(options.seed)
-    members = draw_members(options.canaries, generator=generator)
-    if kind == "feature":
-        space = replace(train, images=backbone_features(model, train.images))
-        canaries, _ = feature_canaries(space, count=options.canaries, generator=generator)
-        return canaries, members, train, selected(canaries, members)
-    canaries, rest = input_canaries(train, count=options.canaries, generator=generator)
-    return canaries, members, joined(rest, selected(canaries, members)), None
-
-
 def audit(
     config: Config,
     *,
@@ -132,32 +104,27 @@ def audit(
     named = Path(config.output.root) / config.output.name if config.output.name else None
     if named is not None and (named / "audit.json").is_file():
         raise ValueError(f"{named} already holds an audit: choose another output.name")
-    kind = options.canary or ("feature" if privacy.cache_features else "input")
-    if kind == "feature" and not privacy.cache_features:
-        raise ConfigError(
-            "--canary: feature canaries need DP-SGD on cached features (privacy.cache_features)"
-        )
+    kind = canary_kind(privacy, options.canary)
     seed_everything(config)
     backbone = open_backbone(config, progress=progress)
     train = load_task_data(config, backbone, split="train")
     test = load_task_data(config, backbone, split="test")
     model = build_model(backbone, config.method)
-    canaries, members, trained, rows = _drawn(kind, model, train, options)
+    planted = plant(model, train, kind=kind, count=options.canaries, seed=options.seed)
+    members = planted.members
     trainer = LocalTrainer(  # refuses a budget or setting before any folder is written
         config,
         model,
-        trained,
+        planted.data,
         schedule=Schedule.single_site(config),
         seed=config.train.seed,
         who="fedgray audit",
-        feature_rows=rows,
+        feature_rows=planted.rows,
     )
     run = RunFolder(config.output.root, config.output.name, prefix="audit")
     run.save_config(config)
     started = time.perf_counter()
-    scored = trainer.stepped if kind == "feature" else model  # what reads the canaries
-    scale = backbone.interface.logit_scale  # the task applies privacy.loss_scale itself
-    before = per_sample_losses(scored, trainer.task, canaries, scale=scale)
+    before = planted.losses(model, trainer.task)
     echo(
         f"audit of {config.method.name} on {config.data.dataset}: {len(trainer.data)} training "
         f"rows, {int(members.sum())} of them {kind} canaries (of {options.canaries}); "
@@ -166,11 +133,8 @@ def audit(
     trainer.run(progress=progress, description="audited training")
     report = trainer.close()
     assert report is not None  # privacy.enabled
-    scores = before - per_sample_losses(scored, trainer.task, canaries, scale=scale)
-    guessed_in = options.guesses // 2
-    guesses = guess(scores, guesses_in=guessed_in, guesses_out=options.guesses - guessed_in)
-    right = ((guesses == 1) & members) | ((guesses == -1) & ~members)
-    correct = int(right.sum())
+    scores = before - planted.losses(model, trainer.task)
+    correct = planted.right_guesses(scores, guesses=options.guesses)
     bound = epsilon_lower_bound(
         canaries=options.canaries,
         guesses=options.guesses,
@@ -215,9 +179,11 @@ def audit(
 def check(result: AuditResult) -> AuditResult:
     """``result``, unless its bound exceeds the accountant's epsilon (:class:`AuditFailed`)."""
     if not result.passed:
-        raise AuditFailed(
-            f"audit: empirical epsilon lower bound {result.lower_bound:.3f} exceeds the "
-            f"accountant's epsilon {result.epsilon:.3f} (delta {result.delta:g}, confidence "
-            f"{result.confidence:g}): DP-SGD leaks more than it accounts for ({result.run_dir})"
+        line = exceeded(
+            lower_bound=result.lower_bound,
+            epsilon=result.epsilon,
+            delta=result.delta,
+            confidence=result.confidence,
         )
+        raise AuditFailed(f"{line} ({result.run_dir})")
     return result
