@@ -21,26 +21,9 @@ from fedgray.backbone import SealedBackbone
 from fedgray.cli import main
 from fedgray.config import load_config
 from fedgray.privacy.canaries import input_canaries
+from simulations.audit_power import AUDITED
+from simulations.planted_bugs import BUGS, no_noise, shuffling
 from tests.helpers import captioned_data
-from tests.privacy.planted_bugs import BUGS, no_noise, shuffling
-
-# DP-SGD on the output adapter over cached features of a random tiny CLIP (embedding 128),
-# at epsilon 1; a small clipping norm, so that clipping binds on every step.
-AUDITED = [
-    "backbone.name=fedgray-tiny",
-    "backbone.pretrained=null",
-    "data.train_size=200",
-    "data.test_size=40",
-    "method.name=output",
-    "train.batch_size=128",
-    "train.steps=300",
-    "train.lr=0.05",
-    "train.threads=1",
-    "privacy.enabled=true",
-    "privacy.target_epsilon=1.0",
-    "privacy.max_grad_norm=0.01",
-    "privacy.cache_features=true",
-]
 
 
 def _audited(tmp_path: Path, what: str) -> AuditResult:
@@ -68,7 +51,7 @@ def test_the_correct_build_passes_the_audit(tmp_path: Path) -> None:
 def test_the_audit_catches_a_planted_bug(
     bug: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    BUGS[bug](monkeypatch)
+    BUGS[bug](monkeypatch.setattr)
     result = _audited(tmp_path, bug)
     assert result.lower_bound > result.epsilon, f"{bug}: {result.correct}/{result.guesses} right"
     with pytest.raises(AuditFailed, match="exceeds the accountant's epsilon"):
@@ -85,7 +68,7 @@ def test_the_audit_catches_a_planted_bug(
 def test_the_audit_catches_shuffling_in_place_of_poisson_sampling(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    shuffling(monkeypatch)
+    shuffling(monkeypatch.setattr)
     assert _audited(tmp_path, "shuffling").lower_bound > 1.0
 
 
@@ -130,7 +113,7 @@ def test_the_audit_command_reports_its_bound_beside_the_accountants_epsilon(
 def test_the_audit_command_fails_in_one_line_when_the_bound_exceeds_epsilon(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    no_noise(monkeypatch)
+    no_noise(monkeypatch.setattr)
     assert _command(tmp_path) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "exceeds the accountant's epsilon" in err[0]

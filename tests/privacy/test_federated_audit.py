@@ -18,8 +18,8 @@ from fedgray.config import load_config
 from fedgray.config_schema import ConfigError
 from fedgray.fl.serverapp.failures import FederationError
 from fedgray.privacy.planted import AUDITED_SITE
+from simulations.planted_bugs import no_noise
 from tests.helpers import micro_config, run_local
-from tests.privacy.planted_bugs import no_noise
 
 AUDITED = [
     "data.train_size=240",
@@ -69,7 +69,7 @@ def test_a_federated_run_reports_the_audited_sites_bound_beside_its_epsilon(
 def test_a_federated_audit_ends_the_run_in_one_line_when_noise_is_off(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    no_noise(monkeypatch)
+    no_noise(monkeypatch.setattr)
     config = micro_config(tmp_path, *AUDITED)
     with pytest.raises(FederationError) as failed:
         run_local(config)
