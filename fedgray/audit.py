@@ -8,6 +8,9 @@ guesser that names the highest scores members and the lowest non-members turns i
 guesses into a lower bound on epsilon at the run's delta (:mod:`fedgray.privacy.audit_bound`).
 A correct DP-SGD can exceed its accountant's epsilon only with probability ``1 -
 confidence``; a bound above it says the implementation leaks more than it accounts for.
+The final adapters cannot show a sampler that shuffles instead of sampling Poisson (a
+canary's total influence is about the same), so the audit also checks the batches the
+run drew against the accountant's sample rate (:mod:`fedgray.privacy.sampling_check`).
 
 Canaries stay at the site: the audited adapters are not saved (only the audit's record),
 and the reported utility is measured on the test split, which holds none.
@@ -27,6 +30,7 @@ from fedgray.config_schema import ConfigError
 from fedgray.privacy.audit_bound import CONFIDENCE, epsilon_lower_bound, exceeded
 from fedgray.privacy.canaries import CANARY_KINDS
 from fedgray.privacy.planted import canary_kind, plant
+from fedgray.privacy.sampling_check import BatchSizes, poisson_p_value, sampling_refuted
 from fedgray.runs import RunFolder
 from fedgray.site import load_task_data, open_backbone
 from fedgray.tasks import evaluate
@@ -64,7 +68,9 @@ class AuditOptions:
 @dataclass(frozen=True)
 class AuditResult:
     """What the audit found: the empirical lower bound and the accountant's epsilon (both
-    at ``delta``), the guesses behind the bound, and the audited model's test metrics."""
+    at ``delta``), the guesses behind the bound, the audited model's test metrics, and the
+    check of the batches drawn (:mod:`fedgray.privacy.sampling_check`: its p-value, and
+    why it refutes Poisson sampling at the accountant's rate, or None)."""
 
     lower_bound: float
     epsilon: float
@@ -76,11 +82,14 @@ class AuditResult:
     correct: int
     utility: dict[str, float]
     run_dir: Path
+    sampling_p_value: float = 1.0
+    sampling: str | None = None
 
     @property
     def passed(self) -> bool:
-        """Whether the bound stays within the accountant's epsilon."""
-        return self.lower_bound <= self.epsilon
+        """Whether the bound stays within the accountant's epsilon and the batches drawn
+        are consistent with the accountant's Poisson sampling."""
+        return self.lower_bound <= self.epsilon and self.sampling is None
 
 
 class AuditFailed(RuntimeError):
@@ -121,6 +130,7 @@ def audit(
         who="fedgray audit",
         feature_rows=planted.rows,
     )
+    drawn = trainer.stream = BatchSizes(trainer.stream)  # the sampler's output, checked
     run = RunFolder(config.output.root, config.output.name, prefix="audit")
     run.save_config(config)
     started = time.perf_counter()
@@ -135,6 +145,7 @@ def audit(
     assert report is not None  # privacy.enabled
     scores = before - planted.losses(model, trainer.task)
     correct = planted.right_guesses(scores, guesses=options.guesses)
+    rows, rate = len(trainer.data), report.plan.sample_rate
     bound = epsilon_lower_bound(
         canaries=options.canaries,
         guesses=options.guesses,
@@ -153,6 +164,8 @@ def audit(
         correct=correct,
         utility=evaluate(model, test),
         run_dir=run.path,
+        sampling_p_value=poisson_p_value(drawn.sizes, rows=rows, rate=rate),
+        sampling=sampling_refuted(drawn.sizes, rows=rows, rate=rate),
     )
     run.write_json(
         "audit.json",
@@ -165,6 +178,8 @@ def audit(
             "canaries": options.canaries,
             "guesses": options.guesses,
             "correct": correct,
+            "sampling_p_value": result.sampling_p_value,
+            "batch_sizes": drawn.sizes,
             "seed": options.seed,
             "seconds": time.perf_counter() - started,
             "privacy": report.metrics(),
@@ -177,8 +192,9 @@ def audit(
 
 
 def check(result: AuditResult) -> AuditResult:
-    """``result``, unless its bound exceeds the accountant's epsilon (:class:`AuditFailed`)."""
-    if not result.passed:
+    """``result``, unless its bound exceeds the accountant's epsilon or its batches refute
+    Poisson sampling at the accountant's rate (:class:`AuditFailed`, one line)."""
+    if result.lower_bound > result.epsilon:
         line = exceeded(
             lower_bound=result.lower_bound,
             epsilon=result.epsilon,
@@ -186,4 +202,6 @@ def check(result: AuditResult) -> AuditResult:
             confidence=result.confidence,
         )
         raise AuditFailed(f"{line} ({result.run_dir})")
+    if result.sampling is not None:
+        raise AuditFailed(f"{result.sampling} ({result.run_dir})")
     return result

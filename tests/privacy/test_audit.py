@@ -59,17 +59,17 @@ def test_the_audit_catches_a_planted_bug(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="not detectable from the final adapters: shuffling (every row exactly once per "
-    "epoch) changes a canary's total influence on them little from Poisson sampling's; "
-    "measured: bound 0.25 against epsilon 1, 0.21 on the correct build (docs/privacy-audit.md)",
-)
-def test_the_audit_catches_shuffling_in_place_of_poisson_sampling(
+def test_the_audit_catches_shuffling_in_place_of_poisson_sampling_by_its_batches(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """The final adapters do not show it (the bound stays below epsilon, as on the correct
+    build); the batches drawn do."""
     shuffling(monkeypatch.setattr)
-    assert _audited(tmp_path, "shuffling").lower_bound > 1.0
+    result = _audited(tmp_path, "shuffling")
+    assert result.lower_bound <= result.epsilon
+    assert result.sampling is not None and result.sampling_p_value < 1e-6
+    with pytest.raises(AuditFailed, match="not Poisson-sampled at the accountant's rate"):
+        check(result)
 
 
 # The command on the micro CLIP: fewer canaries and steps, still far apart with noise off.
@@ -107,6 +107,7 @@ def test_the_audit_command_reports_its_bound_beside_the_accountants_epsilon(
     assert bound <= epsilon < 1.5
     record = json.loads((tmp_path / "a" / "audit.json").read_text())
     assert record["passed"] and len(record["scores"]) == 100
+    assert record["sampling_p_value"] > 1e-6 and len(record["batch_sizes"]) == 150
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["audit.json", "config.yaml"]
 
 
@@ -117,6 +118,15 @@ def test_the_audit_command_fails_in_one_line_when_the_bound_exceeds_epsilon(
     assert _command(tmp_path) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "exceeds the accountant's epsilon" in err[0]
+
+
+def test_the_audit_command_fails_in_one_line_when_batches_are_shuffled(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shuffling(monkeypatch.setattr)
+    assert _command(tmp_path) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not Poisson-sampled at the accountant's rate" in err[0]
 
 
 def test_the_audit_refuses_a_run_without_dp_in_one_line_before_anything_runs(
