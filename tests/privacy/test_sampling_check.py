@@ -9,8 +9,10 @@ Opacus' DPDataLoader) and from the shuffling loader that a bug could put in its 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import pytest
+import torch
 
 from fedgray.backbone import SealedBackbone
 from fedgray.privacy.engine import poisson_batches
@@ -32,8 +34,8 @@ def rows(micro: SealedBackbone) -> TaskData:
     return captioned_data(micro, n=ROWS)
 
 
-def _sizes(stream: object) -> list[int]:
-    drawn = BatchSizes(stream)  # type: ignore[arg-type]
+def _sizes(stream: Iterator[tuple[torch.Tensor, ...]]) -> list[int]:
+    drawn = BatchSizes(stream)
     for _ in itertools.islice(drawn, STEPS):
         pass
     return drawn.sizes
