@@ -19,7 +19,7 @@ from fedgray.config_schema import ConfigError
 from fedgray.fl.serverapp.failures import FederationError
 from fedgray.privacy.planted import AUDITED_SITE
 from simulations.planted_bugs import no_noise
-from tests.helpers import micro_config, run_local
+from tests.helpers import SECURE, micro_config, run_local
 
 AUDITED = [
     "data.train_size=240",
@@ -64,6 +64,14 @@ def test_a_federated_run_reports_the_audited_sites_bound_beside_its_epsilon(
     assert keys == {"audit-canaries", "audit-guesses", "audit-correct"}
     weights = {int(m.content["metrics"]["num-examples"]) for m in replies}
     assert weights == {96}
+
+
+def test_the_audit_reaches_the_server_under_secagg(tmp_path: Path) -> None:
+    """Under SecAgg+ the counts travel in the legacy Fit metrics, beside the ledger."""
+    result, summary, _ = run_local(micro_config(tmp_path, *AUDITED, *SECURE))
+    audit = _last_privacy(result.run_dir)["audit"]
+    assert summary["audit"] == audit and audit["passed"]
+    assert (audit["site"], audit["canaries"], audit["guesses"]) == (AUDITED_SITE, 100, 40)
 
 
 def test_a_federated_audit_ends_the_run_in_one_line_when_noise_is_off(
