@@ -66,6 +66,7 @@ def test_a_federated_run_reports_the_audited_sites_bound_beside_its_epsilon(
     assert weights == {96}
 
 
+@pytest.mark.slow
 def test_the_audit_reaches_the_server_under_secagg(tmp_path: Path) -> None:
     """Under SecAgg+ the counts travel in the legacy Fit metrics, beside the ledger."""
     result, summary, _ = run_local(micro_config(tmp_path, *AUDITED, *SECURE))
