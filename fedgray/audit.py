@@ -8,6 +8,9 @@ guesser that names the highest scores members and the lowest non-members turns i
 guesses into a lower bound on epsilon at the run's delta (:mod:`fedgray.privacy.audit_bound`).
 A correct DP-SGD can exceed its accountant's epsilon only with probability ``1 -
 confidence``; a bound above it says the implementation leaks more than it accounts for.
+The final adapters cannot show a sampler that shuffles instead of sampling Poisson (a
+canary's total influence is about the same), so the audit also checks the batches the
+run drew against the accountant's sample rate (:mod:`fedgray.privacy.sampling_check`).
 
 Canaries stay at the site: the audited adapters are not saved (only the audit's record),
 and the reported utility is measured on the test split, which holds none.
@@ -17,30 +20,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from fedgray.adapt import seed_everything
-from fedgray.adapters import AdaptedCLIP, build_model
+from fedgray.adapters import build_model
 from fedgray.config import Config
 from fedgray.config_schema import ConfigError
-from fedgray.privacy.audit_bound import epsilon_lower_bound
-from fedgray.privacy.canaries import (
-    CANARY_KINDS,
-    draw_members,
-    feature_canaries,
-    guess,
-    input_canaries,
-    joined,
-    per_sample_losses,
-    selected,
-)
-from fedgray.privacy.features import backbone_features
+from fedgray.privacy.audit_bound import CONFIDENCE, epsilon_lower_bound, exceeded
+from fedgray.privacy.canaries import CANARY_KINDS
+from fedgray.privacy.planted import canary_kind, plant
+from fedgray.privacy.sampling_check import BatchSizes, poisson_p_value, sampling_refuted
 from fedgray.runs import RunFolder
 from fedgray.site import load_task_data, open_backbone
-from fedgray.tasks import TaskData, evaluate
+from fedgray.tasks import evaluate
 from fedgray.train.schedule import Schedule
 from fedgray.train.trainer import LocalTrainer
 
@@ -55,7 +48,7 @@ class AuditOptions:
 
     canaries: int = 1000
     guesses: int = 100
-    confidence: float = 0.95
+    confidence: float = CONFIDENCE
     seed: int = 0
     canary: str | None = None
 
@@ -75,7 +68,9 @@ class AuditOptions:
 @dataclass(frozen=True)
 class AuditResult:
     """What the audit found: the empirical lower bound and the accountant's epsilon (both
-    at ``delta``), the guesses behind the bound, and the audited model's test metrics."""
+    at ``delta``), the guesses behind the bound, the audited model's test metrics, and the
+    check of the batches drawn (:mod:`fedgray.privacy.sampling_check`: its p-value, and
+    why it refutes Poisson sampling at the accountant's rate, or None)."""
 
     lower_bound: float
     epsilon: float
@@ -87,32 +82,18 @@ class AuditResult:
     correct: int
     utility: dict[str, float]
     run_dir: Path
+    sampling_p_value: float = 1.0
+    sampling: str | None = None
 
     @property
     def passed(self) -> bool:
-        """Whether the bound stays within the accountant's epsilon."""
-        return self.lower_bound <= self.epsilon
+        """Whether the bound stays within the accountant's epsilon and the batches drawn
+        are consistent with the accountant's Poisson sampling."""
+        return self.lower_bound <= self.epsilon and self.sampling is None
 
 
 class AuditFailed(RuntimeError):
     """The empirical lower bound exceeds the accountant's epsilon."""
-
-
-def _drawn(
-    kind: str, model: AdaptedCLIP, train: TaskData, options: AuditOptions
-) -> tuple[TaskData, torch.Tensor, TaskData, TaskData | None]:
-    """The canaries, which of them are members, the training data and the rows given as
-    features: feature canaries are drawn in the space DP-SGD steps over (the backbone's
-    features, cached once per process) and joined there; input canaries are taken from
-    ``train`` and the members joined to the rest."""
-    generator = torch.Generator().manual_seed(options.seed)
-    members = draw_members(options.canaries, generator=generator)
-    if kind == "feature":
-        space = replace(train, images=backbone_features(model, train.images))
-        canaries, _ = feature_canaries(space, count=options.canaries, generator=generator)
-        return canaries, members, train, selected(canaries, members)
-    canaries, rest = input_canaries(train, count=options.canaries, generator=generator)
-    return canaries, members, joined(rest, selected(canaries, members)), None
 
 
 def audit(
@@ -132,32 +113,28 @@ def audit(
     named = Path(config.output.root) / config.output.name if config.output.name else None
     if named is not None and (named / "audit.json").is_file():
         raise ValueError(f"{named} already holds an audit: choose another output.name")
-    kind = options.canary or ("feature" if privacy.cache_features else "input")
-    if kind == "feature" and not privacy.cache_features:
-        raise ConfigError(
-            "--canary: feature canaries need DP-SGD on cached features (privacy.cache_features)"
-        )
+    kind = canary_kind(privacy, options.canary)
     seed_everything(config)
     backbone = open_backbone(config, progress=progress)
     train = load_task_data(config, backbone, split="train")
     test = load_task_data(config, backbone, split="test")
     model = build_model(backbone, config.method)
-    canaries, members, trained, rows = _drawn(kind, model, train, options)
+    planted = plant(model, train, kind=kind, count=options.canaries, seed=options.seed)
+    members = planted.members
     trainer = LocalTrainer(  # refuses a budget or setting before any folder is written
         config,
         model,
-        trained,
+        planted.data,
         schedule=Schedule.single_site(config),
         seed=config.train.seed,
         who="fedgray audit",
-        feature_rows=rows,
+        feature_rows=planted.rows,
     )
+    drawn = trainer.stream = BatchSizes(trainer.stream)  # the sampler's output, checked
     run = RunFolder(config.output.root, config.output.name, prefix="audit")
     run.save_config(config)
     started = time.perf_counter()
-    scored = trainer.stepped if kind == "feature" else model  # what reads the canaries
-    scale = backbone.interface.logit_scale  # the task applies privacy.loss_scale itself
-    before = per_sample_losses(scored, trainer.task, canaries, scale=scale)
+    before = planted.losses(model, trainer.task)
     echo(
         f"audit of {config.method.name} on {config.data.dataset}: {len(trainer.data)} training "
         f"rows, {int(members.sum())} of them {kind} canaries (of {options.canaries}); "
@@ -166,11 +143,9 @@ def audit(
     trainer.run(progress=progress, description="audited training")
     report = trainer.close()
     assert report is not None  # privacy.enabled
-    scores = before - per_sample_losses(scored, trainer.task, canaries, scale=scale)
-    guessed_in = options.guesses // 2
-    guesses = guess(scores, guesses_in=guessed_in, guesses_out=options.guesses - guessed_in)
-    right = ((guesses == 1) & members) | ((guesses == -1) & ~members)
-    correct = int(right.sum())
+    scores = before - planted.losses(model, trainer.task)
+    correct = planted.right_guesses(scores, guesses=options.guesses)
+    rows, rate = len(trainer.data), report.plan.sample_rate
     bound = epsilon_lower_bound(
         canaries=options.canaries,
         guesses=options.guesses,
@@ -189,6 +164,8 @@ def audit(
         correct=correct,
         utility=evaluate(model, test),
         run_dir=run.path,
+        sampling_p_value=poisson_p_value(drawn.sizes, rows=rows, rate=rate),
+        sampling=sampling_refuted(drawn.sizes, rows=rows, rate=rate),
     )
     run.write_json(
         "audit.json",
@@ -201,6 +178,8 @@ def audit(
             "canaries": options.canaries,
             "guesses": options.guesses,
             "correct": correct,
+            "sampling_p_value": result.sampling_p_value,
+            "batch_sizes": drawn.sizes,
             "seed": options.seed,
             "seconds": time.perf_counter() - started,
             "privacy": report.metrics(),
@@ -213,11 +192,16 @@ def audit(
 
 
 def check(result: AuditResult) -> AuditResult:
-    """``result``, unless its bound exceeds the accountant's epsilon (:class:`AuditFailed`)."""
-    if not result.passed:
-        raise AuditFailed(
-            f"audit: empirical epsilon lower bound {result.lower_bound:.3f} exceeds the "
-            f"accountant's epsilon {result.epsilon:.3f} (delta {result.delta:g}, confidence "
-            f"{result.confidence:g}): DP-SGD leaks more than it accounts for ({result.run_dir})"
+    """``result``, unless its bound exceeds the accountant's epsilon or its batches refute
+    Poisson sampling at the accountant's rate (:class:`AuditFailed`, one line)."""
+    if result.lower_bound > result.epsilon:
+        line = exceeded(
+            lower_bound=result.lower_bound,
+            epsilon=result.epsilon,
+            delta=result.delta,
+            confidence=result.confidence,
         )
+        raise AuditFailed(f"{line} ({result.run_dir})")
+    if result.sampling is not None:
+        raise AuditFailed(f"{result.sampling} ({result.run_dir})")
     return result

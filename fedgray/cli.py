@@ -86,6 +86,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         f"{result.canaries} canaries trained on)\n"
         f"empirical epsilon >= {result.lower_bound:.3f} at {result.confidence:.0%} confidence; "
         f"accountant's epsilon {result.epsilon:.3f} (delta {result.delta:g})\n"
+        f"batches drawn against Poisson sampling at the accountant's rate: p = "
+        f"{result.sampling_p_value:.3g}\n"
         f"run folder: {result.run_dir}"
     )
     try:

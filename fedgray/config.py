@@ -444,6 +444,10 @@ class PrivacyConfig:
     ``frozen-text``, each image against its caption and public negatives with the whole
     text side frozen; ``text-out``, the same with the text output module trained too.
     ``loss_scale``: the logit scale of that per-sample loss (default: the backbone's).
+    ``audit``: a federated run audits site 0's DP-SGD as ``fedgray audit`` does
+    (:mod:`fedgray.privacy.planted`): ``audit_canaries`` canaries planted in its training
+    data, ``audit_guesses`` guesses after its last round, the empirical lower bound (95%
+    confidence) beside its epsilon; the run fails when the bound exceeds it.
     """
 
     enabled: bool = False
@@ -461,12 +465,24 @@ class PrivacyConfig:
     cache_features: bool = False
     objective: str = field(default="frozen-text", metadata=registered("objective", _objectives))
     loss_scale: float | None = field(default=None, metadata=positive())
+    audit: bool = False
+    audit_canaries: int = field(default=1000, metadata=positive())
+    audit_guesses: int = field(default=100, metadata=positive())
     central: CentralPrivacyConfig = field(default_factory=CentralPrivacyConfig)
 
     def __post_init__(self) -> None:
         if self.enabled and (self.noise_multiplier is None) == (self.target_epsilon is None):
             raise ConfigError(
                 "privacy: give exactly one of privacy.noise_multiplier and privacy.target_epsilon"
+            )
+        if self.audit and not self.enabled:
+            raise ConfigError(
+                "privacy.audit: the audit bounds DP-SGD's epsilon; set privacy.enabled: true"
+            )
+        if self.audit_guesses > self.audit_canaries:
+            raise ConfigError(
+                f"privacy.audit_guesses: must be at most privacy.audit_canaries "
+                f"({self.audit_canaries}; got {self.audit_guesses})"
             )
         if self.enabled and not self.poisson:
             raise ConfigError(
@@ -490,6 +506,11 @@ class Config:
 
     def __post_init__(self) -> None:
         check_secure_and_central(self)
+        if self.privacy.audit and self.federation.fraction_train < 1:
+            raise ConfigError(
+                "privacy.audit: the audited site must train in every round: set "
+                f"federation.fraction_train: 1 (got {self.federation.fraction_train:g})"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, as saved in a run folder."""

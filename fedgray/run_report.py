@@ -92,6 +92,25 @@ def _privacy_section(privacy: dict[str, Any]) -> str:
         f"{_cell(privacy.get('accountant'))}</p>"
         + _table(["site", "epsilon", "budget", "share of budget"], rows, id_="privacy")
         + note
+        + _audit_section(privacy.get("audit"))
+    )
+
+
+def _audit_section(audit: dict[str, Any] | None) -> str:
+    """The audited site's empirical lower bound beside its accountant's epsilon."""
+    if audit is None:
+        return ""
+    row = [
+        audit["site"],
+        f"{audit['correct']} of {audit['guesses']}",
+        audit["canaries"],
+        float(audit["lower_bound"]),
+        float(audit["epsilon"]),
+        "passed" if audit["passed"] else "FAILED: the bound exceeds epsilon",
+    ]
+    header = ["site", "right guesses", "canaries", "empirical lower bound", "epsilon", "audit"]
+    return f"<h3>Privacy audit ({audit['confidence']:.0%} confidence)</h3>" + _table(
+        header, [row], id_="audit"
     )
 
 

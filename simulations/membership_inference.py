@@ -18,6 +18,7 @@ target's test metric) into the output folder and prints it.
 from __future__ import annotations
 
 import argparse
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -80,10 +81,10 @@ def measure(
     *,
     members: int,
     references: int,
-) -> list[str]:
-    """One setting's table cells: each attack's AUC and TPR at 1% FPR, and the target's test
-    metric. The first ``members`` examples of ``pool`` train the target, the next as many
-    stay out, and each reference trains on its own next ``members``."""
+) -> list[float]:
+    """One setting's figures: each attack's AUC and TPR at 1% FPR (in %), and the target's
+    test metric. The first ``members`` examples of ``pool`` train the target, the next as
+    many stay out, and each reference trains on its own next ``members``."""
     inside = pool.subset(range(members))
     candidates = pool.subset(range(2 * members))
     is_member = torch.arange(2 * members) < members
@@ -105,41 +106,66 @@ def measure(
             for k in range(references)
         ]
     )
-    cells = []
+    figures = []
     for scores in ATTACKS.values():
         result = attack(scores(target_losses, reference_losses), is_member)
-        cells.append(f"{result.auc:.3f} | {100 * result.tpr_at_1_percent:.1f}%")
-    return [*cells, f"{utility:.1f}"]
+        figures += [result.auc, 100 * result.tpr_at_1_percent]
+    return [*figures, utility]
+
+
+FORMATS = ("{:.3f}", "{:.1f}%", "{:.3f}", "{:.1f}%", "{:.1f}")  # the cells of :func:`measure`
+
+
+def cells(runs: Sequence[Sequence[float]]) -> list[str]:
+    """Table cells of one setting over its seeds: the value, or mean ± standard deviation."""
+    out = []
+    for form, values in zip(FORMATS, zip(*runs, strict=True), strict=True):
+        mean = form.format(statistics.mean(values))
+        spread = form.format(statistics.stdev(values)) if len(values) > 1 else ""
+        out.append(f"{mean} ± {spread}" if spread else mean)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Measure every setting of :data:`SETTINGS` on one pool of examples; print the table
-    and write it to ``--output``/results.md."""
+    """Measure every setting of :data:`SETTINGS` on one pool of examples per seed; print the
+    table and write it to ``--output``/results.md."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("::")[0])
     parser.add_argument("config", help="YAML run configuration")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--members", type=int, default=500, help="examples the target trains on")
     parser.add_argument("--references", type=int, default=4, help="the attacker's reference models")
     parser.add_argument("--output", required=True, help="folder for results.md")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="data and training seeds; with several, each cell is mean ± standard deviation",
+    )
     args = parser.parse_args(argv)
     size = (2 + args.references) * args.members
-    base = load_config(args.config, [*args.overrides, f"data.train_size={size}"])
-    seed_everything(base)
-    backbone = open_backbone(base, progress=False)
-    pool = load_task_data(base, backbone, split="train")
-    test = load_task_data(base, backbone, split="test")
+    runs: dict[str, list[list[float]]] = {setting: [] for setting in SETTINGS}
+    for seed in args.seeds:
+        seeded = [*args.overrides, f"data.train_size={size}", f"data.seed={seed}"]
+        seeded.append(f"train.seed={seed}")
+        base = load_config(args.config, seeded)
+        seed_everything(base)
+        backbone = open_backbone(base, progress=False)
+        pool = load_task_data(base, backbone, split="train")
+        test = load_task_data(base, backbone, split="test")
+        for setting, overrides in SETTINGS.items():
+            config = load_config(args.config, [*seeded, *overrides])
+            figures = measure(
+                config, backbone, pool, test, members=args.members, references=args.references
+            )
+            runs[setting].append(figures)
+            print(f"seed {seed}, {setting}: " + " | ".join(cells([figures])), flush=True)
     rows = [
         "| setting | loss AUC | loss TPR at 1% FPR | calibrated AUC | calibrated TPR at 1% FPR "
         "| test metric |",
         "|---|---|---|---|---|---|",
     ]
-    for setting, overrides in SETTINGS.items():
-        config = load_config(args.config, [*args.overrides, f"data.train_size={size}", *overrides])
-        cells = measure(
-            config, backbone, pool, test, members=args.members, references=args.references
-        )
-        rows.append(f"| {setting} | " + " | ".join(cells) + " |")
-        print(rows[-1], flush=True)
+    rows += [f"| {setting} | " + " | ".join(cells(found)) + " |" for setting, found in runs.items()]
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text("\n".join(rows) + "\n")

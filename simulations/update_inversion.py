@@ -42,21 +42,27 @@ Update = tuple[torch.Tensor, torch.Tensor]
 
 
 def gradients(
-    head: CachedImageHead, config: Config, data: TaskData, rows: torch.Tensor
+    head: CachedImageHead,
+    config: Config,
+    data: TaskData,
+    rows: torch.Tensor,
+    *,
+    adapter: str = "image_out",
 ) -> list[Update]:
-    """Each row's gradient of the image output adapter (weight, bias) under the per-sample
-    objective, the adapter at its initial (identity) values."""
+    """Each row's gradient of an output adapter (``image_out`` or, under the ``text-out``
+    objective, ``text_out``: weight, bias) under the per-sample objective, the adapters at
+    their initial (identity) values."""
     task = private_task(config.train.task, head.model, config.privacy.objective)
     scale = head.model.backbone.interface.logit_scale
-    adapter = head.image_out
-    assert isinstance(adapter, torch.nn.Linear)
+    module = getattr(head.model, adapter)
+    assert isinstance(module, torch.nn.Linear)
     found = []
     for row in rows:
         batch = tuple(t[row : row + 1] for t in data.as_dataset().tensors)
-        adapter.zero_grad()
+        module.zero_grad()
         task.loss(head, batch, data, scale).backward()
-        assert adapter.weight.grad is not None and adapter.bias.grad is not None
-        found.append((adapter.weight.grad.clone(), adapter.bias.grad.clone()))
+        assert module.weight.grad is not None and module.bias.grad is not None
+        found.append((module.weight.grad.clone(), module.bias.grad.clone()))
     return found
 
 

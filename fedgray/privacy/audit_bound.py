@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 BISECTION_STEPS = 40  # on [0, eps_max]: the bound is found to eps_max / 2^40
+CONFIDENCE = 0.95  # of the bound, unless an audit says otherwise
 
 
 def _log_pmf(k: int, n: int, log_p: float, log_q: float) -> float:
@@ -65,7 +66,7 @@ def p_value(*, canaries: int, guesses: int, correct: int, epsilon: float, delta:
 
 
 def epsilon_lower_bound(
-    *, canaries: int, guesses: int, correct: int, delta: float, confidence: float = 0.95
+    *, canaries: int, guesses: int, correct: int, delta: float, confidence: float = CONFIDENCE
 ) -> float:
     """The largest epsilon the outcome refutes at ``confidence``: training is not
     (epsilon, ``delta``)-DP for any smaller epsilon, with that confidence. 0 when the outcome
@@ -89,3 +90,12 @@ def epsilon_lower_bound(
         middle = (low + high) / 2
         low, high = (middle, high) if refuted(middle) else (low, middle)
     return low
+
+
+def exceeded(*, lower_bound: float, epsilon: float, delta: float, confidence: float) -> str:
+    """The one line of an audit whose bound exceeds the accountant's epsilon."""
+    return (
+        f"audit: empirical epsilon lower bound {lower_bound:.3f} exceeds the accountant's "
+        f"epsilon {epsilon:.3f} (delta {delta:g}, confidence {confidence:g}): DP-SGD leaks "
+        "more than it accounts for"
+    )

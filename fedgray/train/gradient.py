@@ -11,7 +11,8 @@ import torch
 from fedgray.adapters import AdaptedCLIP, build_model
 from fedgray.backbone import Backbone
 from fedgray.config import Config
-from fedgray.tasks import TASKS, TaskData, evaluate
+from fedgray.privacy.planted import Planted, planted_at_site
+from fedgray.tasks import TASKS, Task, TaskData, evaluate
 from fedgray.train.job import Job, Trained
 from fedgray.train.kinds import SiteRound, SiteUpdate, State, TrainerKind, register
 from fedgray.train.schedule import Schedule
@@ -86,15 +87,17 @@ def train_round(site: SiteRound) -> SiteUpdate:
     """``federation.local_steps`` steps from the global (and the site's personal) tensors."""
     config = site.config
     model = adapted_model(config, site.backbone, {**site.shared, **site.personal})
+    planted = planted_at_site(config, model, site.data, partition_id=site.partition_id)
     trainer = LocalTrainer(
         config,
         model,
-        site.data,
+        site.data if planted is None else planted.data,
         schedule=Schedule.federated(config, site.server_round),
         seed=site.seed,
         ledger=site.ledger,
         proximal_mu=site.proximal_mu,
         who=f"site {site.partition_id}",
+        feature_rows=planted.rows if planted is not None else None,
     )
     before = site.backbone.queries_used
     result = trainer.run()
@@ -102,9 +105,30 @@ def train_round(site: SiteRound) -> SiteUpdate:
     metrics = {"train-loss": result.mean_loss} if result.losses else {}
     metrics["queries"] = site.backbone.queries_used - before  # against backbone.query_budget
     metrics.update(report.metrics() if report is not None else {})
+    audit = None
+    if planted is not None and site.server_round == config.federation.num_rounds:
+        audit = _audit(site, planted, model, trainer.task)
     return SiteUpdate(
-        dict(model.state_dict()), metrics, report.ledger if report is not None else None
+        dict(model.state_dict()), metrics, report.ledger if report is not None else None, audit
     )
+
+
+def _audit(site: SiteRound, planted: Planted, trained: AdaptedCLIP, task: Task) -> dict[str, int]:
+    """The audit's evidence after the site's last round: its canaries scored by how much
+    the whole run lowered their loss, from the run's initial adapters to the update this
+    site releases (its own, not the average: other sites do not dilute it)."""
+    config = site.config
+    with torch.random.fork_rng():  # ``start`` seeds torch as the server does
+        initial = adapted_model(
+            config, site.backbone, start(config, site.backbone, lambda: site.data)
+        )
+    scores = planted.losses(initial, task) - planted.losses(trained, task)
+    guesses = config.privacy.audit_guesses
+    return {
+        "audit-canaries": len(planted.members),
+        "audit-guesses": guesses,
+        "audit-correct": planted.right_guesses(scores, guesses=guesses),
+    }
 
 
 def score(config: Config, backbone: Backbone, state: State, data: TaskData) -> dict[str, float]:

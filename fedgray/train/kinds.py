@@ -51,11 +51,13 @@ class SiteRound:
 @dataclass(frozen=True)
 class SiteUpdate:
     """A site's round outcome: all its tensors (the caller splits off personal ones), its
-    metrics and, under DP, its ledger after the round."""
+    metrics and, under DP, its ledger after the round; ``audit``: the audited site's
+    evidence after the last round under ``privacy.audit`` (canaries, guesses, right ones)."""
 
     state: State
     metrics: dict[str, float]
     ledger: Ledger | None = None
+    audit: dict[str, int] | None = None
 
 
 # A federated setting a kind does not support: (config field, is it set, why not).

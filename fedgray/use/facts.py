@@ -41,6 +41,8 @@ def privacy_summary(config: dict[str, Any], records: list[dict[str, Any]]) -> di
     if ledger is not None:  # federated: every site's epsilon
         out["epsilon_per_site"] = ledger["epsilon"]
         out["max_epsilon"] = ledger["max_epsilon"]
+        if "audit" in ledger:  # privacy.audit: the audited site's bound beside its epsilon
+            out["audit"] = ledger["audit"]
     return out
 
 

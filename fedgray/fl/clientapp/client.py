@@ -139,7 +139,10 @@ class Site:
         if update.ledger is not None:
             state[LEDGER] = ledger_to_record(update.ledger)
             records[LEDGER] = ledger_reply(
-                update.ledger, partition_id=self.partition_id, epsilon=metrics["epsilon"]
+                update.ledger,
+                partition_id=self.partition_id,
+                epsilon=metrics["epsilon"],
+                audit=update.audit,
             )
         return reply, metrics, records
 

@@ -11,6 +11,7 @@ public accounting metadata only (noise multiplier, sample rate, step counts).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -19,9 +20,11 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from fedgray.config import PrivacyConfig
 from fedgray.privacy import Ledger
+from fedgray.privacy.audit_bound import CONFIDENCE, epsilon_lower_bound
 from fedgray.privacy.budget import BudgetExhausted
 
 LEDGER = "privacy-ledger"
+AUDIT = "audit-"  # prefix of the audited site's counts in its ledger reply
 BUDGET_EXHAUSTED = 4401  # Error code of a train reply from a site that refused to train
 SITE_REFUSED = 4403  # Error code of a reply from a site whose own floor refused the round
 
@@ -86,11 +89,16 @@ def site_ledger(
     return ledger
 
 
-def ledger_reply(ledger: Ledger, *, partition_id: int, epsilon: float) -> ConfigRecord:
-    """What a site sends back about its privacy: its ledger, site number and epsilon."""
+def ledger_reply(
+    ledger: Ledger, *, partition_id: int, epsilon: float, audit: Mapping[str, int] | None = None
+) -> ConfigRecord:
+    """What a site sends back about its privacy: its ledger, site number and epsilon, and
+    under ``privacy.audit`` the audited site's counts after its last round (how many
+    canaries, guesses and right guesses: no canary, score or membership leaves the site)."""
     record = ledger_to_record(ledger)
     record["site"] = partition_id
     record["epsilon"] = epsilon
+    record.update(audit or {})
     return record
 
 
@@ -136,16 +144,33 @@ class PrivacyLog:
 
     def update(self, ledgers: list[ConfigRecord], refusals: list[str]) -> dict[str, Any]:
         """Take in a round's reported ledgers and refusals; its record for metrics.jsonl."""
+        audit = None
         for record in ledgers:
             site = int(cast(int, record["site"]))  # as ledger_reply writes them
             self.ledgers[site] = ledger_from_record(record)
             self.epsilons[site] = float(cast(float, record["epsilon"]))
+            if f"{AUDIT}correct" in record:
+                audit = self._audit(site, record)
         return {
             "delta": self.privacy.delta,
             "accountant": self.privacy.accountant,
             "epsilon": {str(s): e for s, e in sorted(self.epsilons.items())},
             "max_epsilon": max(self.epsilons.values(), default=0.0),
             "budget_refusals": list(refusals),
+        } | ({"audit": audit} if audit is not None else {})
+
+    def _audit(self, site: int, record: ConfigRecord) -> dict[str, Any]:
+        """The audited site's bound beside its epsilon (for metrics.jsonl and the report)."""
+        counts = {k: int(cast(int, record[AUDIT + k])) for k in ("canaries", "guesses", "correct")}
+        bound = epsilon_lower_bound(**counts, delta=self.privacy.delta, confidence=CONFIDENCE)
+        epsilon = self.epsilons[site]
+        return {
+            "site": site,
+            **counts,
+            "confidence": CONFIDENCE,
+            "lower_bound": bound,
+            "epsilon": epsilon,
+            "passed": bound <= epsilon,
         }
 
     def state(self) -> dict[str, Any]:
@@ -165,3 +190,13 @@ class PrivacyLog:
             history = tuple((float(n), float(q), int(s)) for n, q, s in entry["history"])
             self.ledgers[int(site)] = Ledger(entry["accountant"], history)
             self.epsilons[int(site)] = float(entry["epsilon"])
+
+
+def audit_line(audit: dict[str, Any]) -> str:
+    """``audit at site 0: 61 of 100 guesses right, empirical epsilon >= 0.000 (95%
+    confidence) beside the accountant's 0.996``."""
+    return (
+        f"audit at site {audit['site']}: {audit['correct']} of {audit['guesses']} guesses right "
+        f"({audit['canaries']} canaries), empirical epsilon >= {audit['lower_bound']:.3f} "
+        f"({audit['confidence']:.0%} confidence) beside the accountant's {audit['epsilon']:.3f}"
+    )

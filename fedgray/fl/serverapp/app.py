@@ -15,7 +15,7 @@ from fedgray.fl.common.run_config import resolve_config
 from fedgray.fl.serverapp.checkpoint import CHECKPOINT
 from fedgray.fl.serverapp.preflight import check_resume
 from fedgray.fl.serverapp.progress import PROGRESS, record_error, teed
-from fedgray.fl.serverapp.report import finish
+from fedgray.fl.serverapp.report import check_audit, finish
 from fedgray.fl.serverapp.server import Echo, FederationResult, federate
 from fedgray.runs import RunFolder
 
@@ -55,6 +55,7 @@ def make_server_app(
             run.save_config(resolved)
             result = federate(grid, resolved, run, echo=teed(echo, progress))
             summary = finish(run, resolved, result)
+            check_audit(resolved, summary)
         except BaseException as error:
             if progress is not None:
                 record_error(progress, error)

@@ -6,9 +6,12 @@ from typing import Any
 
 from fedgray.config import Config
 from fedgray.fl.common.records import from_record
+from fedgray.fl.serverapp.failures import FederationError
 from fedgray.fl.serverapp.selection import SELECTION_SPLITS
 from fedgray.fl.serverapp.server import FederationResult, headline
 from fedgray.plots import plot_curve
+from fedgray.privacy.audit_bound import exceeded
+from fedgray.privacy.planted import AUDITED_SITE
 from fedgray.run_report import write_report
 from fedgray.runs import RunFolder, save_adapters
 from fedgray.tasks import TASKS
@@ -67,6 +70,9 @@ def finish(run: RunFolder, config: Config, result: FederationResult) -> dict[str
     }
     if queries := sum(r.get("queries", 0) for r in trained):
         summary["queries"] = queries  # backbone queries of all sites' training
+    if config.privacy.audit:
+        last = result.records[-1].get("privacy", {})
+        summary["audit"] = last.get("audit")  # None: the audited site sent no evidence
     run.write_json("summary.json", summary)
     write_report(run.path, metric=metric)
     write_tracking(run.path, config.output.track, result.records)
@@ -92,3 +98,27 @@ def comparison(summary: dict[str, Any]) -> list[str]:
     if "queries" in summary:
         lines.append(f"queries: {summary['queries']:,} backbone queries by the sites' training")
     return lines
+
+
+def check_audit(config: Config, summary: dict[str, Any]) -> None:
+    """Under ``privacy.audit``, end the run with a one-line :class:`FederationError` (its
+    folder already written) when the audited site's bound exceeds its epsilon, or when that
+    site never sent the evidence (it did not train in the last round)."""
+    if not config.privacy.audit:
+        return
+    audit = summary.get("audit")
+    if audit is None:
+        raise FederationError(
+            f"privacy.audit: site {AUDITED_SITE} sent no audit evidence from the last round "
+            "(it did not train in it): no bound to report"
+        )
+    if not audit["passed"]:
+        raise FederationError(
+            exceeded(
+                lower_bound=audit["lower_bound"],
+                epsilon=audit["epsilon"],
+                delta=config.privacy.delta,
+                confidence=audit["confidence"],
+            )
+            + f" at site {audit['site']}"
+        )

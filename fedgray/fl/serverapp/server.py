@@ -26,7 +26,7 @@ from fedgray.backbone import Backbone
 from fedgray.config import Config
 from fedgray.fl.common.cache import shared_backbone, shared_data
 from fedgray.fl.common.central import CentralLedger, num_sampled, with_central_dp
-from fedgray.fl.common.private import PrivacyLog
+from fedgray.fl.common.private import PrivacyLog, audit_line
 from fedgray.fl.common.records import from_record, to_record
 from fedgray.fl.serverapp.checkpoint import CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
 from fedgray.fl.serverapp.failures import wait_for_sites
@@ -255,6 +255,8 @@ def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) 
             selection=selection.state(),
         )
         echo(progress_line(config, record))
+        if "audit" in record.get("privacy", {}):
+            echo(audit_line(record["privacy"]["audit"]))
         if _stop_for_budget(config, record, echo):
             break
     assert selection.arrays is not None  # every round, round 0 included, was offered
