@@ -54,11 +54,15 @@ class Plan:
 
     def __post_init__(self) -> None:
         if self.rounds < 2:
-            raise ValueError(f"--rounds: needs at least 2 (the first is left out), got {self.rounds}")
+            raise ValueError(
+                f"--rounds: needs at least 2 (the first is left out), got {self.rounds}"
+            )
         if self.blocks < 1:
             raise ValueError(f"--blocks: must be >= 1, got {self.blocks}")
-        if self.deployed not in (0,) and self.deployed < 3:
-            raise ValueError(f"--deployed: SecAgg+ needs at least 3 sites (or 0), got {self.deployed}")
+        if self.deployed != 0 and self.deployed < 3:
+            raise ValueError(
+                f"--deployed: SecAgg+ needs at least 3 sites (or 0), got {self.deployed}"
+            )
         if any(n < 3 for n in self.simulated):
             raise ValueError(f"--sites: SecAgg+ needs at least 3 sites, got {self.simulated}")
 
@@ -193,13 +197,17 @@ def deployed_rows(plan: Plan, root: Path, *, echo: Echo) -> tuple[Row, Row, floa
                 )
                 lines = (results / "metrics.jsonl").read_text().splitlines()
                 found["deployed", secure] = Rounds.of([json.loads(line) for line in lines])
-                twin = bench_config(plan, plan.model, sites, secure=secure, root=root / f"sim-{name}")
+                twin = bench_config(
+                    plan, plan.model, sites, secure=secure, root=root / f"sim-{name}"
+                )
                 found["simulated", secure] = simulated(twin)
             dep.append((found["deployed", False], found["deployed", True]))
             sim.append((found["simulated", False], found["simulated", True]))
     deployed = Row.of("deployed", plan.model, sites, dep)
     twin_row = Row.of("simulated", plan.model, sites, sim)
-    versus = statistics.median(d.seconds / s.seconds for (d, _), (s, _) in zip(dep, sim, strict=True))
+    versus = statistics.median(
+        d.seconds / s.seconds for (d, _), (s, _) in zip(dep, sim, strict=True)
+    )
     echo(f"  deployed, {sites} sites: SecAgg+ / plain {deployed.time_ratio:.2f}x")
     return deployed, twin_row, versus
 
@@ -245,7 +253,11 @@ def bench_secagg(plan: Plan, out: Path, *, echo: Echo) -> str:
             rows += [twin, deployed]
     text = table(rows, versus)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"plan": asdict(plan), "rows": [asdict(r) for r in rows], "deployed_vs_simulated": versus}
+    record = {
+        "plan": asdict(plan),
+        "rows": [asdict(r) for r in rows],
+        "deployed_vs_simulated": versus,
+    }
     (out / "secagg.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "secagg.md").write_text(text)
     return text

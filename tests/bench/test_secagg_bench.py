@@ -66,10 +66,14 @@ def test_the_table_states_the_goals_only_with_a_deployed_row() -> None:
     assert len(alone.splitlines()) == 3 and "goal" not in alone
     assert "| simulated | fedgray-tiny | 3 | 2.00 s | 2.50 s | 1.25x | 1.0 | 3.0 | 3.00x |" in alone
     both = table([sim, dep], 1.1).splitlines()
-    assert both[-2] == "- deployed plain round / the same round simulated (3 sites): 1.10x (goal <= 1.3)"
+    assert (
+        both[-2]
+        == "- deployed plain round / the same round simulated (3 sites): 1.10x (goal <= 1.3)"
+    )
     assert both[-1] == "- deployed SecAgg+ round / deployed plain round: 1.25x (goal <= 1.5)"
 
 
+@pytest.mark.slow
 def test_a_simulated_row_is_measured_and_secagg_sends_more(tmp_path: Path, threads: None) -> None:
     """Three micro sites, one block of two-round runs: SecAgg+'s keys, shares and masked
     vectors cost more bytes than the plain update, and both sides took time."""

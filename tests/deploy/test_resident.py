@@ -12,7 +12,6 @@ from fedgray.deploy.credentials import create_credentials
 from fedgray.deploy.demo import flwr_run, start_federation
 from fedgray.deploy.processes import Processes
 from fedgray.deploy.site_data import seal_backbone, write_site_data
-
 from tests.deploy.conftest import NUM_SITES, RUN_LIMIT_S, alive, tiny_config
 
 SERVED = re.compile(r"fedgray site: ClientApp process (\d+) served message (\d+) of run (\d+)")

@@ -151,7 +151,7 @@ def main() -> None:
 
     os.environ.setdefault(TASK_POLL_ENV, str(TASK_POLL_S))
     executor = ResidentExecutor()
-    loop.get_executor = lambda *_args, **_kwargs: executor  # type: ignore[assignment]
+    loop.get_executor = lambda *_args, **_kwargs: executor
     sys.argv[0] = "flower-superexec"  # the name Flower's exit messages go by
     flower_superexec()
 
