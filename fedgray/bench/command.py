@@ -18,6 +18,7 @@ from .federation import federation
 from .isolated import RuntimeStart, isolation
 from .report import conditions, markdown, write
 from .scaling import SITE_COUNTS, curve
+from .secagg import DEPLOYED_SITES, SIMULATED_SITES, Plan, bench_secagg
 from .sections import Figure, Sizes
 
 DESCRIPTION = (
@@ -69,10 +70,30 @@ def _scaling(model: str, counts: tuple[int, ...], out: Path) -> int:
     return 0
 
 
+def _secagg(args: argparse.Namespace) -> int:
+    """The SecAgg+ table (see :mod:`.secagg`)."""
+    try:
+        plan = Plan(
+            simulated=args.sites or SIMULATED_SITES,
+            deployed=args.deployed,
+            rounds=args.rounds,
+            blocks=args.blocks,
+        )
+    except ValueError as error:
+        print(f"fedgray bench: error: {error}", file=sys.stderr)
+        return 2
+    text = bench_secagg(plan, Path(args.out), echo=lambda line: print(line, flush=True))
+    sys.stdout.write("\n" + text)
+    print(f"\nwrote {Path(args.out) / 'secagg.json'} and {Path(args.out) / 'secagg.md'}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
+    if args.secagg:
+        return _secagg(args)
     if args.scaling is not None:
-        return _scaling(args.scaling, args.sites, Path(args.out))
+        return _scaling(args.scaling, args.sites or SITE_COUNTS, Path(args.out))
     command = "fedgray bench" + (" --quick" if args.quick else "")
     info = conditions(command)
     figures = run(
@@ -112,12 +133,39 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
         f"{sections.SITE_MODEL})",
     )
     bench.add_argument(
+        "--secagg",
+        action="store_true",
+        help="instead of the table: a round's wall time and bytes per site with and without "
+        "SecAgg+, at each of --sites simulated sites and --deployed sites on a loopback "
+        "deployment (a real SuperLink and SuperNodes), side by side",
+    )
+    bench.add_argument(
         "--sites",
         type=_site_counts,
-        default=SITE_COUNTS,
+        default=None,
         metavar="N,N,...",
         help="site counts of --scaling, the first the reference (default: "
-        f"{','.join(map(str, SITE_COUNTS))})",
+        f"{','.join(map(str, SITE_COUNTS))}), or of --secagg's simulated rows (default: "
+        f"{','.join(map(str, SIMULATED_SITES))})",
+    )
+    bench.add_argument(
+        "--deployed",
+        type=int,
+        default=DEPLOYED_SITES,
+        metavar="N",
+        help=f"--secagg: sites of the loopback deployment (default {DEPLOYED_SITES}; 0: none)",
+    )
+    bench.add_argument(
+        "--rounds",
+        type=int,
+        default=Plan.rounds,
+        help="--secagg: rounds per run, the first left out (it opens backbone and data)",
+    )
+    bench.add_argument(
+        "--blocks",
+        type=int,
+        default=Plan.blocks,
+        help="--secagg: pairs of runs (plain, SecAgg+) per row, in alternating order",
     )
     bench.add_argument("--out", default="bench", metavar="DIR", help="folder for the results")
     bench.add_argument(

@@ -34,7 +34,8 @@ from fedgray.launch.commands import (
 from fedgray.launch.processes import Processes, wait_for_port
 
 Echo = Callable[[str], None]
-TRUSTED_RUNNER = "fedgray.fl.clientapp.trusted"
+RESIDENT_CLIENTAPPS = "fedgray.fl.clientapp.resident"
+SUPERNODE_RUNNER = "fedgray.deploy.supernode_runner"
 SECRET_FILE = "superexec.secret"
 LOOPBACK = "127.0.0.1"
 STARTUP_TIMEOUT_S = 60.0
@@ -167,35 +168,22 @@ def superexec_secret(folder: Path) -> Path:
     return path
 
 
-def trusted_runner(site_dir: Path) -> Path:
-    """A folder holding ``flwr-clientapp`` that runs :mod:`fedgray.fl.clientapp.trusted`
-    with this Python: first on the SuperNode's PATH, it is what Flower starts per message."""
-    folder = site_dir / "bin"
-    folder.mkdir(parents=True, exist_ok=True)
-    script = folder / "flwr-clientapp"
-    script.write_text(
-        f'#!/bin/sh\nexec "{sys.executable}" -m {TRUSTED_RUNNER} "$@"\n', encoding="utf-8"
-    )
-    script.chmod(0o755)
-    return folder
-
-
 def start_supernode(
     processes: Processes, options: SuperNodeOptions, *, site_dir: Path, echo: Echo = print
 ) -> SuperNode:
     """Start one site's SuperNode after checking its node config; its FLWR_HOME and log
-    in ``site_dir``. It runs only fedgray's installed ClientApp (see
-    :mod:`fedgray.fl.clientapp.trusted`)."""
+    in ``site_dir``. Its messages go to one long-lived ClientApp process
+    (:mod:`fedgray.fl.clientapp.resident`) that runs only fedgray's installed ClientApp
+    (:mod:`fedgray.fl.clientapp.trusted`)."""
     if options.insecure:
         _warn(INSECURE_WARNING)
     check_node_config(options.node_config)
     options = dataclasses.replace(options, superexec_secret=superexec_secret(site_dir))
     assert options.superexec_secret is not None
     env = flower_env(site_dir / "flwr")
-    env["PATH"] = f"{trusted_runner(site_dir)}{os.pathsep}{env['PATH']}"
     node = SuperNode(
-        processes.start(
-            supernode_command(options),
+        processes.start(  # flower-supernode's own arguments (see the runner's docstring)
+            [sys.executable, "-m", SUPERNODE_RUNNER, *supernode_command(options)[1:]],
             log_file=site_dir / "supernode.log",
             env=env,
             cwd=site_dir,
@@ -203,14 +191,15 @@ def start_supernode(
         options,
         site_dir,
     )
+    superexec = superexec_command(
+        f"127.0.0.1:{options.port}",
+        root_cert=None,
+        secret=options.superexec_secret,
+        parent_pid=node.process.pid,
+    )
     processes.start(  # it retries until the SuperNode's runtime API listens
-        superexec_command(
-            f"127.0.0.1:{options.port}",
-            root_cert=None,
-            secret=options.superexec_secret,
-            parent_pid=node.process.pid,
-        ),
-        log_file=site_dir / "supernode.log",  # one log per role: its apps write here
+        [sys.executable, "-m", RESIDENT_CLIENTAPPS, *superexec[1:]],  # flower-superexec's args
+        log_file=site_dir / "supernode.log",  # one log per role: its app writes here
         env=env,
         cwd=site_dir,
     )

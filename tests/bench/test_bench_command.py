@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from fedgray.cli import main
 
@@ -21,14 +19,6 @@ SECTIONS = (
     "federation",
     "gray step throughput",
 )
-
-
-@pytest.fixture
-def threads() -> Iterator[None]:
-    """The bench sets torch's thread count; give the next tests theirs back."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.slow

@@ -105,7 +105,8 @@ def test_a_supernode_killed_mid_round_is_left_out_and_its_ledger_is_right_when_i
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         # round 1 has sampled all three sites (after every site said its name): the victim
-        # dies before its reply, which takes seconds (a ClientApp process starts per message)
+        # dies before its reply, which takes seconds (its first training message of a run
+        # opens the sealed backbone and the data)
         text = log_file.read_text() if log_file.is_file() else ""
         if "sites: site-0 (node " in text and "configure_train: Sampled 3 nodes" in text:
             break

@@ -1,19 +1,18 @@
 """The site runs only code it trusts: fedgray's ClientApp as installed on its own machine.
 
-Flower's SuperNode hands each message to ``flwr-clientapp``, which installs the submitted
-app bundle (FAB) and imports the ClientApp its ``pyproject.toml`` names, with the bundle's
-folder on ``sys.path``: whoever reaches the SuperLink could make every site run their code.
-Flower 1.42's own check (``--trusted-entities``) accepts only bundles that Flower's hub
-signed, so it cannot vouch for a bundle submitted to a self-hosted SuperLink.
+Flower's ``flwr-clientapp`` installs the submitted app bundle (FAB) and imports the
+ClientApp its ``pyproject.toml`` names, with the bundle's folder on ``sys.path``: whoever
+reaches the SuperLink could make every site run their code. Flower 1.42's own check
+(``--trusted-entities``) accepts only bundles that Flower's hub signed, so it cannot vouch
+for a bundle submitted to a self-hosted SuperLink.
 
-A fedgray site therefore starts this module instead (its SuperNode finds it first on its
-PATH under the name ``flwr-clientapp``; see :func:`fedgray.deploy.roles.start_supernode`).
-It is Flower's own ``flwr-clientapp`` with one name replaced: the function that loads the
-bundle's ClientApp. The replacement imports no code from the bundle. It loads
-:data:`TRUSTED_CLIENTAPP` from the installed fedgray package when the bundle names exactly
-that ClientApp and carries nothing Python could import or run (only :data:`INERT_SUFFIXES`
-files); otherwise it writes one line to the SuperNode's log and answers every message with
-an :data:`UNTRUSTED_APP` error naming the reason, which the submitter's ServerApp receives.
+A fedgray site therefore loads its ClientApp with :func:`trusted_app` (in its
+long-lived ClientApp process, :mod:`fedgray.fl.clientapp.resident`), which imports no code
+from the bundle. It loads :data:`TRUSTED_CLIENTAPP` from the installed fedgray package when
+the bundle names exactly that ClientApp and carries nothing Python could import or run
+(only :data:`INERT_SUFFIXES` files); otherwise it writes one line to the SuperNode's log
+and answers every message with an :data:`UNTRUSTED_APP` error naming the reason, which the
+submitter's ServerApp receives.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from pathlib import Path
 from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
-from fedgray.fl.common.flower_internals import get_project_dir, replace_clientapp_loader
+from fedgray.fl.common.flower_internals import get_project_dir
 
 TRUSTED_CLIENTAPP = "fedgray.fl.clientapp.app:app"
 INERT_SUFFIXES = frozenset({".toml", ".yaml", ".yml", ".md", ".txt", ".json"})
@@ -62,30 +61,15 @@ class RefusingApp(ClientApp):
         return Message(Error(code=UNTRUSTED_APP, reason=self.reason), reply_to=message)
 
 
-def trusted_loader(*_args: object, **_kwargs: object) -> object:
-    """Stands in for Flower's ``get_load_client_app_fn``: a loader that checks the installed
-    bundle and never imports from it."""
+def trusted_app(fab_id: str, fab_version: str, fab_hash: str) -> ClientApp:
+    """The ClientApp for the installed bundle ``fab_id``/``fab_version``/``fab_hash``:
+    fedgray's own if the bundle passes :func:`bundle_verdict`, else a :class:`RefusingApp`.
+    Nothing is imported from the bundle."""
+    verdict = bundle_verdict(get_project_dir(fab_id, fab_version, fab_hash))
+    if verdict is None:
+        from fedgray.fl.clientapp.app import app
 
-    def load(fab_id: str, fab_version: str, fab_hash: str) -> ClientApp:
-        verdict = bundle_verdict(get_project_dir(fab_id, fab_version, fab_hash))
-        if verdict is None:
-            from fedgray.fl.clientapp.app import app
-
-            return app
-        reason = f"this site refuses app '{fab_id}' {fab_version} ({fab_hash[:12]}): {verdict}"
-        print(f"fedgray site: {reason}", file=sys.stderr, flush=True)
-        return RefusingApp(reason)
-
-    return load
-
-
-def main() -> None:
-    """``flwr-clientapp`` with the trusted loader."""
-    from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
-
-    replace_clientapp_loader(trusted_loader)
-    flwr_clientapp()
-
-
-if __name__ == "__main__":
-    main()
+        return app
+    reason = f"this site refuses app '{fab_id}' {fab_version} ({fab_hash[:12]}): {verdict}"
+    print(f"fedgray site: {reason}", file=sys.stderr, flush=True)
+    return RefusingApp(reason)

@@ -33,6 +33,13 @@ def _backbone_key(config: Config) -> str:
     )
 
 
+def forget() -> None:
+    """Empty both caches: a long-lived site process starting another run opens its
+    backbone and data afresh (see :mod:`fedgray.fl.clientapp.resident`)."""
+    _BACKBONES.clear()
+    _DATA.clear()
+
+
 def shared_backbone(config: Config) -> Backbone:
     """The configured sealed backbone, loaded once per process."""
     key = _backbone_key(config)

@@ -22,14 +22,19 @@ What is reached, and why no public API serves:
   speaks).
 - ``strategy_utils``: the weighted metric average and the reply check of Flower's own
   ``FedAvg``, reused so that fedgray's strategies average and refuse exactly as it does.
-- ``get_load_client_app_fn`` in ``flwr-clientapp``'s runner: the one name a site replaces
-  to load only the installed ClientApp (:func:`replace_clientapp_loader`), and
-  ``get_project_dir``, where ``flwr-clientapp`` installed the submitted bundle.
+- A site's one long-lived ClientApp process (:mod:`fedgray.fl.clientapp.resident`): the
+  SuperExec's ``get_executor`` in its task loop, replaced by one that runs each task in
+  that process (:func:`use_executor`), the executor protocol, and ``run_clientapp``'s
+  helpers that pull a task's message and push its reply; ``get_project_dir``, where the
+  bundle is installed.
+- The SuperNode's message loop takes its pauses from the ``time`` module it imported
+  (``start_client_internal.time``); a site shortens them (:func:`cap_supernode_pauses`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from typing import Any
 
 import flwr.compat.common.recorddict_compat as recorddict_compat
 from flwr.app import Message
@@ -63,9 +68,10 @@ __all__ = [
     "act_as_server",
     "aggregate_metricrecords",
     "assign_message_id",
+    "cap_supernode_pauses",
     "get_project_dir",
     "recorddict_compat",
-    "replace_clientapp_loader",
+    "use_executor",
     "validate_message_reply_consistency",
 ]
 
@@ -85,9 +91,25 @@ def assign_message_id(message: Message, message_id: str) -> Message:
     return message
 
 
-def replace_clientapp_loader(loader: Callable[..., object]) -> None:
-    """Make ``flwr-clientapp`` load its ClientApp with ``loader`` (the runner looks up
-    ``get_load_client_app_fn`` in its own module each time it loads one)."""
-    import flwr.supernode.runtime.run_clientapp as runner
+def use_executor(executor: object) -> None:
+    """Make the SuperExec's task loop (``flower-superexec``, started in this process) hand
+    every task to ``executor``: the loop looks ``get_executor`` up in its own module."""
+    import flwr.supercore.superexec.run_superexec as loop
 
-    runner.get_load_client_app_fn = loader  # type: ignore[assignment]
+    loop.get_executor = lambda *_args, **_kwargs: executor  # type: ignore[assignment]
+
+
+def cap_supernode_pauses(cap_s: float) -> None:
+    """Cap every pause of the SuperNode's message loop (``flower-supernode``, started in
+    this process) at ``cap_s``: the loop sleeps through the ``time`` module it imported."""
+    import flwr.supernode.start_client_internal as loop
+
+    class _Capped:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(time, name)
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            time.sleep(min(seconds, cap_s))
+
+    loop.time = _Capped()  # type: ignore[assignment]

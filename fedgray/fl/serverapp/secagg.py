@@ -49,6 +49,7 @@ from fedgray.fl.common.flower_internals import (
 from fedgray.fl.common.private import BUDGET_EXHAUSTED
 from fedgray.fl.common.records import scalar_metrics
 from fedgray.fl.common.site_names import FIT_NAME
+from fedgray.fl.serverapp.exchange import arriving
 from fedgray.fl.serverapp.failures import NO_REPLY, Failure, short_reason
 from fedgray.fl.serverapp.loop import TrainResult
 
@@ -77,8 +78,10 @@ def payload_bytes(content: RecordDict) -> int:
 
 
 class _MeteredGrid:
-    """Forwards ``send_and_receive`` to a Grid, adding up each node's traffic and keeping
-    each node's last error (budget refusals apart)."""
+    """``send_and_receive`` on a Grid, adding up each node's traffic and keeping each
+    node's last error (budget refusals apart). Replies are pulled as
+    :func:`~fedgray.fl.serverapp.exchange.arriving` pulls them: Flower's HTTP grid would
+    wait 3 s between pulls, at each of SecAgg+'s four stages."""
 
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
@@ -94,7 +97,7 @@ class _MeteredGrid:
         messages = list(messages)
         for msg in messages:
             self.down[msg.metadata.dst_node_id] += payload_bytes(msg.content)
-        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        replies = list(arriving(self.grid, messages, timeout=timeout))
         nodes = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
         for reply in replies:
             if not reply.has_error():

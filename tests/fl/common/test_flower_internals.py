@@ -105,29 +105,54 @@ def test_fedavgs_metric_average_and_reply_check() -> None:
         internals.validate_message_reply_consistency(unweighted, "n", check_arrayrecord=False)
 
 
-def test_flwr_clientapp_looks_its_loader_up_where_it_is_replaced(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import flwr.supernode.runtime.run_clientapp as runner
-
-    monkeypatch.setattr(runner, "get_load_client_app_fn", runner.get_load_client_app_fn)
-    tree = ast.parse(inspect.getsource(runner))
-    calls = [
+def _calls(module: object, name: str) -> list[ast.Call]:
+    """The calls of ``name`` (looked up as a global) inside ``module``'s functions."""
+    tree = ast.parse(inspect.getsource(module))  # type: ignore[arg-type]
+    return [
         node
         for function in ast.walk(tree)
         if isinstance(function, ast.FunctionDef)
         for node in ast.walk(function)
-        if isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Name)
-        and node.func.id == "get_load_client_app_fn"
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == name
     ]
-    assert calls, f"flwr-clientapp no longer loads its app through that name: {REVISIT}"
 
-    def loader(*_args: object, **_kwargs: object) -> object:
-        return None
 
-    internals.replace_clientapp_loader(loader)
-    assert runner.get_load_client_app_fn is loader
+def test_the_superexec_loop_takes_its_executor_where_it_is_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import flwr.supercore.superexec.run_superexec as loop
+
+    monkeypatch.setattr(loop, "get_executor", loop.get_executor)  # restored afterwards
+    assert _calls(loop, "get_executor"), f"the SuperExec no longer asks get_executor: {REVISIT}"
+    executor = object()
+    internals.use_executor(executor)
+    assert loop.get_executor() is executor
+
+
+def test_the_supernode_loop_pauses_through_the_time_module_it_imported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    import flwr.supernode.start_client_internal as loop
+
+    assert loop.time is time, f"the SuperNode loop no longer imports time: {REVISIT}"
+    monkeypatch.setattr(loop, "time", time)  # restored afterwards
+    sleeps = [
+        call
+        for call in ast.walk(ast.parse(inspect.getsource(loop)))
+        if isinstance(call, ast.Call)
+        and isinstance(call.func, ast.Attribute)
+        and call.func.attr == "sleep"
+        and isinstance(call.func.value, ast.Name)
+        and call.func.value.id == "time"
+    ]
+    assert sleeps, f"the SuperNode loop no longer pauses with time.sleep: {REVISIT}"
+    internals.cap_supernode_pauses(0.01)
+    started = time.monotonic()
+    loop.time.sleep(5.0)
+    assert time.monotonic() - started < 2.0  # capped at 0.01 s; generous for a busy machine
+    assert loop.time.monotonic() > 0  # the rest of the module is time's own
 
 
 def test_a_bundles_folder_is_named_by_its_id_version_and_hash(
