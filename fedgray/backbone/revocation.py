@@ -7,11 +7,18 @@ key it already holds, and nobody else can shorten it. Layout::
 
     magic (8 bytes) | body length (u32, big-endian) | body (JSON) | Ed25519 signature (64)
 
-with the body ``{"revoked": [artifact ids, sorted], "issued_at": ISO time}``.
+with the body ``{"revoked": [artifact ids, sorted], "serial": N, "issued_at": ISO time}``.
+
+Every list the owner issues has a higher ``serial`` than the one before. A site keeps the
+highest serial it has seen of each owner (in its cache dir, ``revocation-serials.json``)
+and refuses a list with a lower one: an older list, validly signed before an id was added,
+cannot be replayed to a site that has seen a newer one.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import struct
@@ -19,11 +26,14 @@ import tempfile
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from fedgray.backbone.keys import ArtifactError, read_signing_key, read_verify_key
+from fedgray.paths import cache_dir
 
 MAGIC = b"FGREVOK1"
 _LENGTH = struct.Struct(">I")
@@ -31,26 +41,47 @@ SIGNATURE_BYTES = 64
 
 
 def write_revocations(
-    out: str | Path, revoked: Iterable[str], *, signing_key: Ed25519PrivateKey | str | Path
-) -> None:
-    """Write the signed list of ``revoked`` artifact ids to ``out`` (replaced whole)."""
+    out: str | Path,
+    revoked: Iterable[str],
+    *,
+    signing_key: Ed25519PrivateKey | str | Path,
+    serial: int | None = None,
+) -> int:
+    """Write the signed list of ``revoked`` artifact ids to ``out`` (replaced whole); its
+    serial: ``serial``, by default one more than the list ``out`` holds (1 if none)."""
     if not isinstance(signing_key, Ed25519PrivateKey):
         signing_key = read_signing_key(signing_key)
+    out = Path(out)
+    if serial is None:
+        key = signing_key.public_key()
+        serial = 1 + (_body(out, key, "this signing key")["serial"] if out.exists() else 0)
+    if serial < 1:
+        raise ArtifactError(f"--serial {serial}: must be at least 1")
     issued = datetime.now(UTC).isoformat(timespec="seconds")
     body = json.dumps(
-        {"revoked": sorted(set(revoked)), "issued_at": issued}, separators=(",", ":")
+        {"revoked": sorted(set(revoked)), "serial": serial, "issued_at": issued},
+        separators=(",", ":"),
     ).encode()
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".tmp", delete=False) as handle:
         handle.write(MAGIC + _LENGTH.pack(len(body)) + body + signing_key.sign(body))
     os.replace(handle.name, out)
+    return serial
 
 
 def read_revocations(path: str | Path, *, verify_key: str | Path) -> frozenset[str]:
-    """The artifact ids the owner revoked, from a list verified with ``verify_key``."""
+    """The artifact ids the owner revoked, from a list verified with ``verify_key`` whose
+    serial is at least the highest this site has seen of that owner (then recorded)."""
+    key = read_verify_key(verify_key)
+    body = _body(Path(path), key, str(verify_key))
+    _check_serial(Path(path), body["serial"], key)
+    return frozenset(body["revoked"])
+
+
+def _body(path: Path, key: Ed25519PublicKey, key_name: str) -> dict[str, Any]:
+    """The verified body of the list at ``path``: revoked ids and serial, type-checked."""
     try:
-        blob = Path(path).read_bytes()
+        blob = path.read_bytes()
     except OSError as error:
         raise ArtifactError(f"{path}: cannot read the revocation list ({error.strerror})") from None
     head = len(MAGIC) + _LENGTH.size
@@ -61,16 +92,57 @@ def read_revocations(path: str | Path, *, verify_key: str | Path) -> frozenset[s
     try:
         if len(body) != length:
             raise InvalidSignature
-        read_verify_key(verify_key).verify(signature, body)
+        key.verify(signature, body)
     except InvalidSignature:
         raise ArtifactError(
-            f"{path}: the revocation list's signature does not verify with {verify_key} "
+            f"{path}: the revocation list's signature does not verify with {key_name} "
             "(altered, or not the owner's)"
         ) from None
     try:
-        revoked = json.loads(body)["revoked"]
+        parsed = json.loads(body)
+        revoked, serial = parsed["revoked"], parsed["serial"]
         if not isinstance(revoked, list) or not all(isinstance(i, str) for i in revoked):
             raise TypeError
+        if type(serial) is not int or serial < 1:
+            raise TypeError
     except (ValueError, KeyError, TypeError):
-        raise ArtifactError(f"{path}: the signed revocation list is malformed") from None
-    return frozenset(revoked)
+        raise ArtifactError(
+            f"{path}: the signed revocation list is malformed (ids and a serial expected)"
+        ) from None
+    return {"revoked": revoked, "serial": serial}
+
+
+def _check_serial(path: Path, serial: int, key: Ed25519PublicKey) -> None:
+    """Refuse ``serial`` below the highest recorded for the owner of ``key``; record it
+    when higher. Under a lock: processes loading at once never lower the record."""
+    owner = hashlib.sha256(key.public_bytes(Encoding.Raw, PublicFormat.Raw)).hexdigest()
+    record = cache_dir() / "revocation-serials.json"
+    try:
+        highest = _record_highest(record, owner, serial)
+    except (OSError, ValueError) as error:
+        raise ArtifactError(
+            f"{path}: cannot keep the highest revocation list serial seen in {record} ({error})"
+        ) from None
+    if serial < highest:
+        raise ArtifactError(
+            f"{path}: revocation list serial {serial} is older than serial {highest}, which "
+            "this site has seen (a replayed list); refused"
+        )
+
+
+def _record_highest(record: Path, owner: str, serial: int) -> int:
+    """The highest serial of ``owner`` in ``record`` before ``serial``, which is recorded
+    when higher."""
+    record.parent.mkdir(parents=True, exist_ok=True)
+    with open(record.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        seen = json.loads(record.read_text()) if record.exists() else {}
+        highest = int(seen.get(owner, 0))
+        if serial > highest:
+            seen[owner] = serial
+            with tempfile.NamedTemporaryFile(
+                "w", dir=record.parent, suffix=".tmp", delete=False
+            ) as handle:
+                json.dump(seen, handle)
+            os.replace(handle.name, record)
+        return highest

@@ -7,8 +7,8 @@ non-dumpable (``prctl(PR_SET_DUMPABLE, 0)``): no process of another user, nor of
 user, can then read its ``/proc/PID/mem`` or attach a debugger (only root can).
 Sites connect over a Unix socket (``backbone.runtime: PATH``) and speak only the schema
 of :mod:`fedgray.backbone.wire`. One runtime per site machine serves all of its sites'
-processes; the query budget (encoder calls, every level) is the runtime's, shared by its
-connections.
+processes; the budget (encoder calls, samples forwarded, input gradients) is the
+runtime's, counted per peer user across that user's connections.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from fedgray.backbone.access import AccessLevel, SealedError
+from fedgray.backbone.budget import Budget
 from fedgray.backbone.sealed import SealedBackbone
 from fedgray.backbone.serve import (
     MIB,
@@ -38,11 +39,11 @@ from fedgray.backbone.serve import (
     Limits,
     Shared,
     error_message,
-    interface_args,
     peer_user,
     serve_connection,
 )
-from fedgray.backbone.wire import Message, send
+from fedgray.backbone.wire import send
+from fedgray.config import DEFAULT_GRADIENT_BUDGET, DEFAULT_SAMPLE_BUDGET
 
 PR_SET_DUMPABLE = 4
 
@@ -149,7 +150,7 @@ def serve(
     user: str | None = None,
     group: str | None = None,
     level: AccessLevel | str | None = None,
-    query_budget: int | None = None,
+    budget: Budget | None = None,
     mode: int = 0o660,
     limits: Limits | None = None,
     min_version: int | None = None,
@@ -162,7 +163,8 @@ def serve(
     file may be root's alone, mode 0600) and binds the socket before it switches, like a
     daemon that binds a privileged port; no request is read before the switch. The socket
     belongs to ``user`` and ``group`` with ``mode`` (never writable by all: connecting
-    needs write permission).
+    needs write permission). ``budget`` (default: unlimited) is each peer user's, kept
+    for the runtime's lifetime across that user's connections.
     """
     from fedgray.backbone.artifact import load_artifact
 
@@ -175,20 +177,17 @@ def serve(
         verify_key=verify_key,
         content_key=content_key,
         level=level,
-        query_budget=query_budget,
         opaque=False,  # outputs leave the process detached: the graph stays here
         min_version=min_version,
         revocations=revocations,
     )
-    if query_budget is None:  # a warm-up would spend two calls of the budget
-        _warm_up(backbone)
+    _warm_up(backbone)  # the budget is the peers' (Shared), not the backbone's
     server = _listen(Path(socket_path), mode, owner)
     if entry is not None:
         become(entry)
     make_undumpable()
-    shared = Shared(backbone, limits)
+    shared = Shared(backbone, limits, budget or Budget())
     print(f"serving {backbone!r} on {socket_path} (pid {os.getpid()})", flush=True)
-    greeting = Message("ok", interface_args(backbone))
 
     def handle(connection: socket.socket) -> None:
         with connection:
@@ -201,7 +200,7 @@ def serve(
                     send(connection, error_message(error))
                 return
             try:
-                send(connection, greeting)
+                send(connection, shared.greeting(peer))
                 serve_connection(connection, shared, peer)
             except OSError:
                 pass
@@ -239,6 +238,19 @@ def _mode(text: str) -> int:
         raise SealedError(f"--mode {text}: not an octal mode such as 660") from None
 
 
+def _budget_option(text: str) -> int | None:
+    """A budget option's value: a positive count, or ``none`` for unlimited."""
+    if text.lower() == "none":
+        return None
+    try:
+        value = int(text.replace(",", "").replace("_", ""))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a positive count, or 'none'")
+    return value
+
+
 def _cmd_serve(args: argparse.Namespace) -> None:
     limits = default_limits(total_mib=args.max_mib)
     overrides = {
@@ -256,7 +268,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         user=args.user,
         group=args.group,
         level=args.level,
-        query_budget=args.query_budget,
+        budget=Budget(args.query_budget, args.sample_budget, args.gradient_budget),
         mode=_mode(args.mode),
         limits=replace(limits, **{k: v for k, v in overrides.items() if v is not None}),
         min_version=args.min_version,
@@ -295,9 +307,18 @@ def add_runtime_parser(commands: argparse._SubParsersAction) -> None:
     serve_.add_argument(
         "--level", choices=[level.value for level in AccessLevel], help="at most the artifact's"
     )
-    serve_.add_argument(
-        "--query-budget", type=int, metavar="N", help="encoder calls allowed, at every level"
-    )
+    for option, allowed, what in (
+        ("--query-budget", None, "encoder calls"),
+        ("--sample-budget", DEFAULT_SAMPLE_BUDGET, "samples forwarded"),
+        ("--gradient-budget", DEFAULT_GRADIENT_BUDGET, "samples with input gradients returned"),
+    ):
+        serve_.add_argument(
+            option,
+            type=_budget_option,
+            default=allowed,
+            metavar="N",
+            help=f"{what} each peer user may spend, 'none' for no limit (default: {allowed})",
+        )
     serve_.add_argument(
         "--min-version", type=int, metavar="N", help="refuse artifact versions below N"
     )

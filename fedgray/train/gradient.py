@@ -96,11 +96,12 @@ def train_round(site: SiteRound) -> SiteUpdate:
         proximal_mu=site.proximal_mu,
         who=f"site {site.partition_id}",
     )
-    before = site.backbone.queries_used
+    before = site.backbone.spent
     result = trainer.run()
     report = trainer.close()
     metrics = {"train-loss": result.mean_loss} if result.losses else {}
-    metrics["queries"] = site.backbone.queries_used - before  # against backbone.query_budget
+    # what this round spent of the site's backbone budget: queries, samples, gradients
+    metrics.update((site.backbone.spent - before).as_dict())
     metrics.update(report.metrics() if report is not None else {})
     return SiteUpdate(
         dict(model.state_dict()), metrics, report.ledger if report is not None else None

@@ -23,6 +23,7 @@ from fedgray.backbone import (
     load_artifact,
     seal,
 )
+from fedgray.backbone.budget import Budget, Meter
 from fedgray.backbone.keys import KeyFiles
 from fedgray.backbone.runtime import IsolatedBackbone
 from fedgray.config import ConfigError, load_config
@@ -125,7 +126,7 @@ def test_isolated_runtime_enforces_level_and_budget(
         gray.encode_image(pixels).sum().backward()
         assert pixels.grad is not None
         gray.encode_text(gray.tokenize(CAPTIONS[:2]))
-        gray._queries, gray._budget = 0, None  # the site's own bookkeeping is the site's
+        gray._meter = Meter(Budget())  # the site's own bookkeeping is the site's
         with pytest.raises(QueryBudgetExceeded, match="backbone.query_budget: .* of 2 calls"):
             gray.encode_image(pixels)
 
