@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -182,17 +182,18 @@ def distill(
 
 def run(
     name: str, *, span_images: Sequence[int], rows: int, distill_queries: Sequence[int]
-) -> list[Extraction]:
-    """Every attack on a fresh random-weight ``name``: the rows of the table."""
+) -> Iterator[Extraction]:
+    """Every attack on a fresh random-weight ``name``: the rows of the table, each as soon
+    as it is measured."""
     torch.manual_seed(0)
     model = create_clip(name, None).eval()
     filters = cast(nn.Conv2d, tower(model).conv1).weight.detach().clone()
     table = cast(nn.Embedding, model.token_embedding).weight.detach().clone()
     backbone = seal(model, name)
-    results = [input_span(backbone, filters, images=n) for n in span_images]
+    yield from (input_span(backbone, filters, images=n) for n in span_images)
     for k in range(rows):
         pair = torch.randint(1, backbone.interface.vocab_size - 2, (2,)).tolist()
-        results.append(embedding_row(backbone, table, target=pair[0], reference=pair[1], seed=k))
+        yield embedding_row(backbone, table, target=pair[0], reference=pair[1], seed=k)
     size = backbone.interface.image_size
     held_out = torch.rand(512, 3, size, size)
     with torch.no_grad():
@@ -200,16 +201,13 @@ def run(
     torch.manual_seed(1)
     student = tower(create_clip(name, None)).train()  # one start for every N
     for n in distill_queries:
-        results.append(
-            distill(
-                backbone,
-                copy.deepcopy(student),
-                queries=n,
-                held_out=held_out,
-                teacher_held_out=teacher,
-            )
+        yield distill(
+            backbone,
+            copy.deepcopy(student),
+            queries=n,
+            held_out=held_out,
+            teacher_held_out=teacher,
         )
-    return results
 
 
 def main() -> None:
@@ -227,11 +225,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
     sizes = [int(n) for n in args.distill.split(",")]
-    results = run(args.model, span_images=(1, 2, 4, 8), rows=args.rows, distill_queries=sizes)
     print(f"| attack on {args.model} (gray) | calls | samples | gradients | score |")
-    print("|---|---:|---:|---:|---:|")
-    for r in results:
-        print(f"| {r.attack} | {r.calls:,} | {r.samples:,} | {r.gradients:,} | {r.score:.3g} |")
+    print("|---|---:|---:|---:|---:|", flush=True)
+    for r in run(args.model, span_images=(1, 2, 4, 8), rows=args.rows, distill_queries=sizes):
+        row = f"| {r.attack} | {r.calls:,} | {r.samples:,} | {r.gradients:,} | {r.score:.3g} |"
+        print(row, flush=True)
     print(f"({time.perf_counter() - began:.0f} s)")
 
 
