@@ -117,6 +117,8 @@ def adapt(
             "fraction": summary.fraction,
             "seconds": seconds,
             "queries": summary.queries,
+            "samples": backbone.spent.samples,  # and gradients: against the backbone's budget
+            "gradients": backbone.spent.gradients,
             "privacy": trained.privacy,
         },
     )

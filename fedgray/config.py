@@ -35,6 +35,14 @@ from fedgray.config_yaml import parse_yaml, read_yaml
 # config is built (the registries' modules import this one, so not at import time).
 
 
+# The defaults of backbone.sample_budget and backbone.gradient_budget, and of `fedgray
+# runtime serve`'s: about 4x what the largest shipped config spends in one process, all of
+# its sites and its evaluation together; docs/security.md derives them from the extraction
+# table.
+DEFAULT_SAMPLE_BUDGET = 1_000_000
+DEFAULT_GRADIENT_BUDGET = 500_000
+
+
 def _access_levels() -> list[str]:
     from fedgray.backbone.access import AccessLevel
 
@@ -143,15 +151,21 @@ class BackboneConfig:
     in the site's process then). ``min_version`` (the lowest owner version of the artifact
     the site accepts) and ``revocations`` (the owner's signed revocation list) refuse a
     replayed older artifact; a served runtime takes them as options instead.
-    ``query_budget``: encoder calls the site may make, at every level (None: unlimited); the
-    bound on extraction by queries (docs/security.md); a served runtime takes it as
-    ``--query-budget`` and enforces it on its side.
+    ``query_budget``: encoder calls the site may make, at every level (None: unlimited);
+    ``sample_budget``: samples it may send through the backbone, ``gradient_budget``:
+    samples whose input gradients it may take back, below ``white`` (None: unlimited): the
+    bound on extraction by queries (docs/security.md derives the defaults). In a
+    simulation the sites one process serves share its backbone, and so its budget. A
+    served runtime takes them as ``--query-budget``, ``--sample-budget`` and
+    ``--gradient-budget`` and enforces them on its side.
     """
 
     name: str = "fedgray-tiny"
     pretrained: str | None = "fedgray-world"
     level: str = field(default="gray", metadata=registered("access level", _access_levels))
     query_budget: int | None = field(default=None, metadata=positive())
+    sample_budget: int | None = field(default=DEFAULT_SAMPLE_BUDGET, metadata=positive())
+    gradient_budget: int | None = field(default=DEFAULT_GRADIENT_BUDGET, metadata=positive())
     artifact: str | None = None
     verify_key: str | None = None
     content_key: str | None = None

@@ -8,9 +8,11 @@ import argparse
 from dataclasses import replace
 
 from fedgray.backbone.access import AccessLevel, SealedError
+from fedgray.backbone.budget import Budget
 from fedgray.backbone.runtime import service
 from fedgray.backbone.runtime.serve import MIB, Limits
 from fedgray.backbone.runtime.service import default_limits, serve
+from fedgray.config import DEFAULT_GRADIENT_BUDGET, DEFAULT_SAMPLE_BUDGET
 
 
 def _mode(text: str) -> int:
@@ -18,6 +20,19 @@ def _mode(text: str) -> int:
         return int(text, 8)
     except ValueError:
         raise SealedError(f"--mode {text}: not an octal mode such as 660") from None
+
+
+def _budget_option(text: str) -> int | None:
+    """A budget option's value: a positive count, or ``none`` for unlimited."""
+    if text.lower() == "none":
+        return None
+    try:
+        value = int(text.replace(",", "").replace("_", ""))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a positive count, or 'none'")
+    return value
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
@@ -37,7 +52,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         user=args.user,
         group=args.group,
         level=args.level,
-        query_budget=args.query_budget,
+        budget=Budget(args.query_budget, args.sample_budget, args.gradient_budget),
         mode=_mode(args.mode),
         limits=replace(limits, **{k: v for k, v in overrides.items() if v is not None}),
         min_version=args.min_version,
@@ -76,9 +91,18 @@ def add_runtime_parser(commands: argparse._SubParsersAction) -> None:
     serve_.add_argument(
         "--level", choices=[level.value for level in AccessLevel], help="at most the artifact's"
     )
-    serve_.add_argument(
-        "--query-budget", type=int, metavar="N", help="encoder calls allowed, at every level"
-    )
+    for option, allowed, what in (
+        ("--query-budget", None, "encoder calls"),
+        ("--sample-budget", DEFAULT_SAMPLE_BUDGET, "samples forwarded"),
+        ("--gradient-budget", DEFAULT_GRADIENT_BUDGET, "samples with input gradients returned"),
+    ):
+        serve_.add_argument(
+            option,
+            type=_budget_option,
+            default=allowed,
+            metavar="N",
+            help=f"{what} each peer user may spend, 'none' for no limit (default: {allowed})",
+        )
     serve_.add_argument(
         "--min-version", type=int, metavar="N", help="refuse artifact versions below N"
     )

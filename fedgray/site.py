@@ -26,6 +26,8 @@ class ArtifactOptions(TypedDict):
     name: str | None
     level: AccessLevel | str | None
     query_budget: int | None
+    sample_budget: int | None
+    gradient_budget: int | None
     min_version: int | None
     revocations: str | Path | None
 
@@ -47,6 +49,8 @@ def open_backbone(config: Config, *, progress: bool = True) -> Backbone:
             "name": spec.name,
             "level": spec.level,
             "query_budget": spec.query_budget,
+            "sample_budget": spec.sample_budget,
+            "gradient_budget": spec.gradient_budget,
             "min_version": spec.min_version,
             "revocations": spec.revocations,
         }
@@ -55,9 +59,12 @@ def open_backbone(config: Config, *, progress: bool = True) -> Backbone:
             return IsolatedBackbone(spec.artifact, threads=threads, device=device, **options)
         return load_artifact(spec.artifact, device=device, **options)
     pretrained = resolve_pretrained(spec.name, spec.pretrained, config.pretrain, progress=progress)
-    return load_sealed(
-        spec.name, pretrained, level=spec.level, query_budget=spec.query_budget, device=device
-    )
+    budgets = {
+        "query_budget": spec.query_budget,
+        "sample_budget": spec.sample_budget,
+        "gradient_budget": spec.gradient_budget,
+    }
+    return load_sealed(spec.name, pretrained, level=spec.level, device=device, **budgets)
 
 
 def load_task_data(config: Config, backbone: Backbone, *, split: str) -> TaskData:

@@ -14,11 +14,13 @@ this script holds to score them:
   contexts, is the difference of their embedding rows. Scored by cosine with the true
   difference.
 * **distillation**: a student of the same shape trained on the backbone's image features of
-  N random images; scored by the mean cosine of student and backbone features (each centred
-  on its mean over the held-out set) on held-out images of the same distribution, against N.
+  N random images (``epochs`` passes over them, at least 100 steps); scored by the mean
+  cosine of student and backbone features (each centred on its mean over the held-out set)
+  on held-out images of the same distribution, against N.
 
-Every query goes through the sealed backbone, which counts it against
-``backbone.query_budget`` (docs/security.md has the table this prints)::
+Every query goes through the sealed backbone, which counts the calls, samples forwarded and
+samples with input gradients each attack spends: what ``backbone.sample_budget`` and
+``backbone.gradient_budget`` bound (docs/security.md has the table this prints)::
 
     python -m simulations.extraction [--model fedgray-micro] [--threads 2]
 """
@@ -28,7 +30,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -37,18 +39,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedgray.backbone import SealedBackbone, create_clip
+from fedgray.backbone.budget import Spend
 from fedgray.backbone.loading import get_tokenizer
 from fedgray.backbone.sealed import OPENAI_STD
 
 
 @dataclass(frozen=True)
 class Extraction:
-    """One attack's score after ``calls`` encoder calls carrying ``samples`` inputs."""
+    """One attack's score after ``calls`` encoder calls carrying ``samples`` inputs, of
+    which ``gradients`` came back with their input gradients."""
 
     attack: str
     calls: int
     samples: int
+    gradients: int
     score: float
+
+
+def spent(attack: str, backbone: SealedBackbone, before: Spend, score: float) -> Extraction:
+    """``attack``'s row: what ``backbone`` counted since ``before``, and the score."""
+    used = backbone.spent - before
+    return Extraction(attack, used.queries, used.samples, used.gradients, score)
 
 
 def tower(model: nn.Module) -> nn.Module:
@@ -66,7 +77,7 @@ def input_span(backbone: SealedBackbone, filters: torch.Tensor, *, images: int) 
     gradients of ``images`` random images (one call each), and score it."""
     width, size = filters.shape[0], filters.shape[-1]
     std = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)  # the published preprocessing
-    before, patches = backbone.queries_used, []
+    before, patches = backbone.spent, []
     for _ in range(images):
         pixels = torch.rand(1, 3, backbone.interface.image_size, backbone.interface.image_size)
         pixels.requires_grad_(True)
@@ -84,7 +95,7 @@ def input_span(backbone: SealedBackbone, filters: torch.Tensor, *, images: int) 
     truth = truth - truth.mean(0)
     residual = truth - truth @ span.T @ span
     score = float(residual.norm() / truth.norm())
-    return Extraction("input-layer span (residual)", backbone.queries_used - before, images, score)
+    return spent("input-layer span (residual)", backbone, before, score)
 
 
 def embedding_row(
@@ -108,7 +119,7 @@ def embedding_row(
     tokens[:, :5] = torch.tensor(rows)
     wanted = tokens.clone()
     wanted[:, 2] = target
-    before = backbone.queries_used
+    before = backbone.spent
     with torch.no_grad():
         goal = backbone.encode_text(wanted)
     shift = torch.zeros(i.token_width, requires_grad=True)
@@ -123,8 +134,7 @@ def embedding_row(
         optimizer.step()
     truth = table[target] - table[reference]
     score = float(F.cosine_similarity(shift.detach(), truth, dim=0))
-    calls = backbone.queries_used - before
-    return Extraction("embedding row (cosine)", calls, calls * contexts, score)
+    return spent("embedding row (cosine)", backbone, before, score)
 
 
 def _agreement(features: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
@@ -139,12 +149,15 @@ def distill(
     queries: int,
     held_out: torch.Tensor,
     teacher_held_out: torch.Tensor,
+    epochs: int = 2,
     steps: int = 100,
     batch: int = 128,
 ) -> Extraction:
     """Train ``student`` (an image tower of the backbone's shape) on the backbone's features
-    of ``queries`` random images; score the mean cosine with the backbone on ``held_out``."""
-    size, before = backbone.interface.image_size, backbone.queries_used
+    of ``queries`` random images, ``epochs`` passes and at least ``steps`` steps; score the
+    mean cosine with the backbone on ``held_out``."""
+    size, before = backbone.interface.image_size, backbone.spent
+    steps = max(steps, epochs * queries // batch)
     images = torch.rand(queries, 3, size, size)
     if queries:
         with torch.no_grad():
@@ -164,23 +177,23 @@ def distill(
     # direction, which any student learns from a single batch; what is scored is the part
     # that depends on the input.
     score = float(_agreement(out, teacher_held_out))
-    calls = backbone.queries_used - before
-    return Extraction("distillation (held-out centred cosine)", calls, queries, score)
+    return spent("distillation (held-out centred cosine)", backbone, before, score)
 
 
 def run(
     name: str, *, span_images: Sequence[int], rows: int, distill_queries: Sequence[int]
-) -> list[Extraction]:
-    """Every attack on a fresh random-weight ``name``: the rows of the table."""
+) -> Iterator[Extraction]:
+    """Every attack on a fresh random-weight ``name``: the rows of the table, each as soon
+    as it is measured."""
     torch.manual_seed(0)
     model = create_clip(name, None).eval()
     filters = cast(nn.Conv2d, tower(model).conv1).weight.detach().clone()
     table = cast(nn.Embedding, model.token_embedding).weight.detach().clone()
     backbone = seal(model, name)
-    results = [input_span(backbone, filters, images=n) for n in span_images]
+    yield from (input_span(backbone, filters, images=n) for n in span_images)
     for k in range(rows):
         pair = torch.randint(1, backbone.interface.vocab_size - 2, (2,)).tolist()
-        results.append(embedding_row(backbone, table, target=pair[0], reference=pair[1], seed=k))
+        yield embedding_row(backbone, table, target=pair[0], reference=pair[1], seed=k)
     size = backbone.interface.image_size
     held_out = torch.rand(512, 3, size, size)
     with torch.no_grad():
@@ -188,16 +201,13 @@ def run(
     torch.manual_seed(1)
     student = tower(create_clip(name, None)).train()  # one start for every N
     for n in distill_queries:
-        results.append(
-            distill(
-                backbone,
-                copy.deepcopy(student),
-                queries=n,
-                held_out=held_out,
-                teacher_held_out=teacher,
-            )
+        yield distill(
+            backbone,
+            copy.deepcopy(student),
+            queries=n,
+            held_out=held_out,
+            teacher_held_out=teacher,
         )
-    return results
 
 
 def main() -> None:
@@ -207,17 +217,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--rows", type=int, default=2, help="embedding rows to recover")
     parser.add_argument(
-        "--distill", default="0,128,512,2048,8192", help="distillation sizes, comma-separated"
+        "--distill",
+        default="0,512,2048,8192,32768",
+        help="distillation sizes, comma-separated",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
     sizes = [int(n) for n in args.distill.split(",")]
-    results = run(args.model, span_images=(1, 2, 4, 8), rows=args.rows, distill_queries=sizes)
-    print(f"| attack on {args.model} (gray) | calls | samples | score |")
-    print("|---|---:|---:|---:|")
-    for r in results:
-        print(f"| {r.attack} | {r.calls:,} | {r.samples:,} | {r.score:.3g} |")
+    print(f"| attack on {args.model} (gray) | calls | samples | gradients | score |")
+    print("|---|---:|---:|---:|---:|", flush=True)
+    for r in run(args.model, span_images=(1, 2, 4, 8), rows=args.rows, distill_queries=sizes):
+        row = f"| {r.attack} | {r.calls:,} | {r.samples:,} | {r.gradients:,} | {r.score:.3g} |"
+        print(row, flush=True)
     print(f"({time.perf_counter() - began:.0f} s)")
 
 

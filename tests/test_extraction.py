@@ -30,14 +30,15 @@ def test_gray_gradients_give_the_input_layer_span_and_an_embedding_row(
     # One image has 16 patches: too few gradients to span 63 directions; eight have 128.
     assert input_span(backbone, filters, images=1).score > 0.5
     eight = input_span(backbone, filters, images=8)
-    assert eight.score < 1e-3 and eight.calls == 8
+    assert eight.score < 1e-3 and eight.calls == eight.samples == eight.gradients == 8
     # A random 63-dim subspace of the 192-dim patch space leaves about sqrt(2/3) of them.
     random_span = torch.linalg.qr(torch.randn(192, 63, dtype=torch.double))[0].T
     truth = filters.reshape(64, -1).double()
     truth = truth - truth.mean(0)
     assert (truth - truth @ random_span.T @ random_span).norm() / truth.norm() > 0.7
     row = embedding_row(backbone, table, target=1234, reference=4321, steps=50)
-    assert row.score > 0.5 and row.calls == 51
+    # one forward of the 8 contexts for the goal, then 50 steps of 8 with gradients
+    assert row.score > 0.5 and (row.calls, row.samples, row.gradients) == (51, 408, 400)
     assert backbone.queries_used - before == 1 + 8 + 51
 
 
@@ -62,5 +63,6 @@ def test_distillation_agreement_is_scored_on_held_out_images(
             batch=64,
         )
         assert result.calls == queries // 64 and result.samples == queries
+        assert result.gradients == 0  # forward features only
         scores.append(result.score)
     assert -1 <= scores[0] < scores[1] <= 1

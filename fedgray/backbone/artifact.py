@@ -245,6 +245,8 @@ def load_artifact(
     name: str | None = None,
     level: AccessLevel | str | None = None,
     query_budget: int | None = None,
+    sample_budget: int | None = None,
+    gradient_budget: int | None = None,
     opaque: bool = True,
     device: torch.device | str = "cpu",
     min_version: int | None = None,
@@ -275,6 +277,8 @@ def load_artifact(
         name=manifest.name,
         level=level,
         query_budget=query_budget,
+        sample_budget=sample_budget,
+        gradient_budget=gradient_budget,
         opaque=opaque,
         device=device,
     )

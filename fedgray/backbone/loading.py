@@ -217,6 +217,8 @@ def load_sealed(
     *,
     level: AccessLevel | str = AccessLevel.GRAY,
     query_budget: int | None = None,
+    sample_budget: int | None = None,
+    gradient_budget: int | None = None,
     device: torch.device | str = "cpu",
 ) -> SealedBackbone:
     """Create and seal a backbone on ``device``; ``pretrained='fedgray-world'`` needs
@@ -228,5 +230,7 @@ def load_sealed(
         name=name,
         level=level,
         query_budget=query_budget,
+        sample_budget=sample_budget,
+        gradient_budget=gradient_budget,
         device=device,
     )

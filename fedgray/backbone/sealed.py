@@ -5,9 +5,10 @@ shapes, and entry points at ``gray+``) and two encoders. The model itself is hel
 the closures of those encoders, not in any attribute; ``parameters()``,
 ``state_dict()``, pickling, ``copy``/``deepcopy`` and ``torch.save`` all raise
 :class:`SealedError`. At ``black`` the encoders run without gradients, return detached
-outputs. At every level the encoders count their calls against ``query_budget``: the
-bound on what a site can learn of the model by querying it (extraction; see
-docs/security.md).
+outputs. Below ``white`` the encoders count their calls, the samples they forward and
+the samples whose input gradients they may return against a :class:`Budget`
+(:mod:`fedgray.backbone.budget`): the bound on what a site can learn of the model by
+querying it (extraction; see docs/security.md).
 
 At ``gray`` and ``gray+`` the model runs behind one opaque autograd node
 (:mod:`fedgray.backbone.opaque`), so the outputs' graph holds no backbone tensor, and the
@@ -29,7 +30,8 @@ import torch
 from torch import nn
 
 from fedgray.backbone import families
-from fedgray.backbone.access import AccessLevel, QueryBudgetExceeded, SealedError
+from fedgray.backbone.access import AccessLevel, SealedError
+from fedgray.backbone.budget import Budget, Meter, Spend, call
 from fedgray.backbone.opaque import run_sealed
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -88,12 +90,11 @@ def _describe(model: nn.Module, name: str, level: AccessLevel) -> BackboneInterf
 
 
 class QueryCounted:
-    """The access level and query counter every backbone API publishes."""
+    """The access level, budget and spend every backbone API publishes."""
 
     __slots__ = ()
     interface: BackboneInterface
-    _queries: int
-    _budget: int | None
+    _meter: Meter
 
     @property
     def level(self) -> AccessLevel:
@@ -101,14 +102,37 @@ class QueryCounted:
         return self.interface.level
 
     @property
+    def spent(self) -> Spend:
+        """Encoder calls, samples forwarded and samples with input gradients so far."""
+        return self._meter.spent
+
+    @property
+    def budget(self) -> Budget:
+        """What this backbone lets its site spend."""
+        return self._meter.budget
+
+    @property
     def queries_used(self) -> int:
         """Encoder calls made so far (counted and budgeted at every level)."""
-        return self._queries
+        return self.spent.queries
 
     @property
     def query_budget(self) -> int | None:
         """Encoder calls allowed (None: unlimited)."""
-        return self._budget
+        return self.budget.queries
+
+
+def charge(meter: Meter, level: AccessLevel, main: torch.Tensor, *inputs: object) -> Spend:
+    """Count one encoder call of ``main``'s batch on ``meter`` (with input gradients when
+    the level returns them and an input needs one now): what it spent."""
+    grads = (
+        level.gradients
+        and torch.is_grad_enabled()
+        and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (main, *inputs))
+    )
+    asked = call(int(main.shape[0]) if main.dim() else 1, gradients=grads)
+    meter.charge(asked)
+    return asked
 
 
 class SealedBackbone(QueryCounted):
@@ -117,7 +141,9 @@ class SealedBackbone(QueryCounted):
     ``opaque=False`` leaves the backbone's graph plain (no opaque node): for
     the isolated runtime, whose outputs leave the process detached. It hides nothing from
     whoever constructs the backbone, who holds the model already. ``device``: where the
-    model runs; its encoders take and return tensors there.
+    model runs; its encoders take and return tensors there. ``query_budget``,
+    ``sample_budget`` and ``gradient_budget``: the :class:`Budget` (None: unlimited; no
+    sample or gradient budget at ``white``).
     """
 
     __slots__ = (
@@ -127,8 +153,7 @@ class SealedBackbone(QueryCounted):
         "_text",
         "_tokenize",
         "_module",
-        "_queries",
-        "_budget",
+        "_meter",
     )
     device: torch.device
     _image: Callable[..., torch.Tensor]  # the slots set in __init__
@@ -144,6 +169,8 @@ class SealedBackbone(QueryCounted):
         name: str,
         level: AccessLevel | str = AccessLevel.GRAY,
         query_budget: int | None = None,
+        sample_budget: int | None = None,
+        gradient_budget: int | None = None,
         opaque: bool = True,
         device: torch.device | str = "cpu",
     ) -> None:
@@ -185,8 +212,11 @@ class SealedBackbone(QueryCounted):
         setattr_(self, "_text", text)
         setattr_(self, "_tokenize", tokenize)
         setattr_(self, "_module", (lambda: model) if level is AccessLevel.WHITE else None)
-        setattr_(self, "_queries", 0)
-        setattr_(self, "_budget", query_budget)
+        white = level is AccessLevel.WHITE  # the model is handed out: nothing to bound
+        budget = Budget(
+            query_budget, None if white else sample_budget, None if white else gradient_budget
+        )
+        setattr_(self, "_meter", Meter(budget))
 
     @property
     def module(self) -> nn.Module:
@@ -211,7 +241,7 @@ class SealedBackbone(QueryCounted):
         ``prompts``/``gates`` are per-layer tokens for the image tower's entry points.
         """
         self._check_prompts("image", prompts)
-        self._count()
+        charge(self._meter, self.level, pixels, prompts, gates)
         return self._image(pixels, prompts=prompts, gates=gates)
 
     def encode_text(
@@ -240,7 +270,8 @@ class SealedBackbone(QueryCounted):
                 f"token_shifts: {token_shifts.shape[1]} positions, more than the context "
                 f"length {self.interface.context_length}"
             )
-        self._count()
+        floats = (shift, token_shifts, extra_token, extra_gate, prompts, gates)
+        charge(self._meter, self.level, tokens, *floats)
         return self._text(
             tokens,
             shift=shift,
@@ -262,14 +293,6 @@ class SealedBackbone(QueryCounted):
                 f"the {tower} tower of '{self.interface.name}' ({family}) has no transformer "
                 "blocks to enter: no gray+ entry point there"
             )
-
-    def _count(self) -> None:
-        if self._budget is not None and self._queries >= self._budget:
-            raise QueryBudgetExceeded(
-                f"backbone.query_budget: the query budget of {self._budget} calls to the "
-                "backbone is spent"
-            )
-        object.__setattr__(self, "_queries", self._queries + 1)
 
     def _refuse(self, what: str) -> NoReturn:
         raise SealedError(

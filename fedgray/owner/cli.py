@@ -64,8 +64,8 @@ def _cmd_seal(args: argparse.Namespace) -> None:
 def _cmd_revoke(args: argparse.Namespace) -> None:
     from fedgray.owner.revocation import write_revocations
 
-    write_revocations(args.out, args.ids, signing_key=args.signing_key)
-    print(f"revoked {len(set(args.ids))} artifact(s) in {args.out}")
+    serial = write_revocations(args.out, args.ids, signing_key=args.signing_key, serial=args.serial)
+    print(f"revoked {len(set(args.ids))} artifact(s) in {args.out} (serial {serial})")
 
 
 def add_owner_parsers(commands: Any, config_arguments: Callable[..., None]) -> None:
@@ -150,4 +150,11 @@ def add_owner_parsers(commands: Any, config_arguments: Callable[..., None]) -> N
         "--signing-key", required=True, metavar="FILE", help="the owner's signing key (PEM)"
     )
     revoke.add_argument("--out", required=True, metavar="FILE", help="the list file to write")
+    revoke.add_argument(
+        "--serial",
+        type=int,
+        metavar="N",
+        help="the list's serial, higher than any before it (default: one more than the "
+        "list at --out, else 1); sites refuse a list older than the newest they have seen",
+    )
     revoke.set_defaults(handler=_cmd_revoke)

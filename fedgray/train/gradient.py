@@ -99,11 +99,12 @@ def train_round(site: SiteRound) -> SiteUpdate:
         who=f"site {site.partition_id}",
         feature_rows=planted.rows if planted is not None else None,
     )
-    before = site.backbone.queries_used
+    before = site.backbone.spent
     result = trainer.run()
     report = trainer.close()
     metrics = {"train-loss": result.mean_loss} if result.losses else {}
-    metrics["queries"] = site.backbone.queries_used - before  # against backbone.query_budget
+    # what this round spent of the site's backbone budget: queries, samples, gradients
+    metrics.update((site.backbone.spent - before).as_dict())
     metrics.update(report.metrics() if report is not None else {})
     audit = None
     if planted is not None and site.server_round == config.federation.num_rounds:

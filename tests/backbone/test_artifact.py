@@ -292,7 +292,7 @@ def _refused_with(path: Path, keys: KeyFiles, match: str, **options: object) -> 
     """One line naming the file at fault: the artifact, or the revocation list."""
     with pytest.raises(ArtifactError, match=re.escape(match)) as error:
         _load(path, keys, **options)
-    named = options["revocations"] if "signature" in match else path
+    named = options["revocations"] if "signature" in match or "serial" in match else path
     assert "\n" not in str(error.value) and str(error.value).startswith(f"{named}: ")
 
 
@@ -330,9 +330,42 @@ def test_a_revoked_artifact_is_refused_and_a_forged_list_too(
                   revocations=forged)  # fmt: skip
     # ... or signs an empty list with a key of its own.
     own = generate_keys(tmp_path / "attacker")
+    forged = tmp_path / "own.fgr"
     write_revocations(forged, [], signing_key=own.signing_key)
     _refused_with(leaked, sealed.keys, "revocation list's signature does not verify",
                   revocations=forged)  # fmt: skip
     assert main(["revoke", leaked_id, "--signing-key", str(sealed.keys.signing_key),
                  "--out", str(tmp_path / "cli.fgr")]) == 0  # fmt: skip
     _refused_with(leaked, sealed.keys, "is revoked by its owner", revocations=tmp_path / "cli.fgr")
+
+
+def test_a_replayed_older_revocation_list_is_refused(
+    sealed: Sealed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner's list named nothing (serial 1), then the leaked artifact (serial 2); the
+    attacker kept the first, validly signed, and swaps it in for the current one."""
+    monkeypatch.setenv("FEDGRAY_CACHE", str(tmp_path / "site-cache"))  # the site's own dir
+    leaked = _sealed_version(sealed, tmp_path / "leaked.fgs", 1)
+    leaked_id = read_manifest(leaked, verify_key=sealed.keys.verify_key).artifact_id
+    current = tmp_path / "revocations.fgr"
+    owner = sealed.keys.signing_key
+    assert write_revocations(current, [], signing_key=owner) == 1
+    old = tmp_path / "old.fgr"
+    old.write_bytes(current.read_bytes())  # what the attacker keeps
+    _load(leaked, sealed.keys, revocations=current)  # accepted then: nothing revoked yet
+    assert write_revocations(current, [leaked_id], signing_key=owner) == 2  # one more
+    _refused_with(leaked, sealed.keys, "is revoked by its owner", revocations=current)
+    current.write_bytes(old.read_bytes())  # the replay
+    _refused_with(leaked, sealed.keys, "serial 1 is older than serial 2, which this site has seen",
+                  revocations=current)  # fmt: skip
+    # The record outlives the process: it is a file in the site's cache dir.
+    assert (tmp_path / "site-cache" / "revocation-serials.json").is_file()
+    # What is not covered: a site that never saw serial 2 accepts serial 1.
+    monkeypatch.setenv("FEDGRAY_CACHE", str(tmp_path / "fresh-site"))
+    _load(leaked, sealed.keys, revocations=current)
+    # The CLI numbers lists itself; an explicit serial must be positive.
+    args = ["revoke", leaked_id, "--signing-key", str(owner), "--out", str(tmp_path / "c.fgr")]
+    assert main(args) == 0 and main(args) == 0
+    assert write_revocations(tmp_path / "c.fgr", [], signing_key=owner) == 3
+    with pytest.raises(ArtifactError, match="--serial 0: must be at least 1"):
+        write_revocations(tmp_path / "d.fgr", [], signing_key=owner, serial=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
@@ -170,3 +171,34 @@ def test_a_hook_registered_during_a_call_is_not_refused(micro: SealedBackbone) -
         for handle in handles:
             handle.remove()
     assert handles and leaked_weights(loot, ground_truth(micro))
+
+
+def test_a_torch_library_kernel_override_is_not_refused(micro: SealedBackbone) -> None:
+    """The documented limit: the guard sees modes and hooks, not the dispatcher's kernel
+    table. Code of the process that registers its own kernels for matmuls and convolutions
+    (``torch.library``) receives the weights they multiply, undetected."""
+    loot: list[torch.Tensor] = []
+
+    def spy(op: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        def kernel(*args: object, **kwargs: object) -> torch.Tensor:
+            loot.extend(a.detach().clone() for a in args if isinstance(a, torch.Tensor))
+            with torch._C._AutoDispatchBelowAutograd():
+                return op(*args, **kwargs)
+
+        return kernel
+
+    library = torch.library.Library("aten", "IMPL")
+    try:
+        with warnings.catch_warnings():  # "overriding a previously registered kernel"
+            warnings.simplefilter("ignore")
+            for name in ("addmm", "mm", "convolution"):
+                library.impl(name, spy(getattr(torch.ops.aten, name).default), "AutogradCPU")
+        with torch.no_grad():
+            micro.encode_image(torch.rand(2, 3, 32, 32))
+    finally:
+        library._destroy()
+    leaked = leaked_weights(loot, ground_truth(micro))
+    assert {"visual.conv1.weight", "visual.proj"} <= leaked and len(leaked) >= 8
+    pixels = torch.rand(2, 3, 32, 32, requires_grad=True)  # torch's own kernels are back
+    micro.encode_image(pixels).sum().backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fedgray.adapters import build_model
+from fedgray.config import DEFAULT_GRADIENT_BUDGET, DEFAULT_SAMPLE_BUDGET
 from fedgray.fl.clientapp.client import PERSONAL_STATE
 from fedgray.fl.common.cache import shared_backbone, shared_data
 from fedgray.fl.common.records import from_record
@@ -39,9 +40,18 @@ def test_three_sites_two_rounds_write_a_run_folder(tmp_path: Path) -> None:
     assert summary["final"]["r1_mean"] == records[-1]["central"]["r1_mean"]
     assert summary["bytes_per_site_per_round"] < 0.01 * summary["backbone_bytes"]
     assert not any(PERSONAL_STATE in c.state for c in grid.contexts.values())
-    # The backbone calls the sites spent (what backbone.query_budget bounds) are reported.
+    # What the sites spent of their backbone budgets is reported: calls, and (within the
+    # default budget) samples and input gradients: each DGA step sends a batch of images
+    # and one of captions, both needing input gradients.
     assert records[1]["queries"] > 0
     assert summary["queries"] == sum(r.get("queries", 0) for r in records)
+    assert config.backbone.sample_budget == DEFAULT_SAMPLE_BUDGET
+    assert config.backbone.gradient_budget == DEFAULT_GRADIENT_BUDGET
+    fed = config.federation
+    per_round = fed.num_sites * fed.local_steps * 2 * config.train.batch_size
+    assert [r.get("samples") for r in records] == [None, per_round, per_round]
+    assert [r.get("gradients") for r in records] == [None, per_round, per_round]
+    assert summary["samples"] == summary["gradients"] == fed.num_rounds * per_round
 
 
 def test_only_adapter_tensors_travel(tmp_path: Path) -> None:

@@ -33,19 +33,19 @@ import torch
 import torch.multiprocessing as mp
 
 from fedgray.backbone.access import AccessLevel, QueryBudgetExceeded, SealedError
+from fedgray.backbone.budget import Budget, Meter, Spend
 from fedgray.backbone.keys import ArtifactError
 from fedgray.backbone.runtime.serve import (
     LimitExceeded,
     Limits,
     Shared,
     error_message,
-    interface_args,
     peer_user,
     serve_connection,
     text_batches,
 )
 from fedgray.backbone.runtime.wire import Message, WireError, receive, send
-from fedgray.backbone.sealed import BackboneInterface, EntryPoint, QueryCounted
+from fedgray.backbone.sealed import BackboneInterface, EntryPoint, QueryCounted, charge
 
 _ERRORS: dict[str, type[Exception]] = {
     e.__name__: e
@@ -69,7 +69,7 @@ def _serve_child(sock: socket.socket, options: dict[str, Any]) -> None:
     from fedgray.backbone.artifact import load_artifact
 
     faulthandler.enable()  # a crash of the model's native code leaves a trace on stderr
-    threads = options.pop("threads")
+    threads, budget = options.pop("threads"), Budget.parse(options.pop("budget"))
     if threads is not None:
         torch.set_num_threads(threads)
     try:
@@ -77,8 +77,9 @@ def _serve_child(sock: socket.socket, options: dict[str, Any]) -> None:
     except Exception as error:  # noqa: BLE001 - sent to the site as one line
         send(sock, error_message(error))
         return
-    send(sock, Message("ok", interface_args(backbone)))
-    serve_connection(sock, Shared(backbone, OWN), peer_user(sock))
+    shared, user = Shared(backbone, OWN, budget), peer_user(sock)
+    send(sock, shared.greeting(user))
+    serve_connection(sock, shared, user)
 
 
 _STARTING = threading.Lock()  # the environment is process-wide: one child spawns at a time
@@ -100,10 +101,11 @@ def _passive_openmp() -> Iterator[None]:
             os.environ.pop("OMP_WAIT_POLICY", None)
 
 
-def _interface(args: dict[str, Any]) -> tuple[BackboneInterface, int | None]:
-    """The greeting's interface and budget, type-checked field by field."""
+def _interface(args: dict[str, Any]) -> tuple[BackboneInterface, Meter]:
+    """The greeting's interface, budget and spend so far, type-checked field by field."""
     try:
-        raw, budget = dict(args["interface"]), args["query_budget"]
+        raw = dict(args["interface"])
+        meter = Meter(Budget.parse(args["budget"]), Spend.parse(args["spent"]))
         points = tuple(
             EntryPoint(str(p["tower"]), int(p["layers"]), int(p["width"]))
             for p in raw.pop("entry_points")
@@ -125,7 +127,7 @@ def _interface(args: dict[str, Any]) -> tuple[BackboneInterface, int | None]:
             entry_points=points,
             **{k: int(raw[k]) for k in ints},
         )
-        return interface, None if budget is None else int(budget)
+        return interface, meter
     except (KeyError, TypeError, ValueError) as error:
         raise WireError(f"the runtime's greeting does not parse: {error}") from None
 
@@ -174,6 +176,8 @@ class IsolatedBackbone(QueryCounted):
         name: str | None = None,
         level: AccessLevel | str | None = None,
         query_budget: int | None = None,
+        sample_budget: int | None = None,
+        gradient_budget: int | None = None,
         threads: int | None = None,
         device: torch.device | str = "cpu",
         min_version: int | None = None,
@@ -187,7 +191,7 @@ class IsolatedBackbone(QueryCounted):
             "content_key": str(content_key),
             "name": name,
             "level": level,
-            "query_budget": query_budget,
+            "budget": Budget(query_budget, sample_budget, gradient_budget).as_dict(),
             "threads": threads,
             "device": str(device),
             "min_version": min_version,
@@ -232,9 +236,8 @@ class IsolatedBackbone(QueryCounted):
     ) -> None:
         self._socket, self._process, self.device = sock, process, device
         self._keys = itertools.count()
-        self._queries = 0
         try:
-            self.interface, self._budget = _interface(self._reply().args)
+            self.interface, self._meter = _interface(self._reply().args)
         except Exception:
             self.close()
             raise
@@ -261,14 +264,21 @@ class IsolatedBackbone(QueryCounted):
         return self._encode("text", {"tokens": tokens, **inputs})
 
     def _encode(self, tower: str, inputs: dict[str, torch.Tensor | None]) -> torch.Tensor:
-        self._queries += 1
         # The wire carries float32: autocast's bfloat16 adapter outputs are cast back.
         given = {n: _on_wire(t) for n, t in inputs.items() if t is not None}
-        grad = self.level.gradients and torch.is_grad_enabled()
-        if grad and any(t.requires_grad for t in given.values()):
-            output: torch.Tensor = _Remote.apply(self, tower, tuple(given), *given.values())
-            return output
-        return self._encode_request(tower, next(self._keys), given, [])
+        # Counted here as the runtime counts it (the runtime enforces it on its side), so
+        # that the site can report what it spent; refused before anything is sent.
+        main, *floats = given.values()
+        asked = charge(self._meter, self.level, main, *floats)
+        try:
+            grad = self.level.gradients and torch.is_grad_enabled()
+            if grad and any(t.requires_grad for t in given.values()):
+                output: torch.Tensor = _Remote.apply(self, tower, tuple(given), *given.values())
+                return output
+            return self._encode_request(tower, next(self._keys), given, [])
+        except Exception:
+            self._meter.refund(asked)  # refused by the runtime: not spent there either
+            raise
 
     def _encode_request(
         self, tower: str, key: int, tensors: dict[str, torch.Tensor], needs_grad: list[str]

@@ -11,6 +11,10 @@ others (:class:`Limits`): a frame's size is checked before its body is read, the
 kept for backward passes and the requests being read count against per-connection,
 per-user and total byte caps, a connection that sends half a frame or nothing at all is
 closed after a timeout, and tokenization runs outside the lock the model's calls share.
+
+What each peer user spends (calls, samples forwarded, input gradients) is counted against
+the runtime's :class:`Budget` on one meter per user, kept across that user's connections:
+a site that reconnects, or opens several connections, spends from the same budget.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from fedgray.backbone.access import SealedError
+from fedgray.backbone.access import AccessLevel, SealedError
+from fedgray.backbone.budget import Budget, Meter
 from fedgray.backbone.runtime.wire import (
     MAX_FRAME,
     Message,
@@ -35,7 +40,7 @@ from fedgray.backbone.runtime.wire import (
     read_size,
     send,
 )
-from fedgray.backbone.sealed import BackboneInterface, SealedBackbone
+from fedgray.backbone.sealed import BackboneInterface, SealedBackbone, charge
 
 MAX_BATCH = 4096
 MAX_TEXTS, MAX_TEXT_CHARS, MAX_WORD_CHARS = 65536, 1000, 64
@@ -74,14 +79,35 @@ class Limits:
 
 class Shared:
     """What the connections of one runtime share: the model's lock, the tokenizer's lock,
-    the limits and what every connection and user holds against them."""
+    the limits and what every connection and user holds against them, and each user's
+    meter against the budget."""
 
-    def __init__(self, backbone: SealedBackbone, limits: Limits) -> None:
-        self.backbone, self.limits = backbone, limits
+    def __init__(self, backbone: SealedBackbone, limits: Limits, budget: Budget) -> None:
+        if backbone.level is AccessLevel.WHITE:  # as in process: samples are not bounded
+            budget = Budget(queries=budget.queries)
+        self.backbone, self.limits, self.budget = backbone, limits, budget
         self.model_lock, self.tokenizer_lock, self._lock = (threading.Lock() for _ in range(3))
         self.connections: Counter[int] = Counter()  # by peer user id
         self.held: Counter[int] = Counter()  # bytes, by peer user id
         self.rates: dict[str, float] = {}  # largest graph bytes per sample seen, by tower
+        self._meters: dict[int, Meter] = {}  # by peer user id, for the runtime's lifetime
+
+    def meter(self, user: int) -> Meter:
+        """What ``user`` has spent against the budget, over all its connections."""
+        with self._lock:
+            return self._meters.setdefault(user, Meter(self.budget))
+
+    def greeting(self, user: int) -> Message:
+        """What a connection of ``user`` is told first: the published interface, the
+        budget and what the user has spent of it so far."""
+        interface = asdict(self.backbone.interface)
+        interface["level"] = self.backbone.interface.level.value
+        args = {
+            "interface": interface,
+            "budget": self.budget.as_dict(),
+            "spent": self.meter(user).spent.as_dict(),
+        }
+        return Message("ok", args)
 
     def admit(self, user: int) -> None:
         """Count a new connection of ``user``; :class:`LimitExceeded` over a cap."""
@@ -143,13 +169,6 @@ def peer_user(sock: socket.socket) -> int:
         return -1
     creds = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
     return int(struct.unpack("3i", creds)[1])
-
-
-def interface_args(backbone: SealedBackbone) -> dict[str, Any]:
-    """The greeting a connection gets: the published interface and the query budget."""
-    interface = asdict(backbone.interface)
-    interface["level"] = backbone.interface.level.value
-    return {"interface": interface, "query_budget": backbone.query_budget}
 
 
 def _expect(name: str, tensor: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> None:
@@ -332,15 +351,22 @@ class Session:
         wanted = [tensors[n].requires_grad_(True) for n in needs]
         encode = self.backbone.encode_image if tower == "image" else self.backbone.encode_text
         main = tensors.pop("pixels" if tower == "image" else "tokens")
-        with self.shared.model_lock, torch.set_grad_enabled(bool(needs)):
-            output = encode(main, **tensors)
-        if needs:
-            size = graph_bytes(output)
-            self.shared.observe(tower, size / batch)
-            self.take(size, what)  # refused: the graph is dropped with this frame
-            self.graphs[key] = _Kept(output, list(needs), wanted, size)
-            while len(self.graphs) > self.shared.limits.graphs:
-                self._drop(next(iter(self.graphs)))
+        meter = self.shared.meter(self.user)
+        with torch.set_grad_enabled(bool(needs)):  # refused here, before it runs, when over
+            asked = charge(meter, self.backbone.level, main, *wanted)
+        try:
+            with self.shared.model_lock, torch.set_grad_enabled(bool(needs)):
+                output = encode(main, **tensors)
+            if needs:
+                size = graph_bytes(output)
+                self.shared.observe(tower, size / batch)
+                self.take(size, what)  # refused: the graph is dropped with this frame
+                self.graphs[key] = _Kept(output, list(needs), wanted, size)
+                while len(self.graphs) > self.shared.limits.graphs:
+                    self._drop(next(iter(self.graphs)))
+        except Exception:
+            meter.refund(asked)  # nothing went back to the site
+            raise
         return Message("ok", tensors={"output": output.detach()})
 
     def _backward(self, args: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Message:

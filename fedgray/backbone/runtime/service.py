@@ -7,8 +7,8 @@ non-dumpable (``prctl(PR_SET_DUMPABLE, 0)``): no process of another user, nor of
 user, can then read its ``/proc/PID/mem`` or attach a debugger (only root can).
 Sites connect over a Unix socket (``backbone.runtime: PATH``) and speak only the schema
 of :mod:`fedgray.backbone.runtime.wire`. One runtime per site machine serves all of its sites'
-processes; the query budget (encoder calls, every level) is the runtime's, shared by its
-connections.
+processes; the budget (encoder calls, samples forwarded, input gradients) is the
+runtime's, counted per peer user across that user's connections.
 """
 
 from __future__ import annotations
@@ -29,17 +29,17 @@ from pathlib import Path
 import torch
 
 from fedgray.backbone.access import AccessLevel, SealedError
+from fedgray.backbone.budget import Budget
 from fedgray.backbone.runtime.serve import (
     MIB,
     LimitExceeded,
     Limits,
     Shared,
     error_message,
-    interface_args,
     peer_user,
     serve_connection,
 )
-from fedgray.backbone.runtime.wire import Message, send
+from fedgray.backbone.runtime.wire import send
 from fedgray.backbone.sealed import SealedBackbone
 
 PR_SET_DUMPABLE = 4
@@ -147,7 +147,7 @@ def serve(
     user: str | None = None,
     group: str | None = None,
     level: AccessLevel | str | None = None,
-    query_budget: int | None = None,
+    budget: Budget | None = None,
     mode: int = 0o660,
     limits: Limits | None = None,
     min_version: int | None = None,
@@ -160,7 +160,8 @@ def serve(
     file may be root's alone, mode 0600) and binds the socket before it switches, like a
     daemon that binds a privileged port; no request is read before the switch. The socket
     belongs to ``user`` and ``group`` with ``mode`` (never writable by all: connecting
-    needs write permission).
+    needs write permission). ``budget`` (default: unlimited) is each peer user's, kept
+    for the runtime's lifetime across that user's connections.
     """
     from fedgray.backbone.artifact import load_artifact
 
@@ -173,20 +174,17 @@ def serve(
         verify_key=verify_key,
         content_key=content_key,
         level=level,
-        query_budget=query_budget,
         opaque=False,  # outputs leave the process detached: the graph stays here
         min_version=min_version,
         revocations=revocations,
     )
-    if query_budget is None:  # a warm-up would spend two calls of the budget
-        _warm_up(backbone)
+    _warm_up(backbone)  # the budget is the peers' (Shared), not the backbone's
     server = _listen(Path(socket_path), mode, owner)
     if entry is not None:
         become(entry)
     make_undumpable()
-    shared = Shared(backbone, limits)
+    shared = Shared(backbone, limits, budget or Budget())
     print(f"serving {backbone!r} on {socket_path} (pid {os.getpid()})", flush=True)
-    greeting = Message("ok", interface_args(backbone))
 
     def handle(connection: socket.socket) -> None:
         with connection:
@@ -199,7 +197,7 @@ def serve(
                     send(connection, error_message(error))
                 return
             try:
-                send(connection, greeting)
+                send(connection, shared.greeting(peer))
                 serve_connection(connection, shared, peer)
             except OSError:
                 pass

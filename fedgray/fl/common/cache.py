@@ -12,7 +12,7 @@ import json
 
 import torch
 
-from fedgray.backbone import Backbone
+from fedgray.backbone import Backbone, IsolatedBackbone
 from fedgray.config import Config
 from fedgray.config_schema import to_dict
 from fedgray.site import load_task_data, open_backbone
@@ -48,6 +48,16 @@ def shared_backbone(config: Config) -> Backbone:
             torch.manual_seed(config.pretrain.seed)  # same random weights in every process
             _BACKBONES[key] = open_backbone(config, progress=False)
     return _BACKBONES[key]
+
+
+def forget_backbones() -> None:
+    """Drop (closing isolated runtimes) the backbones loaded so far in this process, so
+    that a new run spends from a fresh budget (``backbone.sample_budget`` and the others)
+    rather than from what earlier runs of the same process spent."""
+    for backbone in _BACKBONES.values():
+        if isinstance(backbone, IsolatedBackbone):
+            backbone.close()
+    _BACKBONES.clear()
 
 
 def shared_data(config: Config, *, dataset: str, split: str, size: int) -> TaskData:

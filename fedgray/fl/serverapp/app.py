@@ -11,6 +11,7 @@ from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedgray.config import Config
+from fedgray.fl.common.cache import forget_backbones
 from fedgray.fl.common.run_config import resolve_config
 from fedgray.fl.serverapp.checkpoint import CHECKPOINT
 from fedgray.fl.serverapp.preflight import check_resume
@@ -53,6 +54,7 @@ def make_server_app(
             if (run.path / CHECKPOINT).is_file():
                 check_resume(resolved, run.path)
             run.save_config(resolved)
+            forget_backbones()  # each run spends from its own backbone budget
             result = federate(grid, resolved, run, echo=teed(echo, progress))
             summary = finish(run, resolved, result)
             check_audit(resolved, summary)

@@ -22,6 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
+from fedgray.backbone.budget import SPEND_KEYS
 from fedgray.fl.common.compression import decode_up, encode_down, snap
 from fedgray.fl.common.private import site_reports
 from fedgray.fl.common.records import from_record, record_bytes, scalar_metrics, to_record
@@ -34,7 +35,8 @@ from strategies.fold import arrays_in
 @dataclass
 class TrainResult:
     """What a train phase produced. ``arrays`` is None when nothing was aggregated;
-    ``queries``: backbone calls the sites report having spent;
+    ``spend``: what the sites report having spent of their backbone budgets (calls,
+    samples forwarded, input gradients; see :mod:`fedgray.backbone.budget`);
     ``replied``: sites whose reply came back without error; ``failed``: the others (budget
     refusals apart); ``names``: node id -> site name, as the replies gave them."""
 
@@ -47,7 +49,7 @@ class TrainResult:
     bytes_up: int = 0
     ledgers: list[ConfigRecord] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
-    queries: int = 0
+    spend: dict[str, int] = field(default_factory=dict)
     failed: list[Failure] = field(default_factory=list)
     replied: int = 0
     names: dict[int, str] = field(default_factory=dict)
@@ -83,10 +85,16 @@ def _ok(replies: list[Message]) -> list[Message]:
     return [m for m in replies if not m.has_error()]
 
 
-def _queries(reply: Message) -> int:
-    """Backbone calls a site's train reply reports (0 when it reports none)."""
-    metrics = cast(MetricRecord, reply.content["metrics"])  # as the ClientApp replies
-    return int(cast(int, metrics.get("queries", 0)))
+def _spend(replies: list[Message]) -> dict[str, int]:
+    """What the sites' train replies report having spent of their budgets, summed (the
+    counts no reply reports left out)."""
+    total: dict[str, int] = {}
+    for reply in replies:
+        metrics = cast(MetricRecord, reply.content["metrics"])  # as the ClientApp replies
+        for key in SPEND_KEYS:
+            if key in metrics:
+                total[key] = total.get(key, 0) + int(cast(int, metrics[key]))
+    return total
 
 
 def _rejections(strategy: Strategy) -> int:
@@ -154,7 +162,7 @@ def plain_training(
             bytes_up=max(uploads, default=0),
             ledgers=ledgers,
             refusals=refusals,
-            queries=sum(_queries(m) for m in _ok(replies)),
+            spend=_spend(_ok(replies)),
             failed=failures(messages, replies),
             replied=len(_ok(replies)),
             names=names_in(replies),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fedgray.backbone.budget import SPEND_KEYS
 from fedgray.config import Config
 from fedgray.fl.common.records import from_record
 from fedgray.fl.serverapp.failures import FederationError
@@ -68,8 +69,9 @@ def finish(run: RunFolder, config: Config, result: FederationResult) -> dict[str
         "seconds": sum(r["seconds"] for r in result.records),
         "rejections": [vars(r) for r in result.rejections],
     }
-    if queries := sum(r.get("queries", 0) for r in trained):
-        summary["queries"] = queries  # backbone queries of all sites' training
+    for key in SPEND_KEYS:  # what all sites' training spent of their backbone budgets
+        if spent := sum(r.get(key, 0) for r in trained):
+            summary[key] = spent
     if config.privacy.audit:
         last = result.records[-1].get("privacy", {})
         summary["audit"] = last.get("audit")  # None: the audited site sent no evidence
@@ -97,6 +99,11 @@ def comparison(summary: dict[str, Any]) -> list[str]:
     )
     if "queries" in summary:
         lines.append(f"queries: {summary['queries']:,} backbone queries by the sites' training")
+    if "samples" in summary:
+        lines.append(
+            f"budget: {summary['samples']:,} samples forwarded and "
+            f"{summary.get('gradients', 0):,} input gradients by the sites' training"
+        )
     return lines
 
 

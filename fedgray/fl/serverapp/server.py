@@ -120,7 +120,7 @@ def _record(config: Config, rnd: int, outcome: RoundOutcome, started: float) -> 
         "train_loss": outcome.train_metrics.get("train-loss"),
         "federated": dict(outcome.eval_metrics),
         "central": central,
-    } | ({"queries": outcome.queries} if outcome.queries else {})
+    } | {k: v for k, v in outcome.spend.items() if v}  # queries, samples, gradients
     if fed.select_on == "validation":  # what federation.select: best reads
         record["validation"] = central_evaluator(config, "validation")(outcome.arrays)
     return record
@@ -143,6 +143,7 @@ def progress_line(config: Config, record: dict[str, Any]) -> str:
         f"  sent {record['bytes_down'] / 1e3:.1f}+{record['bytes_up'] / 1e3:.1f} KB/site"
         f"  {record['seconds']:.1f} s"
         + (f"  queries {record['queries']:,}" if "queries" in record else "")
+        + (f"  samples {record['samples']:,}" if "samples" in record else "")
         + (f"  eps max {record['privacy']['max_epsilon']:.2f}" if "privacy" in record else "")
         + (f"  eps central {record['central_dp']['epsilon']:.2f}" if "central_dp" in record else "")
     )

@@ -21,6 +21,7 @@ from fedgray.backbone import (
     create_clip,
     load_artifact,
 )
+from fedgray.backbone.budget import Budget, Meter
 from fedgray.backbone.runtime.isolated import IsolatedBackbone
 from fedgray.config import ConfigError, load_config
 from fedgray.devices import autocast
@@ -124,7 +125,7 @@ def test_isolated_runtime_enforces_level_and_budget(
         gray.encode_image(pixels).sum().backward()
         assert pixels.grad is not None
         gray.encode_text(gray.tokenize(CAPTIONS[:2]))
-        gray._queries, gray._budget = 0, None  # the site's own bookkeeping is the site's
+        gray._meter = Meter(Budget())  # the site's own bookkeeping is the site's
         with pytest.raises(QueryBudgetExceeded, match="backbone.query_budget: .* of 2 calls"):
             gray.encode_image(pixels)
 
