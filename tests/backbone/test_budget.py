@@ -14,8 +14,8 @@ import torch
 
 from fedgray.backbone import QueryBudgetExceeded, load_sealed
 from fedgray.backbone.budget import Budget, Meter, Spend
-from fedgray.owner.keys import KeyFiles
 from fedgray.backbone.runtime.isolated import IsolatedBackbone
+from fedgray.owner.keys import KeyFiles
 from tests.backbone.attacks import Serve
 
 
