@@ -12,12 +12,18 @@ pyproject.toml, never a site's paths or keys.
 
 from __future__ import annotations
 
+import base64
 import json
+import tomllib
 from pathlib import Path
 from typing import Any
 
+from flwr.common.config import flatten_dict
+
 import fedgray
+from fedgray.backbone.keys import read_signing_key
 from fedgray.config import Config, save_config
+from fedgray.fl.clientapp.signed_runs import SIGNATURE, SIGNATURE_TABLE, signed_bytes
 
 SERVER_APP = "fedgray.fl.serverapp.app:app"
 CLIENT_APP = "fedgray.fl.clientapp.app:app"
@@ -77,3 +83,17 @@ def write_app(config: Config, app_dir: Path) -> Path:
     (app_dir / "pyproject.toml").write_text("\n".join(lines), encoding="utf-8")
     save_config(config, app_dir / "config.yaml")
     return app_dir
+
+
+def sign_app(app_dir: Path, signing_key: Path) -> None:
+    """Sign the app's run config with the publisher's Ed25519 key (sites that pin its
+    public key run nothing else; see :mod:`fedgray.fl.clientapp.signed_runs`): over the
+    config as Flower will hand it to the ClientApp, flattened, in the form sites check."""
+    key = read_signing_key(signing_key)
+    path = app_dir / "pyproject.toml"
+    text = path.read_text(encoding="utf-8")
+    run_config = flatten_dict(tomllib.loads(text)["tool"]["flwr"]["app"]["config"])
+    signature = base64.b64encode(key.sign(signed_bytes(run_config))).decode()
+    path.write_text(
+        f'{text}\n[tool.{SIGNATURE_TABLE}]\n{SIGNATURE} = "{signature}"\n', encoding="utf-8"
+    )

@@ -5,6 +5,7 @@ a SuperNode killed mid-round (the round goes on without it; it rejoins with a ri
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import time
@@ -15,13 +16,22 @@ import torch
 
 from fedgray.deploy.demo import flwr_run, submission
 from fedgray.deploy.launch import flower_env
-from fedgray.deploy.processes import Processes
-from fedgray.deploy.roles import start_superlink
+from fedgray.deploy.processes import Processes, descendants
+from fedgray.deploy.roles import TRUSTED_RUNNER, start_superlink
 from fedgray.runs import load_adapters
-from tests.deploy.conftest import RUN_LIMIT_S, Federation, restart_supernode, tiny_config
+from tests.deploy.conftest import (
+    RUN_LIMIT_S,
+    Federation,
+    alive,
+    restart_supernode,
+    tiny_config,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.deploy]
 PLAIN = ("federation.secure_aggregation.enabled=false",)  # a faster run: 1 message per round
+ORPHAN_LIMIT_S = 120
+"""How long a ServerApp or ClientApp may outlive its SuperLink: a ClientApp finishing the
+training it was given takes seconds on the micro CLIP."""
 
 
 def _rounds(results: Path) -> list[dict]:
@@ -128,3 +138,53 @@ def test_a_supernode_killed_mid_round_is_left_out_and_its_ledger_is_right_when_i
     assert set(first) == {"0", "1"}  # the killed site released nothing in round 1
     assert second["2"] == pytest.approx(first["0"])  # one round's spend: the one it trained
     assert second["0"] > first["0"]
+
+
+def _running(roots: list[int], *words: str) -> list[int]:
+    """Live processes below ``roots`` whose command line names one of ``words``."""
+    found = []
+    for pid in {p for root in roots for p in descendants(root)}:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if alive(pid) and any(word in command for word in words):
+            found.append(pid)
+    return found
+
+
+def test_no_serverapp_or_clientapp_outlives_a_superlink_killed_mid_round(
+    federation: Federation, processes: Processes
+) -> None:
+    """flower-superlink itself dies by SIGKILL (as the OOM killer would end it) while the
+    sites train: its ServerApp and every site's ClientApp processes end within a bound,
+    and the SuperLink started again on its folder serves the next run."""
+    link = federation.link
+    args, _ = submission(link.options.run_dir, tiny_config(*PLAIN), name="orphaned")
+    run = processes.start(
+        args,
+        log_file=link.options.run_dir / "flwr-run-orphaned.log",
+        env=flower_env(link.flwr_home),
+    )
+    roots = [proc.pid for proc in federation.processes.started]
+    apps = ("flwr-clientapp", TRUSTED_RUNNER, "flwr-serverapp")
+    deadline = time.monotonic() + RUN_LIMIT_S
+    while not _running(roots, "flwr-clientapp", TRUSTED_RUNNER) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _running(roots, *apps), "no ClientApp ever started"
+    superlink = _running([link.process.pid], "flower-superlink")
+    assert len(superlink) == 1
+    os.kill(superlink[0], signal.SIGKILL)
+    deadline = time.monotonic() + ORPHAN_LIMIT_S
+    while _running(roots, *apps) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not _running(roots, *apps), f"still running {ORPHAN_LIMIT_S} s after the kill"
+    processes.kill(run)
+    assert link.process.wait(timeout=60) != 0  # its guardian ended with it
+    federation.link = start_superlink(
+        federation.processes,
+        link.options,
+        federation.credentials,
+        register=False,
+        echo=lambda _: None,
+    )
