@@ -30,6 +30,7 @@ from tests.deploy.conftest import (
 pytestmark = [pytest.mark.slow, pytest.mark.deploy]
 PLAIN = ("federation.secure_aggregation.enabled=false",)  # a faster run: 1 message per round
 ORPHAN_LIMIT_S = 120
+GUARDIAN = "fedgray.deploy.guardian"
 """How long a ServerApp or ClientApp may outlive its SuperLink: a ClientApp finishing the
 training it was given takes seconds on the micro CLIP."""
 
@@ -140,13 +141,19 @@ def test_a_supernode_killed_mid_round_is_left_out_and_its_ledger_is_right_when_i
     assert second["0"] > first["0"]
 
 
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 def _running(roots: list[int], *words: str) -> list[int]:
     """Live processes below ``roots`` whose command line names one of ``words``."""
     found = []
     for pid in {p for root in roots for p in descendants(root)}:
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
+        command = _command(pid)
+        if GUARDIAN in command:  # names the command it guards
             continue
         if alive(pid) and any(word in command for word in words):
             found.append(pid)
@@ -178,7 +185,8 @@ def test_no_serverapp_or_clientapp_outlives_a_superlink_killed_mid_round(
     deadline = time.monotonic() + ORPHAN_LIMIT_S
     while _running(roots, *apps) and time.monotonic() < deadline:
         time.sleep(1)
-    assert not _running(roots, *apps), f"still running {ORPHAN_LIMIT_S} s after the kill"
+    left = {pid: _command(pid)[:160] for pid in _running(roots, *apps)}
+    assert not left, f"still running {ORPHAN_LIMIT_S} s after the kill: {left}"
     processes.kill(run)
     assert link.process.wait(timeout=60) != 0  # its guardian ended with it
     federation.link = start_superlink(
