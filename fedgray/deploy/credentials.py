@@ -196,8 +196,8 @@ def create_credentials(
     ]
     site_paths += [registered_key(files, s) for s in files.sites]
     core = (files.ca_key, files.ca_cert, files.superlink_cert, files.superlink_key)
-    core += (files.publisher_key, files.publisher)
-    for path in (*core, files.superlink_ca_cert, *site_paths):
+    publisher_files = (files.publisher_key, files.publisher)
+    for path in (*core, *publisher_files, files.superlink_ca_cert, *site_paths):
         if path.exists():
             raise CredentialError(f"{path}: exists; refusing to overwrite it")
     ca_key = ec.generate_private_key(ec.SECP384R1())
