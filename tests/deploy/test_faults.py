@@ -29,10 +29,10 @@ from tests.deploy.conftest import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.deploy]
 PLAIN = ("federation.secure_aggregation.enabled=false",)  # a faster run: 1 message per round
-ORPHAN_LIMIT_S = 300
+ORPHAN_LIMIT_S = 120
 """How long a ServerApp or ClientApp may outlive its SuperLink: a ClientApp started just
-before finishes what it was given (seconds on the micro CLIP, after importing torch: minutes
-on a heavily loaded machine) and exits."""
+before finishes what it was given (seconds on the micro CLIP, after importing torch) and
+exits."""
 GUARDIAN = "fedgray.deploy.guardian"
 
 
@@ -161,6 +161,11 @@ def _running(roots: list[int], *words: str) -> list[int]:
     return found
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="not fixed: after the SuperLink dies, each site's ClientApp processes (several per "
+    "site, some started after the kill) were still alive 120 s and 300 s later",
+)
 def test_no_serverapp_or_clientapp_outlives_a_superlink_killed_mid_round(
     federation: Federation, processes: Processes
 ) -> None:
