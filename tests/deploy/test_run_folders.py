@@ -1,5 +1,7 @@
-"""Run folders are never shared: a SuperLink's run folder takes one SuperLink, and a results
-name one run at a time (a finished run's folder is never written again)."""
+"""The operator's folders and a site's first checks, without Flower running (but the last
+test): a SuperLink's run folder takes one SuperLink, a results name one run at a time (a
+finished run's folder is never written again), a SuperNode's transport matches the
+SuperLink's, and the demo goes behind nginx where it is installed."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fedgray.deploy.credentials import create_credentials
-from fedgray.deploy.demo import claimed_results, flwr_run
+from fedgray.deploy.demo import claimed_results, fleet_proxy_available, flwr_run
 from fedgray.deploy.processes import Processes
 from fedgray.deploy.roles import RunDirBusy, lock_run_dir
 from fedgray.deploy.tls_probe import check_transport, speaks_tls
@@ -122,3 +124,18 @@ def test_two_runs_submitted_with_one_name_get_two_folders(
     for folder in folders:
         rounds = [json.loads(line)["round"] for line in (folder / "metrics.jsonl").open()]
         assert rounds == [0, 1], folder
+
+
+def test_the_demo_goes_behind_nginx_only_where_it_is_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    said: list[str] = []
+    monkeypatch.setattr("fedgray.deploy.fleet_proxy.shutil.which", lambda *_, **__: None)
+    assert fleet_proxy_available(said.append) is False
+    assert said == [
+        "no nginx (Debian/Ubuntu: apt-get install nginx-light): the SuperNodes dial the "
+        "SuperLink's own port on 127.0.0.1, which also serves its Control API"
+    ]
+    monkeypatch.setattr("fedgray.deploy.fleet_proxy.shutil.which", lambda *_, **__: "/nginx")
+    assert fleet_proxy_available(said.append) is True
+    assert len(said) == 1
