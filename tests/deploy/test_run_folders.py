@@ -1,5 +1,5 @@
-"""The operator's folders and a site's first checks, without Flower running (but the last
-test): a SuperLink's run folder takes one SuperLink, a results name one run at a time (a
+"""The operator's folders and a site's first checks, without Flower running (but the
+two-runs test): a SuperLink's run folder takes one SuperLink, a results name one run at a time (a
 finished run's folder is never written again), a SuperNode's transport matches the
 SuperLink's, and the demo goes behind nginx where it is installed."""
 
