@@ -28,8 +28,6 @@ from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 from flwr.common.config import get_project_dir
 
-from fedgray.fl.clientapp.signed_runs import PUBLISHER_KEY, run_verdict
-
 TRUSTED_CLIENTAPP = "fedgray.fl.clientapp.app:app"
 INERT_SUFFIXES = frozenset({".toml", ".yaml", ".yml", ".md", ".txt", ".json"})
 UNTRUSTED_APP = 4405  # Error code of a reply from a site that refused the submitted app
@@ -78,6 +76,10 @@ class PinnedApp(ClientApp):
         self.label = label
 
     def __call__(self, message: Message, context: Context) -> Message:
+        # here, not at the top: this module runs before Flower's task heartbeat starts, and
+        # the key loading imports torch (seconds), which would let the task's token lapse
+        from fedgray.fl.clientapp.signed_runs import PUBLISHER_KEY, run_verdict
+
         pinned = context.node_config.get(PUBLISHER_KEY)
         if pinned:
             verdict = run_verdict(self.pyproject, context.run_config, Path(str(pinned)))
