@@ -72,6 +72,7 @@ def _cmd_credentials(args: argparse.Namespace) -> None:
     files = create_credentials(args.out, args.sites, hosts=tuple(args.host))
     print(f"CA (keep offline):      {files.ca_key}")
     print(f"SuperLink's files:      {files.superlink_cert.parent}")
+    print(f"publisher (signs runs): {files.publisher_key}")
     for site in files.sites:
         print(f"{site.name + ':':<23} {site.private_key.parent}")
 
@@ -100,10 +101,10 @@ def _cmd_superlink(args: argparse.Namespace) -> None:
         public=_host_port(args.public) if args.public else None,
     )
     restart = (run_dir / "superlink.db").is_file()  # its registrations are kept there
-    if restart:
-        print(f"restarting on {run_dir / 'superlink.db'}: sites registered before stay so")
     with supervised() as processes:
         link = start_superlink(processes, options, credentials, register=not restart)
+        if restart:
+            print(f"restarted on {run_dir / 'superlink.db'}: sites registered before stay so")
         print(
             f"submit a run: fedgray deploy submit CONFIG.yaml --run-dir {run_dir}; follow "
             f"it with FLWR_HOME={link.flwr_home} flwr list|log|stop; Ctrl-C stops the SuperLink"
@@ -116,6 +117,7 @@ def supernode_node_config(args: argparse.Namespace) -> dict[str, str | int | flo
     site's number, data folder, sealed backbone, state folder and (``--name``) the name the
     server's log and metrics give it."""
     from fedgray.fl.clientapp.node_config import SITE_NAME
+    from fedgray.fl.clientapp.signed_runs import PUBLISHER_KEY
 
     node_config: dict[str, str | int | float | bool] = {
         "partition-id": args.site,
@@ -134,6 +136,8 @@ def supernode_node_config(args: argparse.Namespace) -> dict[str, str | int | flo
         node_config["backbone-isolated"] = True
     if args.state_dir:
         node_config["state-dir"] = str(Path(args.state_dir).resolve())
+    if args.publisher_key:
+        node_config[PUBLISHER_KEY] = str(Path(args.publisher_key).resolve())
     node_config.update(floor_node_config(args.floor))
     return node_config
 
@@ -180,7 +184,8 @@ def _cmd_supernode(args: argparse.Namespace) -> None:
     run_dir = Path(args.run_dir).resolve()
     with supervised() as processes:
         node = start_supernode(processes, options, site_dir=run_dir)
-        _wait(node.process, "flower-supernode", node.log_file)
+        if node.process.wait() != 0:
+            raise RuntimeError(node.exit_reason())
 
 
 def _cmd_submit(args: argparse.Namespace) -> None:
@@ -192,7 +197,13 @@ def _cmd_submit(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.overrides)
     with supervised() as processes:
         results = flwr_run(
-            processes, run_dir, config, echo=print, timeout=args.timeout, name=args.name
+            processes,
+            run_dir,
+            config,
+            echo=print,
+            timeout=args.timeout,
+            name=args.name,
+            sign_key=Path(args.sign_key) if args.sign_key else None,
         )
     print(f"results (metrics, epsilon ledgers, checkpoint, adapters): {results}")
 
@@ -225,8 +236,9 @@ def _credentials_parser(commands: Any) -> None:
         "credentials",
         help="create a CA, the SuperLink's TLS certificate and a key pair per site",
         description="Create the federation's credentials in DIR: a CA, a SuperLink "
-        "certificate for 127.0.0.1, localhost and each --host, and a P-384 node key pair per "
-        "site (OpenSSH format, as Flower reads them). Never overwrites a file.",
+        "certificate for 127.0.0.1, localhost and each --host, a P-384 node key pair per "
+        "site (OpenSSH format, as Flower reads them) and the publisher's Ed25519 key pair "
+        "that signs run configs. Never overwrites a file.",
     )
     parser.add_argument("--out", required=True, metavar="DIR")
     parser.add_argument("--sites", type=int, required=True, metavar="N")
@@ -297,6 +309,12 @@ def _supernode_parser(commands: Any) -> None:
         help="the site's own privacy floor, whatever a run asks (repeatable; e.g. "
         "require-dp=true max-epsilon-run=8 max-epsilon-total=16; see docs/deployment.md)",
     )
+    parser.add_argument(
+        "--publisher-key",
+        metavar="FILE",
+        help="run only runs whose config this publisher signed (its public key, PEM: "
+        "credentials' sites/site-N/publisher.pem)",
+    )
     parser.add_argument("--run-dir", default=".", metavar="DIR", help="log and Flower home")
     parser.add_argument("--port", type=int, help="loopback port for its ClientApps (free one)")
     parser.add_argument("--insecure", action="store_true", help="no TLS (warned)")
@@ -310,11 +328,23 @@ def _submit_parser(commands: Any, config_arguments: Callable[..., None]) -> None
         description="Write an app folder whose run config is the whole resolved CONFIG "
         "(the YAML fedgray run reads, plus --set overrides) and submit it with flwr run "
         "to the SuperLink started with the same --run-dir; follow its log to the end. "
-        "Results land in RUN_DIR/NAME; a NAME holding a checkpoint is resumed.",
+        "Results land in RUN_DIR/NAME; a NAME whose run stopped before its end (a "
+        "checkpoint, no summary) is resumed.",
     )
     config_arguments(parser, required=True)
     parser.add_argument("--run-dir", required=True, metavar="DIR", help="the SuperLink's")
-    parser.add_argument("--name", default="results", help="results folder in RUN_DIR")
+    parser.add_argument(
+        "--name",
+        default="results",
+        help="results folder in RUN_DIR (the next free NAME-2, ... if a run holds it or "
+        "finished in it)",
+    )
+    parser.add_argument(
+        "--sign-key",
+        metavar="FILE",
+        help="sign the run config with the publisher's key (credentials' "
+        "publisher/publisher.key), for sites that pin its public key",
+    )
     parser.add_argument("--timeout", type=float, default=24 * 3600.0, help="seconds")
     parser.set_defaults(handler=_one_line(_cmd_submit))
 

@@ -11,6 +11,10 @@ Written by :func:`create_credentials` (never over an existing file; private keys
     DIR/sites/site-N/ca.crt        } what site N's machine holds: the CA certificate to
     DIR/sites/site-N/node.key      } verify the SuperLink and its node-authentication key
     DIR/sites/site-N/node.key.pub  } (EC P-384, OpenSSH format, as Flower 1.42 reads them)
+    DIR/sites/site-N/publisher.pem } and the publisher's public key, which it pins
+    DIR/publisher/publisher.key    the key the operator signs each run's config with
+                                   (Ed25519, PEM; ``fedgray deploy submit --sign-key``)
+    DIR/publisher/publisher.pem    its public half
 
 The sites' keys are made here for convenience (one command for a trial federation); a site
 may instead make its own (``ssh-keygen -t ecdsa -b 384``) and send only the ``.pub`` file.
@@ -26,12 +30,13 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
 VALID_DAYS = 365
 SITE_PREFIX = "site-"
+PUBLISHER_FILE = "publisher.pem"
 
 
 class CredentialError(ValueError):
@@ -46,6 +51,7 @@ class SiteCredentials:
     ca_cert: Path
     private_key: Path
     public_key: Path
+    publisher: Path
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,8 @@ class Credentials:
     superlink_cert: Path
     superlink_key: Path
     sites: tuple[SiteCredentials, ...]
+    publisher_key: Path
+    publisher: Path
 
 
 def site_name(index: int) -> str:
@@ -73,6 +81,7 @@ def _layout(root: Path, num_sites: int) -> Credentials:
             root / "sites" / name / "ca.crt",
             root / "sites" / name / "node.key",
             root / "sites" / name / "node.key.pub",
+            root / "sites" / name / PUBLISHER_FILE,
         )
         for name in (site_name(i) for i in range(num_sites))
     )
@@ -84,6 +93,8 @@ def _layout(root: Path, num_sites: int) -> Credentials:
         superlink_cert=root / "superlink" / "superlink.crt",
         superlink_key=root / "superlink" / "superlink.key",
         sites=sites,
+        publisher_key=root / "publisher" / "publisher.key",
+        publisher=root / "publisher" / PUBLISHER_FILE,
     )
 
 
@@ -159,7 +170,7 @@ def _certificate(
     return builder.sign(signing_key, hashes.SHA256())
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+def _pem_key(key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -174,15 +185,19 @@ def _pem_cert(cert: x509.Certificate) -> bytes:
 def create_credentials(
     out_dir: str | Path, num_sites: int, *, hosts: tuple[str, ...] = ()
 ) -> Credentials:
-    """Create a CA, a SuperLink certificate for 127.0.0.1, localhost and ``hosts``, and an
-    authentication key pair per site in ``out_dir``; refuses to overwrite any file."""
+    """Create a CA, a SuperLink certificate for 127.0.0.1, localhost and ``hosts``, an
+    authentication key pair per site and the publisher's signing key pair in ``out_dir``;
+    refuses to overwrite any file."""
     if num_sites < 1:
         raise CredentialError(f"sites: must be >= 1, got {num_sites}")
     files = _layout(Path(out_dir), num_sites)
-    site_paths = [p for s in files.sites for p in (s.ca_cert, s.private_key, s.public_key)]
+    site_paths = [
+        p for s in files.sites for p in (s.ca_cert, s.private_key, s.public_key, s.publisher)
+    ]
     site_paths += [registered_key(files, s) for s in files.sites]
     core = (files.ca_key, files.ca_cert, files.superlink_cert, files.superlink_key)
-    for path in (*core, files.superlink_ca_cert, *site_paths):
+    publisher_files = (files.publisher_key, files.publisher)
+    for path in (*core, *publisher_files, files.superlink_ca_cert, *site_paths):
         if path.exists():
             raise CredentialError(f"{path}: exists; refusing to overwrite it")
     ca_key = ec.generate_private_key(ec.SECP384R1())
@@ -197,6 +212,12 @@ def create_credentials(
     _write_new(files.superlink_ca_cert, _pem_cert(ca_cert))
     _write_new(files.superlink_cert, _pem_cert(link_cert))
     _write_new(files.superlink_key, _pem_key(link_key), private=True)
+    publisher = ed25519.Ed25519PrivateKey.generate()
+    publisher_pem = publisher.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    _write_new(files.publisher_key, _pem_key(publisher), private=True)
+    _write_new(files.publisher, publisher_pem)
     for site in files.sites:
         node_key = ec.generate_private_key(ec.SECP384R1())
         public = node_key.public_key().public_bytes(
@@ -208,6 +229,7 @@ def create_credentials(
             serialization.NoEncryption(),
         )
         _write_new(site.ca_cert, _pem_cert(ca_cert))
+        _write_new(site.publisher, publisher_pem)
         _write_new(site.private_key, private, private=True)
         _write_new(site.public_key, public + f" {site.name}\n".encode())
         _write_new(registered_key(files, site), public + f" {site.name}\n".encode())

@@ -2,7 +2,8 @@
 
 In one run folder: the owner seals the backbone (``owner/``), the operator creates the
 credentials (``credentials/``) and starts a SuperLink with TLS and SuperNode authentication
-(``superlink/``), each site gets its partition as files and starts its SuperNode
+(``superlink/``; behind a proxy passing on only the Fleet API when nginx is installed, as
+``--public`` does), each site gets its partition as files and starts its SuperNode
 (``sites/site-N/``), and the federation runs with ``flwr run`` (Flower's CLI config in
 ``superlink/flwr``). Results land in ``superlink/results``. Every process started here is
 stopped when the demo ends, however it ends.
@@ -10,17 +11,24 @@ stopped when the demo ends, however it ends.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedgray.config import Config
 from fedgray.config_schema import ConfigError
+from fedgray.deploy.app_signing import sign_app
 from fedgray.deploy.credentials import Credentials, create_credentials
+from fedgray.deploy.fleet_proxy import ProxyError, nginx_executable
+from fedgray.deploy.locks import try_lock
 from fedgray.deploy.roles import SuperLink, SuperNode, start_superlink, start_supernode
 from fedgray.deploy.site_data import OwnerFiles, seal_backbone, write_site_data
+from fedgray.fl.clientapp.signed_runs import PUBLISHER_KEY
 from fedgray.fl.serverapp.progress import PROGRESS, Follower
 from fedgray.launch.app import write_app
 from fedgray.launch.commands import (
@@ -76,12 +84,15 @@ def demo_config(config: Config, num_sites: int) -> Config:
 
 
 def site_node_config(
-    site: int, data_dir: Path, owner: OwnerFiles
+    site: int, data_dir: Path, owner: OwnerFiles, *, publisher: Path | None = None
 ) -> dict[str, str | int | float | bool]:
     """What site ``site`` names locally: its number, data folder, sealed backbone, the
     folder for its own durable state (personal adapters, privacy ledger) next to its data,
-    and its privacy floor (:data:`SITE_FLOOR`)."""
+    its privacy floor (:data:`SITE_FLOOR`) and, if given, the publisher whose signed runs
+    alone it runs."""
+    pin: dict[str, str | int | float | bool] = {PUBLISHER_KEY: str(publisher)} if publisher else {}
     return {
+        **pin,
         **SITE_FLOOR,
         "partition-id": site,
         "data-dir": str(data_dir),
@@ -100,8 +111,13 @@ def start_federation(
     owner: OwnerFiles,
     *,
     echo: Echo,
+    public: bool = False,
+    signed: bool = False,
 ) -> tuple[SuperLink, list[SuperNode]]:
-    """Start the SuperLink (registering every site) and one SuperNode per data folder."""
+    """Start the SuperLink (registering every site) and one SuperNode per data folder;
+    with ``public``, the SuperNodes dial a Fleet-only nginx proxy in front of it (as
+    ``fedgray deploy superlink --public`` does); with ``signed``, each site runs only runs
+    signed with the credentials' publisher key."""
     options = SuperLinkOptions(
         host=HOST,
         port=free_port(HOST),
@@ -109,32 +125,63 @@ def start_federation(
         ca_cert=credentials.superlink_ca_cert,
         cert=credentials.superlink_cert,
         key=credentials.superlink_key,
+        public=(HOST, free_port(HOST)) if public else None,
     )
     link = start_superlink(processes, options, credentials, echo=echo)
+    dial = f"{HOST}:{options.public[1]}" if options.public else options.address
     nodes = []
     for site, data_dir in zip(credentials.sites, data_dirs, strict=True):
         number = int(site.name.rsplit("-", 1)[1])
         node = SuperNodeOptions(
-            superlink=options.address,
+            superlink=dial,
             root_cert=site.ca_cert,
             private_key=site.private_key,
-            node_config=site_node_config(number, data_dir, owner),
+            node_config=site_node_config(
+                number, data_dir, owner, publisher=site.publisher if signed else None
+            ),
             port=free_port(HOST),
         )
         nodes.append(start_supernode(processes, node, site_dir=data_dir.parent, echo=echo))
     return link, nodes
 
 
-def submission(run_dir: Path, config: Config, *, name: str = RESULTS) -> tuple[list[str], Path]:
+def submission(
+    run_dir: Path, config: Config, *, name: str = RESULTS, sign_key: Path | None = None
+) -> tuple[list[str], Path]:
     """``flwr run`` of the fedgray app with ``config`` on the SuperLink whose operator folder
     is ``run_dir`` (its ``flwr`` CLI home is ``run_dir/flwr``), and the results folder it
-    writes: ``run_dir/name`` (resumed if it holds a checkpoint)."""
+    writes: ``run_dir/name`` (resumed if it holds a checkpoint). ``sign_key``: the
+    publisher's key that signs the run config."""
     results = run_dir / name
     config = dataclasses.replace(
         config, output=dataclasses.replace(config.output, root=str(results.parent), name=name)
     )
     app = write_app(config, run_dir / "app" / name)
+    if sign_key is not None:
+        sign_app(app, sign_key)
     return [flower("flwr"), "run", str(app), CONNECTION, "--stream"], results
+
+
+@contextlib.contextmanager
+def claimed_results(run_dir: Path, name: str) -> Iterator[str]:
+    """A results name in ``run_dir`` held for the block: ``name`` itself unless another
+    submission is running under it or its run finished (``summary.json``), then ``name-2``,
+    ``name-3``, ...; so two runs never share a folder, and a run stopped before its end
+    (a checkpoint, no summary) is resumed under its own name. The claim is a lock file in
+    ``run_dir/app`` that ends with the submitting process."""
+    for number in itertools.count(1):
+        candidate = name if number == 1 else f"{name}-{number}"
+        fd = try_lock(run_dir / "app" / f"{candidate}.lock")
+        if fd is None:
+            continue
+        if (run_dir / candidate / "summary.json").is_file():
+            os.close(fd)
+            continue
+        try:
+            yield candidate
+        finally:
+            os.close(fd)
+        return
 
 
 def flwr_run(
@@ -145,16 +192,18 @@ def flwr_run(
     echo: Echo,
     timeout: float,
     name: str = RESULTS,
+    sign_key: Path | None = None,
 ) -> Path:
     """Submit the fedgray app with ``config`` (see :func:`submission`) and follow it to its
     end, echoing the lines the ServerApp writes to the results' ``progress.log`` (Flower's
-    stream goes to ``run_dir/flwr-run-NAME.log``); the results folder, or one line with the
-    run's error."""
-    args, results = submission(run_dir, config, name=name)
-    log = run_dir / f"flwr-run-{name}.log"
-    env = flower_env(run_dir / "flwr")
-    with Follower(results / PROGRESS, echo) as follower:
-        status = flwr_run_to_end(processes, args, log_file=log, env=env, timeout=timeout)
+    stream goes to ``run_dir/flwr-run-NAME.log``); the results folder (``name``, or the
+    next free one: :func:`claimed_results`), or one line with the run's error."""
+    with claimed_results(run_dir, name) as name:
+        args, results = submission(run_dir, config, name=name, sign_key=sign_key)
+        log = run_dir / f"flwr-run-{name}.log"
+        env = flower_env(run_dir / "flwr")
+        with Follower(results / PROGRESS, echo) as follower:
+            status = flwr_run_to_end(processes, args, log_file=log, env=env, timeout=timeout)
     if follower.error is not None:
         raise RuntimeError(f"the run failed: {follower.error} (see {log})")
     if status["status"] != "finished:completed" or not (results / "summary.json").is_file():
@@ -162,6 +211,20 @@ def flwr_run(
             f"flwr run: the run ended {status['status']}, no summary: {last_error(log)} (see {log})"
         )
     return results
+
+
+def fleet_proxy_available(echo: Echo) -> bool:
+    """Whether nginx can front the demo's SuperLink (Fleet API only, as ``--public``); one
+    line saying what the demo does without it."""
+    try:
+        nginx_executable()
+    except ProxyError:
+        echo(
+            "no nginx (Debian/Ubuntu: apt-get install nginx-light): the SuperNodes dial the "
+            f"SuperLink's own port on {HOST}, which also serves its Control API"
+        )
+        return False
+    return True
 
 
 def run_demo(
@@ -177,12 +240,23 @@ def run_demo(
     config = demo_config(config, num_sites)
     run_dir.mkdir(parents=True, exist_ok=False)
     echo(f"run folder: {run_dir}")
-    owner = seal_backbone(config, run_dir / "owner")
+    echo(f"owner: sealing {config.backbone.name} (pretrained first if not cached)")
+    owner = seal_backbone(config, run_dir / "owner", progress=True)
     echo(f"owner: sealed {owner.artifact.name}")
     data_dirs = write_site_data(config, num_sites, run_dir / "sites")
     echo(f"sites: {num_sites} data folders under {run_dir / 'sites'}")
     credentials = create_credentials(run_dir / "credentials", num_sites)
+    public = fleet_proxy_available(echo)
     with supervised() as processes:
-        link, _ = start_federation(processes, run_dir, credentials, data_dirs, owner, echo=echo)
-        results = flwr_run(processes, link.options.run_dir, config, echo=echo, timeout=timeout)
+        link, _ = start_federation(
+            processes, run_dir, credentials, data_dirs, owner, echo=echo, public=public, signed=True
+        )
+        results = flwr_run(
+            processes,
+            link.options.run_dir,
+            config,
+            echo=echo,
+            timeout=timeout,
+            sign_key=credentials.publisher_key,
+        )
     return DemoResult(run_dir, results, time.monotonic() - start)

@@ -16,10 +16,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_PATIENCE
+
+from fedgray.backbone.keys import read_verify_key
 from fedgray.deploy.credentials import Credentials, registered_key
 from fedgray.deploy.fleet_proxy import PROXY_DIR, FleetProxy, start_fleet_proxy
+from fedgray.deploy.locks import holder, record_holder, try_lock
+from fedgray.deploy.tls_probe import check_transport
 from fedgray.fl.clientapp.floor import Floor
 from fedgray.fl.clientapp.node_config import BACKBONE_KEYS, DATA_DIR, STATE_DIR, check_data_dir
+from fedgray.fl.clientapp.signed_runs import PUBLISHER_KEY
 from fedgray.launch.commands import (
     SuperLinkOptions,
     SuperNodeOptions,
@@ -37,8 +43,14 @@ Echo = Callable[[str], None]
 RESIDENT_CLIENTAPPS = "fedgray.fl.clientapp.resident"
 SUPERNODE_RUNNER = "fedgray.deploy.supernode_runner"
 SECRET_FILE = "superexec.secret"
+LOCK_FILE = "superlink.lock"
 LOOPBACK = "127.0.0.1"
 STARTUP_TIMEOUT_S = 60.0
+ACTIVATED = "SuperNode ID:"  # Flower's log line once the SuperLink activated the node
+ACTIVATION_REFUSED = "Failed to activate SuperNode"
+REJOIN_DELAY_S = HEARTBEAT_PATIENCE * HEARTBEAT_DEFAULT_INTERVAL
+"""How long the SuperLink counts a SuperNode online after its last heartbeat (Flower 1.42):
+one that stopped without signing off (killed) cannot be activated again until then."""
 INSECURE_WARNING = (
     "WARNING: --insecure: no TLS and no SuperNode authentication; anyone who reaches the "
     "port can join the federation or read what travels"
@@ -47,6 +59,23 @@ INSECURE_WARNING = (
 
 def _warn(line: str) -> None:
     print(line, file=sys.stderr)
+
+
+class RunDirBusy(RuntimeError):
+    """A SuperLink already runs on the run folder."""
+
+
+def lock_run_dir(run_dir: Path) -> int:
+    """An open descriptor holding ``run_dir/superlink.lock``, or one line naming the process
+    that holds it: two SuperLinks on one folder would share its state database, secret and
+    results."""
+    fd = try_lock(run_dir / LOCK_FILE)
+    if fd is None:
+        raise RunDirBusy(
+            f"--run-dir {run_dir}: a SuperLink (pid {holder(run_dir / LOCK_FILE)}) runs on it "
+            "already; stop it first, or give another --run-dir"
+        )
+    return fd
 
 
 @dataclass(frozen=True)
@@ -76,16 +105,21 @@ def start_superlink(
         raise ValueError("the SuperLink needs credentials unless --insecure is given")
     if options.public is not None and (options.insecure or options.host != LOOPBACK):
         raise ValueError(f"--public: needs TLS and the SuperLink on --host {LOOPBACK}")
-    options.run_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_run_dir(options.run_dir)
     flwr_home = options.run_dir / "flwr"
     options = dataclasses.replace(options, superexec_secret=superexec_secret(options.run_dir))
     assert options.superexec_secret is not None
-    process = processes.start(
-        superlink_command(options),
-        log_file=options.run_dir / "superlink.log",
-        env=flower_env(flwr_home),
-        cwd=options.run_dir,
-    )
+    try:  # the guardian inherits the lock: it lasts as long as the SuperLink's tree,
+        process = processes.start(  # also if this command is killed
+            superlink_command(options),
+            log_file=options.run_dir / "superlink.log",
+            env=flower_env(flwr_home),
+            cwd=options.run_dir,
+            pass_fds=(lock,),
+        )
+        record_holder(lock, process.pid)
+    finally:
+        os.close(lock)
     wait_for_port(options.host, options.port, timeout=STARTUP_TIMEOUT_S, process=process)
     processes.start(
         superexec_command(
@@ -126,8 +160,9 @@ def start_superlink(
 
 
 def check_node_config(node_config: Mapping[str, str | int | float | bool]) -> None:
-    """Fail before starting anything if the site's data or backbone files are missing, or
-    its privacy floor is malformed (an epsilon limit needs a state folder for its ledger)."""
+    """Fail before starting anything if the site's data, backbone or publisher key files are
+    missing or unreadable, or its privacy floor is malformed (an epsilon limit needs a state
+    folder for its ledger)."""
     if DATA_DIR not in node_config:
         raise ValueError(f"node config: {DATA_DIR} is required")
     check_data_dir(Path(str(node_config[DATA_DIR])))
@@ -135,6 +170,8 @@ def check_node_config(node_config: Mapping[str, str | int | float | bool]) -> No
     limits = (floor.max_epsilon_run, floor.max_epsilon_total)
     if any(v is not None for v in limits) and STATE_DIR not in node_config:
         raise ValueError(f"node config: an epsilon limit needs {STATE_DIR} (the site's ledger)")
+    if PUBLISHER_KEY in node_config:
+        read_verify_key(Path(str(node_config[PUBLISHER_KEY])))
     for key, field in BACKBONE_KEYS.items():
         if key in node_config and field != "isolated":
             if not Path(str(node_config[key])).is_file():
@@ -148,11 +185,34 @@ class SuperNode:
     process: subprocess.Popen
     options: SuperNodeOptions
     site_dir: Path
+    log_start: int = 0
+    """Where this start's lines begin in :attr:`log_file` (earlier starts append to it)."""
 
     @property
     def log_file(self) -> Path:
         """The SuperNode's log."""
         return self.site_dir / "supernode.log"
+
+    def exit_reason(self) -> str:
+        """Why the SuperNode exited, in one line: an activation refused for a key this site
+        folder has used before is Flower's rejoin delay, not a missing registration."""
+        text = self.log_file.read_bytes() if self.log_file.is_file() else b""
+        earlier, now = text[: self.log_start], text[self.log_start :]
+        if ACTIVATION_REFUSED.encode() in now:
+            if ACTIVATED.encode() in earlier:
+                return (
+                    "the SuperLink refused this site's key: it still counts this site's "
+                    "previous SuperNode online (stopped without signing off, e.g. killed) "
+                    f"until {REJOIN_DELAY_S:.0f} s after its last heartbeat; start it again "
+                    f"then (see {self.log_file})"
+                )
+            return (
+                "the SuperLink refused this site's key: it is not registered there (the "
+                f"operator registers it with flwr supernode register; see {self.log_file})"
+            )
+        return (
+            f"flower-supernode exited with status {self.process.returncode} (see {self.log_file})"
+        )
 
 
 def superexec_secret(folder: Path) -> Path:
@@ -178,9 +238,14 @@ def start_supernode(
     if options.insecure:
         _warn(INSECURE_WARNING)
     check_node_config(options.node_config)
+    check_transport(options.superlink, insecure=options.insecure)
+    if STATE_DIR in options.node_config:  # its ledger and personal adapters: only the site's
+        Path(str(options.node_config[STATE_DIR])).mkdir(mode=0o700, parents=True, exist_ok=True)
     options = dataclasses.replace(options, superexec_secret=superexec_secret(site_dir))
     assert options.superexec_secret is not None
     env = flower_env(site_dir / "flwr")
+    log_file = site_dir / "supernode.log"
+    log_start = log_file.stat().st_size if log_file.is_file() else 0
     node = SuperNode(
         processes.start(  # flower-supernode's own arguments (see the runner's docstring)
             [sys.executable, "-m", SUPERNODE_RUNNER, *supernode_command(options)[1:]],
@@ -190,6 +255,7 @@ def start_supernode(
         ),
         options,
         site_dir,
+        log_start,
     )
     superexec = superexec_command(
         f"127.0.0.1:{options.port}",

@@ -72,9 +72,10 @@ class OwnerFiles:
     content_key: Path
 
 
-def seal_backbone(config: Config, owner_dir: Path) -> OwnerFiles:
+def seal_backbone(config: Config, owner_dir: Path, *, progress: bool = False) -> OwnerFiles:
     """The owner's step: keys, then ``config``'s backbone sealed at its level (the built-in
-    one pretrained if not cached; a random one seeded with ``pretrain.seed``)."""
+    one pretrained if not cached, with a progress bar on stderr when ``progress``: minutes
+    on a small machine; a random one seeded with ``pretrain.seed``)."""
     from fedgray.backbone.loading import create_clip
     from fedgray.owner.keys import generate_keys
     from fedgray.owner.pretrain import resolve_pretrained
@@ -82,7 +83,7 @@ def seal_backbone(config: Config, owner_dir: Path) -> OwnerFiles:
 
     keys = generate_keys(owner_dir)
     spec = config.backbone
-    source = resolve_pretrained(spec.name, spec.pretrained, config.pretrain, progress=False)
+    source = resolve_pretrained(spec.name, spec.pretrained, config.pretrain, progress=progress)
     with torch.random.fork_rng():
         torch.manual_seed(config.pretrain.seed)  # the same random weights as the server's
         model = create_clip(spec.name, source)

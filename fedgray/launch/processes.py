@@ -146,9 +146,11 @@ class Processes:
         log_file: Path,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> subprocess.Popen:
         """Start ``args`` under a guardian in a new session (its own process group), output
-        to ``log_file``."""
+        to ``log_file``; the guardian inherits ``pass_fds`` (a lock it holds while the
+        command's tree lives)."""
         log_file.parent.mkdir(parents=True, exist_ok=True)
         log = log_file.open("ab")
         self._handles.append(log)
@@ -160,6 +162,7 @@ class Processes:
             env=dict(env) if env is not None else None,
             cwd=cwd,
             start_new_session=True,
+            pass_fds=tuple(pass_fds),
         )
         self.started.append(process)
         return process

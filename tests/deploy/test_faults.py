@@ -18,7 +18,12 @@ from fedgray.deploy.roles import start_superlink
 from fedgray.launch.commands import flower_env
 from fedgray.launch.processes import Processes
 from fedgray.runs import load_adapters
-from tests.deploy.conftest import RUN_LIMIT_S, Federation, restart_supernode, tiny_config
+from tests.deploy.conftest import (
+    RUN_LIMIT_S,
+    Federation,
+    restart_supernode,
+    tiny_config,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.deploy]
 PLAIN = ("federation.secure_aggregation.enabled=false",)  # a faster run: 1 message per round

@@ -185,7 +185,7 @@ def _read(path: Path) -> dict[str, list[Entry]]:
 def _locked_ledger(state_dir: Path) -> Iterator[dict[str, list[Entry]]]:
     """The site's ledger, read under an exclusive lock (ClientApps of two runs may train
     at once) and written back atomically if the block ends without an exception."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # no other user reads or locks it
     path = state_dir / LEDGER_FILE
     with (state_dir / f"{LEDGER_FILE}.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

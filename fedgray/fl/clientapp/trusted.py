@@ -13,6 +13,8 @@ the bundle names exactly that ClientApp and carries nothing Python could import 
 (only :data:`INERT_SUFFIXES` files); otherwise it writes one line to the SuperNode's log
 and answers every message with an :data:`UNTRUSTED_APP` error naming the reason, which the
 submitter's ServerApp receives.
+A site that names a publisher also refuses, the same way, runs whose run config that
+publisher did not sign (:mod:`fedgray.fl.clientapp.signed_runs`).
 """
 
 from __future__ import annotations
@@ -61,15 +63,44 @@ class RefusingApp(ClientApp):
         return Message(Error(code=UNTRUSTED_APP, reason=self.reason), reply_to=message)
 
 
+class PinnedApp(ClientApp):
+    """fedgray's ClientApp behind the site's publisher pin: where the node config names a
+    publisher key (:data:`~fedgray.fl.clientapp.signed_runs.PUBLISHER_KEY`), a message of a
+    run whose run config that publisher did not sign gets the :data:`UNTRUSTED_APP` error
+    (and one line in the site's log); every other message goes to ``app``."""
+
+    def __init__(self, app: ClientApp, app_dir: Path, label: str) -> None:
+        super().__init__()
+        self.app = app
+        self.pyproject = tomllib.loads((app_dir / "pyproject.toml").read_text(encoding="utf-8"))
+        self.label = label
+
+    def __call__(self, message: Message, context: Context) -> Message:
+        # here, not at the top: this module runs before Flower's task heartbeat starts, and
+        # the key loading imports torch (seconds), which would let the task's token lapse
+        from fedgray.fl.clientapp.signed_runs import PUBLISHER_KEY, run_verdict
+
+        pinned = context.node_config.get(PUBLISHER_KEY)
+        if pinned:
+            verdict = run_verdict(self.pyproject, context.run_config, Path(str(pinned)))
+            if verdict is not None:
+                reason = f"this site refuses app {self.label}: {verdict}"
+                print(f"fedgray site: {reason}", file=sys.stderr, flush=True)
+                return Message(Error(code=UNTRUSTED_APP, reason=reason), reply_to=message)
+        return self.app(message, context)
+
+
 def trusted_app(fab_id: str, fab_version: str, fab_hash: str) -> ClientApp:
     """The ClientApp for the installed bundle ``fab_id``/``fab_version``/``fab_hash``:
-    fedgray's own if the bundle passes :func:`bundle_verdict`, else a :class:`RefusingApp`.
-    Nothing is imported from the bundle."""
-    verdict = bundle_verdict(get_project_dir(fab_id, fab_version, fab_hash))
+    fedgray's own (behind the site's publisher pin) if the bundle passes
+    :func:`bundle_verdict`, else a :class:`RefusingApp`. Nothing is imported from the bundle."""
+    app_dir = get_project_dir(fab_id, fab_version, fab_hash)
+    verdict = bundle_verdict(app_dir)
+    label = f"'{fab_id}' {fab_version} ({fab_hash[:12]})"
     if verdict is None:
         from fedgray.fl.clientapp.app import app
 
-        return app
-    reason = f"this site refuses app '{fab_id}' {fab_version} ({fab_hash[:12]}): {verdict}"
+        return PinnedApp(app, app_dir, label)
+    reason = f"this site refuses app {label}: {verdict}"
     print(f"fedgray site: {reason}", file=sys.stderr, flush=True)
     return RefusingApp(reason)
