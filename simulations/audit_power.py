@@ -22,6 +22,7 @@ from pathlib import Path
 from fedgray.audit import AuditOptions, AuditResult, audit
 from fedgray.config import load_config
 from simulations.planted_bugs import BUGS, Setter, planted, shuffling
+from simulations.tables import write_results
 
 AUDITED = [
     "backbone.name=fedgray-tiny",
@@ -89,10 +90,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"| {sum(r.sampling is not None for r in results)} |"
             )
             print(rows[-1], flush=True)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text("\n".join(rows) + "\n")
-    print("\n".join(rows))
+    write_results(args.output, rows)
 
 
 if __name__ == "__main__":

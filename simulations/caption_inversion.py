@@ -30,24 +30,23 @@ import argparse
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from fedgray.adapters import AdaptedCLIP, build_model
 from fedgray.config import load_config
-from fedgray.privacy import plan_noise
 from fedgray.privacy.features import CachedImageHead, backbone_features
 from fedgray.privacy.inversion import invert_linear
 from fedgray.site import load_task_data, open_backbone
 from fedgray.tasks import TaskData
+from simulations.tables import write_results
 from simulations.update_inversion import (
     PLAIN_ADAPTER,
     Update,
     gradients,
     mean_update,
-    private_update,
+    private_updates,
 )
 
 CHUNK = 256  # captions per text-side call
@@ -147,31 +146,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         ]
         first = updates[0]
         updates.append((first[0] + sum(w for w, _ in others), first[1] + sum(b for _, b in others)))
-        for epsilon in (8.0, 1.0):
-            privacy = load_config(
-                args.config,
-                [
-                    *plain,
-                    "privacy.enabled=true",
-                    "privacy.noise_multiplier=null",
-                    f"privacy.target_epsilon={epsilon}",
-                ],
-            ).privacy
-            sigma = plan_noise(
-                privacy, num_samples=size, batch_size=size, total_steps=config.train.steps
-            ).noise_multiplier
-            noisy = private_update(parts, clip=privacy.max_grad_norm, sigma=sigma, seed=size)
-            updates.append(noisy)
+        updates += private_updates(args.config, plain, parts, steps=config.train.steps)
         count = len({_key(t) for t in own.tokens})  # the attacker's guesses: one per caption
         named = [space.named(invert_linear(*update), count) for update in updates]
         named.append(space.most_frequent(population, count))
         cells = [_cell(space.hits(own, n)) for n in named]
         rows.append(f"| {size} | " + " | ".join(cells) + " |")
         print(rows[-1], flush=True)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text("\n".join(rows) + "\n")
-    print("\n".join(rows))
+    write_results(args.output, rows)
 
 
 if __name__ == "__main__":

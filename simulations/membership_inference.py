@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
@@ -35,6 +34,7 @@ from fedgray.site import load_task_data, open_backbone
 from fedgray.tasks import TASKS, TaskData, evaluate
 from fedgray.train.schedule import Schedule
 from fedgray.train.trainer import LocalTrainer
+from simulations.tables import write_results
 
 SETTINGS: dict[str, list[str]] = {
     "non-private": ["privacy.enabled=false"],
@@ -166,10 +166,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "|---|---|---|---|---|---|",
     ]
     rows += [f"| {setting} | " + " | ".join(cells(found)) + " |" for setting, found in runs.items()]
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text("\n".join(rows) + "\n")
-    print("\n".join(rows))
+    write_results(args.output, rows)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
@@ -36,9 +35,12 @@ from fedgray.privacy.features import CachedImageHead, backbone_features
 from fedgray.privacy.inversion import best_cosine, invert_linear
 from fedgray.site import load_task_data, open_backbone
 from fedgray.tasks import TaskData
+from simulations.tables import write_results
 
 PLAIN_ADAPTER = ["method.name=output", "method.whiten=null", "method.text_subspace=null"]
 Update = tuple[torch.Tensor, torch.Tensor]
+
+EPSILONS = (8.0, 1.0)  # the private columns of the tables
 
 
 def gradients(
@@ -87,6 +89,30 @@ def private_update(parts: list[Update], *, clip: float, sigma: float, seed: int)
     return weight / len(parts), bias / len(parts)
 
 
+def private_updates(
+    config: str, overrides: Sequence[str], parts: list[Update], *, steps: int
+) -> list[Update]:
+    """:func:`private_update` of ``parts`` (one batch of all of them) at epsilon 8 and 1: the
+    noise the accountant plans for ``config`` with DP-SGD on at that target over ``steps``."""
+    updates = []
+    for epsilon in EPSILONS:
+        privacy = load_config(
+            config,
+            [
+                *overrides,
+                "privacy.enabled=true",
+                "privacy.noise_multiplier=null",
+                f"privacy.target_epsilon={epsilon}",
+            ],
+        ).privacy
+        size = len(parts)
+        sigma = plan_noise(
+            privacy, num_samples=size, batch_size=size, total_steps=steps
+        ).noise_multiplier
+        updates.append(private_update(parts, clip=privacy.max_grad_norm, sigma=sigma, seed=size))
+    return updates
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Measure each batch size and setting; print the table and write ``results.md``."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("::")[0])
@@ -129,28 +155,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             best_cosine(truth, invert_linear(*plain), center=center),
             best_cosine(truth, invert_linear(*summed), center=center),
         ]
-        for epsilon in (8.0, 1.0):
-            privacy = load_config(
-                args.config,
-                [
-                    *args.overrides,
-                    "privacy.enabled=true",
-                    "privacy.noise_multiplier=null",
-                    f"privacy.target_epsilon={epsilon}",
-                ],
-            ).privacy
-            sigma = plan_noise(
-                privacy, num_samples=size, batch_size=size, total_steps=config.train.steps
-            ).noise_multiplier
-            noisy = private_update(parts, clip=privacy.max_grad_norm, sigma=sigma, seed=size)
+        for noisy in private_updates(args.config, args.overrides, parts, steps=config.train.steps):
             cells.append(best_cosine(truth, invert_linear(*noisy), center=center))
         cells.append(best_cosine(truth, prior_candidates, center=center))
         rows.append(f"| {size} | " + " | ".join(f"{c.mean():.3f}" for c in cells) + " |")
         print(rows[-1], flush=True)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text("\n".join(rows) + "\n")
-    print("\n".join(rows))
+    write_results(args.output, rows)
 
 
 if __name__ == "__main__":
