@@ -29,7 +29,7 @@ from fedgray.backbone.runtime.isolated import IsolatedBackbone
 from fedgray.owner.keys import KeyFiles
 from tests.backbone.attacks import Neighbour, Serve, Users, as_root
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 pytestmark = [as_root, pytest.mark.slow]
 
 

@@ -30,7 +30,7 @@ from fedgray.owner.seal import seal
 from fedgray.site import open_backbone
 from tests.helpers import assert_close, reduction_terms
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CAPTIONS = ["a red circle", "a blue star", "the digit 3", "a small square"]
 
 # The site's process: train one step through the given backbone, report its pids, then wait

@@ -24,7 +24,6 @@ from fedgray.site import open_backbone
 from tests.backbone.attacks import Serve, Users, as_root
 from tests.helpers import assert_close, reduction_terms
 
-ROOT = Path(__file__).resolve().parents[2]
 PTRACE_ATTACH, PTRACE_DETACH, PR_SET_DUMPABLE = 16, 17, 4
 
 
