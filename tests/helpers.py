@@ -6,9 +6,11 @@ identity, gradients, sealing)."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -169,11 +171,31 @@ def refused(argv: Sequence[str], capfd: pytest.CaptureFixture[str]) -> str:
     return err.strip()
 
 
+SESSION_MARK = (
+    f"FEDGRAY_TEST_SESSION={os.environ.setdefault('FEDGRAY_TEST_SESSION', uuid.uuid4().hex)}"
+)
+"""In the environment of every process this test session starts (and theirs): another
+session's processes (CI runs the deploy group beside the slow one) are not this one's."""
+
+
+def _this_session(line: str) -> bool:
+    try:
+        environ = Path(f"/proc/{line.split()[0]}/environ").read_bytes()
+    except OSError:  # gone already
+        return False
+    return SESSION_MARK.encode() in environ.split(b"\0")
+
+
 def runtime_processes() -> set[str]:
-    """The processes a federation run starts: the SuperLink and its simulation, Ray."""
+    """The processes a federation run of this test session starts: the SuperLink and its
+    simulation, Ray."""
     ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     names = ("raylet", "ClientAppActor", "flower-superlink", "flwr-simulation", "flower-superexec")
-    return {line for line in ps.splitlines() if any(name in line for name in names)}
+    return {
+        line
+        for line in ps.splitlines()
+        if any(name in line for name in names) and _this_session(line)
+    }
 
 
 def runtime_processes_after_exit(before: set[str], *, wait: float = 20.0) -> set[str]:
