@@ -226,7 +226,13 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     config = load_config(args.config, [*DEMO_DEFAULTS, *args.overrides])
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(args.out).resolve() / f"deploy-{stamp}"
-    result = run_demo(config, num_sites=args.sites, run_dir=run_dir, timeout=args.timeout)
+    result = run_demo(
+        config,
+        num_sites=args.sites,
+        run_dir=run_dir,
+        timeout=args.timeout,
+        progress=not args.quiet,
+    )
     print(f"demo finished in {result.seconds:.0f} s; every process it started is stopped")
     print(f"results (metrics, epsilon ledgers, checkpoint, adapters): {result.results}")
 

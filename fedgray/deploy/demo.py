@@ -234,14 +234,16 @@ def run_demo(
     run_dir: Path,
     echo: Echo = print,
     timeout: float = 1800.0,
+    progress: bool = True,
 ) -> DemoResult:
-    """The whole demo in ``run_dir`` (see the module docstring)."""
+    """The whole demo in ``run_dir`` (see the module docstring); ``progress`` shows a bar
+    while the owner pretrains."""
     start = time.monotonic()
     config = demo_config(config, num_sites)
     run_dir.mkdir(parents=True, exist_ok=False)
     echo(f"run folder: {run_dir}")
     echo(f"owner: sealing {config.backbone.name} (pretrained first if not cached)")
-    owner = seal_backbone(config, run_dir / "owner", progress=True)
+    owner = seal_backbone(config, run_dir / "owner", progress=progress)
     echo(f"owner: sealed {owner.artifact.name}")
     data_dirs = write_site_data(config, num_sites, run_dir / "sites")
     echo(f"sites: {num_sites} data folders under {run_dir / 'sites'}")
