@@ -87,11 +87,13 @@ def test_a_federated_run_reports_the_audited_sites_bound_beside_its_epsilon(
 
 @pytest.mark.slow
 def test_the_audit_reaches_the_server_under_secagg(tmp_path: Path) -> None:
-    """Under SecAgg+ the counts travel in the legacy Fit metrics, beside the ledger."""
+    """Under SecAgg+ the counts and the sampler check travel in the legacy Fit metrics,
+    beside the ledger."""
     result, summary, _ = run_local(micro_config(tmp_path, *AUDITED, *SECURE))
     audit = _last_privacy(result.run_dir)["audit"]
     assert summary["audit"] == audit and audit["passed"]
     assert (audit["site"], audit["canaries"], audit["guesses"]) == (AUDITED_SITE, 100, 40)
+    assert audit["batches"] == 30 and audit["sampling_p_value"] >= LEVEL
 
 
 def test_a_federated_audit_ends_the_run_in_one_line_when_noise_is_off(
