@@ -461,7 +461,9 @@ class PrivacyConfig:
     ``audit``: a federated run audits site 0's DP-SGD as ``fedgray audit`` does
     (:mod:`fedgray.privacy.planted`): ``audit_canaries`` canaries planted in its training
     data, ``audit_guesses`` guesses after its last round, the empirical lower bound (95%
-    confidence) beside its epsilon; the run fails when the bound exceeds it.
+    confidence) beside its epsilon, and the p-value of the batches it drew under Poisson
+    sampling at the accountant's rate (:mod:`fedgray.privacy.sampling_check`); the run
+    fails when the bound exceeds the epsilon or the batches refute that sampling.
     """
 
     enabled: bool = False

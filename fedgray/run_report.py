@@ -97,18 +97,35 @@ def _privacy_section(privacy: dict[str, Any]) -> str:
 
 
 def _audit_section(audit: dict[str, Any] | None) -> str:
-    """The audited site's empirical lower bound beside its accountant's epsilon."""
+    """The audited site's empirical lower bound beside its accountant's epsilon, and the
+    p-value of the batches it drew under the accountant's Poisson sampling."""
     if audit is None:
         return ""
+    verdict = "passed"
+    if audit["lower_bound"] > audit["epsilon"]:
+        verdict = "FAILED: the bound exceeds epsilon"
+    elif audit.get("sampling") is not None:
+        verdict = "FAILED: the batches drawn are not Poisson-sampled at the accountant's rate"
     row = [
         audit["site"],
         f"{audit['correct']} of {audit['guesses']}",
         audit["canaries"],
         float(audit["lower_bound"]),
         float(audit["epsilon"]),
-        "passed" if audit["passed"] else "FAILED: the bound exceeds epsilon",
+        audit.get("batches"),  # none in runs from before the sampler check: "-"
+        audit.get("sampling_p_value"),
+        verdict,
     ]
-    header = ["site", "right guesses", "canaries", "empirical lower bound", "epsilon", "audit"]
+    header = [
+        "site",
+        "right guesses",
+        "canaries",
+        "empirical lower bound",
+        "epsilon",
+        "batches checked",
+        "sampling p-value",
+        "audit",
+    ]
     return f"<h3>Privacy audit ({audit['confidence']:.0%} confidence)</h3>" + _table(
         header, [row], id_="audit"
     )

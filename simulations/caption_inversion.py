@@ -26,7 +26,6 @@ Writes ``results.md`` into the output folder and prints it.
 
 from __future__ import annotations
 
-import argparse
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
@@ -45,6 +44,7 @@ from simulations.update_inversion import (
     PLAIN_ADAPTER,
     Update,
     gradients,
+    inversion_parser,
     mean_update,
     private_updates,
 )
@@ -106,13 +106,7 @@ def _cell(found: tuple[float, float]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Measure each batch size and setting; print the table and write ``results.md``."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("::")[0])
-    parser.add_argument("config", help="YAML run configuration (retrieval)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--sites", type=int, default=4, help="sites in SecAgg+'s sum")
-    parser.add_argument("--output", required=True, help="folder for results.md")
-    args = parser.parse_args(argv)
+    args = inversion_parser((__doc__ or "").split("::")[0]).parse_args(argv)
     largest = max(args.batches)
     plain = [*args.overrides, *PLAIN_ADAPTER, "privacy.objective=text-out"]
     config = load_config(args.config, [*plain, f"data.train_size={args.sites * largest}"])
@@ -146,7 +140,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         ]
         first = updates[0]
         updates.append((first[0] + sum(w for w, _ in others), first[1] + sum(b for _, b in others)))
-        updates += private_updates(args.config, plain, parts, steps=config.train.steps)
+        updates += private_updates(
+            args.config, plain, parts, steps=config.train.steps, seed=config.train.seed
+        )
         count = len({_key(t) for t in own.tokens})  # the attacker's guesses: one per caption
         named = [space.named(invert_linear(*update), count) for update in updates]
         named.append(space.most_frequent(population, count))

@@ -26,6 +26,7 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import replace
 
+import numpy as np
 import torch
 
 from fedgray.adapters import build_model
@@ -41,6 +42,27 @@ PLAIN_ADAPTER = ["method.name=output", "method.whiten=null", "method.text_subspa
 Update = tuple[torch.Tensor, torch.Tensor]
 
 EPSILONS = (8.0, 1.0)  # the private columns of the tables
+
+
+def inversion_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments both inversion drivers take: the config, its overrides, the batch
+    sizes, the sites in SecAgg+'s sum and the output folder."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("config", help="YAML run configuration (retrieval)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--sites", type=int, default=4, help="sites in SecAgg+'s sum")
+    parser.add_argument("--output", required=True, help="folder for results.md")
+    return parser
+
+
+def noise_seed(*, seed: int, batch: int, epsilon: float) -> int:
+    """The seed of the DP noise added to a ``batch``-sample update at ``epsilon``: one per
+    (seed, batch, epsilon). With one draw for every epsilon the noise differs only in
+    scale, which the inversion's ratio cancels: where noise dominates, the columns would
+    come out equal whatever the epsilon."""
+    entropy = [seed, batch, round(epsilon * 1000)]  # epsilons as given, to 3 decimals
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def gradients(
@@ -90,10 +112,11 @@ def private_update(parts: list[Update], *, clip: float, sigma: float, seed: int)
 
 
 def private_updates(
-    config: str, overrides: Sequence[str], parts: list[Update], *, steps: int
+    config: str | None, overrides: Sequence[str], parts: list[Update], *, steps: int, seed: int
 ) -> list[Update]:
     """:func:`private_update` of ``parts`` (one batch of all of them) at epsilon 8 and 1: the
-    noise the accountant plans for ``config`` with DP-SGD on at that target over ``steps``."""
+    noise the accountant plans for ``config`` with DP-SGD on at that target over ``steps``,
+    drawn from each epsilon's own :func:`noise_seed`."""
     updates = []
     for epsilon in EPSILONS:
         privacy = load_config(
@@ -109,19 +132,14 @@ def private_updates(
         sigma = plan_noise(
             privacy, num_samples=size, batch_size=size, total_steps=steps
         ).noise_multiplier
-        updates.append(private_update(parts, clip=privacy.max_grad_norm, sigma=sigma, seed=size))
+        drawn = noise_seed(seed=seed, batch=size, epsilon=epsilon)
+        updates.append(private_update(parts, clip=privacy.max_grad_norm, sigma=sigma, seed=drawn))
     return updates
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Measure each batch size and setting; print the table and write ``results.md``."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("::")[0])
-    parser.add_argument("config", help="YAML run configuration (retrieval)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--sites", type=int, default=4, help="sites in SecAgg+'s sum")
-    parser.add_argument("--output", required=True, help="folder for results.md")
-    args = parser.parse_args(argv)
+    args = inversion_parser((__doc__ or "").split("::")[0]).parse_args(argv)
     largest = max(args.batches)
     config = load_config(
         args.config, [*args.overrides, *PLAIN_ADAPTER, f"data.train_size={args.sites * largest}"]
@@ -155,7 +173,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             best_cosine(truth, invert_linear(*plain), center=center),
             best_cosine(truth, invert_linear(*summed), center=center),
         ]
-        for noisy in private_updates(args.config, args.overrides, parts, steps=config.train.steps):
+        noisy_updates = private_updates(
+            args.config, args.overrides, parts, steps=config.train.steps, seed=config.train.seed
+        )
+        for noisy in noisy_updates:
             cells.append(best_cosine(truth, invert_linear(*noisy), center=center))
         cells.append(best_cosine(truth, prior_candidates, center=center))
         rows.append(f"| {size} | " + " | ".join(f"{c.mean():.3f}" for c in cells) + " |")

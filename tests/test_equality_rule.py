@@ -369,6 +369,13 @@ SAME_SHAPES: dict[tuple[str, str], tuple[int, str]] = {
         1,
         "same call: the same seeded adapter construction around the interface or the backbone",
     ),
+    (
+        "tests/privacy/test_inversion_noise.py",
+        "test_the_noise_of_each_epsilon_is_the_same_in_every_run_and_moves_with_the_seed",
+    ): (
+        2,
+        "same call: the same private update from the same gradients and seed",
+    ),
 }
 
 

@@ -12,6 +12,7 @@ from fedgray.adapters import AdaptedCLIP, build_model
 from fedgray.backbone import Backbone
 from fedgray.config import Config
 from fedgray.privacy.planted import Planted, planted_at_site
+from fedgray.privacy.sampling_check import BatchSizes, poisson_p_value, sampling_refuted
 from fedgray.tasks import TASKS, Task, TaskData, evaluate
 from fedgray.train.job import Job, Trained
 from fedgray.train.kinds import SiteRound, SiteUpdate, State, TrainerKind, register
@@ -99,6 +100,9 @@ def train_round(site: SiteRound) -> SiteUpdate:
         who=f"site {site.partition_id}",
         feature_rows=planted.rows if planted is not None else None,
     )
+    batches = None
+    if planted is not None:  # the audited site: the sampler's output, checked after the run
+        batches = trainer.stream = BatchSizes(trainer.stream)
     before = site.backbone.spent
     result = trainer.run()
     report = trainer.close()
@@ -106,15 +110,24 @@ def train_round(site: SiteRound) -> SiteUpdate:
     # what this round spent of the site's backbone budget: queries, samples, gradients
     metrics.update((site.backbone.spent - before).as_dict())
     metrics.update(report.metrics() if report is not None else {})
+    drawn = (*site.drawn, *batches.sizes) if batches is not None else ()
     audit = None
     if planted is not None and site.server_round == config.federation.num_rounds:
         audit = _audit(site, planted, model, trainer.task)
+        assert trainer.plan is not None  # privacy.audit needs privacy.enabled: always a plan
+        audit.update(_sampling(list(drawn), rows=len(trainer.data), rate=trainer.plan.sample_rate))
     return SiteUpdate(
-        dict(model.state_dict()), metrics, report.ledger if report is not None else None, audit
+        dict(model.state_dict()),
+        metrics,
+        report.ledger if report is not None else None,
+        audit,
+        drawn,
     )
 
 
-def _audit(site: SiteRound, planted: Planted, trained: AdaptedCLIP, task: Task) -> dict[str, int]:
+def _audit(
+    site: SiteRound, planted: Planted, trained: AdaptedCLIP, task: Task
+) -> dict[str, int | float | str]:
     """The audit's evidence after the site's last round: its canaries scored by how much
     the whole run lowered their loss, from the run's initial adapters to the update this
     site releases (its own, not the average: other sites do not dilute it)."""
@@ -130,6 +143,21 @@ def _audit(site: SiteRound, planted: Planted, trained: AdaptedCLIP, task: Task) 
         "audit-guesses": guesses,
         "audit-correct": planted.right_guesses(scores, guesses=guesses),
     }
+
+
+def _sampling(sizes: list[int], *, rows: int, rate: float) -> dict[str, int | float | str]:
+    """The sampler check over the batches the audited site drew in the run (every round
+    trains the same rows at the same rate): how many, their p-value under Poisson sampling
+    at the accountant's rate, and the one-line refutation when there is one. Only these
+    leave the site, not the sizes."""
+    evidence: dict[str, int | float | str] = {
+        "audit-batches": len(sizes),
+        "audit-sampling-p": poisson_p_value(sizes, rows=rows, rate=rate),
+    }
+    refuted = sampling_refuted(sizes, rows=rows, rate=rate)
+    if refuted is not None:
+        evidence["audit-sampling"] = refuted
+    return evidence
 
 
 def score(config: Config, backbone: Backbone, state: State, data: TaskData) -> dict[str, float]:

@@ -33,7 +33,8 @@ class SiteRound:
     """One site's round: the global tensors (plus its personal ones) and its data.
 
     ``ledger``: the site's DP accounting so far (None without DP); ``seed``: the round's
-    local randomness, from (federation seed, round, partition).
+    local randomness, from (federation seed, round, partition); ``drawn``: under
+    ``privacy.audit``, the sizes of the batches the audited site drew in its earlier rounds.
     """
 
     config: Config
@@ -46,18 +47,22 @@ class SiteRound:
     seed: int
     proximal_mu: float = 0.0
     ledger: Ledger | None = None
+    drawn: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
 class SiteUpdate:
     """A site's round outcome: all its tensors (the caller splits off personal ones), its
-    metrics and, under DP, its ledger after the round; ``audit``: the audited site's
-    evidence after the last round under ``privacy.audit`` (canaries, guesses, right ones)."""
+    metrics and, under DP, its ledger after the round. Under ``privacy.audit``, at the
+    audited site: ``drawn``, the sizes of every batch it drew so far (this round's
+    included), and ``audit``, its evidence after the last round (canaries, guesses, right
+    ones, and the sampler check's p-value over ``drawn``)."""
 
     state: State
     metrics: dict[str, float]
     ledger: Ledger | None = None
-    audit: dict[str, int] | None = None
+    audit: dict[str, int | float | str] | None = None
+    drawn: tuple[int, ...] = ()
 
 
 # A federated setting a kind does not support: (config field, is it set, why not).

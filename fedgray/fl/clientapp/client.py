@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from fedgray.train.kinds import SiteRound, SiteUpdate, State, kind_of
 from strategies import ORDER_KEY, split_personal
 
 PERSONAL_STATE = "personal-adapters"
+DRAWN_STATE = "audit-batch-sizes"  # under privacy.audit: the audited site's batch sizes so far
 RESIDUAL = "compression-residual/"  # kept-state prefix of the int8 codec's error feedback
 
 
@@ -120,8 +122,11 @@ class Site:
                 seed=seed,
                 proximal_mu=proximal_mu,
                 ledger=ledger,
+                drawn=_drawn(state),
             )
         )
+        if update.drawn:
+            state[DRAWN_STATE] = ConfigRecord({"sizes": list(update.drawn)})
         if self.floor is not None:
             self.floor.release(self.state_dir, run_id, _spent(ledger, update))
         on_cpu = {k: v.detach().cpu() for k, v in update.state.items()}  # from train.device
@@ -155,6 +160,16 @@ class Site:
             self.config, shared_backbone(self.config), weights, self.data.heldout
         )
         return {"num-examples": len(self.data.heldout), **scored}
+
+
+def _drawn(state: RecordDict) -> tuple[int, ...]:
+    """The batch sizes the audited site drew in its earlier rounds of this run, as kept in
+    ``context.state`` (none where that state was lost: the check then covers fewer batches,
+    and says how many)."""
+    if DRAWN_STATE not in state:
+        return ()
+    sizes = cast(list[int], state.config_records[DRAWN_STATE]["sizes"])  # as train keeps them
+    return tuple(int(size) for size in sizes)
 
 
 def _spent(before: Ledger | None, update: SiteUpdate) -> Entry | None:

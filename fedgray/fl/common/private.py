@@ -90,11 +90,17 @@ def site_ledger(
 
 
 def ledger_reply(
-    ledger: Ledger, *, partition_id: int, epsilon: float, audit: Mapping[str, int] | None = None
+    ledger: Ledger,
+    *,
+    partition_id: int,
+    epsilon: float,
+    audit: Mapping[str, int | float | str] | None = None,
 ) -> ConfigRecord:
     """What a site sends back about its privacy: its ledger, site number and epsilon, and
-    under ``privacy.audit`` the audited site's counts after its last round (how many
-    canaries, guesses and right guesses: no canary, score or membership leaves the site)."""
+    under ``privacy.audit`` the audited site's evidence after its last round (how many
+    canaries, guesses and right guesses, how many batches it drew and their p-value under
+    Poisson sampling, and why they refute it if they do: no canary, score, membership or
+    batch size leaves the site)."""
     record = ledger_to_record(ledger)
     record["site"] = partition_id
     record["epsilon"] = epsilon
@@ -160,17 +166,24 @@ class PrivacyLog:
         } | ({"audit": audit} if audit is not None else {})
 
     def _audit(self, site: int, record: ConfigRecord) -> dict[str, Any]:
-        """The audited site's bound beside its epsilon (for metrics.jsonl and the report)."""
+        """The audited site's bound beside its epsilon, and its sampler check (for
+        metrics.jsonl and the report); ``sampling``: why its batches refute Poisson
+        sampling at the accountant's rate, or None."""
         counts = {k: int(cast(int, record[AUDIT + k])) for k in ("canaries", "guesses", "correct")}
         bound = epsilon_lower_bound(**counts, delta=self.privacy.delta, confidence=CONFIDENCE)
         epsilon = self.epsilons[site]
+        refuted = record.get(AUDIT + "sampling")
+        sampling = str(refuted) if refuted is not None else None
         return {
             "site": site,
             **counts,
             "confidence": CONFIDENCE,
             "lower_bound": bound,
             "epsilon": epsilon,
-            "passed": bound <= epsilon,
+            "batches": int(cast(int, record[AUDIT + "batches"])),
+            "sampling_p_value": float(cast(float, record[AUDIT + "sampling-p"])),
+            "sampling": sampling,
+            "passed": bound <= epsilon and sampling is None,
         }
 
     def state(self) -> dict[str, Any]:
@@ -193,10 +206,13 @@ class PrivacyLog:
 
 
 def audit_line(audit: dict[str, Any]) -> str:
-    """``audit at site 0: 61 of 100 guesses right, empirical epsilon >= 0.000 (95%
-    confidence) beside the accountant's 0.996``."""
+    """``audit at site 0: 61 of 100 guesses right (1000 canaries), empirical epsilon >=
+    0.000 (95% confidence) beside the accountant's 0.996; its 30 batches against Poisson
+    sampling at the accountant's rate: p = 0.41``."""
     return (
         f"audit at site {audit['site']}: {audit['correct']} of {audit['guesses']} guesses right "
         f"({audit['canaries']} canaries), empirical epsilon >= {audit['lower_bound']:.3f} "
         f"({audit['confidence']:.0%} confidence) beside the accountant's {audit['epsilon']:.3f}"
+        f"; its {audit['batches']} batches against Poisson sampling at the accountant's rate: "
+        f"p = {audit['sampling_p_value']:.2g}"
     )

@@ -109,8 +109,9 @@ def comparison(summary: dict[str, Any]) -> list[str]:
 
 def check_audit(config: Config, summary: dict[str, Any]) -> None:
     """Under ``privacy.audit``, end the run with a one-line :class:`FederationError` (its
-    folder already written) when the audited site's bound exceeds its epsilon, or when that
-    site never sent the evidence (it did not train in the last round)."""
+    folder already written) when the audited site's bound exceeds its epsilon, when the
+    batches it drew refute the accountant's Poisson sampling, or when that site never sent
+    the evidence (it did not train in the last round)."""
     if not config.privacy.audit:
         return
     audit = summary.get("audit")
@@ -119,7 +120,7 @@ def check_audit(config: Config, summary: dict[str, Any]) -> None:
             f"privacy.audit: site {AUDITED_SITE} sent no audit evidence from the last round "
             "(it did not train in it): no bound to report"
         )
-    if not audit["passed"]:
+    if audit["lower_bound"] > audit["epsilon"]:
         raise FederationError(
             exceeded(
                 lower_bound=audit["lower_bound"],
@@ -129,3 +130,5 @@ def check_audit(config: Config, summary: dict[str, Any]) -> None:
             )
             + f" at site {audit['site']}"
         )
+    if audit["sampling"] is not None:
+        raise FederationError(f"{audit['sampling']} at site {audit['site']}")
