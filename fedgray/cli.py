@@ -13,7 +13,8 @@ from fedgray import sweep as privacy_sweep
 from fedgray.backbone.access import SEALING_MODES, SealedError
 from fedgray.backbone.loading import BackboneLoadError
 from fedgray.bench.command import add_bench_parser
-from fedgray.config import Config, load_config
+from fedgray.config import Config
+from fedgray.resolver import load_config
 from fedgray.config_schema import ConfigError
 from fedgray.deploy.cli import add_deploy_parser
 from fedgray.owner.cli import add_owner_parsers

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from fedgray.adapters import AdaptedCLIP, build_model
-from fedgray.config import load_config
+from fedgray.resolver import load_config
 from fedgray.privacy.features import CachedImageHead, backbone_features
 from fedgray.privacy.inversion import invert_linear
 from fedgray.site import load_task_data, open_backbone

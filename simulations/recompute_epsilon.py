@@ -30,7 +30,8 @@ from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
 from fedgray.cli import EXPECTED_ERRORS
-from fedgray.config import Config, load_config
+from fedgray.config import Config
+from fedgray.resolver import load_config
 from fedgray.fl.common.site_data import site_indices
 from fedgray.fl.serverapp.checkpoint import CHECKPOINT, load_checkpoint
 

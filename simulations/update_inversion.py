@@ -29,7 +29,8 @@ from dataclasses import replace
 import torch
 
 from fedgray.adapters import build_model
-from fedgray.config import Config, load_config
+from fedgray.config import Config
+from fedgray.resolver import load_config
 from fedgray.privacy import plan_noise, private_task
 from fedgray.privacy.features import CachedImageHead, backbone_features
 from fedgray.privacy.inversion import best_cosine, invert_linear

@@ -27,7 +27,8 @@ from fedgray.adapters import AdaptedCLIP, build_model
 from fedgray.backbone import Backbone, SealedBackbone, SealedError
 from fedgray.backbone.loading import open_clip_module
 from fedgray.cli import main
-from fedgray.config import Config, MethodConfig, PretrainConfig, load_config
+from fedgray.config import Config, MethodConfig, PretrainConfig
+from fedgray.resolver import load_config
 from fedgray.fl.clientapp import secagg as secagg_site
 from fedgray.fl.common.records import from_record
 from fedgray.fl.common.site_data import site_indices

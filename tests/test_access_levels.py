@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedgray.config import load_config
+from fedgray.resolver import load_config
 from fedgray.fl.common.records import record_bytes
 from fedgray.fl.serverapp.server import initial_adapters
 from simulations.access_levels import COLUMNS, run_one

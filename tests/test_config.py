@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedgray.config import Config, load_config, save_config
+from fedgray.config import Config, save_config
+from fedgray.resolver import load_config
 from fedgray.config_schema import ConfigError
 from tests.helpers import MICRO, refused
 

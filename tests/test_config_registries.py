@@ -8,7 +8,7 @@ import pytest
 
 from fedgray.adapters import methods
 from fedgray.cli import main
-from fedgray.config import load_config
+from fedgray.resolver import load_config
 from fedgray.config_schema import ConfigError
 from fedgray.data import partition
 from fedgray.privacy import ledger

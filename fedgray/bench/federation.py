@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from fedgray.config import Config, load_config
+from fedgray.config import Config
+from fedgray.resolver import load_config
 
 from .sections import SITE_MODEL, Figure, Sizes
 

@@ -3,7 +3,7 @@
 ``flwr run`` takes only run-config keys that the app's ``[tool.flwr.app.config]`` declares.
 Rather than a fixed subset, :func:`write_app` writes an app folder whose pyproject.toml
 declares the whole resolved fedgray Config (the same YAML ``fedgray run`` reads, plus
-overrides), as dotted keys that :func:`fedgray.fl.common.run_config.resolve_config` reads back:
+overrides), as dotted keys that :func:`fedgray.fl.run_config.resolve_config` reads back:
 lists as comma-separated strings, None as an empty string. The app's code is the installed
 fedgray package (runtime dependency installation is disabled on every machine, so each
 machine has fedgray installed, at the same version): the FAB that travels holds only this

@@ -8,13 +8,13 @@ from typing import Any
 
 from fedgray.backbone.access import AccessLevel
 from fedgray.backbone.loading import BUILTIN_TAG
-from fedgray.config import load_config
+from fedgray.config import read_config
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> None:
     from fedgray.owner.pretrain import builtin_checkpoint, pretrain
 
-    config = load_config(args.config, args.overrides)
+    config = read_config(args.config, args.overrides)
     name, recipe = config.backbone.name, config.pretrain
     build = pretrain if args.force else builtin_checkpoint
     print(f"checkpoint: {build(name, recipe, progress=not args.quiet)}")
@@ -37,7 +37,7 @@ def _cmd_seal(args: argparse.Namespace) -> None:
     from fedgray.owner.pretrain import resolve_pretrained
     from fedgray.owner.seal import seal
 
-    config = load_config(args.config, args.overrides)
+    config = read_config(args.config, args.overrides)
     signing_key = read_signing_key(args.signing_key)
     content_key = read_content_key(args.content_key)
     pretrained = None if args.pretrained.lower() == "none" else args.pretrained

@@ -20,7 +20,8 @@ from fedgray.blackbox.augment import augment
 from fedgray.blackbox.craft import Craft, encode_images, plan_queries
 from fedgray.blackbox.refine import PredictionRefiner, consistency
 from fedgray.blackbox.search import CmaSearch
-from fedgray.config import CraftConfig, MethodConfig, load_config
+from fedgray.config import CraftConfig, MethodConfig
+from fedgray.resolver import load_config
 from fedgray.config_schema import ConfigError
 from fedgray.data.registry import load_dataset
 from fedgray.tasks.data import TaskData, prepare

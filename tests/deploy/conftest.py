@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fedgray.config import Config, load_config
+from fedgray.config import Config
+from fedgray.resolver import load_config
 from fedgray.deploy.credentials import Credentials, create_credentials
 from fedgray.deploy.demo import demo_config, start_federation
 from fedgray.deploy.roles import SuperLink, SuperNode, start_supernode

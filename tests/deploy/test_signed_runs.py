@@ -17,7 +17,7 @@ from flwr.common.config import flatten_dict, fuse_dicts, get_fab_config
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedgray.backbone.keys import ArtifactError
-from fedgray.config import load_config
+from fedgray.resolver import load_config
 from fedgray.deploy.app_signing import sign_app
 from fedgray.deploy.credentials import create_credentials
 from fedgray.deploy.roles import check_node_config

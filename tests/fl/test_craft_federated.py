@@ -11,7 +11,7 @@ from flwr.app import Message
 
 from fedgray.blackbox.federated import MEAN, SIGMA
 from fedgray.config_schema import ConfigError
-from fedgray.fl.common.run_config import require_federated_method
+from fedgray.fl.run_config import require_federated_method
 from tests.helpers import assert_close, close, micro_config, run_local
 
 CRAFT = [

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fedgray.config import load_config
+from fedgray.resolver import load_config
 from fedgray.config_schema import ConfigError
 from fedgray.fl.serverapp.failures import FederationError
 from fedgray.privacy.planted import AUDITED_SITE

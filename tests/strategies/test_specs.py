@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from flwr.serverapp.strategy import FedMedian
 
-from fedgray.config import load_config
+from fedgray.resolver import load_config
 from fedgray.config_schema import ConfigError
 from strategies import build_strategy, registry
 from strategies.registry import StrategySpec

@@ -9,7 +9,7 @@ import pytest
 
 from fedgray import tracking
 from fedgray.cli import main
-from fedgray.config import load_config
+from fedgray.resolver import load_config
 from fedgray.config_schema import ConfigError
 
 pytest.importorskip("tensorboard")

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from fedgray.backbone.loading import BUILTIN_TAG
-from fedgray.config import Config, DataConfig, load_config
+from fedgray.config import Config, DataConfig
+from fedgray.resolver import load_config
 from fedgray.config_schema import ConfigError, shown
 from fedgray.data.registry import available, check_images
 from fedgray.fl.common.private import PrivacyLog

@@ -34,7 +34,8 @@ from fedgray.fl.serverapp.loop import RoundOutcome, TrainPhase, plain_training, 
 from fedgray.fl.serverapp.published import InterfaceOnly, WeightsNeeded, published_interface
 from fedgray.fl.serverapp.roster import Roster
 from fedgray.fl.serverapp.secagg import SecureTraining
-from fedgray.fl.serverapp.selection import SELECTION_SPLITS, Selection
+from fedgray.fl.common.selection_rules import SELECTION_SPLITS
+from fedgray.fl.serverapp.selection import Selection
 from fedgray.runs import RunFolder
 from fedgray.tasks import TASKS, TaskData
 from fedgray.train.kinds import kind_of

@@ -27,8 +27,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fedgray.config import Config, load_config
-from fedgray.fl.common.run_config import require_federated_method
+from fedgray.config import Config
+from fedgray.resolver import load_config
+from fedgray.fl.run_config import require_federated_method
 from fedgray.fl.serverapp.checkpoint import CHECKPOINT
 from fedgray.fl.serverapp.failures import FederationError
 from fedgray.fl.serverapp.preflight import preflight

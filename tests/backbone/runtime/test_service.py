@@ -18,7 +18,8 @@ import torch
 from fedgray.adapters import build_model
 from fedgray.backbone import SealedError, load_artifact
 from fedgray.backbone.runtime.isolated import IsolatedBackbone
-from fedgray.config import ConfigError, load_config
+from fedgray.config import ConfigError
+from fedgray.resolver import load_config
 from fedgray.owner.keys import KeyFiles
 from fedgray.site import open_backbone
 from tests.backbone.attacks import Serve, Users, as_root

@@ -10,7 +10,8 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from fedgray.config import ConfigError, load_config
+from fedgray.config import ConfigError
+from fedgray.resolver import load_config
 from fedgray.fl.common.compression import (
     SCALES,
     decode_down,

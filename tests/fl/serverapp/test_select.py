@@ -11,7 +11,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from fedgray.config import load_config
+from fedgray.resolver import load_config
 from fedgray.config_schema import ConfigError
 from fedgray.fl.common.records import from_record, to_record
 from fedgray.fl.serverapp.checkpoint import load_checkpoint

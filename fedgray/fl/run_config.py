@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import fedgray
-from fedgray.config import Config, config_from_dict, load_config
+from fedgray.config import Config
+from fedgray.resolver import config_from_dict, load_config
 from fedgray.config_schema import ConfigError, get_dotted, set_dotted
 from fedgray.train.kinds import refuse_unsupported
 
