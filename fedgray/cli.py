@@ -14,10 +14,10 @@ from fedgray.backbone.access import SEALING_MODES, SealedError
 from fedgray.backbone.loading import BackboneLoadError
 from fedgray.bench.command import add_bench_parser
 from fedgray.config import Config
-from fedgray.resolver import load_config
 from fedgray.config_schema import ConfigError
 from fedgray.deploy.cli import add_deploy_parser
 from fedgray.owner.cli import add_owner_parsers
+from fedgray.resolver import load_config
 from fedgray.runtime_cli import add_runtime_parser
 from fedgray.use.cli import add_use_parser
 

@@ -20,7 +20,6 @@ from fedgray.config_schema import (
     ConfigError,
     build,
     check,
-    coerce,
     cut,
     one_of,
     positive,

@@ -133,4 +133,3 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     """The resolved :class:`Config` of a YAML file (the defaults when ``path`` is None) plus
     ``key=value`` overrides."""
     return resolve(read_config(path, overrides))
-

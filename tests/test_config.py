@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from fedgray.config import Config, save_config
-from fedgray.resolver import load_config
 from fedgray.config_schema import ConfigError
+from fedgray.resolver import load_config
 from tests.helpers import MICRO, refused
 
 ROOT = Path(__file__).resolve().parents[1]

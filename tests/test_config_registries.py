@@ -8,10 +8,10 @@ import pytest
 
 from fedgray.adapters import methods
 from fedgray.cli import main
-from fedgray.resolver import load_config
 from fedgray.config_schema import ConfigError
 from fedgray.data import partition
 from fedgray.privacy import ledger
+from fedgray.resolver import load_config
 from strategies import registry
 
 

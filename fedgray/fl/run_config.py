@@ -26,8 +26,8 @@ from typing import Any
 
 import fedgray
 from fedgray.config import Config
-from fedgray.resolver import config_from_dict, load_config
 from fedgray.config_schema import ConfigError, get_dotted, set_dotted
+from fedgray.resolver import config_from_dict, load_config
 from fedgray.train.kinds import refuse_unsupported
 
 CONFIG_KEY, OVERRIDES_KEY = "config", "overrides"

@@ -17,7 +17,6 @@ from flwr.common.config import flatten_dict, fuse_dicts, get_fab_config
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedgray.backbone.keys import ArtifactError
-from fedgray.resolver import load_config
 from fedgray.deploy.app_signing import sign_app
 from fedgray.deploy.credentials import create_credentials
 from fedgray.deploy.roles import check_node_config
@@ -25,6 +24,7 @@ from fedgray.deploy.site_data import write_site_data
 from fedgray.fl.clientapp.signed_runs import PUBLISHER_KEY
 from fedgray.fl.clientapp.trusted import UNTRUSTED_APP, PinnedApp
 from fedgray.launch.app import write_app
+from fedgray.resolver import load_config
 
 SMALL = ["data.train_size=60", "federation.num_sites=3", "federation.partitioner=iid"]
 

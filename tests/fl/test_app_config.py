@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from fedgray.resolver import load_config
 from fedgray.config_schema import ConfigError
 from fedgray.fl.common.private import LEDGER
 from fedgray.fl.run_config import resolve_config
+from fedgray.resolver import load_config
 from tests.helpers import micro_config, run_local
 
 ROOT = Path(__file__).resolve().parents[3]

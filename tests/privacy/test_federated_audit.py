@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from fedgray.resolver import load_config
 from fedgray.config_schema import ConfigError
 from fedgray.fl.serverapp.failures import FederationError
 from fedgray.privacy.planted import AUDITED_SITE
+from fedgray.resolver import load_config
 from simulations.planted_bugs import no_noise
 from tests.helpers import SECURE, micro_config, run_local
 

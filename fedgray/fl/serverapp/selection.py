@@ -26,6 +26,7 @@ from flwr.app import ArrayRecord
 
 from fedgray.fl.common.records import from_record, to_record
 
+
 def _better(value: float, best: float) -> bool:
     """Strictly higher (ties keep the earlier round); any number beats a missing one."""
     return value > best or (math.isnan(best) and not math.isnan(value))

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from fedgray.config import Config
-from fedgray.resolver import load_config
 from fedgray.fl.run_config import require_federated_method
 from fedgray.fl.serverapp.checkpoint import CHECKPOINT
 from fedgray.fl.serverapp.failures import FederationError
@@ -49,6 +48,7 @@ from fedgray.launch.commands import (
     write_cli_config,
 )
 from fedgray.launch.processes import free_port, supervised, wait_for_port
+from fedgray.resolver import load_config
 from fedgray.runs import RunFolder, check_writable
 
 FLOWER_LOG = "flower.log"
