@@ -9,6 +9,7 @@ checked by :mod:`fedgray.resolver`, which sits above the registries.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -515,6 +516,25 @@ def read_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return parse_config(data, overrides)
+
+
+def to_document(config: Config) -> str:
+    """``config`` as one JSON document, whole and typed (lists, None and every section as
+    they are): the form a config crosses a process boundary in (Flower's run config), read
+    back by :func:`parse_document` to an equal Config."""
+    return json.dumps(config.to_dict(), separators=(",", ":"))
+
+
+def parse_document(text: str) -> Config:
+    """The Config of a :func:`to_document` document, checked as a YAML config is (names:
+    :func:`fedgray.resolver.resolve_document`)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"document: not a config document ({error.msg})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"document: expected a mapping of sections, got {shown(data)}")
+    return parse_config(data)
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -10,7 +10,9 @@ anything starts, so a misspelt name is one line naming its field.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 from fedgray import devices, tracking
 from fedgray.adapters import methods, prompt
 from fedgray.backbone.access import AccessLevel
-from fedgray.config import Config, parse_config, read_config
+from fedgray.config import Config, parse_config, parse_document, read_config
 from fedgray.config_schema import ConfigError, coerce, cut, shown
 from fedgray.data import partition
 from fedgray.data import registry as datasets
@@ -133,3 +135,15 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     """The resolved :class:`Config` of a YAML file (the defaults when ``path`` is None) plus
     ``key=value`` overrides."""
     return resolve(read_config(path, overrides))
+
+
+@functools.lru_cache(maxsize=4)
+def _resolved_document(document: str) -> Config:
+    return resolve(parse_document(document))
+
+
+def resolve_document(document: str) -> Config:
+    """The resolved Config of a :func:`~fedgray.config.to_document` document, parsed and
+    checked once per process (every message of a run carries the same document); each call
+    gets its own copy, which it may change."""
+    return copy.deepcopy(_resolved_document(document))

@@ -1,20 +1,21 @@
-"""A fedgray Config from a factory's config plus Flower's ``context.run_config``.
+"""The Config a ServerApp or ClientApp runs, from Flower's ``context.run_config``.
 
 The YAML config is the one source of options and defaults, under ``fedgray run`` and
-``flwr run`` alike. Under ``flwr run`` the run config holds the ``[tool.flwr.app.config]``
-keys of pyproject.toml (and ``--run-config`` overrides):
+``flwr run`` alike. The run config holds at most three keys:
 
-- ``config``: the YAML file (absolute, or relative to the working directory or to the app's
-  folder); empty: the factory's config, or the defaults;
+- ``document``: the whole resolved config as one JSON document
+  (:func:`fedgray.config.to_document`), what the app folder of ``fedgray run`` and of a
+  deployment declares (:mod:`fedgray.launch.app`); it is parsed and checked once per
+  process;
+- ``config``: a YAML file (absolute, or relative to the working directory or to the app's
+  folder), what the repository's own pyproject.toml declares for ``flwr run .``; empty: the
+  factory's config, or the defaults;
 - ``overrides``: ``--set``-style ``section.key=value`` items separated by spaces (shell
-  quoting for values with spaces), parsed by the same code as ``fedgray --set``, e.g.
-  ``flwr run . --run-config 'overrides="federation.num_rounds=2 train.lr=0.01"'``.
+  quoting for values with spaces), parsed by the same code as ``fedgray --set`` and applied
+  last, e.g. ``flwr run . --run-config 'overrides="federation.num_rounds=2"'``.
 
-Any other key is a dotted config path (``federation.num-rounds``, dashes or underscores)
-set on top; since run-config values are scalars, lists take comma-separated strings and an
-empty string means None (the flat form a deployment's app writes, see
-:mod:`fedgray.launch.app`). Under ``run_simulation`` the run config is empty and the
-factory's config is used as it is.
+Any other key is refused in one line. Under an in-process grid the run config is empty and
+the factory's config is used as it is.
 """
 
 from __future__ import annotations
@@ -26,18 +27,12 @@ from typing import Any
 
 import fedgray
 from fedgray.config import Config
-from fedgray.config_schema import ConfigError, get_dotted, set_dotted
-from fedgray.resolver import config_from_dict, load_config
+from fedgray.config_schema import ConfigError
+from fedgray.resolver import config_from_dict, load_config, resolve_document
 from fedgray.train.kinds import refuse_unsupported
 
-CONFIG_KEY, OVERRIDES_KEY = "config", "overrides"
+DOCUMENT_KEY, CONFIG_KEY, OVERRIDES_KEY = "document", "config", "overrides"
 APP_DIR = Path(fedgray.__file__).resolve().parents[1]  # the app's folder (pyproject.toml's)
-
-
-def require_federated_method(config: Config) -> Config:
-    """``config``, unless its method's trainer kind refuses one of its federated settings
-    (:data:`fedgray.train.kinds.TrainerKind.refusals`)."""
-    return refuse_unsupported(config)
 
 
 def config_path(name: str) -> Path:
@@ -56,22 +51,32 @@ def split_overrides(text: str) -> list[str]:
         raise ConfigError(f"{OVERRIDES_KEY}: cannot split {text!r} ({error})") from None
 
 
+def _base(config: Config | None, document: str, name: str) -> Config:
+    """The config before overrides: the document, else the YAML file, else the factory's
+    config, else the defaults."""
+    if document and name:
+        raise ConfigError(f"{CONFIG_KEY}: the run config holds a {DOCUMENT_KEY} already")
+    if document:
+        return resolve_document(document)
+    if name:
+        return load_config(config_path(name))
+    return config if config is not None else Config()
+
+
 def resolve_config(config: Config | None, run_config: Mapping[str, Any]) -> Config:
-    """The config a ServerApp or ClientApp runs: the YAML named by ``config`` (else the
-    factory's ``config``, else the defaults), then dotted keys, then ``overrides``; checked
-    by :func:`require_federated_method`."""
+    """The config a ServerApp or ClientApp runs (see the module docstring), refused where its
+    method's trainer kind refuses one of its federated settings
+    (:data:`fedgray.train.kinds.TrainerKind.refusals`)."""
     entries = dict(run_config)
+    document = str(entries.pop(DOCUMENT_KEY, "") or "")
     name = str(entries.pop(CONFIG_KEY, "") or "")
     overrides = split_overrides(str(entries.pop(OVERRIDES_KEY, "") or ""))
-    base = load_config(config_path(name)) if name else config if config is not None else Config()
-    if not entries and not overrides:
-        return require_federated_method(base)
-    data = base.to_dict()
-    for key, value in entries.items():
-        path = key.replace("-", "_")
-        if isinstance(get_dotted(data, path), list) and isinstance(value, str):
-            value = [item.strip() for item in value.split(",") if item.strip()]
-        elif value == "":
-            value = None
-        set_dotted(data, path, value)
-    return require_federated_method(config_from_dict(data, overrides))
+    if entries:
+        known = ", ".join((DOCUMENT_KEY, CONFIG_KEY, OVERRIDES_KEY))
+        raise ConfigError(
+            f"{next(iter(entries))}: not a run-config key of fedgray (known: {known})"
+        )
+    base = _base(config, document, name)
+    if overrides:
+        base = config_from_dict(base.to_dict(), overrides)
+    return refuse_unsupported(base)

@@ -1,5 +1,7 @@
 """The Flower app reads the same YAML as ``fedgray run``: pyproject.toml names the file and
-carries ``--set``-style overrides, and repeats no default."""
+carries ``--set``-style overrides, and repeats no default; an app that ``fedgray run`` or a
+deployment writes carries the resolved config whole, as one typed document parsed once per
+process."""
 
 from __future__ import annotations
 
@@ -8,13 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from fedgray import resolver
+from fedgray.config import parse_document, to_document
 from fedgray.config_schema import ConfigError
 from fedgray.fl.common.private import LEDGER
 from fedgray.fl.run_config import resolve_config
 from fedgray.resolver import load_config
 from tests.helpers import micro_config, run_local
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 
 
@@ -73,3 +77,65 @@ def test_run_local_sites_see_the_app_overrides(tmp_path: Path) -> None:
     _, _, grid = run_local(config, run_config={"overrides": "federation.local_steps=1"})
     ledgers = [m.content[LEDGER] for m in grid.received if LEDGER in m.content]
     assert len(ledgers) == 6 and {sum(record["steps"]) for record in ledgers} == {1, 2}
+
+
+DOCUMENTED = [
+    "federation.domains=[world/sketch, world/noisy]",
+    "federation.partitioner=by_group",
+    "federation.strategy=fedprox",
+    "federation.strategy_options={proximal_mu: 0.5}",
+    "federation.personal=[image_out]",
+    "privacy.enabled=true",
+    "privacy.target_epsilon=8",
+    "train.lr=0.00123456789",
+]
+
+
+def test_a_document_carries_the_config_whole_and_typed(tmp_path: Path) -> None:
+    config = micro_config(tmp_path, *DOCUMENTED)
+    document = to_document(config)
+    assert parse_document(document) == config
+    assert resolve_config(None, {"document": document, "overrides": ""}) == config
+    read = resolve_config(None, {"document": document})
+    assert read.federation.domains == ["world/sketch", "world/noisy"]
+    assert read.federation.strategy_options == {"proximal_mu": 0.5}
+    assert read.privacy.noise_multiplier is None and read.train.lr == config.train.lr
+    overridden = resolve_config(None, {"document": document, "overrides": "train.lr=0.5"})
+    assert overridden.train.lr == 0.5 and overridden.federation.domains == read.federation.domains
+
+
+def test_a_document_is_parsed_once_per_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    document = to_document(micro_config(tmp_path, "federation.seed=4242"))
+    parsed: list[str] = []
+
+    def counting(text: str) -> object:
+        parsed.append(text)
+        return parse_document(text)
+
+    monkeypatch.setattr(resolver, "parse_document", counting)
+    configs = [resolve_config(None, {"document": document}) for _ in range(3)]
+    assert parsed == [document]
+    assert configs[0] == configs[2] and configs[0] is not configs[2]  # each its own copy
+
+
+@pytest.mark.parametrize(
+    ("run_config", "message"),
+    [
+        (
+            {"federation.num-rounds": 2},
+            "federation.num-rounds: not a run-config key of fedgray (known: document, config, "
+            "overrides)",
+        ),
+        ({"document": "{not json"}, "document: not a config document"),
+        ({"document": "[1, 2]"}, "document: expected a mapping of sections"),
+        ({"document": '{"method": {"name": "dgaa"}}'}, "method.name: unknown method 'dgaa'"),
+        ({"document": '{"train": {"steps": "many"}}'}, "train.steps: expected an integer"),
+        ({"document": "{}", "config": "configs/quickstart.yaml"}, "config: the run config holds"),
+    ],
+)
+def test_a_bad_run_config_stops_in_one_line(run_config: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        resolve_config(None, run_config)
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)

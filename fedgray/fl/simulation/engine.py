@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from fedgray.config import Config
-from fedgray.fl.run_config import require_federated_method
 from fedgray.fl.serverapp.checkpoint import CHECKPOINT
 from fedgray.fl.serverapp.failures import FederationError
 from fedgray.fl.serverapp.preflight import preflight
@@ -50,6 +49,7 @@ from fedgray.launch.commands import (
 from fedgray.launch.processes import free_port, supervised, wait_for_port
 from fedgray.resolver import load_config
 from fedgray.runs import RunFolder, check_writable
+from fedgray.train.kinds import refuse_unsupported
 
 FLOWER_LOG = "flower.log"
 
@@ -76,7 +76,7 @@ def open_run(
         if not (resume / CHECKPOINT).is_file():
             raise FileNotFoundError(f"no checkpoint to resume from: {resume / CHECKPOINT}")
         check_writable(resume)
-        config = require_federated_method(load_config(resume / "config.yaml", overrides))
+        config = refuse_unsupported(load_config(resume / "config.yaml", overrides))
         config.output.root, config.output.name = str(resume.parent), resume.name
         note = preflight(config, resume=resume)
         if note:
@@ -84,7 +84,7 @@ def open_run(
         return config, RunFolder(resume.parent, resume.name)
     if config_path is None:
         raise ValueError("a CONFIG file is needed (or --resume RUN_DIR)")
-    config = require_federated_method(load_config(config_path, overrides))
+    config = refuse_unsupported(load_config(config_path, overrides))
     if (
         config.output.name
         and (Path(config.output.root) / config.output.name / CHECKPOINT).is_file()
