@@ -3,7 +3,7 @@
 Flower 1.42 deprecates the in-process ``run_simulation``; what it recommends is a SuperLink
 in simulation mode that ``flwr run`` submits the app to. ``fedgray run`` does exactly that,
 privately: it starts ``flower-superlink --simulation`` on a free loopback port, submits the
-fedgray app (the whole config as its run config, :func:`fedgray.launch.app.write_app`) with
+fedgray app (the whole config as one document, :func:`fedgray.launch.app.write_app`) with
 ``flwr run --stream``, prints the ServerApp's lines as it writes them to ``progress.log``,
 reads the run's status with ``flwr list`` at the end, and stops every process it started
 (SuperLink, the simulation, Ray), also on Ctrl-C, SIGTERM or failure.
