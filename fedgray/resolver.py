@@ -36,7 +36,7 @@ REGISTRIES: dict[str, Callable[[], Collection[str]]] = {
     "method": lambda: methods.METHODS,
     "projection": lambda: prompt.PROJECTIONS,
     "task": lambda: tasks.TASKS,
-    "schedule": lambda: schedule.SHAPES,
+    "schedule": lambda: schedule.SCHEDULES,
     "optimizer": lambda: optimizers.OPTIMIZERS,
     "device": lambda: devices.DEVICES,
     "precision": lambda: devices.PRECISIONS,
