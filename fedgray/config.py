@@ -22,6 +22,7 @@ from fedgray.config_schema import (
     build,
     check,
     cut,
+    get_dotted,
     one_of,
     positive,
     random_seed,
@@ -234,32 +235,61 @@ class CraftConfig:
 
 
 @dataclass
-class MethodConfig:
-    """What is trained: see ``fedgray.adapters.METHODS``.
+class LgaConfig:
+    """LGA (method ``lga``): ``prompt_tokens`` learnable tokens per transformer layer."""
 
-    ``prompt_tokens``: LGA's tokens per layer; ``lora_rank``/``lora_alpha``: LoRA's rank and
-    scale (``alpha / rank``); ``lora_train_a``: train LoRA's ``A`` factor too (Hu et al.;
-    federated, FedAvg of both factors is then not the mean of the updates), by default
-    FFA-LoRA: ``A`` frozen at a fixed random draw, only ``B`` trained and sent;
-    ``output_rank``: the rank of ``output-lowrank``'s adapters; ``last_layers``: blocks per
-    tower that ``last-layers`` trains; ``whiten``: a public image dataset whose backbone
-    features precondition the image output adapter (methods with a linear one: ``output``,
-    ``dga``, ``lga``, ``linear-probe``; see :mod:`fedgray.adapters.whitening`), none by default;
-    ``text_subspace``: with ``whiten``, confine that adapter's correction to the leading
-    directions of the public dataset's caption features (this many);
-    ``craft``: CraFT's settings.
+    prompt_tokens: int = field(default=2, metadata=positive())
+
+
+@dataclass
+class LoraConfig:
+    """LoRA (method ``lora``): ``rank`` and scale (``alpha / rank``) of the factors;
+    ``train_a``: train the ``A`` factor too (Hu et al.; federated, FedAvg of both factors is
+    then not the mean of the updates), by default FFA-LoRA: ``A`` frozen at a fixed random
+    draw, only ``B`` trained and sent."""
+
+    rank: int = field(default=4, metadata=positive())
+    alpha: float = field(default=8.0, metadata=positive())
+    train_a: bool = False
+
+
+@dataclass
+class LowRankOutputConfig:
+    """Method ``output-lowrank``: the ``rank`` of its residual output adapters."""
+
+    rank: int = field(default=8, metadata=positive())
+
+
+@dataclass
+class LastLayersConfig:
+    """Method ``last-layers``: the ``blocks`` per tower it trains (the last ones)."""
+
+    blocks: int = field(default=1, metadata=positive())
+
+
+@dataclass
+class MethodConfig:
+    """What is trained: see ``fedgray.adapters.METHODS``. A method's own options are in its
+    section (``lga``, ``lora``, ``output_lowrank``, ``last_layers``, ``craft``); the keys
+    here apply to several methods.
+
+    ``input_lr_scale``: the input adapters' learning rate as a multiple of ``train.lr``
+    (methods with input adapters: ``dga``, ``lga``); ``whiten``: a public image dataset
+    whose backbone features precondition the image output adapter (methods with a linear
+    one: ``output``, ``dga``, ``lga``, ``linear-probe``; see
+    :mod:`fedgray.adapters.whitening`), none by default; ``text_subspace``: with ``whiten``,
+    confine that adapter's correction to the leading directions of the public dataset's
+    caption features (this many).
     """
 
     name: str = field(default="dga", metadata=registered("method"))
-    prompt_tokens: int = field(default=2, metadata=positive())
     input_lr_scale: float = field(default=1.0, metadata=positive())
-    lora_rank: int = field(default=4, metadata=positive())
-    lora_alpha: float = field(default=8.0, metadata=positive())
-    lora_train_a: bool = False
-    output_rank: int = field(default=8, metadata=positive())
-    last_layers: int = field(default=1, metadata=positive())
     whiten: str | None = field(default=None, metadata=registered("dataset"))
     text_subspace: int | None = field(default=None, metadata=positive())
+    lga: LgaConfig = field(default_factory=LgaConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    output_lowrank: LowRankOutputConfig = field(default_factory=LowRankOutputConfig)
+    last_layers: LastLayersConfig = field(default_factory=LastLayersConfig)
     craft: CraftConfig = field(default_factory=CraftConfig)
 
 
@@ -496,6 +526,27 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+MOVED_KEYS = {
+    "method.prompt_tokens": "method.lga.prompt_tokens",
+    "method.lora_rank": "method.lora.rank",
+    "method.lora_alpha": "method.lora.alpha",
+    "method.lora_train_a": "method.lora.train_a",
+    "method.output_rank": "method.output_lowrank.rank",
+    "method.last_layers": "method.last_layers.blocks",
+}
+"""Keys that moved into their method's own section: old key -> new key."""
+
+
+def _refuse_moved(data: dict[str, Any]) -> None:
+    """One line naming the new key for a key of :data:`MOVED_KEYS` given the old way (a
+    plain value where a section now is)."""
+    for old, new in MOVED_KEYS.items():
+        section, _, key = old.rpartition(".")
+        parent = get_dotted(data, section)
+        if isinstance(parent, dict) and key in parent and not isinstance(parent[key], dict):
+            raise ConfigError(f"{old}: moved to {new}")
+
+
 def parse_config(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Build a :class:`Config` from a dict plus ``key=value`` overrides, checking types,
     ranges and cross-field rules; the names it gives registries are checked by
@@ -503,6 +554,7 @@ def parse_config(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = 
     merged = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     for text in overrides:
         set_dotted(merged, *parse_override(text))
+    _refuse_moved(merged)
     return build(Config, merged)
 
 

@@ -18,7 +18,7 @@ def _factors(arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def test_a_federation_sends_and_trains_the_configured_lora_rank(tmp_path: Path) -> None:
-    config = micro_config(tmp_path, *LORA, "method.lora_rank=2", "method.lora_alpha=4")
+    config = micro_config(tmp_path, *LORA, "method.lora.rank=2", "method.lora.alpha=4")
     result, _, grid = run_local(config)
     trains = [m for m in grid.sent if m.metadata.message_type == "train"]
     sent = _factors(from_record(trains[0].content["arrays"]))
