@@ -1,5 +1,5 @@
-"""Load any fedgray dataset by name: ``world/<domain>``, ``digits``, ``mnist``,
-``fashion-mnist``, ``animal-mnist`` or ``folder:<path>``.
+"""Load any fedgray dataset by name: a row of :data:`DATASET_ROWS`, or ``folder:<path>``
+(:data:`DATASETS` lists them).
 
 Every dataset offers three splits (:data:`~fedgray.data.sets.SPLITS`): ``train``,
 ``validation`` (drawn from the training pool, never from test) and ``test``, each
