@@ -1,10 +1,12 @@
 """The app folder ``flwr run`` submits (``fedgray run``, a deployment): one run config.
 
 ``flwr run`` takes only run-config keys that the app's ``[tool.flwr.app.config]`` declares.
-Rather than a fixed subset, :func:`write_app` writes an app folder whose pyproject.toml
-declares the whole resolved fedgray Config (the same YAML ``fedgray run`` reads, plus
-overrides), as dotted keys that :func:`fedgray.fl.run_config.resolve_config` reads back:
-lists as comma-separated strings, None as an empty string. The app's code is the installed
+:func:`write_app` writes an app folder whose pyproject.toml declares two: ``document``, the
+whole resolved fedgray Config (the same YAML ``fedgray run`` reads, plus overrides) as one
+typed JSON document (:func:`fedgray.config.to_document`; TOML's basic strings take JSON's
+escapes), which each ServerApp and ClientApp process parses and checks once
+(:mod:`fedgray.fl.run_config`), and ``overrides``, empty, for ``--set``-style items given
+with ``--run-config``. The app's code is the installed
 fedgray package (runtime dependency installation is disabled on every machine, so each
 machine has fedgray installed, at the same version): the FAB that travels holds only this
 pyproject.toml, never a site's paths or keys.
@@ -23,8 +25,8 @@ CLIENT_APP = "fedgray.fl.clientapp.app:app"
 
 
 def write_app(config: Config, app_dir: Path) -> Path:
-    """Write the app folder ``flwr run`` packages: pyproject.toml (the apps and ``config``
-    as one document) and, for the operator's record, ``config.yaml``."""
+    """Write the app folder ``flwr run`` packages: pyproject.toml (the apps, and ``config``
+    as their run config's document) and, for the operator's record, ``config.yaml``."""
     app_dir.mkdir(parents=True, exist_ok=True)
     version = getattr(fedgray, "__version__", "0.1.0")
     lines = [
