@@ -64,7 +64,9 @@ class Point:
             return []
         share = self.site_size
         while share - min(share - 1, max(1, round(share * holdout))) < self.site_size:
-            share += 1  # the sites' own rounding of the held-out count (fl/common/site_data.py)
+            share += (
+                1  # the sites' own rounding of the held-out count (fl/common/site_partitions.py)
+            )
         return [f"data.train_size={share * num_sites}"]
 
 

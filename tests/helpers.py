@@ -30,7 +30,7 @@ from fedgray.cli import main
 from fedgray.config import Config, MethodConfig, PretrainConfig
 from fedgray.fl.clientapp import secagg as secagg_site
 from fedgray.fl.common.records import from_record
-from fedgray.fl.common.site_data import site_indices
+from fedgray.fl.common.site_partitions import site_indices
 from fedgray.fl.serverapp.app import make_server_app
 from fedgray.fl.serverapp.checkpoint import load_checkpoint
 from fedgray.fl.serverapp.server import FederationResult, initial_adapters

@@ -16,7 +16,7 @@ from fedgray.deploy.roles import check_node_config
 from fedgray.deploy.site_data import write_site_data
 from fedgray.fl.clientapp.node_config import NodeConfigError, site_config
 from fedgray.fl.clientapp.trusted import TRUSTED_CLIENTAPP, bundle_verdict
-from fedgray.fl.common.site_data import site_data, site_indices
+from fedgray.fl.common.site_partitions import site_data, site_indices
 from fedgray.fl.run_config import resolve_config
 from fedgray.launch.app import write_app
 from fedgray.launch.commands import (

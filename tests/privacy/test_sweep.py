@@ -47,7 +47,7 @@ def test_sweep_writes_rows_within_target_and_a_plot(
 
 @pytest.mark.parametrize("size", [7, 13, 40])
 def test_site_size_sets_each_sites_training_examples(size: int) -> None:
-    from fedgray.fl.common.site_data import site_indices
+    from fedgray.fl.common.site_partitions import site_indices
     from fedgray.resolver import load_config
     from fedgray.sweep_point import Point
 

@@ -10,7 +10,7 @@ import torch
 
 from fedgray.config_schema import ConfigError
 from fedgray.fl.clientapp.client import round_seed
-from fedgray.fl.common.site_data import site_data, site_indices, site_pool
+from fedgray.fl.common.site_partitions import site_data, site_indices, site_pool
 from fedgray.fl.run_config import resolve_config
 from fedgray.resolver import load_config
 from tests.helpers import micro_config
