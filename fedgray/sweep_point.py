@@ -63,10 +63,9 @@ class Point:
         if self.site_size is None:
             return []
         share = self.site_size
+        # the sites' own rounding of the held-out count (fl/common/site_partitions.py)
         while share - min(share - 1, max(1, round(share * holdout))) < self.site_size:
-            share += (
-                1  # the sites' own rounding of the held-out count (fl/common/site_partitions.py)
-            )
+            share += 1
         return [f"data.train_size={share * num_sites}"]
 
 
