@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("--audit-seed", type=int, help="seed of the canaries and their draw (0)")
     audit.set_defaults(handler=_cmd_audit)
-    add_owner_parsers(commands, _config_arguments)
+    add_owner_parsers(commands, _config_arguments, load=load_config)
     sweep = commands.add_parser(
         "sweep",
         help="privacy-utility sweep: federated runs over target epsilons (and seeds)",
