@@ -261,8 +261,10 @@ def room_graph(folders: tuple[str, ...] = ("fedgray", "strategies")) -> dict[str
 
 
 def test_no_import_circle_between_rooms_lazy_imports_included() -> None:
-    """Rooms stack: whatever one imports, at load or inside a function, never imports it
-    back (``fl`` and ``deploy`` below ``launch``'s processes, the owner above the seal)."""
+    """Rooms stack, with no exception: whatever one imports, at load or inside a function,
+    never imports it back, so every arrow runs down a floor (the schema at the bottom, the
+    resolver above the registries whose names it checks, ``launch``'s processes below
+    ``fl`` and ``deploy``, the owner above the seal)."""
     assert [sorted(c) for c in cycles(room_graph())] == []
 
 
