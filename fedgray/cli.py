@@ -13,10 +13,11 @@ from fedgray import sweep as privacy_sweep
 from fedgray.backbone.access import SEALING_MODES, SealedError
 from fedgray.backbone.loading import BackboneLoadError
 from fedgray.bench.command import add_bench_parser
-from fedgray.config import Config, load_config
+from fedgray.config import Config
 from fedgray.config_schema import ConfigError
 from fedgray.deploy.cli import add_deploy_parser
 from fedgray.owner.cli import add_owner_parsers
+from fedgray.resolver import load_config
 from fedgray.runtime_cli import add_runtime_parser
 from fedgray.use.cli import add_use_parser
 
@@ -209,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("--audit-seed", type=int, help="seed of the canaries and their draw (0)")
     audit.set_defaults(handler=_cmd_audit)
-    add_owner_parsers(commands, _config_arguments)
+    add_owner_parsers(commands, _config_arguments, load=load_config)
     sweep = commands.add_parser(
         "sweep",
         help="privacy-utility sweep: federated runs over target epsilons (and seeds)",

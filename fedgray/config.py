@@ -1,9 +1,16 @@
-"""Typed run configuration, loaded from YAML with defaults and ``key=value`` overrides."""
+"""The run configuration's schema: its sections, their types, ranges and defaults.
+
+This module sits at the bottom of the library: it imports nothing of fedgray but the
+schema machinery (``config_schema``, ``config_yaml``), so that every room may read its
+section. A field whose value names a registry entry (a dataset, a method, a strategy) says
+which registry by its key (:func:`~fedgray.config_schema.registered`); the names are
+checked by :mod:`fedgray.resolver`, which sits above the registries.
+"""
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,8 +21,8 @@ from fedgray.config_schema import (
     ConfigError,
     build,
     check,
-    coerce,
     cut,
+    get_dotted,
     one_of,
     positive,
     random_seed,
@@ -24,16 +31,7 @@ from fedgray.config_schema import (
     shown,
     to_dict,
 )
-from fedgray.config_secure import (
-    CentralPrivacyConfig,
-    SecureAggregationConfig,
-    check_secure_and_central,
-)
 from fedgray.config_yaml import parse_yaml, read_yaml
-
-# Registry-backed names are checked against the registries themselves, looked up when a
-# config is built (the registries' modules import this one, so not at import time).
-
 
 # The defaults of backbone.sample_budget and backbone.gradient_budget, and of `fedgray
 # runtime serve`'s: about 4x what the largest shipped config spends in one process, all of
@@ -43,100 +41,60 @@ DEFAULT_SAMPLE_BUDGET = 1_000_000
 DEFAULT_GRADIENT_BUDGET = 500_000
 
 
-def _access_levels() -> list[str]:
-    from fedgray.backbone.access import AccessLevel
+@dataclass
+class SecureAggregationConfig:
+    """Flower's SecAgg+ (``SecAggPlusWorkflow`` + ``secaggplus_mod``) for the train phase.
 
-    return [level.value for level in AccessLevel]
+    Each private key is split into ``num_shares`` shares (the site and its neighbours);
+    ``reconstruction_threshold`` of them rebuild it, so a round survives sites that drop
+    out as long as every survivor keeps that many live neighbours. Sites send the update
+    (new minus global adapters) times ``weight / max_weight``, clipped to
+    ``±clipping_range`` and quantized into ``quantization_range`` levels. Under
+    ``privacy.central`` every weight is 1 and ``max_weight`` is taken as 1.
+    """
 
+    enabled: bool = False
+    num_shares: int = field(default=3, metadata=check(lambda v: v > 2, "must be > 2"))
+    reconstruction_threshold: int = field(
+        default=2, metadata=check(lambda v: v >= 2, "must be >= 2")
+    )
+    clipping_range: float = field(default=8.0, metadata=positive())
+    quantization_range: int = field(
+        default=2**22, metadata=check(lambda v: 1 < v < 2**32, "must be in (1, 2**32)")
+    )
+    max_weight: float = field(default=1000.0, metadata=positive())
 
-def _datasets() -> Collection[str]:
-    from fedgray.data.registry import DATASETS
-
-    return DATASETS
-
-
-def _methods() -> Collection[str]:
-    from fedgray.adapters.methods import METHODS
-
-    return METHODS
-
-
-def _tasks() -> Collection[str]:
-    from fedgray.tasks.objectives import TASKS
-
-    return TASKS
-
-
-def _schedules() -> Collection[str]:
-    from fedgray.train.schedule import SHAPES
-
-    return SHAPES
-
-
-def _optimizers() -> Collection[str]:
-    from fedgray.train.optimizers import OPTIMIZERS
-
-    return OPTIMIZERS
+    def __post_init__(self) -> None:
+        if self.reconstruction_threshold >= self.num_shares:
+            raise ConfigError(
+                "federation.secure_aggregation.reconstruction_threshold: must be less than "
+                f"num_shares ({self.num_shares}), got {self.reconstruction_threshold}"
+            )
 
 
-def _projections() -> Collection[str]:
-    from fedgray.adapters.prompt import PROJECTIONS
+@dataclass
+class CentralPrivacyConfig:
+    """Site-level DP: each site's update clipped to ``clipping_norm`` (L2, on the site), and
+    Gaussian noise of standard deviation ``noise_multiplier * clipping_norm / m`` added to the
+    mean of the ``m`` sampled sites' updates. Epsilon at ``delta`` comes from Opacus' RDP
+    accountant over all rounds (see :mod:`fedgray.fl.common.central`)."""
 
-    return PROJECTIONS
-
-
-def _partitioners() -> Collection[str]:
-    from fedgray.data.partition import PARTITIONERS
-
-    return PARTITIONERS
-
-
-def _compressions() -> Collection[str]:
-    from fedgray.fl.common.compression import COMPRESSIONS
-
-    return COMPRESSIONS
+    enabled: bool = False
+    noise_multiplier: float = field(default=1.0, metadata=positive())
+    clipping_norm: float = field(default=1.0, metadata=positive())
+    delta: float = field(default=1e-3, metadata=check(lambda v: 0 < v < 1, "in (0, 1)"))
 
 
-def _selections() -> Collection[str]:
-    from fedgray.fl.serverapp.selection import SELECTIONS
-
-    return SELECTIONS
-
-
-def _select_on() -> Collection[str]:
-    from fedgray.fl.serverapp.selection import SELECTION_SPLITS
-
-    return SELECTION_SPLITS
+def min_trained_sites(num_sites: int, fraction_train: float) -> int:
+    """The fewest sites a round trains: the rounded fraction, at least one, at most all
+    (``strategies.build_strategy`` gives it to Flower as ``min_train_nodes``)."""
+    return max(1, min(num_sites, round(num_sites * fraction_train)))
 
 
-def _strategies() -> Collection[str]:
-    from strategies.registry import STRATEGIES
-
-    return STRATEGIES
-
-
-def _objectives() -> Collection[str]:
-    from fedgray.privacy.objectives import OBJECTIVES
-
-    return OBJECTIVES
-
-
-def _devices() -> Collection[str]:
-    from fedgray.devices import DEVICES
-
-    return DEVICES
-
-
-def _precisions() -> Collection[str]:
-    from fedgray.devices import PRECISIONS
-
-    return PRECISIONS
-
-
-def _accountants() -> Collection[str]:
-    from fedgray.privacy.ledger import ACCOUNTANTS
-
-    return ACCOUNTANTS
+def sampled_sites(num_sites: int, fraction_train: float) -> int:
+    """How many sites Flower's FedAvg asks to train each round: the larger of
+    :func:`min_trained_sites` and the truncated fraction, as FedAvg samples."""
+    return max(int(num_sites * fraction_train), min_trained_sites(num_sites, fraction_train))
 
 
 @dataclass
@@ -162,7 +120,7 @@ class BackboneConfig:
 
     name: str = "fedgray-tiny"
     pretrained: str | None = "fedgray-world"
-    level: str = field(default="gray", metadata=registered("access level", _access_levels))
+    level: str = field(default="gray", metadata=registered("access level"))
     query_budget: int | None = field(default=None, metadata=positive())
     sample_budget: int | None = field(default=DEFAULT_SAMPLE_BUDGET, metadata=positive())
     gradient_budget: int | None = field(default=DEFAULT_GRADIENT_BUDGET, metadata=positive())
@@ -219,7 +177,7 @@ class DataConfig:
     (made absolute here).
     """
 
-    dataset: str = field(default="world/sketch", metadata=registered("dataset", _datasets))
+    dataset: str = field(default="world/sketch", metadata=registered("dataset"))
     train_size: int = field(default=2000, metadata=positive())
     validation_size: int = field(default=1000, metadata=positive())
     test_size: int = field(default=1000, metadata=positive())
@@ -259,7 +217,7 @@ class CraftConfig:
     popsize: int = field(default=40, metadata=check(lambda v: v >= 2, "must be >= 2"))
     sigma: float = field(default=0.05, metadata=positive())
     intrinsic_dim: int = field(default=64, metadata=positive())
-    projection: str = field(default="normal", metadata=registered("projection", _projections))
+    projection: str = field(default="normal", metadata=registered("projection"))
     bound: float = field(default=5.0, metadata=check(lambda v: v >= 0, "must be >= 0"))
     consistency: float = field(default=0.01, metadata=check(lambda v: v >= 0, "must be >= 0"))
     consistency_until: float = field(
@@ -277,32 +235,61 @@ class CraftConfig:
 
 
 @dataclass
-class MethodConfig:
-    """What is trained: see ``fedgray.adapters.METHODS``.
+class LgaConfig:
+    """LGA (method ``lga``): ``prompt_tokens`` learnable tokens per transformer layer."""
 
-    ``prompt_tokens``: LGA's tokens per layer; ``lora_rank``/``lora_alpha``: LoRA's rank and
-    scale (``alpha / rank``); ``lora_train_a``: train LoRA's ``A`` factor too (Hu et al.;
-    federated, FedAvg of both factors is then not the mean of the updates), by default
-    FFA-LoRA: ``A`` frozen at a fixed random draw, only ``B`` trained and sent;
-    ``output_rank``: the rank of ``output-lowrank``'s adapters; ``last_layers``: blocks per
-    tower that ``last-layers`` trains; ``whiten``: a public image dataset whose backbone
-    features precondition the image output adapter (methods with a linear one: ``output``,
-    ``dga``, ``lga``, ``linear-probe``; see :mod:`fedgray.adapters.whitening`), none by default;
-    ``text_subspace``: with ``whiten``, confine that adapter's correction to the leading
-    directions of the public dataset's caption features (this many);
-    ``craft``: CraFT's settings.
+    prompt_tokens: int = field(default=2, metadata=positive())
+
+
+@dataclass
+class LoraConfig:
+    """LoRA (method ``lora``): ``rank`` and scale (``alpha / rank``) of the factors;
+    ``train_a``: train the ``A`` factor too (Hu et al.; federated, FedAvg of both factors is
+    then not the mean of the updates), by default FFA-LoRA: ``A`` frozen at a fixed random
+    draw, only ``B`` trained and sent."""
+
+    rank: int = field(default=4, metadata=positive())
+    alpha: float = field(default=8.0, metadata=positive())
+    train_a: bool = False
+
+
+@dataclass
+class LowRankOutputConfig:
+    """Method ``output-lowrank``: the ``rank`` of its residual output adapters."""
+
+    rank: int = field(default=8, metadata=positive())
+
+
+@dataclass
+class LastLayersConfig:
+    """Method ``last-layers``: the ``blocks`` per tower it trains (the last ones)."""
+
+    blocks: int = field(default=1, metadata=positive())
+
+
+@dataclass
+class MethodConfig:
+    """What is trained: see ``fedgray.adapters.METHODS``. A method's own options are in its
+    section (``lga``, ``lora``, ``output_lowrank``, ``last_layers``, ``craft``); the keys
+    here apply to several methods.
+
+    ``input_lr_scale``: the input adapters' learning rate as a multiple of ``train.lr``
+    (methods with input adapters: ``dga``, ``lga``); ``whiten``: a public image dataset
+    whose backbone features precondition the image output adapter (methods with a linear
+    one: ``output``, ``dga``, ``lga``, ``linear-probe``; see
+    :mod:`fedgray.adapters.whitening`), none by default; ``text_subspace``: with ``whiten``,
+    confine that adapter's correction to the leading directions of the public dataset's
+    caption features (this many).
     """
 
-    name: str = field(default="dga", metadata=registered("method", _methods))
-    prompt_tokens: int = field(default=2, metadata=positive())
+    name: str = field(default="dga", metadata=registered("method"))
     input_lr_scale: float = field(default=1.0, metadata=positive())
-    lora_rank: int = field(default=4, metadata=positive())
-    lora_alpha: float = field(default=8.0, metadata=positive())
-    lora_train_a: bool = False
-    output_rank: int = field(default=8, metadata=positive())
-    last_layers: int = field(default=1, metadata=positive())
-    whiten: str | None = field(default=None, metadata=registered("dataset", _datasets))
+    whiten: str | None = field(default=None, metadata=registered("dataset"))
     text_subspace: int | None = field(default=None, metadata=positive())
+    lga: LgaConfig = field(default_factory=LgaConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    output_lowrank: LowRankOutputConfig = field(default_factory=LowRankOutputConfig)
+    last_layers: LastLayersConfig = field(default_factory=LastLayersConfig)
     craft: CraftConfig = field(default_factory=CraftConfig)
 
 
@@ -322,28 +309,22 @@ class TrainConfig:
     ``float32``, ``bfloat16``) the autocast of forward passes (see :mod:`fedgray.devices`).
     """
 
-    task: str = field(default="retrieval", metadata=registered("task", _tasks))
+    task: str = field(default="retrieval", metadata=registered("task"))
     steps: int = field(default=600, metadata=positive())
     batch_size: int = field(default=64, metadata=positive())
     lr: float = field(default=3e-3, metadata=positive())
-    schedule: str = field(default="cosine", metadata=registered("schedule", _schedules))
-    optimizer: str = field(default="adamw", metadata=registered("optimizer", _optimizers))
+    schedule: str = field(default="cosine", metadata=registered("schedule"))
+    optimizer: str = field(default="adamw", metadata=registered("optimizer"))
     weight_decay: float = field(default=0.0, metadata=check(lambda v: v >= 0, "must be >= 0"))
     eval_every: int = field(default=100, metadata=positive())
     seed: int = field(default=0, metadata=random_seed())
     threads: int | None = field(default=None, metadata=positive())
-    device: str = field(default="auto", metadata=registered("device", _devices))
-    precision: str = field(default="auto", metadata=registered("precision", _precisions))
+    device: str = field(default="auto", metadata=registered("device"))
+    precision: str = field(default="auto", metadata=registered("precision"))
 
 
 def _folder_name(name: str) -> bool:
     return name not in ("", ".", "..") and "/" not in name and os.sep not in name
-
-
-def _trackers() -> Collection[str]:
-    from fedgray.tracking import TRACKERS
-
-    return TRACKERS
 
 
 @dataclass
@@ -357,28 +338,7 @@ class OutputConfig:
         default=None,
         metadata=check(_folder_name, "must be one folder name (no '/', not '.' or '..')"),
     )
-    track: list[str] = field(default_factory=list, metadata=registered("tracking sink", _trackers))
-
-    def __post_init__(self) -> None:
-        from fedgray.tracking import check_installed
-
-        check_installed(self.track)
-
-
-def _strategy_options(strategy: str, options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` checked against the options strategy ``strategy``'s constructor takes
-    (names and types), so that a wrong one is refused before a run starts."""
-    from strategies.registry import strategy_options
-
-    known = strategy_options(strategy)
-    checked = {}
-    for key, value in options.items():
-        where = f"federation.strategy_options.{cut(str(key))}"
-        if key not in known:
-            choices = ", ".join(known) or "none"
-            raise ConfigError(f"{where}: not an option of {strategy} (its options: {choices})")
-        checked[key] = coerce(value, known[key], where)
-    return checked
+    track: list[str] = field(default_factory=list, metadata=registered("tracking sink"))
 
 
 @dataclass
@@ -398,11 +358,11 @@ class FederationConfig:
     num_sites: int = field(default=8, metadata=positive())
     num_rounds: int = field(default=5, metadata=positive())
     local_steps: int = field(default=20, metadata=positive())
-    partitioner: str = field(default="iid", metadata=registered("partitioner", _partitioners))
+    partitioner: str = field(default="iid", metadata=registered("partitioner"))
     alpha: float = field(default=0.5, metadata=positive())
-    domains: list[str] = field(default_factory=list, metadata=registered("dataset", _datasets))
+    domains: list[str] = field(default_factory=list, metadata=registered("dataset"))
     holdout: float = field(default=0.2, metadata=check(lambda v: 0 < v < 1, "must be in (0, 1)"))
-    strategy: str = field(default="fedavg", metadata=registered("strategy", _strategies))
+    strategy: str = field(default="fedavg", metadata=registered("strategy"))
     strategy_options: dict[str, Any] = field(default_factory=dict)
     personal: list[str] = field(default_factory=list)
     fraction_train: float = field(default=1.0, metadata=check(lambda v: 0 < v <= 1, "in (0, 1]"))
@@ -413,23 +373,16 @@ class FederationConfig:
     actors: int = field(default=1, metadata=positive())
     round_timeout: float = field(default=600.0, metadata=positive())
     seed: int = field(default=0, metadata=random_seed())
-    compression: str = field(default="none", metadata=registered("compression", _compressions))
+    compression: str = field(default="none", metadata=registered("compression"))
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
-    select: str = field(default="last", metadata=registered("selection", _selections))
-    select_on: str = "sites"  # checked in __post_init__, so that 'test' gets its own reason
+    select: str = field(default="last", metadata=registered("selection"))
+    select_on: str = field(default="sites", metadata=registered("selection split"))
 
     def __post_init__(self) -> None:
-        if self.strategy_options:  # (none: no need to import Flower's strategies)
-            self.strategy_options = _strategy_options(self.strategy, self.strategy_options)
         if self.select_on == "test":
             raise ConfigError(
                 "federation.select_on: 'test' would choose the adapters on the split that "
                 "reports them; choose on 'validation' (or 'sites')"
-            )
-        if self.select_on not in _select_on():
-            raise ConfigError(
-                f"federation.select_on: unknown selection split {self.select_on!r} "
-                f"(known: {', '.join(_select_on())})"
             )
         if self.select == "best" and self.select_on == "sites" and not self.fraction_evaluate:
             raise ConfigError(
@@ -446,7 +399,7 @@ class PrivacyConfig:
     ``federation.num_rounds * federation.local_steps`` steps, at ``delta``). A site whose
     next round would take its epsilon above ``epsilon_budget`` does not train; with
     ``on_budget: stop`` the run then stops. ``central``: site-level DP on the aggregate
-    (independent of ``enabled``; see :class:`~fedgray.config_secure.CentralPrivacyConfig`).
+    (independent of ``enabled``; see :class:`CentralPrivacyConfig`).
     ``secure_mode``: Opacus' secure mode, noise and sampling from a cryptographically secure
     generator (needs ``torchcsprng``); off, they come from torch's seeded generators, which
     repeat a run exactly but are not secure (see :mod:`fedgray.privacy.randomness`).
@@ -473,13 +426,13 @@ class PrivacyConfig:
     target_epsilon: float | None = field(default=None, metadata=positive())
     max_grad_norm: float = field(default=1.0, metadata=positive())
     delta: float = field(default=1e-5, metadata=check(lambda v: 0 < v < 1, "in (0, 1)"))
-    accountant: str = field(default="rdp", metadata=registered("accountant", _accountants))
+    accountant: str = field(default="rdp", metadata=registered("accountant"))
     epsilon_budget: float | None = field(default=None, metadata=positive())
     on_budget: str = field(default="skip", metadata=one_of("skip", "stop"))
     poisson: bool = True
     secure_mode: bool = False
     cache_features: bool = False
-    objective: str = field(default="frozen-text", metadata=registered("objective", _objectives))
+    objective: str = field(default="frozen-text", metadata=registered("objective"))
     loss_scale: float | None = field(default=None, metadata=positive())
     audit: bool = False
     audit_canaries: int = field(default=1000, metadata=positive())
@@ -521,12 +474,41 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def __post_init__(self) -> None:
-        check_secure_and_central(self)
+        self._check_secure_and_central()
         if self.privacy.audit and self.federation.fraction_train < 1:
             raise ConfigError(
                 "privacy.audit: the audited site must train in every round: set "
                 f"federation.fraction_train: 1 (got {self.federation.fraction_train:g})"
             )
+
+    def _check_secure_and_central(self) -> None:
+        """Cross-section checks of SecAgg+ and central DP (those a strategy's flags decide
+        are the resolver's, :func:`fedgray.resolver.resolve`)."""
+        fed, central = self.federation, self.privacy.central
+        secure = fed.secure_aggregation
+        if secure.enabled:
+            if fed.compression != "none":
+                raise ConfigError(
+                    "federation.compression: SecAgg+ quantises the sum itself; use one or the other"
+                )
+            sampled = sampled_sites(fed.num_sites, fed.fraction_train)
+            if secure.num_shares > sampled:
+                raise ConfigError(
+                    f"federation.secure_aggregation.num_shares: at most the {sampled} sites "
+                    f"sampled per round, got {secure.num_shares}"
+                )
+        if central.enabled:
+            if fed.compression != "none":
+                raise ConfigError(
+                    "federation.compression: central DP bounds each update by clipping it; a "
+                    "quantised update with error feedback can leave that bound"
+                )
+            if secure.enabled and secure.clipping_range < central.clipping_norm:
+                raise ConfigError(
+                    "federation.secure_aggregation.clipping_range: must be >= "
+                    f"privacy.central.clipping_norm ({central.clipping_norm}) so that SecAgg+ "
+                    f"never clips a clipped update, got {secure.clipping_range}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, as saved in a run folder."""
@@ -546,23 +528,67 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Build and validate a :class:`Config` from a dict plus ``key=value`` overrides."""
+MOVED_KEYS = {
+    "method.prompt_tokens": "method.lga.prompt_tokens",
+    "method.lora_rank": "method.lora.rank",
+    "method.lora_alpha": "method.lora.alpha",
+    "method.lora_train_a": "method.lora.train_a",
+    "method.output_rank": "method.output_lowrank.rank",
+    "method.last_layers": "method.last_layers.blocks",
+}
+"""Keys that moved into their method's own section: old key -> new key."""
+
+
+def _refuse_moved(data: dict[str, Any]) -> None:
+    """One line naming the new key for a key of :data:`MOVED_KEYS` given the old way (a
+    plain value where a section now is)."""
+    for old, new in MOVED_KEYS.items():
+        section, _, key = old.rpartition(".")
+        parent = get_dotted(data, section)
+        if isinstance(parent, dict) and key in parent and not isinstance(parent[key], dict):
+            raise ConfigError(f"{old}: moved to {new}")
+
+
+def parse_config(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a :class:`Config` from a dict plus ``key=value`` overrides, checking types,
+    ranges and cross-field rules; the names it gives registries are checked by
+    :func:`fedgray.resolver.resolve`, which every run goes through."""
     merged = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     for text in overrides:
         set_dotted(merged, *parse_override(text))
+    _refuse_moved(merged)
     return build(Config, merged)
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load a YAML config file (or the defaults when ``path`` is None) and apply overrides."""
+def read_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config file (or the defaults when ``path`` is None) and apply overrides,
+    as :func:`parse_config` does (names unchecked: :func:`fedgray.resolver.load_config`)."""
     data: Any = {}
     if path is not None:
         path = Path(path)
         data = read_yaml(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return config_from_dict(data, overrides)
+    return parse_config(data, overrides)
+
+
+def to_document(config: Config) -> str:
+    """``config`` as one JSON document, whole and typed (lists, None and every section as
+    they are): the form a config crosses a process boundary in (Flower's run config), read
+    back by :func:`parse_document` to an equal Config."""
+    return json.dumps(config.to_dict(), separators=(",", ":"))
+
+
+def parse_document(text: str) -> Config:
+    """The Config of a :func:`to_document` document, checked as a YAML config is (names:
+    :func:`fedgray.resolver.resolve_document`)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"document: not a config document ({error.msg})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"document: expected a mapping of sections, got {shown(data)}")
+    return parse_config(data)
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -1,7 +1,7 @@
 """The configuration reference, rendered from the config dataclasses themselves.
 
 The docs site inserts this Markdown at build time (``mkdocs_hooks.py``), so the reference
-lists exactly the keys, types, defaults and checks that :func:`fedgray.config.load_config`
+lists exactly the keys, types, defaults and checks that :func:`fedgray.resolver.load_config`
 enforces and cannot drift from them.
 """
 
@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from fedgray.config import Config
+from fedgray.resolver import REGISTRIES
 
 _SPHINX_ROLE = re.compile(r":(?:mod|class|func|meth|attr):`~?")
 
@@ -46,8 +47,8 @@ def _default_text(field: dataclasses.Field[Any]) -> str:
 
 def _rule_text(field: dataclasses.Field[Any]) -> str:
     if "registry" in field.metadata:
-        what, known = field.metadata["registry"]
-        return f"a known {what}: " + ", ".join(f"`{name}`" for name in known())
+        what = field.metadata["registry"]
+        return f"a known {what}: " + ", ".join(f"`{name}`" for name in REGISTRIES[what]())
     if "check" in field.metadata:
         return str(field.metadata["check"][1])
     return ""

@@ -11,7 +11,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -59,22 +59,12 @@ def one_of(*choices: Any) -> dict[str, Any]:
     return check(lambda v: v in choices, f"must be one of {', '.join(map(str, choices))}")
 
 
-def registered(what: str, known: Callable[[], Collection[str]]) -> dict[str, Any]:
-    """Field metadata requiring a name that ``known()`` lists: the registry itself, looked up
-    when a config is built (lazily, so that registries may import this module's users).
-
-    ``known()`` may also hold patterns ending in ``<...>`` (e.g. ``folder:<path>``): a value
-    with that prefix is accepted.
-    """
-    return {"registry": (what, known)}
-
-
-def _check_registered(value: Any, what: str, known: Collection[str], where: str) -> None:
-    values = value if isinstance(value, (list, tuple)) else [value]
-    prefixes = tuple(k[: k.index("<")] for k in known if k.endswith(">") and "<" in k)
-    for item in values:
-        if item not in known and not (prefixes and str(item).startswith(prefixes)):
-            raise ConfigError(f"{where}: unknown {what} {shown(item)} (known: {', '.join(known)})")
+def registered(registry: str) -> dict[str, Any]:
+    """Field metadata of a value that names entries of registry ``registry`` (its key in
+    :data:`fedgray.resolver.REGISTRIES`, also the noun its messages use). The schema cannot
+    check such a name: the registries sit above it. :func:`fedgray.resolver.resolve` does,
+    for every config a run uses."""
+    return {"registry": registry}
 
 
 def _type_name(tp: Any) -> str:
@@ -141,9 +131,6 @@ def build(cls: type[T], data: Mapping[str, Any], *, where: str = "") -> T:
     for name, value in data.items():
         path = f"{prefix}{name}"
         values[name] = coerce(value, hints[name], path)
-        if "registry" in fields[name].metadata and values[name] is not None:
-            what, known = fields[name].metadata["registry"]
-            _check_registered(values[name], what, list(known()), path)
         predicate, requirement = fields[name].metadata.get("check", (None, ""))
         if predicate is not None and values[name] is not None and not predicate(values[name]):
             raise ConfigError(f"{path}: {requirement}, got {shown(values[name])}")

@@ -25,7 +25,7 @@ import yaml
 
 from fedgray.privacy.grid import selection_cost, split_budget
 from fedgray.privacy.ledger import Ledger
-from fedgray.sweep import Echo, Point, run_point
+from fedgray.sweep_point import Echo, Point, run_point
 
 Grid = Sequence[tuple[str, list[str]]]  # (dotted key, its values as YAML text)
 

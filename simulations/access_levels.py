@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from fedgray.adapt import adapt
-from fedgray.config import Config, load_config
+from fedgray.config import Config
+from fedgray.resolver import load_config
 from simulations.compare_methods import CONFIG, write_tables
 
 DOMAINS = ("world/sketch", "world/inverted", "world/noisy", "digits")

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fedgray.audit import AuditOptions, AuditResult, audit
-from fedgray.config import load_config
+from fedgray.resolver import load_config
 from simulations.planted_bugs import BUGS, Setter, planted, shuffling
 from simulations.tables import write_results
 

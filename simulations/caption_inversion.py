@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from fedgray.adapters import AdaptedCLIP, build_model
-from fedgray.config import load_config
 from fedgray.privacy.features import CachedImageHead, backbone_features
 from fedgray.privacy.inversion import invert_linear
+from fedgray.resolver import load_config
 from fedgray.site import load_task_data, open_backbone
 from fedgray.tasks import TaskData
 from simulations.tables import write_results

@@ -14,7 +14,7 @@ import csv
 from pathlib import Path
 
 from fedgray.adapt import adapt
-from fedgray.config import load_config
+from fedgray.resolver import load_config
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "adapt_sketch.yaml"
 # method -> (access level, learning rate); full fine-tuning needs a far smaller step.

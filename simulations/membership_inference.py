@@ -26,10 +26,11 @@ import torch
 from fedgray.adapt import seed_everything
 from fedgray.adapters import AdaptedCLIP, build_model
 from fedgray.backbone import Backbone
-from fedgray.config import Config, load_config
+from fedgray.config import Config
 from fedgray.privacy.canaries import per_sample_losses
 from fedgray.privacy.membership import ATTACKS, attack
 from fedgray.privacy.objectives import private_task
+from fedgray.resolver import load_config
 from fedgray.site import load_task_data, open_backbone
 from fedgray.tasks import TASKS, TaskData, evaluate
 from fedgray.train.schedule import Schedule

@@ -30,9 +30,10 @@ from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
 from fedgray.cli import EXPECTED_ERRORS
-from fedgray.config import Config, load_config
-from fedgray.fl.common.site_data import site_indices
+from fedgray.config import Config
+from fedgray.fl.common.site_partitions import site_indices
 from fedgray.fl.serverapp.checkpoint import CHECKPOINT, load_checkpoint
+from fedgray.resolver import load_config
 
 KINDS = ("rdp", "prv")
 History = list[tuple[float, float, int]]

@@ -30,10 +30,11 @@ import numpy as np
 import torch
 
 from fedgray.adapters import build_model
-from fedgray.config import Config, load_config
+from fedgray.config import Config
 from fedgray.privacy import plan_noise, private_task
 from fedgray.privacy.features import CachedImageHead, backbone_features
 from fedgray.privacy.inversion import best_cosine, invert_linear
+from fedgray.resolver import load_config
 from fedgray.site import load_task_data, open_backbone
 from fedgray.tasks import TaskData
 from simulations.tables import write_results

@@ -21,7 +21,7 @@ from flwr.serverapp.strategy import (
     MultiKrum,
 )
 
-from fedgray.config_secure import min_trained_sites
+from fedgray.config import min_trained_sites
 from strategies.guard import guarded
 
 

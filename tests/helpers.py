@@ -27,16 +27,17 @@ from fedgray.adapters import AdaptedCLIP, build_model
 from fedgray.backbone import Backbone, SealedBackbone, SealedError
 from fedgray.backbone.loading import open_clip_module
 from fedgray.cli import main
-from fedgray.config import Config, MethodConfig, PretrainConfig, load_config
+from fedgray.config import Config, MethodConfig, PretrainConfig
 from fedgray.fl.clientapp import secagg as secagg_site
 from fedgray.fl.common.records import from_record
-from fedgray.fl.common.site_data import site_indices
+from fedgray.fl.common.site_partitions import site_indices
 from fedgray.fl.serverapp.app import make_server_app
 from fedgray.fl.serverapp.checkpoint import load_checkpoint
 from fedgray.fl.serverapp.server import FederationResult, initial_adapters
 from fedgray.fl.simulation.local_grid import LocalGrid, run_local
 from fedgray.owner.keys import KeyFiles
 from fedgray.privacy import Ledger
+from fedgray.resolver import load_config
 from fedgray.tasks import Task, TaskData
 from tests.backbone.attacks import graph_tensors, ground_truth, leaked_weights
 

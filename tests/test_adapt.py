@@ -16,7 +16,7 @@ from fedgray.adapt import adapt
 from fedgray.adapters import build_model
 from fedgray.backbone import load_sealed
 from fedgray.cli import main
-from fedgray.config import load_config
+from fedgray.resolver import load_config
 from fedgray.runs import load_adapters
 from tests.helpers import TEST_RECIPE
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedgray.config import Config, load_config, save_config
+from fedgray.config import Config, save_config
 from fedgray.config_schema import ConfigError
+from fedgray.resolver import load_config
 from tests.helpers import MICRO, refused
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,3 +197,44 @@ def test_a_huge_config_or_value_is_refused_in_a_short_line(
     cut = f"'{'y' * 39}...(500,002 characters)"  # the repr's first 40 characters
     assert error == f"fedgray: error: train.steps: expected an integer, got {cut}"
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "overrides", "message"),
+    [
+        ("{}\n", ["method.lora_rank=2"], "method.lora_rank: moved to method.lora.rank"),
+        (
+            "method:\n  prompt_tokens: 4\n",
+            [],
+            "method.prompt_tokens: moved to method.lga.prompt_tokens",
+        ),
+        (
+            "method:\n  last_layers: 2\n",
+            [],
+            "method.last_layers: moved to method.last_layers.blocks",
+        ),
+        (
+            "{}\n",
+            ["method.output_rank=4"],
+            "method.output_rank: moved to method.output_lowrank.rank",
+        ),
+    ],
+)
+def test_a_method_option_given_the_old_way_names_its_new_key(
+    tmp_path: Path, yaml_text: str, overrides: list[str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, yaml_text), overrides)
+    assert str(caught.value) == message
+
+
+def test_each_method_reads_its_own_section(tmp_path: Path) -> None:
+    text = (
+        "method:\n  name: lora\n  lora:\n    rank: 2\n    train_a: true\n"
+        "  last_layers:\n    blocks: 3\n"
+    )
+    config = load_config(write(tmp_path, text), ["method.lga.prompt_tokens=5"])
+    method = config.method
+    assert (method.lora.rank, method.lora.alpha, method.lora.train_a) == (2, 8.0, True)
+    assert (method.last_layers.blocks, method.lga.prompt_tokens) == (3, 5)
+    assert method.output_lowrank.rank == 8

@@ -8,10 +8,10 @@ import pytest
 
 from fedgray.adapters import methods
 from fedgray.cli import main
-from fedgray.config import load_config
 from fedgray.config_schema import ConfigError
 from fedgray.data import partition
 from fedgray.privacy import ledger
+from fedgray.resolver import load_config
 from strategies import registry
 
 
@@ -77,3 +77,18 @@ def test_cli_stops_a_misspelt_method_at_load_in_one_line(
     assert err.startswith("fedgray: error: method.name: unknown method 'dgaa' (known: ")
     assert "\n" not in err and all(name in err for name in methods.METHODS)
     assert not list(tmp_path.glob("adapt*"))  # nothing ran, no run folder
+
+
+@pytest.mark.parametrize("command", ["pretrain", "seal"])
+def test_the_owners_commands_check_names_too(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = {
+        "pretrain": [],
+        "seal": ["--name", "fedgray-micro", "--pretrained", "none", "--signing-key", "k"]
+        + ["--content-key", "c", "--out", str(tmp_path / "a")],
+    }[command]
+    assert main([command, "--set", "method.name=dgaa", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedgray: error: method.name: unknown method 'dgaa' (known: ")
+    assert "\n" not in err and not (tmp_path / "a").exists()

@@ -15,8 +15,9 @@ import torch
 from fedgray.adapt import adapt
 from fedgray.adapters import build_model
 from fedgray.backbone import load_sealed
-from fedgray.config import Config, ConfigError, load_config
+from fedgray.config import Config, ConfigError
 from fedgray.devices import autocast, resolve_device
+from fedgray.resolver import load_config
 from fedgray.site import load_task_data, open_backbone
 from fedgray.train.local import batches
 from fedgray.train.schedule import Schedule

@@ -32,9 +32,11 @@ def imports(path: Path, *, lazy: bool = True) -> Iterator[str]:
 
 
 def violations(folder: str, forbidden: tuple[str, ...]) -> list[str]:
-    """``file: module`` for every import under ``folder`` of a module in ``forbidden``."""
+    """``file: module`` for every import under ``folder`` (a folder or one file) of a module
+    in ``forbidden``."""
     found = []
-    for path in sorted((ROOT / folder).rglob("*.py")):
+    top = ROOT / folder
+    for path in [top] if top.is_file() else sorted(top.rglob("*.py")):
         for name in imports(path):
             if any(name == f or name.startswith(f"{f}.") for f in forbidden):
                 found.append(f"{path.relative_to(ROOT)}: {name}")
@@ -49,9 +51,25 @@ ABOVE_BACKBONE = tuple(
     and (path.stem if path.suffix else path.name) not in (*BELOW_BACKBONE, "__init__")
 )
 """Every room and top-level module of the library but the backbone and what it builds on."""
-CONFIG = ("fedgray.config", "fedgray.config_schema", "fedgray.config_secure", "fedgray.config_yaml")
+SCHEMA = ("fedgray.config", "fedgray.config_schema", "fedgray.config_yaml")
+"""The configuration's schema: types, ranges and defaults, at the bottom of the library."""
+CONFIG = (*SCHEMA, "fedgray.resolver")
+ABOVE_SCHEMA = tuple(
+    f"fedgray.{path.stem if path.suffix else path.name}"
+    for path in (ROOT / "fedgray").iterdir()
+    if (path.suffix == ".py" or (path / "__init__.py").is_file())
+    and f"fedgray.{path.stem if path.suffix else path.name}" not in (*SCHEMA, "fedgray.__init__")
+)
+"""Every room and top-level module of the library but the schema."""
 
 RULES = {
+    **{
+        f"the schema imports nothing above it ({module})": (
+            f"{module.replace('.', '/')}.py",
+            (*ABOVE_SCHEMA, "strategies", "simulations"),
+        )
+        for module in SCHEMA
+    },
     "the backbone imports nothing above it": ("fedgray/backbone", ABOVE_BACKBONE),
     "the backbone never imports config": ("fedgray/backbone", CONFIG),
     "fl never imports deploy": ("fedgray/fl", ("fedgray.deploy",)),
@@ -95,12 +113,14 @@ def test_the_checker_sees_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         "import os\nfrom ..fl import client\n\ndef f():\n    from fedgray.adapters import x\n"
     )
     monkeypatch.setitem(globals(), "ROOT", tmp_path)
-    assert violations("fedgray/backbone", ABOVE_BACKBONE) == [
+    found = [
         "fedgray/backbone/bad.py: fedgray.adapters",
         "fedgray/backbone/bad.py: fedgray.adapters.x",
         "fedgray/backbone/bad.py: fedgray.fl",
         "fedgray/backbone/bad.py: fedgray.fl.client",
     ]
+    assert violations("fedgray/backbone", ABOVE_BACKBONE) == found
+    assert violations("fedgray/backbone/bad.py", ABOVE_BACKBONE) == found  # one file
 
 
 def module_graph(folders: tuple[str, ...] = ("fedgray", "strategies")) -> dict[str, set[str]]:
@@ -202,7 +222,7 @@ def test_a_site_process_loads_no_opacus_scikit_learn_or_transformers_until_used(
     where DP-SGD starts, the digits dataset is read or a Hugging Face tokenizer is built."""
     code = (
         "import sys; import fedgray.fl.clientapp.app, fedgray.fl.serverapp.app; "
-        "from fedgray.config import load_config; load_config(None, ['privacy.enabled=true', "
+        "from fedgray.resolver import load_config; load_config(None, ['privacy.enabled=true', "
         "'privacy.target_epsilon=8', 'data.dataset=digits']); "
         "from fedgray.backbone import load_sealed; load_sealed('fedgray-micro', None); "
         "print(sorted({m.split('.')[0] for m in sys.modules} & "
@@ -221,20 +241,12 @@ def room(module: str) -> str:
     return ".".join(parts[:depth])
 
 
-LAZY_NAME_CHECKS = ("fedgray.config", "fedgray.config_secure")
-"""Modules whose function-level imports the room picture leaves out: the config's name checks
-look names up in the registries above it, the one way back up that remains (a resolver
-above the registries is to run them)."""
 PACKAGES = ("fedgray", "fedgray.fl")
 """Packages that hold rooms and import none of them."""
 
 
-def room_graph(
-    folders: tuple[str, ...] = ("fedgray", "strategies"),
-    *,
-    exempt: tuple[str, ...] = LAZY_NAME_CHECKS,
-) -> dict[str, set[str]]:
-    """Which rooms each room imports, lazy imports included (but those of ``exempt``)."""
+def room_graph(folders: tuple[str, ...] = ("fedgray", "strategies")) -> dict[str, set[str]]:
+    """Which rooms each room imports, lazy imports included."""
     graph: dict[str, set[str]] = {}
     for folder in folders:
         for path in sorted((ROOT / folder).rglob("*.py")):
@@ -242,21 +254,18 @@ def room_graph(
             module = module.removesuffix(".__init__")
             source = room(module)
             targets = graph.setdefault(source, set())
-            for name in imports(path, lazy=module not in exempt):
+            for name in imports(path):
                 if name.split(".")[0] in folders and room(name) not in (source, *PACKAGES):
                     targets.add(room(name))
     return graph
 
 
-KNOWN_CIRCLES = [{"fedgray.sweep", "fedgray.sweep_grid"}]
-"""The sweep's recipe grid runs the sweep's points, and the sweep starts a grid lazily."""
-
-
 def test_no_import_circle_between_rooms_lazy_imports_included() -> None:
-    """Rooms stack: whatever one imports, at load or inside a function, never imports it
-    back (``fl`` and ``deploy`` below ``launch``'s processes, the owner above the seal)."""
-    found = [sorted(c) for c in cycles(room_graph()) if c not in KNOWN_CIRCLES]
-    assert found == []
+    """Rooms stack, with no exception: whatever one imports, at load or inside a function,
+    never imports it back, so every arrow runs down a floor (the schema at the bottom, the
+    resolver above the registries whose names it checks, ``launch``'s processes below
+    ``fl`` and ``deploy``, the owner above the seal)."""
+    assert [sorted(c) for c in cycles(room_graph())] == []
 
 
 def test_the_room_check_sees_a_lazy_circle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -264,5 +273,4 @@ def test_the_room_check_sees_a_lazy_circle(tmp_path: Path, monkeypatch: pytest.M
     (tmp_path / "fedgray" / "low.py").write_text("def f():\n    from fedgray.high import g\n")
     (tmp_path / "fedgray" / "high.py").write_text("from fedgray import low\n\ng = 1\n")
     monkeypatch.setitem(globals(), "ROOT", tmp_path)
-    assert cycles(room_graph(("fedgray",), exempt=())) == [{"fedgray.low", "fedgray.high"}]
-    assert cycles(room_graph(("fedgray",), exempt=("fedgray.low",))) == []
+    assert cycles(room_graph(("fedgray",))) == [{"fedgray.low", "fedgray.high"}]

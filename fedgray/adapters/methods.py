@@ -55,7 +55,7 @@ def _output_scale(backbone: Backbone, _: MethodConfig) -> AdaptedCLIP:
 
 
 def _output_lowrank(backbone: Backbone, options: MethodConfig) -> AdaptedCLIP:
-    dim, rank = backbone.interface.embed_dim, options.output_rank
+    dim, rank = backbone.interface.embed_dim, options.output_lowrank.rank
     return AdaptedCLIP(
         backbone,
         image_out=LowRankOutputAdapter(dim, rank),
@@ -78,7 +78,7 @@ def _lga(backbone: Backbone, options: MethodConfig) -> AdaptedCLIP:
     model = _dga(backbone, options)
     # Towers without transformer blocks (ResNet, convnext) publish no entry point: DGA there.
     prompts = {
-        p.tower: DeepPrompts(layers=p.layers, width=p.width, count=options.prompt_tokens)
+        p.tower: DeepPrompts(layers=p.layers, width=p.width, count=options.lga.prompt_tokens)
         for p in backbone.interface.entry_points
     }
     if not prompts:
@@ -97,15 +97,17 @@ def _craft(backbone: Backbone, options: MethodConfig) -> AdaptedCLIP:
 def _lora(backbone: Backbone, options: MethodConfig) -> AdaptedCLIP:
     factors = attach_lora(
         backbone.module,
-        rank=options.lora_rank,
-        alpha=options.lora_alpha,
-        train_down=options.lora_train_a,
+        rank=options.lora.rank,
+        alpha=options.lora.alpha,
+        train_down=options.lora.train_a,
     )
     return AdaptedCLIP(backbone, white_module=factors)
 
 
 def _last_layers(backbone: Backbone, options: MethodConfig) -> AdaptedCLIP:
-    return AdaptedCLIP(backbone, white_module=last_blocks(backbone.module, options.last_layers))
+    return AdaptedCLIP(
+        backbone, white_module=last_blocks(backbone.module, options.last_layers.blocks)
+    )
 
 
 def _full(backbone: Backbone, _: MethodConfig) -> AdaptedCLIP:
@@ -134,7 +136,7 @@ METHODS: dict[str, Method] = {
         Method(
             "output-lowrank",
             AccessLevel.GRAY,
-            "rank-method.output_rank residual output adapters (for DP)",
+            "rank-method.output_lowrank.rank residual output adapters (for DP)",
             _output_lowrank,
         ),
         Method("dga", AccessLevel.GRAY, "DGA: input + output adapters (gray-box)", _dga),
@@ -149,7 +151,7 @@ METHODS: dict[str, Method] = {
         Method(
             "last-layers",
             AccessLevel.WHITE,
-            "fine-tune the last method.last_layers blocks of each tower",
+            "fine-tune the last method.last_layers.blocks blocks of each tower",
             _last_layers,
         ),
         Method("full", AccessLevel.WHITE, "full fine-tuning (white-box baseline)", _full),
@@ -177,7 +179,7 @@ def build_model(
     """
     options = method if isinstance(method, MethodConfig) else MethodConfig(name=method)
     if prompt_tokens is not None:
-        options = replace(options, prompt_tokens=prompt_tokens)
+        options = replace(options, lga=replace(options.lga, prompt_tokens=prompt_tokens))
     spec = method_spec(options.name)
     if backbone.level.rank < spec.level.rank:
         raise SealedError(

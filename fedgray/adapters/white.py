@@ -125,7 +125,8 @@ def last_blocks(model: nn.Module, count: int) -> nn.ModuleList:
     for blocks in towers(model):
         if not 1 <= count <= len(blocks):
             raise ValueError(
-                f"method.last_layers must be in 1..{len(blocks)} for this backbone, got {count}"
+                f"method.last_layers.blocks must be in 1..{len(blocks)} for this backbone, "
+                f"got {count}"
             )
         selected.extend(blocks[-count:])
     return selected.requires_grad_(True)

@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from fedgray.config import Config, load_config
+from fedgray.config import Config
+from fedgray.resolver import load_config
 
 from .sections import SITE_MODEL, Figure, Sizes
 
@@ -68,7 +69,7 @@ def _plain_round(config: Config, rnd: int) -> float:
     """Seconds of every site's local training of round ``rnd``, called directly."""
     from fedgray.fl.clientapp.client import round_seed
     from fedgray.fl.common.cache import shared_backbone
-    from fedgray.fl.common.site_data import site_data
+    from fedgray.fl.common.site_partitions import site_data
     from fedgray.train.gradient import start, train_round
     from fedgray.train.kinds import SiteRound
 

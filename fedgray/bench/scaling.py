@@ -27,11 +27,11 @@ def measure(model: str, sites: int, root: str) -> dict[str, Any]:
     os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
     from flwr.app import Context, RecordDict
 
-    from fedgray.config import load_config
     from fedgray.fl.clientapp.app import make_client_app
     from fedgray.fl.common.cache import shared_backbone
     from fedgray.fl.serverapp.app import make_server_app
     from fedgray.fl.simulation.local_grid import LocalGrid
+    from fedgray.resolver import load_config
 
     config = load_config(
         None,

@@ -24,12 +24,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fedgray.config import Config, load_config
+from fedgray.config import Config
 from fedgray.deploy.credentials import create_credentials
 from fedgray.deploy.demo import demo_config, flwr_run, start_federation
 from fedgray.deploy.site_data import seal_backbone, write_site_data
 from fedgray.fl.simulation.local_grid import run_local
 from fedgray.launch.processes import supervised
+from fedgray.resolver import load_config
 
 Echo = Callable[[str], None]
 Records = list[dict[str, Any]]

@@ -127,7 +127,7 @@ class Generation:
 
 
 @dataclass(frozen=True)
-class Selection:
+class BestGeneration:
     """The best generation so far on the held-out split (0: the start), and what it was."""
 
     generation: int
@@ -174,7 +174,7 @@ class Craft:
             raise ValueError("CraFT needs the model that method 'craft' builds")
         self.model, self.prompt = model, model.text_in
         self.train, self.validation = hold_out(train, options.validation, seed=seed)
-        self.selected: Selection | None = None
+        self.selected: BestGeneration | None = None
         self.initial: dict[str, torch.Tensor] | None = None  # the refiner as the run started
         self.options, self.scale, self.batch_size = options, scale, batch_size
         self.refiner = PredictionRefiner(train.num_classes, hidden=options.hidden)
@@ -286,7 +286,7 @@ class Craft:
             scores.append(accuracy)
             if self.selected is None or self.selected.beaten_by(accuracy, loss):
                 point, features = self.prompt.point.clone(), self.text_features
-                self.selected = Selection(index, accuracy, loss, point, refiner, features)
+                self.selected = BestGeneration(index, accuracy, loss, point, refiner, features)
         self.refiner.load_state_dict(current)
         return scores[0]
 

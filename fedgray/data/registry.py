@@ -1,5 +1,5 @@
-"""Load any fedgray dataset by name: ``world/<domain>``, ``digits``, ``mnist``,
-``fashion-mnist``, ``animal-mnist`` or ``folder:<path>``.
+"""Load any fedgray dataset by name: a row of :data:`DATASET_ROWS`, or ``folder:<path>``
+(:data:`DATASETS` lists them).
 
 Every dataset offers three splits (:data:`~fedgray.data.sets.SPLITS`): ``train``,
 ``validation`` (drawn from the training pool, never from test) and ``test``, each
@@ -33,14 +33,19 @@ Counter = Callable[..., int | None]  # (split=, seed=, root=) -> samples, None: 
 
 @dataclass(frozen=True)
 class Dataset:
-    """How to load a named dataset's split, and how to count it without loading images
-    (what a run checks before it starts)."""
+    """A named dataset's row: how to load a split, and how to count it without loading
+    images (what a run checks before it starts). Each kind of dataset has its row maker
+    (:func:`rendered`, :func:`whole`, :func:`indexed`, :func:`_folder`), so adding a
+    dataset is its module plus one row of :data:`DATASET_ROWS`."""
 
     load: Loader  # (split=, size=, seed=, root=, **options) -> ImageTextSet
     count: Counter
 
 
-def _world(domain: str) -> Dataset:
+def rendered(domain: str) -> Dataset:
+    """A built-in world domain, rendered on demand: any number of samples, disjoint scene
+    ranges per split."""
+
     def load(
         *, split: str, size: int | None, seed: int, root: str | None, **options: Any
     ) -> ImageTextSet:
@@ -50,21 +55,24 @@ def _world(domain: str) -> Dataset:
     return Dataset(load=load, count=lambda **_: None)
 
 
-def _digits(
-    *, split: str, size: int | None, seed: int, root: str | None, **options: Any
-) -> ImageTextSet:
-    return _head(load_digits_set(split=split, seed=seed, **options), size)
+def whole(load_set: Callable[..., ImageTextSet]) -> Dataset:
+    """A small set loaded whole (``load_set(split=, seed=, **options)``) and cut to its
+    first ``size`` samples; counted by loading it."""
+
+    def load(
+        *, split: str, size: int | None, seed: int, root: str | None, **options: Any
+    ) -> ImageTextSet:
+        return _head(load_set(split=split, seed=seed, **options), size)
+
+    def count(*, split: str, seed: int, root: str | None) -> int:
+        return len(load(split=split, size=None, seed=seed, root=root))
+
+    return Dataset(load=load, count=count)
 
 
-def _mnist(
-    *, split: str, size: int | None, seed: int, root: str | None, **options: Any
-) -> ImageTextSet:
-    return _head(load_mnist_set(split=split, seed=seed, **options), size)
-
-
-def _indexed(load: Loader, indices: Callable[..., tuple[Any, Any, Any]], name: str) -> Dataset:
+def indexed(load: Loader, indices: Callable[..., tuple[Any, Any, Any]], name: str) -> Dataset:
     """A pool-backed set that builds only the samples asked for (Fashion-MNIST's training
-    split is 54,000 images)."""
+    split is 54,000 images), counted from its index without building images."""
 
     def count(*, split: str, seed: int, root: str | None) -> int:
         return len(indices(split=split, seed=seed, root=root)[2])
@@ -102,20 +110,13 @@ def _head(dataset: ImageTextSet, size: int | None) -> ImageTextSet:
     return dataset.subset(range(size))
 
 
-def _counted(load: Loader) -> Counter:
-    def count(*, split: str, seed: int, root: str | None) -> int:
-        return len(load(split=split, size=None, seed=seed, root=root))
-
-    return count
-
-
-_DATASETS: dict[str, Dataset] = {f"world/{d}": _world(d) for d in DOMAINS} | {
-    "digits": Dataset(load=_digits, count=_counted(_digits)),
-    "mnist": Dataset(load=_mnist, count=_counted(_mnist)),
-    "fashion-mnist": _indexed(load_fashion_set, fashion_indices, "fashion-mnist"),
-    "animal-mnist": _indexed(load_animal_set, animal_indices, "animal-mnist"),
+DATASET_ROWS: dict[str, Dataset] = {f"world/{d}": rendered(d) for d in DOMAINS} | {
+    "digits": whole(load_digits_set),
+    "mnist": whole(load_mnist_set),
+    "fashion-mnist": indexed(load_fashion_set, fashion_indices, "fashion-mnist"),
+    "animal-mnist": indexed(load_animal_set, animal_indices, "animal-mnist"),
 }
-DATASETS = (*_DATASETS, f"{FOLDER_PREFIX}<path>")
+DATASETS = (*DATASET_ROWS, f"{FOLDER_PREFIX}<path>")
 
 
 def _entry(name: str, split: str) -> Dataset:
@@ -123,9 +124,9 @@ def _entry(name: str, split: str) -> Dataset:
         raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
     if name.startswith(FOLDER_PREFIX):
         return _folder(name.removeprefix(FOLDER_PREFIX))
-    if name not in _DATASETS:
+    if name not in DATASET_ROWS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    return _DATASETS[name]
+    return DATASET_ROWS[name]
 
 
 def available(name: str, *, split: str, seed: int = 0, root: str | None = None) -> int | None:

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedgray.config import load_config
 from fedgray.deploy.credentials import create_credentials, read_credentials
 from fedgray.launch.commands import SuperLinkOptions, SuperNodeOptions
 from fedgray.launch.processes import free_port, supervised
+from fedgray.resolver import load_config
 
 DEFAULT_PORT = 9092
 DEMO_DEFAULTS = [

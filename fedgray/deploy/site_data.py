@@ -21,7 +21,7 @@ from fedgray.data.folder import CAPTIONS_FILE
 from fedgray.data.registry import load_dataset
 from fedgray.data.sets import ImageTextSet
 from fedgray.fl.clientapp.node_config import TRAIN_SPLIT
-from fedgray.fl.common.site_data import site_indices, site_pool
+from fedgray.fl.common.site_partitions import site_indices, site_pool
 
 
 def write_folder_set(dataset: ImageTextSet, root: Path) -> Path:

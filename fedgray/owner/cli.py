@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fedgray.backbone.access import AccessLevel
 from fedgray.backbone.loading import BUILTIN_TAG
-from fedgray.config import load_config
+from fedgray.config import Config
+
+LoadConfig = Callable[[str | Path | None, list[str]], Config]
+"""How the ``fedgray`` command loads a config (:func:`fedgray.resolver.load_config`): the
+owner's room sits below the resolver (a site opens the owner's built-in backbone), so the
+command hands it down."""
 
 
-def _cmd_pretrain(args: argparse.Namespace) -> None:
+def _cmd_pretrain(args: argparse.Namespace, *, load: LoadConfig) -> None:
     from fedgray.owner.pretrain import builtin_checkpoint, pretrain
 
-    config = load_config(args.config, args.overrides)
+    config = load(args.config, args.overrides)
     name, recipe = config.backbone.name, config.pretrain
     build = pretrain if args.force else builtin_checkpoint
     print(f"checkpoint: {build(name, recipe, progress=not args.quiet)}")
@@ -29,7 +36,7 @@ def _cmd_keys(args: argparse.Namespace) -> None:
     print(f"content key (the runtime):  {files.content_key}")
 
 
-def _cmd_seal(args: argparse.Namespace) -> None:
+def _cmd_seal(args: argparse.Namespace, *, load: LoadConfig) -> None:
     import torch
 
     from fedgray.backbone.keys import read_content_key, read_signing_key
@@ -37,7 +44,7 @@ def _cmd_seal(args: argparse.Namespace) -> None:
     from fedgray.owner.pretrain import resolve_pretrained
     from fedgray.owner.seal import seal
 
-    config = load_config(args.config, args.overrides)
+    config = load(args.config, args.overrides)
     signing_key = read_signing_key(args.signing_key)
     content_key = read_content_key(args.content_key)
     pretrained = None if args.pretrained.lower() == "none" else args.pretrained
@@ -68,8 +75,11 @@ def _cmd_revoke(args: argparse.Namespace) -> None:
     print(f"revoked {len(set(args.ids))} artifact(s) in {args.out} (serial {serial})")
 
 
-def add_owner_parsers(commands: Any, config_arguments: Callable[..., None]) -> None:
-    """Add the owner's four commands to the ``fedgray`` command's subparsers."""
+def add_owner_parsers(
+    commands: Any, config_arguments: Callable[..., None], *, load: LoadConfig
+) -> None:
+    """Add the owner's four commands to the ``fedgray`` command's subparsers; ``load`` reads
+    the config of ``pretrain`` and ``seal``, names checked."""
     pretrain = commands.add_parser(
         "pretrain",
         help="pretrain (or locate) the built-in owner's backbone",
@@ -78,7 +88,7 @@ def add_owner_parsers(commands: Any, config_arguments: Callable[..., None]) -> N
     )
     config_arguments(pretrain, required=False)
     pretrain.add_argument("--force", action="store_true", help="retrain even if cached")
-    pretrain.set_defaults(handler=_cmd_pretrain)
+    pretrain.set_defaults(handler=functools.partial(_cmd_pretrain, load=load))
     keys = commands.add_parser(
         "keys",
         help="create the model owner's signing key pair and content key",
@@ -135,7 +145,7 @@ def add_owner_parsers(commands: Any, config_arguments: Callable[..., None]) -> N
         metavar="FILE",
         help="also write this artifact's own key (opens it and no other artifact) to FILE",
     )
-    seal.set_defaults(handler=_cmd_seal)
+    seal.set_defaults(handler=functools.partial(_cmd_seal, load=load))
     revoke = commands.add_parser(
         "revoke",
         help="write the owner's signed list of revoked artifact ids",

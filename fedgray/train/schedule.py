@@ -31,7 +31,7 @@ def _cosine(step: int, steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
 
 
-SHAPES: dict[str, Callable[[Schedule, int], float]] = {
+SCHEDULES: dict[str, Callable[[Schedule, int], float]] = {
     "cosine": lambda call, step: _cosine(step, call.steps),
     "run-cosine": lambda call, step: _cosine(call.done + step, max(call.planned, 1)),
     "constant": lambda call, step: 1.0,
@@ -70,4 +70,4 @@ class Schedule:
 
     def factor(self, step: int) -> float:
         """The learning-rate factor of the call's ``step``-th step (from 0)."""
-        return SHAPES[self.shape](self, step)
+        return SCHEDULES[self.shape](self, step)

@@ -20,9 +20,10 @@ import yaml
 from fedgray.backbone import Backbone
 from fedgray.backbone.artifact import read_manifest
 from fedgray.backbone.loading import BUILTIN_TAG
-from fedgray.config import Config, config_from_dict
+from fedgray.config import Config
 from fedgray.config_schema import ConfigError
 from fedgray.fl.clientapp.state import load_personal
+from fedgray.resolver import config_from_dict
 from fedgray.runs import load_adapters
 from fedgray.site import open_backbone
 from fedgray.train.kinds import kind_of

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from fedgray.adapters import build_model, whitening
 from fedgray.adapters.modules import WhitenedOutputAdapter
 from fedgray.backbone import SealedBackbone
-from fedgray.config import ConfigError, MethodConfig, load_config
+from fedgray.config import ConfigError, MethodConfig
+from fedgray.resolver import load_config
 from tests.helpers import MICRO, assert_close
 
 pytestmark = pytest.mark.usefixtures("small_whitening_sample")

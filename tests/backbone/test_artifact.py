@@ -21,10 +21,11 @@ from fedgray.backbone.artifact import (
 )
 from fedgray.backbone.keys import ArtifactError, read_content_key, read_signing_key
 from fedgray.cli import main
-from fedgray.config import ConfigError, load_config
+from fedgray.config import ConfigError
 from fedgray.owner.keys import KeyFiles, generate_keys
 from fedgray.owner.revocation import write_revocations
 from fedgray.owner.seal import seal
+from fedgray.resolver import load_config
 from fedgray.site import open_backbone
 
 

@@ -20,9 +20,10 @@ from fedgray.blackbox.augment import augment
 from fedgray.blackbox.craft import Craft, encode_images, plan_queries
 from fedgray.blackbox.refine import PredictionRefiner, consistency
 from fedgray.blackbox.search import CmaSearch
-from fedgray.config import CraftConfig, MethodConfig, load_config
+from fedgray.config import CraftConfig, MethodConfig
 from fedgray.config_schema import ConfigError
 from fedgray.data.registry import load_dataset
+from fedgray.resolver import load_config
 from fedgray.tasks.data import TaskData, prepare
 from fedgray.tasks.metrics import evaluate
 from tests.helpers import assert_close, close, reduction_terms

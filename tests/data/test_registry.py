@@ -8,7 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from fedgray.data.registry import DATASETS, load_dataset
+from fedgray.data import registry
+from fedgray.data.digits import load_digits_set
+from fedgray.data.registry import DATASETS, available, load_dataset, whole
+from fedgray.resolver import load_config
 
 
 def test_names() -> None:
@@ -16,6 +19,18 @@ def test_names() -> None:
         "world/photo", "world/sketch", "world/inverted", "world/noisy", "digits", "mnist",
         "fashion-mnist", "animal-mnist", "folder:<path>",
     )  # fmt: skip
+
+
+def test_a_dataset_is_one_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row made by its kind's maker serves loading, counting and the config's name check."""
+    monkeypatch.setitem(registry.DATASET_ROWS, "digits-again", whole(load_digits_set))
+    monkeypatch.setattr(registry, "DATASETS", (*registry.DATASETS, "digits-again"))
+    ours, theirs = (load_dataset(n, split="test", size=30) for n in ("digits-again", "digits"))
+    assert ours.captions == theirs.captions and ours.labels.tolist() == theirs.labels.tolist()
+    assert available("digits-again", split="train") == available("digits", split="train") > 0
+    assert load_config(None, ["data.dataset=digits-again"]).data.dataset == "digits-again"
+    with pytest.raises(ValueError, match="digits has .* samples, 100000 requested"):
+        load_dataset("digits-again", split="test", size=100_000)
 
 
 def test_world_splits_are_disjoint_and_deterministic() -> None:

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from fedgray.config import Config, load_config
+from fedgray.config import Config
 from fedgray.deploy.credentials import Credentials, create_credentials
 from fedgray.deploy.demo import demo_config, start_federation
 from fedgray.deploy.roles import SuperLink, SuperNode, start_supernode
 from fedgray.deploy.site_data import OwnerFiles, seal_backbone, write_site_data
 from fedgray.launch.processes import Processes, descendants
+from fedgray.resolver import load_config
 
 NUM_SITES = 3
 RUN_LIMIT_S = 900

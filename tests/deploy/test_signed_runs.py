@@ -1,6 +1,7 @@
 """A site that pins a publisher runs only run configs that publisher signed: the attacks of
 whoever can submit runs (an unsigned run, one signed with another key, the publisher's own
-signed app with a ``--run-config`` override turning privacy off) are each answered with the
+signed app with a ``--run-config`` override turning privacy off, or its document rewritten
+for more rounds) are each answered with the
 untrusted-app error, and the site's ClientApp never sees them."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from flwr.common.config import flatten_dict, fuse_dicts, get_fab_config
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedgray.backbone.keys import ArtifactError
-from fedgray.config import load_config
+from fedgray.config import to_document
 from fedgray.deploy.app_signing import sign_app
 from fedgray.deploy.credentials import create_credentials
 from fedgray.deploy.roles import check_node_config
@@ -25,8 +26,10 @@ from fedgray.deploy.site_data import write_site_data
 from fedgray.fl.clientapp.signed_runs import PUBLISHER_KEY
 from fedgray.fl.clientapp.trusted import UNTRUSTED_APP, PinnedApp
 from fedgray.launch.app import write_app
+from fedgray.resolver import load_config
 
 SMALL = ["data.train_size=60", "federation.num_sites=3", "federation.partitioner=iid"]
+PRIVATE = [*SMALL, "privacy.enabled=true", "privacy.noise_multiplier=1.0"]
 
 
 class Recorder(ClientApp):
@@ -64,7 +67,7 @@ def _ask(app: PinnedApp, run_config: dict, node_config: dict) -> Message:
 @pytest.fixture
 def apps(tmp_path: Path) -> dict[str, Path]:
     """The publisher's signed app, the same unsigned, and one signed with another key."""
-    config = load_config(None, [*SMALL, "privacy.enabled=true", "privacy.noise_multiplier=1.0"])
+    config = load_config(None, PRIVATE)
     ours = create_credentials(tmp_path / "ours", 1).publisher_key
     theirs = create_credentials(tmp_path / "theirs", 1).publisher_key
     made = {name: write_app(config, tmp_path / name) for name in ("signed", "unsigned", "forged")}
@@ -78,10 +81,14 @@ def apps(tmp_path: Path) -> dict[str, Path]:
     [
         ("unsigned", None, "its run config is unsigned"),
         ("forged", None, "is not signed with this site's publisher's key"),
-        ("signed", {"privacy.enabled": False}, "is not signed with this site's publisher's key"),
         (
             "signed",
-            {"federation.num_rounds": 500},
+            {"overrides": "privacy.enabled=false"},
+            "is not signed with this site's publisher's key",
+        ),
+        (
+            "signed",
+            {"document": to_document(load_config(None, [*PRIVATE, "federation.num_rounds=500"]))},
             "is not signed with this site's publisher's key",
         ),
     ],

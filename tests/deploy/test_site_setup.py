@@ -10,15 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from fedgray.config import load_config
 from fedgray.data.registry import load_dataset
 from fedgray.deploy.demo import demo_config
 from fedgray.deploy.roles import check_node_config
 from fedgray.deploy.site_data import write_site_data
 from fedgray.fl.clientapp.node_config import NodeConfigError, site_config
 from fedgray.fl.clientapp.trusted import TRUSTED_CLIENTAPP, bundle_verdict
-from fedgray.fl.common.run_config import resolve_config
-from fedgray.fl.common.site_data import site_data, site_indices
+from fedgray.fl.common.site_partitions import site_data, site_indices
+from fedgray.fl.run_config import resolve_config
 from fedgray.launch.app import write_app
 from fedgray.launch.commands import (
     LaunchError,
@@ -32,6 +31,7 @@ from fedgray.launch.commands import (
     write_cli_config,
 )
 from fedgray.launch.processes import free_port
+from fedgray.resolver import load_config
 
 SMALL = ["data.train_size=60", "federation.num_sites=3", "federation.partitioner=iid"]
 
@@ -106,16 +106,8 @@ def test_the_app_carries_the_whole_config_and_the_apps_read_it_back(tmp_path: Pa
     declared = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
     assert declared["components"]["clientapp"] == "fedgray.fl.clientapp.app:app"
 
-    def flat(node: dict, prefix: str = "") -> dict:
-        out: dict = {}
-        for key, value in node.items():
-            if isinstance(value, dict):
-                out.update(flat(value, f"{prefix}{key}."))
-            else:
-                out[f"{prefix}{key}"] = value
-        return out
-
-    assert resolve_config(None, flat(declared["config"])) == config
+    assert set(declared["config"]) == {"document", "overrides"}
+    assert resolve_config(None, declared["config"]) == config
     assert config.federation.secure_aggregation.num_shares == 3
 
 

@@ -11,7 +11,7 @@ from flwr.app import Message
 
 from fedgray.blackbox.federated import MEAN, SIGMA
 from fedgray.config_schema import ConfigError
-from fedgray.fl.common.run_config import require_federated_method
+from fedgray.train.kinds import refuse_unsupported
 from tests.helpers import assert_close, close, micro_config, run_local
 
 CRAFT = [
@@ -82,4 +82,4 @@ def test_what_federated_craft_refuses(tmp_path: Path, override: str, field: str)
     if override.startswith("privacy"):
         overrides.append("privacy.noise_multiplier=1.0")
     with pytest.raises(ConfigError, match=f"^{field}: not with method 'craft'"):
-        require_federated_method(micro_config(tmp_path, *overrides))
+        refuse_unsupported(micro_config(tmp_path, *overrides))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from fedgray.config import to_document
 from fedgray.fl.common.private import LEDGER
 from fedgray.fl.common.records import from_record
 from tests.helpers import micro_config, run_local
@@ -18,7 +19,7 @@ def _factors(arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def test_a_federation_sends_and_trains_the_configured_lora_rank(tmp_path: Path) -> None:
-    config = micro_config(tmp_path, *LORA, "method.lora_rank=2", "method.lora_alpha=4")
+    config = micro_config(tmp_path, *LORA, "method.lora.rank=2", "method.lora.alpha=4")
     result, _, grid = run_local(config)
     trains = [m for m in grid.sent if m.metadata.message_type == "train"]
     sent = _factors(from_record(trains[0].content["arrays"]))
@@ -36,9 +37,11 @@ def test_a_federation_sends_and_trains_the_configured_lora_rank(tmp_path: Path) 
 
 
 def test_run_local_hands_its_run_config_to_the_sites_too(tmp_path: Path) -> None:
-    config = micro_config(tmp_path, "privacy.enabled=true", "privacy.noise_multiplier=1.0")
+    private = ["privacy.enabled=true", "privacy.noise_multiplier=1.0"]
+    config = micro_config(tmp_path, *private)
     assert config.federation.local_steps == 2
-    _, _, grid = run_local(config, run_config={"federation.local-steps": 1})
+    document = to_document(micro_config(tmp_path, *private, "federation.local_steps=1"))
+    _, _, grid = run_local(config, run_config={"document": document})
     ledgers = [m.content[LEDGER] for m in grid.received if LEDGER in m.content]
     assert len(ledgers) == 2 * 3  # 2 rounds x 3 sites
     assert {sum(record["steps"]) for record in ledgers} == {1, 2}  # 1 step per round

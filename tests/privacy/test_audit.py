@@ -19,8 +19,8 @@ import torch
 from fedgray.audit import AuditFailed, AuditOptions, AuditResult, audit, check
 from fedgray.backbone import SealedBackbone
 from fedgray.cli import main
-from fedgray.config import load_config
 from fedgray.privacy.canaries import input_canaries
+from fedgray.resolver import load_config
 from simulations.audit_power import AUDITED
 from simulations.planted_bugs import BUGS, no_noise, shuffling
 from tests.helpers import captioned_data

@@ -8,9 +8,10 @@ import torch
 from opacus import GradSampleModule
 
 from fedgray.backbone import SealedBackbone
-from fedgray.config import MethodConfig, load_config
+from fedgray.config import MethodConfig
 from fedgray.privacy import private_task
 from fedgray.privacy.features import CachedImageHead, backbone_features, cached_head
+from fedgray.resolver import load_config
 from fedgray.train.schedule import Schedule
 from fedgray.train.trainer import LocalTrainer
 from tests.helpers import (

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from fedgray.config import load_config
 from fedgray.config_schema import ConfigError
 from fedgray.fl.serverapp.failures import FederationError
 from fedgray.privacy.planted import AUDITED_SITE
 from fedgray.privacy.sampling_check import LEVEL
+from fedgray.resolver import load_config
 from simulations.planted_bugs import no_noise, shuffling
 from tests.helpers import SECURE, micro_config, run_local
 

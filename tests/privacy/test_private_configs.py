@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedgray.config import load_config
+from fedgray.resolver import load_config
 from simulations.recompute_epsilon import recompute
 from tests.helpers import MICRO, run_local
 

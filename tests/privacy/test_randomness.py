@@ -14,10 +14,10 @@ import torch
 from fedgray.adapt import adapt
 from fedgray.adapters import build_model
 from fedgray.backbone import load_sealed
-from fedgray.config import load_config
 from fedgray.config_schema import ConfigError
 from fedgray.privacy import Ledger, NoisePlan, make_private
 from fedgray.privacy.randomness import INSECURE
+from fedgray.resolver import load_config
 from fedgray.runs import load_adapters
 from tests.helpers import MICRO
 

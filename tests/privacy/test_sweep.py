@@ -47,9 +47,9 @@ def test_sweep_writes_rows_within_target_and_a_plot(
 
 @pytest.mark.parametrize("size", [7, 13, 40])
 def test_site_size_sets_each_sites_training_examples(size: int) -> None:
-    from fedgray.config import load_config
-    from fedgray.fl.common.site_data import site_indices
-    from fedgray.sweep import Point
+    from fedgray.fl.common.site_partitions import site_indices
+    from fedgray.resolver import load_config
+    from fedgray.sweep_point import Point
 
     base = load_config(QUICKSTART, MICRO)
     fed = base.federation
@@ -161,7 +161,7 @@ def test_reference_on_other_data_is_refused_before_anything_runs(
 
 
 def test_reference_may_differ_in_training_size_only_when_the_sweep_sets_it() -> None:
-    from fedgray.config import load_config
+    from fedgray.resolver import load_config
     from fedgray.sweep import check_reference
 
     swept = load_config(QUICKSTART, MICRO)

@@ -9,9 +9,9 @@ import torch
 from opacus import GradSampleModule
 
 from fedgray.backbone import SealedBackbone
-from fedgray.config import load_config
 from fedgray.privacy import private_task
 from fedgray.privacy.features import cached_head
+from fedgray.resolver import load_config
 from fedgray.tasks.data import TaskData
 from fedgray.train.schedule import Schedule
 from fedgray.train.trainer import LocalTrainer

@@ -1,4 +1,4 @@
-"""The count of sites a round trains, written once (``fedgray.config_secure``), is what a
+"""The count of sites a round trains, written once (``fedgray.config``), is what a
 Flower strategy built by ``strategies.build_strategy`` samples."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.clientapp import ClientApp
 
-from fedgray.config_secure import sampled_sites
+from fedgray.config import sampled_sites
 from fedgray.fl.simulation.local_grid import LocalGrid
 from strategies import build_strategy
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from flwr.serverapp.strategy import FedMedian
 
-from fedgray.config import load_config
 from fedgray.config_schema import ConfigError
+from fedgray.resolver import load_config
 from strategies import build_strategy, registry
 from strategies.registry import StrategySpec
 

@@ -12,8 +12,9 @@ import torch
 
 from fedgray.adapt import adapt
 from fedgray.cli import main
-from fedgray.config import Config, load_config
+from fedgray.config import Config
 from fedgray.privacy.budget import BudgetExhausted
+from fedgray.resolver import load_config
 from simulations.recompute_epsilon import recompute_adapt
 from tests.helpers import MICRO, micro_config, run_local
 

@@ -9,8 +9,8 @@ import pytest
 
 from fedgray import tracking
 from fedgray.cli import main
-from fedgray.config import load_config
 from fedgray.config_schema import ConfigError
+from fedgray.resolver import load_config
 
 pytest.importorskip("tensorboard")
 pytest.importorskip("mlflow")

@@ -26,8 +26,8 @@ from fedgray.fl.clientapp.node_config import STATE_DIR, is_deployed, site_config
 from fedgray.fl.clientapp.secagg import legacy_train, secure_train_mods
 from fedgray.fl.common.central import clipping_mods
 from fedgray.fl.common.private import refusal_mod
-from fedgray.fl.common.run_config import resolve_config
 from fedgray.fl.common.site_names import SITE_RECORD, identity_reply, name_record
+from fedgray.fl.run_config import resolve_config
 
 
 def _site(config: Config, context: Context) -> Site:

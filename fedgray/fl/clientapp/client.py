@@ -27,7 +27,7 @@ from fedgray.fl.common.central import aggregation_weight
 from fedgray.fl.common.compression import decode_down, encode_up
 from fedgray.fl.common.private import LEDGER, ledger_reply, ledger_to_record, site_ledger
 from fedgray.fl.common.records import from_record, to_record
-from fedgray.fl.common.site_data import SiteData, site_data
+from fedgray.fl.common.site_partitions import SiteData, site_data
 from fedgray.privacy import Ledger
 from fedgray.privacy.ledger import Entry
 from fedgray.train.kinds import SiteRound, SiteUpdate, State, kind_of

@@ -43,8 +43,7 @@ from flwr.server.strategy import (
 from flwr.server.strategy import Strategy as LegacyStrategy
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, Strategy
 
-from fedgray.config import Config
-from fedgray.config_secure import CentralPrivacyConfig, sampled_sites
+from fedgray.config import CentralPrivacyConfig, Config, sampled_sites
 from fedgray.privacy import Ledger
 
 ACCOUNTANT = "rdp"

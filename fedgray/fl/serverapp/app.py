@@ -12,7 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedgray.config import Config
 from fedgray.fl.common.cache import forget_backbones
-from fedgray.fl.common.run_config import resolve_config
+from fedgray.fl.run_config import resolve_config
 from fedgray.fl.serverapp.checkpoint import CHECKPOINT
 from fedgray.fl.serverapp.preflight import check_resume
 from fedgray.fl.serverapp.progress import PROGRESS, record_error, teed

@@ -33,7 +33,7 @@ from strategies.fold import arrays_in
 
 
 @dataclass
-class TrainResult:
+class TrainOutcome:
     """What a train phase produced. ``arrays`` is None when nothing was aggregated;
     ``spend``: what the sites report having spent of their backbone budgets (calls,
     samples forwarded, input gradients; see :mod:`fedgray.backbone.budget`);
@@ -61,11 +61,11 @@ class TrainPhase(Protocol):
 
     def __call__(
         self, server_round: int, arrays: ArrayRecord, settings: ConfigRecord, nodes: list[int]
-    ) -> TrainResult: ...
+    ) -> TrainOutcome: ...
 
 
 @dataclass
-class RoundOutcome(TrainResult):
+class RoundOutcome(TrainOutcome):
     """What one round produced (round 0: evaluation of the initial adapters only).
 
     ``arrays`` are the global adapters after the round; ``trained`` counts the site updates
@@ -122,7 +122,7 @@ def plain_training(
 
     def train(
         server_round: int, arrays: ArrayRecord, settings: ConfigRecord, nodes: list[int]
-    ) -> TrainResult:
+    ) -> TrainOutcome:
         config = ConfigRecord(dict(settings))
         sent, reference = arrays, {}
         if compression == "int8":
@@ -152,7 +152,7 @@ def plain_training(
         )
         rejected = _rejections(strategy) - before
         ledgers, refusals = site_reports(replies)
-        return TrainResult(
+        return TrainOutcome(
             new_arrays,
             scalar_metrics(metrics),
             sampled=len(messages),

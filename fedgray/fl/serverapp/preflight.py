@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from fedgray.backbone.loading import BUILTIN_TAG
-from fedgray.config import Config, DataConfig, load_config
+from fedgray.config import Config, DataConfig
 from fedgray.config_schema import ConfigError, shown
 from fedgray.data.registry import available, check_images
 from fedgray.fl.common.private import PrivacyLog
 from fedgray.fl.common.records import from_record
-from fedgray.fl.common.site_data import partitions
+from fedgray.fl.common.site_partitions import partitions
 from fedgray.fl.serverapp.checkpoint import Checkpoint, load_checkpoint
 from fedgray.fl.serverapp.server import initial_adapters
+from fedgray.resolver import load_config
 from fedgray.site import check_classes
 
 # Settings a checkpoint was made under and a resume cannot change: the sites' data and

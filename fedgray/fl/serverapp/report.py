@@ -7,8 +7,8 @@ from typing import Any
 from fedgray.backbone.budget import SPEND_KEYS
 from fedgray.config import Config
 from fedgray.fl.common.records import from_record
+from fedgray.fl.common.selection_rules import SELECTION_SPLITS
 from fedgray.fl.serverapp.failures import FederationError
-from fedgray.fl.serverapp.selection import SELECTION_SPLITS
 from fedgray.fl.serverapp.server import FederationResult, headline
 from fedgray.plots import plot_curve
 from fedgray.privacy.audit_bound import exceeded

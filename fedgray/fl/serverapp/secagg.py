@@ -51,7 +51,7 @@ from fedgray.fl.common.records import scalar_metrics
 from fedgray.fl.common.site_names import FIT_NAME
 from fedgray.fl.serverapp.exchange import arriving
 from fedgray.fl.serverapp.failures import NO_REPLY, Failure, short_reason
-from fedgray.fl.serverapp.loop import TrainResult
+from fedgray.fl.serverapp.loop import TrainOutcome
 
 WEIGHT = "num-examples"
 
@@ -191,7 +191,7 @@ class SecureTraining:
 
     def __call__(
         self, server_round: int, arrays: ArrayRecord, settings: ConfigRecord, nodes: list[int]
-    ) -> TrainResult:
+    ) -> TrainOutcome:
         """One SecAgg+ round of the sampled ``nodes`` from the global ``arrays``."""
         self._sync_nodes(nodes)
         keys = list(arrays.keys())
@@ -220,7 +220,7 @@ class SecureTraining:
                 }
             )
         ledgers = [ledger_from_metrics(r.metrics) for r in results]
-        return TrainResult(
+        return TrainOutcome(
             new,
             _train_metrics(results),
             sampled=len(protocol.nid_to_proxies) if protocol else 0,

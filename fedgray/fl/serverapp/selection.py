@@ -20,27 +20,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from flwr.app import ArrayRecord
 
 from fedgray.fl.common.records import from_record, to_record
-
-SELECTIONS = ("last", "best")  # federation.select
-
-
-class SelectionSplit(NamedTuple):
-    """Where ``best`` reads its scores: the key of a round's record that holds them, and
-    how the run's output names that data."""
-
-    record_key: str
-    described: str
-
-
-SELECTION_SPLITS = {  # federation.select_on
-    "sites": SelectionSplit("federated", "the sites' held-out data"),
-    "validation": SelectionSplit("validation", "the server's validation split"),
-}
 
 
 def _better(value: float, best: float) -> bool:

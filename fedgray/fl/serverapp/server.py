@@ -28,13 +28,14 @@ from fedgray.fl.common.cache import shared_backbone, shared_data
 from fedgray.fl.common.central import CentralLedger, num_sampled, with_central_dp
 from fedgray.fl.common.private import PrivacyLog, audit_line
 from fedgray.fl.common.records import from_record, to_record
+from fedgray.fl.common.selection_rules import SELECTION_SPLITS
 from fedgray.fl.serverapp.checkpoint import CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
 from fedgray.fl.serverapp.failures import wait_for_sites
 from fedgray.fl.serverapp.loop import RoundOutcome, TrainPhase, plain_training, run_round
 from fedgray.fl.serverapp.published import InterfaceOnly, WeightsNeeded, published_interface
 from fedgray.fl.serverapp.roster import Roster
 from fedgray.fl.serverapp.secagg import SecureTraining
-from fedgray.fl.serverapp.selection import SELECTION_SPLITS, Selection
+from fedgray.fl.serverapp.selection import Selection
 from fedgray.runs import RunFolder
 from fedgray.tasks import TASKS, TaskData
 from fedgray.train.kinds import kind_of

@@ -3,7 +3,7 @@
 Flower 1.42 deprecates the in-process ``run_simulation``; what it recommends is a SuperLink
 in simulation mode that ``flwr run`` submits the app to. ``fedgray run`` does exactly that,
 privately: it starts ``flower-superlink --simulation`` on a free loopback port, submits the
-fedgray app (the whole config as its run config, :func:`fedgray.launch.app.write_app`) with
+fedgray app (the whole config as one document, :func:`fedgray.launch.app.write_app`) with
 ``flwr run --stream``, prints the ServerApp's lines as it writes them to ``progress.log``,
 reads the run's status with ``flwr list`` at the end, and stops every process it started
 (SuperLink, the simulation, Ray), also on Ctrl-C, SIGTERM or failure.
@@ -27,8 +27,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fedgray.config import Config, load_config
-from fedgray.fl.common.run_config import require_federated_method
+from fedgray.config import Config
 from fedgray.fl.serverapp.checkpoint import CHECKPOINT
 from fedgray.fl.serverapp.failures import FederationError
 from fedgray.fl.serverapp.preflight import preflight
@@ -48,7 +47,9 @@ from fedgray.launch.commands import (
     write_cli_config,
 )
 from fedgray.launch.processes import free_port, supervised, wait_for_port
+from fedgray.resolver import load_config
 from fedgray.runs import RunFolder, check_writable
+from fedgray.train.kinds import refuse_unsupported
 
 FLOWER_LOG = "flower.log"
 
@@ -75,7 +76,7 @@ def open_run(
         if not (resume / CHECKPOINT).is_file():
             raise FileNotFoundError(f"no checkpoint to resume from: {resume / CHECKPOINT}")
         check_writable(resume)
-        config = require_federated_method(load_config(resume / "config.yaml", overrides))
+        config = refuse_unsupported(load_config(resume / "config.yaml", overrides))
         config.output.root, config.output.name = str(resume.parent), resume.name
         note = preflight(config, resume=resume)
         if note:
@@ -83,7 +84,7 @@ def open_run(
         return config, RunFolder(resume.parent, resume.name)
     if config_path is None:
         raise ValueError("a CONFIG file is needed (or --resume RUN_DIR)")
-    config = require_federated_method(load_config(config_path, overrides))
+    config = refuse_unsupported(load_config(config_path, overrides))
     if (
         config.output.name
         and (Path(config.output.root) / config.output.name / CHECKPOINT).is_file()

@@ -23,10 +23,11 @@ from fedgray.backbone import (
 )
 from fedgray.backbone.budget import Budget, Meter
 from fedgray.backbone.runtime.isolated import IsolatedBackbone
-from fedgray.config import ConfigError, load_config
+from fedgray.config import ConfigError
 from fedgray.devices import autocast
 from fedgray.owner.keys import KeyFiles, generate_keys
 from fedgray.owner.seal import seal
+from fedgray.resolver import load_config
 from fedgray.site import open_backbone
 from tests.helpers import assert_close, reduction_terms
 

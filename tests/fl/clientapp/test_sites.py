@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from fedgray.config import load_config
 from fedgray.config_schema import ConfigError
 from fedgray.fl.clientapp.client import round_seed
-from fedgray.fl.common.run_config import resolve_config
-from fedgray.fl.common.site_data import site_data, site_indices, site_pool
+from fedgray.fl.common.site_partitions import site_data, site_indices, site_pool
+from fedgray.fl.run_config import resolve_config
+from fedgray.resolver import load_config
 from tests.helpers import micro_config
 
 
@@ -71,12 +71,12 @@ def test_round_seed_depends_on_seed_round_and_partition() -> None:
 
 def test_run_config_overrides_the_factory_config() -> None:
     base = load_config(None, ["federation.num_rounds=5"])
-    config = resolve_config(
-        base,
-        {"federation.num-rounds": 3, "federation.personal": "image_out, text_out", "train.lr": 0.1},
-    )
+    overrides = "federation.num_rounds=3 'federation.personal=[image_out, text_out]' train.lr=0.1"
+    config = resolve_config(base, {"overrides": overrides})
     assert config.federation.num_rounds == 3 and config.train.lr == 0.1
     assert config.federation.personal == ["image_out", "text_out"]
     assert resolve_config(base, {}) is base
     with pytest.raises(ConfigError, match="federation.num_rounds: expected an integer"):
-        resolve_config(base, {"federation.num-rounds": "many"})
+        resolve_config(base, {"overrides": "federation.num_rounds=many"})
+    with pytest.raises(ConfigError, match="^federation.num-rounds: not a run-config key"):
+        resolve_config(base, {"federation.num-rounds": 3})

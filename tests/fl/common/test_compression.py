@@ -10,7 +10,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from fedgray.config import ConfigError, load_config
+from fedgray.config import ConfigError
 from fedgray.fl.common.compression import (
     SCALES,
     decode_down,
@@ -23,6 +23,7 @@ from fedgray.fl.common.records import from_record, record_bytes, to_record
 from fedgray.fl.serverapp import loop
 from fedgray.fl.serverapp.server import initial_adapters
 from fedgray.fl.simulation.engine import open_run
+from fedgray.resolver import load_config
 from tests.helpers import assert_close, micro_config, run_local
 
 INT8 = ["federation.compression=int8"]

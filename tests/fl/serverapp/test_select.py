@@ -11,12 +11,12 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from fedgray.config import load_config
 from fedgray.config_schema import ConfigError
 from fedgray.fl.common.records import from_record, to_record
 from fedgray.fl.serverapp.checkpoint import load_checkpoint
 from fedgray.fl.serverapp.server import FederationResult, initial_adapters
 from fedgray.fl.simulation.engine import open_run
+from fedgray.resolver import load_config
 from fedgray.runs import load_adapters
 from tests.helpers import micro_config, run_local
 
