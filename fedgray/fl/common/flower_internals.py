@@ -163,4 +163,4 @@ def fail_tasks_of_abandoned_messages() -> None:
                 state.finish_task(task.task_id, sub_status=SubStatus.FAILED, details=ABANDONED)
         return run_id
 
-    loop._pull_and_store_message = guarded
+    loop._pull_and_store_message = guarded  # type: ignore[assignment]
