@@ -9,23 +9,32 @@ own SuperNode, same arguments, with every pause of its message loop capped at
 :data:`IDLE_WAIT_S`. The price is more requests to the SuperLink from an idle site (one
 every :data:`IDLE_WAIT_S` instead of every 3 s).
 
-The Flower internal this reaches is in :mod:`fedgray.fl.common.flower_internals`.
+It also finishes, as failed, the task of a message whose run stops while the SuperNode
+receives it (a SuperLink restarted mid-round): Flower leaves that task open, and the site's
+one ClientApp process (:mod:`fedgray.fl.clientapp.resident`) would wait on it instead of
+serving the next run.
+
+The Flower internals this reaches are in :mod:`fedgray.fl.common.flower_internals`.
 """
 
 from __future__ import annotations
 
 import sys
 
-from fedgray.fl.common.flower_internals import cap_supernode_pauses
+from fedgray.fl.common.flower_internals import (
+    cap_supernode_pauses,
+    fail_tasks_of_abandoned_messages,
+)
 
 IDLE_WAIT_S = 0.2
 
 
 def main() -> None:
-    """``flower-supernode`` with :data:`IDLE_WAIT_S` pauses."""
+    """``flower-supernode`` with :data:`IDLE_WAIT_S` pauses, finishing abandoned tasks."""
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     cap_supernode_pauses(IDLE_WAIT_S)
+    fail_tasks_of_abandoned_messages()
     sys.argv[0] = "flower-supernode"  # the name Flower's exit messages go by
     flower_supernode()
 

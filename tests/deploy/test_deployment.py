@@ -1,10 +1,12 @@
 """The deployment engine on loopback: TLS, SuperNode authentication, a whole DP-SGD +
-SecAgg+ run, an operator without the backbone's key, and the refusals (unregistered key,
-wrong CA, missing data folder)."""
+SecAgg+ run served by one long-lived ClientApp process per site, an operator without the
+backbone's key, Ctrl+C stopping every process, and the refusals (unregistered key, wrong CA,
+missing data folder)."""
 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +27,8 @@ from tests.use.report_page import assert_self_contained, parse
 
 pytestmark = [pytest.mark.slow, pytest.mark.deploy]
 REFUSED_WITHIN_S = 120
+SERVED = re.compile(r"fedgray site: ClientApp process (\d+) served message (\d+) of run (\d+)")
+STARTED = re.compile(r"Successfully started run (\d+)")
 
 
 def _stranger(federation: Federation, tmp_path: Path, *, registered_key: bool) -> SuperNodeOptions:
@@ -39,6 +43,12 @@ def _stranger(federation: Federation, tmp_path: Path, *, registered_key: bool) -
         port=free_port(),
         max_wait_time=10.0,
     )
+
+
+def _served(log: Path, run_id: int) -> list[tuple[int, int]]:
+    """``(pid, count)`` of each message of run ``run_id`` the site's log says was served."""
+    found = (SERVED.search(line) for line in log.read_text().splitlines())
+    return [(int(m[1]), int(m[2])) for m in found if m and int(m[3]) == run_id]
 
 
 def _online_nodes(federation: Federation) -> int:
@@ -119,6 +129,18 @@ def test_three_sites_run_two_rounds_with_dp_sgd_and_secagg_over_tls(
     own = [line for line in log if not line[:1].isdigit() and ":flwr:" not in line]
     assert sum(1 for line in own if line.endswith("Secure aggregation completed.")) == 2
     assert _online_nodes(federation) == 3
+    # each site's one long-lived process served every message of the run (its name query,
+    # then four protocol stages a round), counting them one by one: torch, the backbone and
+    # the data loaded once (that it stops with its SuperNode: the Ctrl+C test below)
+    (run_id,) = {int(m[1]) for m in map(STARTED.search, log) if m}
+    servers = set()
+    for node in federation.supernodes:
+        served = _served(node.log_file, run_id)
+        assert len({pid for pid, _ in served}) == 1, f"{node.log_file}: {served}"
+        assert [count for _, count in served] == list(range(1, len(served) + 1))
+        assert len(served) >= 1 + 4 * federation.config.federation.num_rounds
+        servers.add(served[0][0])
+    assert len(servers) == 3 and all(alive(pid) for pid in servers)
 
 
 def test_without_central_eval_the_superlinks_machine_never_opens_the_backbone(

@@ -44,12 +44,6 @@ def _wait_for_round(results: Path, server_round: int, timeout: float) -> None:
     raise TimeoutError(f"round {server_round} not logged in {results} after {timeout:.0f} s")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug: after the SuperLink is killed mid-round, a site's long-lived ClientApp "
-    "process can stay blocked on the killed run's task, and the resumed run then waits on that "
-    "site until the run limit (seen in one of three CI runs; passes otherwise)",
-)
 def test_a_restarted_superlink_resumes_the_run_and_ends_as_an_uninterrupted_one(
     federation: Federation, processes: Processes
 ) -> None:
@@ -101,10 +95,6 @@ def test_a_restarted_superlink_resumes_the_run_and_ends_as_an_uninterrupted_one(
     assert again == pytest.approx(final)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="shares the federation the test above can leave with a blocked ClientApp process",
-)
 def test_a_supernode_killed_mid_round_is_left_out_and_its_ledger_is_right_when_it_rejoins(
     federation: Federation, processes: Processes
 ) -> None:

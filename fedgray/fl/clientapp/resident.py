@@ -17,6 +17,12 @@ and the updated context), except that the app is the one
 :func:`fedgray.fl.clientapp.trusted.trusted_app` allows: fedgray's own, never code from
 the bundle. Each task writes one line naming this process to the SuperNode's log.
 
+What ends a ``flwr-clientapp`` process ends only the task here, never this process: a task
+token the SuperNode no longer accepts (it finished the task, or the task's run stopped)
+fails the task's calls (:func:`task_retry_invoker`), where Flower's client signals its own
+process to exit; and a reply that cannot be pushed is logged, as ``flwr-clientapp`` logs
+it.
+
 The Flower internals this reaches are listed, and checked, in
 :mod:`fedgray.fl.common.flower_internals`.
 """
@@ -28,6 +34,7 @@ import sys
 from collections.abc import Callable
 from logging import ERROR
 
+import httpx
 from flwr.app import Context, Error, Message
 from flwr.cli.install import install_from_fab
 from flwr.clientapp.client_app import LoadClientAppError
@@ -36,7 +43,7 @@ from flwr.supercore import log
 from flwr.supercore.constant import TaskType
 from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
-from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.retry import RetryInvoker, make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResult
 from flwr.supercore.tls import validate_and_resolve_root_certificates
@@ -53,6 +60,29 @@ TASK_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"  # read by Flower 1.42's Sup
 TASK_POLL_S = 0.1
 """Seconds between this process's requests for a task (Flower's default: 1 s, which a
 message would wait half of on average; a request is one loopback call)."""
+
+
+REFUSED_TOKEN = frozenset({httpx.codes.UNAUTHORIZED, httpx.codes.FORBIDDEN})
+"""What the SuperNode answers a task's call with once the task is over (finished, expired, or
+its run no longer running)."""
+
+
+def task_retry_invoker() -> RetryInvoker:
+    """Flower's retry policy for a task's calls to the SuperNode, except that a refused task
+    token fails the call at once. Flower's policy sends this process SIGINT (401) or raises
+    an exception no task handler catches (403): right for ``flwr-clientapp``, which is the
+    task, and fatal here, where the process serves the site's every later task."""
+    invoker = make_simple_http_retry_invoker()
+    flowers = invoker.should_giveup
+
+    def should_giveup(error: Exception) -> bool:
+        if isinstance(error, httpx.HTTPStatusError):
+            if error.response.status_code in REFUSED_TOKEN:
+                return True
+        return flowers is not None and flowers(error)
+
+    invoker.should_giveup = should_giveup
+    return invoker
 
 
 def run_task(client: RuntimeHttpClient, *, on_run: Callable[[int], None]) -> None:
@@ -84,8 +114,10 @@ def run_task(client: RuntimeHttpClient, *, on_run: Callable[[int], None]) -> Non
         try:
             if reply is not None and context is not None:
                 push_message(client, reply, context)
-        finally:
-            push_task_output(client, context, status, details)
+        except Exception as error:  # the reply is lost, the process serves on
+            log(ERROR, "Failed to push reply message", exc_info=error)
+        push_task_output(client, context, status, details)  # logs its own failure
+        if heartbeat.is_running:  # not when its thread ended on a refused token
             heartbeat.stop()
 
 
@@ -110,7 +142,7 @@ class ResidentExecutor:
         """Run the task ``spec`` names, here, to its end."""
         if spec.task_type != TaskType.CLIENT_APP:
             return LaunchResult.failed(f"this site runs ClientApp tasks only, not {spec.task_type}")
-        retry = make_simple_http_retry_invoker()
+        retry = task_retry_invoker()
         client = RuntimeHttpClient.from_server_address(
             server_address=spec.runtime_api_address,
             insecure=spec.insecure,

@@ -29,16 +29,21 @@ What is reached, and why no public API serves:
   bundle is installed.
 - The SuperNode's message loop takes its pauses from the ``time`` module it imported
   (``start_client_internal.time``); a site shortens them (:func:`cap_supernode_pauses`).
+- The same loop receives each message through ``start_client_internal._pull_and_store_message``,
+  which leaves a task behind when the message's run stops while its objects are pulled; a
+  site finishes that task (:func:`fail_tasks_of_abandoned_messages`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import flwr.compat.common.recorddict_compat as recorddict_compat
 from flwr.app import Message
 from flwr.common.config import get_project_dir
+from flwr.common.constant import Status, SubStatus
 from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
@@ -69,6 +74,7 @@ __all__ = [
     "aggregate_metricrecords",
     "assign_message_id",
     "cap_supernode_pauses",
+    "fail_tasks_of_abandoned_messages",
     "get_project_dir",
     "recorddict_compat",
     "use_executor",
@@ -113,3 +119,48 @@ def cap_supernode_pauses(cap_s: float) -> None:
             time.sleep(min(seconds, cap_s))
 
     loop.time = _Capped()  # type: ignore[assignment]
+
+
+ABANDONED = "its run stopped while the SuperNode received the message"
+"""The reason a task of an abandoned message is finished with (the task's details)."""
+UNFINISHED = (Status.PENDING, Status.STARTING, Status.RUNNING)
+
+
+def fail_tasks_of_abandoned_messages() -> None:
+    """Make the SuperNode's message loop (``flower-supernode``, started in this process) finish
+    the task of a message it abandons because the message's run stopped.
+
+    The loop creates a message's ClientApp task before it pulls the message's objects from
+    the SuperLink. When the run stops meanwhile (a restarted SuperLink reports the run as no
+    longer running), Flower 1.42 ignores the message but leaves its task unfinished and its
+    objects registered and empty: the ClientApp that took the task waits for them (for up to
+    two hours), and a site whose one long-lived process runs tasks one at a time serves no
+    other message meanwhile. This fails that task and drops the message and its objects, as
+    the loop itself does when a pull fails for another reason."""
+    import flwr.supernode.start_client_internal as loop
+
+    receive_and_store = loop._pull_and_store_message
+
+    def guarded(*, state: Any, object_store: Any, receive: Callable[[], Any], **rest: Any) -> Any:
+        received: list[Message] = []
+
+        def receive_noted() -> Any:
+            got = receive()
+            if got is not None:
+                received.append(got[0])
+            return got
+
+        before = {task.task_id for task in state.get_tasks(statuses=UNFINISHED)}
+        run_id = receive_and_store(
+            state=state, object_store=object_store, receive=receive_noted, **rest
+        )
+        left = [t for t in state.get_tasks(statuses=UNFINISHED) if t.task_id not in before]
+        if run_id is None and received and left:
+            message_id = received[0].metadata.message_id
+            state.delete_messages(message_ids=[message_id])
+            object_store.delete(message_id)
+            for task in left:
+                state.finish_task(task.task_id, sub_status=SubStatus.FAILED, details=ABANDONED)
+        return run_id
+
+    loop._pull_and_store_message = guarded  # type: ignore[assignment]

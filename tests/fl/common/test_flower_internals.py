@@ -162,3 +162,19 @@ def test_a_bundles_folder_is_named_by_its_id_version_and_hash(
     folder = internals.get_project_dir("fedgray/fedgray", "0.1.0", "ab" * 32)
     assert folder.is_relative_to(tmp_path) and "0.1.0" in folder.name
     assert folder.name.startswith("fedgray.fedgray.") and "abab" in folder.name
+
+
+def test_the_supernode_loop_receives_through_the_step_a_site_guards(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import flwr.supernode.start_client_internal as loop
+
+    steps = _calls(loop, "_pull_and_store_message")
+    assert steps, f"the SuperNode loop no longer receives through this step: {REVISIT}"
+    for step in steps:  # the guard takes these by keyword
+        named = {keyword.arg for keyword in step.keywords}
+        assert not step.args and {"state", "object_store", "receive"} <= named, REVISIT
+    monkeypatch.setattr(loop, "_pull_and_store_message", loop._pull_and_store_message)
+    flowers = loop._pull_and_store_message
+    internals.fail_tasks_of_abandoned_messages()
+    assert loop._pull_and_store_message is not flowers
