@@ -23,7 +23,7 @@ run beside it on the same images, student start and held-out set:
 
 Scored on plain held-out images (no entry tokens: what a stolen copy is for)::
 
-    python -m simulations.extraction_entry [--queries 512] [--threads 2]
+    python -m simulations.extraction_entry [--queries 512] [--steps 100] [--threads 2]
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def entry_gradients(
     return _score("gray+ entry gradients", backbone, before, student, held_out, teacher_held_out)
 
 
-def run(name: str, *, queries: int) -> Iterator[Extraction]:
+def run(name: str, *, queries: int, steps: int = 100) -> Iterator[Extraction]:
     """The gray baseline and both gray+ attacks on a fresh random-weight ``name``, from one
     student start, on the same query images: the rows of the comparison."""
     torch.manual_seed(0)
@@ -218,10 +218,16 @@ def run(name: str, *, queries: int) -> Iterator[Extraction]:
             held_out=held_out,
             teacher_held_out=teacher,
             gate=gate,
+            steps=steps,
         )
     torch.manual_seed(2)
     yield entry_gradients(
-        backbone, copy.deepcopy(start), queries=queries, held_out=held_out, teacher_held_out=teacher
+        backbone,
+        copy.deepcopy(start),
+        queries=queries,
+        held_out=held_out,
+        teacher_held_out=teacher,
+        steps=steps,
     )
 
 
@@ -231,12 +237,13 @@ def main() -> None:
     parser.add_argument("--model", default="fedgray-micro", help="built-in or open_clip model")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--queries", type=int, default=512, help="images each attack queries")
+    parser.add_argument("--steps", type=int, default=100, help="student steps (at least)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
     print(f"| attack on {args.model} (gray+) | calls | samples | gradients | score |")
     print("|---|---:|---:|---:|---:|", flush=True)
-    for r in run(args.model, queries=args.queries):
+    for r in run(args.model, queries=args.queries, steps=args.steps):
         row = f"| {r.attack} | {r.calls:,} | {r.samples:,} | {r.gradients:,} | {r.score:.3g} |"
         print(row, flush=True)
     print(f"({time.perf_counter() - began:.0f} s)")
