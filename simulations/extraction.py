@@ -137,9 +137,16 @@ def embedding_row(
     return spent("embedding row (cosine)", backbone, before, score)
 
 
-def _agreement(features: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+def agreement(features: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
     """Mean cosine of two batches of features, each less its mean over the batch."""
     return F.cosine_similarity(features - features.mean(0), goal - goal.mean(0)).mean()
+
+
+def distillation_loss(out: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+    """What a student minimises to copy the backbone's features ``goal``: the centred
+    disagreement, plus the error of the batch mean relative to the mean's own size."""
+    mean = goal.mean(0)
+    return 1 - agreement(out, goal) + F.mse_loss(out.mean(0), mean) / mean.square().mean()
 
 
 def distill(
@@ -165,9 +172,7 @@ def distill(
         optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
         for _ in range(steps):
             pick = torch.randperm(queries)[:batch]
-            out, goal = student(images[pick]), targets[pick]
-            loss = 1 - _agreement(out, goal)
-            loss = loss + F.mse_loss(out.mean(0), goal.mean(0)) / goal.mean(0).square().mean()
+            loss = distillation_loss(student(images[pick]), targets[pick])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -176,7 +181,7 @@ def distill(
     # Centred: on random images a random-weight backbone's features share one large mean
     # direction, which any student learns from a single batch; what is scored is the part
     # that depends on the input.
-    score = float(_agreement(out, teacher_held_out))
+    score = float(agreement(out, teacher_held_out))
     return spent("distillation (held-out centred cosine)", backbone, before, score)
 
 

@@ -1,4 +1,5 @@
-"""The extraction benchmark's attacks run on micro and recover what gray access gives away."""
+"""The extraction benchmarks' attacks run on micro and recover what gray access gives away;
+the gray+ entry-point attack spends gradients and stops at the budget."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from fedgray.backbone import SealedBackbone, create_clip
+from fedgray.backbone import QueryBudgetExceeded, SealedBackbone, create_clip
+from fedgray.backbone.budget import Spend
+from fedgray.backbone.loading import get_tokenizer
 from simulations.extraction import distill, embedding_row, input_span, seal, tower
+from simulations.extraction_entry import entry_gradient_queries, entry_gradients, seal_plus
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +70,32 @@ def test_distillation_agreement_is_scored_on_held_out_images(
         assert result.gradients == 0  # forward features only
         scores.append(result.score)
     assert -1 <= scores[0] < scores[1] <= 1
+
+
+def test_the_gray_plus_entry_attacks_spend_gradients_and_stop_at_the_budget() -> None:
+    """A gray+ site asks for the gradients at every layer's entry token only (its pixels
+    need none): each sample still counts against the gradient budget, and the attack's
+    query loop is refused at it, before the call that would pass it."""
+    torch.manual_seed(0)
+    model = create_clip("fedgray-micro", None).eval()
+    backbone = SealedBackbone(
+        model, get_tokenizer("fedgray-micro"), name="fedgray-micro", level="gray+",
+        gradient_budget=200,
+    )  # fmt: skip
+    images = torch.rand(192, 3, 32, 32)
+    prompts, *_, grads = entry_gradient_queries(backbone, images[:64], batch=32)
+    assert grads.shape == prompts.shape == (64, 2, 1, 64) and grads.abs().min() > 0
+    assert backbone.spent == Spend(queries=2, samples=64, gradients=64)
+    with pytest.raises(QueryBudgetExceeded, match="gradient budget of 200"):
+        entry_gradient_queries(backbone, images, batch=64)  # 64 + 64, then 64 refused
+    assert backbone.spent == Spend(queries=4, samples=192, gradients=192)
+    # The student side runs and is scored like the gray distillation.
+    held_out = images[:32]
+    with torch.no_grad():
+        teacher = backbone.encode_image(held_out)
+    start = tower(create_clip("fedgray-micro", None)).train()
+    plain = seal_plus(model, "fedgray-micro")
+    row = entry_gradients(
+        plain, start, queries=64, held_out=held_out, teacher_held_out=teacher, steps=2, batch=32
+    )
+    assert (row.calls, row.samples, row.gradients) == (2, 64, 64) and -1 <= row.score <= 1

@@ -14,19 +14,37 @@ import time
 import types
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
+from fedgray.owner.keys import KeyFiles
+
 Serve = Callable[..., "subprocess.Popen[str]"]  # the conftest's runtime starter
+# The conftest's ``serve_micro(socket, *extra)``: the micro artifact served on ``socket``.
+ServeMicro = Callable[..., "subprocess.Popen[str]"]
 Users = Callable[..., pwd.struct_passwd]  # the conftest's throwaway users
 
 as_root = pytest.mark.skipif(
     not sys.platform.startswith("linux") or os.geteuid() != 0,
     reason="needs root to create a second user and switch to it (CI runs as root)",
 )
+
+
+def micro_arguments(micro_artifact: tuple[KeyFiles, Path], socket: Path, *extra: str) -> list[str]:
+    """``fedgray runtime serve``'s arguments that serve the sealed micro artifact (the
+    conftest's ``micro_artifact``) with its keys on ``socket``, then ``extra``."""
+    keys, path = micro_artifact
+    return [
+        str(path),
+        "--socket", str(socket),
+        "--verify-key", str(keys.verify_key),
+        "--content-key", str(keys.content_key),
+        *extra,
+    ]  # fmt: skip
 
 
 def ground_truth(backbone: object) -> nn.Module:

@@ -18,7 +18,7 @@ import torch
 from fedgray.backbone import create_clip
 from fedgray.owner.keys import KeyFiles, generate_keys
 from fedgray.owner.seal import seal
-from tests.backbone.attacks import Serve, Users
+from tests.backbone.attacks import Serve, ServeMicro, Users, micro_arguments
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,6 +60,17 @@ def serve() -> Iterator[Serve]:
     for process in started:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture
+def serve_micro(serve: Serve, micro_artifact: tuple[KeyFiles, Path]) -> ServeMicro:
+    """``serve_micro(socket, *extra, files=None)``: serve the micro artifact on ``socket``
+    (see :func:`tests.backbone.attacks.micro_arguments`), stopped after the test."""
+
+    def start(socket: Path, *extra: str, files: int | None = None) -> subprocess.Popen[str]:
+        return serve(*micro_arguments(micro_artifact, socket, *extra), files=files)
+
+    return start
 
 
 @pytest.fixture

@@ -15,8 +15,7 @@ import torch
 from fedgray.backbone import QueryBudgetExceeded, load_sealed
 from fedgray.backbone.budget import Budget, Meter, Spend
 from fedgray.backbone.runtime.isolated import IsolatedBackbone
-from fedgray.owner.keys import KeyFiles
-from tests.backbone.attacks import Serve
+from tests.backbone.attacks import ServeMicro
 
 
 def test_a_distillation_loop_is_refused_at_the_sample_budget() -> None:
@@ -71,18 +70,10 @@ def test_white_is_not_budgeted_and_a_refusal_counts_nothing() -> None:
 
 @pytest.mark.slow  # a served runtime and three connections
 def test_a_served_runtimes_count_survives_reconnects(
-    micro_artifact: tuple[KeyFiles, Path], serve: Serve, tmp_path: Path
+    serve_micro: ServeMicro, tmp_path: Path
 ) -> None:
-    keys, path = micro_artifact
     socket_path = tmp_path / "runtime.sock"
-    serve(
-        str(path),
-        "--socket", str(socket_path),
-        "--verify-key", str(keys.verify_key),
-        "--content-key", str(keys.content_key),
-        "--sample-budget", "256",
-        "--gradient-budget", "128",
-    )  # fmt: skip
+    serve_micro(socket_path, "--sample-budget", "256", "--gradient-budget", "128")
     first = IsolatedBackbone.connect(socket_path)
     with first:
         pixels = torch.rand(64, 3, 32, 32, requires_grad=True)

@@ -27,7 +27,7 @@ import torch
 
 from fedgray.backbone.runtime.isolated import IsolatedBackbone
 from fedgray.owner.keys import KeyFiles
-from tests.backbone.attacks import Neighbour, Serve, Users, as_root
+from tests.backbone.attacks import Neighbour, ServeMicro, Users, as_root, micro_arguments
 
 ROOT = Path(__file__).resolve().parents[3]
 pytestmark = [as_root, pytest.mark.slow]
@@ -42,17 +42,6 @@ def folder() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _served(micro_artifact: tuple[KeyFiles, Path], socket_path: Path, *args: str) -> list[str]:
-    keys, path = micro_artifact
-    return [
-        str(path),
-        "--socket", str(socket_path),
-        "--verify-key", str(keys.verify_key),
-        "--content-key", str(keys.content_key),
-        *args,
-    ]  # fmt: skip
-
-
 def _site_call(socket_path: Path) -> float:
     """Seconds one site's encode takes through the runtime (it must answer)."""
     start = time.monotonic()
@@ -62,12 +51,12 @@ def _site_call(socket_path: Path) -> float:
 
 
 def test_only_the_named_group_reaches_the_socket(
-    users: Users, micro_artifact: tuple[KeyFiles, Path], serve: Serve, folder: Path
+    users: Users, micro_artifact: tuple[KeyFiles, Path], serve_micro: ServeMicro, folder: Path
 ) -> None:
     socket_path = folder / "runtime.sock"
     command = [sys.executable, "-m", "fedgray.cli", "runtime", "serve"]
     open_to_all = subprocess.run(
-        [*command, *_served(micro_artifact, socket_path, "--mode", "666")],
+        [*command, *micro_arguments(micro_artifact, socket_path, "--mode", "666")],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert open_to_all.returncode == 2 and not socket_path.exists()
@@ -76,8 +65,7 @@ def test_only_the_named_group_reaches_the_socket(
         "use 660 with --group naming the sites' group"
     ]
     runtime_user, site = users("fgray-runtime"), users("fgray-site", group="fgray-sites")
-    serve(*_served(micro_artifact, socket_path, "--user", runtime_user.pw_name,
-                   "--group", "fgray-sites"))  # fmt: skip
+    serve_micro(socket_path, "--user", runtime_user.pw_name, "--group", "fgray-sites")
     status = socket_path.stat()
     assert stat.S_IMODE(status.st_mode) == 0o660
     assert (status.st_uid, status.st_gid) == (runtime_user.pw_uid, site.pw_gid)
@@ -92,19 +80,15 @@ def test_only_the_named_group_reaches_the_socket(
 
 
 @pytest.fixture
-def runtime(
-    micro_artifact: tuple[KeyFiles, Path], serve: Serve, folder: Path
-) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+def runtime(serve_micro: ServeMicro, folder: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
     """A runtime ``nobody`` may connect to (group ``nogroup``), with small limits, and an
     open-files limit of 128 (an attacker needs ~1,000 connections at the usual 1,024)."""
     socket_path = folder / "runtime.sock"
     group = grp.getgrgid(pwd.getpwnam("nobody").pw_gid).gr_name  # nobody may connect
-    process = serve(
-        *_served(
-            micro_artifact, socket_path, "--group", group,
-            "--max-mib", "256", "--connection-mib", "64",
-            "--idle-timeout", "3", "--read-timeout", "3",
-        ),
+    process = serve_micro(
+        socket_path, "--group", group,
+        "--max-mib", "256", "--connection-mib", "64",
+        "--idle-timeout", "3", "--read-timeout", "3",
         files=128,
     )  # fmt: skip
     yield process, socket_path

@@ -22,7 +22,7 @@ from fedgray.config import ConfigError
 from fedgray.owner.keys import KeyFiles
 from fedgray.resolver import load_config
 from fedgray.site import open_backbone
-from tests.backbone.attacks import Serve, Users, as_root
+from tests.backbone.attacks import Serve, ServeMicro, Users, as_root
 from tests.helpers import assert_close, reduction_terms
 
 PTRACE_ATTACH, PTRACE_DETACH, PR_SET_DUMPABLE = 16, 17, 4
@@ -30,16 +30,11 @@ PTRACE_ATTACH, PTRACE_DETACH, PR_SET_DUMPABLE = 16, 17, 4
 
 @pytest.mark.slow  # a served runtime and two clients
 def test_a_served_runtime_answers_like_in_process(
-    micro_artifact: tuple[KeyFiles, Path], serve: Serve, tmp_path: Path
+    micro_artifact: tuple[KeyFiles, Path], serve_micro: ServeMicro, tmp_path: Path
 ) -> None:
     keys, path = micro_artifact
     socket_path = tmp_path / "runtime.sock"
-    serve(
-        str(path),
-        "--socket", str(socket_path),
-        "--verify-key", str(keys.verify_key),
-        "--content-key", str(keys.content_key),
-    )  # fmt: skip
+    serve_micro(socket_path)
     local = load_artifact(path, verify_key=keys.verify_key, content_key=keys.content_key)
     first, second = IsolatedBackbone.connect(socket_path), IsolatedBackbone.connect(socket_path)
     try:
