@@ -122,6 +122,6 @@ def test_other_strategies_run(tmp_path: Path, strategy: str, options: str) -> No
     )
     result, summary, _ = run_local(config)
     assert [r["sites_trained"] for r in result.records] == [0, 3, 3] and not result.rejections
-    assert summary["evaluated_on"] == "sites' held-out data"
+    assert summary["evaluated_on"] == "the sites' held-out data"
     final = from_record(result.arrays)
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in final.values())
