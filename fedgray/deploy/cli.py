@@ -18,6 +18,7 @@ from fedgray.launch.processes import free_port, supervised
 DEFAULT_PORT = 9092
 DEMO_DEFAULTS = [
     "data.train_size=600",
+    "data.validation_size=200",
     "data.test_size=200",
     "train.batch_size=32",
     "train.threads=1",

@@ -34,10 +34,11 @@ CRAFT = [
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """world/sketch as PNG folders: 90 training and 40 test images with labels."""
+    """world/sketch as PNG folders: 90 training, 40 validation and 40 test images with
+    labels."""
     root = tmp_path_factory.mktemp("craft-data")
-    write_folder_split(root, "train", 90)
-    write_folder_split(root, "test", 40)
+    for split, size in (("train", 90), ("validation", 40), ("test", 40)):
+        write_folder_split(root, split, size)
     return root
 
 

@@ -3,6 +3,7 @@ finish, which deployed runs share), self-contained, and showing the run's own fi
 
 from __future__ import annotations
 
+import html
 import json
 from importlib.util import find_spec
 from pathlib import Path
@@ -37,7 +38,7 @@ def test_a_federated_run_writes_a_report_with_its_own_figures(tmp_path: Path) ->
     assert [y for _, y in page.points] == pytest.approx(
         [r["validation"]["r1_mean"] for r in records], rel=1e-5
     )
-    text = (run / "report.html").read_text()
+    text = html.unescape((run / "report.html").read_text())
     assert "Scored on the server's test split, read once after the last round." in text
     assert "Every point on the server's validation split." in text
     shown = {row[0]: row for row in page.tables["summary"][1:]}

@@ -170,7 +170,7 @@ def test_a_round_where_every_site_fails_ends_the_run(
 def _shaded_folder(root: Path, *, test_only_class: str | None = None) -> Path:
     """30 squares per split, labelled dark or light; every third test square labelled
     ``test_only_class`` instead, when given."""
-    for split in ("train", "test"):
+    for split in ("train", "validation", "test"):
         folder = root / split
         folder.mkdir(parents=True)
         rows = ["file,caption,label"]
@@ -202,6 +202,7 @@ def test_fedgray_run_that_fails_exits_1_with_one_line(
     overrides = [a for item in MICRO for a in ("--set", item)]
     code = main(["run", str(config), *overrides, "--set", f"data.dataset=folder:{data}",
                  "--set", "data.train_size=30", "--set", "data.test_size=20",
+                 "--set", "data.validation_size=20",
                  "--set", f"output.root={tmp_path}", "--set", "output.name=run"])  # fmt: skip
     out, err = capfd.readouterr()
     assert code == 1
@@ -235,6 +236,7 @@ def _run_on_folder(tmp_path: Path, data: Path, command: str = "run") -> list[str
     config = tmp_path / "c.yaml"
     config.write_text("federation:\n  partitioner: iid\n")
     sets = [*MICRO, f"data.dataset=folder:{data}", "data.train_size=30", "data.test_size=20"]
+    sets.append("data.validation_size=20")
     sets += ["train.task=classification", "train.steps=2", f"output.root={tmp_path / 'runs'}"]
     return [command, str(config), *(a for item in sets for a in ("--set", item))]
 
