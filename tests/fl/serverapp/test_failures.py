@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -265,4 +266,16 @@ def test_a_class_without_training_examples_is_refused(
         f"fedgray: error: data.dataset: class 'grey' of folder:{data} has test examples but "
         "no training examples"
     )
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_folder_without_a_validation_split_is_refused_before_the_federation_starts(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Server-side evaluation scores every round on the validation split (the test split
+    only once, at the end): a folder without one is refused, not evaluated on test."""
+    data = _shaded_folder(tmp_path / "site")
+    shutil.rmtree(data / "validation")
+    error = refused(_run_on_folder(tmp_path, data), capfd)
+    assert error == f"fedgray: error: data.dataset: no captions.csv in {data / 'validation'}"
     assert not (tmp_path / "runs").exists()
