@@ -353,6 +353,9 @@ class FederationConfig:
     ``validation``, the server's validation split; see
     :mod:`fedgray.fl.serverapp.selection`). Selecting on the test split is refused: the
     figure a run reports would then be the maximum over rounds of noisy test scores.
+    ``central_eval``: the server scores every round on its validation split
+    (``data.validation_size``) and, once after the last round, the final and the initial
+    adapters on its test split, the run's reported figures.
     """
 
     num_sites: int = field(default=8, metadata=positive())

@@ -69,9 +69,19 @@ def svg_curve(xs: Sequence[float], ys: Sequence[float], *, label: str) -> str:
 
 
 def _headline(record: dict[str, Any], metric: str) -> float:
-    scope = record.get("central") or record.get("federated") or record
+    """A record's figure for the curve: a federated round's on the server's validation split
+    (else the sites' held-out data); an ``adapt`` record's own."""
+    scope = record.get("validation") or record.get("federated") or record
     value = scope.get(metric)
     return float(value) if isinstance(value, (int, float)) else float("nan")
+
+
+def _split_note(lead: str, split: str | None) -> str:
+    """Which data a table's or curve's numbers come from (nothing where the run's summary
+    does not say, as in ``fedgray adapt``'s)."""
+    return (
+        "" if split is None else f'<p class="split">{html.escape(lead)} {html.escape(split)}.</p>'
+    )
 
 
 def _privacy_section(privacy: dict[str, Any]) -> str:
@@ -145,8 +155,10 @@ def write_report(run_dir: Path, *, metric: str) -> Path:
         f"<p>{html.escape(facts['kind'])} run on {html.escape(str(facts['data']['dataset']))}, "
         f"task {html.escape(str(facts['data']['task']))}</p>",
         "<h2>Result</h2>",
+        _split_note("Scored on", summary.get("evaluated_on")),
         _table(["metric", "zero-shot", "final"], compared, id_="summary"),
         f"<h2>Learning curve ({html.escape(metric)} by {axis})</h2>",
+        _split_note("Every point on", summary.get("curve_on")),
         svg_curve(xs, ys, label=metric),
     ]
     png = run_dir / "curve.png"
@@ -163,7 +175,7 @@ def write_report(run_dir: Path, *, metric: str) -> Path:
                 r.get("bytes_up"),
                 r.get("train_loss"),
                 (r.get("federated") or {}).get(metric),
-                (r.get("central") or {}).get(metric),
+                (r.get("validation") or {}).get(metric),
                 r.get("seconds"),
             ]
             for r in records
@@ -176,7 +188,7 @@ def write_report(run_dir: Path, *, metric: str) -> Path:
             "bytes up / site",
             "train loss",
             f"sites' {metric}",
-            f"server {metric}",
+            f"validation {metric}",
             "s",
         ]
         parts += ["<h2>Rounds, sites and traffic</h2>", _table(header, rows, id_="rounds")]

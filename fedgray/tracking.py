@@ -30,7 +30,7 @@ Points = list[tuple[int, dict[str, float]]]
 
 
 def flat_metrics(record: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
-    """Numeric leaves of a metrics record as dotted names (``central.r1_mean``)."""
+    """Numeric leaves of a metrics record as dotted names (``validation.r1_mean``)."""
     for key, value in record.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):

@@ -32,6 +32,7 @@ from typing import Any
 
 from fedgray.adapt import adapt
 from fedgray.config import Config
+from fedgray.data.registry import available
 from fedgray.resolver import load_config
 from simulations.compare_methods import CONFIG, write_tables
 
@@ -128,6 +129,12 @@ def _craft(queries: int) -> list[str]:
     return [f"method.craft.queries={queries}", f"method.craft.eval_every={queries}"]
 
 
+def _validation_size(domain: str, test_size: int) -> int:
+    """A federated row's validation split (its curve): as large as the test split where
+    ``domain`` holds that many validation samples, else all of them (digits: 100)."""
+    return min(test_size, available(domain, split="validation") or test_size)
+
+
 def run_one(
     domain: str,
     method: str,
@@ -151,6 +158,7 @@ def run_one(
             f"data.dataset={domain}",
             f"data.train_size={train_size}",
             f"data.test_size={test_size}",
+            f"data.validation_size={_validation_size(domain, test_size)}",
             "train.task=classification",
             f"method.name={method}",
             f"backbone.level={level}",

@@ -140,6 +140,7 @@ MICRO = [
     "backbone.name=fedgray-micro",
     "backbone.pretrained=null",
     "data.train_size=90",
+    "data.validation_size=40",
     "data.test_size=40",
     "train.batch_size=8",
     "train.threads=1",

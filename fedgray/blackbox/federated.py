@@ -38,12 +38,12 @@ def craft_model(config: Config, backbone: Backbone) -> AdaptedCLIP:
         return build_model(backbone, config.method)
 
 
-def start(config: Config, _backbone: Backbone, test: Callable[[], TaskData]) -> State:
+def start(config: Config, _backbone: Backbone, data: Callable[[], TaskData]) -> State:
     """``z = 0``, ``sigma = method.craft.sigma`` and the refinement MLP at identity."""
     options = config.method.craft
     with torch.random.fork_rng():
         torch.manual_seed(config.federation.seed)
-        refiner = PredictionRefiner(test().num_classes, hidden=options.hidden)
+        refiner = PredictionRefiner(data().num_classes, hidden=options.hidden)
     return _state(torch.zeros(options.intrinsic_dim), options.sigma, refiner.state_dict())
 
 

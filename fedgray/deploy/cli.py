@@ -18,6 +18,7 @@ from fedgray.resolver import load_config
 DEFAULT_PORT = 9092
 DEMO_DEFAULTS = [
     "data.train_size=600",
+    "data.validation_size=200",
     "data.test_size=200",
     "train.batch_size=32",
     "train.threads=1",

@@ -78,7 +78,7 @@ def adapted_model(config: Config, backbone: Backbone, state: State) -> AdaptedCL
     return model
 
 
-def start(config: Config, backbone: Backbone, _test: Callable[[], TaskData]) -> State:
+def start(config: Config, backbone: Backbone, _data: Callable[[], TaskData]) -> State:
     """The trainable tensors at initialisation (identity maps), seeded by ``federation.seed``."""
     torch.manual_seed(config.federation.seed)
     return dict(build_model(backbone, config.method).state_dict())

@@ -26,6 +26,7 @@ TINY = [
     "backbone.name=fedgray-micro",
     "backbone.pretrained=null",
     "data.train_size=60",
+    "data.validation_size=20",
     "data.test_size=20",
     "train.batch_size=8",
     "train.threads=1",

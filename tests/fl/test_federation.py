@@ -32,12 +32,12 @@ def test_three_sites_two_rounds_write_a_run_folder(tmp_path: Path) -> None:
     for record in records[1:]:
         assert record["train_loss"] > 0
         assert set(record["federated"]) >= {"i2t_r1", "t2i_r1", "r1_mean", "accuracy"}
-        assert set(record["central"]) >= {"r1_mean", "accuracy"}
+        assert set(record["validation"]) >= {"r1_mean", "accuracy"}
     state, meta = load_adapters(run / "adapters.pt", backbone="fedgray-micro")
     model = build_model(shared_backbone(config), "dga")
     model.load_state_dict(state)
     assert meta["method"] == "dga"
-    assert summary["final"]["r1_mean"] == records[-1]["central"]["r1_mean"]
+    assert summary["final"]["r1_mean"] == result.test["final"]["r1_mean"]
     assert summary["bytes_per_site_per_round"] < 0.01 * summary["backbone_bytes"]
     assert not any(PERSONAL_STATE in c.state for c in grid.contexts.values())
     # What the sites spent of their backbone budgets is reported: calls, and (within the
@@ -74,10 +74,15 @@ def test_only_adapter_tensors_travel(tmp_path: Path) -> None:
 def test_round_zero_is_exactly_zero_shot(tmp_path: Path) -> None:
     config = micro_config(tmp_path, "federation.num_rounds=1")
     result, summary, _ = run_local(config)
-    test = shared_data(config, dataset=config.data.dataset, split="test", size=40)
+    model = build_model(shared_backbone(config), "zero-shot")
+    splits = {
+        split: shared_data(config, dataset=config.data.dataset, split=split, size=size)
+        for split, size in (("validation", config.data.validation_size), ("test", 40))
+    }
     torch.manual_seed(0)
-    zero_shot = evaluate(build_model(shared_backbone(config), "zero-shot"), test)
-    assert result.records[0]["central"] == zero_shot
+    assert result.records[0]["validation"] == evaluate(model, splits["validation"])
+    zero_shot = evaluate(model, splits["test"])
+    assert result.test["zero_shot"] == zero_shot
     assert summary["zero_shot"]["r1_mean"] == zero_shot["r1_mean"]
 
 
@@ -117,6 +122,6 @@ def test_other_strategies_run(tmp_path: Path, strategy: str, options: str) -> No
     )
     result, summary, _ = run_local(config)
     assert [r["sites_trained"] for r in result.records] == [0, 3, 3] and not result.rejections
-    assert summary["evaluated_on"] == "sites' held-out data"
+    assert summary["evaluated_on"] == "the sites' held-out data"
     final = from_record(result.arrays)
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in final.values())

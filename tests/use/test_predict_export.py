@@ -35,8 +35,8 @@ def seal_micro(keys: KeyFiles, out: Path, *, seed: int) -> Path:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A 3-site, 2-round classification run of the micro CLIP, sealed, on a PNG folder."""
     root = tmp_path_factory.mktemp("use")
-    write_folder_split(root / "data", "train", 90)
-    write_folder_split(root / "data", "test", 40)
+    for split, size in (("train", 90), ("validation", 40), ("test", 40)):
+        write_folder_split(root / "data", split, size)
     owner = generate_keys(root / "owner")
     artifact = seal_micro(owner, root / "micro.fgs", seed=0)
     config = micro_config(

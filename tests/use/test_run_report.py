@@ -3,6 +3,7 @@ finish, which deployed runs share), self-contained, and showing the run's own fi
 
 from __future__ import annotations
 
+import html
 import json
 from importlib.util import find_spec
 from pathlib import Path
@@ -35,8 +36,11 @@ def test_a_federated_run_writes_a_report_with_its_own_figures(tmp_path: Path) ->
     summary = json.loads((run / "summary.json").read_text())
     assert [x for x, _ in page.points] == [r["round"] for r in records]
     assert [y for _, y in page.points] == pytest.approx(
-        [r["central"]["r1_mean"] for r in records], rel=1e-5
+        [r["validation"]["r1_mean"] for r in records], rel=1e-5
     )
+    text = html.unescape((run / "report.html").read_text())
+    assert "Scored on the server's test split, read once after the last round." in text
+    assert "Every point on the server's validation split." in text
     shown = {row[0]: row for row in page.tables["summary"][1:]}
     assert float(shown["r1_mean"][2]) == pytest.approx(summary["final"]["r1_mean"], rel=1e-3)
     rounds = page.tables["rounds"][1:]
@@ -50,10 +54,10 @@ def test_a_federated_run_writes_a_report_with_its_own_figures(tmp_path: Path) ->
     assert "noise_multiplier: 1.0" in (run / "report.html").read_text()
     events = EventAccumulator(str(run / TENSORBOARD_DIR))  # the sink holds the same rounds
     events.Reload()
-    scalars = events.Scalars("central.r1_mean")
+    scalars = events.Scalars("validation.r1_mean")
     assert [e.step for e in scalars] == [r["round"] for r in records]
     assert [e.value for e in scalars] == pytest.approx(
-        [r["central"]["r1_mean"] for r in records], rel=1e-6
+        [r["validation"]["r1_mean"] for r in records], rel=1e-6
     )
 
 

@@ -22,6 +22,7 @@ from fedgray.fl.common.private import PrivacyLog
 from fedgray.fl.common.records import from_record
 from fedgray.fl.common.site_partitions import partitions
 from fedgray.fl.serverapp.checkpoint import Checkpoint, load_checkpoint
+from fedgray.fl.serverapp.selection import scores_validation
 from fedgray.fl.serverapp.server import initial_adapters
 from fedgray.resolver import load_config
 from fedgray.site import check_classes
@@ -91,7 +92,7 @@ def check_data(config: Config) -> None:
         _check_size(name, "train", block, data)
     if fed.central_eval:
         _check_size(data.dataset, "test", data.test_size, data)
-    if fed.select_on == "validation":
+    if scores_validation(config):
         _check_size(data.dataset, "validation", data.validation_size, data)
     check_classes(data.dataset)
     try:

@@ -9,6 +9,7 @@ from fedgray.config import Config
 from fedgray.fl.common.records import from_record
 from fedgray.fl.common.selection_rules import SELECTION_SPLITS
 from fedgray.fl.serverapp.failures import FederationError
+from fedgray.fl.serverapp.selection import scores_validation
 from fedgray.fl.serverapp.server import FederationResult, headline
 from fedgray.plots import plot_curve
 from fedgray.privacy.audit_bound import exceeded
@@ -19,10 +20,14 @@ from fedgray.tasks import TASKS
 from fedgray.tracking import write_tracking
 
 COMPARED = ("i2t_r1", "t2i_r1", "r1_mean", "accuracy")
+ON_TEST = "the server's test split, read once after the last round"
+ON_VALIDATION = SELECTION_SPLITS["validation"].described
+ON_SITES = SELECTION_SPLITS["sites"].described
 
 
-def _scope(record: dict[str, Any]) -> dict[str, float]:
-    return record["central"] or record["federated"]
+def _compared(scores: dict[str, float]) -> dict[str, float | None]:
+    """Every metric of ``scores``, and each of :data:`COMPARED` (None where not measured)."""
+    return {k: None for k in COMPARED} | dict(scores)
 
 
 def finish(run: RunFolder, config: Config, result: FederationResult) -> dict[str, Any]:
@@ -30,7 +35,11 @@ def finish(run: RunFolder, config: Config, result: FederationResult) -> dict[str
 
     ``final`` holds the metrics of the round whose adapters the run ends with (the last, or
     with ``federation.select: best`` the one chosen on ``federation.select_on``; its
-    ``selected_round``).
+    ``selected_round``) and ``zero_shot`` those of the initial adapters, both on
+    ``evaluated_on``: the server's test split, scored once (:attr:`FederationResult.test`),
+    or without ``federation.central_eval`` the sites' held-out data. ``curve_on`` names the
+    split of every per-round figure (``metrics.jsonl``, the learning curve); with it,
+    ``validation`` holds the same two rounds' validation figures.
     """
     fed, metric = config.federation, TASKS[config.train.task].metric
     save_adapters(
@@ -44,21 +53,23 @@ def finish(run: RunFolder, config: Config, result: FederationResult) -> dict[str
     )
     first = result.records[0]
     final = next(r for r in result.records if r["round"] == result.selected)
-    where = "server test set" if first["central"] else "sites' held-out data"
+    curve_on = ON_VALIDATION if scores_validation(config) else ON_SITES
     plot_curve(
         [r["round"] for r in result.records],
         [headline(config, r) for r in result.records],
         run.path / "curve.png",
         xlabel="round",
-        ylabel=f"{metric} ({where})",
+        ylabel=f"{metric} ({curve_on})",
         baseline=headline(config, first),
         title=f"{fed.strategy} · {fed.num_sites} sites · {config.data.dataset}",
     )
     trained = [r for r in result.records if r["round"] > 0]
+    test = result.test
     summary = {
-        "evaluated_on": where,
-        "zero_shot": {k: _scope(first).get(k) for k in COMPARED},
-        "final": {k: _scope(final).get(k) for k in COMPARED},
+        "evaluated_on": ON_TEST if test else ON_SITES,
+        "zero_shot": _compared(test["zero_shot"] if test else first["federated"]),
+        "final": _compared(test["final"] if test else final["federated"]),
+        "curve_on": curve_on,
         "select": fed.select,
         "selected_on": SELECTION_SPLITS[fed.select_on].described,
         "selected_round": result.selected,
@@ -69,6 +80,11 @@ def finish(run: RunFolder, config: Config, result: FederationResult) -> dict[str
         "seconds": sum(r["seconds"] for r in result.records),
         "rejections": [vars(r) for r in result.rejections],
     }
+    if "validation" in final:
+        summary["validation"] = {
+            "zero_shot": _compared(first["validation"]),
+            "final": _compared(final["validation"]),
+        }
     for key in SPEND_KEYS:  # what all sites' training spent of their backbone budgets
         if spent := sum(r.get(key, 0) for r in trained):
             summary[key] = spent
@@ -85,7 +101,7 @@ def comparison(summary: dict[str, Any]) -> list[str]:
     """Zero-shot vs final metrics, and traffic vs backbone size, as printable lines."""
     where = summary["evaluated_on"]
     if summary.get("select", "last") != "last":
-        chosen_on = summary.get("selected_on", SELECTION_SPLITS["sites"].described)
+        chosen_on = summary.get("selected_on", ON_SITES)
         where += f"; final: round {summary['selected_round']}, best on {chosen_on}"
     lines = [f"{'metric':<10}{'zero-shot':>11}{'federated':>11}   ({where})"]
     for key in COMPARED:

@@ -2,10 +2,14 @@
 
 Round 0 evaluates the initial adapters (at identity: exactly zero-shot), then every round
 trains, aggregates, evaluates on the sites' held-out data and, if configured, on the server's
-test set; after each round the run folder gets a metrics line and a fresh checkpoint.
+validation split; after each round the run folder gets a metrics line and a fresh checkpoint.
 The run returns the last round's adapters, or with ``federation.select: best`` those of the
 round that scored best on the sites' held-out data or the server's validation split
 (:mod:`fedgray.fl.serverapp.selection`).
+
+The server's test split is read once, after the last round: it scores the adapters the run
+ends with, and the initial ones for the zero-shot figure beside them. No round, curve or
+choice ever sees it, so the figure a run reports was not chosen on the data that reports it.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from fedgray.fl.serverapp.loop import RoundOutcome, TrainPhase, plain_training, 
 from fedgray.fl.serverapp.published import InterfaceOnly, WeightsNeeded, published_interface
 from fedgray.fl.serverapp.roster import Roster
 from fedgray.fl.serverapp.secagg import SecureTraining
-from fedgray.fl.serverapp.selection import Selection
+from fedgray.fl.serverapp.selection import Selection, scores_validation
 from fedgray.runs import RunFolder
 from fedgray.tasks import TASKS, TaskData
 from fedgray.train.kinds import kind_of
@@ -55,9 +59,14 @@ class FederationResult:
     backbone_bytes: int
     selected: int
     rejections: list[Rejection] = field(default_factory=list)
+    test: dict[str, dict[str, float]] = field(default_factory=dict)
+    """The server's test split, read once after the last round (empty without
+    ``federation.central_eval``): ``zero_shot`` (the initial adapters) and ``final``."""
 
 
-def _split_data(config: Config, split: str = "test") -> TaskData:
+def _split_data(config: Config, split: str) -> TaskData:
+    """The server's ``validation`` or ``test`` split; every read of the test split goes
+    through here, once per run (:func:`score_test_split`)."""
     sizes = {"validation": config.data.validation_size, "test": config.data.test_size}
     return shared_data(config, dataset=config.data.dataset, split=split, size=sizes[split])
 
@@ -68,11 +77,13 @@ def initial_adapters(config: Config) -> ArrayRecord:
     Built from the backbone's published interface where the method's builder needs shapes
     only; the others open the backbone: initial tensors that depend on the weights
     (whitening statistics, the white baselines), CraFT (its refiner is sized by the
-    server's test split) and a served runtime (whose manifest the server cannot read).
+    server's validation split) and a served runtime (whose manifest the server cannot read).
     """
     state = _from_interface(config)
     if state is None:
-        state = kind_of(config).start(config, shared_backbone(config), lambda: _split_data(config))
+        state = kind_of(config).start(
+            config, shared_backbone(config), lambda: _split_data(config, "validation")
+        )
     shared, _ = split_personal(state, config.federation.personal)
     return to_record(shared)
 
@@ -85,7 +96,7 @@ def _from_interface(config: Config) -> dict[str, torch.Tensor] | None:
         return None
     try:
         backbone = cast(Backbone, InterfaceOnly(interface))  # shapes only: see published.py
-        return kind_of(config).start(config, backbone, lambda: _split_data(config))
+        return kind_of(config).start(config, backbone, lambda: _split_data(config, "validation"))
     except WeightsNeeded:
         return None
 
@@ -97,18 +108,20 @@ def backbone_bytes(config: Config) -> int:
     return interface.parameter_count * 4
 
 
-def central_evaluator(
-    config: Config, split: str = "test"
-) -> Callable[[ArrayRecord], dict[str, float]]:
+def central_evaluator(config: Config, split: str) -> Callable[[ArrayRecord], dict[str, float]]:
     """Metrics of global arrays on the server's ``split`` (personal adapters at identity)."""
     data, backbone = _split_data(config, split), shared_backbone(config)
     score = kind_of(config).score
     return lambda arrays: score(config, backbone, from_record(arrays), data)
 
 
+def score_test_split(config: Config, arrays: dict[str, ArrayRecord]) -> dict[str, dict[str, float]]:
+    """Each of ``arrays`` (by name) scored on the server's test split, read once here."""
+    score = central_evaluator(config, "test")
+    return {name: score(state) for name, state in arrays.items()}
+
+
 def _record(config: Config, rnd: int, outcome: RoundOutcome, started: float) -> dict[str, Any]:
-    fed = config.federation
-    central = central_evaluator(config)(outcome.arrays) if fed.central_eval else {}
     record = {
         "round": rnd,
         "seconds": round(time.perf_counter() - started, 3),
@@ -120,27 +133,29 @@ def _record(config: Config, rnd: int, outcome: RoundOutcome, started: float) -> 
         "bytes_up": outcome.bytes_up,
         "train_loss": outcome.train_metrics.get("train-loss"),
         "federated": dict(outcome.eval_metrics),
-        "central": central,
     } | {k: v for k, v in outcome.spend.items() if v}  # queries, samples, gradients
-    if fed.select_on == "validation":  # what federation.select: best reads
+    if scores_validation(config):
         record["validation"] = central_evaluator(config, "validation")(outcome.arrays)
     return record
 
 
 def headline(config: Config, record: dict[str, Any]) -> float:
-    """The task's metric: centralised when evaluated on the server, else federated."""
+    """A round's value of the task's metric for the curve: on the server's validation split
+    when it is scored, else the sites' held-out data (never the test split)."""
     metric = TASKS[config.train.task].metric
-    return (record["central"] or record["federated"]).get(metric, float("nan"))
+    return (record.get("validation") or record["federated"]).get(metric, float("nan"))
 
 
 def progress_line(config: Config, record: dict[str, Any]) -> str:
-    """``round 3/5  r1_mean 41.2 (sites 44.0)  loss 1.873  sent 9.2+9.2 KB/site  6.1 s``."""
+    """``round 3/5  r1_mean 41.2 (validation; sites 44.0)  loss 1.873  sent 9.2+9.2 KB/site
+    6.1 s``."""
     fed, metric = config.federation, TASKS[config.train.task].metric
     sites = record["federated"].get(metric, float("nan"))
     loss = record["train_loss"]
+    scope = "validation; " if record.get("validation") else ""
     return (
         f"round {record['round']}/{fed.num_rounds}  {metric} {headline(config, record):5.1f}"
-        f" (sites {sites:5.1f})  loss {'  -  ' if loss is None else f'{loss:.3f}'}"
+        f" ({scope}sites {sites:5.1f})  loss {'  -  ' if loss is None else f'{loss:.3f}'}"
         f"  sent {record['bytes_down'] / 1e3:.1f}+{record['bytes_up'] / 1e3:.1f} KB/site"
         f"  {record['seconds']:.1f} s"
         + (f"  queries {record['queries']:,}" if "queries" in record else "")
@@ -207,6 +222,7 @@ def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) 
     central = config.privacy.central
     central_dp = CentralLedger(central, num_sampled(config)) if central.enabled else None
     first, arrays = 0, initial_adapters(config)
+    start = arrays  # the zero-shot adapters the test split scores beside the final ones
     selection = Selection(fed.select, TASKS[config.train.task].metric)
     chosen_on = SELECTION_SPLITS[fed.select_on].record_key
     if (run.path / CHECKPOINT).is_file():
@@ -267,6 +283,10 @@ def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) 
             f"final adapters: round {selection.round} ({selection.metric} "
             f"{selection.value:.1f} on {SELECTION_SPLITS[fed.select_on].described})"
         )
+    test = {}
+    if fed.central_eval:
+        test = score_test_split(config, {"zero_shot": start, "final": selection.arrays})
+        echo(f"test split, read once (round {selection.round}): {figures_line(config, test)}")
     return FederationResult(
         run.path,
         run.records(),
@@ -274,4 +294,15 @@ def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) 
         backbone_bytes(config),
         selection.round,
         list(getattr(strategy, "rejections", [])),
+        test,
     )
+
+
+def figures_line(config: Config, test: dict[str, dict[str, float]]) -> str:
+    """``r1_mean 38.2 (zero-shot 14.1)``: the test split's two figures."""
+    metric = TASKS[config.train.task].metric
+    final, zero = (
+        test["final"].get(metric, float("nan")),
+        test["zero_shot"].get(metric, float("nan")),
+    )
+    return f"{metric} {final:.1f} (zero-shot {zero:.1f})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -170,7 +171,7 @@ def test_a_round_where_every_site_fails_ends_the_run(
 def _shaded_folder(root: Path, *, test_only_class: str | None = None) -> Path:
     """30 squares per split, labelled dark or light; every third test square labelled
     ``test_only_class`` instead, when given."""
-    for split in ("train", "test"):
+    for split in ("train", "validation", "test"):
         folder = root / split
         folder.mkdir(parents=True)
         rows = ["file,caption,label"]
@@ -202,6 +203,7 @@ def test_fedgray_run_that_fails_exits_1_with_one_line(
     overrides = [a for item in MICRO for a in ("--set", item)]
     code = main(["run", str(config), *overrides, "--set", f"data.dataset=folder:{data}",
                  "--set", "data.train_size=30", "--set", "data.test_size=20",
+                 "--set", "data.validation_size=20",
                  "--set", f"output.root={tmp_path}", "--set", "output.name=run"])  # fmt: skip
     out, err = capfd.readouterr()
     assert code == 1
@@ -235,6 +237,7 @@ def _run_on_folder(tmp_path: Path, data: Path, command: str = "run") -> list[str
     config = tmp_path / "c.yaml"
     config.write_text("federation:\n  partitioner: iid\n")
     sets = [*MICRO, f"data.dataset=folder:{data}", "data.train_size=30", "data.test_size=20"]
+    sets.append("data.validation_size=20")
     sets += ["train.task=classification", "train.steps=2", f"output.root={tmp_path / 'runs'}"]
     return [command, str(config), *(a for item in sets for a in ("--set", item))]
 
@@ -263,4 +266,16 @@ def test_a_class_without_training_examples_is_refused(
         f"fedgray: error: data.dataset: class 'grey' of folder:{data} has test examples but "
         "no training examples"
     )
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_folder_without_a_validation_split_is_refused_before_the_federation_starts(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Server-side evaluation scores every round on the validation split (the test split
+    only once, at the end): a folder without one is refused, not evaluated on test."""
+    data = _shaded_folder(tmp_path / "site")
+    shutil.rmtree(data / "validation")
+    error = refused(_run_on_folder(tmp_path, data), capfd)
+    assert error == f"fedgray: error: data.dataset: no captions.csv in {data / 'validation'}"
     assert not (tmp_path / "runs").exists()

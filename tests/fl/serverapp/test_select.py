@@ -14,7 +14,8 @@ from flwr.app import ArrayRecord
 from fedgray.config_schema import ConfigError
 from fedgray.fl.common.records import from_record, to_record
 from fedgray.fl.serverapp.checkpoint import load_checkpoint
-from fedgray.fl.serverapp.server import FederationResult, initial_adapters
+from fedgray.fl.serverapp.selection import Selection
+from fedgray.fl.serverapp.server import FederationResult, central_evaluator, initial_adapters
 from fedgray.fl.simulation.engine import open_run
 from fedgray.resolver import load_config
 from fedgray.runs import load_adapters
@@ -62,9 +63,9 @@ def test_best_run_ends_with_the_first_best_rounds_adapters(
     assert not _equal(result.arrays, load_checkpoint(root / "best").arrays)  # round 4's
     saved, meta = load_adapters(root / "best" / "adapters.pt", backbone="fedgray-micro")
     assert _equal(result.arrays, to_record(saved)) and meta["round"] == best
-    # ``final`` reports the chosen round (here on the server's test set, as it scores).
-    chosen = result.records[best]
-    assert summary["final"]["r1_mean"] == chosen["central"]["r1_mean"]
+    # ``final`` reports the chosen round's adapters on the server's test split.
+    test = central_evaluator(micro_config(root, *BEST, name="best"), "test")
+    assert summary["final"]["r1_mean"] == test(result.arrays)["r1_mean"]
 
 
 def test_a_tie_with_round_0_keeps_the_initial_adapters(tmp_path: Path) -> None:
@@ -118,10 +119,21 @@ def test_selecting_on_test_is_refused_in_one_line() -> None:
 
 
 @pytest.mark.slow
-def test_best_on_validation_ignores_the_test_split(tmp_path: Path) -> None:
+def test_best_on_validation_ignores_the_test_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Chosen on the server's validation split, a round that scores best on test is not
     kept when validation prefers another one, and the reported figure is the chosen
-    round's test score, not the best test score."""
+    round's test score, not the best test score. The run never scores a round on test:
+    the test reads a spy's copy of every round's adapters and scores them itself."""
+    offered: dict[int, ArrayRecord] = {}
+    offer = Selection.offer
+
+    def spy(self: Selection, server_round: int, arrays: ArrayRecord, scores: dict) -> None:
+        offered[server_round] = arrays
+        offer(self, server_round, arrays, scores)
+
+    monkeypatch.setattr(Selection, "offer", spy)
     config = micro_config(
         tmp_path,
         *VALIDATION,
@@ -131,7 +143,8 @@ def test_best_on_validation_ignores_the_test_split(tmp_path: Path) -> None:
     )
     result, summary, _ = run_local(config)
     validation = [r["validation"]["r1_mean"] for r in result.records]
-    test = [r["central"]["r1_mean"] for r in result.records]
+    score = central_evaluator(config, "test")
+    test = [score(offered[r["round"]])["r1_mean"] for r in result.records]
     chosen = validation.index(max(validation))
     assert result.selected == summary["selected_round"] == chosen
     assert test.index(max(test)) != chosen  # the two splits disagree on the best round
