@@ -185,6 +185,20 @@ def distill(
     return spent("distillation (held-out centred cosine)", backbone, before, score)
 
 
+def distillation_start(
+    backbone: SealedBackbone, name: str
+) -> tuple[torch.Tensor, torch.Tensor, nn.Module]:
+    """What every distillation is scored on and starts from: 512 held-out images, the
+    backbone's features of them (the scorer's call, not the attacker's) and a fresh
+    random-weight image tower of ``name`` (seed 1) as the student."""
+    size = backbone.interface.image_size
+    held_out = torch.rand(512, 3, size, size)
+    with torch.no_grad():
+        teacher = backbone.encode_image(held_out)
+    torch.manual_seed(1)
+    return held_out, teacher, tower(create_clip(name, None)).train()
+
+
 def run(
     name: str, *, span_images: Sequence[int], rows: int, distill_queries: Sequence[int]
 ) -> Iterator[Extraction]:
@@ -199,12 +213,7 @@ def run(
     for k in range(rows):
         pair = torch.randint(1, backbone.interface.vocab_size - 2, (2,)).tolist()
         yield embedding_row(backbone, table, target=pair[0], reference=pair[1], seed=k)
-    size = backbone.interface.image_size
-    held_out = torch.rand(512, 3, size, size)
-    with torch.no_grad():
-        teacher = backbone.encode_image(held_out)  # the scorer's call, not the attacker's
-    torch.manual_seed(1)
-    student = tower(create_clip(name, None)).train()  # one start for every N
+    held_out, teacher, student = distillation_start(backbone, name)  # one start for every N
     for n in distill_queries:
         yield distill(
             backbone,

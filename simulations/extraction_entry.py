@@ -41,7 +41,13 @@ from fedgray.backbone import SealedBackbone, create_clip, encoders
 from fedgray.backbone.budget import Spend
 from fedgray.backbone.loading import get_tokenizer
 from fedgray.backbone.sealed import OPENAI_MEAN, OPENAI_STD
-from simulations.extraction import Extraction, agreement, distillation_loss, spent, tower
+from simulations.extraction import (
+    Extraction,
+    agreement,
+    distillation_loss,
+    distillation_start,
+    spent,
+)
 
 GRADIENT_GATE = 1e-2  # small: the queried features stay close to the plain ones
 
@@ -203,12 +209,7 @@ def run(name: str, *, queries: int, steps: int = 100) -> Iterator[Extraction]:
     torch.manual_seed(0)
     model = create_clip(name, None).eval()
     backbone = seal_plus(model, name)
-    size = backbone.interface.image_size
-    held_out = torch.rand(512, 3, size, size)
-    with torch.no_grad():
-        teacher = backbone.encode_image(held_out)  # the scorer's call, not the attacker's
-    torch.manual_seed(1)
-    start = tower(create_clip(name, None)).train()
+    held_out, teacher, start = distillation_start(backbone, name)
     for gate in (None, 0.1):
         torch.manual_seed(2)  # the same query images for each attack
         yield entry_outputs(

@@ -18,9 +18,8 @@ from tests.helpers import micro_config, run_local
 ON_VALIDATION = ["federation.select=best", "federation.select_on=validation"]
 
 
-def test_rounds_read_validation_and_the_test_split_is_read_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def count_split_reads(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """How many times the server loads each of its splits from now on."""
     reads: Counter[str] = Counter()
     load = server._split_data
 
@@ -29,6 +28,13 @@ def test_rounds_read_validation_and_the_test_split_is_read_once(
         return load(config, split)  # type: ignore[arg-type]
 
     monkeypatch.setattr(server, "_split_data", counted)
+    return reads
+
+
+def test_rounds_read_validation_and_the_test_split_is_read_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = count_split_reads(monkeypatch)
     lines: list[str] = []
     config = micro_config(tmp_path, *ON_VALIDATION, "federation.num_rounds=3")
     result, summary, _ = run_local(config, echo=lines.append)
@@ -65,14 +71,7 @@ def _figures(summary: dict) -> str:
 def test_without_central_evaluation_the_test_split_is_never_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reads: Counter[str] = Counter()
-    load = server._split_data
-
-    def counted(config: object, split: str) -> TaskData:
-        reads[split] += 1
-        return load(config, split)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(server, "_split_data", counted)
+    reads = count_split_reads(monkeypatch)
     config = micro_config(tmp_path, "federation.central_eval=false", "federation.num_rounds=1")
     result, summary, _ = run_local(config)
     assert reads["test"] == 0 and result.test == {}
