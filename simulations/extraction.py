@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -224,11 +224,28 @@ def run(
         )
 
 
-def main() -> None:
-    """Run every attack and print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def attack_parser(description: str) -> argparse.ArgumentParser:
+    """The options every extraction driver takes: the model attacked and torch's threads."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default="fedgray-micro", help="built-in or open_clip model")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    return parser
+
+
+def print_table(title: str, rows: Iterable[Extraction]) -> None:
+    """Each of ``rows`` as a Markdown table row under ``title``, as it comes, then the time."""
+    began = time.perf_counter()
+    print(f"| {title} | calls | samples | gradients | score |")
+    print("|---|---:|---:|---:|---:|", flush=True)
+    for r in rows:
+        row = f"| {r.attack} | {r.calls:,} | {r.samples:,} | {r.gradients:,} | {r.score:.3g} |"
+        print(row, flush=True)
+    print(f"({time.perf_counter() - began:.0f} s)")
+
+
+def main() -> None:
+    """Run every attack and print the table."""
+    parser = attack_parser(__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2, help="embedding rows to recover")
     parser.add_argument(
         "--distill",
@@ -237,14 +254,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    began = time.perf_counter()
     sizes = [int(n) for n in args.distill.split(",")]
-    print(f"| attack on {args.model} (gray) | calls | samples | gradients | score |")
-    print("|---|---:|---:|---:|---:|", flush=True)
-    for r in run(args.model, span_images=(1, 2, 4, 8), rows=args.rows, distill_queries=sizes):
-        row = f"| {r.attack} | {r.calls:,} | {r.samples:,} | {r.gradients:,} | {r.score:.3g} |"
-        print(row, flush=True)
-    print(f"({time.perf_counter() - began:.0f} s)")
+    rows = run(args.model, span_images=(1, 2, 4, 8), rows=args.rows, distill_queries=sizes)
+    print_table(f"attack on {args.model} (gray)", rows)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,7 @@ Scored on plain held-out images (no entry tokens: what a stolen copy is for)::
 
 from __future__ import annotations
 
-import argparse
 import copy
-import time
 from collections.abc import Callable, Iterator
 
 import torch
@@ -44,8 +42,10 @@ from fedgray.backbone.sealed import OPENAI_MEAN, OPENAI_STD
 from simulations.extraction import (
     Extraction,
     agreement,
+    attack_parser,
     distillation_loss,
     distillation_start,
+    print_table,
     spent,
 )
 
@@ -234,20 +234,13 @@ def run(name: str, *, queries: int, steps: int = 100) -> Iterator[Extraction]:
 
 def main() -> None:
     """Run the three distillations and print their rows."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="fedgray-micro", help="built-in or open_clip model")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser = attack_parser(__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=512, help="images each attack queries")
     parser.add_argument("--steps", type=int, default=100, help="student steps (at least)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    began = time.perf_counter()
-    print(f"| attack on {args.model} (gray+) | calls | samples | gradients | score |")
-    print("|---|---:|---:|---:|---:|", flush=True)
-    for r in run(args.model, queries=args.queries, steps=args.steps):
-        row = f"| {r.attack} | {r.calls:,} | {r.samples:,} | {r.gradients:,} | {r.score:.3g} |"
-        print(row, flush=True)
-    print(f"({time.perf_counter() - began:.0f} s)")
+    rows = run(args.model, queries=args.queries, steps=args.steps)
+    print_table(f"attack on {args.model} (gray+)", rows)
 
 
 if __name__ == "__main__":
