@@ -135,6 +135,8 @@ def supernode_node_config(args: argparse.Namespace) -> dict[str, str | int | flo
             node_config[key] = str(Path(getattr(args, flag)).resolve())
     if args.isolated:
         node_config["backbone-isolated"] = True
+    if args.runtime:
+        node_config["backbone-runtime"] = str(Path(args.runtime).expanduser().absolute())
     if args.state_dir:
         node_config["state-dir"] = str(Path(args.state_dir).resolve())
     if args.publisher_key:
@@ -305,6 +307,12 @@ def _supernode_parser(commands: Any) -> None:
     parser.add_argument("--verify-key", metavar="FILE", help="the owner's verification key")
     parser.add_argument("--content-key", metavar="FILE", help="the backbone's content key")
     parser.add_argument("--isolated", action="store_true", help="backbone in its own process")
+    parser.add_argument(
+        "--runtime",
+        metavar="SOCKET",
+        help="a backbone served by `fedgray runtime serve` under another OS user, instead of "
+        "--artifact and its keys: the site never holds the content key",
+    )
     parser.add_argument(
         "--state-dir", metavar="DIR", help="where the site keeps its personal adapters"
     )

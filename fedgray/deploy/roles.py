@@ -24,7 +24,12 @@ from fedgray.deploy.fleet_proxy import PROXY_DIR, FleetProxy, start_fleet_proxy
 from fedgray.deploy.locks import holder, record_holder, try_lock
 from fedgray.deploy.tls_probe import check_transport
 from fedgray.fl.clientapp.floor import Floor
-from fedgray.fl.clientapp.node_config import BACKBONE_KEYS, DATA_DIR, STATE_DIR, check_data_dir
+from fedgray.fl.clientapp.node_config import (
+    DATA_DIR,
+    STATE_DIR,
+    backbone_fields,
+    check_data_dir,
+)
 from fedgray.fl.clientapp.signed_runs import PUBLISHER_KEY
 from fedgray.launch.commands import (
     SuperLinkOptions,
@@ -160,9 +165,9 @@ def start_superlink(
 
 
 def check_node_config(node_config: Mapping[str, str | int | float | bool]) -> None:
-    """Fail before starting anything if the site's data, backbone or publisher key files are
-    missing or unreadable, or its privacy floor is malformed (an epsilon limit needs a state
-    folder for its ledger)."""
+    """Fail before starting anything if the site's data, backbone (files or runtime socket)
+    or publisher key files are missing or unreadable, or its privacy floor is malformed (an
+    epsilon limit needs a state folder for its ledger)."""
     if DATA_DIR not in node_config:
         raise ValueError(f"node config: {DATA_DIR} is required")
     check_data_dir(Path(str(node_config[DATA_DIR])))
@@ -172,10 +177,7 @@ def check_node_config(node_config: Mapping[str, str | int | float | bool]) -> No
         raise ValueError(f"node config: an epsilon limit needs {STATE_DIR} (the site's ledger)")
     if PUBLISHER_KEY in node_config:
         read_verify_key(Path(str(node_config[PUBLISHER_KEY])))
-    for key, field in BACKBONE_KEYS.items():
-        if key in node_config and field != "isolated":
-            if not Path(str(node_config[key])).is_file():
-                raise FileNotFoundError(f"node config {key}: {node_config[key]}: not found")
+    backbone_fields(node_config)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import socket
 import tomllib
 from pathlib import Path
 
@@ -84,6 +85,47 @@ def test_site_config_names_the_sealed_backbone_and_refuses_a_missing_key(tmp_pat
     )
     with pytest.raises(NodeConfigError, match="node-config content-key: .*gone.key: not found"):
         site_config(config, {**node, "content-key": str(tmp_path / "gone.key")})
+
+
+def test_a_site_on_a_served_runtime_names_its_socket_and_holds_no_key(tmp_path: Path) -> None:
+    """``fedgray deploy supernode --runtime SOCKET``: the site's backbone is a runtime served
+    under another OS user; its node config names the socket only. A site that would also
+    hold the artifact or a key, or whose socket is not there, is refused in one line before
+    anything starts."""
+    from flwr.common.config import parse_config_args
+
+    from fedgray.cli import build_parser
+    from fedgray.deploy.cli import supernode_node_config
+
+    config = load_config(None, SMALL)
+    folder = write_site_data(config, 3, tmp_path)[0]
+    path = tmp_path / "runtime.sock"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        argv = ["deploy", "supernode", "--superlink", "127.0.0.1:9092", "--credentials", "c"]
+        argv += ["--data", str(folder), "--site", "0", "--runtime", str(path)]
+        node = parse_config_args(
+            [config_arg(supernode_node_config(build_parser().parse_args(argv)))]
+        )
+        check_node_config(node)
+        local = site_config(config, node)
+        assert local.backbone.runtime == str(path)
+        assert (local.backbone.artifact, local.backbone.content_key) == (None, None)
+        key = tmp_path / "content.key"
+        key.write_text("x")
+        for check in (check_node_config, lambda n: site_config(config, n)):
+            with pytest.raises(
+                NodeConfigError,
+                match="^node-config backbone-runtime: a served "
+                "runtime replaces content-key: the site holds neither",
+            ):
+                check({**node, "content-key": str(key)})
+    path.unlink()  # the runtime is gone
+    with pytest.raises(NodeConfigError, match="runtime.sock: no runtime socket there"):
+        check_node_config(node)
+    (tmp_path / "file.sock").write_text("")
+    with pytest.raises(NodeConfigError, match="file.sock: no runtime socket there"):
+        site_config(config, {**node, "backbone-runtime": str(tmp_path / "file.sock")})
 
 
 def test_a_deployed_site_reads_its_own_folder_as_its_whole_data(tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ and its images; the site holds out ``federation.holdout`` of it for evaluation.
 ``partition-id`` stays the site's number (its seeds and its epsilon ledger's name).
 ``state-dir`` (optional) is where the site keeps its personal adapters between rounds and
 runs (:mod:`fedgray.fl.clientapp.state`); without it they live only in the node's memory.
+``backbone-runtime`` (instead of the artifact and its keys) is the socket of a runtime
+served under another OS user: the boundary where the site must not read the weights.
 ``site-name`` (optional) is how the server's log and metrics name the site (default
 ``site-<partition-id>``; see :mod:`fedgray.fl.common.site_names`).
 """
@@ -32,11 +34,13 @@ from fedgray.data.registry import FOLDER_PREFIX
 DATA_DIR = "data-dir"
 STATE_DIR = "state-dir"  # optional: where the site keeps its personal adapters between runs
 SITE_NAME = "site-name"  # optional: the name the server reports the site by
+RUNTIME = "backbone-runtime"  # the socket of a runtime served under another OS user
 BACKBONE_KEYS = {
     "backbone-artifact": "artifact",
     "verify-key": "verify_key",
     "content-key": "content_key",
     "backbone-isolated": "isolated",
+    RUNTIME: "runtime",
 }
 TRAIN_SPLIT = "train"
 
@@ -74,11 +78,26 @@ def check_data_dir(data_dir: Path) -> int:
     return rows
 
 
-def site_config(config: Config, node_config: Mapping[str, Any]) -> Config:
-    """``config`` as this deployed site runs it: its data directory as the whole pool (one
-    partition, no domains) and its sealed backbone's files, each path checked."""
-    data_dir = Path(str(node_config[DATA_DIR])).expanduser()
-    rows = check_data_dir(data_dir)
+def backbone_fields(node_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The site's own backbone, as ``backbone`` fields, each path checked: a sealed
+    artifact's files (``backbone-artifact``, ``verify-key``, ``content-key``;
+    ``backbone-isolated``), or ``backbone-runtime``, the Unix socket of a runtime that
+    ``fedgray runtime serve`` runs under another OS user. With a runtime the site holds no
+    key at all, so the two are refused together."""
+    if RUNTIME in node_config:
+        held = [key for key in BACKBONE_KEYS if key != RUNTIME and key in node_config]
+        if held:
+            raise NodeConfigError(
+                f"node-config {RUNTIME}: a served runtime replaces {', '.join(held)}: the "
+                "site holds neither the artifact nor its keys"
+            )
+        socket = Path(str(node_config[RUNTIME])).expanduser()
+        if not socket.is_socket():
+            raise NodeConfigError(
+                f"node-config {RUNTIME}: {socket}: no runtime socket there (start "
+                "`fedgray runtime serve` first)"
+            )
+        return {"runtime": str(socket)}
     fields: dict[str, Any] = {}
     for key, field in BACKBONE_KEYS.items():
         if key in node_config:
@@ -88,9 +107,17 @@ def site_config(config: Config, node_config: Mapping[str, Any]) -> Config:
                 if not Path(value).is_file():
                     raise NodeConfigError(f"node-config {key}: {value}: not found")
             fields[field] = value
+    return fields
+
+
+def site_config(config: Config, node_config: Mapping[str, Any]) -> Config:
+    """``config`` as this deployed site runs it: its data directory as the whole pool (one
+    partition, no domains) and its own backbone (:func:`backbone_fields`)."""
+    data_dir = Path(str(node_config[DATA_DIR])).expanduser()
+    rows = check_data_dir(data_dir)
     return dataclasses.replace(
         config,
-        backbone=dataclasses.replace(config.backbone, **fields),
+        backbone=dataclasses.replace(config.backbone, **backbone_fields(node_config)),
         data=dataclasses.replace(
             config.data, dataset=f"{FOLDER_PREFIX}{data_dir}", train_size=rows
         ),
