@@ -70,8 +70,10 @@ def svg_curve(xs: Sequence[float], ys: Sequence[float], *, label: str) -> str:
 
 def _headline(record: dict[str, Any], metric: str) -> float:
     """A record's figure for the curve: a federated round's on the server's validation split
-    (else the sites' held-out data); an ``adapt`` record's own."""
-    scope = record.get("validation") or record.get("federated") or record
+    (else the sites' held-out data); an ``adapt`` record's own (where ``validation`` is a
+    number: CraFT's held-out score)."""
+    scores = (record.get(k) for k in ("validation", "federated"))
+    scope = next((s for s in scores if isinstance(s, dict) and s), record)
     value = scope.get(metric)
     return float(value) if isinstance(value, (int, float)) else float("nan")
 
