@@ -143,24 +143,26 @@ def fail_tasks_of_abandoned_messages() -> None:
 
     def guarded(*, state: Any, object_store: Any, receive: Callable[[], Any], **rest: Any) -> Any:
         received: list[Message] = []
+        before: set[Any] = set()  # the unfinished tasks when a message came (none: no query)
 
         def receive_noted() -> Any:
             got = receive()
             if got is not None:
                 received.append(got[0])
+                before.update(task.task_id for task in state.get_tasks(statuses=UNFINISHED))
             return got
 
-        before = {task.task_id for task in state.get_tasks(statuses=UNFINISHED)}
         run_id = receive_and_store(
             state=state, object_store=object_store, receive=receive_noted, **rest
         )
-        left = [t for t in state.get_tasks(statuses=UNFINISHED) if t.task_id not in before]
-        if run_id is None and received and left:
-            message_id = received[0].metadata.message_id
-            state.delete_messages(message_ids=[message_id])
-            object_store.delete(message_id)
-            for task in left:
-                state.finish_task(task.task_id, sub_status=SubStatus.FAILED, details=ABANDONED)
+        if run_id is None and received:
+            left = [t for t in state.get_tasks(statuses=UNFINISHED) if t.task_id not in before]
+            if left:
+                message_id = received[0].metadata.message_id
+                state.delete_messages(message_ids=[message_id])
+                object_store.delete(message_id)
+                for task in left:
+                    state.finish_task(task.task_id, sub_status=SubStatus.FAILED, details=ABANDONED)
         return run_id
 
     loop._pull_and_store_message = guarded  # type: ignore[assignment]
