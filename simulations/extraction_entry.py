@@ -29,6 +29,7 @@ Scored on plain held-out images (no entry tokens: what a stolen copy is for)::
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Iterator
 
 import torch
@@ -210,26 +211,21 @@ def run(name: str, *, queries: int, steps: int = 100) -> Iterator[Extraction]:
     model = create_clip(name, None).eval()
     backbone = seal_plus(model, name)
     held_out, teacher, start = distillation_start(backbone, name)
-    for gate in (None, 0.1):
+    attacks: list[Callable[..., Extraction]] = [
+        functools.partial(entry_outputs, gate=None),  # the gray baseline
+        functools.partial(entry_outputs, gate=0.1),
+        entry_gradients,
+    ]
+    for attack in attacks:
         torch.manual_seed(2)  # the same query images for each attack
-        yield entry_outputs(
+        yield attack(
             backbone,
             copy.deepcopy(start),
             queries=queries,
             held_out=held_out,
             teacher_held_out=teacher,
-            gate=gate,
             steps=steps,
         )
-    torch.manual_seed(2)
-    yield entry_gradients(
-        backbone,
-        copy.deepcopy(start),
-        queries=queries,
-        held_out=held_out,
-        teacher_held_out=teacher,
-        steps=steps,
-    )
 
 
 def main() -> None:
