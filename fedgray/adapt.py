@@ -14,22 +14,29 @@ from pathlib import Path
 
 import torch
 
-from fedgray.adapters import build_model, method_spec
-from fedgray.config import Config
+from fedgray.adapters import Method, build_model, method_spec
+from fedgray.backbone import Backbone
+from fedgray.config import Config, TrainConfig
 from fedgray.config_schema import ConfigError
+from fedgray.materials import check_splits, load_task_data, open_backbone
 from fedgray.plots import plot_curve
 from fedgray.run_report import write_report
 from fedgray.runs import RunFolder, check_writable, save_adapters
-from fedgray.site import check_classes, load_task_data, open_backbone
-from fedgray.tasks import TASKS, evaluate
+from fedgray.tasks import TASKS, TaskData, evaluate
+from fedgray.tasks.metrics import evaluation_calls
 from fedgray.tracking import write_tracking
+from fedgray.train.gradient import adapted_model
 from fedgray.train.job import Job
-from fedgray.train.kinds import trainer_kind
+from fedgray.train.kinds import TrainerKind, trainer_kind
+
+ON_TEST = "the test split, read once after training"
+ON_VALIDATION = "the validation split"
 
 
 @dataclass(frozen=True)
 class AdaptResult:
-    """Zero-shot and adapted test metrics of one single-site run.
+    """Zero-shot and adapted test metrics of one single-site run (the test split is read
+    once, after training; the learning curve is the validation split's).
 
     ``queries``: calls the run made to the backbone (evaluation included); ``privacy``:
     the final DP accounting (epsilon, delta, noise multiplier, sample rate) under DP-SGD.
@@ -45,41 +52,78 @@ class AdaptResult:
     privacy: dict[str, float] | None = None
 
 
-def seed_everything(config: Config) -> None:
+def seed_everything(train: TrainConfig) -> None:
     """Fix torch's seed and thread count for a reproducible CPU run."""
-    torch.manual_seed(config.train.seed)
-    if config.train.threads is not None:
-        torch.set_num_threads(config.train.threads)
+    torch.manual_seed(train.seed)
+    if train.threads is not None:
+        torch.set_num_threads(train.threads)
 
 
-def adapt(
-    config: Config, *, progress: bool = True, echo: Callable[[str], None] = print
-) -> AdaptResult:
-    """Train ``config.method`` on one site's data and write a run folder."""
+def check_adapt(config: Config) -> Method:
+    """What ``fedgray adapt`` checks of ``config`` before it opens the backbone (the method
+    does the task; the dataset holds the sizes asked); the method's row."""
     spec = method_spec(config.method.name)
     if config.train.task not in spec.tasks:
         raise ConfigError(
             f"train.task: method '{spec.name}' supports {', '.join(spec.tasks)}, "
             f"not {config.train.task}"
         )
-    seed_everything(config)
+    check_splits(config.data)
+    return spec
+
+
+def check_query_budget(
+    config: Config, backbone: Backbone, kind: TrainerKind, validation: TaskData, test: TaskData
+) -> None:
+    """Refuse, before a run folder exists, a ``backbone.query_budget`` that the run would
+    spend before its end: the zero-shot read of validation, the training (as its kind
+    plans it) and the test read after it (the trained and the initial adapters). A budget
+    that covered training only would otherwise fail at the test read, after all the work."""
+    budget = backbone.query_budget
+    if budget is None or kind.adapt_queries is None:
+        return
+    training = kind.adapt_queries(config, validation, test)
+    zero_shot = evaluation_calls(validation) + evaluation_calls(test)
+    left = budget - backbone.queries_used
+    if training + zero_shot > left:
+        raise ConfigError(
+            f"backbone.query_budget: {left:,} calls left, but this run makes up to "
+            f"{training + zero_shot:,}: {training:,} to train (method.{config.method.name}) "
+            f"and score the result on test, {zero_shot:,} for the zero-shot validation and "
+            "test reads"
+        )
+
+
+def adapt(
+    config: Config, *, progress: bool = True, echo: Callable[[str], None] = print
+) -> AdaptResult:
+    """Train ``config.method`` on one site's data and write a run folder."""
+    spec = check_adapt(config)
+    seed_everything(config.train)
     named = Path(config.output.root) / config.output.name if config.output.name else None
     if named is not None and (named / "summary.json").is_file():
         raise ValueError(f"{named} already holds a finished run: choose another output.name")
     check_writable(named or Path(config.output.root))
-    check_classes(config.data.dataset)
+    data = config.data
     backbone = open_backbone(config, progress=progress)  # checks first: no folder for a
-    train = load_task_data(config, backbone, split="train")  # run that cannot start
-    test = load_task_data(config, backbone, split="test")
+    train = load_task_data(data, backbone, split="train")  # run that cannot start
+    validation = load_task_data(data, backbone, split="validation")
+    test = load_task_data(data, backbone, split="test")
     model = build_model(backbone, config.method)
+    kind = trainer_kind(spec.trainer)
+    check_query_budget(config, backbone, kind, validation, test)
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     run = RunFolder(config.output.root, config.output.name, prefix="adapt")
     run.save_config(config)
     task = TASKS[config.train.task]
     started = time.perf_counter()
-    zero_shot = evaluate(model, test)
-    run.log({"step": 0, "seconds": 0.0, **zero_shot})
-    job = Job(config, model, train, test, run, zero_shot, started, progress, echo)
-    trained = trainer_kind(spec.trainer).adapt(job)
+    zero_shot_validation = evaluate(model, validation)
+    run.log({"step": 0, "seconds": 0.0, **zero_shot_validation})
+    job = Job(config, model, train, validation, run, zero_shot_validation, started, progress, echo)
+    trained = kind.adapt(job)
+    # The test split's one reading: the returned and the initial adapters, after training.
+    adapted = trained.score(test)
+    zero_shot = evaluate(adapted_model(config.method, backbone, initial), test)
     seconds = time.perf_counter() - started
     save_adapters(
         run.path / "adapters.pt",
@@ -94,13 +138,13 @@ def adapt(
         [r[task.metric] for r in records],
         run.path / "curve.png",
         xlabel=trained.axis,
-        ylabel=f"test {task.metric}",
-        baseline=zero_shot[task.metric],
+        ylabel=f"{task.metric} ({ON_VALIDATION})",
+        baseline=zero_shot_validation[task.metric],
         title=f"{config.method.name} on {config.data.dataset}",
     )
     summary = AdaptResult(
         zero_shot,
-        trained.adapted,
+        adapted,
         trained.trainable,
         trained.trainable / backbone.interface.parameter_count,
         seconds,
@@ -111,8 +155,11 @@ def adapt(
     run.write_json(
         "summary.json",
         {
+            "evaluated_on": ON_TEST,
             "zero_shot": zero_shot,
-            "adapted": trained.adapted,
+            "adapted": adapted,
+            "curve_on": ON_VALIDATION,
+            "validation": {"zero_shot": zero_shot_validation, "adapted": trained.validation},
             "trainable": summary.trainable,
             "fraction": summary.fraction,
             "seconds": seconds,

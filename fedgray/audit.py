@@ -27,12 +27,12 @@ from fedgray.adapt import seed_everything
 from fedgray.adapters import build_model
 from fedgray.config import Config
 from fedgray.config_schema import ConfigError
+from fedgray.materials import load_task_data, open_backbone
 from fedgray.privacy.audit_bound import CONFIDENCE, epsilon_lower_bound, exceeded
 from fedgray.privacy.canaries import CANARY_KINDS
 from fedgray.privacy.planted import canary_kind, plant
-from fedgray.privacy.sampling_check import BatchSizes, poisson_p_value, sampling_refuted
+from fedgray.privacy.sampling_check import BatchSizes, check_sampling
 from fedgray.runs import RunFolder
-from fedgray.site import load_task_data, open_backbone
 from fedgray.tasks import evaluate
 from fedgray.train.schedule import Schedule
 from fedgray.train.trainer import LocalTrainer
@@ -114,10 +114,10 @@ def audit(
     if named is not None and (named / "audit.json").is_file():
         raise ValueError(f"{named} already holds an audit: choose another output.name")
     kind = canary_kind(privacy, options.canary)
-    seed_everything(config)
+    seed_everything(config.train)
     backbone = open_backbone(config, progress=progress)
-    train = load_task_data(config, backbone, split="train")
-    test = load_task_data(config, backbone, split="test")
+    train = load_task_data(config.data, backbone, split="train")
+    test = load_task_data(config.data, backbone, split="test")
     model = build_model(backbone, config.method)
     planted = plant(model, train, kind=kind, count=options.canaries, seed=options.seed)
     members = planted.members
@@ -125,7 +125,7 @@ def audit(
         config,
         model,
         planted.data,
-        schedule=Schedule.single_site(config),
+        schedule=Schedule.single_site(config.train),
         seed=config.train.seed,
         who="fedgray audit",
         feature_rows=planted.rows,
@@ -153,6 +153,7 @@ def audit(
         delta=privacy.delta,
         confidence=options.confidence,
     )
+    verdict = check_sampling(drawn.sizes, rows=rows, rate=rate)
     result = AuditResult(
         lower_bound=bound,
         epsilon=report.epsilon,
@@ -164,8 +165,8 @@ def audit(
         correct=correct,
         utility=evaluate(model, test),
         run_dir=run.path,
-        sampling_p_value=poisson_p_value(drawn.sizes, rows=rows, rate=rate),
-        sampling=sampling_refuted(drawn.sizes, rows=rows, rate=rate),
+        sampling_p_value=verdict.p_value,
+        sampling=verdict.refuted,
     )
     run.write_json(
         "audit.json",

@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, cast
 
 import yaml
 
@@ -27,11 +27,24 @@ from fedgray.config_schema import (
     positive,
     random_seed,
     registered,
+    sections,
     set_dotted,
     shown,
     to_dict,
 )
 from fedgray.config_yaml import parse_yaml, read_yaml
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+
+class MethodSection(Protocol):
+    """A method's own options: a config dataclass named by its section key."""
+
+    SECTION: ClassVar[str]
+
+
+S = TypeVar("S", bound=MethodSection)
 
 # The defaults of backbone.sample_budget and backbone.gradient_budget, and of `fedgray
 # runtime serve`'s: about 4x what the largest shipped config spends in one process, all of
@@ -190,88 +203,10 @@ class DataConfig:
 
 
 @dataclass
-class CraftConfig:
-    """CraFT (method ``craft``, black-box): CMA-ES over the prompt plus a refinement MLP.
-
-    ``queries``: backbone calls the training may spend (the paper's 8,000), counted by the
-    sealed backbone; ``popsize``/``sigma``: CMA-ES's population and initial step size;
-    ``intrinsic_dim``: dimension of the searched point ``z``; ``projection``: how the fixed
-    map ``A`` from ``z`` to the prompt is drawn (``normal``: N(0, 1/dim); ``uniform``: the
-    authors' code, U(-1/sqrt(dim), 1/sqrt(dim)), 1/sqrt(3) of that spread); ``bound``:
-    CMA-ES keeps each coordinate of ``z`` in ``[-bound, bound]`` (0: unbounded);
-    ``consistency``: weight of the prediction-consistency term; ``consistency_until``: the
-    share of a run's generations whose refiner loss has it (the fitness keeps it
-    throughout, as the authors' code does); ``augment``: the refiner's epoch each
-    generation sees freshly cropped and flipped training images (their features cost
-    queries); ``hidden``: the refinement MLP's width; ``eval_every``: generations between
-    test evaluations (free: no extra queries); ``context``: the words whose token
-    embeddings start the prompt (the paper's "a photo of a"), written before every class
-    prompt; ``validation``: the share of the training data held out to choose the
-    generation returned (the start included; 0: the last generation, as the authors' code;
-    ``fedgray adapt`` only: a federated site returns its last generation, and
-    ``federation.select: best`` keeps the best round). The refinement MLP trains with
-    ``train.lr`` and ``train.batch_size``.
-    """
-
-    queries: int = field(default=8000, metadata=positive())
-    popsize: int = field(default=40, metadata=check(lambda v: v >= 2, "must be >= 2"))
-    sigma: float = field(default=0.05, metadata=positive())
-    intrinsic_dim: int = field(default=64, metadata=positive())
-    projection: str = field(default="normal", metadata=registered("projection"))
-    bound: float = field(default=5.0, metadata=check(lambda v: v >= 0, "must be >= 0"))
-    consistency: float = field(default=0.01, metadata=check(lambda v: v >= 0, "must be >= 0"))
-    consistency_until: float = field(
-        default=0.25, metadata=check(lambda v: 0 <= v <= 1, "must be in [0, 1]")
-    )
-    augment: bool = True
-    hidden: int = field(default=256, metadata=positive())
-    eval_every: int = field(default=10, metadata=positive())
-    context: str = field(
-        default="a photo of a", metadata=check(lambda v: bool(v.strip()), "must name words")
-    )
-    validation: float = field(
-        default=0.2, metadata=check(lambda v: 0 <= v < 1, "must be in [0, 1)")
-    )
-
-
-@dataclass
-class LgaConfig:
-    """LGA (method ``lga``): ``prompt_tokens`` learnable tokens per transformer layer."""
-
-    prompt_tokens: int = field(default=2, metadata=positive())
-
-
-@dataclass
-class LoraConfig:
-    """LoRA (method ``lora``): ``rank`` and scale (``alpha / rank``) of the factors;
-    ``train_a``: train the ``A`` factor too (Hu et al.; federated, FedAvg of both factors is
-    then not the mean of the updates), by default FFA-LoRA: ``A`` frozen at a fixed random
-    draw, only ``B`` trained and sent."""
-
-    rank: int = field(default=4, metadata=positive())
-    alpha: float = field(default=8.0, metadata=positive())
-    train_a: bool = False
-
-
-@dataclass
-class LowRankOutputConfig:
-    """Method ``output-lowrank``: the ``rank`` of its residual output adapters."""
-
-    rank: int = field(default=8, metadata=positive())
-
-
-@dataclass
-class LastLayersConfig:
-    """Method ``last-layers``: the ``blocks`` per tower it trains (the last ones)."""
-
-    blocks: int = field(default=1, metadata=positive())
-
-
-@dataclass
 class MethodConfig:
     """What is trained: see ``fedgray.adapters.METHODS``. A method's own options are in its
-    section (``lga``, ``lora``, ``output_lowrank``, ``last_layers``, ``craft``); the keys
-    here apply to several methods.
+    section (``method.lora.rank``), declared by the method's row with the module that reads
+    it (the sections are listed below); the keys here apply to several methods.
 
     ``input_lr_scale``: the input adapters' learning rate as a multiple of ``train.lr``
     (methods with input adapters: ``dga``, ``lga``); ``whiten``: a public image dataset
@@ -286,11 +221,17 @@ class MethodConfig:
     input_lr_scale: float = field(default=1.0, metadata=positive())
     whiten: str | None = field(default=None, metadata=registered("dataset"))
     text_subspace: int | None = field(default=None, metadata=positive())
-    lga: LgaConfig = field(default_factory=LgaConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    output_lowrank: LowRankOutputConfig = field(default_factory=LowRankOutputConfig)
-    last_layers: LastLayersConfig = field(default_factory=LastLayersConfig)
-    craft: CraftConfig = field(default_factory=CraftConfig)
+    options: dict[str, Any] = field(default_factory=dict, metadata=sections("method section"))
+    """The methods' sections by name: mappings as written, typed by the resolver."""
+
+    def section(self, cls: type[S]) -> S:
+        """This config's section ``cls.SECTION``, as ``cls`` (its defaults where the config
+        sets none)."""
+        given = self.options.get(cls.SECTION, {})
+        if isinstance(given, cls):
+            return given
+        built = build(cast("type[DataclassInstance]", cls), given, where=f"method.{cls.SECTION}")
+        return cast(S, built)
 
 
 @dataclass
@@ -578,7 +519,8 @@ def read_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 def to_document(config: Config) -> str:
     """``config`` as one JSON document, whole and typed (lists, None and every section as
     they are): the form a config crosses a process boundary in (Flower's run config), read
-    back by :func:`parse_document` to an equal Config."""
+    back to an equal Config by :func:`fedgray.resolver.resolve_document` (which types the
+    method sections :func:`parse_document` leaves as mappings)."""
     return json.dumps(config.to_dict(), separators=(",", ":"))
 
 

@@ -1,6 +1,6 @@
 """The configuration reference, rendered from the config dataclasses themselves.
 
-The docs site inserts this Markdown at build time (``mkdocs_hooks.py``), so the reference
+The docs build inserts this Markdown at build time (``mkdocs_hooks.py``), so the reference
 lists exactly the keys, types, defaults and checks that :func:`fedgray.resolver.load_config`
 enforces and cannot drift from them.
 """
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from fedgray.config import Config
-from fedgray.resolver import REGISTRIES
+from fedgray.resolver import REGISTRIES, SECTIONS
 
 _SPHINX_ROLE = re.compile(r":(?:mod|class|func|meth|attr):`~?")
 
@@ -58,7 +58,10 @@ def _sections(cls: type, prefix: str) -> Iterator[tuple[str, type]]:
     yield prefix, cls
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[field.name]):
+        if "sections" in field.metadata:  # declared by registry rows (resolver.SECTIONS)
+            for name, section in SECTIONS[field.metadata["sections"]]().items():
+                yield from _sections(section, f"{prefix}.{name}")
+        elif dataclasses.is_dataclass(hints[field.name]):
             yield from _sections(hints[field.name], f"{prefix}.{field.name}".lstrip("."))
 
 
@@ -77,7 +80,7 @@ def reference_markdown() -> str:
         out += [f"## `{prefix}`", "", doc, ""]
         out += ["| key | type | default | accepted values |", "|---|---|---|---|"]
         for field in dataclasses.fields(cls):
-            if dataclasses.is_dataclass(hints[field.name]):
+            if dataclasses.is_dataclass(hints[field.name]) or "sections" in field.metadata:
                 continue
             cells = (
                 f"`{prefix}.{field.name}`",

@@ -6,6 +6,7 @@ by its dotted path, e.g. ``train.steps: expected an integer, got 'many'``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -67,6 +68,15 @@ def registered(registry: str) -> dict[str, Any]:
     return {"registry": registry}
 
 
+def sections(registry: str) -> dict[str, Any]:
+    """Field metadata of a mapping that holds the sections registry ``registry`` declares
+    (its key in :data:`fedgray.resolver.SECTIONS`): a section is written where a key of the
+    dataclass would be (``method.lora.rank``), so that a registry row can bring its own
+    options without the schema importing it. The schema keeps such a section as the mapping
+    it was given; :func:`fedgray.resolver.resolve` checks its name and types it by its row."""
+    return {"sections": registry}
+
+
 def _type_name(tp: Any) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
         tp, getattr(tp, "__name__", str(tp))
@@ -118,17 +128,25 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def build(cls: type[T], data: Mapping[str, Any], *, where: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and bad values."""
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and bad values; a
+    mapping under an unknown key goes to the field marked :func:`sections`, if ``cls`` has
+    one."""
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if "sections" not in f.metadata}
+    held = [f.name for f in dataclasses.fields(cls) if "sections" in f.metadata]
     prefix = f"{where}." if where else ""
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
+    values: dict[str, Any] = {}
+    if held:
+        values[held[0]] = {k: dict(data[k]) for k in unknown if isinstance(data[k], Mapping)}
+        unknown = [k for k in unknown if k not in values[held[0]]]
     if unknown:
         raise ConfigError(
             f"{prefix}{cut(str(unknown[0]))}: unknown key (known keys: {', '.join(sorted(fields))})"
         )
-    values = {}
     for name, value in data.items():
+        if name not in fields:
+            continue  # a section, held above
         path = f"{prefix}{name}"
         values[name] = coerce(value, hints[name], path)
         predicate, requirement = fields[name].metadata.get("check", (None, ""))
@@ -138,16 +156,26 @@ def build(cls: type[T], data: Mapping[str, Any], *, where: str = "") -> T:
 
 
 def to_dict(instance: Any) -> dict[str, Any]:
-    """Plain-dict form of a config dataclass (tuples become lists, for YAML)."""
+    """Plain-dict form of a config dataclass (tuples become lists, for YAML); the sections
+    of a :func:`sections` field sit where :func:`build` reads them, beside the keys."""
 
     def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            out: dict[str, Any] = {}
+            for f in dataclasses.fields(value):
+                item = plain(getattr(value, f.name))
+                if "sections" in f.metadata:
+                    out.update(item)
+                else:
+                    out[f.name] = item
+            return out
         if isinstance(value, (list, tuple)):
             return [plain(v) for v in value]
         if isinstance(value, dict):
             return {k: plain(v) for k, v in value.items()}
-        return value
+        return copy.deepcopy(value)
 
-    return plain(dataclasses.asdict(instance))
+    return plain(instance)
 
 
 def get_dotted(data: dict[str, Any], dotted: str) -> Any:

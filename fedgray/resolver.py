@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,8 @@ from fedgray import devices, tracking
 from fedgray.adapters import methods, prompt
 from fedgray.backbone.access import AccessLevel
 from fedgray.config import Config, parse_config, parse_document, read_config
-from fedgray.config_schema import ConfigError, coerce, cut, shown
-from fedgray.data import partition
+from fedgray.config_schema import ConfigError, build, coerce, cut, shown
+from fedgray.data import partitioners
 from fedgray.data import registry as datasets
 from fedgray.fl.common import compression, selection_rules
 from fedgray.privacy import ledger, objectives
@@ -41,7 +41,7 @@ REGISTRIES: dict[str, Callable[[], Collection[str]]] = {
     "device": lambda: devices.DEVICES,
     "precision": lambda: devices.PRECISIONS,
     "tracking sink": lambda: tracking.TRACKERS,
-    "partitioner": lambda: partition.PARTITIONERS,
+    "partitioner": lambda: partitioners.PARTITIONERS,
     "strategy": lambda: strategies.STRATEGIES,
     "compression": lambda: compression.COMPRESSIONS,
     "selection": lambda: selection_rules.SELECTIONS,
@@ -53,6 +53,13 @@ REGISTRIES: dict[str, Callable[[], Collection[str]]] = {
 it) -> the names that registry serves, read from the registry itself when a config is
 resolved. A key may also hold patterns ending in ``<...>`` (``folder:<path>``): a value with
 that prefix is accepted."""
+
+
+SECTIONS: dict[str, Callable[[], Mapping[str, type[Any]]]] = {
+    "method section": methods.method_sections,
+}
+"""Sections key (as :func:`~fedgray.config_schema.sections` names it) -> the sections its
+registry's rows declare, by name: each row brings the dataclass of its own options."""
 
 
 def check_name(value: Any, registry: str, where: str) -> None:
@@ -67,13 +74,37 @@ def check_name(value: Any, registry: str, where: str) -> None:
 
 
 def _check_names(section: Any, where: str) -> None:
-    """Every registry-backed field of ``section`` and of the sections inside it."""
+    """Type the row-declared sections of ``section`` (:data:`SECTIONS`: every row's, its
+    defaults where none is given), then check every registry-backed field of ``section``
+    and of the sections inside it."""
     for field in dataclasses.fields(section):
         value, path = getattr(section, field.name), f"{where}{field.name}"
-        if dataclasses.is_dataclass(value):
+        if "sections" in field.metadata:
+            value = _typed_sections(value, SECTIONS[field.metadata["sections"]](), where)
+            setattr(section, field.name, value)
+            for name, typed in value.items():
+                _check_names(typed, f"{where}{name}.")
+        elif dataclasses.is_dataclass(value):
             _check_names(value, f"{path}.")
         elif "registry" in field.metadata and value is not None:
             check_name(value, field.metadata["registry"], path)
+
+
+def _typed_sections(
+    given: Mapping[str, Any], known: Mapping[str, type[Any]], where: str
+) -> dict[str, Any]:
+    """Every section of ``known`` built from what ``given`` holds for it; a section no row
+    declares is refused as the schema refuses an unknown key."""
+    for name in given:
+        if name not in known:
+            raise ConfigError(
+                f"{where}{cut(str(name))}: unknown section (known sections: {', '.join(known)})"
+            )
+    typed = {}
+    for name, cls in known.items():
+        value = given.get(name, {})
+        typed[name] = value if isinstance(value, cls) else build(cls, value, where=f"{where}{name}")
+    return typed
 
 
 def _strategy_options(strategy: str, options: dict[str, Any]) -> dict[str, Any]:

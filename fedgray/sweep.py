@@ -61,7 +61,7 @@ from typing import Any
 from fedgray.config import Config
 from fedgray.config_schema import get_dotted
 from fedgray.resolver import load_config
-from fedgray.sweep_point import Echo, Point, run_point
+from fedgray.sweep_point import Echo, Point, check_site_size, run_point, size_overrides
 
 DEFAULT_CONFIG = "configs/quickstart.yaml"
 DEFAULT_EPSILONS = (math.inf, 8.0, 4.0, 2.0, 1.0)
@@ -193,8 +193,7 @@ def _probe_floor(config_path: str, overrides: Sequence[str], point: Point) -> di
     """The linear probe of ``point``'s data (:mod:`fedgray.sweep_probe`): one per site size."""
     from fedgray.sweep_probe import probe_accuracy
 
-    base = load_config(config_path, list(overrides)).federation
-    sizes = point.data_overrides(num_sites=base.num_sites, holdout=base.holdout)
+    sizes = size_overrides(config_path, overrides, point)
     return probe_accuracy(load_config(config_path, [*overrides, *sizes]))
 
 
@@ -231,6 +230,9 @@ def sweep(
         check_reference(
             config, load_config(reference, list(overrides)), site_sizes=bool(site_sizes)
         )
+    for path in dict.fromkeys(p for p in (config_path, reference) if p is not None):
+        for per_site in site_sizes:
+            check_site_size(path, overrides, per_site)
     folder = RunFolder(root or config.output.root, prefix="sweep")
     sizes: Sequence[int | None] = list(site_sizes) or [None]
     points = [

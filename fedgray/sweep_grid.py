@@ -5,9 +5,14 @@ every point, each combination of the grid's values (``k`` trials) as its own fed
 at ``(epsilon / k, delta / k)`` (:mod:`fedgray.privacy.grid`), scores each trial's
 adapters on the server's validation split (``federation.select_on: validation``, drawn from
 the training pool: no site's data, never the test split) and reports the winner's test
-figure. The point's row then carries the grid's whole cost (``selection_epsilon``: each
-site's ledger over every trial, the largest over sites) beside the winner's own epsilon;
-its folder holds every trial's run and ``selection.json``, the ledger of the choice.
+figure. The trials never read the test split (``federation.central_eval: false``: their
+run folders keep their final adapters and every round's validation figure); once the
+winner is chosen, its saved adapters, and the initial ones for the zero-shot figure, are
+scored on the test split: the point's one test reading, without training anything again.
+The point's row then carries the grid's whole cost (``selection_epsilon``: each site's
+ledger over every trial, the largest over sites) beside the winner's own epsilon; its
+folder holds every trial's run and ``selection.json``, the ledger of the choice, in which
+only the winner has a test figure.
 """
 
 from __future__ import annotations
@@ -25,9 +30,12 @@ import yaml
 
 from fedgray.privacy.grid import selection_cost, split_budget
 from fedgray.privacy.ledger import Ledger
+from fedgray.resolver import load_config
 from fedgray.sweep_point import Echo, Point, run_point
 
 Grid = Sequence[tuple[str, list[str]]]  # (dotted key, its values as YAML text)
+TRIAL = ["federation.select_on=validation", "federation.central_eval=false"]
+"""Every trial's overrides: scored on validation every round, the test split never read."""
 
 
 def grid_axis(text: str) -> tuple[str, list[str]]:
@@ -79,6 +87,29 @@ def _trial_entry(recipe: list[str], row: dict[str, Any]) -> dict[str, Any]:
     return {"recipe": recipe, **{key: row[key] for key in keys}}
 
 
+def read_test_once(run_dir: Path) -> dict[str, dict[str, float]]:
+    """The chosen trial's saved adapters (``adapters.pt``) and the initial ones scored on
+    the server's test split, which its run skipped; its ``summary.json`` and
+    ``report.html`` then name the test split, as an ordinary run's do."""
+    from fedgray.fl.common.records import to_record
+    from fedgray.fl.serverapp.report import ON_TEST, compared
+    from fedgray.fl.serverapp.server import initial_adapters, score_test_split
+    from fedgray.run_report import write_report
+    from fedgray.runs import RunFolder, load_adapters
+    from fedgray.tasks import TASKS
+
+    config = load_config(run_dir / "config.yaml")
+    state, _ = load_adapters(run_dir / "adapters.pt", backbone=config.backbone.name)
+    final = to_record(state)
+    test = score_test_split(config, {"zero_shot": initial_adapters(config), "final": final})
+    run = RunFolder(run_dir.parent, run_dir.name)
+    summary = json.loads((run.path / "summary.json").read_text())
+    summary.update(evaluated_on=ON_TEST, **{name: compared(s) for name, s in test.items()})
+    run.write_json("summary.json", summary)
+    write_report(run.path, metric=TASKS[config.train.task].metric)
+    return test
+
+
 def run_grid_point(
     config_path: str,
     overrides: Sequence[str],
@@ -90,7 +121,10 @@ def run_grid_point(
     echo: Echo,
 ) -> dict[str, Any]:
     """Run every candidate of ``grid`` at ``point`` under the split budget into
-    ``root / point.name``; the winner's row, with the grid's cost and recipe."""
+    ``root / point.name``; the winner's row, with its test figures, the grid's cost and
+    its recipe."""
+    from fedgray.fl.serverapp.report import COMPARED
+
     trials = candidates(grid)
     epsilon, trial_delta = split_budget(point.epsilon, delta, len(trials))
     folder = root / point.name
@@ -99,20 +133,24 @@ def run_grid_point(
     for index, recipe in enumerate(trials):
         echo(f"trial {index + 1}/{len(trials)}: {' '.join(recipe)} at epsilon {epsilon:g}")
         trial = replace(point, epsilon=epsilon, trial=index)
-        chosen_on = [*overrides, *recipe, "federation.select_on=validation"]
+        chosen_on = [*overrides, *recipe, *TRIAL]
         rows.append(
             run_point(config_path, chosen_on, trial, root=folder, delta=trial_delta, echo=echo)
         )
         ledgers.append(_ledgers(folder / trial.name))
     winner = best_trial(rows)
+    test = read_test_once(folder / rows[winner]["run"])
     cost = {} if math.isinf(point.epsilon) else selection_cost(ledgers, delta=delta)
     spent = max(cost.values(), default=0.0)
+    metric = rows[winner]["metric"]
+    entries = [_trial_entry(recipe, row) for recipe, row in zip(trials, rows, strict=True)]
+    entries[winner][f"test_{metric}"] = test["final"][metric]  # the only test figure
     ledger = {
         "target_epsilon": point.epsilon,
         "delta": delta,
         "trial_epsilon": epsilon,
         "trial_delta": trial_delta,
-        "trials": [_trial_entry(recipe, row) for recipe, row in zip(trials, rows, strict=True)],
+        "trials": entries,
         "chosen": winner,
         "chosen_on": "the server's validation split",
         "selection_epsilon_per_site": {str(site): eps for site, eps in cost.items()},
@@ -122,6 +160,8 @@ def run_grid_point(
     row = rows[winner]
     return {
         **row,
+        **{key: test["final"].get(key) for key in COMPARED},
+        f"zero_shot_{metric}": test["zero_shot"][metric],
         "target_epsilon": point.epsilon,
         "delta": None if math.isinf(point.epsilon) else delta,
         "trials": len(trials),

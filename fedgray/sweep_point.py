@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from fedgray.config_schema import ConfigError
 from fedgray.resolver import load_config
 
 Echo = Callable[[str], None]
@@ -63,10 +64,31 @@ class Point:
         if self.site_size is None:
             return []
         share = self.site_size
-        # the sites' own rounding of the held-out count (fl/common/site_partitions.py)
+        # the sites' own rounding of the held-out count (fl/common/partitions.py)
         while share - min(share - 1, max(1, round(share * holdout))) < self.site_size:
             share += 1
         return [f"data.train_size={share * num_sites}"]
+
+
+def size_overrides(config_path: str, overrides: Sequence[str], point: Point) -> list[str]:
+    """``point``'s :meth:`Point.data_overrides` for the config at ``config_path`` (with
+    ``overrides``): its number of sites and held-out share."""
+    fed = load_config(config_path, list(overrides)).federation
+    return point.data_overrides(num_sites=fed.num_sites, holdout=fed.holdout)
+
+
+def check_site_size(config_path: str, overrides: Sequence[str], site_size: int) -> None:
+    """The datasets of ``config_path`` hold every site's share at ``site_size`` per site,
+    else one line naming the site size: a sweep checks each before any point runs, since a
+    point's run starts without the checks ``fedgray run`` makes and a size that does not fit
+    would fail at its sites, after the points before it had run."""
+    from fedgray.fl.serverapp.preflight import check_data
+
+    sizes = size_overrides(config_path, overrides, Point(math.inf, 0, site_size))
+    try:
+        check_data(load_config(config_path, [*overrides, *sizes]))
+    except ConfigError as error:
+        raise ConfigError(f"--site-sizes {site_size}: {error}") from None
 
 
 def _worst_site(run_dir: Path) -> dict[str, Any]:
@@ -99,8 +121,7 @@ def run_point(
     from fedgray.fl.simulation.local_grid import run_local
     from fedgray.tasks import TASKS
 
-    base = load_config(config_path, list(overrides)).federation
-    sizes = point.data_overrides(num_sites=base.num_sites, holdout=base.holdout)
+    sizes = size_overrides(config_path, overrides, point)
     config = load_config(
         config_path, [*overrides, *sizes, f"output.root={root}", *point.overrides(delta=delta)]
     )

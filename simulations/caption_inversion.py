@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 
 from fedgray.adapters import AdaptedCLIP, build_model
+from fedgray.materials import load_task_data, open_backbone
 from fedgray.privacy.features import CachedImageHead, backbone_features
 from fedgray.privacy.inversion import invert_linear
 from fedgray.resolver import load_config
-from fedgray.site import load_task_data, open_backbone
 from fedgray.tasks import TaskData
 from simulations.tables import write_results
 from simulations.update_inversion import (
@@ -114,9 +114,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     backbone = open_backbone(config, progress=False)
     model = build_model(backbone, config.method)
     head = CachedImageHead(model)
-    sites = load_task_data(config, backbone, split="train")
+    sites = load_task_data(config.data, backbone, split="train")
     sites = replace(sites, images=backbone_features(model, sites.images))
-    population = load_task_data(config, backbone, split="test")  # none of the sites' examples
+    population = load_task_data(config.data, backbone, split="test")  # none of the sites' examples
     space = CaptionSpace(model, [sites, population], sites)
     rows = [
         f"| batch | plain | secagg (sum of {args.sites} sites) | epsilon 8 | epsilon 1 | prior |",

@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -149,6 +149,22 @@ def distillation_loss(out: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
     return 1 - agreement(out, goal) + F.mse_loss(out.mean(0), mean) / mean.square().mean()
 
 
+Step = Callable[[nn.Module, torch.Tensor], torch.Tensor]  # student, picked rows -> loss
+
+
+def fit(
+    student: nn.Module, queries: int, step: Step, *, epochs: int, steps: int, batch: int
+) -> None:
+    """Train ``student`` with Adam on ``step``'s loss over random batches of ``batch`` of the
+    ``queries`` rows: ``epochs`` passes and at least ``steps`` steps."""
+    optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
+    for _ in range(max(steps, epochs * queries // batch)):
+        loss = step(student, torch.randperm(queries)[:batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
 def distill(
     backbone: SealedBackbone,
     student: nn.Module,
@@ -164,18 +180,15 @@ def distill(
     of ``queries`` random images, ``epochs`` passes and at least ``steps`` steps; score the
     mean cosine with the backbone on ``held_out``."""
     size, before = backbone.interface.image_size, backbone.spent
-    steps = max(steps, epochs * queries // batch)
     images = torch.rand(queries, 3, size, size)
     if queries:
         with torch.no_grad():
             targets = torch.cat([backbone.encode_image(b) for b in images.split(batch)])
-        optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
-        for _ in range(steps):
-            pick = torch.randperm(queries)[:batch]
-            loss = distillation_loss(student(images[pick]), targets[pick])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+
+        def step(s: nn.Module, pick: torch.Tensor) -> torch.Tensor:
+            return distillation_loss(s(images[pick]), targets[pick])
+
+        fit(student, queries, step, epochs=epochs, steps=steps, batch=batch)
     with torch.no_grad():
         out = student(held_out)
     # Centred: on random images a random-weight backbone's features share one large mean

@@ -46,6 +46,7 @@ from simulations.extraction import (
     attack_parser,
     distillation_loss,
     distillation_start,
+    fit,
     print_table,
     spent,
 )
@@ -75,18 +76,6 @@ def student_features(
 def _entry_shape(backbone: SealedBackbone) -> tuple[int, int]:
     (point,) = (p for p in backbone.interface.entry_points if p.tower == "image")
     return point.layers, point.width
-
-
-Step = Callable[[nn.Module, torch.Tensor], torch.Tensor]  # student, picked rows -> loss
-
-
-def _fit(student: nn.Module, queries: int, step: Step, *, steps: int, batch: int) -> None:
-    optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
-    for _ in range(steps):
-        loss = step(student, torch.randperm(queries)[:batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
 
 
 def _score(
@@ -135,7 +124,7 @@ def entry_outputs(
         out = student_features(s, images[pick], **_entry(entered, prompts, gates, pick))
         return distillation_loss(out, targets[pick])
 
-    _fit(student, queries, step, steps=max(steps, epochs * queries // batch), batch=batch)
+    fit(student, queries, step, epochs=epochs, steps=steps, batch=batch)
     attack = "gray+ entry outputs" if entered else "gray, same student code (baseline)"
     return _score(attack, backbone, before, student, held_out, teacher_held_out)
 
@@ -200,7 +189,7 @@ def entry_gradients(
         )
         return distillation_loss(out, targets[pick]) + 1 - match.mean()
 
-    _fit(student, queries, step, steps=max(steps, epochs * queries // batch), batch=batch)
+    fit(student, queries, step, epochs=epochs, steps=steps, batch=batch)
     return _score("gray+ entry gradients", backbone, before, student, held_out, teacher_held_out)
 
 

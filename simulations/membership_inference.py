@@ -27,11 +27,11 @@ from fedgray.adapt import seed_everything
 from fedgray.adapters import AdaptedCLIP, build_model
 from fedgray.backbone import Backbone
 from fedgray.config import Config
+from fedgray.materials import load_task_data, open_backbone
 from fedgray.privacy.canaries import per_sample_losses
 from fedgray.privacy.membership import ATTACKS, attack
 from fedgray.privacy.objectives import private_task
 from fedgray.resolver import load_config
-from fedgray.site import load_task_data, open_backbone
 from fedgray.tasks import TASKS, TaskData, evaluate
 from fedgray.train.schedule import Schedule
 from fedgray.train.trainer import LocalTrainer
@@ -58,7 +58,12 @@ def trained(config: Config, backbone: Backbone, data: TaskData, *, seed: int) ->
     torch.manual_seed(seed)
     model = build_model(backbone, config.method)
     trainer = LocalTrainer(
-        config, model, data, schedule=Schedule.single_site(config), seed=seed, who="membership"
+        config,
+        model,
+        data,
+        schedule=Schedule.single_site(config.train),
+        seed=seed,
+        who="membership",
     )
     trainer.run()
     trainer.close()
@@ -150,10 +155,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         seeded = [*args.overrides, f"data.train_size={size}", f"data.seed={seed}"]
         seeded.append(f"train.seed={seed}")
         base = load_config(args.config, seeded)
-        seed_everything(base)
+        seed_everything(base.train)
         backbone = open_backbone(base, progress=False)
-        pool = load_task_data(base, backbone, split="train")
-        test = load_task_data(base, backbone, split="test")
+        pool = load_task_data(base.data, backbone, split="train")
+        test = load_task_data(base.data, backbone, split="test")
         for setting, overrides in SETTINGS.items():
             config = load_config(args.config, [*seeded, *overrides])
             figures = measure(

@@ -31,7 +31,7 @@ from opacus.accountants.utils import get_noise_multiplier
 
 from fedgray.cli import EXPECTED_ERRORS
 from fedgray.config import Config
-from fedgray.fl.common.site_partitions import site_indices
+from fedgray.fl.common.partitions import partition_indices
 from fedgray.fl.serverapp.checkpoint import CHECKPOINT, load_checkpoint
 from fedgray.resolver import load_config
 
@@ -72,7 +72,7 @@ def _reported(run_dir: Path, site: int) -> list[float]:
 
 def _config_history(config: Config, *, site: int, rounds: int) -> History:
     fed, privacy = config.federation, config.privacy
-    share = site_indices(config, partition_id=site, num_partitions=fed.num_sites)
+    share = partition_indices(config, partition_id=site, num_partitions=fed.num_sites)
     sample_rate = min(1.0, config.train.batch_size / len(share.train))
     sigma = privacy.noise_multiplier
     if sigma is None:

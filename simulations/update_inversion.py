@@ -31,11 +31,11 @@ import torch
 
 from fedgray.adapters import build_model
 from fedgray.config import Config
+from fedgray.materials import load_task_data, open_backbone
 from fedgray.privacy import plan_noise, private_task
 from fedgray.privacy.features import CachedImageHead, backbone_features
 from fedgray.privacy.inversion import best_cosine, invert_linear
 from fedgray.resolver import load_config
-from fedgray.site import load_task_data, open_backbone
 from fedgray.tasks import TaskData
 from simulations.tables import write_results
 
@@ -149,9 +149,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     backbone = open_backbone(config, progress=False)
     model = build_model(backbone, config.method)
     head = CachedImageHead(model)
-    sites = load_task_data(config, backbone, split="train")
+    sites = load_task_data(config.data, backbone, split="train")
     sites = replace(sites, images=backbone_features(model, sites.images))
-    population = load_task_data(config, backbone, split="test")  # none of the sites' images
+    population = load_task_data(config.data, backbone, split="test")  # none of the sites' images
     prior_candidates = backbone_features(model, population.images)
     center = prior_candidates.mean(dim=0)  # the population's: what lies beyond it counts
     rows = [

@@ -1,9 +1,9 @@
-"""Aggregation of adapter updates on Flower's strategies: a registry, an update guard,
+"""Aggregation of adapter updates on Flower's strategies: a registry, an update screen,
 personalisation helpers and checkpointable strategy state."""
 
-from strategies.guard import ORDER_KEY, Rejection, UpdateGuard, guarded
 from strategies.personal import is_personal, split_personal
 from strategies.registry import STRATEGIES, StrategyError, build_strategy
+from strategies.screen import ORDER_KEY, Rejection, UpdateScreen, screened
 from strategies.state import restore_strategy_state, strategy_state
 
 __all__ = [
@@ -11,9 +11,9 @@ __all__ = [
     "STRATEGIES",
     "Rejection",
     "StrategyError",
-    "UpdateGuard",
+    "UpdateScreen",
     "build_strategy",
-    "guarded",
+    "screened",
     "is_personal",
     "restore_strategy_state",
     "split_personal",

@@ -1,4 +1,4 @@
-"""Flower's strategies by name, each wrapped with the update guard."""
+"""Flower's strategies by name, each wrapped with the update screen."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from flwr.serverapp.strategy import (
 )
 
 from fedgray.config import min_trained_sites
-from strategies.guard import guarded
+from strategies.screen import screened
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class StrategySpec:
 
     ``averaging``: its arrays aggregate is the weighted mean of the replies (FedAdam, FedYogi,
     FedAdagrad and FedAvgM then take a server step from it), so replies are folded into a
-    running mean as they arrive (strategies/guard.py); the others need every reply at once.
+    running mean as they arrive (strategies/screen.py); the others need every reply at once.
     ``secure``: it needs only the sum of the updates, all that secure aggregation reveals.
     ``central``: it aggregates a mean of clipped updates, what central DP calibrates its
     noise to.
@@ -95,7 +95,7 @@ def build_strategy(
     options: dict[str, Any] | None = None,
     presampled: bool = False,
 ) -> FedAvg:
-    """Guarded strategy ``name`` that waits for all ``num_sites`` sites to be connected.
+    """Screened strategy ``name`` that waits for all ``num_sites`` sites to be connected.
 
     ``options`` go to the Flower constructor (``proximal_mu`` for FedProx, ``eta`` for
     FedAdam, ``beta`` for FedTrimmedAvg...). ``presampled``: the caller samples the sites
@@ -120,7 +120,7 @@ def build_strategy(
         sampling |= {"min_train_nodes": 1, "min_available_nodes": 1}
     try:
         spec = STRATEGIES[name]
-        strategy = guarded(spec.flower, folds=spec.averaging)
+        strategy = screened(spec.flower, folds=spec.averaging)
         return strategy(**sampling, **(options or {}))
     except (TypeError, ValueError) as error:
         raise StrategyError(f"federation.strategy_options: {name}: {error}") from None

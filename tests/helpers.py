@@ -29,8 +29,8 @@ from fedgray.backbone.loading import open_clip_module
 from fedgray.cli import main
 from fedgray.config import Config, MethodConfig, PretrainConfig
 from fedgray.fl.clientapp import secagg as secagg_site
+from fedgray.fl.common.partitions import partition_indices
 from fedgray.fl.common.records import from_record
-from fedgray.fl.common.site_partitions import site_indices
 from fedgray.fl.serverapp.app import make_server_app
 from fedgray.fl.serverapp.checkpoint import load_checkpoint
 from fedgray.fl.serverapp.server import FederationResult, initial_adapters
@@ -149,6 +149,23 @@ MICRO = [
     "federation.local_steps=2",
 ]
 
+# A CraFT adaptation of the random micro CLIP on digits short enough for a unit test.
+SHORT_CRAFT_ON_DIGITS = [
+    "backbone.name=fedgray-micro",
+    "backbone.pretrained=null",
+    "backbone.level=black",
+    "data.dataset=digits",
+    "data.train_size=40",
+    "data.validation_size=40",
+    "data.test_size=40",
+    "train.task=classification",
+    "method.name=craft",
+    "method.craft.queries=50",
+    "method.craft.popsize=4",
+    "method.craft.intrinsic_dim=8",
+    "method.craft.eval_every=5",
+]
+
 
 def micro_config(tmp_path: Path, *overrides: str, name: str = "run") -> Config:
     """A 3-site, 2-round federation of the random micro CLIP writing to ``tmp_path/name``."""
@@ -190,9 +207,11 @@ def _this_session(line: str) -> bool:
 
 def runtime_processes() -> set[str]:
     """The processes a federation run of this test session starts: the SuperLink and its
-    simulation, Ray."""
+    simulation, Ray, and the reapers they run under (a reaper exits last, once it has
+    ended every process below it, Ray's agents and idle workers included)."""
     ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    names = ("raylet", "ClientAppActor", "flower-superlink", "flwr-simulation", "flower-superexec")
+    names = ("raylet", "ClientAppActor", "flower-superlink", "flwr-simulation", "flower-superexec",
+             "fedgray.launch.reaper")  # fmt: skip
     return {
         line
         for line in ps.splitlines()
@@ -215,7 +234,7 @@ def budget_between_rounds(config: Config) -> float:
         min(
             1.0,
             config.train.batch_size
-            / len(site_indices(config, partition_id=i, num_partitions=sites).train),
+            / len(partition_indices(config, partition_id=i, num_partitions=sites).train),
         )
         for i in range(sites)
     ]

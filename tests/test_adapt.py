@@ -124,6 +124,13 @@ def test_adapt_that_cannot_start_leaves_no_folder_and_never_overwrites_a_run(
     assert main(["adapt", *micro, "--set", "data.dataset=folder:/nonexistent"]) == 2
     assert "no captions.csv in /nonexistent" in capsys.readouterr().err
     assert not (tmp_path / "mine").exists()
+    short = ["--set", "data.dataset=digits", "--set", "data.train_size=40"]
+    short += ["--set", "data.validation_size=500"]
+    assert main(["adapt", *micro, *short]) == 2
+    assert capsys.readouterr().err == (
+        "fedgray: error: data.validation_size: digits has 100 validation samples, 500 requested\n"
+    )
+    assert not (tmp_path / "mine").exists()
     finished = tmp_path / "mine"
     finished.mkdir()
     (finished / "summary.json").write_text("{}")

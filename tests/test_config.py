@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fedgray.adapters.modules import LgaConfig, LowRankOutputConfig
+from fedgray.adapters.white import LastLayersConfig, LoraConfig
 from fedgray.config import Config, save_config
 from fedgray.config_schema import ConfigError
 from fedgray.resolver import load_config
@@ -234,7 +236,8 @@ def test_each_method_reads_its_own_section(tmp_path: Path) -> None:
         "  last_layers:\n    blocks: 3\n"
     )
     config = load_config(write(tmp_path, text), ["method.lga.prompt_tokens=5"])
-    method = config.method
-    assert (method.lora.rank, method.lora.alpha, method.lora.train_a) == (2, 8.0, True)
-    assert (method.last_layers.blocks, method.lga.prompt_tokens) == (3, 5)
-    assert method.output_lowrank.rank == 8
+    lora = config.method.section(LoraConfig)
+    assert (lora.rank, lora.alpha, lora.train_a) == (2, 8.0, True)
+    assert config.method.section(LastLayersConfig).blocks == 3
+    assert config.method.section(LgaConfig).prompt_tokens == 5
+    assert config.method.section(LowRankOutputConfig).rank == 8

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
-from fedgray.adapters import methods
+from fedgray.adapters import AdaptedCLIP, methods
+from fedgray.backbone import Backbone
+from fedgray.backbone.access import AccessLevel
+from fedgray.backbone.sealed import SealedBackbone
 from fedgray.cli import main
-from fedgray.config_schema import ConfigError
-from fedgray.data import partition
+from fedgray.config import MethodConfig
+from fedgray.config_schema import ConfigError, positive
+from fedgray.data import partitioners
 from fedgray.privacy import ledger
-from fedgray.resolver import load_config
+from fedgray.resolver import config_from_dict, load_config
 from strategies import registry
 
 
@@ -30,7 +36,11 @@ from strategies import registry
             "federation.domains: unknown dataset 'nope'",
             [],
         ),
-        ("federation.partitioner=iid2", "federation.partitioner: unknown", partition.PARTITIONERS),
+        (
+            "federation.partitioner=iid2",
+            "federation.partitioner: unknown",
+            partitioners.PARTITIONERS,
+        ),
         ("privacy.accountant=gdp", "privacy.accountant: unknown accountant", ledger.ACCOUNTANTS),
         ("backbone.level=grey", "backbone.level: unknown access level", ["black", "gray+"]),
         ("train.task=detection", "train.task: unknown task", ["retrieval", "classification"]),
@@ -51,6 +61,43 @@ def test_the_check_reads_the_registry_not_a_copy(monkeypatch: pytest.MonkeyPatch
         load_config(None, ["method.name=mine"])
     monkeypatch.setitem(methods.METHODS, "mine", methods.METHODS["dga"])
     assert load_config(None, ["method.name=mine"]).method.name == "mine"
+
+
+@dataclass
+class BlurConfig:
+    """A new method's own options, declared by its row alone."""
+
+    SECTION: ClassVar[str] = "blur"
+
+    width: int = field(default=3, metadata=positive())
+
+
+def test_a_new_method_is_its_module_and_its_row(
+    monkeypatch: pytest.MonkeyPatch, micro: SealedBackbone
+) -> None:
+    """No schema edit: the row's options dataclass gives ``method.blur.*`` its keys,
+    defaults and checks, the builder gets them typed, and a run folder's config keeps them."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, ["method.blur.width=5"])
+    assert str(caught.value).startswith("method.blur: unknown section (known sections: craft")
+    seen: list[int] = []
+
+    def build(backbone: Backbone, options: MethodConfig) -> AdaptedCLIP:
+        seen.append(options.section(BlurConfig).width)
+        return AdaptedCLIP(backbone)
+
+    row = methods.Method("blur", AccessLevel.GRAY, "a test method", build, options=BlurConfig)
+    monkeypatch.setitem(methods.METHODS, "blur", row)
+    config = load_config(None, ["method.name=blur", "method.blur.width=5"])
+    assert config.method.section(BlurConfig) == BlurConfig(width=5)
+    assert config.to_dict()["method"]["blur"] == {"width": 5}
+    assert config_from_dict(config.to_dict()) == config
+    assert load_config(None, []).method.section(BlurConfig).width == 3
+    methods.build_model(micro, config.method)
+    assert seen == [5]
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, ["method.blur.width=0"])
+    assert str(caught.value) == "method.blur.width: must be > 0, got 0"
 
 
 def test_folder_datasets_and_registered_names_load() -> None:

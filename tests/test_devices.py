@@ -17,8 +17,8 @@ from fedgray.adapters import build_model
 from fedgray.backbone import load_sealed
 from fedgray.config import Config, ConfigError
 from fedgray.devices import autocast, resolve_device
+from fedgray.materials import load_task_data, open_backbone
 from fedgray.resolver import load_config
-from fedgray.site import load_task_data, open_backbone
 from fedgray.train.local import batches
 from fedgray.train.schedule import Schedule
 from fedgray.train.trainer import LocalTrainer
@@ -75,7 +75,7 @@ def test_batches_index_the_data_in_a_dataloaders_order() -> None:
     torch.manual_seed(0)
     backbone = load_sealed("fedgray-micro", None)
     config = load_config(None, [*MICRO, "data.train_size=37"])
-    data = load_task_data(config, backbone, split="train")
+    data = load_task_data(config.data, backbone, split="train")
     loader = torch.utils.data.DataLoader(
         data.as_dataset(),
         batch_size=8,
@@ -96,8 +96,8 @@ def _trainer(config: Config) -> LocalTrainer:
     with torch.no_grad():  # off the identity: every step's gradient is non-trivial
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    data = load_task_data(config, backbone, split="train")
-    schedule = Schedule.single_site(config)
+    data = load_task_data(config.data, backbone, split="train")
+    schedule = Schedule.single_site(config.train)
     return LocalTrainer(config, model, data, schedule=schedule, seed=0)
 
 
@@ -144,7 +144,7 @@ def test_adapt_on_cuda_puts_backbone_adapters_and_data_on_the_gpu(tmp_path: Path
     config = _config(tmp_path, "train.device=cuda", "output.name=cuda")
     backbone = open_backbone(config, progress=False)
     assert backbone.device.type == "cuda"
-    assert load_task_data(config, backbone, split="test").images.is_cuda
+    assert load_task_data(config.data, backbone, split="test").images.is_cuda
     assert all(p.is_cuda for p in build_model(backbone, config.method).parameters())
     result = adapt(config, progress=False, echo=lambda _: None)
     assert result.adapted.keys() == result.zero_shot.keys()
@@ -159,7 +159,9 @@ def test_secure_noise_off_the_cpu_is_one_line_before_any_step() -> None:
     plan = NoisePlan(noise_multiplier=1.0, sample_rate=1.0)
     torch.manual_seed(0)
     backbone = load_sealed("fedgray-micro", None)
-    data = load_task_data(load_config(None, [*MICRO, "data.train_size=4"]), backbone, split="train")
+    data = load_task_data(
+        load_config(None, [*MICRO, "data.train_size=4"]).data, backbone, split="train"
+    )
     with pytest.raises(ConfigError, match=r"^privacy.secure_mode: torchcsprng's generator"):
         make_private(
             module, data, optimizer, plan=plan, max_grad_norm=1.0, ledger=Ledger("rdp"),

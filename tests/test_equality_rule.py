@@ -209,9 +209,9 @@ SAME_SHAPES: dict[tuple[str, str], tuple[int, str]] = {
         2,
         "the same seeded split loaded twice; labels are integers",
     ),
-    ("tests/data/test_partition.py", "_assert_disjoint_cover"): (2, "indices: integers"),
-    ("tests/data/test_partition.py", "test_iid"): (2, "indices: integers"),
-    ("tests/data/test_partition.py", "test_dirichlet_cover_determinism_and_min_size"): (
+    ("tests/data/test_partitioners.py", "_assert_disjoint_cover"): (2, "indices: integers"),
+    ("tests/data/test_partitioners.py", "test_iid"): (2, "indices: integers"),
+    ("tests/data/test_partitioners.py", "test_dirichlet_cover_determinism_and_min_size"): (
         2,
         "indices: integers",
     ),
@@ -229,6 +229,38 @@ SAME_SHAPES: dict[tuple[str, str], tuple[int, str]] = {
         "the same rows picked or sliced: no arithmetic",
     ),
     ("tests/data/test_world.py", "test_domains_relate_as_specified"): (1, "uint8 renders"),
+    (
+        "tests/owner/test_embedding_rows.py",
+        "test_updating_the_used_rows_only_gives_adamws_weights_bit_for_bit",
+    ): (
+        1,
+        "the same steps; AdamW's element-wise ops on a gathered copy of the same rows",
+    ),
+    (
+        "tests/tasks/test_resolution.py",
+        "test_prepared_tokens_are_each_captions_own_with_equal_captions_tokenized_once",
+    ): (
+        1,
+        "token ids: integers",
+    ),
+    (
+        "tests/owner/test_embedding_rows.py",
+        "test_pretraining_gives_the_weights_of_the_loop_with_adamw_over_every_row",
+    ): (
+        1,
+        "the same steps on the same shapes; AdamW's element-wise ops on the same rows",
+    ),
+    (
+        "tests/owner/test_embedding_rows.py",
+        "test_the_checkpoint_is_the_same_whatever_thread_count_the_caller_set",
+    ): (
+        1,
+        "the same recipe on the same shapes and the same pinned thread count",
+    ),
+    ("tests/data/test_world.py", "test_a_worker_pool_renders_the_same_set_as_one_loop"): (
+        2,
+        "the same scenes rendered in blocks by other processes: the same ops on the same shapes",
+    ),
     (
         "tests/deploy/test_faults.py",
         "test_a_restarted_superlink_resumes_the_run_and_ends_as_an_uninterrupted_one",
@@ -283,11 +315,11 @@ SAME_SHAPES: dict[tuple[str, str], tuple[int, str]] = {
         1,
         "a saved round's adapters against the same round replayed or loaded",
     ),
-    ("tests/fl/clientapp/test_sites.py", "test_sites_get_disjoint_deterministic_partitions"): (
+    ("tests/fl/clientapp/test_partitions.py", "test_sites_get_disjoint_deterministic_partitions"): (
         1,
         "indices: integers",
     ),
-    ("tests/fl/clientapp/test_sites.py", "test_by_group_gives_each_site_one_domain"): (
+    ("tests/fl/clientapp/test_partitions.py", "test_by_group_gives_each_site_one_domain"): (
         1,
         "the same rendered row: no arithmetic",
     ),

@@ -215,7 +215,7 @@ def test_the_cycle_check_sees_a_package_that_imports_its_subpackages(
     assert cycles(module_graph(("pkg",))) == [{"pkg", "pkg.left", "pkg.left.app"}]
 
 
-def test_a_site_process_loads_no_opacus_scikit_learn_or_transformers_until_used() -> None:
+def test_a_run_process_loads_no_opacus_scikit_learn_or_transformers_until_used() -> None:
     """Every process of a run (the simulation's, each actor's) imports both Flower apps
     and builds a backbone; Opacus, scikit-learn and transformers (which open_clip imports
     with itself where installed) cost it about three seconds there, so they load only

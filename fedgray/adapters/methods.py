@@ -9,18 +9,20 @@ from fedgray.adapters.model import AdaptedCLIP
 from fedgray.adapters.modules import (
     DeepPrompts,
     ImageInputAdapter,
+    LgaConfig,
     LowRankOutputAdapter,
+    LowRankOutputConfig,
     OutputAdapter,
     ScaleShiftAdapter,
     TextInputAdapter,
     WhitenedOutputAdapter,
 )
-from fedgray.adapters.prompt import PromptSpace, context_tokens
-from fedgray.adapters.white import attach_lora, last_blocks
+from fedgray.adapters.prompt import CraftConfig, PromptSpace, context_tokens
+from fedgray.adapters.white import LastLayersConfig, LoraConfig, attach_lora, last_blocks
 from fedgray.adapters.whitening import public_statistics
 from fedgray.backbone import Backbone
 from fedgray.backbone.access import AccessLevel, SealedError
-from fedgray.config import MethodConfig
+from fedgray.config import MethodConfig, MethodSection
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,9 @@ class Method:
 
     ``trainer`` names how ``fedgray adapt`` trains it: ``gradient`` (backpropagation into
     the trainable modules) or a derivative-free trainer such as ``craft``; ``tasks`` are
-    the training tasks it supports.
+    the training tasks it supports; ``options``: the dataclass of its own config section
+    (``method.<its SECTION>``), kept beside the modules that read it, so that a new method
+    is its module and its row here.
     """
 
     name: str
@@ -38,6 +42,7 @@ class Method:
     build: Callable[[Backbone, MethodConfig], AdaptedCLIP]
     trainer: str = "gradient"
     tasks: tuple[str, ...] = ("retrieval", "classification")
+    options: type[MethodSection] | None = None
 
 
 def _zero_shot(backbone: Backbone, _: MethodConfig) -> AdaptedCLIP:
@@ -55,7 +60,7 @@ def _output_scale(backbone: Backbone, _: MethodConfig) -> AdaptedCLIP:
 
 
 def _output_lowrank(backbone: Backbone, options: MethodConfig) -> AdaptedCLIP:
-    dim, rank = backbone.interface.embed_dim, options.output_lowrank.rank
+    dim, rank = backbone.interface.embed_dim, options.section(LowRankOutputConfig).rank
     return AdaptedCLIP(
         backbone,
         image_out=LowRankOutputAdapter(dim, rank),
@@ -77,8 +82,9 @@ def _dga(backbone: Backbone, _: MethodConfig) -> AdaptedCLIP:
 def _lga(backbone: Backbone, options: MethodConfig) -> AdaptedCLIP:
     model = _dga(backbone, options)
     # Towers without transformer blocks (ResNet, convnext) publish no entry point: DGA there.
+    count = options.section(LgaConfig).prompt_tokens
     prompts = {
-        p.tower: DeepPrompts(layers=p.layers, width=p.width, count=options.lga.prompt_tokens)
+        p.tower: DeepPrompts(layers=p.layers, width=p.width, count=count)
         for p in backbone.interface.entry_points
     }
     if not prompts:
@@ -88,25 +94,25 @@ def _lga(backbone: Backbone, options: MethodConfig) -> AdaptedCLIP:
 
 
 def _craft(backbone: Backbone, options: MethodConfig) -> AdaptedCLIP:
-    context = context_tokens(backbone.tokenize, options.craft.context)
-    width, craft = backbone.interface.token_width, options.craft
+    craft = options.section(CraftConfig)
+    context = context_tokens(backbone.tokenize, craft.context)
+    width = backbone.interface.token_width
     space = PromptSpace(width, context, dim=craft.intrinsic_dim, projection=craft.projection)
     return AdaptedCLIP(backbone, text_in=space)
 
 
 def _lora(backbone: Backbone, options: MethodConfig) -> AdaptedCLIP:
+    lora = options.section(LoraConfig)
     factors = attach_lora(
-        backbone.module,
-        rank=options.lora.rank,
-        alpha=options.lora.alpha,
-        train_down=options.lora.train_a,
+        backbone.module, rank=lora.rank, alpha=lora.alpha, train_down=lora.train_a
     )
     return AdaptedCLIP(backbone, white_module=factors)
 
 
 def _last_layers(backbone: Backbone, options: MethodConfig) -> AdaptedCLIP:
     return AdaptedCLIP(
-        backbone, white_module=last_blocks(backbone.module, options.last_layers.blocks)
+        backbone,
+        white_module=last_blocks(backbone.module, options.section(LastLayersConfig).blocks),
     )
 
 
@@ -125,6 +131,7 @@ METHODS: dict[str, Method] = {
             _craft,
             trainer="craft",
             tasks=("classification",),
+            options=CraftConfig,
         ),
         Method("output", AccessLevel.GRAY, "output adapters only", _output),
         Method(
@@ -138,25 +145,45 @@ METHODS: dict[str, Method] = {
             AccessLevel.GRAY,
             "rank-method.output_lowrank.rank residual output adapters (for DP)",
             _output_lowrank,
+            options=LowRankOutputConfig,
         ),
         Method("dga", AccessLevel.GRAY, "DGA: input + output adapters (gray-box)", _dga),
-        Method("lga", AccessLevel.GRAY_PLUS, "LGA: DGA + per-layer tokens (gray+)", _lga),
+        Method(
+            "lga",
+            AccessLevel.GRAY_PLUS,
+            "LGA: DGA + per-layer tokens (gray+)",
+            _lga,
+            options=LgaConfig,
+        ),
         Method(
             "linear-probe",
             AccessLevel.WHITE,
             "linear maps on both towers' frozen embeddings (white-box baseline)",
             _output,
         ),
-        Method("lora", AccessLevel.WHITE, "LoRA on every linear map of both towers", _lora),
+        Method(
+            "lora",
+            AccessLevel.WHITE,
+            "LoRA on every linear map of both towers",
+            _lora,
+            options=LoraConfig,
+        ),
         Method(
             "last-layers",
             AccessLevel.WHITE,
             "fine-tune the last method.last_layers.blocks blocks of each tower",
             _last_layers,
+            options=LastLayersConfig,
         ),
         Method("full", AccessLevel.WHITE, "full fine-tuning (white-box baseline)", _full),
     )
 }
+
+
+def method_sections() -> dict[str, type[MethodSection]]:
+    """Section name -> the options dataclass a method's row declares (``method.<name>.*``),
+    read from :data:`METHODS` as it stands."""
+    return {m.options.SECTION: m.options for m in METHODS.values() if m.options is not None}
 
 
 def method_spec(name: str) -> Method:
@@ -179,7 +206,8 @@ def build_model(
     """
     options = method if isinstance(method, MethodConfig) else MethodConfig(name=method)
     if prompt_tokens is not None:
-        options = replace(options, lga=replace(options.lga, prompt_tokens=prompt_tokens))
+        lga = replace(options.section(LgaConfig), prompt_tokens=prompt_tokens)
+        options = replace(options, options={**options.options, LgaConfig.SECTION: lga})
     spec = method_spec(options.name)
     if backbone.level.rank < spec.level.rank:
         raise SealedError(

@@ -7,10 +7,31 @@ sample: Opacus then computes their per-sample gradients natively.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass, field
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
+
+from fedgray.config_schema import positive
+
+
+@dataclass
+class LgaConfig:
+    """LGA (method ``lga``): ``prompt_tokens`` learnable tokens per transformer layer."""
+
+    SECTION: ClassVar[str] = "lga"
+
+    prompt_tokens: int = field(default=2, metadata=positive())
+
+
+@dataclass
+class LowRankOutputConfig:
+    """Method ``output-lowrank``: the ``rank`` of its residual output adapters."""
+
+    SECTION: ClassVar[str] = "output_lowrank"
+
+    rank: int = field(default=8, metadata=positive())
 
 
 def _rows(table: nn.Embedding, batch: int, count: int) -> torch.Tensor:

@@ -20,12 +20,62 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from dataclasses import dataclass, field
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
+from fedgray.config_schema import check, positive, registered
+
 CONTEXT = "a photo of a"  # the paper's initial context words
+
+
+@dataclass
+class CraftConfig:
+    """CraFT (method ``craft``, black-box): CMA-ES over the prompt plus a refinement MLP.
+
+    ``queries``: backbone calls the training may spend (the paper's 8,000), counted by the
+    sealed backbone; ``popsize``/``sigma``: CMA-ES's population and initial step size;
+    ``intrinsic_dim``: dimension of the searched point ``z``; ``projection``: how the fixed
+    map ``A`` from ``z`` to the prompt is drawn (``normal``: N(0, 1/dim); ``uniform``: the
+    authors' code, U(-1/sqrt(dim), 1/sqrt(dim)), 1/sqrt(3) of that spread); ``bound``:
+    CMA-ES keeps each coordinate of ``z`` in ``[-bound, bound]`` (0: unbounded);
+    ``consistency``: weight of the prediction-consistency term; ``consistency_until``: the
+    share of a run's generations whose refiner loss has it (the fitness keeps it
+    throughout, as the authors' code does); ``augment``: the refiner's epoch each
+    generation sees freshly cropped and flipped training images (their features cost
+    queries); ``hidden``: the refinement MLP's width; ``eval_every``: generations between
+    test evaluations (free: no extra queries); ``context``: the words whose token
+    embeddings start the prompt (the paper's "a photo of a"), written before every class
+    prompt; ``validation``: the share of the training data held out to choose the
+    generation returned (the start included; 0: the last generation, as the authors' code;
+    ``fedgray adapt`` only: a federated site returns its last generation, and
+    ``federation.select: best`` keeps the best round). The refinement MLP trains with
+    ``train.lr`` and ``train.batch_size``.
+    """
+
+    SECTION: ClassVar[str] = "craft"
+
+    queries: int = field(default=8000, metadata=positive())
+    popsize: int = field(default=40, metadata=check(lambda v: v >= 2, "must be >= 2"))
+    sigma: float = field(default=0.05, metadata=positive())
+    intrinsic_dim: int = field(default=64, metadata=positive())
+    projection: str = field(default="normal", metadata=registered("projection"))
+    bound: float = field(default=5.0, metadata=check(lambda v: v >= 0, "must be >= 0"))
+    consistency: float = field(default=0.01, metadata=check(lambda v: v >= 0, "must be >= 0"))
+    consistency_until: float = field(
+        default=0.25, metadata=check(lambda v: 0 <= v <= 1, "must be in [0, 1]")
+    )
+    augment: bool = True
+    hidden: int = field(default=256, metadata=positive())
+    eval_every: int = field(default=10, metadata=positive())
+    context: str = field(
+        default="a photo of a", metadata=check(lambda v: bool(v.strip()), "must name words")
+    )
+    validation: float = field(
+        default=0.2, metadata=check(lambda v: 0 <= v < 1, "must be in [0, 1)")
+    )
 
 
 class ContextInput(NamedTuple):

@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+
+from fedgray.config_schema import positive
 
 # (submodule path inside a residual block, weight name): every linear map of the block.
 LORA_TARGETS = (
@@ -40,6 +43,29 @@ LORA_TARGETS = (
     ("mlp.c_fc", "weight"),
     ("mlp.c_proj", "weight"),
 )
+
+
+@dataclass
+class LoraConfig:
+    """LoRA (method ``lora``): ``rank`` and scale (``alpha / rank``) of the factors;
+    ``train_a``: train the ``A`` factor too (Hu et al.; federated, FedAvg of both factors is
+    then not the mean of the updates), by default FFA-LoRA: ``A`` frozen at a fixed random
+    draw, only ``B`` trained and sent."""
+
+    SECTION: ClassVar[str] = "lora"
+
+    rank: int = field(default=4, metadata=positive())
+    alpha: float = field(default=8.0, metadata=positive())
+    train_a: bool = False
+
+
+@dataclass
+class LastLayersConfig:
+    """Method ``last-layers``: the ``blocks`` per tower it trains (the last ones)."""
+
+    SECTION: ClassVar[str] = "last_layers"
+
+    blocks: int = field(default=1, metadata=positive())
 
 
 DOWN_SEED = 0

@@ -19,8 +19,8 @@ mistakes (weights in a checkpoint, a log, a pickled update), not against the sit
 code; the runtime under another OS identity is the boundary (docs/security.md).
 
 The inner graph costs what a plain forward's graph costs (the activations wait for the
-backward) and no extra compute: the node used to recompute the forward in its backward,
-one more backbone forward per step.
+backward) and no extra compute: the node does not recompute the forward in its backward,
+which would cost one more backbone forward per step.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
-from fedgray.backbone.guard import refuse_instrumentation
+from fedgray.backbone.instrumentation import refuse_instrumentation
 
 Run = Callable[..., torch.Tensor]
 
@@ -88,8 +88,8 @@ class _Token:
 
 
 # The model call and the pending inner graph of each opaque node, by its token: kept off
-# the node so that no attribute of the outputs' graph leads to the model (a walk from
-# ``output.grad_fn`` used to reach it in two hops). Gone with the node.
+# the node so that no attribute of the outputs' graph leads to the model (kept on the node,
+# a walk from ``output.grad_fn`` would reach it in two hops). Gone with the node.
 _MODELS: weakref.WeakKeyDictionary[_Token, tuple[Run, Pull]] = weakref.WeakKeyDictionary()
 
 

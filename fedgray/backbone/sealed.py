@@ -12,7 +12,7 @@ querying it (extraction; see docs/security.md).
 
 At ``gray`` and ``gray+`` the model runs behind one opaque autograd node
 (:mod:`fedgray.backbone.opaque`), so the outputs' graph holds no backbone tensor, and the
-encoders refuse to run while torch is instrumented (:mod:`fedgray.backbone.guard`).
+encoders refuse to run while torch is instrumented (:mod:`fedgray.backbone.instrumentation`).
 
 This is sealing inside one Python process: it keeps weights out of every public path,
 out of anything serialised and out of the outputs' graph, but a hostile process that

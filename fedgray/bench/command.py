@@ -72,9 +72,16 @@ def _scaling(model: str, counts: tuple[int, ...], out: Path) -> int:
 
 def _secagg(args: argparse.Namespace) -> int:
     """The SecAgg+ table (see :mod:`.secagg`)."""
+    if args.deployed_only and args.sites:
+        print(
+            "fedgray bench: error: --deployed-only: leaves out the simulated rows that --sites "
+            "sets; give one or the other",
+            file=sys.stderr,
+        )
+        return 2
     try:
         plan = Plan(
-            simulated=args.sites or SIMULATED_SITES,
+            simulated=() if args.deployed_only else args.sites or SIMULATED_SITES,
             deployed=args.deployed,
             rounds=args.rounds,
             blocks=args.blocks,
@@ -154,6 +161,12 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
         default=DEPLOYED_SITES,
         metavar="N",
         help=f"--secagg: sites of the loopback deployment (default {DEPLOYED_SITES}; 0: none)",
+    )
+    bench.add_argument(
+        "--deployed-only",
+        action="store_true",
+        help="--secagg: only the deployed row and the same sites simulated beside it (no "
+        "--sites rows)",
     )
     bench.add_argument(
         "--rounds",

@@ -69,15 +69,17 @@ def _plain_round(config: Config, rnd: int) -> float:
     """Seconds of every site's local training of round ``rnd``, called directly."""
     from fedgray.fl.clientapp.client import round_seed
     from fedgray.fl.common.cache import shared_backbone
-    from fedgray.fl.common.site_partitions import site_data
+    from fedgray.fl.common.partitions import load_partition
     from fedgray.train.gradient import start, train_round
     from fedgray.train.kinds import SiteRound
 
     backbone, sites = shared_backbone(config), config.federation.num_sites
     shared = start(
-        config, backbone, lambda: site_data(config, partition_id=0, num_partitions=1).heldout
+        config, backbone, lambda: load_partition(config, partition_id=0, num_partitions=1).heldout
     )
-    data = [site_data(config, partition_id=i, num_partitions=sites).train for i in range(sites)]
+    data = [
+        load_partition(config, partition_id=i, num_partitions=sites).train for i in range(sites)
+    ]
     started = time.perf_counter()
     for i, train in enumerate(data):
         seed = round_seed(config.federation.seed, rnd, i)

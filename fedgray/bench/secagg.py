@@ -27,7 +27,7 @@ from typing import Any
 from fedgray.config import Config
 from fedgray.deploy.credentials import create_credentials
 from fedgray.deploy.demo import demo_config, flwr_run, start_federation
-from fedgray.deploy.site_data import seal_backbone, write_site_data
+from fedgray.deploy.trial_folders import seal_backbone, write_partition_folders
 from fedgray.fl.simulation.local_grid import run_local
 from fedgray.launch.processes import supervised
 from fedgray.resolver import load_config
@@ -43,8 +43,9 @@ RUN_TIMEOUT_S = 900.0
 
 @dataclass(frozen=True)
 class Plan:
-    """What ``--secagg`` measures: simulated site counts (``micro`` model), deployed sites
-    (``model``, 0: none), rounds per run (the first left out), blocks of paired runs."""
+    """What ``--secagg`` measures: simulated site counts (``micro`` model; none: the
+    deployed row and its simulated twin only), deployed sites (``model``, 0: none), rounds
+    per run (the first left out), blocks of paired runs."""
 
     simulated: tuple[int, ...] = SIMULATED_SITES
     deployed: int = DEPLOYED_SITES
@@ -68,6 +69,8 @@ class Plan:
             )
         if any(n < 3 for n in self.simulated):
             raise ValueError(f"--sites: SecAgg+ needs at least 3 sites, got {self.simulated}")
+        if not self.simulated and not self.deployed:
+            raise ValueError("--deployed-only: needs --deployed sites (3 or more), got 0")
 
 
 def bench_config(plan: Plan, model: str, sites: int, *, secure: bool, root: Path) -> Config:
@@ -193,7 +196,7 @@ def deployed_rows(plan: Plan, root: Path, *, echo: Echo) -> tuple[Row, Row, floa
     sites = plan.deployed
     base = bench_config(plan, plan.model, sites, secure=False, root=root)
     owner = seal_backbone(base, root / "owner")
-    data_dirs = write_site_data(base, sites, root / "sites")
+    data_dirs = write_partition_folders(base, sites, root / "sites")
     credentials = create_credentials(root / "credentials", sites)
     dep: list[tuple[Rounds, Rounds]] = []
     sim: list[tuple[Rounds, Rounds]] = []
@@ -264,8 +267,9 @@ def bench_secagg(plan: Plan, out: Path, *, echo: Echo) -> str:
     versus = None
     with tempfile.TemporaryDirectory(prefix="fgsecagg") as folder:
         root = Path(folder)
-        echo(f"bench --secagg: simulated {', '.join(map(str, plan.simulated))} sites ...")
-        rows += simulated_rows(plan, root / "simulated", echo=echo)
+        if plan.simulated:
+            echo(f"bench --secagg: simulated {', '.join(map(str, plan.simulated))} sites ...")
+            rows += simulated_rows(plan, root / "simulated", echo=echo)
         if plan.deployed:
             echo(f"bench --secagg: {plan.deployed} sites deployed on loopback ...")
             deployed, twin, versus = deployed_rows(plan, root / "deployed", echo=echo)

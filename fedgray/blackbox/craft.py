@@ -41,15 +41,14 @@ import torch
 import torch.nn.functional as F
 
 from fedgray.adapters.model import AdaptedCLIP
-from fedgray.adapters.prompt import PromptSpace
+from fedgray.adapters.prompt import CraftConfig, PromptSpace
 from fedgray.blackbox.augment import augment
 from fedgray.blackbox.refine import PredictionRefiner, consistency
 from fedgray.blackbox.search import CmaSearch
-from fedgray.config import CraftConfig
 from fedgray.config_schema import ConfigError
 from fedgray.tasks.data import TaskData
 from fedgray.tasks.losses import class_logits
-from fedgray.tasks.metrics import batched
+from fedgray.tasks.metrics import batched, batched_calls
 
 CHUNK = 256  # images per query when a dataset's features are computed
 
@@ -86,8 +85,8 @@ def plan_queries(
             f"method.craft.queries: {options.queries} is more than the backbone's query "
             f"budget has left ({remaining})"
         )
-    train = math.ceil(train_size / CHUNK)
-    features = train + (math.ceil(held_out / CHUNK) + 1 if held_out else 0)
+    train = feature_queries(train_size)
+    features = train + (feature_queries(held_out) + 1 if held_out else 0)
     per_generation = options.popsize + 1 + (train if options.augment else 0)
     generations = (options.queries - features) // per_generation
     if generations < 1:
@@ -140,6 +139,11 @@ class BestGeneration:
     def beaten_by(self, accuracy: float, loss: float) -> bool:
         """Whether a generation scoring ``accuracy`` and ``loss`` is strictly better."""
         return (accuracy, -loss) > (self.accuracy, -self.loss)
+
+
+def feature_queries(images: int) -> int:
+    """The queries :func:`encode_images` makes for ``images`` images."""
+    return batched_calls(images, CHUNK)
 
 
 def encode_images(model: AdaptedCLIP, images: torch.Tensor) -> torch.Tensor:

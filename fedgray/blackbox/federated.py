@@ -21,6 +21,7 @@ from dataclasses import replace
 import torch
 
 from fedgray.adapters import AdaptedCLIP, build_model
+from fedgray.adapters.prompt import CraftConfig
 from fedgray.backbone import Backbone
 from fedgray.blackbox.craft import Craft, encode_images
 from fedgray.blackbox.refine import PredictionRefiner
@@ -40,7 +41,7 @@ def craft_model(config: Config, backbone: Backbone) -> AdaptedCLIP:
 
 def start(config: Config, _backbone: Backbone, data: Callable[[], TaskData]) -> State:
     """``z = 0``, ``sigma = method.craft.sigma`` and the refinement MLP at identity."""
-    options = config.method.craft
+    options = config.method.section(CraftConfig)
     with torch.random.fork_rng():
         torch.manual_seed(config.federation.seed)
         refiner = PredictionRefiner(data().num_classes, hidden=options.hidden)
@@ -60,7 +61,7 @@ def open_craft(
     craft = Craft(
         model,
         data,
-        options=replace(config.method.craft, validation=0.0),
+        options=replace(config.method.section(CraftConfig), validation=0.0),
         scale=model.backbone.interface.logit_scale,
         batch_size=train.batch_size,
         lr=train.lr,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fedgray.blackbox import federated
-from fedgray.blackbox.trainer import train_craft
+from fedgray.blackbox.trainer import craft_queries, train_craft
 from fedgray.train.kinds import Refusal, TrainerKind, register
 
 # What federated CraFT does not support.
@@ -40,5 +40,6 @@ CRAFT = register(
         federated.train_round,
         federated.score,
         refusals=REFUSALS,
+        adapt_queries=craft_queries,
     )
 )

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
 from tqdm.auto import tqdm
 
-from fedgray.blackbox.craft import Craft, Generation, encode_images
+from fedgray.adapters.prompt import CraftConfig
+from fedgray.blackbox.craft import Craft, Generation, encode_images, feature_queries
+from fedgray.blackbox.refine import PredictionRefiner
+from fedgray.config import Config
 from fedgray.config_schema import ConfigError
+from fedgray.tasks import TaskData
 from fedgray.train.job import Job, Trained
 
 
@@ -16,25 +21,35 @@ def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * (logits.argmax(1) == labels).float().mean().item()
 
 
-def train_craft(job: Job) -> Trained:
-    """Run CraFT within ``method.craft.queries``; evaluate every ``eval_every`` generations.
+def craft_queries(config: Config, validation: TaskData, test: TaskData) -> int:
+    """The most queries :func:`train_craft` spends and its ``score`` spends on ``test``: the
+    validation features, ``method.craft.queries`` (CraFT stops at the last generation that
+    fits), then the test features."""
+    options = config.method.section(CraftConfig)
+    return feature_queries(len(validation)) + options.queries + feature_queries(len(test))
 
-    The test images' features are queried once before CraFT starts (the backbone counts
-    them, CraFT's budget does not); every evaluation after that reuses the text features
-    CraFT queried for its refinement step, so evaluating costs no queries. CraFT scores as
-    :func:`fedgray.tasks.evaluate` does, so its accuracy at 0 queries is the zero-shot one
-    (CraFT's own: its context words before every class prompt). The last record is the
-    generation CraFT returns, chosen on its held-out split (``selected``; 0 is the start),
-    with the last generation's test accuracy beside it (``last_accuracy``: what the
-    authors' code returns).
+
+def train_craft(job: Job) -> Trained:
+    """Run CraFT within ``method.craft.queries``; evaluate on the validation split every
+    ``eval_every`` generations.
+
+    The validation images' features are queried once before CraFT starts (the backbone
+    counts them, CraFT's budget does not); every evaluation after that reuses the text
+    features CraFT queried for its refinement step, so evaluating costs no queries. CraFT
+    scores as :func:`fedgray.tasks.evaluate` does, so its accuracy at 0 queries is the
+    zero-shot one (CraFT's own: its context words before every class prompt). The last
+    record is the generation CraFT returns, chosen on its held-out share of the training
+    data (``selected``; 0 is the start). Scoring the result (the test split, after the
+    run) also scores the last generation (``last_accuracy``, ``last_prompt_accuracy``:
+    what the authors' code returns), from the same image features.
     """
     config, model = job.config, job.model
     if config.privacy.enabled:
         raise ConfigError(
             f"privacy.enabled: DP-SGD needs gradients; method '{config.method.name}' has none"
         )
-    options, backbone = config.method.craft, model.backbone
-    test_features = encode_images(model, job.test.images)
+    options, backbone = config.method.section(CraftConfig), model.backbone
+    validation_features = encode_images(model, job.validation.images)
     craft = Craft(
         model,
         job.train,
@@ -57,12 +72,12 @@ def train_craft(job: Job) -> Trained:
     bar = tqdm(total=plan.generations, desc="generations", disable=not job.progress, leave=False)
 
     last: list[Generation] = []
-    ending: dict[str, float] = {}
+    ending: list[tuple[PredictionRefiner, torch.Tensor]] = []  # the last generation's
 
     def report(generation: Generation, extra: dict[str, float]) -> None:
-        raw, refined = craft.predict(test_features)
-        adapted["accuracy"] = _accuracy(refined, job.test.labels)
-        adapted["prompt_accuracy"] = _accuracy(raw, job.test.labels)
+        raw, refined = craft.predict(validation_features)
+        adapted["accuracy"] = _accuracy(refined, job.validation.labels)
+        adapted["prompt_accuracy"] = _accuracy(raw, job.validation.labels)
         held = {} if generation.validation is None else {"validation": generation.validation}
         job.run.log(
             {
@@ -90,19 +105,34 @@ def train_craft(job: Job) -> Trained:
         last[:] = [generation]
         if generation.index % options.eval_every == 0 and generation.index < plan.generations:
             report(generation, {})
-        if generation.index == plan.generations:  # what the authors' code would return
-            raw, refined = craft.predict(test_features)
-            ending["last_accuracy"] = _accuracy(refined, job.test.labels)
-            ending["last_prompt_accuracy"] = _accuracy(raw, job.test.labels)
+        if generation.index == plan.generations and craft.text_features is not None:
+            ending[:] = [(copy.deepcopy(craft.refiner), craft.text_features)]
 
     craft.run(on_generation=on_generation)
     bar.close()
     selected = craft.selected
     chosen = plan.generations if selected is None else selected.generation
-    report(last[0], {"selected": chosen, **ending})
+    report(last[0], {"selected": chosen})
+
+    def score(data: TaskData) -> dict[str, float]:
+        """The returned generation's accuracies on ``data``, and the last generation's."""
+        features = encode_images(model, data.images)
+        raw, refined = craft.predict(features)
+        scores = {
+            "accuracy": _accuracy(refined, data.labels),
+            "prompt_accuracy": _accuracy(raw, data.labels),
+        }
+        for refiner, text_features in ending:  # what the authors' code would return
+            raw = craft.logits(features, text_features)
+            with torch.no_grad():
+                scores["last_accuracy"] = _accuracy(refiner.eval()(raw), data.labels)
+            scores["last_prompt_accuracy"] = _accuracy(raw, data.labels)
+        return scores
+
     refiner = {f"refiner.{k}": v.detach().clone() for k, v in craft.refiner.state_dict().items()}
     return Trained(
-        adapted=adapted,
+        validation=dict(adapted),
+        score=score,
         state={**model.state_dict(), **refiner},
         trainable=trainable,
         axis="queries",

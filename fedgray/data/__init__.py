@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fedgray.data.digits import load_digits_set
 from fedgray.data.folder import load_folder_set
-from fedgray.data.partition import PARTITIONERS, by_group, dirichlet, iid
+from fedgray.data.partitioners import PARTITIONERS, by_group, dirichlet, iid
 from fedgray.data.registry import DATASETS, load_dataset
 from fedgray.data.sets import SPLITS, UNLABELLED, ImageTextSet
 from fedgray.data.world import (

@@ -212,14 +212,14 @@ def _cmd_submit(args: argparse.Namespace) -> None:
 
 
 def _cmd_trial_data(args: argparse.Namespace) -> None:
-    from fedgray.deploy.site_data import write_site_data
+    from fedgray.deploy.trial_folders import write_partition_folders
     from fedgray.fl.clientapp.node_config import check_data_dir
 
     out = Path(args.out).resolve()
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"--out: {out}: not empty; refusing to write into it")
     config = load_config(args.config, args.overrides)
-    for site, folder in enumerate(write_site_data(config, args.sites, out)):
+    for site, folder in enumerate(write_partition_folders(config, args.sites, out)):
         print(f"site {site}: {folder} ({check_data_dir(folder)} samples): --data {folder}")
 
 

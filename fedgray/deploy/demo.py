@@ -27,10 +27,10 @@ from fedgray.deploy.credentials import Credentials, create_credentials
 from fedgray.deploy.fleet_proxy import ProxyError, nginx_executable
 from fedgray.deploy.locks import try_lock
 from fedgray.deploy.roles import SuperLink, SuperNode, start_superlink, start_supernode
-from fedgray.deploy.site_data import OwnerFiles, seal_backbone, write_site_data
+from fedgray.deploy.trial_folders import OwnerFiles, seal_backbone, write_partition_folders
 from fedgray.fl.clientapp.signed_runs import PUBLISHER_KEY
 from fedgray.fl.serverapp.progress import PROGRESS, Follower
-from fedgray.launch.app import write_app
+from fedgray.launch.app_folder import write_app
 from fedgray.launch.commands import (
     CONNECTION,
     SuperLinkOptions,
@@ -245,7 +245,7 @@ def run_demo(
     echo(f"owner: sealing {config.backbone.name} (pretrained first if not cached)")
     owner = seal_backbone(config, run_dir / "owner", progress=progress)
     echo(f"owner: sealed {owner.artifact.name}")
-    data_dirs = write_site_data(config, num_sites, run_dir / "sites")
+    data_dirs = write_partition_folders(config, num_sites, run_dir / "sites")
     echo(f"sites: {num_sites} data folders under {run_dir / 'sites'}")
     credentials = create_credentials(run_dir / "credentials", num_sites)
     public = fleet_proxy_available(echo)

@@ -42,6 +42,8 @@ from fedgray.launch.commands import (
     wait_until_serving,
     write_cli_config,
 )
+from fedgray.launch.doorbell import BELL_ENV, BELL_FILE
+from fedgray.launch.doorbell import install as install_bell
 from fedgray.launch.processes import Processes, wait_for_port
 
 Echo = Callable[[str], None]
@@ -114,7 +116,7 @@ def start_superlink(
     flwr_home = options.run_dir / "flwr"
     options = dataclasses.replace(options, superexec_secret=superexec_secret(options.run_dir))
     assert options.superexec_secret is not None
-    try:  # the guardian inherits the lock: it lasts as long as the SuperLink's tree,
+    try:  # the reaper inherits the lock: it lasts as long as the SuperLink's tree,
         process = processes.start(  # also if this command is killed
             superlink_command(options),
             log_file=options.run_dir / "superlink.log",
@@ -236,7 +238,8 @@ def start_supernode(
     """Start one site's SuperNode after checking its node config; its FLWR_HOME and log
     in ``site_dir``. Its messages go to one long-lived ClientApp process
     (:mod:`fedgray.fl.clientapp.resident`) that runs only fedgray's installed ClientApp
-    (:mod:`fedgray.fl.clientapp.trusted`)."""
+    (:mod:`fedgray.fl.clientapp.trusted`), rung by the SuperNode when a message is in
+    (:mod:`fedgray.launch.doorbell`)."""
     if options.insecure:
         _warn(INSECURE_WARNING)
     check_node_config(options.node_config)
@@ -245,7 +248,8 @@ def start_supernode(
         Path(str(options.node_config[STATE_DIR])).mkdir(mode=0o700, parents=True, exist_ok=True)
     options = dataclasses.replace(options, superexec_secret=superexec_secret(site_dir))
     assert options.superexec_secret is not None
-    env = flower_env(site_dir / "flwr")
+    bell = install_bell(site_dir / BELL_FILE)  # rung by the SuperNode, heard by its apps
+    env = flower_env(site_dir / "flwr", {BELL_ENV: str(bell)})
     log_file = site_dir / "supernode.log"
     log_start = log_file.stat().st_size if log_file.is_file() else 0
     node = SuperNode(

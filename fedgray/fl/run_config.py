@@ -5,7 +5,7 @@ The YAML config is the one source of options and defaults, under ``fedgray run``
 
 - ``document``: the whole resolved config as one JSON document
   (:func:`fedgray.config.to_document`), what the app folder of ``fedgray run`` and of a
-  deployment declares (:mod:`fedgray.launch.app`); it is parsed and checked once per
+  deployment declares (:mod:`fedgray.launch.app_folder`); it is parsed and checked once per
   process;
 - ``config``: a YAML file (absolute, or relative to the working directory or to the app's
   folder), what the repository's own pyproject.toml declares for ``flwr run .``; empty: the

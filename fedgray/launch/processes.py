@@ -6,7 +6,7 @@ sessions of their own, so killing the group we started is not enough: :meth:`Pro
 collects the process group of every descendant first, then TERMs them all, waits, and KILLs
 what is left. It runs on normal exit, on failure, on ``atexit`` and on SIGINT/SIGTERM. A
 command killed with SIGKILL runs none of that: so each long-running Flower process starts
-under a guardian (:mod:`fedgray.launch.guardian`) that ends its whole tree when the command
+under a reaper (:mod:`fedgray.launch.reaper`) that ends its whole tree when the command
 dies, and a short one (the ``flwr`` CLI) asks the kernel to kill it then (Linux's
 parent-death signal).
 """
@@ -45,9 +45,9 @@ def die_with_starter(starter: int, sig: signal.Signals = signal.SIGKILL) -> Call
     return request
 
 
-def guarded(args: Sequence[str]) -> list[str]:
-    """``args`` under :mod:`fedgray.launch.guardian`, on behalf of this process."""
-    return [sys.executable, "-m", "fedgray.launch.guardian", str(os.getpid()), "--", *args]
+def under_reaper(args: Sequence[str]) -> list[str]:
+    """``args`` under :mod:`fedgray.launch.reaper`, on behalf of this process."""
+    return [sys.executable, "-m", "fedgray.launch.reaper", str(os.getpid()), "--", *args]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -58,9 +58,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _name(process: subprocess.Popen) -> str:
-    """The executable's name (the guarded one, under a guardian)."""
+    """The executable's name (the one the reaper runs)."""
     args = list(process.args) if isinstance(process.args, list | tuple) else [process.args]
-    first = args[args.index("--") + 1] if "fedgray.launch.guardian" in args else args[0]
+    first = args[args.index("--") + 1] if "fedgray.launch.reaper" in args else args[0]
     return Path(str(first)).name
 
 
@@ -148,14 +148,14 @@ class Processes:
         cwd: Path | None = None,
         pass_fds: Sequence[int] = (),
     ) -> subprocess.Popen:
-        """Start ``args`` under a guardian in a new session (its own process group), output
-        to ``log_file``; the guardian inherits ``pass_fds`` (a lock it holds while the
+        """Start ``args`` under a reaper in a new session (its own process group), output
+        to ``log_file``; the reaper inherits ``pass_fds`` (a lock it holds while the
         command's tree lives)."""
         log_file.parent.mkdir(parents=True, exist_ok=True)
         log = log_file.open("ab")
         self._handles.append(log)
         process = subprocess.Popen(
-            guarded(args),
+            under_reaper(args),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -219,7 +219,7 @@ class Processes:
 
     def kill(self, process: subprocess.Popen, sig: signal.Signals = signal.SIGKILL) -> None:
         """Send ``sig`` to ``process`` and every process group below it (a fault, or a stop),
-        and wait until they are gone: ``process`` may be a guardian that dies at once while
+        and wait until they are gone: ``process`` may be a reaper that dies at once while
         the SuperLink below it still holds its port for a moment."""
         groups = _groups(descendants(process.pid))
         _signal_groups(groups, sig)
@@ -232,7 +232,9 @@ class Processes:
         groups = _groups([p for proc in self.started for p in descendants(proc.pid)])
         if groups:
             _signal_groups(groups, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_GRACE_S
+            # A reaper given SIGTERM takes up to a grace for TERM and one for KILL to end
+            # its tree; killing it sooner would orphan what it has not reached yet.
+            deadline = time.monotonic() + 2 * STOP_GRACE_S + 1.0
             while time.monotonic() < deadline and any(p.poll() is None for p in self.started):
                 time.sleep(0.1)
             groups |= _groups([p for proc in self.started for p in descendants(proc.pid)])

@@ -87,7 +87,7 @@ def plant(model: AdaptedCLIP, train: TaskData, *, kind: str, count: int, seed: i
     return Planted(kind, canaries, members, joined(rest, selected(canaries, members)), None)
 
 
-AUDITED_SITE = 0  # the partition that plants canaries under ``privacy.audit``
+AUDITED_PARTITION = 0  # the partition that plants canaries under ``privacy.audit``
 _AUDIT_STREAM = 0x617564  # the canaries' seed stream, apart from every training seed
 
 
@@ -98,7 +98,7 @@ def planted_at_site(
     every other site, or without the audit): the same ones every round, from the
     federation's seed."""
     privacy = config.privacy
-    if not privacy.audit or partition_id != AUDITED_SITE:
+    if not privacy.audit or partition_id != AUDITED_PARTITION:
         return None
     kind, count = canary_kind(privacy), privacy.audit_canaries
     if kind == "input" and count >= len(data):

@@ -55,15 +55,26 @@ def poisson_p_value(sizes: list[int], *, rows: int, rate: float) -> float:
     return float(min(1.0, 2 * min(lower.item(), upper.item())))
 
 
-def sampling_refuted(sizes: list[int], *, rows: int, rate: float) -> str | None:
-    """Why ``sizes`` refute Poisson sampling at ``rate`` (one line), or None."""
+@dataclass(frozen=True)
+class SamplingCheck:
+    """The verdict on a run's batch sizes: their p-value under Poisson sampling at the
+    accountant's rate and, below :data:`LEVEL`, the one line saying why they refute it."""
+
+    p_value: float
+    refuted: str | None
+
+
+def check_sampling(sizes: list[int], *, rows: int, rate: float) -> SamplingCheck:
+    """Whether ``sizes`` refute Poisson sampling at ``rate``: the p-value, computed once,
+    and the refutation every reader (``fedgray audit``, the federated audit) reports."""
     found = poisson_p_value(sizes, rows=rows, rate=rate)
     if found >= LEVEL:
-        return None
+        return SamplingCheck(found, None)
     spread = (sum(s * s for s in sizes) / len(sizes) - (sum(sizes) / len(sizes)) ** 2) ** 0.5
-    return (
+    return SamplingCheck(
+        found,
         f"audit: the {len(sizes)} batches drawn are not Poisson-sampled at the accountant's "
         f"rate {rate:.4g} (sizes {sum(sizes) / len(sizes):.1f} ± {spread:.1f}, expected "
         f"{rows * rate:.1f} ± {(rows * rate * (1 - rate)) ** 0.5:.1f}; p = {found:.2g}): the "
-        "accountant's amplification by sampling does not hold"
+        "accountant's amplification by sampling does not hold",
     )

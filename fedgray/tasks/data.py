@@ -80,13 +80,17 @@ def fit_pixels(pixels: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def prepare(dataset: ImageTextSet, tokenize: Callable[[Sequence[str]], torch.Tensor]) -> TaskData:
-    """Tokenize captions and class prompts; images keep their resolution (see TaskData)."""
+    """Tokenize captions and class prompts; images keep their resolution (see TaskData).
+
+    Each distinct caption is tokenized once: the owner's 40,000 captions are a few thousand
+    distinct ones, and a caption's tokens do not depend on the others."""
     distinct = {caption: i for i, caption in enumerate(dict.fromkeys(dataset.captions))}
+    caption_ids = torch.tensor([distinct[c] for c in dataset.captions], dtype=torch.long)
     prompts = [(p, c) for c, group in enumerate(dataset.class_prompts) for p in group]
     return TaskData(
         images=dataset.images.contiguous(),
-        tokens=tokenize(dataset.captions),
-        caption_ids=torch.tensor([distinct[c] for c in dataset.captions]),
+        tokens=tokenize(list(distinct))[caption_ids],
+        caption_ids=caption_ids,
         labels=dataset.labels.long(),
         prompt_tokens=tokenize([p for p, _ in prompts]),
         prompt_classes=torch.tensor([c for _, c in prompts]),

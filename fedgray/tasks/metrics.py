@@ -16,11 +16,17 @@ from fedgray.tasks.data import TaskData
 from fedgray.tasks.losses import class_logits, encoders, similarity
 
 RECALL_AT = (1, 5, 10)
+EVAL_BATCH = 256  # rows per encoder call when a split is scored
 
 
 def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int) -> torch.Tensor:
     """``fn`` applied to ``x`` in slices of ``size`` rows, concatenated (one call per slice)."""
     return torch.cat([fn(x[i : i + size]) for i in range(0, x.shape[0], size)])
+
+
+def batched_calls(rows: int, size: int) -> int:
+    """The calls :func:`batched` makes for ``rows`` rows in slices of ``size``."""
+    return -(-rows // size)
 
 
 def recall_at_k(
@@ -56,7 +62,9 @@ def logit_scale(model: torch.nn.Module) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: TaskData, *, batch_size: int = 256) -> dict[str, float]:
+def evaluate(
+    model: torch.nn.Module, data: TaskData, *, batch_size: int = EVAL_BATCH
+) -> dict[str, float]:
     """Retrieval and classification metrics of ``model`` (an ``AdaptedCLIP``) on ``data``;
     class logits pool each class's prompts at the backbone's logit scale, as the loss does."""
     was_training = model.training
@@ -74,3 +82,12 @@ def evaluate(model: torch.nn.Module, data: TaskData, *, batch_size: int = 256) -
     metrics["accuracy"] = 100.0 * (logits.argmax(1) == data.labels).float().mean().item()
     model.train(was_training)
     return metrics
+
+
+def evaluation_calls(data: TaskData, *, batch_size: int = EVAL_BATCH) -> int:
+    """The backbone calls :func:`evaluate` makes on ``data``, known before it runs, so that
+    a run can check its query budget covers its scorings before it starts: the images, the
+    distinct captions and the class prompts, each in slices of ``batch_size``."""
+    captions = int(torch.unique(data.caption_ids).numel())
+    rows = (data.images.shape[0], captions, data.prompt_tokens.shape[0])
+    return sum(batched_calls(count, batch_size) for count in rows)

@@ -10,9 +10,9 @@ import torch
 
 from fedgray.adapters import AdaptedCLIP, build_model
 from fedgray.backbone import Backbone
-from fedgray.config import Config
+from fedgray.config import Config, MethodConfig
 from fedgray.privacy.planted import Planted, planted_at_site
-from fedgray.privacy.sampling_check import BatchSizes, poisson_p_value, sampling_refuted
+from fedgray.privacy.sampling_check import BatchSizes, check_sampling
 from fedgray.tasks import TASKS, Task, TaskData, evaluate
 from fedgray.train.job import Job, Trained
 from fedgray.train.kinds import SiteRound, SiteUpdate, State, TrainerKind, register
@@ -21,8 +21,9 @@ from fedgray.train.trainer import LocalTrainer
 
 
 def train_gradient(job: Job) -> Trained:
-    """``train.steps`` steps (DP-SGD with ``privacy.enabled``), evaluated every
-    ``train.eval_every``; epsilon, when accounted, is logged with every evaluation."""
+    """``train.steps`` steps (DP-SGD with ``privacy.enabled``), evaluated on the validation
+    split every ``train.eval_every``; epsilon, when accounted, is logged with every
+    evaluation."""
     config, model = job.config, job.model
     task = TASKS[config.train.task]
     job.header(
@@ -36,7 +37,7 @@ def train_gradient(job: Job) -> Trained:
             config,
             model,
             job.train,
-            schedule=Schedule.single_site(config),
+            schedule=Schedule.single_site(config.train),
             seed=config.train.seed,
             who="fedgray adapt",
         )
@@ -47,7 +48,7 @@ def train_gradient(job: Job) -> Trained:
                 chunk, progress=job.progress, description=f"steps {done + 1}-{done + chunk}"
             )
             done += chunk
-            adapted = evaluate(model, job.test)
+            adapted = evaluate(model, job.validation)
             report = trainer.privacy()
             privacy = report.metrics() if report is not None else None
             job.run.log(
@@ -60,18 +61,24 @@ def train_gradient(job: Job) -> Trained:
                 }
             )
             job.echo(
-                f"step {done:>5}  loss {result.mean_loss:.3f}  {task.metric} "
+                f"step {done:>5}  loss {result.mean_loss:.3f}  validation {task.metric} "
                 f"{adapted[task.metric]:.1f}  (zero-shot {job.zero_shot[task.metric]:.1f})"
                 + (f"  epsilon {privacy['epsilon']:.3f}" if privacy else "")
             )
         trainer.close()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return Trained(adapted=adapted, state=state, trainable=model.trainable_count(), privacy=privacy)
+    return Trained(
+        validation=adapted,
+        score=lambda data: evaluate(model, data),
+        state=state,
+        trainable=model.trainable_count(),
+        privacy=privacy,
+    )
 
 
-def adapted_model(config: Config, backbone: Backbone, state: State) -> AdaptedCLIP:
-    """The configured method's model with ``state`` over its initial tensors."""
-    model = build_model(backbone, config.method)
+def adapted_model(method: MethodConfig, backbone: Backbone, state: State) -> AdaptedCLIP:
+    """``method``'s model with ``state`` over its initial tensors."""
+    model = build_model(backbone, method)
     weights = model.state_dict()
     weights.update(state)
     model.load_state_dict(weights)
@@ -87,7 +94,7 @@ def start(config: Config, backbone: Backbone, _data: Callable[[], TaskData]) -> 
 def train_round(site: SiteRound) -> SiteUpdate:
     """``federation.local_steps`` steps from the global (and the site's personal) tensors."""
     config = site.config
-    model = adapted_model(config, site.backbone, {**site.shared, **site.personal})
+    model = adapted_model(config.method, site.backbone, {**site.shared, **site.personal})
     planted = planted_at_site(config, model, site.data, partition_id=site.partition_id)
     trainer = LocalTrainer(
         config,
@@ -134,7 +141,7 @@ def _audit(
     config = site.config
     with torch.random.fork_rng():  # ``start`` seeds torch as the server does
         initial = adapted_model(
-            config, site.backbone, start(config, site.backbone, lambda: site.data)
+            config.method, site.backbone, start(config, site.backbone, lambda: site.data)
         )
     scores = planted.losses(initial, task) - planted.losses(trained, task)
     guesses = config.privacy.audit_guesses
@@ -150,19 +157,21 @@ def _sampling(sizes: list[int], *, rows: int, rate: float) -> dict[str, int | fl
     trains the same rows at the same rate): how many, their p-value under Poisson sampling
     at the accountant's rate, and the one-line refutation when there is one. Only these
     leave the site, not the sizes."""
+    verdict = check_sampling(sizes, rows=rows, rate=rate)
     evidence: dict[str, int | float | str] = {
         "audit-batches": len(sizes),
-        "audit-sampling-p": poisson_p_value(sizes, rows=rows, rate=rate),
+        "audit-sampling-p": verdict.p_value,
     }
-    refuted = sampling_refuted(sizes, rows=rows, rate=rate)
-    if refuted is not None:
-        evidence["audit-sampling"] = refuted
+    if verdict.refuted is not None:
+        evidence["audit-sampling"] = verdict.refuted
     return evidence
 
 
 def score(config: Config, backbone: Backbone, state: State, data: TaskData) -> dict[str, float]:
-    """Metrics of ``state`` on ``data`` (tensors it lacks keep their initial values)."""
-    return evaluate(adapted_model(config, backbone, state), data)
+    """Metrics of ``state`` on ``data`` (tensors it lacks keep their initial values). It
+    reads the method only, but takes the whole config as every kind's ``score`` does: CraFT's
+    also reads ``train`` and ``federation``."""
+    return evaluate(adapted_model(config.method, backbone, state), data)
 
 
 GRADIENT = register(TrainerKind("gradient", train_gradient, start, train_round, score))

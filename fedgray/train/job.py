@@ -17,14 +17,16 @@ from fedgray.tasks.data import TaskData
 class Job:
     """One single-site adaptation: the built model, the site's data, its run folder.
 
-    ``zero_shot`` holds the untrained model's test metrics (already logged as step 0);
-    ``started`` is the ``time.perf_counter()`` value the run's seconds count from.
+    ``validation`` is the split every logged figure (the learning curve) is scored on: the
+    test split is read once, by ``fedgray adapt`` after training, never by a trainer.
+    ``zero_shot`` holds the untrained model's validation metrics (already logged as step
+    0); ``started`` is the ``time.perf_counter()`` value the run's seconds count from.
     """
 
     config: Config
     model: AdaptedCLIP
     train: TaskData
-    test: TaskData
+    validation: TaskData
     run: RunFolder
     zero_shot: dict[str, float]
     started: float
@@ -39,14 +41,17 @@ class Job:
 
 @dataclass(frozen=True)
 class Trained:
-    """A trainer's outcome: final test metrics, the tensors to save, the trained size.
+    """A trainer's outcome: the returned model's validation metrics, how to score it on
+    other data, the tensors to save, the trained size.
 
-    ``axis`` is the record key that the learning curve is drawn over (``step`` or
-    ``queries``); ``privacy``: the final DP accounting (epsilon, delta, noise multiplier,
-    sample rate) of a DP-SGD run, else None.
+    ``score`` is what ``fedgray adapt`` reads the test split with, once, after training
+    (the trainer never sees it). ``axis`` is the record key that the learning curve is
+    drawn over (``step`` or ``queries``); ``privacy``: the final DP accounting (epsilon,
+    delta, noise multiplier, sample rate) of a DP-SGD run, else None.
     """
 
-    adapted: dict[str, float]
+    validation: dict[str, float]
+    score: Callable[[TaskData], dict[str, float]]
     state: dict[str, torch.Tensor]
     trainable: int
     axis: str = "step"

@@ -18,7 +18,7 @@ import torch
 
 from fedgray.adapters.methods import method_spec
 from fedgray.backbone import Backbone
-from fedgray.config import Config
+from fedgray.config import Config, MethodConfig
 from fedgray.config_schema import ConfigError
 from fedgray.privacy import Ledger
 from fedgray.tasks import TaskData
@@ -71,7 +71,13 @@ Refusal = tuple[str, Callable[[Config], bool], str]
 
 @dataclass(frozen=True)
 class TrainerKind:
-    """How methods of one family train, alone and federated."""
+    """How methods of one family train, alone and federated.
+
+    ``adapt_queries(config, validation, test)``: the most backbone calls ``adapt`` makes
+    and its :attr:`Trained.score` makes on ``test``, known before training starts, so that
+    ``fedgray adapt`` refuses a query budget that would run out part way; None where a
+    kind cannot say ahead (its calls are then refused one by one when the budget is spent).
+    """
 
     name: str
     adapt: Callable[[Job], Trained]
@@ -79,6 +85,7 @@ class TrainerKind:
     train_round: Callable[[SiteRound], SiteUpdate]
     score: Callable[[Config, Backbone, State, TaskData], dict[str, float]]
     refusals: tuple[Refusal, ...] = ()
+    adapt_queries: Callable[[Config, TaskData, TaskData], int] | None = None
 
 
 TRAINER_KINDS: dict[str, TrainerKind] = {}
@@ -108,14 +115,14 @@ def trainer_kind(name: str) -> TrainerKind:
     return kinds[name]
 
 
-def kind_of(config: Config) -> TrainerKind:
-    """The kind that trains ``config``'s method."""
-    return trainer_kind(method_spec(config.method.name).trainer)
+def kind_of(method: MethodConfig) -> TrainerKind:
+    """The kind that trains ``method``."""
+    return trainer_kind(method_spec(method.name).trainer)
 
 
 def refuse_unsupported(config: Config) -> Config:
     """``config``, unless its kind refuses one of its federated settings (one-line error)."""
-    kind = kind_of(config)
+    kind = kind_of(config.method)
     for field_name, refused, reason in kind.refusals:
         if refused(config):
             raise ConfigError(

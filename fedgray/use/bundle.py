@@ -45,9 +45,9 @@ from fedgray.use.facts import run_facts
 from fedgray.use.source import (
     TrainedModel,
     backbone_identity,
+    config_for_use,
     personal_file,
     read_run,
-    site_config,
     with_personal,
 )
 
@@ -164,7 +164,7 @@ def read_bundle(bundle: Path, overrides: list[str], *, verify_key: Path | None) 
             "its global adapters as the source and this bundle as --personal"
         )
     saved = manifest["config"]
-    config = site_config(saved, overrides, bundle)
+    config = config_for_use(saved, overrides, bundle)
     state, meta = load_adapters(bundle / ADAPTERS, backbone=saved["backbone"]["name"])
     if manifest.get("personal") is not None:  # verified above, with the global adapters
         state.update(_load_personal(bundle))

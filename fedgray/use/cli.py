@@ -79,7 +79,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
             names = read_lines(args.classes, "class name")
             prompts = [[name] for name in names]
         else:
-            names, prompts = run_classes(trained.config)
+            names, prompts = run_classes(trained.config.data)
     backbone, scorer = open_adapted(trained)
     features = scorer.image_features(images.pixels.to(backbone.device), progress=not args.quiet)
     if captions is not None:
@@ -94,7 +94,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from fedgray.site import load_task_data
+    from fedgray.materials import load_task_data
     from fedgray.tasks import prepare
     from fedgray.use.bundle import open_source
     from fedgray.use.evaluate import evaluate_model, write_evaluation
@@ -115,14 +115,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     if folder is not None and folder.labelled is not None:
         dataset = folder.labelled
         if not dataset.class_names:  # captions only: Recall@K, scored beside the run's classes
-            run_names, run_prompts = run_classes(trained.config)
+            run_names, run_prompts = run_classes(trained.config.data)
             dataset = replace(dataset, class_names=run_names, class_prompts=run_prompts)
         data = prepare(dataset, backbone.tokenize).to(backbone.device)
         names, prompts = dataset.class_names, dataset.class_prompts
         where = str(args.data)
     else:
-        data = load_task_data(trained.config, backbone, split="test")
-        names, prompts = run_classes(trained.config)
+        data = load_task_data(trained.config.data, backbone, split="test")
+        names, prompts = run_classes(trained.config.data)
         where = f"{trained.config.data.dataset} test split ({trained.config.data.test_size})"
     result = evaluate_model(scorer, data, prompts, names)
     out = _output(args, "evaluate")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedgray.config import Config
+from fedgray.config import DataConfig
 from fedgray.data.folder import CAPTIONS_FILE, load_folder_set, read_captions, read_image
 from fedgray.data.registry import load_dataset
 from fedgray.data.sets import ImageTextSet
@@ -63,11 +63,11 @@ def read_lines(path: Path, what: str) -> list[str]:
     return named
 
 
-def run_classes(config: Config) -> tuple[list[str], list[list[str]]]:
+def run_classes(data: DataConfig) -> tuple[list[str], list[list[str]]]:
     """The run's own class names and prompts (those its classification task scored)."""
-    dataset = load_dataset(config.data.dataset, split="test", size=1, seed=config.data.seed)
+    dataset = load_dataset(data.dataset, split="test", size=1, seed=data.seed)
     if not dataset.class_names:
         raise ValueError(
-            f"data.dataset: '{config.data.dataset}' has no classes; give --classes or --captions"
+            f"data.dataset: '{data.dataset}' has no classes; give --classes or --captions"
         )
     return list(dataset.class_names), [list(p) for p in dataset.class_prompts]

@@ -131,7 +131,9 @@ class CraftScorer:
 
 
 def _adapter_scorer(config: Config, backbone: Backbone, state: State, _kind: str) -> Scorer:
-    return AdapterScorer(adapted_model(config, backbone, state), backbone)
+    """The adapter stack of ``config.method`` (the whole config, as :data:`SCORERS` gives
+    every scorer: CraFT's also reads ``federation.seed``)."""
+    return AdapterScorer(adapted_model(config.method, backbone, state), backbone)
 
 
 def _craft_scorer(config: Config, backbone: Backbone, state: State, kind: str) -> Scorer:
@@ -148,7 +150,7 @@ def _craft_scorer(config: Config, backbone: Backbone, state: State, kind: str) -
         model.text_in.move_to(state[MEAN])
     else:
         prompt = {k: v for k, v in state.items() if not k.startswith(REFINER)}
-        model = adapted_model(config, backbone, prompt)
+        model = adapted_model(config.method, backbone, prompt)
     return CraftScorer(model, refiner, classes, backbone)
 
 

@@ -23,9 +23,9 @@ from fedgray.backbone.loading import BUILTIN_TAG
 from fedgray.config import Config
 from fedgray.config_schema import ConfigError
 from fedgray.fl.clientapp.state import load_personal
+from fedgray.materials import open_backbone
 from fedgray.resolver import config_from_dict
 from fedgray.runs import load_adapters
-from fedgray.site import open_backbone
 from fedgray.train.kinds import kind_of
 from fedgray.use.facts import run_facts
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from fedgray.use.scorers import Scorer
 
 # Overrides a site may give: where its backbone comes from and how it runs, not what it is.
-SITE_KEYS = (
+USE_KEYS = (
     "backbone.artifact",
     "backbone.verify_key",
     "backbone.content_key",
@@ -102,14 +102,14 @@ def backbone_identity(config: Config) -> dict[str, Any]:
     return identity
 
 
-def site_config(saved: dict[str, Any], overrides: list[str], where: Path) -> Config:
-    """The saved config with a site's ``overrides``: only :data:`SITE_KEYS`, one line else."""
+def config_for_use(saved: dict[str, Any], overrides: list[str], where: Path) -> Config:
+    """The saved config with a site's ``overrides``: only :data:`USE_KEYS`, one line else."""
     for item in overrides:
         key = item.partition("=")[0].strip()
-        if key.startswith(TRAINED_FOR) or key not in SITE_KEYS:
+        if key.startswith(TRAINED_FOR) or key not in USE_KEYS:
             raise ConfigError(
                 f"{key}: not a site setting; {where} fixes what the adapters were trained "
-                f"for (a site may set: {', '.join(SITE_KEYS)})"
+                f"for (a site may set: {', '.join(USE_KEYS)})"
             )
     return config_from_dict(saved, overrides)
 
@@ -121,7 +121,7 @@ def read_run(run_dir: Path, overrides: list[str]) -> TrainedModel:
         if not path.is_file():
             raise FileNotFoundError(f"{run_dir}: not a finished run (no {path.name})")
     saved = yaml.safe_load(config_file.read_text())
-    config = site_config(saved, overrides, run_dir)
+    config = config_for_use(saved, overrides, run_dir)
     state, meta = load_adapters(adapters, backbone=saved["backbone"]["name"])
     facts = run_facts(run_dir)
     digest = _sha256_file(adapters)
@@ -173,7 +173,7 @@ def open_adapted(model: TrainedModel) -> tuple[Backbone, Scorer]:
 
     config = model.config
     check_trained_for(model)
-    kind = kind_of(config)
+    kind = kind_of(config.method)
     if kind.name not in SCORERS:
         raise ValueError(
             f"method.name: '{config.method.name}' ({kind.name}) has no scorer for "

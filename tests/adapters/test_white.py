@@ -9,9 +9,9 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from torch.nn.utils import parametrize
 
 from fedgray.adapters import build_model
-from fedgray.adapters.white import LORA_TARGETS, towers
+from fedgray.adapters.white import LORA_TARGETS, LastLayersConfig, LoraConfig, towers
 from fedgray.backbone import SealedBackbone, SealedError, load_sealed
-from fedgray.config import LastLayersConfig, LoraConfig, MethodConfig
+from fedgray.config import MethodConfig
 from fedgray.fl.common.records import from_record, to_record
 from fedgray.tasks.losses import contrastive_loss
 from tests.helpers import close
@@ -37,7 +37,7 @@ def test_lora_at_init_reproduces_the_backbone_exactly(white: SealedBackbone) -> 
     pixels, tokens = torch.rand(4, 3, 32, 32), white.tokenize(CAPTIONS[:4])
     with torch.no_grad():
         image, text = white.encode_image(pixels), white.encode_text(tokens)
-        model = build_model(white, MethodConfig(name="lora", lora=LoraConfig(rank=3)))
+        model = build_model(white, MethodConfig(name="lora", options={"lora": LoraConfig(rank=3)}))
         adapted_image, adapted_text = model(pixels, tokens)
     assert torch.equal(adapted_image, image) and torch.equal(adapted_text, text)
 
@@ -48,19 +48,22 @@ def test_lora_at_init_reproduces_the_backbone_exactly(white: SealedBackbone) -> 
         # LoRA on in_proj (3w x w), out_proj (w x w), c_fc (4w x w), c_proj (w x 4w),
         # 2 towers x 2 blocks. FFA-LoRA trains B only: rank * (3w + w + 4w + w) per block;
         # with A too: rank * (4w + 2w + 5w + 5w).
-        (MethodConfig(name="lora", lora=LoraConfig(rank=4)), 4 * 9 * WIDTH * 2 * LAYERS),
-        (MethodConfig(name="lora", lora=LoraConfig(rank=1)), 9 * WIDTH * 2 * LAYERS),
         (
-            MethodConfig(name="lora", lora=LoraConfig(rank=4, train_a=True)),
+            MethodConfig(name="lora", options={"lora": LoraConfig(rank=4)}),
+            4 * 9 * WIDTH * 2 * LAYERS,
+        ),
+        (MethodConfig(name="lora", options={"lora": LoraConfig(rank=1)}), 9 * WIDTH * 2 * LAYERS),
+        (
+            MethodConfig(name="lora", options={"lora": LoraConfig(rank=4, train_a=True)}),
             4 * 16 * WIDTH * 2 * LAYERS,
         ),
         # A block: 12 w^2 (attention + MLP weights) + 13 w (biases, two layer norms).
         (
-            MethodConfig(name="last-layers", last_layers=LastLayersConfig(blocks=1)),
+            MethodConfig(name="last-layers", options={"last_layers": LastLayersConfig(blocks=1)}),
             2 * (12 * WIDTH**2 + 13 * WIDTH),
         ),
         (
-            MethodConfig(name="last-layers", last_layers=LastLayersConfig(blocks=2)),
+            MethodConfig(name="last-layers", options={"last_layers": LastLayersConfig(blocks=2)}),
             4 * (12 * WIDTH**2 + 13 * WIDTH),
         ),
         (MethodConfig(name="linear-probe"), 2 * (EMBED**2 + EMBED)),
@@ -76,7 +79,7 @@ def test_trainable_parameter_counts(
 
 @pytest.mark.parametrize("method", ["lora", "last-layers", "linear-probe"])
 def test_each_baseline_trains_and_its_loss_decreases(white: SealedBackbone, method: str) -> None:
-    model = build_model(white, MethodConfig(name=method, lora=LoraConfig(rank=2)))
+    model = build_model(white, MethodConfig(name=method, options={"lora": LoraConfig(rank=2)}))
     pixels, tokens = torch.rand(len(CAPTIONS), 3, 32, 32), white.tokenize(CAPTIONS)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     losses = []
@@ -124,7 +127,7 @@ def _weight_updates(backbone: SealedBackbone) -> dict[str, torch.Tensor]:
 def test_fedavg_of_lora_states_is_the_mean_of_the_sites_weight_updates_iff_a_is_frozen(
     white: SealedBackbone, train_a: bool
 ) -> None:
-    options = MethodConfig(name="lora", lora=LoraConfig(rank=2, train_a=train_a))
+    options = MethodConfig(name="lora", options={"lora": LoraConfig(rank=2, train_a=train_a)})
     examples = [1.0, 3.0, 4.0]
     replies, updates = [], []
     for site, count in enumerate(examples):
@@ -190,4 +193,7 @@ def test_white_box_baselines_need_level_white(micro: SealedBackbone, method: str
 
 def test_last_layers_checks_the_block_count(white: SealedBackbone) -> None:
     with pytest.raises(ValueError, match="method.last_layers.blocks must be in 1..2"):
-        build_model(white, MethodConfig(name="last-layers", last_layers=LastLayersConfig(blocks=3)))
+        build_model(
+            white,
+            MethodConfig(name="last-layers", options={"last_layers": LastLayersConfig(blocks=3)}),
+        )

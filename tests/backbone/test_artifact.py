@@ -22,11 +22,11 @@ from fedgray.backbone.artifact import (
 from fedgray.backbone.keys import ArtifactError, read_content_key, read_signing_key
 from fedgray.cli import main
 from fedgray.config import ConfigError
+from fedgray.materials import open_backbone
 from fedgray.owner.keys import KeyFiles, generate_keys
 from fedgray.owner.revocation import write_revocations
 from fedgray.owner.seal import seal
 from fedgray.resolver import load_config
-from fedgray.site import open_backbone
 
 
 @dataclass(frozen=True)

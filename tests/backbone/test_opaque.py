@@ -97,8 +97,9 @@ def test_a_second_backward_through_a_retained_graph_gives_the_same_gradients() -
 
 @pytest.mark.parametrize("backward", [False, True])
 def test_no_attribute_path_from_an_output_leads_to_the_model(backward: bool) -> None:
-    """``out.grad_fn.run.__closure__`` used to give every weight in two hops, and
-    ``out.grad_fn.pull`` the inner graph; now the node holds a bare token."""
+    """A node holding its call would give every weight in two hops
+    (``out.grad_fn.run.__closure__``) and the inner graph (``out.grad_fn.pull``); the node
+    holds a bare token."""
     backbone = _backbone("gray")
     weights = ground_truth(backbone)
     image, text, *_ = _step(backbone, "dga")

@@ -19,6 +19,8 @@ from fedgray.cli import main
         (["--blocks", "0"], "--blocks"),
         (["--deployed", "2"], "--deployed"),
         (["--sites", "2,8"], "--sites"),
+        (["--deployed-only", "--deployed", "0"], "--deployed-only"),
+        (["--deployed-only", "--sites", "8"], "--deployed-only"),
     ],
 )
 def test_bad_arguments_fail_in_one_line_naming_them_before_anything_runs(
@@ -71,6 +73,37 @@ def test_the_table_states_the_goals_only_with_a_deployed_row() -> None:
         == "- deployed plain round / the same round simulated (3 sites): 1.10x (goal <= 1.3)"
     )
     assert both[-1] == "- deployed SecAgg+ round / deployed plain round: 1.25x (goal <= 1.5)"
+
+
+def test_deployed_only_measures_the_deployed_row_and_its_twin_alone(
+    tmp_path: Path, threads: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No simulated row is run; the deployed section gets the plan's deployed sites and
+    writes its two rows and the goal lines."""
+    import fedgray.bench.secagg as secagg
+
+    pairs = [(Rounds(2.0, 1000.0), Rounds(3.0, 1500.0))]
+    asked: list[Plan] = []
+
+    def deployed(plan: Plan, root: Path, *, echo: object) -> tuple[Row, Row, float]:
+        asked.append(plan)
+        twin = Row.of("simulated", plan.model, plan.deployed, pairs)
+        return Row.of("deployed", plan.model, plan.deployed, pairs), twin, 1.2
+
+    def simulated(*_args: object, **_kwargs: object) -> list[Row]:
+        raise AssertionError("a simulated row ran under --deployed-only")
+
+    monkeypatch.setattr(secagg, "deployed_rows", deployed)
+    monkeypatch.setattr(secagg, "simulated_rows", simulated)
+    out = tmp_path / "out"
+    assert main(["bench", "--secagg", "--deployed-only", "--deployed", "4", "--out", str(out)]) == 0
+    assert [plan.deployed for plan in asked] == [4] and asked[0].simulated == ()
+    record = json.loads((out / "secagg.json").read_text())
+    assert [(r["engine"], r["sites"]) for r in record["rows"]] == [
+        ("simulated", 4),
+        ("deployed", 4),
+    ]
+    assert record["deployed_vs_simulated"] == 1.2
 
 
 @pytest.mark.slow

@@ -14,19 +14,20 @@ import torch.nn.functional as F
 
 from fedgray.adapt import adapt
 from fedgray.adapters import build_model
-from fedgray.adapters.prompt import PROJECTIONS
+from fedgray.adapters.prompt import PROJECTIONS, CraftConfig
 from fedgray.backbone import SealedBackbone, load_sealed
 from fedgray.blackbox.augment import augment
 from fedgray.blackbox.craft import Craft, encode_images, plan_queries
 from fedgray.blackbox.refine import PredictionRefiner, consistency
 from fedgray.blackbox.search import CmaSearch
-from fedgray.config import CraftConfig, MethodConfig
+from fedgray.cli import main
+from fedgray.config import MethodConfig
 from fedgray.config_schema import ConfigError
 from fedgray.data.registry import load_dataset
 from fedgray.resolver import load_config
 from fedgray.tasks.data import TaskData, prepare
-from fedgray.tasks.metrics import evaluate
-from tests.helpers import assert_close, close, reduction_terms
+from fedgray.tasks.metrics import evaluate, evaluation_calls
+from tests.helpers import SHORT_CRAFT_ON_DIGITS, assert_close, close, reduction_terms, refused
 
 CAPTIONS = ["a red circle", "the digit 7 in blue", "a small green star at the top left"]
 # validation=0: the authors' last-generation run, whose query counts these tests pin.
@@ -358,19 +359,8 @@ def test_adapt_runs_craft_and_logs_accuracy_against_queries(tmp_path: Path) -> N
     config = load_config(
         None,
         [
-            "backbone.name=fedgray-micro",
-            "backbone.pretrained=null",
-            "backbone.level=black",
+            *SHORT_CRAFT_ON_DIGITS,
             "backbone.query_budget=200",
-            "data.dataset=digits",
-            "data.train_size=40",
-            "data.test_size=40",
-            "train.task=classification",
-            "method.name=craft",
-            "method.craft.queries=50",
-            "method.craft.popsize=4",
-            "method.craft.intrinsic_dim=8",
-            "method.craft.eval_every=5",
             f"output.root={tmp_path}",
             "output.name=run",
         ],
@@ -382,8 +372,12 @@ def test_adapt_runs_craft_and_logs_accuracy_against_queries(tmp_path: Path) -> N
     assert [r.get("queries", 0) for r in records] == [0, 33, 45]
     assert [r.get("paper_queries", 0) for r in records] == [0, 20, 28]
     assert 0 <= records[-1]["selected"] <= 7 and "validation" in records[-1]
-    assert {"last_accuracy", "last_prompt_accuracy"} <= set(records[-1])
-    assert set(result.adapted) == {"accuracy", "prompt_accuracy"}
+    assert set(result.adapted) == {
+        "accuracy",
+        "prompt_accuracy",
+        "last_accuracy",  # the last generation's, what the authors' code returns
+        "last_prompt_accuracy",
+    }
     assert result.queries <= 200 and (tmp_path / "run" / "curve.png").is_file()
     assert result.trainable == 8 + (10 * 256 + 256) + (256 * 10 + 10)
 
@@ -411,6 +405,50 @@ def test_the_uniform_projection_draws_as_the_authors_untrained_linear_layer() ->
     assert normal.std().item() == pytest.approx(bound, rel=0.02)
     backbone = black()
     model = build_model(
-        backbone, MethodConfig(name="craft", craft=CraftConfig(projection="uniform"))
+        backbone, MethodConfig(name="craft", options={"craft": CraftConfig(projection="uniform")})
     )
     assert model.text_in.projection.abs().max() <= 1 / math.sqrt(model.text_in.dim)
+
+
+@pytest.mark.parametrize("batch_size", [7, 256])
+def test_the_calls_a_scoring_makes_are_known_before_it_runs(batch_size: int) -> None:
+    """What a run checks its budget with is what scoring spends: the images, the distinct
+    captions and the class prompts, each in slices of the batch."""
+    backbone = black()
+    test = prepare(load_dataset("digits", split="test", size=40, seed=0), backbone.tokenize)
+    model = build_model(backbone, "craft")
+    before = backbone.queries_used
+    evaluate(model, test, batch_size=batch_size)
+    spent = backbone.queries_used - before
+    assert spent == evaluation_calls(test, batch_size=batch_size)
+    assert (spent == 3) == (batch_size == 256)  # one call a part, unless sliced finer
+
+
+def _adapt_argv(tmp_path: Path, name: str, budget: int) -> list[str]:
+    """``fedgray adapt`` of CraFT on digits at one generation: 17 queries in all (3 to
+    score zero-shot on validation, 1 for its features; 9 for CraFT: the training and
+    held-out features, the start's prompts, one generation of 4 candidates, the mean and
+    the augmented features; then the test features, and 3 to score zero-shot on test)."""
+    config = tmp_path / "craft.yaml"
+    config.write_text("{}\n")
+    overrides = [
+        *SHORT_CRAFT_ON_DIGITS,
+        "method.craft.queries=9",
+        f"backbone.query_budget={budget}",
+        f"output.root={tmp_path / name}",
+    ]
+    return ["adapt", "--quiet", *(f"--set={item}" for item in overrides), str(config)]
+
+
+def test_a_query_budget_the_test_read_would_exceed_is_refused_before_training(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A budget that covers training but not the test read after it is refused before a
+    run folder exists, rather than failing at the end; one query more and the run ends,
+    having spent all of it."""
+    error = refused(_adapt_argv(tmp_path, "short", 16), capfd)
+    assert "backbone.query_budget: 16 calls left, but this run makes up to 17" in error
+    assert not (tmp_path / "short").exists()
+    assert main(_adapt_argv(tmp_path, "exact", 17)) == 0
+    (summary,) = (tmp_path / "exact").glob("*/summary.json")
+    assert json.loads(summary.read_text())["queries"] == 17

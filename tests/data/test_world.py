@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedgray.data import world_set
 from fedgray.data.registry import load_dataset
 from fedgray.data.world import (
     CLASS_NAMES,
@@ -137,6 +138,21 @@ def test_make_world_set_matches_scenes_and_renders() -> None:
     assert torch.equal(picked.images[1], data.images[1]) and picked.labels[0] == data.labels[3]
     again = make_world_set(10, seed=2, domain="inverted", offset=110)
     assert torch.equal(again.images, data.images[10:20])
+
+
+@pytest.mark.parametrize(("domain", "style"), [("photo", "varied"), ("noisy", "full")])
+def test_a_worker_pool_renders_the_same_set_as_one_loop(
+    domain: str, style: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(world_set, "_BLOCK", 7)  # 40 scenes: six blocks over three workers
+    options = {"seed": 4, "domain": domain, "offset": 50, "caption_style": style}
+    serial = make_world_set(40, **options)
+    pooled = make_world_set(40, workers=3, **options)
+    assert torch.equal(pooled.images, serial.images)
+    assert pooled.captions == serial.captions and torch.equal(pooled.labels, serial.labels)
+    assert len(set(serial.captions)) > 10  # forty different scenes, not one repeated
+    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
+        make_world_set(4, workers=0, **options)
 
 
 @pytest.mark.parametrize(("domain", "size"), [("photo", 640), ("sketch", 80), ("noisy", 640)])

@@ -15,7 +15,7 @@ from fedgray.config import Config
 from fedgray.deploy.credentials import Credentials, create_credentials
 from fedgray.deploy.demo import demo_config, start_federation
 from fedgray.deploy.roles import SuperLink, SuperNode, start_supernode
-from fedgray.deploy.site_data import OwnerFiles, seal_backbone, write_site_data
+from fedgray.deploy.trial_folders import OwnerFiles, seal_backbone, write_partition_folders
 from fedgray.launch.processes import Processes, descendants
 from fedgray.resolver import load_config
 
@@ -97,7 +97,7 @@ def federation(
     run_dir = tmp_path_factory.mktemp("deploy")
     config = tiny_config()
     owner = seal_backbone(config, run_dir / "owner")
-    data_dirs = write_site_data(config, NUM_SITES, run_dir / "sites")
+    data_dirs = write_partition_folders(config, NUM_SITES, run_dir / "sites")
     credentials = create_credentials(run_dir / "credentials", NUM_SITES)
     link, nodes = start_federation(
         session_processes, run_dir, credentials, data_dirs, owner, echo=lambda _: None

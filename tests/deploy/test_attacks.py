@@ -23,7 +23,7 @@ import pytest
 from fedgray.deploy.credentials import create_credentials
 from fedgray.deploy.demo import flwr_run
 from fedgray.deploy.roles import start_superlink, start_supernode
-from fedgray.deploy.site_data import write_site_data
+from fedgray.deploy.trial_folders import write_partition_folders
 from fedgray.fl.clientapp.floor import LEDGER_FILE
 from fedgray.fl.clientapp.trusted import UNTRUSTED_APP
 from fedgray.launch.commands import (
@@ -291,7 +291,7 @@ def test_the_public_address_carries_only_the_fleet_api(
         assert _post(address, path, credentials.ca_cert) == 403, path
         assert _post(options.address, path, credentials.ca_cert) != 403, path  # unproxied
     config = tiny_config()
-    data = write_site_data(config, 1, tmp_path / "sites")[0]
+    data = write_partition_folders(config, 1, tmp_path / "sites")[0]
     site = credentials.sites[0]
     node = start_supernode(
         processes,

@@ -21,7 +21,7 @@ from fedgray.deploy.demo import flwr_run, site_node_config
 from fedgray.deploy.roles import start_supernode
 from fedgray.launch.commands import SuperNodeOptions, flwr_json
 from fedgray.launch.processes import Processes, descendants, free_port
-from fedgray.site import open_backbone
+from fedgray.materials import open_backbone
 from tests.deploy.conftest import RUN_LIMIT_S, Federation, alive, tiny_config
 from tests.use.report_page import assert_self_contained, parse
 

@@ -16,7 +16,7 @@ import pytest
 
 from fedgray.deploy.credentials import create_credentials
 from fedgray.deploy.roles import ACTIVATED, start_superlink, start_supernode
-from fedgray.deploy.site_data import write_site_data
+from fedgray.deploy.trial_folders import write_partition_folders
 from fedgray.launch.commands import SuperLinkOptions, SuperNodeOptions
 from fedgray.launch.processes import Processes, free_port
 from tests.deploy.conftest import Federation, tiny_config
@@ -52,9 +52,9 @@ def test_a_second_superlink_on_a_live_run_folder_is_refused_before_starting(
         str(port),
     )
     assert done.returncode == 2, done.stderr
-    guardian = federation.link.process.pid
+    reaper = federation.link.process.pid
     assert done.stderr.strip().splitlines() == [
-        f"fedgray: error: --run-dir {run_dir}: a SuperLink (pid {guardian}) runs on it "
+        f"fedgray: error: --run-dir {run_dir}: a SuperLink (pid {reaper}) runs on it "
         "already; stop it first, or give another --run-dir"
     ]
     assert done.stdout == ""  # nothing started, nothing registered
@@ -132,7 +132,7 @@ def test_a_supernode_restarted_inside_the_rejoin_delay_says_so(
         credentials.superlink_key,
     )
     start_superlink(processes, options, credentials, echo=lambda _: None)
-    data = write_site_data(tiny_config(), 1, tmp_path / "sites")[0]
+    data = write_partition_folders(tiny_config(), 1, tmp_path / "sites")[0]
     site = credentials.sites[0]
     site_dir = tmp_path / "site"
     node = start_supernode(

@@ -22,10 +22,10 @@ from fedgray.config import to_document
 from fedgray.deploy.app_signing import sign_app
 from fedgray.deploy.credentials import create_credentials
 from fedgray.deploy.roles import check_node_config
-from fedgray.deploy.site_data import write_site_data
+from fedgray.deploy.trial_folders import write_partition_folders
 from fedgray.fl.clientapp.signed_runs import PUBLISHER_KEY
 from fedgray.fl.clientapp.trusted import UNTRUSTED_APP, PinnedApp
-from fedgray.launch.app import write_app
+from fedgray.launch.app_folder import write_app
 from fedgray.resolver import load_config
 
 SMALL = ["data.train_size=60", "federation.num_sites=3", "federation.partitioner=iid"]
@@ -130,7 +130,7 @@ def test_a_pinned_site_runs_its_publishers_signed_run_and_an_unpinned_site_runs_
 
 
 def test_a_supernode_pinning_an_unreadable_publisher_key_fails_in_one_line(tmp_path: Path) -> None:
-    data = write_site_data(load_config(None, SMALL), 1, tmp_path / "sites")[0]
+    data = write_partition_folders(load_config(None, SMALL), 1, tmp_path / "sites")[0]
     not_a_key = tmp_path / "publisher.pem"
     not_a_key.write_text("hello\n")
     with pytest.raises(ArtifactError, match=r"publisher.pem: not an Ed25519 public key \(PEM\)$"):

@@ -14,12 +14,12 @@ import pytest
 from fedgray.data.registry import load_dataset
 from fedgray.deploy.demo import demo_config
 from fedgray.deploy.roles import check_node_config
-from fedgray.deploy.site_data import write_site_data
-from fedgray.fl.clientapp.node_config import NodeConfigError, site_config
+from fedgray.deploy.trial_folders import write_partition_folders
+from fedgray.fl.clientapp.node_config import NodeConfigError, config_at_node
 from fedgray.fl.clientapp.trusted import TRUSTED_CLIENTAPP, bundle_verdict
-from fedgray.fl.common.site_partitions import site_data, site_indices
+from fedgray.fl.common.partitions import load_partition, partition_indices
 from fedgray.fl.run_config import resolve_config
-from fedgray.launch.app import write_app
+from fedgray.launch.app_folder import write_app
 from fedgray.launch.commands import (
     LaunchError,
     SuperLinkOptions,
@@ -41,7 +41,7 @@ def test_missing_or_empty_data_folders_fail_in_one_line_naming_the_path(tmp_path
     config = load_config(None, SMALL)
     missing = tmp_path / "nowhere"
     with pytest.raises(NodeConfigError) as error:
-        site_config(config, {"data-dir": str(missing)})
+        config_at_node(config, {"data-dir": str(missing)})
     assert str(error.value) == f"node-config data-dir: {missing}: no such directory"
     (tmp_path / "empty").mkdir()
     with pytest.raises(NodeConfigError, match=r"empty/train/captions.csv: not found$"):
@@ -50,24 +50,24 @@ def test_missing_or_empty_data_folders_fail_in_one_line_naming_the_path(tmp_path
 
 def test_written_partitions_are_the_simulated_ones_and_load_as_the_site(tmp_path: Path) -> None:
     config = load_config(None, SMALL)
-    folders = write_site_data(config, 3, tmp_path)
+    folders = write_partition_folders(config, 3, tmp_path)
     pool = load_dataset("world/sketch", split="train", size=60, seed=config.data.seed)
     total = 0
     for site, folder in enumerate(folders):
-        share = site_indices(config, partition_id=site, num_partitions=3)
+        share = partition_indices(config, partition_id=site, num_partitions=3)
         with (folder / "train" / "captions.csv").open() as handle:
             rows = list(csv.DictReader(handle))
         expected = sorted([*share.train.tolist(), *share.heldout.tolist()])
         assert [r["caption"] for r in rows] == [pool.captions[i] for i in expected]
         total += len(rows)
-        local = site_config(config, {"data-dir": str(folder)})
+        local = config_at_node(config, {"data-dir": str(folder)})
         assert local.data.dataset == f"folder:{folder}" and local.data.train_size == len(rows)
     assert total == 60
 
 
 def test_site_config_names_the_sealed_backbone_and_refuses_a_missing_key(tmp_path: Path) -> None:
     config = load_config(None, SMALL)
-    folder = write_site_data(config, 3, tmp_path)[0]
+    folder = write_partition_folders(config, 3, tmp_path)[0]
     files = {name: tmp_path / name for name in ("a.sealed", "v.pem", "c.key")}
     for path in files.values():
         path.write_text("x")
@@ -77,14 +77,14 @@ def test_site_config_names_the_sealed_backbone_and_refuses_a_missing_key(tmp_pat
         "verify-key": str(files["v.pem"]),
         "content-key": str(files["c.key"]),
     }
-    local = site_config(config, node)
+    local = config_at_node(config, node)
     assert (local.backbone.artifact, local.backbone.verify_key, local.backbone.content_key) == (
         str(files["a.sealed"]),
         str(files["v.pem"]),
         str(files["c.key"]),
     )
     with pytest.raises(NodeConfigError, match="node-config content-key: .*gone.key: not found"):
-        site_config(config, {**node, "content-key": str(tmp_path / "gone.key")})
+        config_at_node(config, {**node, "content-key": str(tmp_path / "gone.key")})
 
 
 def test_a_site_on_a_served_runtime_names_its_socket_and_holds_no_key(tmp_path: Path) -> None:
@@ -98,7 +98,7 @@ def test_a_site_on_a_served_runtime_names_its_socket_and_holds_no_key(tmp_path: 
     from fedgray.deploy.cli import supernode_node_config
 
     config = load_config(None, SMALL)
-    folder = write_site_data(config, 3, tmp_path)[0]
+    folder = write_partition_folders(config, 3, tmp_path)[0]
     path = tmp_path / "runtime.sock"
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(str(path))
@@ -108,12 +108,12 @@ def test_a_site_on_a_served_runtime_names_its_socket_and_holds_no_key(tmp_path: 
             [config_arg(supernode_node_config(build_parser().parse_args(argv)))]
         )
         check_node_config(node)
-        local = site_config(config, node)
+        local = config_at_node(config, node)
         assert local.backbone.runtime == str(path)
         assert (local.backbone.artifact, local.backbone.content_key) == (None, None)
         key = tmp_path / "content.key"
         key.write_text("x")
-        for check in (check_node_config, lambda n: site_config(config, n)):
+        for check in (check_node_config, lambda n: config_at_node(config, n)):
             with pytest.raises(
                 NodeConfigError,
                 match="^node-config backbone-runtime: a served "
@@ -125,14 +125,14 @@ def test_a_site_on_a_served_runtime_names_its_socket_and_holds_no_key(tmp_path: 
         check_node_config(node)
     (tmp_path / "file.sock").write_text("")
     with pytest.raises(NodeConfigError, match="file.sock: no runtime socket there"):
-        site_config(config, {**node, "backbone-runtime": str(tmp_path / "file.sock")})
+        config_at_node(config, {**node, "backbone-runtime": str(tmp_path / "file.sock")})
 
 
 def test_a_deployed_site_reads_its_own_folder_as_its_whole_data(tmp_path: Path) -> None:
     config = load_config(None, [*SMALL, "backbone.name=fedgray-micro", "backbone.pretrained=null"])
-    folder = write_site_data(config, 3, tmp_path)[1]
-    local = site_config(config, {"data-dir": str(folder)})
-    data = site_data(local, partition_id=0, num_partitions=1)
+    folder = write_partition_folders(config, 3, tmp_path)[1]
+    local = config_at_node(config, {"data-dir": str(folder)})
+    data = load_partition(local, partition_id=0, num_partitions=1)
     assert len(data.train) + len(data.heldout) == local.data.train_size == 20
 
 
@@ -223,7 +223,7 @@ def test_fedgray_runs_simulation_config_is_one_flower_accepts(tmp_path: Path) ->
 
     config = load_config(None, ["federation.num_sites=5", "federation.actors=2"])
     parsed = _parse_federation_config_overrides(  # what flwr run does with the argument
-        [config_arg(simulation_config(config))],
+        [config_arg(simulation_config(config.federation))],
         SuperLinkConnection(name="fedgray", address="127.0.0.1:1", insecure=True),
     )
     assert parsed is not None

@@ -94,7 +94,7 @@ DOCUMENTED = [
 def test_a_document_carries_the_config_whole_and_typed(tmp_path: Path) -> None:
     config = micro_config(tmp_path, *DOCUMENTED)
     document = to_document(config)
-    assert parse_document(document) == config
+    assert resolver.resolve_document(document) == config
     assert resolve_config(None, {"document": document, "overrides": ""}) == config
     read = resolve_config(None, {"document": document})
     assert read.federation.domains == ["world/sketch", "world/noisy"]

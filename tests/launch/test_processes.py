@@ -23,9 +23,18 @@ TREE = (
     "open(sys.argv[1], 'w').write(str(g.pid))\n"
     "time.sleep(300)\n"
 )
-# The same, but the child exits at once: its grandchild is an orphan (as a Flower process
-# whose parent died), which init would adopt but for the guardian.
-ORPHANING = TREE.replace("time.sleep(300)\n", "")
+# The same, but the grandchild's parent is a middle process that exits at once: the
+# grandchild is an orphan (as a Flower process whose parent died), which init would adopt
+# but for the reaper.
+ORPHANING = (
+    "import subprocess, sys, time\n"
+    'middle = \'import subprocess, sys; g = subprocess.Popen(["sleep", "300"], '
+    'start_new_session=True); open(sys.argv[1], "w").write(str(g.pid))\'\n'
+    "subprocess.run([sys.executable, '-c', middle, sys.argv[1]], check=True)\n"
+    "time.sleep(300)\n"
+)
+# The same with a grandchild that exits after 0.3 s.
+ORPHAN_EXITS = ORPHANING.replace('"300"], start_new_session=True', '"0.3"]')
 
 
 def _alive(pid: int) -> bool:
@@ -112,7 +121,7 @@ def test_kill_9_of_the_command_still_ends_every_process_it_started(
     )
     try:
         grandchild = _wait_for(tmp_path / "pid")
-        assert grandchild in descendants(command.pid)  # the guardian adopted the orphan
+        assert grandchild in descendants(command.pid)  # the reaper adopted the orphan
         started = [pid for pid in descendants(command.pid) if pid != command.pid]
         command.kill()
         command.wait(timeout=30)
@@ -123,3 +132,30 @@ def test_kill_9_of_the_command_still_ends_every_process_it_started(
     finally:
         if command.poll() is None:
             os.killpg(command.pid, signal.SIGKILL)
+
+
+def _cpu_ticks(pid: int) -> int:
+    """User plus system clock ticks ``pid`` has run for, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def test_a_reaper_sleeps_while_its_command_runs_and_reaps_orphans_as_they_exit(
+    tmp_path: Path,
+) -> None:
+    """A reaper polling the process table every 0.2 s spends several clock ticks a second;
+    one that waits in the kernel spends none. An orphan that exits under it is reaped at
+    once (no zombie left while the command runs on)."""
+    with supervised() as processes:
+        reaper = processes.start(
+            [sys.executable, "-c", ORPHAN_EXITS, str(tmp_path / "pid")], log_file=tmp_path / "l"
+        )
+        orphan = _wait_for(tmp_path / "pid")
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{orphan}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{orphan}").exists(), "the exited orphan was left a zombie"
+        before = _cpu_ticks(reaper.pid)
+        time.sleep(2.0)
+        assert _cpu_ticks(reaper.pid) - before <= 1
+        assert reaper.poll() is None

@@ -18,7 +18,7 @@ import pytest
 
 from fedgray.config_schema import ConfigError
 from fedgray.fl.serverapp.failures import FederationError
-from fedgray.privacy.planted import AUDITED_SITE
+from fedgray.privacy.planted import AUDITED_PARTITION
 from fedgray.privacy.sampling_check import LEVEL
 from fedgray.resolver import load_config
 from simulations.planted_bugs import no_noise, shuffling
@@ -56,8 +56,8 @@ def test_a_federated_run_reports_the_audited_sites_bound_beside_its_epsilon(
     privacy = _last_privacy(result.run_dir)
     audit = privacy["audit"]
     assert summary["audit"] == audit
-    assert (audit["site"], audit["canaries"], audit["guesses"]) == (AUDITED_SITE, 100, 40)
-    assert audit["epsilon"] == privacy["epsilon"][str(AUDITED_SITE)] < 1.5
+    assert (audit["site"], audit["canaries"], audit["guesses"]) == (AUDITED_PARTITION, 100, 40)
+    assert audit["epsilon"] == privacy["epsilon"][str(AUDITED_PARTITION)] < 1.5
     assert audit["lower_bound"] <= audit["epsilon"] and audit["passed"]
     # every batch site 0 drew in the run (2 rounds of 15 steps) fits Poisson sampling
     assert audit["batches"] == 30 and audit["sampling"] is None
@@ -92,7 +92,7 @@ def test_the_audit_reaches_the_server_under_secagg(tmp_path: Path) -> None:
     result, summary, _ = run_local(micro_config(tmp_path, *AUDITED, *SECURE))
     audit = _last_privacy(result.run_dir)["audit"]
     assert summary["audit"] == audit and audit["passed"]
-    assert (audit["site"], audit["canaries"], audit["guesses"]) == (AUDITED_SITE, 100, 40)
+    assert (audit["site"], audit["canaries"], audit["guesses"]) == (AUDITED_PARTITION, 100, 40)
     assert audit["batches"] == 30 and audit["sampling_p_value"] >= LEVEL
 
 

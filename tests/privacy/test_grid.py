@@ -6,13 +6,20 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from fedgray.cli import main
+from fedgray.config import Config
+from fedgray.fl.common.records import to_record
+from fedgray.fl.serverapp import server
 from fedgray.privacy import Ledger
 from fedgray.privacy.grid import selection_cost, split_budget
+from fedgray.resolver import load_config
+from fedgray.runs import load_adapters
+from fedgray.tasks import TaskData
 from tests.helpers import MICRO
 
 QUICKSTART = Path(__file__).parents[2] / "configs" / "quickstart.yaml"
@@ -35,12 +42,29 @@ def test_selection_cost_charges_each_site_every_trial_it_trained_in() -> None:
         selection_cost([{0: trial}, {0: Ledger("prv", trial.history)}], delta=1e-5)
 
 
+def count_split_reads(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """How many times the server loads each of its splits from now on."""
+    reads: Counter[str] = Counter()
+    load = server._split_data
+
+    def counted(config: Config, split: str) -> TaskData:
+        reads[split] += 1
+        return load(config, split)
+
+    monkeypatch.setattr(server, "_split_data", counted)
+    return reads
+
+
 @pytest.mark.slow
-def test_grid_sweep_chooses_on_validation_and_its_cost_is_in_the_ledger(tmp_path: Path) -> None:
+def test_grid_sweep_chooses_on_validation_and_its_cost_is_in_the_ledger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = count_split_reads(monkeypatch)
     args = ["sweep", str(QUICKSTART), "--output", str(tmp_path), "--rounds", "1", "--quiet"]
     args += ["--epsilons", "2", "--seeds", "1", "--grid", "train.lr=0.0001,0.01"]
     settings = [*MICRO, "data.validation_size=40"]
     assert main([*args, *(f"--set={o}" for o in settings)]) == 0
+    assert reads["test"] == 1  # two trials trained and scored on validation, one test read
     (folder,) = tmp_path.glob("sweep-*")
     with (folder / "sweep.csv").open() as handle:
         (row,) = list(csv.DictReader(handle))
@@ -62,9 +86,22 @@ def test_grid_sweep_chooses_on_validation_and_its_cost_is_in_the_ledger(tmp_path
     assert float(row["selection_epsilon"]) == spent and row["trials"] == "2"
     assert float(row["target_epsilon"]) == 2.0
     assert row["recipe"] == " ".join(trials[ledger["chosen"]]["recipe"])
-    chosen_run = folder / "eps2-seed0" / trials[ledger["chosen"]]["run"]
-    summary = json.loads((chosen_run / "summary.json").read_text())
-    assert float(row["r1_mean"]) == pytest.approx(summary["final"]["r1_mean"])  # its test
+    # Only the winner has a test figure: its saved adapters', scored as anyone would.
+    winner = ledger["chosen"]
+    assert [i for i, t in enumerate(trials) if "test_r1_mean" in t] == [winner]
+    runs = [folder / "eps2-seed0" / trial["run"] for trial in trials]
+    summaries = [json.loads((run / "summary.json").read_text()) for run in runs]
+    on_test = "the server's test split, read once after the last round"
+    assert [s["evaluated_on"] == on_test for s in summaries] == [i == winner for i in range(2)]
+    assert all((run / "adapters.pt").is_file() for run in runs)  # every trial's adapters kept
+    config = load_config(runs[winner] / "config.yaml")
+    state, _ = load_adapters(runs[winner] / "adapters.pt", backbone=config.backbone.name)
+    figure = server.central_evaluator(config, "test")(to_record(state))["r1_mean"]
+    assert trials[winner]["test_r1_mean"] == summaries[winner]["final"]["r1_mean"] == figure
+    assert float(row["r1_mean"]) == pytest.approx(figure)  # the CSV's text of the same float
+    assert float(row["zero_shot_r1_mean"]) == pytest.approx(
+        summaries[winner]["zero_shot"]["r1_mean"]
+    )
 
 
 def test_a_bad_grid_is_refused_before_anything_runs(

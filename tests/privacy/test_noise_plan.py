@@ -32,7 +32,7 @@ def test_an_unchanged_plan_keeps_its_noise_every_round() -> None:
 def test_rounds_added_get_the_noise_that_keeps_the_target() -> None:
     first = plan_noise(TARGET, **SITE, total_steps=4)  # 2 rounds x 2 steps, all spent
     spent = Ledger("rdp", ((first.noise_multiplier, first.sample_rate, 4),))
-    naive = plan_noise(TARGET, **SITE, total_steps=8)  # what a resume used to do
+    naive = plan_noise(TARGET, **SITE, total_steps=8)  # the naive resume: plan anew over all steps
     assert _epsilon((first.noise_multiplier, first.sample_rate, 4),
                     (naive.noise_multiplier, naive.sample_rate, 4)) > 4.0  # fmt: skip
     rest = plan_noise(TARGET, **SITE, total_steps=8, ledger=spent, remaining_steps=4)

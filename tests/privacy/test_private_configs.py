@@ -1,4 +1,4 @@
-"""The shipped private configs (issue 13) on the micro backbone: DP-SGD over cached
+"""The shipped private configs on the micro backbone: DP-SGD over cached
 features with full batches, accounted exactly (the recomputation agrees)."""
 
 from __future__ import annotations

@@ -16,12 +16,7 @@ import torch
 
 from fedgray.backbone import SealedBackbone
 from fedgray.privacy.engine import poisson_batches
-from fedgray.privacy.sampling_check import (
-    LEVEL,
-    BatchSizes,
-    poisson_p_value,
-    sampling_refuted,
-)
+from fedgray.privacy.sampling_check import LEVEL, BatchSizes, check_sampling, poisson_p_value
 from fedgray.tasks.data import TaskData
 from fedgray.train.local import batches
 from tests.helpers import captioned_data
@@ -45,15 +40,16 @@ def _sizes(stream: Iterator[tuple[torch.Tensor, ...]]) -> list[int]:
 def test_poisson_batches_at_the_accountants_rate_pass(rows: TaskData, seed: int) -> None:
     sizes = _sizes(poisson_batches(rows, sample_rate=RATE, seed=seed))
     assert len(set(sizes)) > 5  # sizes vary, as Binomial(120, 0.3)'s do
-    assert poisson_p_value(sizes, rows=ROWS, rate=RATE) > 0.001
-    assert sampling_refuted(sizes, rows=ROWS, rate=RATE) is None
+    verdict = check_sampling(sizes, rows=ROWS, rate=RATE)
+    assert verdict.p_value > 0.001 and verdict.refuted is None
 
 
 def test_shuffled_batches_of_the_same_mean_size_are_refuted(rows: TaskData) -> None:
     sizes = _sizes(batches(rows, batch_size=round(RATE * ROWS), seed=0))
     assert abs(sum(sizes) / len(sizes) - RATE * ROWS) < 1  # the mean alone would pass
-    assert poisson_p_value(sizes, rows=ROWS, rate=RATE) < LEVEL
-    reason = sampling_refuted(sizes, rows=ROWS, rate=RATE)
+    verdict = check_sampling(sizes, rows=ROWS, rate=RATE)
+    assert verdict.p_value == poisson_p_value(sizes, rows=ROWS, rate=RATE) < LEVEL
+    reason = verdict.refuted
     assert reason is not None and "not Poisson-sampled" in reason and "\n" not in reason
 
 

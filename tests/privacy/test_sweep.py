@@ -47,7 +47,7 @@ def test_sweep_writes_rows_within_target_and_a_plot(
 
 @pytest.mark.parametrize("size", [7, 13, 40])
 def test_site_size_sets_each_sites_training_examples(size: int) -> None:
-    from fedgray.fl.common.site_partitions import site_indices
+    from fedgray.fl.common.partitions import partition_indices
     from fedgray.resolver import load_config
     from fedgray.sweep_point import Point
 
@@ -58,7 +58,7 @@ def test_site_size_sets_each_sites_training_examples(size: int) -> None:
         QUICKSTART, [*MICRO, *point.data_overrides(num_sites=fed.num_sites, holdout=fed.holdout)]
     )
     for i in range(fed.num_sites):
-        share = site_indices(config, partition_id=i, num_partitions=fed.num_sites)
+        share = partition_indices(config, partition_id=i, num_partitions=fed.num_sites)
         assert len(share.train) == size and len(share.heldout) >= 1
     assert (
         point.name == f"n{size}-eps8-seed0"
@@ -178,4 +178,19 @@ def test_reference_without_a_non_private_point_is_refused(
     assert main([*args, "--reference", str(QUICKSTART), *(f"--set={o}" for o in MICRO)]) != 0
     (err,) = capsys.readouterr().err.strip().splitlines()
     assert err.startswith("fedgray: error: --reference: needs inf among --epsilons")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_site_size_the_data_cannot_hold_is_refused_before_any_point_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The digits' training pool holds under 900 scans: 3 sites of 1,000 do not fit, and the
+    sweep says so in one line before its first (fitting) size runs."""
+    sets = [*MICRO, "data.dataset=digits", "train.task=classification"]
+    args = ["sweep", str(QUICKSTART), "--output", str(tmp_path / "out"), "--epsilons", "8"]
+    args += ["--seeds", "1", "--site-sizes", "20,1000", *(f"--set={o}" for o in sets)]
+    assert main(args) == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert err.startswith("fedgray: error: --site-sizes 1000: data.train_size: digits has ")
+    assert err.endswith("train samples, 3750 requested")
     assert not (tmp_path / "out").exists()

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message
 
+from fedgray.fl.common.packing import unpack
 from fedgray.fl.serverapp.loop import run_round
 from fedgray.fl.simulation.local_grid import LocalGrid
 from strategies import build_strategy
 from strategies.fold import MeanFold
 from tests.helpers import assert_close
-from tests.strategies.test_guard import toy_app, zeros
+from tests.strategies.test_screen import toy_app, zeros
 
 
 def updates(count: int, seed: int) -> list[tuple[ArrayRecord, float]]:
@@ -86,6 +87,8 @@ class Watching(LocalGrid):
         alive = sum(ref() is not None for ref in self.refs)
         replies = list(super().pull_messages(message_ids))
         trains = [r for r in replies if r.metadata.message_type == "train" and not r.has_error()]
+        for reply in trains:  # the arrays the server holds: unpacked (see arriving)
+            unpack(reply.content)
         if trains:  # a pull of the train phase (evaluation replies come through here too)
             self.most_alive = max(self.most_alive, alive)
         self.refs += [weakref.ref(r.content["arrays"]) for r in trains]

@@ -1,5 +1,5 @@
 """A strategy's registry row carries what the rest of a run relies on: the config accepts
-it under secure aggregation or central DP as its row says, and the guard folds the replies
+it under secure aggregation or central DP as its row says, and the screen folds the replies
 of an averaging one as they arrive."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def test_the_config_takes_a_strategy_as_its_row_says(
     assert config.federation.strategy == "median"
 
 
-def test_the_guard_folds_the_replies_of_a_row_marked_averaging(
+def test_the_screen_folds_the_replies_of_a_row_marked_averaging(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert not build_strategy("fedmedian", num_sites=3).folds  # type: ignore[attr-defined]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
@@ -35,3 +36,23 @@ def test_gradients_reach_the_input_module_from_native_resolution_images(
     image, text = model(pixels, micro.tokenize(["a red circle"] * 3))
     (image * text).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.image_in.parameters())
+
+
+def test_prepared_tokens_are_each_captions_own_with_equal_captions_tokenized_once(
+    micro: SealedBackbone,
+) -> None:
+    dataset = load_dataset("world/photo", split="train", size=60)
+    asked: list[int] = []
+
+    def tokenize(texts: Sequence[str]) -> torch.Tensor:
+        asked.append(len(texts))
+        return micro.tokenize(texts)
+
+    data = prepare(dataset, tokenize)
+    assert torch.equal(data.tokens, micro.tokenize(dataset.captions))  # integer ids
+    distinct = len(set(dataset.captions))
+    assert distinct < len(dataset) and asked[0] == distinct
+    same = [
+        (i, j) for i in range(60) for j in range(60) if dataset.captions[i] == dataset.captions[j]
+    ]
+    assert all(data.caption_ids[i] == data.caption_ids[j] for i, j in same)

@@ -275,7 +275,7 @@ def test_a_sites_personal_adapters_go_over_the_global_ones_and_into_its_bundle(
 ) -> None:
     from fedgray.fl.clientapp.state import load_personal
     from fedgray.fl.common.cache import shared_backbone
-    from fedgray.site import load_task_data
+    from fedgray.materials import load_task_data
     from fedgray.tasks import evaluate
     from fedgray.train.gradient import adapted_model
 
@@ -287,10 +287,10 @@ def test_a_sites_personal_adapters_go_over_the_global_ones_and_into_its_bundle(
     personal = load_personal(site, upto=2)
     assert personal and all(key.startswith("image_out") for key in personal)
     backbone = shared_backbone(config)
-    test = load_task_data(config, backbone, split="test")
-    assert own == evaluate(adapted_model(config, backbone, {**shared, **personal}), test)
+    test = load_task_data(config.data, backbone, split="test")
+    assert own == evaluate(adapted_model(config.method, backbone, {**shared, **personal}), test)
     assert evaluation([str(run)], tmp_path / "global") == evaluate(
-        adapted_model(config, backbone, shared), test
+        adapted_model(config.method, backbone, shared), test
     )
 
     bundle = tmp_path / "site-1.bundle"

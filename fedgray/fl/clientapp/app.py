@@ -20,27 +20,30 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedgray.config import Config
-from fedgray.fl.clientapp.client import Site
+from fedgray.fl.clientapp.client import Client
 from fedgray.fl.clientapp.floor import Floor
-from fedgray.fl.clientapp.node_config import STATE_DIR, is_deployed, site_config, site_name
+from fedgray.fl.clientapp.node_config import STATE_DIR, config_at_node, is_deployed, site_name
 from fedgray.fl.clientapp.secagg import legacy_train, secure_train_mods
 from fedgray.fl.common.central import clipping_mods
+from fedgray.fl.common.packing import packed_mod
 from fedgray.fl.common.private import refusal_mod
 from fedgray.fl.common.site_names import SITE_RECORD, identity_reply, name_record
 from fedgray.fl.run_config import resolve_config
 
 
-def _site(config: Config, context: Context) -> Site:
+def _client(config: Config, context: Context) -> Client:
     """This node's site: a simulated partition, or (with ``data-dir`` in the node config)
     a deployed site's own data and backbone (see :mod:`fedgray.fl.clientapp.node_config`)."""
     if is_deployed(context.node_config):
-        local = site_config(config, context.node_config)
+        local = config_at_node(config, context.node_config)
         partition_id = int(context.node_config.get("partition-id", 0))
-        data = Site.open(local, partition_id=0, num_partitions=1).data
+        data = Client.open(local, partition_id=0, num_partitions=1).data
         state_dir = context.node_config.get(STATE_DIR)
         folder = Path(str(state_dir)) if state_dir else None
-        return Site(local, partition_id, data, folder, Floor.from_node_config(context.node_config))
-    return Site.open(
+        return Client(
+            local, partition_id, data, folder, Floor.from_node_config(context.node_config)
+        )
+    return Client.open(
         config,
         partition_id=int(context.node_config["partition-id"]),
         num_partitions=int(context.node_config["num-partitions"]),
@@ -53,7 +56,7 @@ def _train_pipeline(config: Config) -> ClientAppCallable:
     def train(
         arrays: ArrayRecord, settings: ConfigRecord, context: Context
     ) -> tuple[ArrayRecord, dict[str, float], RecordDict]:
-        return _site(config, context).train(
+        return _client(config, context).train(
             arrays,
             context.state,
             server_round=int(cast(int, settings["server-round"])),
@@ -63,7 +66,7 @@ def _train_pipeline(config: Config) -> ClientAppCallable:
         )
 
     if config.federation.secure_aggregation.enabled:
-        return make_ffn(legacy_train(train), secure_train_mods(config))
+        return make_ffn(legacy_train(train), secure_train_mods(config.privacy.central))
 
     def handle(msg: Message, context: Context) -> Message:
         arrays, metrics, records = train(
@@ -76,7 +79,7 @@ def _train_pipeline(config: Config) -> ClientAppCallable:
         content[SITE_RECORD] = name_record(site_name(context.node_config))
         return Message(content, reply_to=msg)
 
-    return make_ffn(handle, [refusal_mod, *clipping_mods(config, legacy=False)])
+    return make_ffn(handle, [refusal_mod, *clipping_mods(config.privacy.central, legacy=False)])
 
 
 def quiet_flower_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -94,9 +97,11 @@ def make_client_app(config: Config | None = None, *, quiet: bool = False) -> Cli
 
     The closure holds only the (small) config: the backbone and data come from per-process
     caches, so they are not shipped with every message. ``quiet``: see
-    :func:`quiet_flower_mod` (for site processes of their own, such as Ray's actors).
+    :func:`quiet_flower_mod` (for site processes of their own, such as Ray's actors). Every
+    message's arrays arrive packed and every reply's leave packed
+    (:mod:`fedgray.fl.common.packing`).
     """
-    app = ClientApp(mods=[quiet_flower_mod] if quiet else None)
+    app = ClientApp(mods=[*([quiet_flower_mod] if quiet else []), packed_mod])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -104,7 +109,7 @@ def make_client_app(config: Config | None = None, *, quiet: bool = False) -> Cli
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        site = _site(resolve_config(config, context.run_config), context)
+        site = _client(resolve_config(config, context.run_config), context)
         server_round = (
             cast(ConfigRecord, msg.content["config"]).get("server-round")
             if "config" in msg.content

@@ -25,9 +25,9 @@ from fedgray.fl.clientapp.state import load_personal, save_personal, simulated_s
 from fedgray.fl.common.cache import shared_backbone
 from fedgray.fl.common.central import aggregation_weight
 from fedgray.fl.common.compression import decode_down, encode_up
+from fedgray.fl.common.partitions import Partition, load_partition
 from fedgray.fl.common.private import LEDGER, ledger_reply, ledger_to_record, site_ledger
 from fedgray.fl.common.records import from_record, to_record
-from fedgray.fl.common.site_partitions import SiteData, site_data
 from fedgray.privacy import Ledger
 from fedgray.privacy.ledger import Entry
 from fedgray.train.kinds import SiteRound, SiteUpdate, State, kind_of
@@ -44,23 +44,23 @@ def round_seed(seed: int, server_round: int, partition_id: int) -> int:
 
 
 @dataclass
-class Site:
+class Client:
     """One site: its partition number, data and the shared backbone's config; a deployed
     site also its own privacy floor (:mod:`fedgray.fl.clientapp.floor`)."""
 
     config: Config
     partition_id: int
-    data: SiteData
+    data: Partition
     state_dir: Path | None = None
     floor: Floor | None = None
 
     @classmethod
-    def open(cls, config: Config, *, partition_id: int, num_partitions: int) -> Site:
+    def open(cls, config: Config, *, partition_id: int, num_partitions: int) -> Client:
         """The site of ``partition_id`` (backbone and data come from per-process caches)."""
         if config.train.threads is not None:
             torch.set_num_threads(config.train.threads)
-        data = site_data(config, partition_id=partition_id, num_partitions=num_partitions)
-        return cls(config, partition_id, data, simulated_site_folder(config, partition_id))
+        data = load_partition(config, partition_id=partition_id, num_partitions=num_partitions)
+        return cls(config, partition_id, data, simulated_site_folder(config.output, partition_id))
 
     def kept(self, state: RecordDict, *, upto: int | None) -> tuple[State, State]:
         """What this site keeps to itself as of round ``upto``: its personal adapters and
@@ -110,7 +110,7 @@ class Site:
             ledger = site_ledger(
                 state, settings or ConfigRecord(), privacy, partition_id=self.partition_id
             )
-        update = kind_of(config).train_round(
+        update = kind_of(config.method).train_round(
             SiteRound(
                 config,
                 shared_backbone(config),
@@ -136,7 +136,7 @@ class Site:
             reply, residual = encode_up(shared, received, residual)
         self._keep(state, server_round, {**personal, **_prefixed(residual)})
         metrics = {
-            "num-examples": aggregation_weight(config, len(self.data.train)),
+            "num-examples": aggregation_weight(privacy.central, len(self.data.train)),
             **update.metrics,
             ORDER_KEY: self.partition_id,
         }
@@ -156,7 +156,7 @@ class Site:
     ) -> dict[str, float]:
         """Metrics of the global (plus this site's personal) arrays on its held-out samples."""
         weights = {**from_record(arrays), **self.kept(state, upto=server_round)[0]}
-        scored = kind_of(self.config).score(
+        scored = kind_of(self.config.method).score(
             self.config, shared_backbone(self.config), weights, self.data.heldout
         )
         return {"num-examples": len(self.data.heldout), **scored}

@@ -32,11 +32,9 @@ from typing import Any
 
 from fedgray.config import Config
 from fedgray.fl.common.private import SiteRefusal
-from fedgray.privacy import Ledger
-from fedgray.privacy.ledger import Entry
+from fedgray.privacy.ledger import Entry, rdp_epsilon
 
 LEDGER_FILE = "privacy-ledger.json"
-ACCOUNTANT = "rdp"
 
 
 def _names(value: Any) -> tuple[str, ...]:
@@ -149,7 +147,7 @@ class Floor:
             ):
                 if limit is None:
                     continue
-                epsilon = _epsilon(history, self.floor_delta)
+                epsilon = rdp_epsilon(history, self.floor_delta)
                 if epsilon > limit:
                     raise SiteRefusal(
                         f"site floor: this round would take epsilon to {epsilon:.4f} (delta "
@@ -162,17 +160,13 @@ FLOOR_KEYS = tuple(spec.name.replace("_", "-") for spec in fields(Floor))
 """The node-config keys a floor reads."""
 
 
-def _epsilon(history: list[Entry], delta: float) -> float:
-    return Ledger(ACCOUNTANT, tuple(history)).epsilon(delta)
-
-
 def spent_epsilon(state_dir: Path, *, delta: float) -> dict[str, float]:
     """Epsilon (RDP, at ``delta``) of each run in the site's ledger and of them all
     (``"total"``): what the site has released of its data so far."""
     path = state_dir / LEDGER_FILE
     runs = _read(path) if path.is_file() else {}
-    spent = {run: _epsilon(history, delta) for run, history in runs.items()}
-    spent["total"] = _epsilon([e for h in runs.values() for e in h], delta)
+    spent = {run: rdp_epsilon(history, delta) for run, history in runs.items()}
+    spent["total"] = rdp_epsilon([e for h in runs.values() for e in h], delta)
     return spent
 
 

@@ -110,7 +110,7 @@ def backbone_fields(node_config: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def site_config(config: Config, node_config: Mapping[str, Any]) -> Config:
+def config_at_node(config: Config, node_config: Mapping[str, Any]) -> Config:
     """``config`` as this deployed site runs it: its data directory as the whole pool (one
     partition, no domains) and its own backbone (:func:`backbone_fields`)."""
     data_dir = Path(str(node_config[DATA_DIR])).expanduser()

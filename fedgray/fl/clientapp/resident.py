@@ -23,6 +23,13 @@ fails the task's calls (:func:`task_retry_invoker`), where Flower's client signa
 process to exit; and a reply that cannot be pushed is logged, as ``flwr-clientapp`` logs
 it.
 
+Between tasks the process sleeps on the site's doorbell (:mod:`fedgray.launch.doorbell`,
+named by ``FEDGRAY_DOORBELL``), which the SuperNode rings once a message is in: it asks for
+the task at once and costs nothing while the site is idle, asking on its own only every
+:data:`BELL_FALLBACK_S`. Without a bell it asks every :data:`TASK_POLL_S`. A task taken
+while the SuperNode still receives its message retries the missing objects every
+:data:`OBJECT_RETRY_S` (up to :data:`OBJECT_RETRY_CAP_S`), not Flower's 1 s doubling to 10 s.
+
 The Flower internals this reaches are listed, and checked, in
 :mod:`fedgray.fl.common.flower_internals`.
 """
@@ -33,6 +40,7 @@ import os
 import sys
 from collections.abc import Callable
 from logging import ERROR
+from pathlib import Path
 
 import httpx
 from flwr.app import Context, Error, Message
@@ -51,15 +59,24 @@ from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, 
 
 from fedgray.fl.clientapp.trusted import trusted_app
 from fedgray.fl.common.cache import forget
-from fedgray.fl.common.flower_internals import use_executor
+from fedgray.fl.common.flower_internals import (
+    retry_object_pulls_sooner,
+    use_executor,
+    wait_between_tasks,
+)
+from fedgray.launch.doorbell import BELL_ENV, Bell
 
 SERVED = "fedgray site: ClientApp process {pid} served message {count} of run {run_id}"
 """The line each task writes to the SuperNode's log (its process, and how many messages of
 the run that process has served)."""
 TASK_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"  # read by Flower 1.42's SuperExec loop
 TASK_POLL_S = 0.1
-"""Seconds between this process's requests for a task (Flower's default: 1 s, which a
-message would wait half of on average; a request is one loopback call)."""
+"""Seconds between this process's requests for a task without a doorbell (Flower's default:
+1 s, which a message would wait half of on average; a request is one loopback call)."""
+BELL_FALLBACK_S = 1.0
+"""Seconds between this process's requests for a task when the doorbell stays silent."""
+OBJECT_RETRY_S = 0.02
+OBJECT_RETRY_CAP_S = 0.2
 
 
 REFUSED_TOKEN = frozenset({httpx.codes.UNAUTHORIZED, httpx.codes.FORBIDDEN})
@@ -178,10 +195,16 @@ class ResidentExecutor:
 
 
 def main() -> None:
-    """``flower-superexec`` (same arguments) with :class:`ResidentExecutor`."""
+    """``flower-superexec`` (same arguments) with :class:`ResidentExecutor`, sleeping on
+    the doorbell ``FEDGRAY_DOORBELL`` names (if any) between its requests."""
     from flwr.supercore.cli.flower_superexec import flower_superexec
 
-    os.environ.setdefault(TASK_POLL_ENV, str(TASK_POLL_S))
+    poll = TASK_POLL_S
+    if bell := os.environ.get(BELL_ENV):
+        wait_between_tasks(Bell(Path(bell)).wait)
+        poll = BELL_FALLBACK_S
+    os.environ.setdefault(TASK_POLL_ENV, str(poll))
+    retry_object_pulls_sooner(OBJECT_RETRY_S, OBJECT_RETRY_CAP_S)
     use_executor(ResidentExecutor())
     sys.argv[0] = "flower-superexec"  # the name Flower's exit messages go by
     flower_superexec()

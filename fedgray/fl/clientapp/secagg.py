@@ -3,7 +3,7 @@
 SecAgg+ (``SecAggPlusWorkflow`` / ``secaggplus_mod``) exists only on Flower's legacy
 Fit messages: ``fitins.*`` in, ``fitres.*`` out, arrays as an unnamed list and config and
 metrics as scalars. :func:`legacy_train` speaks that format around the same
-:meth:`~fedgray.fl.clientapp.client.Site.train` as the Message-API handler: the adapter names and
+:meth:`~fedgray.fl.clientapp.client.Client.train` as the Message-API handler: the adapter names and
 fedgray's settings (ledger copies) come as JSON strings in the Fit config, the site's
 ledger goes back as a JSON string in the Fit metrics, next to the site's name (public
 metadata; SecAgg+ masks only the arrays).
@@ -25,7 +25,7 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
-from fedgray.config import Config
+from fedgray.config import CentralPrivacyConfig
 from fedgray.fl.clientapp.node_config import site_name
 from fedgray.fl.common.central import clipping_mods
 from fedgray.fl.common.fit_messages import ADAPTER_KEYS, SERVER_ROUND, SETTINGS
@@ -79,6 +79,6 @@ def legacy_train(train: SiteTrain) -> ClientAppCallable:
     return handle
 
 
-def secure_train_mods(config: Config) -> list[Mod]:
+def secure_train_mods(central: CentralPrivacyConfig) -> list[Mod]:
     """The train handler's mods under secure aggregation, outermost first."""
-    return [refusal_mod, secaggplus_mod, delta_mod, *clipping_mods(config, legacy=True)]
+    return [refusal_mod, secaggplus_mod, delta_mod, *clipping_mods(central, legacy=True)]

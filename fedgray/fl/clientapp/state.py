@@ -20,18 +20,18 @@ from pathlib import Path
 
 import torch
 
-from fedgray.config import Config
+from fedgray.config import OutputConfig
 
 State = dict[str, torch.Tensor]
 _FILE = re.compile(r"^personal-(\d+)\.pt$")
 KEEP = 2  # the last round's file and the one before: enough for a resume from either
 
 
-def simulated_site_folder(config: Config, partition_id: int) -> Path | None:
+def simulated_site_folder(output: OutputConfig, partition_id: int) -> Path | None:
     """The state folder of a simulated site (None when the run folder is not named)."""
-    if not config.output.name:
+    if not output.name:
         return None
-    return Path(config.output.root) / config.output.name / "sites" / f"site-{partition_id}"
+    return Path(output.root) / output.name / "sites" / f"site-{partition_id}"
 
 
 def _rounds(folder: Path) -> list[int]:

@@ -15,7 +15,7 @@ import torch
 from fedgray.backbone import Backbone, IsolatedBackbone
 from fedgray.config import Config
 from fedgray.config_schema import to_dict
-from fedgray.site import load_task_data, open_backbone
+from fedgray.materials import load_task_data, open_backbone
 from fedgray.tasks import TaskData
 
 _BACKBONES: dict[str, Backbone] = {}
@@ -66,6 +66,5 @@ def shared_data(config: Config, *, dataset: str, split: str, size: int) -> TaskD
     if key not in _DATA:
         data = dataclasses.replace(config.data, dataset=dataset)
         setattr(data, f"{split}_size", size)  # train_size, validation_size or test_size
-        site_config = dataclasses.replace(config, data=data)
-        _DATA[key] = load_task_data(site_config, shared_backbone(config), split=split)
+        _DATA[key] = load_task_data(data, shared_backbone(config), split=split)
     return _DATA[key]

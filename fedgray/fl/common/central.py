@@ -43,21 +43,21 @@ from flwr.server.strategy import (
 from flwr.server.strategy import Strategy as LegacyStrategy
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, Strategy
 
-from fedgray.config import CentralPrivacyConfig, Config, sampled_sites
+from fedgray.config import CentralPrivacyConfig, Config, FederationConfig, sampled_sites
 from fedgray.privacy import Ledger
 
 ACCOUNTANT = "rdp"
 SAMPLE_RATE = 1.0  # no amplification by site sampling (see the module docstring)
 
 
-def aggregation_weight(config: Config, num_examples: int) -> int:
+def aggregation_weight(central: CentralPrivacyConfig, num_examples: int) -> int:
     """The weight a site reports: 1 under central DP (a plain mean), else its data size."""
-    return 1 if config.privacy.central.enabled else num_examples
+    return 1 if central.enabled else num_examples
 
 
-def num_sampled(config: Config) -> int:
+def num_sampled(fed: FederationConfig) -> int:
     """``m``: the sites asked to train each round."""
-    return sampled_sites(config.federation.num_sites, config.federation.fraction_train)
+    return sampled_sites(fed.num_sites, fed.fraction_train)
 
 
 def noise_std(central: CentralPrivacyConfig, sampled: int) -> float:
@@ -69,7 +69,7 @@ def with_central_dp(strategy: Strategy, config: Config) -> Strategy:
     """``strategy`` wrapped in Flower's client-side fixed-clipping DP (Message API)."""
     central = config.privacy.central
     return DifferentialPrivacyClientSideFixedClipping(
-        strategy, central.noise_multiplier, central.clipping_norm, num_sampled(config)
+        strategy, central.noise_multiplier, central.clipping_norm, num_sampled(config.federation)
     )
 
 
@@ -77,13 +77,13 @@ def with_legacy_central_dp(strategy: LegacyStrategy, config: Config) -> LegacySt
     """The same wrapper on Flower's legacy strategy API (the one SecAgg+ drives)."""
     central = config.privacy.central
     return LegacyClientSideFixedClipping(
-        strategy, central.noise_multiplier, central.clipping_norm, num_sampled(config)
+        strategy, central.noise_multiplier, central.clipping_norm, num_sampled(config.federation)
     )
 
 
-def clipping_mods(config: Config, *, legacy: bool) -> list[Mod]:
+def clipping_mods(central: CentralPrivacyConfig, *, legacy: bool) -> list[Mod]:
     """The site's clipping mod for the train handler (none without central DP)."""
-    if not config.privacy.central.enabled:
+    if not central.enabled:
         return []
     return [legacy_fixedclipping_mod if legacy else fixedclipping_mod]
 

@@ -28,14 +28,25 @@ What is reached, and why no public API serves:
   helpers that pull a task's message and push its reply; ``get_project_dir``, where the
   bundle is installed.
 - The SuperNode's message loop takes its pauses from the ``time`` module it imported
-  (``start_client_internal.time``); a site shortens them (:func:`cap_supernode_pauses`).
+  (``start_client_internal.time``): 3 s after an empty request to the SuperLink, 0.5 s
+  between looks at its own state for the ClientApp's reply; a site shortens both
+  (:func:`cap_supernode_pauses`).
 - The same loop receives each message through ``start_client_internal._pull_and_store_message``,
   which leaves a task behind when the message's run stops while its objects are pulled; a
-  site finishes that task (:func:`fail_tasks_of_abandoned_messages`).
+  site finishes that task (:func:`fail_tasks_of_abandoned_messages`), and says when a
+  message is in (:func:`after_each_message`).
+- The SuperExec's task loop pauses through the ``time`` module it imported
+  (``run_superexec.time``); a site's ClientApp process waits on its SuperNode's bell instead
+  (:func:`wait_between_tasks`).
+- A ClientApp task creates its task before the SuperNode has the message's objects, and
+  ``run_clientapp.pull_task_input`` pulls them with Flower's backoff (1 s, doubling to 10 s)
+  through ``pull_and_inflate_object_from_tree``; a site's one process retries sooner
+  (:func:`retry_object_pulls_sooner`).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -73,12 +84,15 @@ __all__ = [
     "act_as_server",
     "aggregate_metricrecords",
     "assign_message_id",
+    "after_each_message",
     "cap_supernode_pauses",
     "fail_tasks_of_abandoned_messages",
     "get_project_dir",
     "recorddict_compat",
+    "retry_object_pulls_sooner",
     "use_executor",
     "validate_message_reply_consistency",
+    "wait_between_tasks",
 ]
 
 
@@ -105,20 +119,71 @@ def use_executor(executor: object) -> None:
     loop.get_executor = lambda *_args, **_kwargs: executor  # type: ignore[assignment]
 
 
-def cap_supernode_pauses(cap_s: float) -> None:
-    """Cap every pause of the SuperNode's message loop (``flower-supernode``, started in
-    this process) at ``cap_s``: the loop sleeps through the ``time`` module it imported."""
+class _Paused:
+    """The ``time`` module with another ``sleep``: what a Flower loop that pauses through
+    ``time.sleep`` is given to pause otherwise."""
+
+    def __init__(self, sleep: Callable[[float], None]) -> None:
+        self.sleep = sleep
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+SUPERLINK_PAUSE_S = 3.0
+"""The SuperNode loop's pause after asking the SuperLink for a message and getting none
+(its other pauses, 0.5 s, are between looks at its own state)."""
+
+
+def cap_supernode_pauses(idle_s: float, *, local_s: float) -> None:
+    """Cap the pauses of the SuperNode's message loop (``flower-supernode``, started in
+    this process): at ``idle_s`` between its requests to the SuperLink, at ``local_s``
+    between its looks at its own state for the ClientApp's reply (no request: cheap)."""
     import flwr.supernode.start_client_internal as loop
 
-    class _Capped:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(time, name)
+    def sleep(seconds: float) -> None:
+        time.sleep(min(seconds, idle_s if seconds >= SUPERLINK_PAUSE_S else local_s))
 
-        @staticmethod
-        def sleep(seconds: float) -> None:
-            time.sleep(min(seconds, cap_s))
+    loop.time = _Paused(sleep)  # type: ignore[assignment]
 
-    loop.time = _Capped()  # type: ignore[assignment]
+
+def wait_between_tasks(wait: Callable[[float], None]) -> None:
+    """Make the SuperExec's task loop (``flower-superexec``, started in this process) pause
+    between its requests for a task with ``wait(interval)``, which may return early."""
+    import flwr.supercore.superexec.run_superexec as loop
+
+    loop.time = _Paused(wait)  # type: ignore[assignment]
+
+
+def retry_object_pulls_sooner(initial_s: float, cap_s: float) -> None:
+    """Make ClientApp tasks run in this process (``run_clientapp.pull_task_input``) retry a
+    message object the SuperNode does not hold yet after ``initial_s``, doubling to
+    ``cap_s``, instead of Flower's 1 s doubling to 10 s: the task is handed out before the
+    SuperNode has received the message, and a process that takes it at once would sleep
+    seconds after the objects came."""
+    import flwr.supernode.runtime.run_clientapp as task
+
+    pull = task.pull_and_inflate_object_from_tree
+    task.pull_and_inflate_object_from_tree = functools.partial(
+        pull, initial_backoff=initial_s, backoff_cap=cap_s
+    )
+
+
+def after_each_message(call: Callable[[], None]) -> None:
+    """Make the SuperNode's message loop (``flower-supernode``, started in this process)
+    ``call()`` once each message it receives is stored with all its objects (and its task
+    created), before it waits for the ClientApp's reply."""
+    import flwr.supernode.start_client_internal as loop
+
+    receive_and_store = loop._pull_and_store_message
+
+    def received(**kwargs: Any) -> Any:
+        run_id = receive_and_store(**kwargs)
+        if run_id is not None:
+            call()
+        return run_id
+
+    loop._pull_and_store_message = received  # type: ignore[assignment]
 
 
 ABANDONED = "its run stopped while the SuperNode received the message"
@@ -141,7 +206,9 @@ def fail_tasks_of_abandoned_messages() -> None:
 
     receive_and_store = loop._pull_and_store_message
 
-    def guarded(*, state: Any, object_store: Any, receive: Callable[[], Any], **rest: Any) -> Any:
+    def pull_or_fail(
+        *, state: Any, object_store: Any, receive: Callable[[], Any], **rest: Any
+    ) -> Any:
         received: list[Message] = []
         before: set[Any] = set()  # the unfinished tasks when a message came (none: no query)
 
@@ -165,4 +232,4 @@ def fail_tasks_of_abandoned_messages() -> None:
                     state.finish_task(task.task_id, sub_status=SubStatus.FAILED, details=ABANDONED)
         return run_id
 
-    loop._pull_and_store_message = guarded  # type: ignore[assignment]
+    loop._pull_and_store_message = pull_or_fail  # type: ignore[assignment]

@@ -96,7 +96,7 @@ def ledger_reply(
     epsilon: float,
     audit: Mapping[str, int | float | str] | None = None,
 ) -> ConfigRecord:
-    """What a site sends back about its privacy: its ledger, site number and epsilon, and
+    """What a site sends back about its privacy: its ledger, partition id and epsilon, and
     under ``privacy.audit`` the audited site's evidence after its last round (how many
     canaries, guesses and right guesses, how many batches it drew and their p-value under
     Poisson sampling, and why they refute it if they do: no canary, score, membership or

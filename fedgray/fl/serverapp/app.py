@@ -57,7 +57,7 @@ def make_server_app(
             forget_backbones()  # each run spends from its own backbone budget
             result = federate(grid, resolved, run, echo=teed(echo, progress))
             summary = finish(run, resolved, result)
-            check_audit(resolved, summary)
+            check_audit(resolved.privacy, summary)
         except BaseException as error:
             if progress is not None:
                 record_error(progress, error)

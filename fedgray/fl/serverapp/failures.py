@@ -124,7 +124,7 @@ def connected_within(grid: Grid, num_sites: int, *, timeout: float, poll: float 
     return connected
 
 
-def wait_for_sites(grid: Grid, num_sites: int, *, timeout: float, poll: float = 1.0) -> None:
+def wait_for_nodes(grid: Grid, num_sites: int, *, timeout: float, poll: float = 1.0) -> None:
     """Wait until ``num_sites`` nodes are connected; :class:`FederationError` after
     ``timeout`` seconds. Flower's strategies would wait for them forever: a federation
     started with fewer SuperNodes than ``federation.num_sites`` (``flwr run`` on a local

@@ -98,7 +98,7 @@ def _spend(replies: list[Message]) -> dict[str, int]:
 
 
 def _rejections(strategy: Strategy) -> int:
-    """Updates the guard has rejected so far (the guard may sit inside a DP wrapper)."""
+    """Updates the screen has rejected so far (the screen may sit inside a DP wrapper)."""
     return len(getattr(getattr(strategy, "strategy", strategy), "rejections", ()))
 
 

@@ -15,17 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from fedgray.backbone.loading import BUILTIN_TAG
-from fedgray.config import Config, DataConfig
+from fedgray.config import BackboneConfig, Config
 from fedgray.config_schema import ConfigError, shown
-from fedgray.data.registry import available, check_images
+from fedgray.data.registry import check_images
+from fedgray.fl.common.partitions import partitions
 from fedgray.fl.common.private import PrivacyLog
 from fedgray.fl.common.records import from_record
-from fedgray.fl.common.site_partitions import partitions
 from fedgray.fl.serverapp.checkpoint import Checkpoint, load_checkpoint
 from fedgray.fl.serverapp.selection import scores_validation
 from fedgray.fl.serverapp.server import initial_adapters
+from fedgray.materials import check_classes, check_size
 from fedgray.resolver import load_config
-from fedgray.site import check_classes
 
 # Settings a checkpoint was made under and a resume cannot change: the sites' data and
 # partitions, the model and what travels, the strategy's state, how epsilon is accounted,
@@ -68,32 +68,17 @@ def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _check_size(name: str, split: str, wanted: int, data: DataConfig) -> None:
-    """``name``'s ``split`` holds ``wanted`` samples; else one line naming the size field."""
-    try:
-        have = available(name, split=split, seed=data.seed, root=data.root)
-    except (FileNotFoundError, ValueError) as error:
-        message = str(error)
-        raise ConfigError(
-            message if message.startswith("data.") else f"data.dataset: {message}"
-        ) from None
-    if have is not None and have < wanted:
-        raise ConfigError(
-            f"data.{split}_size: {name} has {have} {split} samples, {wanted} requested"
-        )
-
-
 def check_data(config: Config) -> None:
     """The datasets hold the samples asked for, and the pool splits into every site's share."""
     fed, data = config.federation, config.data
     domains = tuple(fed.domains) or (data.dataset,)
     block = data.train_size // len(domains)
     for name in domains:
-        _check_size(name, "train", block, data)
+        check_size(name, "train", block, data)
     if fed.central_eval:
-        _check_size(data.dataset, "test", data.test_size, data)
-    if scores_validation(config):
-        _check_size(data.dataset, "validation", data.validation_size, data)
+        check_size(data.dataset, "test", data.test_size, data)
+    if scores_validation(config.federation):
+        check_size(data.dataset, "validation", data.validation_size, data)
     check_classes(data.dataset)
     try:
         for name in domains:
@@ -115,15 +100,14 @@ def check_data(config: Config) -> None:
         )
 
 
-def _weights_from_recipe(config: Config) -> bool:
-    spec = config.backbone
+def _weights_from_recipe(spec: BackboneConfig) -> bool:
     from_files = spec.artifact is not None or spec.runtime is not None
     return not from_files and spec.pretrained in (None, BUILTIN_TAG)
 
 
 def _changed(saved: Config, config: Config) -> None:
     before, after = _flat(saved.to_dict()), _flat(config.to_dict())
-    fixed = FIXED_ON_RESUME + ((FIXED_RECIPE,) if _weights_from_recipe(saved) else ())
+    fixed = FIXED_ON_RESUME + ((FIXED_RECIPE,) if _weights_from_recipe(saved.backbone) else ())
     for key in sorted(before.keys() | after.keys()):
         if before.get(key) != after.get(key) and key.startswith(fixed):
             raise ConfigError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fedgray.backbone.budget import SPEND_KEYS
-from fedgray.config import Config
+from fedgray.config import Config, PrivacyConfig
 from fedgray.fl.common.records import from_record
 from fedgray.fl.common.selection_rules import SELECTION_SPLITS
 from fedgray.fl.serverapp.failures import FederationError
@@ -13,7 +13,7 @@ from fedgray.fl.serverapp.selection import scores_validation
 from fedgray.fl.serverapp.server import FederationResult, headline
 from fedgray.plots import plot_curve
 from fedgray.privacy.audit_bound import exceeded
-from fedgray.privacy.planted import AUDITED_SITE
+from fedgray.privacy.planted import AUDITED_PARTITION
 from fedgray.run_report import write_report
 from fedgray.runs import RunFolder, save_adapters
 from fedgray.tasks import TASKS
@@ -25,7 +25,7 @@ ON_VALIDATION = SELECTION_SPLITS["validation"].described
 ON_SITES = SELECTION_SPLITS["sites"].described
 
 
-def _compared(scores: dict[str, float]) -> dict[str, float | None]:
+def compared(scores: dict[str, float]) -> dict[str, float | None]:
     """Every metric of ``scores``, and each of :data:`COMPARED` (None where not measured)."""
     return {k: None for k in COMPARED} | dict(scores)
 
@@ -53,22 +53,22 @@ def finish(run: RunFolder, config: Config, result: FederationResult) -> dict[str
     )
     first = result.records[0]
     final = next(r for r in result.records if r["round"] == result.selected)
-    curve_on = ON_VALIDATION if scores_validation(config) else ON_SITES
+    curve_on = ON_VALIDATION if scores_validation(config.federation) else ON_SITES
     plot_curve(
         [r["round"] for r in result.records],
-        [headline(config, r) for r in result.records],
+        [headline(config.train, r) for r in result.records],
         run.path / "curve.png",
         xlabel="round",
         ylabel=f"{metric} ({curve_on})",
-        baseline=headline(config, first),
+        baseline=headline(config.train, first),
         title=f"{fed.strategy} · {fed.num_sites} sites · {config.data.dataset}",
     )
     trained = [r for r in result.records if r["round"] > 0]
     test = result.test
     summary = {
         "evaluated_on": ON_TEST if test else ON_SITES,
-        "zero_shot": _compared(test["zero_shot"] if test else first["federated"]),
-        "final": _compared(test["final"] if test else final["federated"]),
+        "zero_shot": compared(test["zero_shot"] if test else first["federated"]),
+        "final": compared(test["final"] if test else final["federated"]),
         "curve_on": curve_on,
         "select": fed.select,
         "selected_on": SELECTION_SPLITS[fed.select_on].described,
@@ -82,8 +82,8 @@ def finish(run: RunFolder, config: Config, result: FederationResult) -> dict[str
     }
     if "validation" in final:
         summary["validation"] = {
-            "zero_shot": _compared(first["validation"]),
-            "final": _compared(final["validation"]),
+            "zero_shot": compared(first["validation"]),
+            "final": compared(final["validation"]),
         }
     for key in SPEND_KEYS:  # what all sites' training spent of their backbone budgets
         if spent := sum(r.get(key, 0) for r in trained):
@@ -123,17 +123,17 @@ def comparison(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def check_audit(config: Config, summary: dict[str, Any]) -> None:
+def check_audit(privacy: PrivacyConfig, summary: dict[str, Any]) -> None:
     """Under ``privacy.audit``, end the run with a one-line :class:`FederationError` (its
     folder already written) when the audited site's bound exceeds its epsilon, when the
     batches it drew refute the accountant's Poisson sampling, or when that site never sent
     the evidence (it did not train in the last round)."""
-    if not config.privacy.audit:
+    if not privacy.audit:
         return
     audit = summary.get("audit")
     if audit is None:
         raise FederationError(
-            f"privacy.audit: site {AUDITED_SITE} sent no audit evidence from the last round "
+            f"privacy.audit: site {AUDITED_PARTITION} sent no audit evidence from the last round "
             "(it did not train in it): no bound to report"
         )
     if audit["lower_bound"] > audit["epsilon"]:
@@ -141,7 +141,7 @@ def check_audit(config: Config, summary: dict[str, Any]) -> None:
             exceeded(
                 lower_bound=audit["lower_bound"],
                 epsilon=audit["epsilon"],
-                delta=config.privacy.delta,
+                delta=privacy.delta,
                 confidence=audit["confidence"],
             )
             + f" at site {audit['site']}"

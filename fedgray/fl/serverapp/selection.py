@@ -24,15 +24,14 @@ from typing import Any
 
 from flwr.app import ArrayRecord
 
-from fedgray.config import Config
+from fedgray.config import FederationConfig
 from fedgray.fl.common.records import from_record, to_record
 
 
-def scores_validation(config: Config) -> bool:
+def scores_validation(fed: FederationConfig) -> bool:
     """Whether the server scores every round on its validation split: for the curve
     (``federation.central_eval``, which never scores a round on test) or to choose on it
     (``federation.select_on: validation``)."""
-    fed = config.federation
     return fed.central_eval or fed.select_on == "validation"
 
 

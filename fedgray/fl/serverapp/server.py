@@ -27,14 +27,14 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedgray.backbone import Backbone
-from fedgray.config import Config
+from fedgray.config import Config, FederationConfig, PrivacyConfig, TrainConfig
 from fedgray.fl.common.cache import shared_backbone, shared_data
 from fedgray.fl.common.central import CentralLedger, num_sampled, with_central_dp
 from fedgray.fl.common.private import PrivacyLog, audit_line
 from fedgray.fl.common.records import from_record, to_record
 from fedgray.fl.common.selection_rules import SELECTION_SPLITS
 from fedgray.fl.serverapp.checkpoint import CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
-from fedgray.fl.serverapp.failures import wait_for_sites
+from fedgray.fl.serverapp.failures import wait_for_nodes
 from fedgray.fl.serverapp.loop import RoundOutcome, TrainPhase, plain_training, run_round
 from fedgray.fl.serverapp.published import InterfaceOnly, WeightsNeeded, published_interface
 from fedgray.fl.serverapp.roster import Roster
@@ -81,7 +81,7 @@ def initial_adapters(config: Config) -> ArrayRecord:
     """
     state = _from_interface(config)
     if state is None:
-        state = kind_of(config).start(
+        state = kind_of(config.method).start(
             config, shared_backbone(config), lambda: _split_data(config, "validation")
         )
     shared, _ = split_personal(state, config.federation.personal)
@@ -96,7 +96,9 @@ def _from_interface(config: Config) -> dict[str, torch.Tensor] | None:
         return None
     try:
         backbone = cast(Backbone, InterfaceOnly(interface))  # shapes only: see published.py
-        return kind_of(config).start(config, backbone, lambda: _split_data(config, "validation"))
+        return kind_of(config.method).start(
+            config, backbone, lambda: _split_data(config, "validation")
+        )
     except WeightsNeeded:
         return None
 
@@ -111,7 +113,7 @@ def backbone_bytes(config: Config) -> int:
 def central_evaluator(config: Config, split: str) -> Callable[[ArrayRecord], dict[str, float]]:
     """Metrics of global arrays on the server's ``split`` (personal adapters at identity)."""
     data, backbone = _split_data(config, split), shared_backbone(config)
-    score = kind_of(config).score
+    score = kind_of(config.method).score
     return lambda arrays: score(config, backbone, from_record(arrays), data)
 
 
@@ -134,28 +136,30 @@ def _record(config: Config, rnd: int, outcome: RoundOutcome, started: float) -> 
         "train_loss": outcome.train_metrics.get("train-loss"),
         "federated": dict(outcome.eval_metrics),
     } | {k: v for k, v in outcome.spend.items() if v}  # queries, samples, gradients
-    if scores_validation(config):
+    if scores_validation(config.federation):
         record["validation"] = central_evaluator(config, "validation")(outcome.arrays)
     return record
 
 
-def headline(config: Config, record: dict[str, Any]) -> float:
+def headline(train: TrainConfig, record: dict[str, Any]) -> float:
     """A round's value of the task's metric for the curve: on the server's validation split
     when it is scored, else the sites' held-out data (never the test split)."""
-    metric = TASKS[config.train.task].metric
+    metric = TASKS[train.task].metric
     return (record.get("validation") or record["federated"]).get(metric, float("nan"))
 
 
 def progress_line(config: Config, record: dict[str, Any]) -> str:
     """``round 3/5  r1_mean 41.2 (validation; sites 44.0)  loss 1.873  sent 9.2+9.2 KB/site
-    6.1 s``."""
+    6.1 s``; the sites' figure only where sites evaluated (``federation.fraction_evaluate``)."""
     fed, metric = config.federation, TASKS[config.train.task].metric
-    sites = record["federated"].get(metric, float("nan"))
+    sites = record["federated"].get(metric)
     loss = record["train_loss"]
-    scope = "validation; " if record.get("validation") else ""
+    scopes = ["validation"] if record.get("validation") else []
+    scopes += [] if sites is None else [f"sites {sites:5.1f}"]
     return (
-        f"round {record['round']}/{fed.num_rounds}  {metric} {headline(config, record):5.1f}"
-        f" ({scope}sites {sites:5.1f})  loss {'  -  ' if loss is None else f'{loss:.3f}'}"
+        f"round {record['round']}/{fed.num_rounds}  {metric} {headline(config.train, record):5.1f}"
+        f" ({'; '.join(scopes) or 'not scored'})"
+        f"  loss {'  -  ' if loss is None else f'{loss:.3f}'}"
         f"  sent {record['bytes_down'] / 1e3:.1f}+{record['bytes_up'] / 1e3:.1f} KB/site"
         f"  {record['seconds']:.1f} s"
         + (f"  queries {record['queries']:,}" if "queries" in record else "")
@@ -165,9 +169,9 @@ def progress_line(config: Config, record: dict[str, Any]) -> str:
     )
 
 
-def _resume(run: RunFolder, config: Config, strategy: object) -> Checkpoint:
+def _resume(run: RunFolder, fed: FederationConfig, strategy: object) -> Checkpoint:
     checkpoint = load_checkpoint(run.path)
-    if checkpoint.strategy != config.federation.strategy:
+    if checkpoint.strategy != fed.strategy:
         raise ValueError(f"checkpoint is for strategy '{checkpoint.strategy}'")
     checkpoint.restore(strategy)
     kept = [r for r in run.records() if r["round"] <= checkpoint.round]
@@ -175,24 +179,23 @@ def _resume(run: RunFolder, config: Config, strategy: object) -> Checkpoint:
     return checkpoint
 
 
-def _stop_for_budget(config: Config, record: dict[str, Any], echo: Echo) -> bool:
+def _stop_for_budget(privacy: PrivacyConfig, record: dict[str, Any], echo: Echo) -> bool:
     refusals = record.get("privacy", {}).get("budget_refusals", [])
     for reason in refusals:
         echo(reason)
-    if refusals and config.privacy.on_budget == "stop":
+    if refusals and privacy.on_budget == "stop":
         echo(f"stopping after round {record['round']}: privacy.on_budget is 'stop'")
         return True
     return False
 
 
-def site_roster(config: Config) -> Roster:
+def site_roster(fed: FederationConfig) -> Roster:
     """Who is asked each round: ``fraction_train`` of the sites as Flower's FedAvg counts
     them (:func:`num_sampled`), and ``fraction_evaluate`` of them (at least one unless 0),
     drawn with ``federation.seed`` once ``num_sites`` are connected or ``round_timeout``
     has passed (see :mod:`fedgray.fl.serverapp.roster`)."""
-    fed = config.federation
     evaluate = max(int(fed.num_sites * fed.fraction_evaluate), 1) if fed.fraction_evaluate else 0
-    counts = {"train": num_sampled(config), "evaluate": evaluate}
+    counts = {"train": num_sampled(fed), "evaluate": evaluate}
     return Roster(seed=fed.seed, counts=counts, timeout=fed.round_timeout, num_sites=fed.num_sites)
 
 
@@ -220,13 +223,13 @@ def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) 
     trainer = train_phase(config, strategy, grid)
     privacy = PrivacyLog(config.privacy) if config.privacy.enabled else None
     central = config.privacy.central
-    central_dp = CentralLedger(central, num_sampled(config)) if central.enabled else None
+    central_dp = CentralLedger(central, num_sampled(config.federation)) if central.enabled else None
     first, arrays = 0, initial_adapters(config)
     start = arrays  # the zero-shot adapters the test split scores beside the final ones
     selection = Selection(fed.select, TASKS[config.train.task].metric)
     chosen_on = SELECTION_SPLITS[fed.select_on].record_key
     if (run.path / CHECKPOINT).is_file():
-        checkpoint = _resume(run, config, strategy)
+        checkpoint = _resume(run, config.federation, strategy)
         arrays, first = checkpoint.arrays, checkpoint.round + 1
         selection.restore(checkpoint.selection)
         selection.offer(checkpoint.round, arrays, run.records()[-1][chosen_on])
@@ -235,8 +238,8 @@ def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) 
         if central_dp is not None:
             central_dp.restore(checkpoint.central)
         echo(f"resuming {run.path} after round {checkpoint.round}")
-    wait_for_sites(grid, fed.num_sites, timeout=fed.round_timeout)
-    roster = site_roster(config)
+    wait_for_nodes(grid, fed.num_sites, timeout=fed.round_timeout)
+    roster = site_roster(config.federation)
     roster.identify(grid)
     echo(f"sites: {roster.describe(grid.get_node_ids())}")
     for rnd in range(first, fed.num_rounds + 1):
@@ -275,7 +278,7 @@ def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) 
         echo(progress_line(config, record))
         if "audit" in record.get("privacy", {}):
             echo(audit_line(record["privacy"]["audit"]))
-        if _stop_for_budget(config, record, echo):
+        if _stop_for_budget(config.privacy, record, echo):
             break
     assert selection.arrays is not None  # every round, round 0 included, was offered
     if fed.select != "last":
@@ -286,7 +289,7 @@ def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) 
     test = {}
     if fed.central_eval:
         test = score_test_split(config, {"zero_shot": start, "final": selection.arrays})
-        echo(f"test split, read once (round {selection.round}): {figures_line(config, test)}")
+        echo(f"test split, read once (round {selection.round}): {figures_line(config.train, test)}")
     return FederationResult(
         run.path,
         run.records(),
@@ -298,9 +301,9 @@ def federate(grid: Grid, config: Config, run: RunFolder, *, echo: Echo = print) 
     )
 
 
-def figures_line(config: Config, test: dict[str, dict[str, float]]) -> str:
+def figures_line(train: TrainConfig, test: dict[str, dict[str, float]]) -> str:
     """``r1_mean 38.2 (zero-shot 14.1)``: the test split's two figures."""
-    metric = TASKS[config.train.task].metric
+    metric = TASKS[train.task].metric
     final, zero = (
         test["final"].get(metric, float("nan")),
         test["zero_shot"].get(metric, float("nan")),

@@ -3,15 +3,15 @@
 Flower 1.42 deprecates the in-process ``run_simulation``; what it recommends is a SuperLink
 in simulation mode that ``flwr run`` submits the app to. ``fedgray run`` does exactly that,
 privately: it starts ``flower-superlink --simulation`` on a free loopback port, submits the
-fedgray app (the whole config as one document, :func:`fedgray.launch.app.write_app`) with
+fedgray app (the whole config as one document, :func:`fedgray.launch.app_folder.write_app`) with
 ``flwr run --stream``, prints the ServerApp's lines as it writes them to ``progress.log``,
 reads the run's status with ``flwr list`` at the end, and stops every process it started
 (SuperLink, the simulation, Ray), also on Ctrl-C, SIGTERM or failure.
 
 A run is checked before anything starts (:func:`open_run`, :mod:`fedgray.fl.serverapp.preflight`):
 no run folder is created, and no resumed folder touched, for a run that cannot start.
-Flower's and Ray's runtime files (``FLWR_HOME``, the SuperLink's database, Ray's session)
-live in a temporary directory removed afterwards (:mod:`fedgray.fl.simulation.runtime`), so
+Flower's and Ray's files (``FLWR_HOME``, the SuperLink's database, Ray's session)
+live in a temporary directory removed afterwards (:mod:`fedgray.fl.simulation.flower_home`), so
 a run folder holds results only; Flower's log, site tracebacks included, goes to
 ``flower.log`` in the run folder instead of the terminal. Simulated sites are multiplexed
 over ``federation.actors`` Ray actors (default 1): each actor is one process with one copy
@@ -27,14 +27,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fedgray.config import Config
+from fedgray.config import Config, FederationConfig
 from fedgray.fl.serverapp.checkpoint import CHECKPOINT
 from fedgray.fl.serverapp.failures import FederationError
 from fedgray.fl.serverapp.preflight import preflight
 from fedgray.fl.serverapp.progress import PROGRESS, Follower
 from fedgray.fl.serverapp.server import Echo
-from fedgray.fl.simulation.runtime import flower_runtime
-from fedgray.launch.app import write_app
+from fedgray.fl.simulation.flower_home import flower_home
+from fedgray.launch.app_folder import write_app
 from fedgray.launch.commands import (
     CONNECTION,
     LaunchError,
@@ -47,6 +47,7 @@ from fedgray.launch.commands import (
     write_cli_config,
 )
 from fedgray.launch.processes import free_port, supervised, wait_for_port
+from fedgray.owner.pretrain import resolve_pretrained
 from fedgray.resolver import load_config
 from fedgray.runs import RunFolder, check_writable
 from fedgray.train.kinds import refuse_unsupported
@@ -106,11 +107,11 @@ RAY_ENV = {
 }
 
 
-def simulation_config(config: Config) -> dict[str, str | int | float | bool]:
+def simulation_config(fed: FederationConfig) -> dict[str, str | int | float | bool]:
     """``flwr run --federation-config`` for a simulation SuperLink: one SuperNode per site,
     ``federation.actors`` Ray actors sharing the cores (whole CPUs each: Flower 1.42 takes
     integers), Ray quiet (sites reply, they do not print)."""
-    fed, cpus = config.federation, os.cpu_count() or 1
+    cpus = os.cpu_count() or 1
     return {
         "num-supernodes": fed.num_sites,
         "client-resources-num-cpus": max(1, cpus // fed.actors),
@@ -133,29 +134,34 @@ def run_federation(config: Config, run: RunFolder, *, echo: Echo = print) -> dic
     """Run the federation ``config`` describes into ``run`` (see the module docstring); its
     summary. A run that fails raises FederationError with its one-line reason; SIGINT and
     SIGTERM raise :class:`~fedgray.launch.processes.Stopped` once everything is stopped."""
+    spec = config.backbone
+    if spec.artifact is None and spec.runtime is None:
+        # The owner's built-in model, pretrained here if it is not cached yet, before any
+        # site's process would on its first message (each on its one thread, in parallel).
+        resolve_pretrained(spec.name, spec.pretrained, config.pretrain)
     log = run.path / FLOWER_LOG
-    with flower_runtime() as runtime, supervised() as processes:
-        flwr_home = runtime / "flwr"
-        env = flower_env(flwr_home, {**RAY_ENV, "RAY_TMPDIR": str(runtime / "ray")})
+    with flower_home() as home, supervised() as processes:
+        flwr_home = home / "flwr"
+        env = flower_env(flwr_home, {**RAY_ENV, "RAY_TMPDIR": str(home / "ray")})
         link = SuperLinkOptions(
             host=HOST,
             port=free_port(HOST),
-            run_dir=runtime,
+            run_dir=home,
             ca_cert=None,
             cert=None,
             key=None,
             insecure=True,  # loopback only, and nobody else knows the port
             simulation=True,
         )
-        superlink = processes.start(superlink_command(link), log_file=log, env=env, cwd=runtime)
+        superlink = processes.start(superlink_command(link), log_file=log, env=env, cwd=home)
         try:
             wait_for_port(HOST, link.port, timeout=STARTUP_TIMEOUT_S, process=superlink)
         except (RuntimeError, TimeoutError) as error:
             raise FederationError(f"the local SuperLink did not start: {error}") from error
         write_cli_config(flwr_home, link.address, None)
-        app = write_app(_submitted(config, run), runtime / "app")
+        app = write_app(_submitted(config, run), home / "app")
         submit = [flower_executable("flwr"), "run", str(app), CONNECTION, "--stream"]
-        submit += ["--federation-config", config_arg(simulation_config(config))]
+        submit += ["--federation-config", config_arg(simulation_config(config.federation))]
         with Follower(run.path / PROGRESS, echo) as follower:
             try:
                 status = flwr_run_to_end(

@@ -24,6 +24,7 @@ from flwr.serverapp import Grid
 from fedgray.config import Config
 from fedgray.fl.clientapp.app import make_client_app
 from fedgray.fl.common.flower_internals import Run, act_as_server, assign_message_id
+from fedgray.fl.common.packing import unpack
 from fedgray.fl.serverapp.app import make_server_app
 from fedgray.fl.serverapp.server import Echo, FederationResult
 
@@ -118,10 +119,20 @@ class LocalGrid(Grid):
         except Exception as error:  # noqa: BLE001 - Flower makes these error replies too
             reason = f"{type(error).__name__}: {error}"
             reply = Message(Error(code=0, reason=reason), reply_to=inbound)
-        if self.record:  # the reply as the site sent it (the server may let its arrays go)
-            self.sent.append(inbound)
-            self.received.append(copy.deepcopy(reply))
+        if self.record:  # as the site got and sent them (the server may let arrays go)
+            self.sent.append(_unpacked(msg))
+            self.received.append(_unpacked(reply))
         return reply
+
+
+def _unpacked(message: Message) -> Message:
+    """A copy of ``message`` with its arrays as they were before packing (what the records
+    show: the arrays that travel, not their wire layout; see
+    :mod:`fedgray.fl.common.packing`)."""
+    message = copy.deepcopy(message)
+    if not message.has_error():
+        unpack(message.content)
+    return message
 
 
 def run_local(

@@ -239,7 +239,7 @@ def test_token_shifts_cross_the_channel_within_the_context_length(
 
 
 def test_the_tokenizer_cache_stays_bounded_and_right(runtime: IsolatedBackbone) -> None:
-    """Every distinct word used to stay in the byte-pair cache for good."""
+    """Kept unbounded, the byte-pair cache would hold every distinct word for good."""
     tokenizer = get_tokenizer("fedgray-micro")
     expected = tokenizer(["a photo of a red circle"])
     draw = random.Random(0)

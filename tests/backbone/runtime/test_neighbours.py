@@ -163,8 +163,8 @@ def test_kept_graphs_and_frames_are_capped_before_they_are_held(
 def test_a_long_tokenize_request_stalls_no_other_site(
     runtime: tuple[subprocess.Popen[str], Path],
 ) -> None:
-    """Byte-pair tokenizing is quadratic in a word's length: one long word used to hold
-    the model's lock for as long as it took (27 KB: half a minute)."""
+    """Byte-pair tokenizing is quadratic in a word's length: one long word tokenized
+    under the model's lock would hold it for as long as it took (27 KB: half a minute)."""
     _, socket_path = runtime
     quiet = _site_call(socket_path)
     draw = random.Random(0)

@@ -25,10 +25,10 @@ from fedgray.backbone.budget import Budget, Meter
 from fedgray.backbone.runtime.isolated import IsolatedBackbone
 from fedgray.config import ConfigError
 from fedgray.devices import autocast
+from fedgray.materials import open_backbone
 from fedgray.owner.keys import KeyFiles, generate_keys
 from fedgray.owner.seal import seal
 from fedgray.resolver import load_config
-from fedgray.site import open_backbone
 from tests.helpers import assert_close, reduction_terms
 
 ROOT = Path(__file__).resolve().parents[3]

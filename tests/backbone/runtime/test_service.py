@@ -19,9 +19,9 @@ from fedgray.adapters import build_model
 from fedgray.backbone import SealedError, load_artifact
 from fedgray.backbone.runtime.isolated import IsolatedBackbone
 from fedgray.config import ConfigError
+from fedgray.materials import open_backbone
 from fedgray.owner.keys import KeyFiles
 from fedgray.resolver import load_config
-from fedgray.site import open_backbone
 from tests.backbone.attacks import Serve, ServeMicro, Users, as_root
 from tests.helpers import assert_close, reduction_terms
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from flwr.app import Message
 
-from fedgray.deploy.site_data import write_site_data
+from fedgray.deploy.trial_folders import write_partition_folders
 from fedgray.fl.clientapp.app import make_client_app
 from fedgray.fl.clientapp.floor import LEDGER_FILE, Floor, spent_epsilon
 from fedgray.fl.common.private import SITE_REFUSED
@@ -36,7 +36,7 @@ def _run(
     config = micro_config(tmp_path, *overrides, name=f"run-{run_id}")
     folders = sorted((tmp_path / "sites").glob("site-*/data"))
     if not folders:
-        folders = write_site_data(config, 3, tmp_path / "sites")
+        folders = write_partition_folders(config, 3, tmp_path / "sites")
     grid = LocalGrid(make_client_app(config), 3)
     for i, folder in enumerate(folders):
         context = grid.contexts[FIRST_NODE_ID + i]
@@ -148,3 +148,36 @@ def test_a_malformed_floor_is_one_line_naming_the_key(key: str, value: object, l
     with pytest.raises(ValueError) as error:
         Floor.from_node_config({key: value})
     assert str(error.value) == line
+
+
+def test_the_floors_epsilon_is_the_ledgers_and_opacus_to_the_bit_each_setting_computed_once(
+    tmp_path: Path,
+) -> None:
+    """Six releases over two runs at two settings: every run's epsilon and the total are
+    exactly the run's :class:`Ledger`'s and exactly what Opacus' own RDP accountant gives
+    for that history, and the site computed each setting's RDP curve once, not once per
+    entry per release (the total grows by an entry a round, for as long as the site
+    serves)."""
+    from opacus.accountants import RDPAccountant
+
+    from fedgray.privacy import ledger as module
+
+    def opacus(entries: tuple[tuple[float, float, int], ...]) -> float:
+        accountant = RDPAccountant()
+        accountant.history = list(entries)
+        return float(accountant.get_epsilon(delta=1e-5))
+
+    module._rdp_curve.cache_clear()
+    floor = Floor(max_epsilon_run=1e6, max_epsilon_total=1e6)
+    for round_ in range(6):
+        spent = (1.1, 0.05, 4) if round_ % 2 else (0.9, 0.1, 2)
+        floor.release(tmp_path, round_ // 3, spent)
+    assert module._rdp_curve.cache_info().misses == 2
+    history = json.loads((tmp_path / LEDGER_FILE).read_text())
+    spent = spent_epsilon(tmp_path, delta=1e-5)
+    runs = {run: tuple((n, q, s) for n, q, s in entries) for run, entries in history.items()}
+    runs["total"] = tuple(entry for entries in runs.values() for entry in entries)
+    assert len(runs["total"]) == 6 and set(spent) == set(runs)
+    for run, entries in runs.items():
+        assert spent[run] == Ledger("rdp", entries).epsilon(1e-5) == opacus(entries)
+    assert module._rdp_curve.cache_info().misses == 2

@@ -28,7 +28,7 @@ RUN_ID, NODE_ID = 11, 5
 
 @pytest.fixture
 def supernode_loop(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
-    """Flower's SuperNode loop module with a site's guard installed (undone afterwards)."""
+    """Flower's SuperNode loop module with the abandoned-task fix installed (undone afterwards)."""
     import flwr.supernode.start_client_internal as loop
 
     monkeypatch.setattr(loop, "_pull_and_store_message", loop._pull_and_store_message)

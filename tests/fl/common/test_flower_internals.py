@@ -129,6 +129,19 @@ def test_the_superexec_loop_takes_its_executor_where_it_is_replaced(
     assert loop.get_executor() is executor
 
 
+def _sleeps(module: object) -> list[ast.Call]:
+    """The ``time.sleep(...)`` calls in ``module``."""
+    return [
+        call
+        for call in ast.walk(ast.parse(inspect.getsource(module)))  # type: ignore[arg-type]
+        if isinstance(call, ast.Call)
+        and isinstance(call.func, ast.Attribute)
+        and call.func.attr == "sleep"
+        and isinstance(call.func.value, ast.Name)
+        and call.func.value.id == "time"
+    ]
+
+
 def test_the_supernode_loop_pauses_through_the_time_module_it_imported(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -138,21 +151,51 @@ def test_the_supernode_loop_pauses_through_the_time_module_it_imported(
 
     assert loop.time is time, f"the SuperNode loop no longer imports time: {REVISIT}"
     monkeypatch.setattr(loop, "time", time)  # restored afterwards
-    sleeps = [
-        call
-        for call in ast.walk(ast.parse(inspect.getsource(loop)))
-        if isinstance(call, ast.Call)
-        and isinstance(call.func, ast.Attribute)
-        and call.func.attr == "sleep"
-        and isinstance(call.func.value, ast.Name)
-        and call.func.value.id == "time"
-    ]
-    assert sleeps, f"the SuperNode loop no longer pauses with time.sleep: {REVISIT}"
-    internals.cap_supernode_pauses(0.01)
+    pauses = {ast.literal_eval(call.args[0]) for call in _sleeps(loop)}
+    # 3 s after an empty request to the SuperLink, 0.5 s between looks for the reply
+    assert pauses == {internals.SUPERLINK_PAUSE_S, 0.5}, f"the loop's pauses changed: {REVISIT}"
+    internals.cap_supernode_pauses(1.0, local_s=0.01)
     started = time.monotonic()
-    loop.time.sleep(5.0)
-    assert time.monotonic() - started < 2.0  # capped at 0.01 s; generous for a busy machine
+    loop.time.sleep(0.5)  # a look for the reply: capped at 0.01 s
+    assert time.monotonic() - started < 0.4  # generous for a busy machine
+    started = time.monotonic()
+    loop.time.sleep(3.0)  # an idle request to the SuperLink: capped at 1 s
+    assert 0.9 < time.monotonic() - started < 2.5
     assert loop.time.monotonic() > 0  # the rest of the module is time's own
+
+
+def test_the_superexec_loop_pauses_through_the_time_module_it_imported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    import flwr.supercore.superexec.run_superexec as loop
+
+    assert loop.time is time, f"the SuperExec loop no longer imports time: {REVISIT}"
+    monkeypatch.setattr(loop, "time", time)  # restored afterwards
+    waits = [ast.unparse(call.args[0]) for call in _sleeps(loop)]
+    assert waits == ["task_poll_interval"], f"the SuperExec loop's pause changed: {REVISIT}"
+    asked: list[float] = []
+    internals.wait_between_tasks(asked.append)
+    loop.time.sleep(1.5)
+    assert asked == [1.5] and loop.time.monotonic() > 0
+
+
+def test_a_clientapp_task_pulls_its_message_through_the_step_whose_backoff_a_site_shortens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import flwr.supernode.runtime.run_clientapp as task
+
+    assert _calls(task, "pull_and_inflate_object_from_tree"), REVISIT
+    step = inspect.signature(task.pull_and_inflate_object_from_tree).parameters
+    assert {"initial_backoff", "backoff_cap"} <= set(step), REVISIT
+    calls: list[dict[str, object]] = []
+    monkeypatch.setattr(
+        task, "pull_and_inflate_object_from_tree", lambda *a, **kw: calls.append(kw)
+    )
+    internals.retry_object_pulls_sooner(0.02, 0.2)
+    task.pull_and_inflate_object_from_tree("tree", "pull", "confirm", return_type=Message)
+    assert calls == [{"return_type": Message, "initial_backoff": 0.02, "backoff_cap": 0.2}]
 
 
 def test_a_bundles_folder_is_named_by_its_id_version_and_hash(
@@ -164,17 +207,34 @@ def test_a_bundles_folder_is_named_by_its_id_version_and_hash(
     assert folder.name.startswith("fedgray.fedgray.") and "abab" in folder.name
 
 
-def test_the_supernode_loop_receives_through_the_step_a_site_guards(
+def test_the_supernode_loop_receives_through_the_step_a_site_wraps(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import flwr.supernode.start_client_internal as loop
 
     steps = _calls(loop, "_pull_and_store_message")
     assert steps, f"the SuperNode loop no longer receives through this step: {REVISIT}"
-    for step in steps:  # the guard takes these by keyword
+    for step in steps:  # the wrapper takes these by keyword
         named = {keyword.arg for keyword in step.keywords}
         assert not step.args and {"state", "object_store", "receive"} <= named, REVISIT
     monkeypatch.setattr(loop, "_pull_and_store_message", loop._pull_and_store_message)
     flowers = loop._pull_and_store_message
     internals.fail_tasks_of_abandoned_messages()
     assert loop._pull_and_store_message is not flowers
+
+
+def test_the_supernode_says_when_a_message_is_in_and_not_after_an_empty_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import flwr.supernode.start_client_internal as loop
+
+    received = iter([None, 7, None, 8])  # run ids Flower's step returns (None: no message)
+    monkeypatch.setattr(loop, "_pull_and_store_message", lambda **_: next(received))
+    rings: list[str] = []
+    internals.after_each_message(lambda: rings.append("ring"))
+    got = [loop._pull_and_store_message(state=None, object_store=None, receive=None)]
+    got += [loop._pull_and_store_message(state=None, object_store=None, receive=None)]
+    assert (got, rings) == ([None, 7], ["ring"])
+    got += [loop._pull_and_store_message(state=None, object_store=None, receive=None)]
+    got += [loop._pull_and_store_message(state=None, object_store=None, receive=None)]
+    assert (got, rings) == ([None, 7, None, 8], ["ring", "ring"])

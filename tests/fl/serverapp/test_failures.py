@@ -73,14 +73,14 @@ def test_tolerated_and_fatal_phases() -> None:
 
 
 def _failing_sites(monkeypatch: pytest.MonkeyPatch, failing: set[int]) -> None:
-    real = fl_client.Site.train
+    real = fl_client.Client.train
 
-    def train(self: fl_client.Site, *args: object, **kwargs: object) -> object:
+    def train(self: fl_client.Client, *args: object, **kwargs: object) -> object:
         if self.partition_id in failing:
             raise OSError(f"disk of site {self.partition_id} is gone")
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(fl_client.Site, "train", train)
+    monkeypatch.setattr(fl_client.Client, "train", train)
 
 
 def test_a_minority_of_failing_sites_is_left_out(
@@ -114,14 +114,14 @@ def test_a_site_failing_after_it_replied_is_named_in_the_log_and_the_metrics(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _unidentified(monkeypatch)
-    real = fl_client.Site.train
+    real = fl_client.Client.train
 
-    def train(self: fl_client.Site, *args: object, server_round: int, **kwargs: object) -> object:
+    def train(self: fl_client.Client, *args: object, server_round: int, **kwargs: object) -> object:
         if self.partition_id == 2 and server_round == 2:
             raise ConnectionError("Node Unavailable")
         return real(self, *args, server_round=server_round, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(fl_client.Site, "train", train)
+    monkeypatch.setattr(fl_client.Client, "train", train)
     config = micro_config(tmp_path, "federation.fraction_evaluate=0")  # no names in round 0
     grid = LocalGrid(make_client_app(config), 3)
     grid.contexts[FIRST_NODE_ID + 2].node_config["site-name"] = "hospital-b"

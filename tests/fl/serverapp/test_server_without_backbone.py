@@ -28,7 +28,7 @@ from tests.helpers import micro_config, run_local
 def _opened_path(config: Config) -> dict[str, torch.Tensor]:
     """The initial shared tensors as built around the opened backbone."""
     data = lambda: shared_data(config, dataset=config.data.dataset, split="test", size=40)  # noqa: E731
-    state = kind_of(config).start(config, shared_backbone(config), data)
+    state = kind_of(config.method).start(config, shared_backbone(config), data)
     shared, _ = split_personal(state, config.federation.personal)
     return from_record(to_record(shared))
 

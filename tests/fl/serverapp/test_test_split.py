@@ -78,3 +78,15 @@ def test_without_central_evaluation_the_test_split_is_never_read(
     assert summary["evaluated_on"] == summary["curve_on"] == "the sites' held-out data"
     assert summary["final"]["r1_mean"] == result.records[-1]["federated"]["r1_mean"]
     assert "validation" not in result.records[-1]
+
+
+def test_without_site_evaluation_the_rounds_name_the_validation_split_alone(
+    tmp_path: Path,
+) -> None:
+    lines: list[str] = []
+    config = micro_config(tmp_path, "federation.fraction_evaluate=0", "federation.num_rounds=1")
+    result, _, _ = run_local(config, echo=lines.append)
+    assert all(record["federated"] == {} for record in result.records)
+    rounds = [line for line in lines if line.startswith("round ")]
+    assert len(rounds) == 2 and all("(validation)  loss" in line for line in rounds)
+    assert not any("nan" in line for line in rounds)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from flwr.serverapp.strategy import FedAvg
 
-from fedgray.fl.clientapp.client import Site
+from fedgray.fl.clientapp.client import Client
 from fedgray.fl.serverapp import checkpoint as checkpoint_module
 from fedgray.fl.simulation.local_grid import run_local
 from tests.helpers import micro_config
@@ -30,14 +30,14 @@ def _die() -> None:
 
 def _arm(phase: str) -> None:
     if phase == "train":
-        real_train = Site.train
+        real_train = Client.train
 
-        def train(self: Site, *args: Any, **kwargs: Any) -> Any:
+        def train(self: Client, *args: Any, **kwargs: Any) -> Any:
             if kwargs.get("server_round") == KILL_ROUND and self.partition_id == 1:
                 _die()
             return real_train(self, *args, **kwargs)
 
-        Site.train = train  # type: ignore[method-assign]
+        Client.train = train  # type: ignore[method-assign]
     elif phase == "aggregate":
         real_aggregate = FedAvg.aggregate_train
 

@@ -26,7 +26,7 @@ from fedgray.fl.common.records import from_record
 from fedgray.fl.serverapp import checkpoint as checkpoint_module
 from fedgray.fl.serverapp.checkpoint import CHECKPOINT, load_checkpoint
 from fedgray.fl.simulation.engine import open_run
-from fedgray.fl.simulation.runtime import OWNER_FILE, RUNTIME_PREFIX, sweep_stale_runtimes
+from fedgray.fl.simulation.flower_home import HOME_PREFIX, OWNER_FILE, sweep_stale_homes
 from tests.helpers import (
     MICRO,
     micro_config,
@@ -173,10 +173,10 @@ def test_kill_9_of_fedgray_run_stops_all_it_started_and_resume_matches_an_uninte
     assert _same(from_record(load_checkpoint(run_dir).arrays), from_record(uninterrupted.arrays))
 
 
-def test_a_killed_runs_runtime_dir_and_processes_are_swept_at_the_next_start() -> None:
+def test_a_killed_runs_flower_home_and_processes_are_swept_at_the_next_start() -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # its pid now names no process: the run that owned the dir was killed
-    stale = Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX))
+    stale = Path(tempfile.mkdtemp(prefix=HOME_PREFIX))
     (stale / OWNER_FILE).write_text(str(dead.pid))
     session = stale / "ray" / "session_1"
     session.mkdir(parents=True)
@@ -187,10 +187,10 @@ def test_a_killed_runs_runtime_dir_and_processes_are_swept_at_the_next_start() -
     deadline = time.monotonic() + 60
     while str(session).encode() not in cmdline.read_bytes() and time.monotonic() < deadline:
         time.sleep(0.1)  # until the stand-in has exec'd: its command line names the dir
-    mine = Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX))
+    mine = Path(tempfile.mkdtemp(prefix=HOME_PREFIX))
     (mine / OWNER_FILE).write_text(str(os.getpid()))  # a live run's dir is left alone
     try:
-        assert stale in sweep_stale_runtimes()
+        assert stale in sweep_stale_homes()
         assert agent.wait(timeout=10) == -signal.SIGKILL
         assert not stale.exists() and mine.is_dir()
     finally:

@@ -10,9 +10,9 @@ from fedgray.backbone.access import AccessLevel
 from fedgray.backbone.artifact import load_artifact
 from fedgray.backbone.loading import load_sealed
 from fedgray.backbone.runtime.isolated import IsolatedBackbone
-from fedgray.config import Config
+from fedgray.config import Config, DataConfig
 from fedgray.config_schema import ConfigError, shown
-from fedgray.data.registry import load_dataset, untrained_classes
+from fedgray.data.registry import available, load_dataset, untrained_classes
 from fedgray.devices import resolve_device
 from fedgray.owner.pretrain import resolve_pretrained
 from fedgray.tasks.data import TaskData, prepare
@@ -67,9 +67,8 @@ def open_backbone(config: Config, *, progress: bool = True) -> Backbone:
     return load_sealed(spec.name, pretrained, level=spec.level, device=device, **budgets)
 
 
-def load_task_data(config: Config, backbone: Backbone, *, split: str) -> TaskData:
+def load_task_data(data: DataConfig, backbone: Backbone, *, split: str) -> TaskData:
     """The configured dataset's ``split`` in the backbone's input format."""
-    data = config.data
     sizes = {"train": data.train_size, "validation": data.validation_size}
     dataset = load_dataset(
         data.dataset,
@@ -80,6 +79,29 @@ def load_task_data(config: Config, backbone: Backbone, *, split: str) -> TaskDat
     )
     prepared = prepare(dataset, backbone.tokenize)
     return prepared.to(backbone.device)
+
+
+def check_size(name: str, split: str, wanted: int, data: DataConfig) -> None:
+    """``name``'s ``split`` holds ``wanted`` samples; else one line naming the size field."""
+    try:
+        have = available(name, split=split, seed=data.seed, root=data.root)
+    except (FileNotFoundError, ValueError) as error:
+        message = str(error)
+        raise ConfigError(
+            message if message.startswith("data.") else f"data.dataset: {message}"
+        ) from None
+    if have is not None and have < wanted:
+        raise ConfigError(
+            f"data.{split}_size: {name} has {have} {split} samples, {wanted} requested"
+        )
+
+
+def check_splits(data: DataConfig) -> None:
+    """Each split of ``data.dataset`` holds the size asked, and every class with test
+    examples has training ones: a single-site run's data, checked before anything loads."""
+    for split in ("train", "validation", "test"):
+        check_size(data.dataset, split, getattr(data, f"{split}_size"), data)
+    check_classes(data.dataset)
 
 
 def check_classes(dataset: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedgray.data.partition import PARTITIONERS, by_group, dirichlet, iid
+from fedgray.data.partitioners import PARTITIONERS, by_group, dirichlet, iid
 
 
 def _assert_disjoint_cover(parts: list[np.ndarray], n: int) -> None:

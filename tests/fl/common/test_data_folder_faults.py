@@ -1,4 +1,4 @@
-"""A deployed site whose data folder vanishes or turns malformed between rounds (issue 14):
+"""A deployed site whose data folder vanishes or turns malformed between rounds:
 it fails in one line naming the path, and the run goes on without it.
 
 In-process (a :class:`LocalGrid` whose nodes carry ``data-dir`` as deployed SuperNodes do);
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fedgray.deploy.site_data import write_site_data
+from fedgray.deploy.trial_folders import write_partition_folders
 from fedgray.fl.clientapp.app import make_client_app
 from fedgray.fl.simulation.local_grid import FIRST_NODE_ID, LocalGrid
 from tests.helpers import micro_config, run_on
@@ -49,7 +49,7 @@ def test_a_site_whose_data_folder_vanishes_or_breaks_between_rounds_is_left_out(
     server's warning names site-1 with the one-line reason naming the path, metrics.jsonl's
     failed_sites lists it, and the run ends normally.
 
-    A site re-checks its folder with every message (``site_config`` runs ``check_data_dir``
+    A site re-checks its folder with every message (``config_at_node`` runs ``check_data_dir``
     before the per-process data cache is consulted, and a changed row count is a new cache
     key), so a folder that vanished is noticed at the next round rather than trained on from
     memory. That is the right behaviour: the operator who removed or broke a site's data did
@@ -59,7 +59,7 @@ def test_a_site_whose_data_folder_vanishes_or_breaks_between_rounds_is_left_out(
     the stricter case to test.
     """
     config = micro_config(tmp_path)
-    folders = write_site_data(config, 3, tmp_path / "sites")
+    folders = write_partition_folders(config, 3, tmp_path / "sites")
     grid = LocalGrid(make_client_app(config), 3)
     for i, folder in enumerate(folders):
         grid.contexts[FIRST_NODE_ID + i].node_config["data-dir"] = str(folder)

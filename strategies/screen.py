@@ -11,7 +11,7 @@ FedAdam's and FedAvgM's server steps included) folds each one into a
 :class:`~strategies.fold.MeanFold` as it is read, and the caller may let its arrays go
 before reading the next (1,000 sites then cost one running sum, not 1,000 updates);
 the others (median, trimmed mean, Krum) need every update at once and sort the kept
-replies by the site number the client reports under :data:`ORDER_KEY` before the base
+replies by the partition id the client reports under :data:`ORDER_KEY` before the base
 aggregates them.
 """
 
@@ -44,12 +44,12 @@ class Rejection:
     reason: str
 
 
-class UpdateGuard:
-    """Mixin placed before a FedAvg-family strategy in the MRO (see :func:`guarded`)."""
+class UpdateScreen:
+    """Mixin placed before a FedAvg-family strategy in the MRO (see :func:`screened`)."""
 
     arrayrecord_key: str
     weighted_by_key: str
-    folds = False  # set by guarded(): the base's aggregate is the weighted mean of the replies
+    folds = False  # set by screened(): the base's aggregate is the weighted mean of the replies
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
@@ -92,7 +92,7 @@ class UpdateGuard:
         if self.folds:
             return self._aggregate_folded(server_round, replies)
         kept = [msg for msg in replies if self._usable(server_round, msg)]
-        kept.sort(key=_site_of)
+        kept.sort(key=_reply_order)
         for msg in kept:
             if not msg.has_error():
                 next(iter(msg.content.metric_records.values())).pop(ORDER_KEY, None)
@@ -114,7 +114,7 @@ class UpdateGuard:
                 own = MetricRecord({k: v for k, v in reported.items() if k != ORDER_KEY})
                 weight = float(cast(float, own[self.weighted_by_key]))
                 fold.add(arrays_in(msg.content)[self.arrayrecord_key], weight)
-                kept.append((_site_of(msg), RecordDict({"metrics": own})))
+                kept.append((_reply_order(msg), RecordDict({"metrics": own})))
         if not kept:
             return super().aggregate_train(server_round, errors)  # type: ignore[misc]
         contents = [content for _, content in sorted(kept, key=lambda pair: pair[0])]
@@ -155,18 +155,18 @@ class UpdateGuard:
         )
 
 
-def _site_of(msg: Message) -> tuple[int, int]:
+def _reply_order(msg: Message) -> tuple[int, int]:
     if msg.has_error():
         return (1, msg.metadata.src_node_id)
     metrics = next(iter(msg.content.metric_records.values()))
-    return (0, int(cast(int, metrics.get(ORDER_KEY, msg.metadata.src_node_id))))  # a site number
+    return (0, int(cast(int, metrics.get(ORDER_KEY, msg.metadata.src_node_id))))  # a partition id
 
 
 @cache
-def guarded(base: type[FedAvg], *, folds: bool = False) -> type[FedAvg]:
-    """``base`` with :class:`UpdateGuard` in front: ``guarded(FedAdam, folds=True)(eta=0.01)``.
+def screened(base: type[FedAvg], *, folds: bool = False) -> type[FedAvg]:
+    """``base`` with :class:`UpdateScreen` in front: ``screened(FedAdam, folds=True)(eta=0.01)``.
 
     ``folds``: ``base`` aggregates arrays as the weighted mean of the replies (before any
     server step of its own), so replies can be folded in as they arrive."""
     namespace = {"__module__": __name__, "folds": folds}
-    return type(f"Guarded{base.__name__}", (UpdateGuard, base), namespace)
+    return type(f"Screened{base.__name__}", (UpdateScreen, base), namespace)

@@ -1,4 +1,4 @@
-"""A Flower process's guardian: its whole process tree ends when the fedgray command that
+"""A Flower process's reaper: its whole process tree ends when the fedgray command that
 started it dies, even by SIGKILL.
 
 A SuperLink starts ``flower-superexec``, which starts ``flwr-simulation`` or
@@ -6,7 +6,7 @@ A SuperLink starts ``flower-superexec``, which starts ``flwr-simulation`` or
 can stop none of them, and a Flower child whose parent died is adopted by init and runs
 on (a simulation goes on writing into the run folder). So
 :class:`~fedgray.launch.processes.Processes` starts each Flower executable under this
-guardian, ``python -m fedgray.launch.guardian STARTER -- COMMAND...``. The guardian
+reaper, ``python -m fedgray.launch.reaper STARTER -- COMMAND...``. The reaper
 becomes a child subreaper (Linux), so every descendant, orphaned or not, stays below it;
 the kernel sends it SIGTERM when STARTER dies; on SIGTERM or SIGINT, or when COMMAND
 exits, it TERMs, then KILLs, every descendant and exits with COMMAND's status.
@@ -26,7 +26,6 @@ from types import FrameType
 from fedgray.launch.processes import STOP_GRACE_S, descendants, die_with_starter
 
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
-POLL_S = 0.2
 
 
 class _Stop(Exception):
@@ -60,9 +59,9 @@ def _reap() -> None:
 
 
 def main(argv: list[str]) -> int:
-    """``STARTER -- COMMAND...``: run COMMAND, guarded (see the module docstring)."""
+    """``STARTER -- COMMAND...``: run COMMAND under the reaper (see the module docstring)."""
     if len(argv) < 3 or argv[1] != "--":
-        print("usage: python -m fedgray.launch.guardian STARTER -- COMMAND...", file=sys.stderr)
+        print("usage: python -m fedgray.launch.reaper STARTER -- COMMAND...", file=sys.stderr)
         return 2
     starter, command = int(argv[0]), argv[2:]
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -72,10 +71,7 @@ def main(argv: list[str]) -> int:
     status = 1
     try:
         child = subprocess.Popen(command)
-        while (code := child.poll()) is None:
-            time.sleep(POLL_S)
-            _reap_others(child.pid)
-        status = code
+        status = child.returncode = _wait_reaping(child.pid)
     except _Stop:
         status = 128 + signal.SIGTERM
     finally:
@@ -85,13 +81,14 @@ def main(argv: list[str]) -> int:
     return status
 
 
-def _reap_others(keep: int) -> None:
-    """Collect adopted orphans that exited, leaving ``keep`` to :meth:`Popen.poll`."""
-    for pid in descendants(os.getpid()):
-        if pid in (keep, os.getpid()):
-            continue
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, os.WNOHANG)
+def _wait_reaping(child: int) -> int:
+    """Block until ``child`` exits, reaping every other descendant (adopted orphans) that
+    exits before it; ``child``'s status as :attr:`subprocess.Popen.returncode` gives it
+    (``-N`` for signal N). A signal's handler that raises ends the wait."""
+    while True:
+        pid, raw = os.waitpid(-1, 0)
+        if pid == child:
+            return os.waitstatus_to_exitcode(raw)
 
 
 if __name__ == "__main__":

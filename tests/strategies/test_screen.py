@@ -9,6 +9,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedgray.fl.common.packing import packed_mod
 from fedgray.fl.serverapp.loop import run_round
 from fedgray.fl.simulation.local_grid import LocalGrid
 from strategies import build_strategy
@@ -19,8 +20,9 @@ FAULTS = {1: "nan", 2: "shape", 3: "missing", 4: "extra"}
 
 
 def toy_app() -> ClientApp:
-    """Clients add (partition + 1) to every adapter; partitions 1-4 send a broken update."""
-    app = ClientApp()
+    """Clients add (partition + 1) to every adapter; partitions 1-4 send a broken update.
+    Their arrays travel packed, as fedgray's own ClientApp's do."""
+    app = ClientApp(mods=[packed_mod])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

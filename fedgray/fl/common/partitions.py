@@ -2,7 +2,7 @@
 
 The pool is the configured train split (``data.dataset``), or, with ``federation.domains``,
 one block of ``data.train_size / len(domains)`` samples per domain. Partitioners come from
-:data:`fedgray.data.partition.PARTITIONERS`: ``iid``, ``dirichlet`` (over class labels) and
+:data:`fedgray.data.partitioners.PARTITIONERS`: ``iid``, ``dirichlet`` (over class labels) and
 ``by_group`` (one domain per site). A fraction ``federation.holdout`` of each site's samples
 is held out for federated evaluation.
 """
@@ -16,13 +16,13 @@ import numpy as np
 
 from fedgray.config import Config, FederationConfig
 from fedgray.config_schema import ConfigError
-from fedgray.data.partition import PARTITIONERS
+from fedgray.data.partitioners import PARTITIONERS
 from fedgray.fl.common.cache import shared_data
 from fedgray.tasks import TaskData
 
 
 @dataclass(frozen=True)
-class SiteData:
+class Partition:
     """One site's training samples and its held-out evaluation samples."""
 
     train: TaskData
@@ -50,9 +50,9 @@ class Pool:
         return shared_data(self.config, dataset=self.domains[group], split="train", size=self.block)
 
 
-Partition = Callable[[FederationConfig, Pool, int], list[np.ndarray]]
+Cut = Callable[[FederationConfig, Pool, int], list[np.ndarray]]
 
-_PARTITIONS: dict[str, Partition] = {
+_CUTS: dict[str, Cut] = {
     "iid": lambda fed, pool, n: PARTITIONERS["iid"](pool.block, num_partitions=n, seed=fed.seed),
     "dirichlet": lambda fed, pool, n: PARTITIONERS["dirichlet"](
         pool.labels(), num_partitions=n, alpha=fed.alpha, seed=fed.seed
@@ -61,7 +61,7 @@ _PARTITIONS: dict[str, Partition] = {
 }
 
 
-def site_pool(config: Config) -> Pool:
+def partition_pool(config: Config) -> Pool:
     """The pool a federation's sites share out."""
     fed = config.federation
     domains = tuple(fed.domains) or (config.data.dataset,)
@@ -71,7 +71,7 @@ def site_pool(config: Config) -> Pool:
 
 
 @dataclass(frozen=True)
-class SiteIndices:
+class PartitionIndices:
     """Which pool samples a site holds: its domain block and indices inside that block."""
 
     group: int
@@ -82,26 +82,28 @@ class SiteIndices:
 def partitions(config: Config, num_partitions: int) -> list[np.ndarray]:
     """Every site's pool indices (deterministic from seeds); raises ValueError when the pool
     cannot be cut into ``num_partitions`` non-empty shares."""
-    return _PARTITIONS[config.federation.partitioner](
-        config.federation, site_pool(config), num_partitions
+    return _CUTS[config.federation.partitioner](
+        config.federation, partition_pool(config), num_partitions
     )
 
 
-def site_indices(config: Config, *, partition_id: int, num_partitions: int) -> SiteIndices:
+def partition_indices(
+    config: Config, *, partition_id: int, num_partitions: int
+) -> PartitionIndices:
     """Site ``partition_id``'s share among ``num_partitions`` (deterministic from seeds)."""
     fed = config.federation
-    pool = site_pool(config)
+    pool = partition_pool(config)
     indices = partitions(config, num_partitions)[partition_id]
     group = int(indices[0]) // pool.block
     order = np.random.default_rng([fed.seed, partition_id]).permutation(
         indices - group * pool.block
     )
     cut = min(len(order) - 1, max(1, round(len(order) * fed.holdout)))
-    return SiteIndices(group, np.sort(order[cut:]), np.sort(order[:cut]))
+    return PartitionIndices(group, np.sort(order[cut:]), np.sort(order[:cut]))
 
 
-def site_data(config: Config, *, partition_id: int, num_partitions: int) -> SiteData:
+def load_partition(config: Config, *, partition_id: int, num_partitions: int) -> Partition:
     """Site ``partition_id``'s training and held-out samples."""
-    share = site_indices(config, partition_id=partition_id, num_partitions=num_partitions)
-    data = site_pool(config).data(share.group)
-    return SiteData(train=data.subset(share.train), heldout=data.subset(share.heldout))
+    share = partition_indices(config, partition_id=partition_id, num_partitions=num_partitions)
+    data = partition_pool(config).data(share.group)
+    return Partition(train=data.subset(share.train), heldout=data.subset(share.heldout))

@@ -21,7 +21,7 @@ from fedgray.data.folder import CAPTIONS_FILE
 from fedgray.data.registry import load_dataset
 from fedgray.data.sets import ImageTextSet
 from fedgray.fl.clientapp.node_config import TRAIN_SPLIT
-from fedgray.fl.common.site_partitions import site_indices, site_pool
+from fedgray.fl.common.partitions import partition_indices, partition_pool
 
 
 def write_folder_set(dataset: ImageTextSet, root: Path) -> Path:
@@ -44,10 +44,10 @@ def write_folder_set(dataset: ImageTextSet, root: Path) -> Path:
     return root
 
 
-def write_site_data(config: Config, num_sites: int, sites_dir: Path) -> list[Path]:
+def write_partition_folders(config: Config, num_sites: int, sites_dir: Path) -> list[Path]:
     """Each of ``num_sites`` sites' partition of ``config``'s pool (its training and
     held-out samples together; the site holds out its own) as ``sites_dir/site-N/data``."""
-    pool = site_pool(config)
+    pool = partition_pool(config)
     blocks = [
         load_dataset(
             domain, split="train", size=pool.block, seed=config.data.seed, root=config.data.root
@@ -56,7 +56,7 @@ def write_site_data(config: Config, num_sites: int, sites_dir: Path) -> list[Pat
     ]
     folders = []
     for site in range(num_sites):
-        share = site_indices(config, partition_id=site, num_partitions=num_sites)
+        share = partition_indices(config, partition_id=site, num_partitions=num_sites)
         indices = np.sort(np.concatenate([share.train, share.heldout]))
         root = sites_dir / f"site-{site}" / "data"
         folders.append(write_folder_set(blocks[share.group].subset(indices), root))
