@@ -98,13 +98,12 @@ def test_a_full_disk_at_the_checkpoint_write_keeps_the_previous_one(
 @pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_or_sigterm_stops_cleanly_and_the_run_resumes(
-    tmp_path: Path, sig: signal.Signals, code: int
+    tmp_path: Path, own_temp: Path, sig: signal.Signals, code: int
 ) -> None:
     """Ctrl-C, or SIGTERM as a scheduler sends it: Ray stopped, nothing left, resumable."""
     config = tmp_path / "c.yaml"
     config.write_text("federation:\n  partitioner: iid\n")
     overrides = [a for item in MICRO for a in ("--set", item)]
-    temps = set(Path(tempfile.gettempdir()).glob("fedgray-*"))
     ray_before = runtime_processes()
     command = [sys.executable, "-m", "fedgray.cli", "run", str(config), *overrides,
                "--set", "federation.num_rounds=50", "--set", f"output.root={tmp_path}",
@@ -126,7 +125,7 @@ def test_ctrl_c_or_sigterm_stops_cleanly_and_the_run_resumes(
     assert process.returncode == code, err[-2000:]
     assert "interrupted; continue with: fedgray run --resume" in out
     assert not runtime_processes_after_exit(ray_before)  # Ray is gone
-    assert not set(Path(tempfile.gettempdir()).glob("fedgray-*")) - temps  # its dir removed
+    assert not list(own_temp.glob("fedgray-*"))  # its dir removed
     run_dir = tmp_path / "run"
     done = load_checkpoint(run_dir).round
     assert done >= 1 and (run_dir / CHECKPOINT).is_file()
@@ -173,10 +172,12 @@ def test_kill_9_of_fedgray_run_stops_all_it_started_and_resume_matches_an_uninte
     assert _same(from_record(load_checkpoint(run_dir).arrays), from_record(uninterrupted.arrays))
 
 
-def test_a_killed_runs_flower_home_and_processes_are_swept_at_the_next_start() -> None:
+def test_a_killed_runs_flower_home_and_processes_are_swept_at_the_next_start(
+    own_temp: Path,
+) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # its pid now names no process: the run that owned the dir was killed
-    stale = Path(tempfile.mkdtemp(prefix=HOME_PREFIX))
+    stale = Path(tempfile.mkdtemp(prefix=HOME_PREFIX, dir=own_temp))
     (stale / OWNER_FILE).write_text(str(dead.pid))
     session = stale / "ray" / "session_1"
     session.mkdir(parents=True)
@@ -187,7 +188,7 @@ def test_a_killed_runs_flower_home_and_processes_are_swept_at_the_next_start() -
     deadline = time.monotonic() + 60
     while str(session).encode() not in cmdline.read_bytes() and time.monotonic() < deadline:
         time.sleep(0.1)  # until the stand-in has exec'd: its command line names the dir
-    mine = Path(tempfile.mkdtemp(prefix=HOME_PREFIX))
+    mine = Path(tempfile.mkdtemp(prefix=HOME_PREFIX, dir=own_temp))
     (mine / OWNER_FILE).write_text(str(os.getpid()))  # a live run's dir is left alone
     try:
         assert stale in sweep_stale_homes()

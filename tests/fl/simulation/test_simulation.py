@@ -20,16 +20,15 @@ LONG = "a-run-folder-name-long-enough-that-ray-is-reached-through-a-short-link"
 
 @pytest.mark.slow
 def test_fedgray_run_on_a_local_superlink_writes_the_run_and_stops_everything(
-    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture, own_temp: Path
 ) -> None:
-    short = tempfile.mkdtemp(prefix="fgt", dir="/tmp")  # Ray's AF_UNIX paths need a short dir
+    short = tempfile.mkdtemp(prefix="r", dir=own_temp)
     try:
         config = Path(short) / "micro.yaml"
         config.write_text("federation:\n  partitioner: iid\n")
         overrides = [a for item in MICRO for a in ("--set", item)]
         env = {k: os.environ.get(k) for k in ("FLWR_HOME", "RAY_TMPDIR")}
         before = runtime_processes()
-        temps_before = set(Path(tempfile.gettempdir()).glob("fedgray-*"))
         code = main(["run", str(config), *overrides, "--set", f"output.root={short}",
                      "--set", f"output.name={LONG}"])  # fmt: skip
         out, err = capsys.readouterr()
@@ -49,7 +48,7 @@ def test_fedgray_run_on_a_local_superlink_writes_the_run_and_stops_everything(
         assert "Starting Flower SuperLink" in flower_log
         assert "run_simulation` function is deprecated" not in flower_log
         assert "round 2/2" in (run / "progress.log").read_text()
-        assert not set(Path(tempfile.gettempdir()).glob("fedgray-*")) - temps_before
+        assert not list(own_temp.glob("fedgray-*"))
         assert {k: os.environ.get(k) for k in env} == env
         assert not runtime_processes_after_exit(before)  # Ray, the SuperLink: all stopped
     finally:
@@ -82,7 +81,7 @@ def test_run_refuses_a_setting_federated_craft_cannot_take(
 
 
 def test_a_superlink_that_cannot_start_is_one_line_and_exit_1(
-    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, own_temp: Path
 ) -> None:
     from fedgray.fl.simulation import engine
 
@@ -90,11 +89,10 @@ def test_a_superlink_that_cannot_start_is_one_line_and_exit_1(
     monkeypatch.setattr(engine, "superlink_command", lambda options: broken)
     config = tmp_path / "micro.yaml"
     config.write_text("{}\n")
-    temps_before = set(Path(tempfile.gettempdir()).glob("fedgray-*"))
     overrides = [a for item in MICRO for a in ("--set", item)]
     code = main(["run", str(config), *overrides, "--set", f"output.root={tmp_path}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     assert err[-1].startswith("fedgray: error: the local SuperLink did not start: ")
     assert "exited (3)" in err[-1]
-    assert not set(Path(tempfile.gettempdir()).glob("fedgray-*")) - temps_before
+    assert not list(own_temp.glob("fedgray-*"))
