@@ -30,7 +30,8 @@ task, sites, rounds, partition); a difference is one line naming the field, befo
 runs.
 
 ``--grid KEY=V1,V2`` (repeatable) chooses every point's recipe among the combinations of
-those values on the validation split, each trial at ``epsilon / k`` and ``delta / k``, and
+those values on the validation split, every trial at the one epsilon with which each
+site's ledger over all ``k`` trials, composed by one accountant, stays within the target, and
 reports the grid's whole privacy cost beside the winner's test figure (see
 :mod:`fedgray.sweep_grid`).
 
@@ -364,7 +365,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=V1,V2",
         help="choose each point's recipe among these values (repeat for more keys) on the "
-        "validation split, every trial at epsilon/k and delta/k for k combinations",
+        "validation split, the k trials' composed epsilon within the point's target",
     )
     parser.add_argument("--rounds", type=int, help="federation.num_rounds (default: the config's)")
     parser.add_argument("--local-steps", type=int, help="federation.local_steps")

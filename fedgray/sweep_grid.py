@@ -1,18 +1,20 @@
 """A sweep point whose recipe is chosen from a fixed grid, the choice paid for in privacy.
 
 ``fedgray sweep --grid train.lr=0.02,0.05 --grid federation.local_steps=5,10`` runs, at
-every point, each combination of the grid's values (``k`` trials) as its own federated run
-at ``(epsilon / k, delta / k)`` (:mod:`fedgray.privacy.grid`), scores each trial's
-adapters on the server's validation split (``federation.select_on: validation``, drawn from
-the training pool: no site's data, never the test split) and reports the winner's test
-figure. The trials never read the test split (``federation.central_eval: false``: their
-run folders keep their final adapters and every round's validation figure); once the
-winner is chosen, its saved adapters, and the initial ones for the zero-shot figure, are
-scored on the test split: the point's one test reading, without training anything again.
-The point's row then carries the grid's whole cost (``selection_epsilon``: each site's
-ledger over every trial, the largest over sites) beside the winner's own epsilon; its
-folder holds every trial's run and ``selection.json``, the ledger of the choice, in which
-only the winner has a test figure.
+every point, each combination of the grid's values (``k`` trials) as its own federated run,
+every trial at the one epsilon with which each site's ledger over all ``k`` trials,
+composed by one accountant, stays within the point's target
+(:func:`fedgray.privacy.grid.trial_epsilon`). It scores each trial's adapters on the
+server's validation split (``federation.select_on: validation``, drawn from the training
+pool: no site's data, never the test split) and reports the winner's test figure. The
+trials never read the test split (``federation.central_eval: false``: their run folders
+keep their final adapters and every round's validation figure); once the winner is
+chosen, its saved adapters, and the initial ones for the zero-shot figure, are scored on
+the test split: the point's one test reading, without training anything again. The
+point's row then carries the grid's whole cost (``selection_epsilon``: each site's ledger
+over every trial, the largest over sites) beside the winner's own epsilon; its folder
+holds every trial's run and ``selection.json``, the ledger of the choice, in which only
+the winner has a test figure.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from typing import Any
 
 import yaml
 
-from fedgray.privacy.grid import selection_cost, split_budget
+from fedgray.config import Config
+from fedgray.privacy.grid import SitePlans, selection_cost, trial_epsilon
 from fedgray.privacy.ledger import Ledger
 from fedgray.resolver import load_config
-from fedgray.sweep_point import Echo, Point, run_point
+from fedgray.sweep_point import Echo, Point, point_config, run_point
 
 Grid = Sequence[tuple[str, list[str]]]  # (dotted key, its values as YAML text)
 TRIAL = ["federation.select_on=validation", "federation.central_eval=false"]
@@ -69,6 +72,16 @@ def _ledgers(run_dir: Path) -> dict[int, Ledger]:
         int(site): Ledger(entry["accountant"], tuple(tuple(e) for e in entry["history"]))
         for site, entry in (load_checkpoint(run_dir).privacy or {}).items()
     }
+
+
+def site_plans(config: Config) -> SitePlans:
+    """Each site's DP-SGD sample rate and planned steps in the run of ``config`` (as its
+    trainer plans them: ``fedgray.train.trainer``)."""
+    from fedgray.fl.common.partitions import train_counts
+
+    fed, batch = config.federation, config.train.batch_size
+    steps = fed.local_steps * fed.num_rounds
+    return {site: (min(1.0, batch / n), steps) for site, n in enumerate(train_counts(config))}
 
 
 def best_trial(rows: Sequence[dict[str, Any]]) -> int:
@@ -120,23 +133,26 @@ def run_grid_point(
     delta: float,
     echo: Echo,
 ) -> dict[str, Any]:
-    """Run every candidate of ``grid`` at ``point`` under the split budget into
+    """Run every candidate of ``grid`` at ``point``, calibrated to share its budget, into
     ``root / point.name``; the winner's row, with its test figures, the grid's cost and
     its recipe."""
     from fedgray.fl.serverapp.report import COMPARED
 
     trials = candidates(grid)
-    epsilon, trial_delta = split_budget(point.epsilon, delta, len(trials))
     folder = root / point.name
+    epsilon = point.epsilon
+    if not math.isinf(epsilon):
+        configs = [point_config(config_path, [*overrides, *r], point, root=folder, delta=delta)
+                   for r in trials]  # fmt: skip
+        plans = [site_plans(config) for config in configs]
+        epsilon = trial_epsilon(epsilon, delta, plans, accountant=configs[0].privacy.accountant)
     folder.mkdir(parents=True, exist_ok=True)
     rows, ledgers = [], []
     for index, recipe in enumerate(trials):
         echo(f"trial {index + 1}/{len(trials)}: {' '.join(recipe)} at epsilon {epsilon:g}")
         trial = replace(point, epsilon=epsilon, trial=index)
         chosen_on = [*overrides, *recipe, *TRIAL]
-        rows.append(
-            run_point(config_path, chosen_on, trial, root=folder, delta=trial_delta, echo=echo)
-        )
+        rows.append(run_point(config_path, chosen_on, trial, root=folder, delta=delta, echo=echo))
         ledgers.append(_ledgers(folder / trial.name))
     winner = best_trial(rows)
     test = read_test_once(folder / rows[winner]["run"])
@@ -149,7 +165,7 @@ def run_grid_point(
         "target_epsilon": point.epsilon,
         "delta": delta,
         "trial_epsilon": epsilon,
-        "trial_delta": trial_delta,
+        "trial_delta": delta,
         "trials": entries,
         "chosen": winner,
         "chosen_on": "the server's validation split",

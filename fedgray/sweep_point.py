@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from fedgray.config import Config
 from fedgray.config_schema import ConfigError
 from fedgray.resolver import load_config
 
@@ -61,11 +62,12 @@ class Point:
         """``data.train_size`` that gives each of ``num_sites`` equal shares (the ``iid``
         partitioner's) ``site_size`` training examples after the held-out ``holdout``
         (nothing without a site size)."""
+        from fedgray.fl.common.partitions import heldout_count
+
         if self.site_size is None:
             return []
         share = self.site_size
-        # the sites' own rounding of the held-out count (fl/common/partitions.py)
-        while share - min(share - 1, max(1, round(share * holdout))) < self.site_size:
+        while share - heldout_count(share, holdout) < self.site_size:
             share += 1
         return [f"data.train_size={share * num_sites}"]
 
@@ -107,6 +109,17 @@ def _worst_site(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def point_config(
+    config_path: str, overrides: Sequence[str], point: Point, *, root: Path, delta: float
+) -> Config:
+    """The config ``point`` runs: ``config_path`` with ``overrides``, the point's site size,
+    privacy, seed and run folder (``root / point.name``)."""
+    sizes = size_overrides(config_path, overrides, point)
+    return load_config(
+        config_path, [*overrides, *sizes, f"output.root={root}", *point.overrides(delta=delta)]
+    )
+
+
 def run_point(
     config_path: str,
     overrides: Sequence[str],
@@ -121,10 +134,7 @@ def run_point(
     from fedgray.fl.simulation.local_grid import run_local
     from fedgray.tasks import TASKS
 
-    sizes = size_overrides(config_path, overrides, point)
-    config = load_config(
-        config_path, [*overrides, *sizes, f"output.root={root}", *point.overrides(delta=delta)]
-    )
+    config = point_config(config_path, overrides, point, root=root, delta=delta)
     started = time.perf_counter()
     result, summary, _ = run_local(config, echo=echo, record=False)
     privacy = result.records[-1].get("privacy")

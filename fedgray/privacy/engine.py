@@ -64,7 +64,7 @@ def plan_noise(
     if privacy.noise_multiplier is not None:
         return NoisePlan(privacy.noise_multiplier, sample_rate)
     assert privacy.target_epsilon is not None  # by PrivacyConfig: one of the two is set
-    sigma = _calibrated(
+    sigma = calibrated_noise(
         privacy.target_epsilon, privacy.delta, sample_rate, total_steps, privacy.accountant
     )
     if ledger is None or remaining_steps is None or not ledger.history:
@@ -127,9 +127,13 @@ def noise_for_rest(
 
 
 @lru_cache(maxsize=64)
-def _calibrated(epsilon: float, delta: float, sample_rate: float, steps: int, kind: str) -> float:
-    """Opacus' noise calibration, once per process for each setting (every site, every round
-    asks; the binary search over accountant evaluations takes seconds)."""
+def calibrated_noise(
+    epsilon: float, delta: float, sample_rate: float, steps: int, kind: str
+) -> float:
+    """The noise multiplier with which ``steps`` steps at ``sample_rate`` spend ``epsilon`` at
+    ``delta`` (accountant ``kind``): Opacus' calibration, once per process for each setting
+    (every site, every round asks; the binary search over accountant evaluations takes
+    seconds)."""
     from opacus.accountants.utils import get_noise_multiplier
 
     return float(

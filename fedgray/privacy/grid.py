@@ -1,31 +1,68 @@
-"""What choosing a private recipe from a fixed grid costs the sites.
+"""What choosing a private recipe from a fixed grid costs the sites, and how it is paid.
 
 Trying ``k`` recipes on the sites' data and keeping the best one is itself a private
-computation (Papernot and Steinke, ICLR 2022): the winner depends on every trial. fedgray
-runs the grid under a split budget, each trial at ``(epsilon / k, delta / k)``, so that by
-basic composition the whole selection is ``(epsilon, delta)``-DP for every site whatever
-picks the winner; the winner is picked on the server's validation split, which holds no
-site's data, so the choice is post-processing of the trials' releases.
+computation (Papernot and Steinke, ICLR 2022): the winner depends on every trial. The
+winner is picked on the server's validation split, which holds no site's data, so what
+the grid releases (every trial's updates, the choice, the winner's adapters) is
+post-processing of the trials' releases, and a site's cost is its ledgers of all the
+trials composed by one accountant.
 
-The ledger of the selection charges each site every trial's steps, composed by one
-accountant over all of them: the figure a site can check from its own ledgers, usually
-well below the target that basic composition guarantees.
+fedgray calibrates the grid to that cost: every trial gets the same epsilon, the largest
+with which each site's composed ledger stays within the target
+(:func:`trial_epsilon`). Splitting the target by basic composition instead, each trial at
+``(epsilon / k, delta / k)``, holds too but leaves most of the budget unspent: four MNIST
+trials at epsilon 2 each composed to 4.03, not 8, under the PRV accountant.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
+from fedgray.privacy.engine import calibrated_noise
 from fedgray.privacy.ledger import Ledger
 
+SitePlans = Mapping[int, tuple[float, int]]
+"""One trial's plan: each site's Poisson sample rate and the steps it plans."""
+TOLERANCE = 0.01  # relative: the trial epsilon found is within 1% of the largest that holds
 
-def split_budget(epsilon: float, delta: float, trials: int) -> tuple[float, float]:
-    """Each trial's ``(epsilon, delta)`` when ``trials`` share ``(epsilon, delta)``
-    (``inf``: no privacy to share)."""
-    if trials < 1:
-        raise ValueError(f"a grid needs at least one trial, got {trials}")
-    return (epsilon if math.isinf(epsilon) else epsilon / trials), delta / trials
+
+def trial_ledger(
+    epsilon: float, delta: float, trials: Sequence[SitePlans], *, site: int, accountant: str
+) -> Ledger:
+    """Site ``site``'s ledger over every trial it trains in, each trial's noise calibrated to
+    ``epsilon`` at ``delta`` for the site's sample rate and steps (as its run calibrates it)."""
+    entries = (
+        (calibrated_noise(epsilon, delta, rate, steps, accountant), rate, steps)
+        for rate, steps in (trial[site] for trial in trials if site in trial)
+    )
+    return Ledger(accountant, tuple(entries))
+
+
+def trial_epsilon(
+    target: float, delta: float, trials: Sequence[SitePlans], *, accountant: str
+) -> float:
+    """The epsilon each trial is calibrated to (at ``delta``) so that every site's ledger over
+    all ``trials``, composed by ``accountant``, stays within ``target`` at ``delta``: the
+    largest within :data:`TOLERANCE`, by bisection."""
+    if not trials:
+        raise ValueError("a grid needs at least one trial")
+    sites = sorted({site for trial in trials for site in trial})
+
+    def cost(epsilon: float) -> float:
+        ledgers = {
+            trial_ledger(epsilon, delta, trials, site=site, accountant=accountant) for site in sites
+        }  # sites alike in size share one ledger
+        return max(ledger.epsilon(delta) for ledger in ledgers)
+
+    if cost(target) <= target:
+        return target  # one trial, or sites that each train in one
+    low, high = target / len(trials), target
+    while cost(low) > target:  # the calibration's own slack can exceed basic composition's
+        low, high = low / 2, low
+    while high - low > TOLERANCE * high:
+        middle = (low + high) / 2
+        low, high = (middle, high) if cost(middle) <= target else (low, middle)
+    return low
 
 
 def joined(ledgers: Sequence[Ledger]) -> Ledger:

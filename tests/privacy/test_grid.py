@@ -1,11 +1,11 @@
-"""Choosing a private recipe from a fixed grid: each trial at a share of the budget, the
-winner chosen on the validation split, the grid's whole cost in the selection ledger."""
+"""Choosing a private recipe from a fixed grid: each trial at a share of the budget that
+the accountant composes within the target, the winner chosen on the validation split, the
+grid's whole cost in the selection ledger."""
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from fedgray.config import Config
 from fedgray.fl.common.records import to_record
 from fedgray.fl.serverapp import server
 from fedgray.privacy import Ledger
-from fedgray.privacy.grid import selection_cost, split_budget
+from fedgray.privacy.grid import TOLERANCE, selection_cost, trial_epsilon, trial_ledger
 from fedgray.resolver import load_config
 from fedgray.runs import load_adapters
 from fedgray.tasks import TaskData
@@ -25,11 +25,24 @@ from tests.helpers import MICRO
 QUICKSTART = Path(__file__).parents[2] / "configs" / "quickstart.yaml"
 
 
-def test_split_budget_shares_epsilon_and_delta() -> None:
-    assert split_budget(8.0, 1e-5, 4) == (2.0, 2.5e-6)
-    assert split_budget(math.inf, 1e-5, 2) == (math.inf, 5e-6)
+def test_trials_share_the_target_as_composed_by_the_accountant() -> None:
+    small, large = {0: (1.0, 10), 1: (0.5, 10)}, {0: (1.0, 40), 1: (0.5, 40)}
+    trials = [small, large, {0: (1.0, 10)}]  # site 1 trains in two of the three trials
+    for target in (8.0, 1.0):
+        epsilon = trial_epsilon(target, 1e-5, trials, accountant="rdp")
+        costs = [
+            trial_ledger(epsilon, 1e-5, trials, site=s, accountant="rdp").epsilon(1e-5)
+            for s in (0, 1)
+        ]
+        assert max(costs) <= target  # the site in every trial binds
+        assert costs[0] > costs[1]
+        assert epsilon > target / len(trials)  # more than basic composition's share
+        # and the largest such epsilon, within the bisection's tolerance
+        above = trial_ledger(epsilon * (1 + 2 * TOLERANCE), 1e-5, trials, site=0, accountant="rdp")
+        assert above.epsilon(1e-5) > target
+    assert trial_epsilon(3.0, 1e-5, [small], accountant="rdp") == 3.0  # one trial: all of it
     with pytest.raises(ValueError, match="at least one trial"):
-        split_budget(1.0, 1e-5, 0)
+        trial_epsilon(1.0, 1e-5, [], accountant="rdp")
 
 
 def test_selection_cost_charges_each_site_every_trial_it_trained_in() -> None:
@@ -71,9 +84,10 @@ def test_grid_sweep_chooses_on_validation_and_its_cost_is_in_the_ledger(
     ledger = json.loads((folder / "eps2-seed0" / "selection.json").read_text())
     trials = ledger["trials"]
     assert [t["recipe"] for t in trials] == [["train.lr=0.0001"], ["train.lr=0.01"]]
-    assert ledger["trial_epsilon"] == 1.0 and ledger["trial_delta"] == 5e-6
+    share = ledger["trial_epsilon"]  # more than basic composition's epsilon / 2
+    assert 1.0 < share < 2.0 and ledger["trial_delta"] == 1e-5
     for trial in trials:  # each trial within its share, its validation score recorded
-        assert 0 < trial["achieved_max_epsilon"] <= 1.0
+        assert 0 < trial["achieved_max_epsilon"] <= share
         records = (folder / "eps2-seed0" / trial["run"] / "metrics.jsonl").read_text()
         last = json.loads(records.splitlines()[-1])
         assert trial["validation_r1_mean"] == last["validation"]["r1_mean"]

@@ -98,8 +98,22 @@ def partition_indices(
     order = np.random.default_rng([fed.seed, partition_id]).permutation(
         indices - group * pool.block
     )
-    cut = min(len(order) - 1, max(1, round(len(order) * fed.holdout)))
+    cut = heldout_count(len(order), fed.holdout)
     return PartitionIndices(group, np.sort(order[cut:]), np.sort(order[:cut]))
+
+
+def heldout_count(size: int, holdout: float) -> int:
+    """How many of a site's ``size`` samples it holds out: the share ``holdout``, rounded, at
+    least one (federated evaluation scores something) and never all (one is trained on)."""
+    return min(size - 1, max(1, round(size * holdout)))
+
+
+def train_counts(config: Config) -> list[int]:
+    """Every site's number of training samples: its share minus its held-out part (what
+    its DP-SGD sample rate divides by)."""
+    fed = config.federation
+    shares = partitions(config, fed.num_sites)
+    return [len(share) - heldout_count(len(share), fed.holdout) for share in shares]
 
 
 def load_partition(config: Config, *, partition_id: int, num_partitions: int) -> Partition:
