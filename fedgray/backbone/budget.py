@@ -7,11 +7,17 @@ thousands of samples. A :class:`Meter` counts all three (encoder calls, samples 
 samples whose input gradients may come back) against a :class:`Budget` and refuses a call
 that would go over, before it runs and without counting it. In process the sealed backbone
 holds the meter; a runtime holds one per peer user, kept across that user's connections.
+A process that simulates several sites on one backbone (the in-process grid, a Ray actor)
+runs each site's work :func:`spent_by` that site: the backbone then keeps a meter per site,
+so each spends its own budget, as a deployed site with its own backbone does.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -118,3 +124,22 @@ class Meter:
         """Take back a charge whose call was refused for another reason before it ran."""
         with self._lock:
             self._spent = self._spent - asked
+
+
+_SITE: ContextVar[Hashable | None] = ContextVar("fedgray_backbone_site", default=None)
+
+
+@contextmanager
+def spent_by(site: Hashable) -> Iterator[None]:
+    """Within, this thread's backbone calls charge ``site``'s own meter (see the module
+    docstring); outside any, a backbone charges the meter it was opened with."""
+    token = _SITE.set(site)
+    try:
+        yield
+    finally:
+        _SITE.reset(token)
+
+
+def spending_site() -> Hashable | None:
+    """The site this thread's backbone calls are charged to (None: the backbone's own)."""
+    return _SITE.get()

@@ -22,7 +22,7 @@ a debugger). The isolated runtime is the mode that holds against the site's own 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, cast
 
@@ -31,7 +31,7 @@ from torch import nn
 
 from fedgray.backbone import families
 from fedgray.backbone.access import AccessLevel, SealedError
-from fedgray.backbone.budget import Budget, Meter, Spend, call
+from fedgray.backbone.budget import Budget, Meter, Spend, call, spending_site
 from fedgray.backbone.opaque import run_sealed
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -95,6 +95,15 @@ class QueryCounted:
     __slots__ = ()
     interface: BackboneInterface
     _meter: Meter
+    _site_meters: dict[Hashable, Meter]
+
+    def meter(self) -> Meter:
+        """The meter this thread's calls charge: the backbone's own, or, within
+        :func:`~fedgray.backbone.budget.spent_by`, that site's (same budget, own spend)."""
+        site = spending_site()
+        if site is None:
+            return self._meter
+        return self._site_meters.setdefault(site, Meter(self._meter.budget))
 
     @property
     def level(self) -> AccessLevel:
@@ -104,12 +113,12 @@ class QueryCounted:
     @property
     def spent(self) -> Spend:
         """Encoder calls, samples forwarded and samples with input gradients so far."""
-        return self._meter.spent
+        return self.meter().spent
 
     @property
     def budget(self) -> Budget:
         """What this backbone lets its site spend."""
-        return self._meter.budget
+        return self.meter().budget
 
     @property
     def queries_used(self) -> int:
@@ -154,6 +163,7 @@ class SealedBackbone(QueryCounted):
         "_tokenize",
         "_module",
         "_meter",
+        "_site_meters",
     )
     device: torch.device
     _image: Callable[..., torch.Tensor]  # the slots set in __init__
@@ -217,6 +227,7 @@ class SealedBackbone(QueryCounted):
             query_budget, None if white else sample_budget, None if white else gradient_budget
         )
         setattr_(self, "_meter", Meter(budget))
+        setattr_(self, "_site_meters", {})
 
     @property
     def module(self) -> nn.Module:
@@ -241,7 +252,7 @@ class SealedBackbone(QueryCounted):
         ``prompts``/``gates`` are per-layer tokens for the image tower's entry points.
         """
         self._check_prompts("image", prompts)
-        charge(self._meter, self.level, pixels, prompts, gates)
+        charge(self.meter(), self.level, pixels, prompts, gates)
         return self._image(pixels, prompts=prompts, gates=gates)
 
     def encode_text(
@@ -271,7 +282,7 @@ class SealedBackbone(QueryCounted):
                 f"length {self.interface.context_length}"
             )
         floats = (shift, token_shifts, extra_token, extra_gate, prompts, gates)
-        charge(self._meter, self.level, tokens, *floats)
+        charge(self.meter(), self.level, tokens, *floats)
         return self._text(
             tokens,
             shift=shift,

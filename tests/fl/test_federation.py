@@ -14,6 +14,7 @@ from fedgray.fl.clientapp.client import PERSONAL_STATE
 from fedgray.fl.common.cache import shared_backbone, shared_data
 from fedgray.fl.common.records import from_record
 from fedgray.fl.common.site_names import SITE_RECORD
+from fedgray.fl.serverapp.failures import FederationError
 from fedgray.runs import load_adapters
 from fedgray.tasks import evaluate
 from tests.helpers import micro_config, run_local
@@ -125,3 +126,17 @@ def test_other_strategies_run(tmp_path: Path, strategy: str, options: str) -> No
     assert summary["evaluated_on"] == "the sites' held-out data"
     final = from_record(result.arrays)
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in final.values())
+
+
+def test_each_simulated_site_spends_a_gradient_budget_of_its_own(tmp_path: Path) -> None:
+    """Three sites on one in-process backbone each take their own budget's input gradients,
+    as deployed sites with backbones of their own do, and none takes more."""
+    need = 2 * 2 * 2 * 8  # rounds x local steps x (images, captions) x batch: one site's run
+    result, summary, _ = run_local(micro_config(tmp_path, f"backbone.gradient_budget={need}"))
+    assert [r["sites_trained"] for r in result.records] == [0, 3, 3]
+    assert summary["gradients"] == 3 * need  # three budgets' worth: each site spent its own
+    short = micro_config(tmp_path, f"backbone.gradient_budget={need - 1}", name="short")
+    with pytest.raises(
+        FederationError, match=f"round 2: no site could train; .*budget of {need - 1} "
+    ):
+        run_local(short)  # each site asks its 64th input gradient in round 2, of its own 63

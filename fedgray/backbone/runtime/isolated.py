@@ -236,6 +236,7 @@ class IsolatedBackbone(QueryCounted):
     ) -> None:
         self._socket, self._process, self.device = sock, process, device
         self._keys = itertools.count()
+        self._site_meters = {}
         try:
             self.interface, self._meter = _interface(self._reply().args)
         except Exception:
@@ -269,7 +270,8 @@ class IsolatedBackbone(QueryCounted):
         # Counted here as the runtime counts it (the runtime enforces it on its side), so
         # that the site can report what it spent; refused before anything is sent.
         main, *floats = given.values()
-        asked = charge(self._meter, self.level, main, *floats)
+        meter = self.meter()
+        asked = charge(meter, self.level, main, *floats)
         try:
             grad = self.level.gradients and torch.is_grad_enabled()
             if grad and any(t.requires_grad for t in given.values()):
@@ -277,7 +279,7 @@ class IsolatedBackbone(QueryCounted):
                 return output
             return self._encode_request(tower, next(self._keys), given, [])
         except Exception:
-            self._meter.refund(asked)  # refused by the runtime: not spent there either
+            meter.refund(asked)  # refused by the runtime: not spent there either
             raise
 
     def _encode_request(

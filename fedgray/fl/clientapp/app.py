@@ -19,6 +19,7 @@ from flwr.client.mod import make_ffn
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
+from fedgray.backbone.budget import spent_by
 from fedgray.config import Config
 from fedgray.fl.clientapp.client import Client
 from fedgray.fl.clientapp.floor import Floor
@@ -92,16 +93,26 @@ def quiet_flower_mod(msg: Message, context: Context, call_next: ClientAppCallabl
     return call_next(msg, context)
 
 
+def own_budget_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """A simulated site spends a backbone budget of its own (``backbone.sample_budget`` and
+    the others), as a deployed site does with its own backbone: the process that simulates
+    it (the in-process grid, a Ray actor) shares one backbone among many sites."""
+    if is_deployed(context.node_config):
+        return call_next(msg, context)
+    with spent_by(("partition", int(context.node_config["partition-id"]))):
+        return call_next(msg, context)
+
+
 def make_client_app(config: Config | None = None, *, quiet: bool = False) -> ClientApp:
     """A ClientApp for ``config`` (defaults when None), overridden by ``context.run_config``.
 
     The closure holds only the (small) config: the backbone and data come from per-process
     caches, so they are not shipped with every message. ``quiet``: see
     :func:`quiet_flower_mod` (for site processes of their own, such as Ray's actors). Every
-    message's arrays arrive packed and every reply's leave packed
-    (:mod:`fedgray.fl.common.packing`).
+    simulated site spends its own backbone budget (:func:`own_budget_mod`); every message's
+    arrays arrive packed and every reply's leave packed (:mod:`fedgray.fl.common.packing`).
     """
-    app = ClientApp(mods=[*([quiet_flower_mod] if quiet else []), packed_mod])
+    app = ClientApp(mods=[*([quiet_flower_mod] if quiet else []), own_budget_mod, packed_mod])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
