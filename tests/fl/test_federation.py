@@ -39,6 +39,7 @@ def test_three_sites_two_rounds_write_a_run_folder(tmp_path: Path) -> None:
     model.load_state_dict(state)
     assert meta["method"] == "dga"
     assert summary["final"]["r1_mean"] == result.test["final"]["r1_mean"]
+    assert (summary["select"], summary["selected_on"]) == ("last", None)  # nothing chosen
     assert summary["bytes_per_site_per_round"] < 0.01 * summary["backbone_bytes"]
     assert not any(PERSONAL_STATE in c.state for c in grid.contexts.values())
     # What the sites spent of their backbone budgets is reported: calls, and (within the

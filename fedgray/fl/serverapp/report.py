@@ -71,7 +71,8 @@ def finish(run: RunFolder, config: Config, result: FederationResult) -> dict[str
         "final": compared(test["final"] if test else final["federated"]),
         "curve_on": curve_on,
         "select": fed.select,
-        "selected_on": SELECTION_SPLITS[fed.select_on].described,
+        # select: last reads no split to choose (the last round is the final one)
+        "selected_on": None if fed.select == "last" else SELECTION_SPLITS[fed.select_on].described,
         "selected_round": result.selected,
         "bytes_per_site_per_round": max(
             (r["bytes_down"] + r["bytes_up"] for r in trained), default=0
