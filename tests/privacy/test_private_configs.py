@@ -65,4 +65,7 @@ def test_every_private_config_says_how_its_recipe_was_chosen(path: Path) -> None
     text = " ".join(line.lstrip("# ") for line in header)
     assert "Recipe selection: " in text
     said = text.split("Recipe selection: ", 1)[1]
-    assert any(word in said for word in ("test figures", "public data", "no person's data"))
+    assert any(
+        word in said
+        for word in ("test figures", "public data", "no person's data", "fedgray sweep --grid")
+    )
