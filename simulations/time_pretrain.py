@@ -32,9 +32,8 @@ from fedgray.backbone.families import text_parts
 from fedgray.bench.timing import interleaved, paired_ratio
 from fedgray.config import PretrainConfig
 from fedgray.data.sets import ImageTextSet
-from fedgray.data.world_set import make_world_set
 from fedgray.owner.embedding_rows import UsedRowsAdamW
-from fedgray.owner.pretrain import OWNER_OFFSET, batch_loss
+from fedgray.owner.pretrain import batch_loss, owner_photos
 from fedgray.tasks.data import prepare
 
 MODEL = "fedgray-tiny"
@@ -61,14 +60,7 @@ def main() -> None:
 
     def render(pool: int) -> Callable[[], object]:
         def run() -> None:
-            rendered[str(pool)] = make_world_set(
-                recipe.train_size,
-                seed=recipe.seed,
-                domain="photo",
-                caption_style="varied",
-                offset=OWNER_OFFSET,
-                workers=pool,
-            )
+            rendered[str(pool)] = owner_photos(recipe, workers=pool)
 
         return run
 

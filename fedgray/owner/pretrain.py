@@ -26,6 +26,7 @@ from fedgray.backbone.families import text_parts
 from fedgray.backbone.loading import BUILTIN_TAG, create_clip, get_tokenizer
 from fedgray.backbone.sealed import SealedBackbone
 from fedgray.config import PretrainConfig
+from fedgray.data.sets import ImageTextSet
 from fedgray.data.world_set import make_world_set
 from fedgray.owner.embedding_rows import UsedRowsAdamW
 from fedgray.paths import cache_dir
@@ -68,6 +69,20 @@ def batch_loss(owner: SealedBackbone, data: TaskData, index: torch.Tensor) -> to
     )
 
 
+def owner_photos(recipe: PretrainConfig, *, workers: int = 1) -> ImageTextSet:
+    """The owner's pretraining set: ``recipe.train_size`` captioned photos of the source
+    domain, drawn past every site's (``OWNER_OFFSET``); ``workers`` processes render them,
+    to the same bits as one."""
+    return make_world_set(
+        recipe.train_size,
+        seed=recipe.seed,
+        domain="photo",
+        caption_style="varied",
+        offset=OWNER_OFFSET,
+        workers=workers,
+    )
+
+
 def pretrain(name: str, recipe: PretrainConfig, *, progress: bool = True) -> Path:
     """Pretrain ``name`` on the source domain with ``recipe`` on :data:`PRETRAIN_THREADS`
     threads; write and return the checkpoint."""
@@ -86,14 +101,7 @@ def _pretrain(name: str, recipe: PretrainConfig, *, progress: bool) -> Path:
     owner = SealedBackbone(model, get_tokenizer(name), name=name, level=AccessLevel.WHITE)
     model.requires_grad_(True)
     started = time.perf_counter()
-    world = make_world_set(
-        recipe.train_size,
-        seed=recipe.seed,
-        domain="photo",
-        caption_style="varied",
-        offset=OWNER_OFFSET,
-        workers=os.cpu_count() or 1,  # the same bits as one loop, in a fraction of the time
-    )
+    world = owner_photos(recipe, workers=os.cpu_count() or 1)
     data = prepare(world, owner.tokenize)
     optimizer = UsedRowsAdamW(
         model.parameters(),

@@ -8,15 +8,8 @@ import torch
 from fedgray.backbone import SealedBackbone, create_clip, get_tokenizer
 from fedgray.backbone.families import text_parts
 from fedgray.config import PretrainConfig
-from fedgray.data.world_set import make_world_set
 from fedgray.owner.embedding_rows import UsedRowsAdamW
-from fedgray.owner.pretrain import (
-    OWNER_OFFSET,
-    PRETRAIN_THREADS,
-    _lr_factor,
-    batch_loss,
-    pretrain,
-)
+from fedgray.owner.pretrain import PRETRAIN_THREADS, _lr_factor, batch_loss, owner_photos, pretrain
 from fedgray.tasks.data import TaskData, prepare
 
 RECIPE = PretrainConfig(steps=4, batch_size=8, warmup_steps=2, train_size=64)
@@ -40,13 +33,7 @@ def _loop(*, used_rows: bool) -> tuple[dict[str, torch.Tensor], TaskData]:
     model = create_clip(MODEL, None)
     owner = SealedBackbone(model, get_tokenizer(MODEL), name=MODEL, level="white")
     model.requires_grad_(True).train()
-    world = make_world_set(
-        RECIPE.train_size,
-        seed=RECIPE.seed,
-        domain="photo",
-        caption_style="varied",
-        offset=OWNER_OFFSET,
-    )
+    world = owner_photos(RECIPE)
     data = prepare(world, owner.tokenize)
     optimizer: UsedRowsAdamW | torch.optim.AdamW
     if used_rows:
