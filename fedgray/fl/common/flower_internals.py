@@ -1,6 +1,6 @@
 """Every part of Flower that fedgray uses although Flower does not publish it, in one place.
 
-Written against Flower 1.42 (:data:`FLOWER_VERSION`); ``tests/fl/test_flower_internals.py``
+Written against Flower 1.42 (:data:`FLOWER_VERSION`); ``tests/fl/common/test_flower_internals.py``
 checks each one's behaviour against the installed Flower and fails naming this module when
 one changes, so that an upgrade of Flower is this file and its test. Where Flower offers a
 public way, fedgray takes it instead (a message's copy is ``copy.deepcopy``; grids, apps,
