@@ -78,10 +78,11 @@ def site_plans(config: Config) -> SitePlans:
     """Each site's DP-SGD sample rate and planned steps in the run of ``config`` (as its
     trainer plans them: ``fedgray.train.trainer``)."""
     from fedgray.fl.common.partitions import train_counts
+    from fedgray.privacy.engine import poisson_rate
+    from fedgray.train.schedule import Schedule
 
-    fed, batch = config.federation, config.train.batch_size
-    steps = fed.local_steps * fed.num_rounds
-    return {site: (min(1.0, batch / n), steps) for site, n in enumerate(train_counts(config))}
+    batch, steps = config.train.batch_size, Schedule.federated(config, 1).planned
+    return {site: (poisson_rate(batch, n), steps) for site, n in enumerate(train_counts(config))}
 
 
 def best_trial(rows: Sequence[dict[str, Any]]) -> int:

@@ -42,6 +42,12 @@ class NoisePlan:
     sample_rate: float
 
 
+def poisson_rate(batch_size: int, num_samples: int) -> float:
+    """A site's Poisson sample rate: its expected batch over its samples (1: every example
+    in every step)."""
+    return min(1.0, batch_size / num_samples)
+
+
 def plan_noise(
     privacy: PrivacyConfig,
     *,
@@ -60,7 +66,7 @@ def plan_noise(
     noise; otherwise (rounds added on resume, a new target) the remaining steps get the
     smallest noise that keeps the whole history within the target.
     """
-    sample_rate = min(1.0, batch_size / num_samples)
+    sample_rate = poisson_rate(batch_size, num_samples)
     if privacy.noise_multiplier is not None:
         return NoisePlan(privacy.noise_multiplier, sample_rate)
     assert privacy.target_epsilon is not None  # by PrivacyConfig: one of the two is set
